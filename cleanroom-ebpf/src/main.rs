@@ -1,0 +1,24 @@
+//! Cleanroom's kernel programs.
+//!
+//! Every program aggregates in the kernel, per cgroup v2 id, into the per-CPU counters of
+//! [`maps`]; nothing per event crosses to user space. Each hook family has its own module, named
+//! after the events it handles. Offsets of kernel structures are never compiled in: the agent
+//! reads them from the running kernel's BTF and sets them as load-time globals ([`task`]).
+#![no_std]
+#![no_main]
+
+mod maps;
+mod sched;
+mod task;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here; BPF programs cannot panic.
+    loop {}
+}
+
+/// GPL is required for the tracing helpers used here (`bpf_probe_read_kernel`).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "license")]
+pub static LICENSE: [u8; 4] = *b"GPL\0";

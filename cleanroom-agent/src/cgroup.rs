@@ -1,0 +1,431 @@
+//! The cgroup tree: finding the v2 mount (pure or hybrid), creating and removing run cgroups,
+//! ids, and the kernel's own figures in cgroupfs.
+//!
+//! Knows nothing of BPF. Readers take paths, so tests can point them at a fake tree.
+
+use std::{
+    fs, io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use procfs::process::MountInfo;
+
+/// Errors of the cgroup layer; each names the file it was about.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// No cgroup2 file system is mounted.
+    #[error(
+        "no cgroup v2 hierarchy is mounted; mount one with \
+         `mount -t cgroup2 none /sys/fs/cgroup/unified` (or boot with the unified hierarchy)"
+    )]
+    NoUnifiedHierarchy,
+    /// Reading the mount table failed.
+    #[error("cannot read the mount table (/proc/self/mountinfo): {0}")]
+    MountTable(String),
+    /// A file or directory of the tree could not be read, written, made or removed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("creating", "reading", ...).
+        action: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A cgroupfs file did not have the expected form.
+    #[error("{}: unexpected content: {detail}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The processes of a cgroup did not go away after SIGKILL.
+    #[error("{} still holds processes {waited:?} after SIGKILL", path.display())]
+    StillPopulated {
+        /// The cgroup.
+        path: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// How the host mounts its cgroups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// Pure v2: one hierarchy at `/sys/fs/cgroup` with every controller.
+    Unified,
+    /// v1 controllers, plus a v2 hierarchy (usually `/sys/fs/cgroup/unified`) with few or none.
+    Hybrid,
+}
+
+/// The host's cgroup hierarchies as seen from this process's mount table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hierarchy {
+    /// Where the v2 hierarchy is mounted.
+    pub v2_mount: PathBuf,
+    /// Pure v2 or hybrid.
+    pub layout: Layout,
+    /// v1 controllers and where each is mounted (empty on a pure v2 host).
+    pub v1_controllers: Vec<(String, PathBuf)>,
+}
+
+/// v1 controller names we may find in a v1 mount's super options.
+const V1_CONTROLLERS: &[&str] = &[
+    "cpu", "cpuacct", "cpuset", "memory", "blkio", "pids", "devices", "freezer", "net_cls",
+    "net_prio", "hugetlb", "perf_event", "rdma", "misc",
+];
+
+impl Hierarchy {
+    /// Reads the mount table of this process.
+    pub fn detect() -> Result<Self, CgroupError> {
+        let mounts = procfs::process::Process::myself()
+            .and_then(|me| me.mountinfo())
+            .map_err(|e| CgroupError::MountTable(e.to_string()))?;
+        Self::from_mounts(&mounts.0)
+    }
+
+    /// Pure: picks the v2 mount and lists the v1 controllers from mount table entries.
+    pub fn from_mounts(mounts: &[MountInfo]) -> Result<Self, CgroupError> {
+        let v2_mounts: Vec<&MountInfo> =
+            mounts.iter().filter(|m| m.fs_type == "cgroup2").collect();
+        // Prefer the conventional places, then whatever comes first.
+        let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .iter()
+            .find_map(|p| v2_mounts.iter().find(|m| m.mount_point == Path::new(p)))
+            .or_else(|| v2_mounts.first())
+            .ok_or(CgroupError::NoUnifiedHierarchy)?;
+        let v1_controllers: Vec<(String, PathBuf)> = mounts
+            .iter()
+            .filter(|m| m.fs_type == "cgroup")
+            .flat_map(|m| {
+                V1_CONTROLLERS
+                    .iter()
+                    .filter(|c| m.super_options.contains_key(**c))
+                    .map(|c| ((*c).to_owned(), m.mount_point.clone()))
+            })
+            .collect();
+        let layout = if v1_controllers.is_empty() {
+            Layout::Unified
+        } else {
+            Layout::Hybrid
+        };
+        Ok(Self {
+            v2_mount: v2.mount_point.clone(),
+            layout,
+            v1_controllers,
+        })
+    }
+
+    /// Controllers enabled at the v2 root (`cgroup.controllers`).
+    pub fn v2_controllers(&self) -> Vec<String> {
+        fs::read_to_string(self.v2_mount.join("cgroup.controllers"))
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The id of a v2 cgroup: the inode number of its directory, as `bpf_get_current_cgroup_id()`
+/// reports it.
+pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
+    fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(io_err("reading", path))
+}
+
+/// Ids of `path` and of every cgroup below it, so that a run's totals include sub-cgroups its
+/// command made.
+pub fn subtree_ids(path: &Path) -> Result<Vec<u64>, CgroupError> {
+    let mut ids = vec![cgroup_id(path)?];
+    let mut pending = vec![path.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
+            let entry = entry.map_err(io_err("listing", &dir))?;
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let child = entry.path();
+                ids.push(cgroup_id(&child)?);
+                pending.push(child);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// The kernel's CPU accounting of a v2 cgroup (`cpu.stat`), in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuStat {
+    /// `usage_usec`: all CPU time of the cgroup's tasks.
+    pub usage_usec: u64,
+    /// `user_usec`.
+    pub user_usec: u64,
+    /// `system_usec`.
+    pub system_usec: u64,
+}
+
+impl CpuStat {
+    /// Reads `cpu.stat` of the cgroup at `path`.
+    pub fn read(path: &Path) -> Result<Self, CgroupError> {
+        let file = path.join("cpu.stat");
+        let text = fs::read_to_string(&file).map_err(io_err("reading", &file))?;
+        Self::parse(&text).map_err(|detail| CgroupError::Parse { path: file, detail })
+    }
+
+    /// Pure: parses the flat-keyed `cpu.stat` text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let value = |key: &str| -> Result<u64, String> {
+            flat_keyed(text, key).ok_or_else(|| format!("no numeric `{key}` line"))
+        };
+        Ok(Self {
+            usage_usec: value("usage_usec")?,
+            user_usec: value("user_usec")?,
+            system_usec: value("system_usec")?,
+        })
+    }
+}
+
+/// Pure: the value of `key` in a flat-keyed cgroupfs file (`key value` per line).
+pub fn flat_keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let mut parts = line.split_whitespace();
+        (parts.next() == Some(key))
+            .then(|| parts.next()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// A cgroup this process made for one run. Dropping it kills what is left in it and removes it.
+#[derive(Debug)]
+pub struct RunCgroup {
+    path: PathBuf,
+    id: u64,
+    removed: bool,
+}
+
+impl RunCgroup {
+    /// Creates `parent/name` (and `parent` itself if needed).
+    pub fn create(parent: &Path, name: &str) -> Result<Self, CgroupError> {
+        fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+        let path = parent.join(name);
+        fs::create_dir(&path).map_err(io_err("creating", &path))?;
+        let id = cgroup_id(&path)?;
+        Ok(Self {
+            path,
+            id,
+            removed: false,
+        })
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its v2 id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Path of its `cgroup.procs`, which a child writes `0` to in order to join.
+    pub fn procs_file(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    /// Whether any process is left in it or below it.
+    pub fn populated(&self) -> Result<bool, CgroupError> {
+        let file = self.path.join("cgroup.events");
+        let text = fs::read_to_string(&file).map_err(io_err("reading", &file))?;
+        flat_keyed(&text, "populated")
+            .map(|v| v != 0)
+            .ok_or_else(|| CgroupError::Parse {
+                path: file,
+                detail: "no `populated` line".into(),
+            })
+    }
+
+    /// Kills every process left in the subtree and waits until it is empty. Returns how many
+    /// processes were found there.
+    pub fn kill_all(&self, timeout: Duration) -> Result<usize, CgroupError> {
+        let mut found = 0;
+        let started = Instant::now();
+        loop {
+            if !self.populated()? {
+                return Ok(found);
+            }
+            let kill = self.path.join("cgroup.kill");
+            if kill.exists() {
+                if found == 0 {
+                    found = count_procs(&self.path);
+                }
+                fs::write(&kill, "1").map_err(io_err("writing", &kill))?;
+            } else {
+                // Before Linux 5.14: signal each process of the subtree ourselves.
+                for pid in subtree_pids(&self.path) {
+                    found += 1;
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            if started.elapsed() > timeout {
+                return Err(CgroupError::StillPopulated {
+                    path: self.path.clone(),
+                    waited: timeout,
+                });
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills what is left and removes the cgroup and any sub-cgroups, deepest first.
+    pub fn remove(mut self) -> Result<(), CgroupError> {
+        self.remove_inner()
+    }
+
+    fn remove_inner(&mut self) -> Result<(), CgroupError> {
+        if self.removed {
+            return Ok(());
+        }
+        self.kill_all(Duration::from_secs(10))?;
+        let mut dirs = vec![self.path.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            if let Ok(entries) = fs::read_dir(&dirs[i]) {
+                dirs.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+            i += 1;
+        }
+        for dir in dirs.iter().rev() {
+            remove_dir_retrying(dir)?;
+        }
+        self.removed = true;
+        Ok(())
+    }
+}
+
+impl Drop for RunCgroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove_inner() {
+            log::warn!("could not remove run cgroup: {e}");
+        }
+    }
+}
+
+/// rmdir can fail with EBUSY for a moment after the last task left; retry briefly.
+fn remove_dir_retrying(dir: &Path) -> Result<(), CgroupError> {
+    let started = Instant::now();
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && started.elapsed().as_secs() < 5 => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(io_err("removing", dir)(e)),
+        }
+    }
+}
+
+fn subtree_pids(path: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let mut pending = vec![path.to_owned()];
+    while let Some(dir) = pending.pop() {
+        if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            pending.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    pids
+}
+
+fn count_procs(path: &Path) -> usize {
+    subtree_pids(path).len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(line: &str) -> MountInfo {
+        MountInfo::from_line(line).expect("valid mountinfo line")
+    }
+
+    #[test]
+    fn hybrid_host_uses_unified_mount_and_lists_v1_controllers() {
+        let mounts = [
+            mount("30 25 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755"),
+            mount("31 30 0:27 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw"),
+            mount("32 30 0:28 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory"),
+            mount("33 30 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct"),
+        ];
+        let h = Hierarchy::from_mounts(&mounts).unwrap();
+        assert_eq!(h.v2_mount, Path::new("/sys/fs/cgroup/unified"));
+        assert_eq!(h.layout, Layout::Hybrid);
+        let names: Vec<&str> = h.v1_controllers.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(names, ["memory", "cpu", "cpuacct"]);
+    }
+
+    #[test]
+    fn pure_v2_host() {
+        let mounts =
+            [mount("31 25 0:27 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate")];
+        let h = Hierarchy::from_mounts(&mounts).unwrap();
+        assert_eq!(h.v2_mount, Path::new("/sys/fs/cgroup"));
+        assert_eq!(h.layout, Layout::Unified);
+    }
+
+    #[test]
+    fn no_cgroup2_is_an_error() {
+        let mounts = [mount("32 30 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory")];
+        assert!(matches!(
+            Hierarchy::from_mounts(&mounts),
+            Err(CgroupError::NoUnifiedHierarchy)
+        ));
+    }
+
+    #[test]
+    fn cpu_stat_parses_and_rejects_missing_keys() {
+        let text = "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 0\n";
+        assert_eq!(
+            CpuStat::parse(text).unwrap(),
+            CpuStat {
+                usage_usec: 1500,
+                user_usec: 1000,
+                system_usec: 500
+            }
+        );
+        assert!(CpuStat::parse("user_usec 1\nsystem_usec 2\n").is_err());
+    }
+
+    #[test]
+    fn subtree_ids_walks_a_directory_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        fs::create_dir_all(dir.path().join("c")).unwrap();
+        let ids = subtree_ids(dir.path()).unwrap();
+        assert_eq!(ids.len(), 4, "root, a, a/b and c: {ids:?}");
+        assert_eq!(ids[0], cgroup_id(dir.path()).unwrap());
+    }
+}

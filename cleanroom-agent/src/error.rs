@@ -1,0 +1,50 @@
+//! The library's error type: what went wrong, phrased so that the one-line message says what to
+//! do. The binary maps every one of these to exit code 2.
+
+use std::{io, path::PathBuf};
+
+use crate::{cgroup::CgroupError, probe::ProbeError};
+
+/// Cleanroom's own failures (never the measured command's).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not root and without the capabilities needed.
+    #[error(
+        "{what} needs root (missing {}); run it as root, e.g. `sudo cleanroom ...`",
+        missing.join(", ")
+    )]
+    NotPrivileged {
+        /// What was attempted.
+        what: &'static str,
+        /// Capabilities lacking.
+        missing: Vec<&'static str>,
+    },
+    /// The command does not exist.
+    #[error("command not found: {0} (not a path to a file, nor found in PATH)")]
+    CommandNotFound(String),
+    /// The command could not be started.
+    #[error("cannot start `{command}`: {source}")]
+    Spawn {
+        /// The program.
+        command: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Waiting for the command or for signals failed.
+    #[error("waiting for the command: {0}")]
+    Wait(io::Error),
+    /// A report could not be written.
+    #[error("cannot write report {}: {source}", path.display())]
+    WriteReport {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The cgroup layer failed.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The BPF layer failed.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+}

@@ -1,0 +1,61 @@
+//! Facts about the host that decide what Cleanroom can do: privileges, kernel, mounts.
+
+use std::{fs, path::Path};
+
+/// Capabilities Cleanroom needs, with their numbers (linux/capability.h).
+pub const NEEDED_CAPS: &[(&str, u32)] = &[
+    ("CAP_SYS_ADMIN", 21),
+    ("CAP_PERFMON", 38),
+    ("CAP_BPF", 39),
+];
+
+/// Effective capability mask of this process (`CapEff` in /proc/self/status).
+pub fn effective_caps() -> Option<u64> {
+    parse_cap_eff(&fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// Pure: the `CapEff:` hex mask of a /proc status text.
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Needed capabilities this process lacks (empty when it has them all, as root does).
+pub fn missing_caps() -> Vec<&'static str> {
+    let mask = effective_caps().unwrap_or(0);
+    NEEDED_CAPS
+        .iter()
+        .filter(|(_, bit)| mask & (1u64 << bit) == 0)
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+/// The running kernel's release string.
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Whether a file system of type `fs_type` is mounted at `path`.
+pub fn mounted(path: &Path, fs_type: &str) -> bool {
+    procfs::process::Process::myself()
+        .and_then(|me| me.mountinfo())
+        .map(|m| {
+            m.0.iter()
+                .any(|e| e.mount_point == path && e.fs_type == fs_type)
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_eff_parses() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));
+        assert_eq!(parse_cap_eff("Name: x\n"), None);
+    }
+}

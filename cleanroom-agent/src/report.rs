@@ -1,0 +1,219 @@
+//! The run report: the JSON document (schema version 1) and the summary table printed at the end.
+//!
+//! Pure: builds and renders; writing files is the caller's business ([`write_json`] aside).
+
+use std::{collections::BTreeMap, fmt::Write as _, fs, io, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::metric::{Metric, Unit};
+
+/// Version of the JSON layout. Later versions add fields; they never rename one.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything known about one run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// The command's exit code; 128 + N when it died of signal N.
+    pub exit_code: i32,
+    /// When the command started (RFC 3339, UTC).
+    pub started_at: String,
+    /// From start to exit of the command, in nanoseconds.
+    pub wall_time_ns: u64,
+    /// The run's cgroup.
+    pub cgroup: CgroupRef,
+    /// What the probes measured, by metric name (see the README for units).
+    pub totals: BTreeMap<String, u64>,
+    /// The kernel's own cgroupfs figures, read at the end, for cross-checking.
+    pub kernel: BTreeMap<String, u64>,
+    /// Metrics this host could not measure; they are absent from `totals`, never zero.
+    pub unavailable: Vec<String>,
+    /// Events the kernel programs could not count, by reason (all zero when nothing was lost).
+    pub dropped: BTreeMap<String, u64>,
+    /// How the run ended when it did not end by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interruption>,
+}
+
+/// The cgroup a run was measured in.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CgroupRef {
+    /// Its path in the v2 hierarchy.
+    pub path: String,
+    /// Its v2 id (the directory's inode number).
+    pub id: u64,
+}
+
+/// A run cut short by a signal to Cleanroom.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Interruption {
+    /// The signal Cleanroom received ("SIGINT", ...), passed on to the command.
+    pub signal: String,
+    /// Processes still in the cgroup after the command exited, killed to end the run.
+    pub killed_leftovers: usize,
+}
+
+/// Kernel figure shown beside a metric in the summary.
+fn kernel_twin(metric: Metric) -> Option<(&'static str, &'static str)> {
+    match metric {
+        Metric::CpuTime => Some(("cpu_usage_ns", "cpu.stat usage_usec")),
+        _ => None,
+    }
+}
+
+/// Formats a value of `unit` for people.
+pub fn human(value: u64, unit: Unit) -> String {
+    match unit {
+        Unit::Nanoseconds => human_duration_ns(value),
+        Unit::Count => group_thousands(value),
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn group_thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Nanoseconds as `1.234 s`, `12.3 ms`, `45.6 µs` or `789 ns`.
+pub fn human_duration_ns(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns} ns"),
+        1_000..1_000_000 => format!("{:.1} µs", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} ms", ns as f64 / 1e6),
+        _ => format!("{:.3} s", ns as f64 / 1e9),
+    }
+}
+
+impl Report {
+    /// The summary table printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let ended = match (&self.interrupted, self.exit_code) {
+            (Some(i), code) => format!("was interrupted by {} (exit code {code})", i.signal),
+            (None, 0) => "exited 0".to_owned(),
+            (None, code) => format!("failed with exit code {code}"),
+        };
+        let _ = writeln!(
+            out,
+            "\ncleanroom: `{}` {ended} after {}",
+            self.command.join(" "),
+            human_duration_ns(self.wall_time_ns)
+        );
+        let _ = writeln!(out, "  cgroup {} (id {})", self.cgroup.path, self.cgroup.id);
+        let _ = writeln!(out, "\n  {:<30} {:>16}   {}", "metric", "measured", "kernel's own figure");
+        for metric in Metric::ALL {
+            let measured = match self.totals.get(metric.name()) {
+                Some(v) => human(*v, metric.unit()),
+                None => "unavailable".to_owned(),
+            };
+            let twin = kernel_twin(*metric)
+                .and_then(|(key, source)| {
+                    let v = self.kernel.get(key)?;
+                    Some(format!("{} ({source})", human(*v, metric.unit())))
+                })
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {:<30} {measured:>16}   {twin}", metric.name());
+        }
+        let lost: u64 = self.dropped.values().sum();
+        if lost > 0 {
+            let _ = writeln!(out, "\n  warning: {lost} events could not be counted: {:?}", self.dropped);
+        }
+        if !self.unavailable.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n  not measured on this host: {} (see `cleanroom doctor`)",
+                self.unavailable.join(", ")
+            );
+        }
+        out
+    }
+}
+
+/// Writes the report as pretty JSON, atomically (a reader never sees half a file).
+pub fn write_json(report: &Report, path: &Path) -> io::Result<()> {
+    let text = serde_json::to_string_pretty(report).map_err(io::Error::other)?;
+    let tmp = path.with_extension("json.partial");
+    fs::write(&tmp, text + "\n")?;
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Report {
+        Report {
+            schema_version: SCHEMA_VERSION,
+            command: vec!["true".into()],
+            exit_code: 0,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            wall_time_ns: 1_500_000_000,
+            cgroup: CgroupRef {
+                path: "/sys/fs/cgroup/cleanroom/run-1".into(),
+                id: 42,
+            },
+            totals: BTreeMap::from([("cpu_time_ns".into(), 2_000_000_000)]),
+            kernel: BTreeMap::from([("cpu_usage_ns".into(), 2_000_001_000)]),
+            unavailable: vec!["context_switches_voluntary".into()],
+            dropped: BTreeMap::from([("stats_map_full".into(), 0)]),
+            interrupted: None,
+        }
+    }
+
+    #[test]
+    fn numbers_read_like_people_write_them() {
+        assert_eq!(group_thousands(0), "0");
+        assert_eq!(group_thousands(999), "999");
+        assert_eq!(group_thousands(1_000), "1,000");
+        assert_eq!(group_thousands(1_234_567), "1,234,567");
+        assert_eq!(human_duration_ns(999), "999 ns");
+        assert_eq!(human_duration_ns(1_500), "1.5 µs");
+        assert_eq!(human_duration_ns(2_500_000), "2.5 ms");
+        assert_eq!(human_duration_ns(3_000_000_000), "3.000 s");
+    }
+
+    #[test]
+    fn summary_says_unavailable_not_zero() {
+        let text = sample().summary();
+        let line = text
+            .lines()
+            .find(|l| l.contains("context_switches_voluntary"))
+            .expect("a line per metric");
+        assert!(line.contains("unavailable"), "{line}");
+        assert!(text.contains("2.000 s (cpu.stat usage_usec)"), "{text}");
+    }
+
+    #[test]
+    fn json_round_trips_and_keeps_contract_names() {
+        let report = sample();
+        let value = serde_json::to_value(&report).unwrap();
+        for key in [
+            "schema_version",
+            "command",
+            "exit_code",
+            "started_at",
+            "wall_time_ns",
+            "cgroup",
+            "totals",
+            "kernel",
+            "unavailable",
+        ] {
+            assert!(value.get(key).is_some(), "missing {key} in {value}");
+        }
+        assert!(value.get("interrupted").is_none());
+        let back: Report = serde_json::from_value(value).unwrap();
+        assert_eq!(back, report);
+    }
+}

@@ -1,0 +1,294 @@
+//! `cleanroom run`: one command, measured in a cgroup of its own.
+//!
+//! Order matters: probes are attached before the cgroup exists, the child joins the cgroup
+//! before `exec`, and at the end everything left in the cgroup is killed before the counters are
+//! read, so the totals hold every process the command started, short-lived ones too. The cgroup
+//! is removed on every path out (a [`RunCgroup`] removes itself on drop).
+
+use std::{
+    collections::BTreeMap,
+    ffi::{CString, OsString},
+    io,
+    os::unix::{ffi::OsStrExt as _, process::ExitStatusExt as _},
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    Error,
+    cgroup::{CpuStat, Hierarchy, RunCgroup, subtree_ids},
+    host,
+    metric::Metric,
+    probe::Probes,
+    report::{self, CgroupRef, Interruption, Report, SCHEMA_VERSION},
+};
+
+/// What to run and where results go.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// The command and its arguments.
+    pub command: Vec<OsString>,
+    /// Directory under which the run cgroup is made; default `<v2 mount>/cleanroom`.
+    pub cgroup_parent: Option<PathBuf>,
+    /// Where to write the JSON report.
+    pub report: Option<PathBuf>,
+    /// Print the summary table on stderr at the end.
+    pub print_summary: bool,
+}
+
+/// Refuses early, with the missing capabilities named, when this process cannot measure.
+pub fn require_privileges(what: &'static str) -> Result<(), Error> {
+    let missing = host::missing_caps();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::NotPrivileged { what, missing })
+    }
+}
+
+/// Finds `program` the way `execvp` would: as a path if it has a slash, else in `PATH`.
+pub fn resolve_program(program: &OsString) -> Result<PathBuf, Error> {
+    let not_found = || Error::CommandNotFound(program.to_string_lossy().into_owned());
+    if program.as_bytes().contains(&b'/') {
+        let path = PathBuf::from(program);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(not_found())
+        };
+    }
+    which::which(program).map_err(|_| not_found())
+}
+
+/// Runs the command, measured, and returns its report. The report is written (when asked)
+/// before this returns, also when the command fails or is interrupted.
+pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
+    require_privileges("cleanroom run")?;
+    let program = opts
+        .command
+        .first()
+        .ok_or_else(|| Error::CommandNotFound(String::new()))?;
+    resolve_program(program)?;
+
+    let mut probes = Probes::load()?;
+    let hierarchy = Hierarchy::detect()?;
+    let parent = opts
+        .cgroup_parent
+        .clone()
+        .unwrap_or_else(|| hierarchy.v2_mount.join("cleanroom"));
+    let run_id = format!(
+        "run-{}-{}",
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+        std::process::id()
+    );
+    let cgroup = RunCgroup::create(&parent, &run_id)?;
+
+    let mut signals = Signals::new().map_err(Error::Wait)?;
+    let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let started = Instant::now();
+    let mut child = spawn_in_cgroup(&opts.command, cgroup.procs_file().as_path())?;
+    let pid = child.id().map(|p| p as i32);
+
+    let mut interrupted: Option<&'static str> = None;
+    let status: ExitStatus = loop {
+        tokio::select! {
+            status = child.wait() => break status.map_err(Error::Wait)?,
+            sig = signals.next() => {
+                let (name, number) = sig;
+                if interrupted.is_some() {
+                    // A second signal: stop waiting for the command to wind down.
+                    log::warn!("{name} again: killing every process of the run");
+                    let _ = cgroup.kill_all(Duration::from_secs(5));
+                } else if let Some(pid) = pid {
+                    if !signals.delivered_by_terminal(number) {
+                        // SAFETY: kill(2) has no memory-safety preconditions.
+                        unsafe { libc::kill(pid, number) };
+                    }
+                    log::warn!("{name}: passed to the command; waiting for it to exit (again to kill)");
+                }
+                interrupted.get_or_insert(name);
+            }
+        }
+    };
+    let wall_time_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+
+    // Whatever the command left behind ends now, so that its CPU time is charged before the
+    // counters are read.
+    let leftovers = cgroup.kill_all(Duration::from_secs(10))?;
+    if leftovers > 0 {
+        log::info!("killed {leftovers} processes the command left in its cgroup");
+    }
+    // A task that just exited may still be finishing its last scheduler tick on another CPU.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let ids = subtree_ids(cgroup.path())?;
+    let totals = probes.totals(&ids)?;
+    let cpu_stat = CpuStat::read(cgroup.path())?;
+    let drops = probes.drops()?;
+    let unavailable = probes.unavailable();
+    probes.forget(&ids)?;
+
+    let report = Report {
+        schema_version: SCHEMA_VERSION,
+        command: opts
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        exit_code: exit_code(status),
+        started_at,
+        wall_time_ns,
+        cgroup: CgroupRef {
+            path: cgroup.path().display().to_string(),
+            id: cgroup.id(),
+        },
+        totals: Metric::ALL
+            .iter()
+            .filter(|m| !unavailable.contains(m))
+            .map(|m| (m.name().to_owned(), m.value(&totals)))
+            .collect(),
+        kernel: BTreeMap::from([
+            ("cpu_usage_ns".to_owned(), cpu_stat.usage_usec * 1_000),
+            ("cpu_user_ns".to_owned(), cpu_stat.user_usec * 1_000),
+            ("cpu_system_ns".to_owned(), cpu_stat.system_usec * 1_000),
+        ]),
+        unavailable: unavailable.iter().map(|m| m.name().to_owned()).collect(),
+        dropped: BTreeMap::from([
+            ("stats_map_full".to_owned(), drops.stats_map_full),
+            ("read_failed".to_owned(), drops.read_failed),
+        ]),
+        interrupted: interrupted.map(|signal| Interruption {
+            signal: signal.to_owned(),
+            killed_leftovers: leftovers,
+        }),
+    };
+    cgroup.remove()?;
+
+    if opts.print_summary {
+        eprint!("{}", report.summary());
+    }
+    if let Some(path) = &opts.report {
+        report::write_json(&report, path).map_err(|source| Error::WriteReport {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(report)
+}
+
+/// The exit code a shell would show: the code, or 128 + the signal that killed it.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+/// Starts the command; the child moves itself into the cgroup before `exec`.
+fn spawn_in_cgroup(command: &[OsString], procs: &Path) -> Result<tokio::process::Child, Error> {
+    let program = &command[0];
+    let procs = CString::new(procs.as_os_str().as_bytes()).map_err(|e| Error::Spawn {
+        command: program.to_string_lossy().into_owned(),
+        source: io::Error::other(e),
+    })?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&command[1..]);
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe calls (open, write, close) on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || join_cgroup(&procs));
+    }
+    cmd.spawn().map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => Error::CommandNotFound(program.to_string_lossy().into_owned()),
+        _ => Error::Spawn {
+            command: program.to_string_lossy().into_owned(),
+            source,
+        },
+    })
+}
+
+/// Writes "0" (this process) into `cgroup.procs`. Async-signal-safe: no allocation.
+fn join_cgroup(procs: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: `procs` is a valid NUL-terminated string that outlives the call.
+    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: writes one byte from a static buffer to a descriptor we own.
+    let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    let error = io::Error::last_os_error();
+    // SAFETY: closes the descriptor opened above, once.
+    unsafe { libc::close(fd) };
+    if written == 1 { Ok(()) } else { Err(error) }
+}
+
+/// The signals that end a run: received here, passed on to the command.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> io::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    async fn next(&mut self) -> (&'static str, i32) {
+        tokio::select! {
+            _ = self.int.recv() => ("SIGINT", libc::SIGINT),
+            _ = self.term.recv() => ("SIGTERM", libc::SIGTERM),
+            _ = self.hup.recv() => ("SIGHUP", libc::SIGHUP),
+            _ = self.quit.recv() => ("SIGQUIT", libc::SIGQUIT),
+        }
+    }
+
+    /// Ctrl-C and Ctrl-\ on a terminal go to the whole foreground process group, the command
+    /// included; passing them on again would deliver them twice.
+    fn delivered_by_terminal(&self, signal: i32) -> bool {
+        if signal != libc::SIGINT && signal != libc::SIGQUIT {
+            return false;
+        }
+        // SAFETY: plain queries on fd 0 and on this process; no memory is passed.
+        unsafe {
+            libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 128 + 9);
+    }
+
+    #[test]
+    fn unknown_programs_are_not_found() {
+        assert!(matches!(
+            resolve_program(&"no-such-program-cleanroom".into()),
+            Err(Error::CommandNotFound(_))
+        ));
+        assert!(matches!(
+            resolve_program(&"./no/such/file".into()),
+            Err(Error::CommandNotFound(_))
+        ));
+        assert!(resolve_program(&"sh".into()).is_ok());
+    }
+}

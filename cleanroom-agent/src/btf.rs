@@ -15,7 +15,9 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     /// The BTF file could not be read or parsed.
-    #[error("cannot read kernel BTF at {path}: {detail} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)")]
+    #[error(
+        "cannot read kernel BTF at {path}: {detail} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)"
+    )]
     Unreadable {
         /// The file.
         path: String,
@@ -78,17 +80,17 @@ fn find_member(btf: &Btf, st: &btf_rs::Struct, wanted: &str, base_bits: u64) -> 
         let name = btf.resolve_name(m).unwrap_or_default();
         if name == wanted {
             // Pointers and ids are never bitfields; a member that is not byte-aligned is not ours.
-            return (bits % 8 == 0).then_some(bits / 8);
+            return bits.is_multiple_of(8).then_some(bits / 8);
         }
         if name.is_empty() {
             let inner = m
                 .get_type_id()
                 .ok()
                 .and_then(|id| btf.resolve_type_by_id(id).ok());
-            if let Some(Type::Struct(s) | Type::Union(s)) = inner {
-                if let Some(found) = find_member(btf, &s, wanted, bits) {
-                    return Some(found);
-                }
+            if let Some(Type::Struct(s) | Type::Union(s)) = inner
+                && let Some(found) = find_member(btf, &s, wanted, bits)
+            {
+                return Some(found);
             }
         }
     }

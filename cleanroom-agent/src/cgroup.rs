@@ -84,8 +84,20 @@ pub struct Hierarchy {
 
 /// v1 controller names we may find in a v1 mount's super options.
 const V1_CONTROLLERS: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "blkio", "pids", "devices", "freezer", "net_cls",
-    "net_prio", "hugetlb", "perf_event", "rdma", "misc",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "blkio",
+    "pids",
+    "devices",
+    "freezer",
+    "net_cls",
+    "net_prio",
+    "hugetlb",
+    "perf_event",
+    "rdma",
+    "misc",
 ];
 
 impl Hierarchy {
@@ -99,8 +111,7 @@ impl Hierarchy {
 
     /// Pure: picks the v2 mount and lists the v1 controllers from mount table entries.
     pub fn from_mounts(mounts: &[MountInfo]) -> Result<Self, CgroupError> {
-        let v2_mounts: Vec<&MountInfo> =
-            mounts.iter().filter(|m| m.fs_type == "cgroup2").collect();
+        let v2_mounts: Vec<&MountInfo> = mounts.iter().filter(|m| m.fs_type == "cgroup2").collect();
         // Prefer the conventional places, then whatever comes first.
         let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
             .iter()
@@ -389,8 +400,9 @@ mod tests {
 
     #[test]
     fn pure_v2_host() {
-        let mounts =
-            [mount("31 25 0:27 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate")];
+        let mounts = [mount(
+            "31 25 0:27 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate",
+        )];
         let h = Hierarchy::from_mounts(&mounts).unwrap();
         assert_eq!(h.v2_mount, Path::new("/sys/fs/cgroup"));
         assert_eq!(h.layout, Layout::Unified);
@@ -398,7 +410,9 @@ mod tests {
 
     #[test]
     fn no_cgroup2_is_an_error() {
-        let mounts = [mount("32 30 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory")];
+        let mounts = [mount(
+            "32 30 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory",
+        )];
         assert!(matches!(
             Hierarchy::from_mounts(&mounts),
             Err(CgroupError::NoUnifiedHierarchy)

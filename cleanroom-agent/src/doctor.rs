@@ -86,12 +86,22 @@ impl Diagnosis {
 /// Examines this host. Loads and attaches the probes when it has the privileges to.
 pub fn diagnose() -> Diagnosis {
     let mut d = Diagnosis::default();
-    let mut check = |name, status, detail: String| d.checks.push(Check { name, status, detail });
+    let mut check = |name, status, detail: String| {
+        d.checks.push(Check {
+            name,
+            status,
+            detail,
+        })
+    };
 
     let missing = host::missing_caps();
     let privileged = missing.is_empty();
     if privileged {
-        check("privileges", Status::Ok, "root or CAP_SYS_ADMIN+CAP_BPF+CAP_PERFMON".into());
+        check(
+            "privileges",
+            Status::Ok,
+            "root or CAP_SYS_ADMIN+CAP_BPF+CAP_PERFMON".into(),
+        );
     } else {
         check(
             "privileges",
@@ -125,7 +135,11 @@ pub fn diagnose() -> Diagnosis {
                 Layout::Hybrid => format!(
                     "hybrid: v2 at {} (controllers: {}), v1: {}",
                     h.v2_mount.display(),
-                    if controllers.is_empty() { "none".into() } else { controllers.join(" ") },
+                    if controllers.is_empty() {
+                        "none".into()
+                    } else {
+                        controllers.join(" ")
+                    },
                     h.v1_controllers
                         .iter()
                         .map(|(c, _)| c.as_str())
@@ -155,7 +169,11 @@ pub fn diagnose() -> Diagnosis {
         Status::Ok,
         format!(
             "{}; not needed (nothing is pinned)",
-            if bpffs { "mounted at /sys/fs/bpf" } else { "not mounted" }
+            if bpffs {
+                "mounted at /sys/fs/bpf"
+            } else {
+                "not mounted"
+            }
         ),
     );
 
@@ -167,15 +185,27 @@ pub fn diagnose() -> Diagnosis {
             "not embedded in this binary; build it with `cargo xtask build`".into(),
         );
     } else if !privileged {
-        check("BPF object", Status::Note, "embedded; not loaded (needs root)".into());
-        hook_errors.extend(Metric::ALL.iter().map(|m| (*m, "not checked without root".into())));
+        check(
+            "BPF object",
+            Status::Note,
+            "embedded; not loaded (needs root)".into(),
+        );
+        hook_errors.extend(
+            Metric::ALL
+                .iter()
+                .map(|m| (*m, "not checked without root".into())),
+        );
     } else {
         match Probes::load() {
             Ok(probes) => {
                 let attached = probes.status().iter().filter(|s| s.error.is_none()).count();
                 check(
                     "BPF object",
-                    if attached == HOOKS.len() { Status::Ok } else { Status::Note },
+                    if attached == HOOKS.len() {
+                        Status::Ok
+                    } else {
+                        Status::Note
+                    },
                     format!("loaded; {attached} of {} hooks attached", HOOKS.len()),
                 );
                 for s in probes.status() {
@@ -196,14 +226,21 @@ pub fn diagnose() -> Diagnosis {
             }
             Err(e) => {
                 check("BPF object", Status::Fail, e.to_string());
-                hook_errors.extend(Metric::ALL.iter().map(|m| (*m, "the object did not load".into())));
+                hook_errors.extend(
+                    Metric::ALL
+                        .iter()
+                        .map(|m| (*m, "the object did not load".into())),
+                );
             }
         }
     }
     d.metrics = Metric::ALL
         .iter()
         .map(|m| {
-            let why = hook_errors.iter().find(|(h, _)| h == m).map(|(_, e)| e.clone());
+            let why = hook_errors
+                .iter()
+                .find(|(h, _)| h == m)
+                .map(|(_, e)| e.clone());
             (*m, why)
         })
         .collect();

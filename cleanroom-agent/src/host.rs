@@ -3,11 +3,8 @@
 use std::{fs, path::Path};
 
 /// Capabilities Cleanroom needs, with their numbers (linux/capability.h).
-pub const NEEDED_CAPS: &[(&str, u32)] = &[
-    ("CAP_SYS_ADMIN", 21),
-    ("CAP_PERFMON", 38),
-    ("CAP_BPF", 39),
-];
+pub const NEEDED_CAPS: &[(&str, u32)] =
+    &[("CAP_SYS_ADMIN", 21), ("CAP_PERFMON", 38), ("CAP_BPF", 39)];
 
 /// Effective capability mask of this process (`CapEff` in /proc/self/status).
 pub fn effective_caps() -> Option<u64> {

@@ -55,7 +55,9 @@ impl Metric {
             Metric::CpuTime => {
                 "time the cgroup's tasks spent on a CPU, as the scheduler charges it (cpu.stat usage_usec)"
             }
-            Metric::ContextSwitchesVoluntary => "switches away from a task that blocked (I/O, sleep, lock)",
+            Metric::ContextSwitchesVoluntary => {
+                "switches away from a task that blocked (I/O, sleep, lock)"
+            }
             Metric::ContextSwitchesInvoluntary => {
                 "switches away from a task that was preempted while it could still run"
             }

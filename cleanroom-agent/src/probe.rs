@@ -115,7 +115,11 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global(globals::OFF_TASK_CGROUPS, &offsets.task_cgroups, true)
-            .override_global(globals::OFF_CSS_SET_DFL_CGRP, &offsets.css_set_dfl_cgrp, true)
+            .override_global(
+                globals::OFF_CSS_SET_DFL_CGRP,
+                &offsets.css_set_dfl_cgrp,
+                true,
+            )
             .override_global(globals::OFF_CGROUP_KN, &offsets.cgroup_kn, true)
             .override_global(globals::OFF_KERNFS_NODE_ID, &offsets.kernfs_node_id, true)
             .load(OBJECT)?;
@@ -135,7 +139,11 @@ impl Probes {
                 log::warn!(
                     "hook {} unavailable ({e}); not measured: {}",
                     hook.tracepoint,
-                    hook.metrics.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+                    hook.metrics
+                        .iter()
+                        .map(|m| m.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             status.push(HookStatus { hook: *hook, error });
@@ -175,7 +183,7 @@ impl Probes {
         let mut total = CgroupStats::default();
         for id in cgroup_ids {
             match map.get(id, 0) {
-                Ok(per_cpu) => total = per_cpu.iter().fold(total, |acc, v| acc.add(*v)),
+                Ok(per_cpu) => total = per_cpu.iter().fold(total, |acc, v| acc.wrapping_add(*v)),
                 Err(MapError::KeyNotFound) => {}
                 Err(source) => {
                     return Err(ProbeError::Map {
@@ -194,8 +202,8 @@ impl Probes {
             .ebpf
             .map_mut(maps::CGROUP_STATS)
             .ok_or_else(|| ProbeError::Missing(format!("map {}", maps::CGROUP_STATS)))?;
-        let mut map: PerCpuHashMap<&mut MapData, u64, CgroupStats> = PerCpuHashMap::try_from(map)
-            .map_err(|source| ProbeError::Map {
+        let mut map: PerCpuHashMap<&mut MapData, u64, CgroupStats> =
+            PerCpuHashMap::try_from(map).map_err(|source| ProbeError::Map {
                 map: maps::CGROUP_STATS,
                 source,
             })?;

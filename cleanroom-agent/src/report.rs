@@ -78,7 +78,7 @@ pub fn group_thousands(value: u64) -> String {
     let digits = value.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -112,7 +112,11 @@ impl Report {
             human_duration_ns(self.wall_time_ns)
         );
         let _ = writeln!(out, "  cgroup {} (id {})", self.cgroup.path, self.cgroup.id);
-        let _ = writeln!(out, "\n  {:<30} {:>16}   {}", "metric", "measured", "kernel's own figure");
+        let _ = writeln!(
+            out,
+            "\n  {:<30} {:>16}   kernel's own figure",
+            "metric", "measured"
+        );
         for metric in Metric::ALL {
             let measured = match self.totals.get(metric.name()) {
                 Some(v) => human(*v, metric.unit()),
@@ -128,7 +132,11 @@ impl Report {
         }
         let lost: u64 = self.dropped.values().sum();
         if lost > 0 {
-            let _ = writeln!(out, "\n  warning: {lost} events could not be counted: {:?}", self.dropped);
+            let _ = writeln!(
+                out,
+                "\n  warning: {lost} events could not be counted: {:?}",
+                self.dropped
+            );
         }
         if !self.unavailable.is_empty() {
             let _ = writeln!(

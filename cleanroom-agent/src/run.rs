@@ -262,9 +262,7 @@ impl Signals {
             return false;
         }
         // SAFETY: plain queries on fd 0 and on this process; no memory is passed.
-        unsafe {
-            libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp()
-        }
+        unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
     }
 }
 

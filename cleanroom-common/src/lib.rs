@@ -54,10 +54,12 @@ const _: () = assert!(core::mem::size_of::<CgroupStats>() == 24);
 impl CgroupStats {
     /// Field-wise wrapping sum, used to add up CPUs and cgroups.
     #[must_use]
-    pub fn add(self, other: Self) -> Self {
+    pub fn wrapping_add(self, other: Self) -> Self {
         Self {
             cpu_time_ns: self.cpu_time_ns.wrapping_add(other.cpu_time_ns),
-            switches_voluntary: self.switches_voluntary.wrapping_add(other.switches_voluntary),
+            switches_voluntary: self
+                .switches_voluntary
+                .wrapping_add(other.switches_voluntary),
             switches_involuntary: self
                 .switches_involuntary
                 .wrapping_add(other.switches_involuntary),

@@ -45,5 +45,7 @@ pub fn stats_of(cgroup_id: u64) -> Option<&'static mut CgroupStats> {
         return None;
     }
     // SAFETY: as above.
-    CGROUP_STATS.get_ptr_mut(cgroup_id).map(|s| unsafe { &mut *s })
+    CGROUP_STATS
+        .get_ptr_mut(cgroup_id)
+        .map(|s| unsafe { &mut *s })
 }

@@ -46,7 +46,9 @@ pub fn cgroup_id_of(task: *const u8) -> Option<u64> {
         .and_then(|cgroup| read_ptr(cgroup, OFF_CGROUP_KN.load()))
         .filter(|kn| !kn.is_null() && off_id != 0)
         // SAFETY: as in read_ptr.
-        .and_then(|kn| unsafe { bpf_probe_read_kernel(kn.wrapping_add(off_id as usize).cast::<u64>()) }.ok());
+        .and_then(|kn| {
+            unsafe { bpf_probe_read_kernel(kn.wrapping_add(off_id as usize).cast::<u64>()) }.ok()
+        });
     if id.is_none() {
         count_drop(drop_reason::READ_FAILED);
     }

@@ -1,1 +1,162 @@
-//! Shared helpers of the integration tests.
+//! Helpers of the privileged integration tests: finding the binary, owning a cgroup, running
+//! `cleanroom` and reading ground truth from cgroupfs.
+//!
+//! Ground truth is read here, independently of the agent's own code.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+/// Whether the tests run in CI, where a missing privilege or kernel feature is a failure.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Returns `true` when this test can run (root, a built binary). Otherwise panics in CI, or prints
+/// why it skips and returns `false`.
+#[must_use]
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let why = if !root {
+        Some("needs root (it loads BPF programs and makes cgroups)".to_owned())
+    } else if !cleanroom_bin().is_file() {
+        Some(format!(
+            "no cleanroom binary at {}; run `cargo xtask test`",
+            cleanroom_bin().display()
+        ))
+    } else {
+        None
+    };
+    match why {
+        None => true,
+        Some(why) if in_ci() => panic!("{test}: {why}, and CI=true forbids skipping"),
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+/// The agent under test: `CLEANROOM_BIN` (set by `cargo xtask test`), else the release build.
+pub fn cleanroom_bin() -> PathBuf {
+    std::env::var_os("CLEANROOM_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/cleanroom"),
+        PathBuf::from,
+    )
+}
+
+/// The workload program of this crate (cargo tells only integration tests where it is).
+#[macro_export]
+macro_rules! workload_bin {
+    () => {
+        ::std::path::PathBuf::from(env!("CARGO_BIN_EXE_cleanroom-test-workload"))
+    };
+}
+
+/// Where the cgroup v2 hierarchy is mounted, read from /proc/self/mountinfo.
+pub fn v2_mount() -> PathBuf {
+    let table = fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
+    let mounts: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
+        })
+        .collect();
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| mounts.contains(p))
+        .or_else(|| mounts.first().cloned())
+        .expect("a cgroup2 mount")
+}
+
+/// A cgroup the test owns, used as `--cgroup-parent`: after the run its `cpu.stat` still holds
+/// what the removed run cgroup used. Removed on drop.
+pub struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    /// Makes `<v2 mount>/cleanroom-test-<name>-<pid>`.
+    pub fn new(name: &str) -> Self {
+        let path = v2_mount().join(format!("cleanroom-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir(&path);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Self(path)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// `usage_usec` of its `cpu.stat`, in nanoseconds.
+    pub fn cpu_usage_ns(&self) -> u64 {
+        let text = fs::read_to_string(self.0.join("cpu.stat")).expect("reading cpu.stat");
+        let usec: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("usage_usec in cpu.stat");
+        usec * 1_000
+    }
+
+    /// Sub-cgroups still present (a run must leave none).
+    pub fn children(&self) -> Vec<PathBuf> {
+        fs::read_dir(&self.0)
+            .expect("listing test cgroup")
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for child in self.children() {
+            let _ = fs::remove_dir(child);
+        }
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// `cleanroom run --cgroup-parent <cg> --report <file> -q -- command...`; returns the output
+/// and the parsed report.
+pub fn run_measured(cg: &TestCgroup, command: &[&str]) -> (Output, serde_json::Value) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = dir.path().join("report.json");
+    let output = Command::new(cleanroom_bin())
+        .args(["run", "-q", "--cgroup-parent"])
+        .arg(cg.path())
+        .arg("--report")
+        .arg(&report)
+        .arg("--")
+        .args(command)
+        .output()
+        .expect("starting cleanroom");
+    let text = fs::read_to_string(&report).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}); cleanroom exited {:?}, stderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output, serde_json::from_str(&text).expect("report is JSON"))
+}
+
+/// A `u64` at `pointer` (JSON pointer) of `value`, with a message naming it when absent.
+pub fn u64_at(value: &serde_json::Value, pointer: &str) -> u64 {
+    value
+        .pointer(pointer)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("no number at {pointer} in {value:#}"))
+}
+
+/// Relative difference of `a` from `b`.
+pub fn rel_diff(a: u64, b: u64) -> f64 {
+    (a as f64 - b as f64).abs() / (b as f64).max(1.0)
+}

@@ -1,1 +1,167 @@
-fn main(){}
+//! `cargo xtask`: sets up the toolchain, builds the BPF object and the agent, runs and tests.
+//!
+//! The BPF object is built by Debian's rustc (it ships a precompiled `core` for
+//! `bpfel-unknown-none`) and linked by bpf-linker built against the same LLVM major. Everything
+//! missing is installed when running as root, each step printed; otherwise the exact commands
+//! are printed instead.
+
+mod toolchain;
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "Cleanroom's build tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Check (and install) the toolchain, build the BPF object, then the agent with the object
+    /// inside it (`target/release/cleanroom`).
+    Build,
+    /// Build, then run `cleanroom ARGS` as root (default: `cleanroom demo`).
+    Run {
+        /// Arguments for `cleanroom`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Build, then run every test: unit tests and the privileged integration tests.
+    Test {
+        /// Extra arguments for the test harness (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    let root = workspace_root();
+    match task {
+        Task::Build => build(&root).map(drop),
+        Task::Run { args } => {
+            let bin = build(&root)?;
+            let args = if args.is_empty() {
+                vec![OsString::from("demo")]
+            } else {
+                args
+            };
+            let mut cmd = as_root(&bin);
+            cmd.args(&args);
+            let status = cmd.status().context("starting cleanroom")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { args } => {
+            let bin = build(&root)?;
+            step("running every test (unit, integration, accuracy)");
+            let mut cmd = cargo();
+            cmd.current_dir(&root)
+                .args([
+                    "test",
+                    "--release",
+                    "--workspace",
+                    "--exclude",
+                    "cleanroom-ebpf",
+                ])
+                .env("CLEANROOM_BPF_OBJECT", bpf_object(&root))
+                .env("CLEANROOM_BIN", &bin)
+                // The privileged tests measure CPU time on a two-core machine: one at a time.
+                .args(["--", "--test-threads=1"])
+                .args(&args);
+            check(cmd, "tests failed")
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_owned()
+}
+
+fn bpf_object(root: &Path) -> PathBuf {
+    root.join("target/bpf/bpfel-unknown-none/release/cleanroom-ebpf")
+}
+
+/// Prints a step the way every step of xtask is printed.
+pub fn step(what: &str) {
+    eprintln!("xtask: {what}");
+}
+
+/// `cargo`, as the one that runs xtask.
+fn cargo() -> Command {
+    Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Runs `cmd`, failing with `what` if it fails.
+pub fn check(mut cmd: Command, what: &str) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{what} ({status})");
+    }
+    Ok(())
+}
+
+/// A command for `program` that runs as root: directly when we are root, through sudo otherwise.
+fn as_root(program: &Path) -> Command {
+    if toolchain::is_root() {
+        Command::new(program)
+    } else {
+        step("not root: running through sudo");
+        let mut cmd = Command::new("sudo");
+        cmd.arg("--preserve-env=RUST_LOG").arg(program);
+        cmd
+    }
+}
+
+/// Builds the BPF object, then the agent carrying it. Returns the agent binary.
+fn build(root: &Path) -> Result<PathBuf> {
+    let tools = toolchain::ensure()?;
+    step("building the BPF object (cleanroom-ebpf, bpfel-unknown-none)");
+    let mut cmd = cargo();
+    cmd.current_dir(root)
+        .args(["build", "--release", "--package", "cleanroom-ebpf"])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "--target-dir",
+            "target/bpf",
+        ])
+        .env("RUSTC", &tools.bpf_rustc)
+        // aya-ebpf uses unstable features; Debian's rustc is a stable one.
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("PATH", tools.path_with_linker())
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTFLAGS");
+    check(cmd, "building the BPF object failed")?;
+
+    step("building the agent (target/release/cleanroom) with the object inside");
+    let mut cmd = cargo();
+    cmd.current_dir(root)
+        .args(["build", "--release", "--package", "cleanroom-agent"])
+        .env("CLEANROOM_BPF_OBJECT", bpf_object(root));
+    check(cmd, "building the agent failed")?;
+    Ok(root.join("target/release/cleanroom"))
+}

@@ -1,0 +1,86 @@
+//! CPU time and context switches, checked against the kernel's own accounting.
+
+use cleanroom_tests::{TestCgroup, privileged, rel_diff, run_measured, u64_at, workload_bin};
+
+/// Two busy processes for 3 s: the probes' CPU time equals `cpu.stat usage_usec` of the cgroup
+/// within 1%, read independently here from the test's parent cgroup (which keeps what its removed
+/// child used).
+#[test]
+fn cpu_time_of_busy_run_matches_cpu_stat() {
+    if !privileged("cpu_time_of_busy_run_matches_cpu_stat") {
+        return;
+    }
+    let cg = TestCgroup::new("busy");
+    let spin = workload_bin!();
+    let spin = spin.to_str().unwrap();
+    let script = format!("{spin} spin 3 & {spin} spin 3 & wait");
+    let (output, report) = run_measured(&cg, &["sh", "-c", &script]);
+    assert!(output.status.success(), "run failed: {output:?}");
+
+    let measured = u64_at(&report, "/totals/cpu_time_ns");
+    let kernel = cg.cpu_usage_ns();
+    assert!(
+        rel_diff(measured, kernel) < 0.01,
+        "probes measured {measured} ns of CPU, cpu.stat says {kernel} ns"
+    );
+    // Two processes busy for 3 s each must have had a good share of two CPUs.
+    assert!(
+        measured > 3_000_000_000,
+        "only {measured} ns of CPU for 2 x 3 s of spinning"
+    );
+    let reported_kernel = u64_at(&report, "/kernel/cpu_usage_ns");
+    assert!(
+        rel_diff(reported_kernel, kernel) < 0.01,
+        "report's kernel figure {reported_kernel} differs from cpu.stat {kernel}"
+    );
+    assert!(
+        cg.children().is_empty(),
+        "run cgroup left behind: {:?}",
+        cg.children()
+    );
+}
+
+/// A run that mostly sleeps is charged its CPU, not its sleep; and its voluntary switches are
+/// at least the sleeps it did, as `getrusage` of the process itself counts them.
+#[test]
+fn sleeping_run_is_not_charged_the_sleep() {
+    if !privileged("sleeping_run_is_not_charged_the_sleep") {
+        return;
+    }
+    let cg = TestCgroup::new("sleepy");
+    let workload = workload_bin!();
+    let (output, report) = run_measured(&cg, &[workload.to_str().unwrap(), "sleepy", "100", "20"]);
+    assert!(output.status.success(), "run failed: {output:?}");
+
+    let wall = u64_at(&report, "/wall_time_ns");
+    let cpu = u64_at(&report, "/totals/cpu_time_ns");
+    let kernel = cg.cpu_usage_ns();
+    assert!(
+        wall >= 2_000_000_000,
+        "100 sleeps of 20 ms took only {wall} ns"
+    );
+    assert!(
+        cpu < wall / 10,
+        "charged {cpu} ns of CPU for a {wall} ns sleeping run"
+    );
+    // Small figures: cpu.stat has µs resolution, so allow 1% or 1 ms.
+    let slack = (kernel / 100).max(1_000_000);
+    assert!(
+        cpu.abs_diff(kernel) <= slack,
+        "probes measured {cpu} ns, cpu.stat says {kernel} ns"
+    );
+
+    let rusage: serde_json::Value =
+        serde_json::from_slice(output.stdout.trim_ascii()).expect("workload prints its rusage");
+    let nvcsw = u64_at(&rusage, "/nvcsw");
+    let voluntary = u64_at(&report, "/totals/context_switches_voluntary");
+    assert!(
+        nvcsw >= 100,
+        "getrusage saw only {nvcsw} voluntary switches for 100 sleeps"
+    );
+    // The cgroup also holds the moments before exec and after getrusage: a few more, never fewer.
+    assert!(
+        voluntary >= nvcsw && voluntary <= nvcsw + 20,
+        "probes counted {voluntary} voluntary switches, getrusage {nvcsw}"
+    );
+}

@@ -128,7 +128,8 @@ impl Report {
                     Some(format!("{} ({source})", human(*v, metric.unit())))
                 })
                 .unwrap_or_default();
-            let _ = writeln!(out, "  {:<30} {measured:>16}   {twin}", metric.name());
+            let line = format!("  {:<30} {measured:>16}   {twin}", metric.name());
+            let _ = writeln!(out, "{}", line.trim_end());
         }
         let lost: u64 = self.dropped.values().sum();
         if lost > 0 {

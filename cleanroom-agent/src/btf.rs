@@ -29,18 +29,16 @@ pub enum BtfError {
     Missing(String),
 }
 
-/// Byte offsets the kernel programs need, in the running kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Byte offsets the kernel programs need, resolved in the running kernel: one per entry of
+/// [`cleanroom_common::OFFSETS`], `Err` with the reason for those this kernel lacks.
+#[derive(Debug)]
 pub struct Offsets {
-    /// `task_struct.cgroups`.
-    pub task_cgroups: u64,
-    /// `css_set.dfl_cgrp`.
-    pub css_set_dfl_cgrp: u64,
-    /// `cgroup.kn`.
-    pub cgroup_kn: u64,
-    /// `kernfs_node.id`.
-    pub kernfs_node_id: u64,
+    /// (global name, offset or why not).
+    pub entries: Vec<(&'static str, Result<u64, String>)>,
 }
+
+/// What an unresolved offset is set to: any read at it fails (and is counted), never guessed.
+pub const UNRESOLVED: u64 = u64::MAX;
 
 impl Offsets {
     /// Resolves every offset from the BTF file at `path`.
@@ -50,16 +48,68 @@ impl Offsets {
             detail: e.to_string(),
         })?;
         Ok(Self {
-            task_cgroups: member_offset(&btf, "task_struct", "cgroups")?,
-            css_set_dfl_cgrp: member_offset(&btf, "css_set", "dfl_cgrp")?,
-            cgroup_kn: member_offset(&btf, "cgroup", "kn")?,
-            kernfs_node_id: member_offset(&btf, "kernfs_node", "id")?,
+            entries: cleanroom_common::OFFSETS
+                .iter()
+                .map(|(global, st, path)| {
+                    (
+                        *global,
+                        member_path_offset(&btf, st, path).map_err(|e| e.to_string()),
+                    )
+                })
+                .collect(),
         })
     }
+
+    /// The value to load for `global`: its offset, or [`UNRESOLVED`].
+    pub fn value(&self, global: &str) -> u64 {
+        self.entries
+            .iter()
+            .find(|(g, _)| *g == global)
+            .and_then(|(_, r)| r.as_ref().ok().copied())
+            .unwrap_or(UNRESOLVED)
+    }
+
+    /// Why `global` could not be resolved, if it could not.
+    pub fn missing(&self, global: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(g, _)| *g == global)
+            .and_then(|(_, r)| r.as_ref().err().map(String::as_str))
+    }
+}
+
+/// Offset of a member path like `bi_iter.bi_size` in `struct name`; each step may list
+/// alternative names of a member renamed across kernels (`__parent|parent`).
+pub fn member_path_offset(btf: &Btf, name: &str, path: &str) -> Result<u64, BtfError> {
+    let mut struct_name = name.to_owned();
+    let mut total = 0;
+    let steps: Vec<&str> = path.split('.').collect();
+    for (i, step) in steps.iter().enumerate() {
+        let (offset, type_id) = step
+            .split('|')
+            .find_map(|alt| member_offset_and_type(btf, &struct_name, alt).ok())
+            .ok_or_else(|| BtfError::Missing(format!("struct {struct_name}.{step}")))?;
+        total += offset;
+        if i + 1 < steps.len() {
+            struct_name = match btf.resolve_type_by_id(type_id) {
+                Ok(Type::Struct(s)) => btf.resolve_name(&s).unwrap_or_default(),
+                _ => {
+                    return Err(BtfError::Missing(format!(
+                        "struct {struct_name}.{step} (not a struct)"
+                    )));
+                }
+            };
+        }
+    }
+    Ok(total)
 }
 
 /// Byte offset of `member` in `struct name`, looking through anonymous structs and unions.
 pub fn member_offset(btf: &Btf, name: &str, member: &str) -> Result<u64, BtfError> {
+    member_offset_and_type(btf, name, member).map(|(o, _)| o)
+}
+
+fn member_offset_and_type(btf: &Btf, name: &str, member: &str) -> Result<(u64, u32), BtfError> {
     let missing = || BtfError::Missing(format!("struct {name}.{member}"));
     let types = btf
         .resolve_types_by_name(name)
@@ -74,13 +124,16 @@ pub fn member_offset(btf: &Btf, name: &str, member: &str) -> Result<u64, BtfErro
     find_member(btf, st, member, 0).ok_or_else(missing)
 }
 
-fn find_member(btf: &Btf, st: &btf_rs::Struct, wanted: &str, base_bits: u64) -> Option<u64> {
+fn find_member(btf: &Btf, st: &btf_rs::Struct, wanted: &str, base_bits: u64) -> Option<(u64, u32)> {
     for m in &st.members {
         let bits = base_bits + u64::from(m.bit_offset());
         let name = btf.resolve_name(m).unwrap_or_default();
         if name == wanted {
             // Pointers and ids are never bitfields; a member that is not byte-aligned is not ours.
-            return bits.is_multiple_of(8).then_some(bits / 8);
+            return bits
+                .is_multiple_of(8)
+                .then(|| Some((bits / 8, m.get_type_id().ok()?)))
+                .flatten();
         }
         if name.is_empty() {
             let inner = m
@@ -113,16 +166,31 @@ mod tests {
             eprintln!("skipped: {VMLINUX_BTF} does not exist on this machine");
             return;
         }
-        let offsets = Offsets::from_file(path).expect("offsets resolve");
+        let offsets = Offsets::from_file(path).expect("BTF parses");
         let btf = Btf::from_file(path).unwrap();
         let size_of = |name: &str| match &btf.resolve_types_by_name(name).unwrap()[..] {
             [Type::Struct(s), ..] => s.size() as u64,
             other => panic!("{name} is not a struct: {other:?}"),
         };
-        assert!(offsets.task_cgroups + 8 <= size_of("task_struct"));
-        assert!(offsets.css_set_dfl_cgrp + 8 <= size_of("css_set"));
-        assert!(offsets.cgroup_kn + 8 <= size_of("cgroup"));
-        assert!(offsets.kernfs_node_id + 8 <= size_of("kernfs_node"));
+        for (global, st, _) in cleanroom_common::OFFSETS {
+            let offset = offsets.value(global);
+            assert_ne!(
+                offset,
+                UNRESOLVED,
+                "{global}: {:?}",
+                offsets.missing(global)
+            );
+            assert!(
+                offset < size_of(st),
+                "{global} = {offset} outside struct {st}"
+            );
+        }
+        // A nested path adds up: bio.bi_iter.bi_size = bio.bi_iter + bvec_iter.bi_size.
+        assert_eq!(
+            member_path_offset(&btf, "bio", "bi_iter.bi_size").unwrap(),
+            member_offset(&btf, "bio", "bi_iter").unwrap()
+                + member_offset(&btf, "bvec_iter", "bi_size").unwrap()
+        );
         assert!(matches!(
             member_offset(&btf, "task_struct", "no_such_member"),
             Err(BtfError::Missing(_))

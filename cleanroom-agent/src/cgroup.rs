@@ -140,6 +140,14 @@ impl Hierarchy {
         })
     }
 
+    /// Where the v1 hierarchy of `controller` is mounted, on a hybrid host.
+    pub fn v1_mount(&self, controller: &str) -> Option<&Path> {
+        self.v1_controllers
+            .iter()
+            .find(|(c, _)| c == controller)
+            .map(|(_, p)| p.as_path())
+    }
+
     /// Controllers enabled at the v2 root (`cgroup.controllers`).
     pub fn v2_controllers(&self) -> Vec<String> {
         fs::read_to_string(self.v2_mount.join("cgroup.controllers"))
@@ -216,26 +224,62 @@ pub fn flat_keyed(text: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// A cgroup this process made for one run. Dropping it kills what is left in it and removes it.
+/// A cgroup this process made for one run, with its v1 memory twin on a hybrid host. Dropping it
+/// kills what is left in it and removes it.
 #[derive(Debug)]
 pub struct RunCgroup {
     path: PathBuf,
     id: u64,
+    memory_v1: Option<PathBuf>,
     removed: bool,
 }
 
+/// Controllers a run cgroup asks its parent to delegate on a pure v2 host.
+const V2_CONTROLLERS: &[&str] = &["memory", "pids"];
+
 impl RunCgroup {
-    /// Creates `parent/name` (and `parent` itself if needed).
-    pub fn create(parent: &Path, name: &str) -> Result<Self, CgroupError> {
+    /// Creates `parent/name` (and `parent` itself if needed). On a pure v2 host, enables the
+    /// memory and pids controllers for it where the parent has them; on a hybrid host, also
+    /// makes a v1 memory twin nested under this process's own v1 memory cgroup.
+    pub fn create(parent: &Path, name: &str, hierarchy: &Hierarchy) -> Result<Self, CgroupError> {
         fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+        enable_controllers(parent);
         let path = parent.join(name);
         fs::create_dir(&path).map_err(io_err("creating", &path))?;
         let id = cgroup_id(&path)?;
-        Ok(Self {
+        let mut run = Self {
             path,
             id,
+            memory_v1: None,
             removed: false,
-        })
+        };
+        if let Some(mount) = hierarchy.v1_mount("memory") {
+            let own = own_v1_path("memory").unwrap_or_default();
+            let twin = mount.join(own.trim_start_matches('/')).join(name);
+            fs::create_dir(&twin).map_err(io_err("creating", &twin))?;
+            run.memory_v1 = Some(twin);
+        }
+        Ok(run)
+    }
+
+    /// Every `cgroup.procs` the command must join before `exec`: the v2 cgroup and any v1 twin.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        std::iter::once(&self.path)
+            .chain(self.memory_v1.as_ref())
+            .map(|p| p.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// The v1 memory twin, on a hybrid host.
+    pub fn memory_v1(&self) -> Option<&Path> {
+        self.memory_v1.as_deref()
+    }
+
+    /// The kernel's memory figures for the run: v2 files where the memory controller is on,
+    /// else the v1 twin's. `None` when neither exists.
+    pub fn memory(&self) -> Option<MemoryStat> {
+        MemoryStat::read_v2(&self.path)
+            .or_else(|| self.memory_v1.as_deref().and_then(MemoryStat::read_v1))
     }
 
     /// Where it is.
@@ -246,11 +290,6 @@ impl RunCgroup {
     /// Its v2 id.
     pub fn id(&self) -> u64 {
         self.id
-    }
-
-    /// Path of its `cgroup.procs`, which a child writes `0` to in order to join.
-    pub fn procs_file(&self) -> PathBuf {
-        self.path.join("cgroup.procs")
     }
 
     /// Whether any process is left in it or below it.
@@ -324,6 +363,9 @@ impl RunCgroup {
         for dir in dirs.iter().rev() {
             remove_dir_retrying(dir)?;
         }
+        if let Some(twin) = &self.memory_v1 {
+            remove_dir_retrying(twin)?;
+        }
         self.removed = true;
         Ok(())
     }
@@ -335,6 +377,86 @@ impl Drop for RunCgroup {
             log::warn!("could not remove run cgroup: {e}");
         }
     }
+}
+
+/// Memory of a cgroup as the kernel accounts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStat {
+    /// Bytes charged now (`memory.current` / `memory.usage_in_bytes`).
+    pub current_bytes: u64,
+    /// Highest charge seen (`memory.peak` / `memory.max_usage_in_bytes`); `None` before 5.19 on v2.
+    pub peak_bytes: Option<u64>,
+    /// Page faults of the cgroup (`memory.stat` `pgfault` / v1 `total_pgfault`).
+    pub pgfault: Option<u64>,
+    /// Major page faults (`pgmajfault` / `total_pgmajfault`).
+    pub pgmajfault: Option<u64>,
+}
+
+impl MemoryStat {
+    /// v2 files of `path`, if the memory controller is enabled there.
+    pub fn read_v2(path: &Path) -> Option<Self> {
+        let current = read_u64(&path.join("memory.current"))?;
+        let stat = fs::read_to_string(path.join("memory.stat")).unwrap_or_default();
+        Some(Self {
+            current_bytes: current,
+            peak_bytes: read_u64(&path.join("memory.peak")),
+            pgfault: flat_keyed(&stat, "pgfault"),
+            pgmajfault: flat_keyed(&stat, "pgmajfault"),
+        })
+    }
+
+    /// v1 files of the memory cgroup at `path`.
+    pub fn read_v1(path: &Path) -> Option<Self> {
+        let stat = fs::read_to_string(path.join("memory.stat")).unwrap_or_default();
+        Some(Self {
+            current_bytes: read_u64(&path.join("memory.usage_in_bytes"))?,
+            peak_bytes: read_u64(&path.join("memory.max_usage_in_bytes")),
+            pgfault: flat_keyed(&stat, "total_pgfault"),
+            pgmajfault: flat_keyed(&stat, "total_pgmajfault"),
+        })
+    }
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// On a pure v2 host, asks `parent` to delegate the controllers a run reads, where it has them.
+/// Failure only costs those figures (they are then reported unavailable).
+fn enable_controllers(parent: &Path) {
+    let available = fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
+    let enabled = fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
+    for c in V2_CONTROLLERS {
+        let has = |text: &str| text.split_whitespace().any(|w| w == *c);
+        if has(&available)
+            && !has(&enabled)
+            && let Err(e) = fs::write(parent.join("cgroup.subtree_control"), format!("+{c}"))
+        {
+            log::warn!(
+                "cannot enable the {c} controller in {}: {e}",
+                parent.display()
+            );
+        }
+    }
+}
+
+/// This process's cgroup path in the v1 hierarchy of `controller` (from /proc/self/cgroup).
+pub fn own_v1_path(controller: &str) -> Option<String> {
+    parse_own_v1_path(&fs::read_to_string("/proc/self/cgroup").ok()?, controller)
+}
+
+/// Pure: the path of `controller`'s line in a /proc/PID/cgroup text.
+pub fn parse_own_v1_path(text: &str, controller: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let _id = parts.next()?;
+        let controllers = parts.next()?;
+        let path = parts.next()?;
+        controllers
+            .split(',')
+            .any(|c| c == controller)
+            .then(|| path.to_owned())
+    })
 }
 
 /// rmdir can fail with EBUSY for a moment after the last task left; retry briefly.
@@ -431,6 +553,52 @@ mod tests {
             }
         );
         assert!(CpuStat::parse("user_usec 1\nsystem_usec 2\n").is_err());
+    }
+
+    #[test]
+    fn own_v1_path_finds_the_controller_line() {
+        let text = "9:name=systemd:/\n4:memory:/ci/job-1\n2:cpu,cpuacct:/x\n0::/\n";
+        assert_eq!(
+            parse_own_v1_path(text, "memory").as_deref(),
+            Some("/ci/job-1")
+        );
+        assert_eq!(parse_own_v1_path(text, "cpuacct").as_deref(), Some("/x"));
+        assert_eq!(parse_own_v1_path(text, "blkio"), None);
+    }
+
+    #[test]
+    fn memory_reads_v1_and_v2_files() {
+        let v2 = tempfile::tempdir().unwrap();
+        fs::write(v2.path().join("memory.current"), "4096\n").unwrap();
+        fs::write(v2.path().join("memory.peak"), "8192\n").unwrap();
+        fs::write(
+            v2.path().join("memory.stat"),
+            "anon 0\npgfault 12\npgmajfault 1\n",
+        )
+        .unwrap();
+        let m = MemoryStat::read_v2(v2.path()).unwrap();
+        assert_eq!(
+            (m.current_bytes, m.peak_bytes, m.pgfault, m.pgmajfault),
+            (4096, Some(8192), Some(12), Some(1))
+        );
+        assert!(
+            MemoryStat::read_v1(v2.path()).is_none(),
+            "v2 files are not v1 files"
+        );
+
+        let v1 = tempfile::tempdir().unwrap();
+        fs::write(v1.path().join("memory.usage_in_bytes"), "100\n").unwrap();
+        fs::write(v1.path().join("memory.max_usage_in_bytes"), "300\n").unwrap();
+        fs::write(
+            v1.path().join("memory.stat"),
+            "pgfault 1\ntotal_pgfault 5\ntotal_pgmajfault 2\n",
+        )
+        .unwrap();
+        let m = MemoryStat::read_v1(v1.path()).unwrap();
+        assert_eq!(
+            (m.current_bytes, m.peak_bytes, m.pgfault, m.pgmajfault),
+            (100, Some(300), Some(5), Some(2))
+        );
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! `cleanroom doctor`: what this host offers (privileges, BTF, cgroup layout, mounts, hooks) and
 //! therefore which metrics Cleanroom can measure here.
 
-use std::{fmt::Write as _, path::Path};
+use std::{fmt::Write as _, fs::File, path::Path};
 
 use crate::{
     btf::{Offsets, VMLINUX_BTF},
     cgroup::{Hierarchy, Layout},
     host,
-    metric::Metric,
+    metric::{AnyMetric, Metric},
     probe::{HOOKS, Probes},
 };
 
@@ -39,7 +39,7 @@ pub struct Diagnosis {
     /// Host checks.
     pub checks: Vec<Check>,
     /// Each metric with `None` if measurable, or why not.
-    pub metrics: Vec<(Metric, Option<String>)>,
+    pub metrics: Vec<(AnyMetric, Option<String>)>,
 }
 
 impl Diagnosis {
@@ -112,18 +112,37 @@ pub fn diagnose() -> Diagnosis {
     check("kernel", Status::Ok, host::kernel_release());
 
     match Offsets::from_file(Path::new(VMLINUX_BTF)) {
-        Ok(o) => check(
-            "BTF",
-            Status::Ok,
-            format!(
-                "{VMLINUX_BTF}: task_struct.cgroups@{} css_set.dfl_cgrp@{} cgroup.kn@{} kernfs_node.id@{}",
-                o.task_cgroups, o.css_set_dfl_cgrp, o.cgroup_kn, o.kernfs_node_id
-            ),
-        ),
+        Ok(o) => {
+            let missing: Vec<&str> = o
+                .entries
+                .iter()
+                .filter_map(|(_, r)| r.as_ref().err().map(String::as_str))
+                .collect();
+            check(
+                "BTF",
+                if missing.is_empty() {
+                    Status::Ok
+                } else {
+                    Status::Note
+                },
+                format!(
+                    "{VMLINUX_BTF}: {} of {} struct offsets resolved{}",
+                    o.entries.len() - missing.len(),
+                    o.entries.len(),
+                    if missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (missing: {})", missing.join("; "))
+                    }
+                ),
+            );
+        }
         Err(e) => check("BTF", Status::Fail, e.to_string()),
     }
 
-    match Hierarchy::detect() {
+    let hierarchy = Hierarchy::detect();
+    let mut memory_note: Option<String> = None;
+    match &hierarchy {
         Ok(h) => {
             let controllers = h.v2_controllers();
             let detail = match h.layout {
@@ -148,6 +167,28 @@ pub fn diagnose() -> Diagnosis {
                 ),
             };
             check("cgroups", Status::Ok, detail);
+            let v2_memory = controllers.iter().any(|c| c == "memory");
+            let memory = if v2_memory {
+                (
+                    Status::Ok,
+                    "v2 memory controller: memory.peak / memory.current".to_owned(),
+                )
+            } else if let Some(mount) = h.v1_mount("memory") {
+                (
+                    Status::Ok,
+                    format!(
+                        "v1 memory controller at {}: runs get a v1 twin",
+                        mount.display()
+                    ),
+                )
+            } else {
+                memory_note = Some("no memory controller; peak falls back to getrusage".into());
+                (
+                    Status::Note,
+                    "no memory controller: peak RSS of the largest process only".into(),
+                )
+            };
+            check("memory", memory.0, memory.1);
         }
         Err(e) => check("cgroups", Status::Fail, e.to_string()),
     }
@@ -177,7 +218,13 @@ pub fn diagnose() -> Diagnosis {
         ),
     );
 
-    let mut hook_errors: Vec<(Metric, String)> = Vec::new();
+    let mut hook_errors: Vec<(AnyMetric, String)> = Vec::new();
+    if memory_note.is_some() {
+        hook_errors.push((
+            AnyMetric::Value(Metric::MemoryCurrentBytes),
+            "no memory controller on this host".into(),
+        ));
+    }
     if !Probes::object_embedded() {
         check(
             "BPF object",
@@ -190,13 +237,13 @@ pub fn diagnose() -> Diagnosis {
             Status::Note,
             "embedded; not loaded (needs root)".into(),
         );
-        hook_errors.extend(
-            Metric::ALL
-                .iter()
-                .map(|m| (*m, "not checked without root".into())),
-        );
+        hook_errors.extend(AnyMetric::all().map(|m| (m, "not checked without root".into())));
     } else {
-        match Probes::load() {
+        let root = hierarchy
+            .as_ref()
+            .ok()
+            .and_then(|h| File::open(&h.v2_mount).ok());
+        match Probes::load(root.as_ref()) {
             Ok(probes) => {
                 let attached = probes.status().iter().filter(|s| s.error.is_none()).count();
                 check(
@@ -210,8 +257,8 @@ pub fn diagnose() -> Diagnosis {
                 );
                 for s in probes.status() {
                     let (status, detail) = match &s.error {
-                        None => (Status::Ok, format!("tp_btf/{} attached", s.hook.tracepoint)),
-                        Some(e) => (Status::Note, format!("tp_btf/{}: {e}", s.hook.tracepoint)),
+                        None => (Status::Ok, format!("{} attached", s.hook.attach)),
+                        Some(e) => (Status::Note, format!("{}: {e}", s.hook.attach)),
                     };
                     check("hook", status, detail);
                     if let Some(e) = &s.error {
@@ -219,29 +266,24 @@ pub fn diagnose() -> Diagnosis {
                             s.hook
                                 .metrics
                                 .iter()
-                                .map(|m| (*m, format!("tp_btf/{}: {e}", s.hook.tracepoint))),
+                                .map(|m| (*m, format!("{}: {e}", s.hook.attach))),
                         );
                     }
                 }
             }
             Err(e) => {
                 check("BPF object", Status::Fail, e.to_string());
-                hook_errors.extend(
-                    Metric::ALL
-                        .iter()
-                        .map(|m| (*m, "the object did not load".into())),
-                );
+                hook_errors.extend(AnyMetric::all().map(|m| (m, "the object did not load".into())));
             }
         }
     }
-    d.metrics = Metric::ALL
-        .iter()
+    d.metrics = AnyMetric::all()
         .map(|m| {
             let why = hook_errors
                 .iter()
-                .find(|(h, _)| h == m)
+                .find(|(h, _)| *h == m)
                 .map(|(_, e)| e.clone());
-            (*m, why)
+            (m, why)
         })
         .collect();
     d

@@ -5,11 +5,13 @@
 
 pub mod btf;
 pub mod cgroup;
+pub mod collect;
 pub mod demo;
 pub mod doctor;
 pub mod error;
 pub mod host;
 pub mod metric;
+pub mod model;
 pub mod probe;
 pub mod report;
 pub mod run;

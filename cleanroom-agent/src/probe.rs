@@ -1,19 +1,27 @@
 //! Loading the embedded BPF object, attaching its programs and reading its maps.
 //!
 //! The only module that touches aya. It knows hooks and cgroup ids, nothing of paths, SLOs or
-//! reports. A program whose hook the kernel lacks is left detached: its metrics are reported as
-//! unavailable by [`Probes::unavailable`], never as zero.
+//! reports. A program whose hook the kernel lacks (or whose struct offsets its BTF lacks) is left
+//! detached: its metrics are reported as unavailable by [`Probes::unavailable`], never as zero.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
-    programs::BtfTracePoint,
+    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
-use cleanroom_common::{CgroupStats, drop_reason, globals, maps, programs};
+use cleanroom_common::{
+    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, drop_reason, maps, programs,
+};
 
 use crate::{
     btf::{BtfError, Offsets, VMLINUX_BTF},
-    metric::Metric,
+    metric::{AnyMetric, Latency, Metric},
+    model,
 };
 
 /// The object `cargo xtask build` made, embedded by `build.rs` (empty if there was none).
@@ -47,31 +55,192 @@ pub enum ProbeError {
     },
 }
 
-/// A kernel hook, the program on it, and the metrics it provides.
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ProbeError {
+    move |source| ProbeError::Map { map, source }
+}
+
+/// How a program attaches.
+#[derive(Clone, Copy, Debug)]
+pub enum Attach {
+    /// A BTF tracepoint of this name.
+    TpBtf(&'static str),
+    /// `cgroup_skb` on the v2 root, this direction.
+    CgroupSkb(CgroupSkbAttachType),
+}
+
+impl std::fmt::Display for Attach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attach::TpBtf(tp) => write!(f, "tp_btf/{tp}"),
+            Attach::CgroupSkb(CgroupSkbAttachType::Ingress) => write!(f, "cgroup_skb/ingress"),
+            Attach::CgroupSkb(CgroupSkbAttachType::Egress) => write!(f, "cgroup_skb/egress"),
+        }
+    }
+}
+
+/// A kernel hook, the program on it, the metrics it provides and the offsets it reads at.
 #[derive(Clone, Copy, Debug)]
 pub struct Hook {
     /// Program name in the object.
     pub program: &'static str,
-    /// BTF tracepoint it attaches to.
-    pub tracepoint: &'static str,
+    /// Where it attaches.
+    pub attach: Attach,
     /// Metrics that are unavailable without it.
-    pub metrics: &'static [Metric],
+    pub metrics: &'static [AnyMetric],
+    /// Offset globals (`cleanroom_common::OFFSETS`) it cannot work without.
+    pub needs: &'static [&'static str],
 }
+
+const TASK_CGROUP: &[&str] = &[
+    "OFF_TASK_CGROUPS",
+    "OFF_CSS_SET_DFL_CGRP",
+    "OFF_CGROUP_KN",
+    "OFF_KERNFS_NODE_ID",
+];
+
+use AnyMetric::{Latency as L, Value as V};
 
 /// Every hook, in attach order.
 pub const HOOKS: &[Hook] = &[
     Hook {
         program: programs::SCHED_STAT_RUNTIME,
-        tracepoint: "sched_stat_runtime",
-        metrics: &[Metric::CpuTime],
+        attach: Attach::TpBtf("sched_stat_runtime"),
+        metrics: &[V(Metric::CpuTime)],
+        needs: TASK_CGROUP,
     },
     Hook {
         program: programs::SCHED_SWITCH,
-        tracepoint: "sched_switch",
+        attach: Attach::TpBtf("sched_switch"),
         metrics: &[
-            Metric::ContextSwitchesVoluntary,
-            Metric::ContextSwitchesInvoluntary,
+            V(Metric::ContextSwitchesVoluntary),
+            V(Metric::ContextSwitchesInvoluntary),
+            L(Latency::Runqueue),
         ],
+        needs: &[
+            "OFF_TASK_PID",
+            "OFF_TASK_CGROUPS",
+            "OFF_CSS_SET_DFL_CGRP",
+            "OFF_CGROUP_KN",
+            "OFF_KERNFS_NODE_ID",
+        ],
+    },
+    Hook {
+        program: programs::SCHED_WAKEUP,
+        attach: Attach::TpBtf("sched_wakeup"),
+        metrics: &[L(Latency::Runqueue)],
+        needs: &["OFF_TASK_PID"],
+    },
+    Hook {
+        program: programs::SCHED_WAKEUP_NEW,
+        attach: Attach::TpBtf("sched_wakeup_new"),
+        metrics: &[L(Latency::Runqueue)],
+        needs: &["OFF_TASK_PID"],
+    },
+    Hook {
+        program: programs::SCHED_PROCESS_FORK,
+        attach: Attach::TpBtf("sched_process_fork"),
+        metrics: &[V(Metric::ProcessesForked)],
+        needs: &["OFF_TASK_PID", "OFF_TASK_TGID"],
+    },
+    Hook {
+        program: programs::SCHED_PROCESS_EXIT,
+        attach: Attach::TpBtf("sched_process_exit"),
+        metrics: &[V(Metric::ProcessesExited), V(Metric::PageFaultsMajor)],
+        needs: &["OFF_TASK_MAJ_FLT"],
+    },
+    Hook {
+        program: programs::PAGE_FAULT_USER,
+        attach: Attach::TpBtf("page_fault_user"),
+        metrics: &[V(Metric::PageFaultsUser)],
+        needs: &[],
+    },
+    Hook {
+        program: programs::PAGE_FAULT_KERNEL,
+        attach: Attach::TpBtf("page_fault_kernel"),
+        metrics: &[V(Metric::PageFaultsKernel)],
+        needs: &[],
+    },
+    Hook {
+        program: programs::BLOCK_BIO_QUEUE,
+        attach: Attach::TpBtf("block_bio_queue"),
+        metrics: &[
+            V(Metric::BlockReadBytes),
+            V(Metric::BlockWriteBytes),
+            V(Metric::BlockReadOps),
+            V(Metric::BlockWriteOps),
+            L(Latency::BlockRead),
+            L(Latency::BlockWrite),
+        ],
+        needs: &[
+            "OFF_BIO_BDEV",
+            "OFF_BIO_OPF",
+            "OFF_BIO_SIZE",
+            "OFF_BIO_BLKG",
+            "OFF_BDEV_DEV",
+            "OFF_BLKG_BLKCG",
+            "OFF_BLKCG_CGROUP",
+            "OFF_TASK_FLAGS",
+            "OFF_CGROUP_ROOT",
+        ],
+    },
+    Hook {
+        program: programs::BLOCK_SPLIT,
+        attach: Attach::TpBtf("block_split"),
+        metrics: &[L(Latency::BlockRead), L(Latency::BlockWrite)],
+        needs: &[
+            "OFF_TASK_FLAGS",
+            "OFF_BIO_BLKG",
+            "OFF_BLKG_BLKCG",
+            "OFF_BLKCG_CGROUP",
+        ],
+    },
+    Hook {
+        program: programs::BLOCK_RQ_ISSUE,
+        attach: Attach::TpBtf("block_rq_issue"),
+        metrics: &[L(Latency::BlockRead), L(Latency::BlockWrite)],
+        needs: &["OFF_RQ_BIO", "OFF_RQ_CMD_FLAGS"],
+    },
+    Hook {
+        program: programs::BLOCK_RQ_COMPLETE,
+        attach: Attach::TpBtf("block_rq_complete"),
+        metrics: &[L(Latency::BlockRead), L(Latency::BlockWrite)],
+        needs: &[],
+    },
+    Hook {
+        program: programs::CGROUP_SKB_INGRESS,
+        attach: Attach::CgroupSkb(CgroupSkbAttachType::Ingress),
+        metrics: &[V(Metric::NetRxBytes), V(Metric::NetRxPackets)],
+        needs: &[],
+    },
+    Hook {
+        program: programs::CGROUP_SKB_EGRESS,
+        attach: Attach::CgroupSkb(CgroupSkbAttachType::Egress),
+        metrics: &[V(Metric::NetTxBytes), V(Metric::NetTxPackets)],
+        needs: &[],
+    },
+    Hook {
+        program: programs::TCP_RETRANSMIT_SKB,
+        attach: Attach::TpBtf("tcp_retransmit_skb"),
+        metrics: &[V(Metric::TcpRetransmits)],
+        needs: &["OFF_SOCK_CGROUP", "OFF_CGROUP_KN", "OFF_KERNFS_NODE_ID"],
+    },
+    Hook {
+        program: programs::INET_SOCK_SET_STATE,
+        attach: Attach::TpBtf("inet_sock_set_state"),
+        metrics: &[L(Latency::TcpConnect)],
+        needs: &["OFF_SOCK_CGROUP", "OFF_CGROUP_KN", "OFF_KERNFS_NODE_ID"],
+    },
+    Hook {
+        program: programs::CGROUP_MKDIR,
+        attach: Attach::TpBtf("cgroup_mkdir"),
+        metrics: &[],
+        needs: &["OFF_CGROUP_ROOT", "OFF_KERNFS_NODE_PARENT"],
+    },
+    Hook {
+        program: programs::CGROUP_RMDIR,
+        attach: Attach::TpBtf("cgroup_rmdir"),
+        metrics: &[],
+        needs: &["OFF_CGROUP_ROOT", "OFF_KERNFS_NODE_PARENT"],
     },
 ];
 
@@ -80,17 +249,32 @@ pub const HOOKS: &[Hook] = &[
 pub struct HookStatus {
     /// The hook.
     pub hook: Hook,
-    /// `None` when attached; the kernel's refusal otherwise.
+    /// `None` when attached; why not otherwise.
     pub error: Option<String>,
 }
 
-/// Events the kernel programs could not count.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Drops {
-    /// Events of a new cgroup lost because the stats map was full.
-    pub stats_map_full: u64,
-    /// Events lost because a kernel structure could not be read.
-    pub read_failed: u64,
+/// Events the kernel programs could not count, by reason name.
+pub type Drops = BTreeMap<&'static str, u64>;
+
+/// Names of [`drop_reason`] values in reports.
+const DROP_NAMES: &[(u32, &str)] = &[
+    (drop_reason::STATS_MAP_FULL, "stats_map_full"),
+    (drop_reason::READ_FAILED, "read_failed"),
+    (drop_reason::BLOCK_MAP_FULL, "block_map_full"),
+    (drop_reason::HIST_MAP_FULL, "histogram_map_full"),
+    (drop_reason::TREE_MAP_FULL, "cgroup_tree_map_full"),
+    (drop_reason::LATENCY_UNMATCHED, "latency_start_unseen"),
+];
+
+/// What the kernel counted for a set of cgroups.
+#[derive(Clone, Debug)]
+pub struct Counted {
+    /// Counters summed over CPUs and cgroups.
+    pub stats: CgroupStats,
+    /// Block counters per device (kernel `dev_t` encoding).
+    pub block: BTreeMap<u32, BlockStats>,
+    /// Histograms per latency.
+    pub latencies: BTreeMap<Latency, Histogram>,
 }
 
 /// The loaded object with its programs attached. Dropping it detaches everything.
@@ -106,44 +290,46 @@ impl Probes {
     }
 
     /// Loads the object with offsets of the running kernel and attaches every hook it can.
-    pub fn load() -> Result<Self, ProbeError> {
+    /// `v2_root` is the cgroup v2 root directory, for the network programs.
+    pub fn load(v2_root: Option<&File>) -> Result<Self, ProbeError> {
         if !Self::object_embedded() {
             return Err(ProbeError::NoObject);
         }
         let offsets = Offsets::from_file(VMLINUX_BTF.as_ref())?;
         let btf = Btf::from_sys_fs()?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global(globals::OFF_TASK_CGROUPS, &offsets.task_cgroups, true)
-            .override_global(
-                globals::OFF_CSS_SET_DFL_CGRP,
-                &offsets.css_set_dfl_cgrp,
-                true,
-            )
-            .override_global(globals::OFF_CGROUP_KN, &offsets.cgroup_kn, true)
-            .override_global(globals::OFF_KERNFS_NODE_ID, &offsets.kernfs_node_id, true)
-            .load(OBJECT)?;
+        let values: Vec<(&str, u64)> = cleanroom_common::OFFSETS
+            .iter()
+            .map(|(g, _, _)| (*g, offsets.value(g)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        loader.btf(Some(&btf));
+        for (global, value) in &values {
+            loader.override_global(global, value, true);
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+
         let mut status = Vec::with_capacity(HOOKS.len());
         for hook in HOOKS {
-            let program: &mut BtfTracePoint = ebpf
-                .program_mut(hook.program)
-                .ok_or_else(|| ProbeError::Missing(format!("program {}", hook.program)))?
-                .try_into()
-                .map_err(|_| ProbeError::Missing(format!("tp_btf program {}", hook.program)))?;
-            let error = program
-                .load(hook.tracepoint, &btf)
-                .and_then(|()| program.attach().map(drop))
-                .err()
-                .map(|e| error_chain(&e));
+            let missing: Vec<&str> = hook
+                .needs
+                .iter()
+                .filter_map(|g| offsets.missing(g))
+                .collect();
+            let error = if missing.is_empty() {
+                attach(&mut ebpf, hook, &btf, v2_root)?
+            } else {
+                Some(missing.join("; "))
+            };
             if let Some(e) = &error {
+                let names: Vec<&str> = hook.metrics.iter().map(|m| m.name()).collect();
                 log::warn!(
-                    "hook {} unavailable ({e}); not measured: {}",
-                    hook.tracepoint,
-                    hook.metrics
-                        .iter()
-                        .map(|m| m.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "{} unavailable ({e}); not measured: {}",
+                    hook.attach,
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
                 );
             }
             status.push(HookStatus { hook: *hook, error });
@@ -156,8 +342,8 @@ impl Probes {
         &self.status
     }
 
-    /// Metrics whose hook could not be attached.
-    pub fn unavailable(&self) -> Vec<Metric> {
+    /// Metrics some hook of which could not be attached.
+    pub fn unavailable(&self) -> BTreeSet<AnyMetric> {
         self.status
             .iter()
             .filter(|s| s.error.is_some())
@@ -165,87 +351,201 @@ impl Probes {
             .collect()
     }
 
-    fn stats_map(&self) -> Result<PerCpuHashMap<&MapData, u64, CgroupStats>, ProbeError> {
-        let map = self
-            .ebpf
-            .map(maps::CGROUP_STATS)
-            .ok_or_else(|| ProbeError::Missing(format!("map {}", maps::CGROUP_STATS)))?;
-        PerCpuHashMap::try_from(map).map_err(|source| ProbeError::Map {
-            map: maps::CGROUP_STATS,
-            source,
-        })
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, ProbeError> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| ProbeError::Missing(format!("map {name}")))
     }
 
-    /// Sum over CPUs and over `cgroup_ids` of the kernel counters. A cgroup the programs have
-    /// not seen yet counts as zero (it has had no event).
-    pub fn totals(&self, cgroup_ids: &[u64]) -> Result<CgroupStats, ProbeError> {
-        let map = self.stats_map()?;
-        let mut total = CgroupStats::default();
-        for id in cgroup_ids {
-            match map.get(id, 0) {
-                Ok(per_cpu) => total = per_cpu.iter().fold(total, |acc, v| acc.wrapping_add(*v)),
-                Err(MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(ProbeError::Map {
-                        map: maps::CGROUP_STATS,
-                        source,
-                    });
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, ProbeError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| ProbeError::Missing(format!("map {name}")))
+    }
+
+    /// `root` and every cgroup below it that the kernel saw made or removed while loaded, so
+    /// sub-cgroups a command removed itself still count.
+    pub fn descendants(&self, root: u64) -> Result<BTreeSet<u64>, ProbeError> {
+        let tree: HashMap<&MapData, u64, CgroupNode> =
+            HashMap::try_from(self.map(maps::CGROUP_TREE)?).map_err(map_err(maps::CGROUP_TREE))?;
+        let mut children: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for entry in tree.iter() {
+            let (id, node) = entry.map_err(map_err(maps::CGROUP_TREE))?;
+            children.entry(node.parent_id).or_default().push(id);
+        }
+        let mut out = BTreeSet::from([root]);
+        let mut pending = vec![root];
+        while let Some(id) = pending.pop() {
+            for child in children.get(&id).into_iter().flatten() {
+                if out.insert(*child) {
+                    pending.push(*child);
                 }
             }
         }
-        Ok(total)
+        Ok(out)
     }
 
-    /// Removes the counters of cgroups that are gone, so the bounded map does not fill up.
-    pub fn forget(&mut self, cgroup_ids: &[u64]) -> Result<(), ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut(maps::CGROUP_STATS)
-            .ok_or_else(|| ProbeError::Missing(format!("map {}", maps::CGROUP_STATS)))?;
-        let mut map: PerCpuHashMap<&mut MapData, u64, CgroupStats> =
-            PerCpuHashMap::try_from(map).map_err(|source| ProbeError::Map {
-                map: maps::CGROUP_STATS,
-                source,
-            })?;
-        for id in cgroup_ids {
-            match map.remove(id) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(ProbeError::Map {
-                        map: maps::CGROUP_STATS,
-                        source,
-                    });
+    /// Everything counted for `ids`, summed over CPUs and cgroups. A cgroup the programs have
+    /// not seen counts as zero (it had no event).
+    pub fn counted(&self, ids: &BTreeSet<u64>) -> Result<Counted, ProbeError> {
+        let stats_map: PerCpuHashMap<&MapData, u64, CgroupStats> =
+            PerCpuHashMap::try_from(self.map(maps::CGROUP_STATS)?)
+                .map_err(map_err(maps::CGROUP_STATS))?;
+        let mut stats = CgroupStats::default();
+        for id in ids {
+            match stats_map.get(id, 0) {
+                Ok(per_cpu) => stats = per_cpu.iter().fold(stats, |acc, v| acc.wrapping_add(*v)),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(maps::CGROUP_STATS)(e)),
+            }
+        }
+
+        let block_map: PerCpuHashMap<&MapData, BlockKey, BlockStats> =
+            PerCpuHashMap::try_from(self.map(maps::BLOCK_STATS)?)
+                .map_err(map_err(maps::BLOCK_STATS))?;
+        let mut block: BTreeMap<u32, BlockStats> = BTreeMap::new();
+        for entry in block_map.iter() {
+            let (key, per_cpu) = entry.map_err(map_err(maps::BLOCK_STATS))?;
+            if ids.contains(&key.cgroup_id) {
+                let sum = per_cpu
+                    .iter()
+                    .fold(BlockStats::default(), |acc, v| acc.wrapping_add(*v));
+                let slot = block.entry(key.dev).or_default();
+                *slot = slot.wrapping_add(sum);
+            }
+        }
+
+        let hist_map: HashMap<&MapData, HistKey, Histogram> =
+            HashMap::try_from(self.map(maps::HISTOGRAMS)?).map_err(map_err(maps::HISTOGRAMS))?;
+        let mut latencies = BTreeMap::new();
+        for latency in Latency::ALL {
+            let mut total = model::empty_histogram();
+            for id in ids {
+                let key = HistKey {
+                    cgroup_id: *id,
+                    kind: latency.kind(),
+                    _pad: 0,
+                };
+                match hist_map.get(&key, 0) {
+                    Ok(h) => total = model::merge(&total, &h),
+                    Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(maps::HISTOGRAMS)(e)),
                 }
             }
+            latencies.insert(*latency, total);
+        }
+        Ok(Counted {
+            stats,
+            block,
+            latencies,
+        })
+    }
+
+    /// Removes every trace of `ids` from the maps, so the bounded maps do not fill up with
+    /// cgroups that are gone.
+    pub fn forget(&mut self, ids: &BTreeSet<u64>) -> Result<(), ProbeError> {
+        fn ok_if_absent(r: Result<(), MapError>, map: &'static str) -> Result<(), ProbeError> {
+            match r {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                // Deleting a key that is not there reports ENOENT from the syscall.
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(map_err(map)(e)),
+            }
+        }
+        let mut stats: PerCpuHashMap<&mut MapData, u64, CgroupStats> =
+            PerCpuHashMap::try_from(self.map_mut(maps::CGROUP_STATS)?)
+                .map_err(map_err(maps::CGROUP_STATS))?;
+        for id in ids {
+            ok_if_absent(stats.remove(id), maps::CGROUP_STATS)?;
+        }
+        let mut tree: HashMap<&mut MapData, u64, CgroupNode> =
+            HashMap::try_from(self.map_mut(maps::CGROUP_TREE)?)
+                .map_err(map_err(maps::CGROUP_TREE))?;
+        for id in ids {
+            ok_if_absent(tree.remove(id), maps::CGROUP_TREE)?;
+        }
+        let mut hists: HashMap<&mut MapData, HistKey, Histogram> =
+            HashMap::try_from(self.map_mut(maps::HISTOGRAMS)?)
+                .map_err(map_err(maps::HISTOGRAMS))?;
+        for id in ids {
+            for latency in Latency::ALL {
+                let key = HistKey {
+                    cgroup_id: *id,
+                    kind: latency.kind(),
+                    _pad: 0,
+                };
+                ok_if_absent(hists.remove(&key), maps::HISTOGRAMS)?;
+            }
+        }
+        let mut block: PerCpuHashMap<&mut MapData, BlockKey, BlockStats> =
+            PerCpuHashMap::try_from(self.map_mut(maps::BLOCK_STATS)?)
+                .map_err(map_err(maps::BLOCK_STATS))?;
+        let doomed: Vec<BlockKey> = block
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| ids.contains(&k.cgroup_id))
+            .collect();
+        for key in doomed {
+            ok_if_absent(block.remove(&key), maps::BLOCK_STATS)?;
         }
         Ok(())
     }
 
     /// Events lost so far, summed over CPUs.
     pub fn drops(&self) -> Result<Drops, ProbeError> {
-        let map = self
-            .ebpf
-            .map(maps::DROPS)
-            .ok_or_else(|| ProbeError::Missing(format!("map {}", maps::DROPS)))?;
         let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
-                map: maps::DROPS,
-                source,
-            })?;
-        let sum = |reason: u32| -> Result<u64, ProbeError> {
-            array
-                .get(&reason, 0)
-                .map(|v| v.iter().copied().fold(0u64, u64::wrapping_add))
-                .map_err(|source| ProbeError::Map {
-                    map: maps::DROPS,
-                    source,
-                })
-        };
-        Ok(Drops {
-            stats_map_full: sum(drop_reason::STATS_MAP_FULL)?,
-            read_failed: sum(drop_reason::READ_FAILED)?,
-        })
+            PerCpuArray::try_from(self.map(maps::DROPS)?).map_err(map_err(maps::DROPS))?;
+        DROP_NAMES
+            .iter()
+            .map(|(reason, name)| {
+                array
+                    .get(reason, 0)
+                    .map(|v| (*name, v.iter().copied().fold(0u64, u64::wrapping_add)))
+                    .map_err(map_err(maps::DROPS))
+            })
+            .collect()
     }
+}
+
+/// Loads and attaches one program. `Ok(Some(reason))` when the kernel refused it (the hook is
+/// then unavailable); `Err` when the object itself is out of step with this agent.
+fn attach(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    btf: &Btf,
+    v2_root: Option<&File>,
+) -> Result<Option<String>, ProbeError> {
+    let program = ebpf
+        .program_mut(hook.program)
+        .ok_or_else(|| ProbeError::Missing(format!("program {}", hook.program)))?;
+    let result = match hook.attach {
+        Attach::TpBtf(tracepoint) => {
+            let p: &mut BtfTracePoint = program
+                .try_into()
+                .map_err(|_| ProbeError::Missing(format!("tp_btf program {}", hook.program)))?;
+            p.load(tracepoint, btf).and_then(|()| p.attach().map(drop))
+        }
+        Attach::CgroupSkb(direction) => {
+            let Some(root) = v2_root else {
+                return Ok(Some("no cgroup v2 root to attach to".into()));
+            };
+            let p: &mut CgroupSkb = program
+                .try_into()
+                .map_err(|_| ProbeError::Missing(format!("cgroup_skb program {}", hook.program)))?;
+            // aya attaches through a bpf_link here (5.7+); links always coexist with other
+            // programs on the cgroup (multi mode) and the kernel rejects BPF_F_ALLOW_MULTI on
+            // them, so `Single` (no flag) is what keeps us from displacing anyone.
+            p.load().and_then(|()| {
+                p.attach(root, direction, CgroupAttachMode::Single)
+                    .map(drop)
+            })
+        }
+    };
+    Ok(result.err().map(|e| error_chain(&e)))
 }
 
 /// An error and its sources on one line.

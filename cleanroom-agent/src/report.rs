@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, fmt::Write as _, fs, io, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use crate::metric::{Metric, Unit};
+use crate::{
+    collect::{BlockDevice, Total},
+    metric::{Latency, Metric, Unit},
+};
 
 /// Version of the JSON layout. Later versions add fields; they never rename one.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -26,14 +29,21 @@ pub struct Report {
     pub wall_time_ns: u64,
     /// The run's cgroup.
     pub cgroup: CgroupRef,
-    /// What the probes measured, by metric name (see the README for units).
-    pub totals: BTreeMap<String, u64>,
+    /// What the probes measured, by metric name (see the README for units): numbers, and
+    /// latency summaries for the `*_latency` metrics.
+    pub totals: BTreeMap<String, Total>,
+    /// Block I/O per device.
+    #[serde(default)]
+    pub block_devices: Vec<BlockDevice>,
     /// The kernel's own cgroupfs figures, read at the end, for cross-checking.
     pub kernel: BTreeMap<String, u64>,
     /// Metrics this host could not measure; they are absent from `totals`, never zero.
     pub unavailable: Vec<String>,
     /// Events the kernel programs could not count, by reason (all zero when nothing was lost).
     pub dropped: BTreeMap<String, u64>,
+    /// Remarks on how figures were obtained, where it differs from the usual.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// How the run ended when it did not end by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<Interruption>,
@@ -61,6 +71,7 @@ pub struct Interruption {
 fn kernel_twin(metric: Metric) -> Option<(&'static str, &'static str)> {
     match metric {
         Metric::CpuTime => Some(("cpu_usage_ns", "cpu.stat usage_usec")),
+        Metric::PageFaultsMajor => Some(("memory_stat_pgmajfault", "memory.stat pgmajfault")),
         _ => None,
     }
 }
@@ -69,7 +80,18 @@ fn kernel_twin(metric: Metric) -> Option<(&'static str, &'static str)> {
 pub fn human(value: u64, unit: Unit) -> String {
     match unit {
         Unit::Nanoseconds => human_duration_ns(value),
+        Unit::Bytes => human_bytes(value),
         Unit::Count => group_thousands(value),
+    }
+}
+
+/// Bytes as `512 B`, `1.5 KiB`, `16.0 MiB`, `2.00 GiB`.
+pub fn human_bytes(b: u64) -> String {
+    match b {
+        0..1024 => format!("{b} B"),
+        1024..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", b as f64 / 1_048_576.0),
+        _ => format!("{:.2} GiB", b as f64 / 1_073_741_824.0),
     }
 }
 
@@ -119,8 +141,8 @@ impl Report {
         );
         for metric in Metric::ALL {
             let measured = match self.totals.get(metric.name()) {
-                Some(v) => human(*v, metric.unit()),
-                None => "unavailable".to_owned(),
+                Some(Total::Value(v)) => human(*v, metric.unit()),
+                _ => "unavailable".to_owned(),
             };
             let twin = kernel_twin(*metric)
                 .and_then(|(key, source)| {
@@ -130,6 +152,66 @@ impl Report {
                 .unwrap_or_default();
             let line = format!("  {:<30} {measured:>16}   {twin}", metric.name());
             let _ = writeln!(out, "{}", line.trim_end());
+        }
+        if let (Some(Total::Value(u)), Some(Total::Value(k)), Some(pgfault)) = (
+            self.totals.get(Metric::PageFaultsUser.name()),
+            self.totals.get(Metric::PageFaultsKernel.name()),
+            self.kernel.get("memory_stat_pgfault"),
+        ) {
+            let _ = writeln!(
+                out,
+                "  {:<30} {:>16}   {} (memory.stat pgfault)",
+                "page_faults (user+kernel)",
+                group_thousands(u + k),
+                group_thousands(*pgfault)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n  {:<30} {:>7} {:>10} {:>10} {:>10} {:>10}",
+            "latency", "count", "p50", "p90", "p99", "max"
+        );
+        for latency in Latency::ALL {
+            let line = match self.totals.get(latency.name()) {
+                Some(Total::Latency(l)) if l.count > 0 => format!(
+                    "  {:<30} {:>7} {:>10} {:>10} {:>10} {:>10}",
+                    latency.name(),
+                    group_thousands(l.count),
+                    human_duration_ns(l.p50_ns),
+                    human_duration_ns(l.p90_ns),
+                    human_duration_ns(l.p99_ns),
+                    human_duration_ns(l.max_ns)
+                ),
+                Some(Total::Latency(_)) => format!("  {:<30} {:>7}", latency.name(), 0),
+                _ => format!("  {:<30} unavailable", latency.name()),
+            };
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = writeln!(
+            out,
+            "  (percentiles are bucket upper bounds: at most {:.1}% above the true value)",
+            crate::model::RELATIVE_ERROR * 100.0
+        );
+        if !self.block_devices.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n  {:<16} {:>12} {:>12} {:>10} {:>10}",
+                "block device", "read", "written", "reads", "writes"
+            );
+            for d in &self.block_devices {
+                let _ = writeln!(
+                    out,
+                    "  {:<16} {:>12} {:>12} {:>10} {:>10}",
+                    format!("{} ({})", d.name.as_deref().unwrap_or("?"), d.device),
+                    human_bytes(d.read_bytes),
+                    human_bytes(d.write_bytes),
+                    group_thousands(d.read_ops),
+                    group_thousands(d.write_ops)
+                );
+            }
+        }
+        for note in &self.notes {
+            let _ = writeln!(out, "\n  note: {note}");
         }
         let lost: u64 = self.dropped.values().sum();
         if lost > 0 {
@@ -173,7 +255,9 @@ mod tests {
                 path: "/sys/fs/cgroup/cleanroom/run-1".into(),
                 id: 42,
             },
-            totals: BTreeMap::from([("cpu_time_ns".into(), 2_000_000_000)]),
+            totals: BTreeMap::from([("cpu_time_ns".into(), Total::Value(2_000_000_000))]),
+            block_devices: vec![],
+            notes: vec![],
             kernel: BTreeMap::from([("cpu_usage_ns".into(), 2_000_001_000)]),
             unavailable: vec!["context_switches_voluntary".into()],
             dropped: BTreeMap::from([("stats_map_full".into(), 0)]),

@@ -6,11 +6,12 @@
 //! is removed on every path out (a [`RunCgroup`] removes itself on drop).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ffi::{CString, OsString},
+    fs::File,
     io,
     os::unix::{ffi::OsStrExt as _, process::ExitStatusExt as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::ExitStatus,
     time::{Duration, Instant, SystemTime},
 };
@@ -19,9 +20,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     Error,
-    cgroup::{CpuStat, Hierarchy, RunCgroup, subtree_ids},
+    cgroup::{CgroupError, CpuStat, Hierarchy, RunCgroup, subtree_ids},
+    collect::Sample,
     host,
-    metric::Metric,
     probe::Probes,
     report::{self, CgroupRef, Interruption, Report, SCHEMA_VERSION},
 };
@@ -73,8 +74,13 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         .ok_or_else(|| Error::CommandNotFound(String::new()))?;
     resolve_program(program)?;
 
-    let mut probes = Probes::load()?;
     let hierarchy = Hierarchy::detect()?;
+    let v2_root = File::open(&hierarchy.v2_mount).map_err(|source| CgroupError::Io {
+        action: "opening",
+        path: hierarchy.v2_mount.clone(),
+        source,
+    })?;
+    let mut probes = Probes::load(Some(&v2_root))?;
     let parent = opts
         .cgroup_parent
         .clone()
@@ -87,12 +93,12 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
             .as_secs(),
         std::process::id()
     );
-    let cgroup = RunCgroup::create(&parent, &run_id)?;
+    let cgroup = RunCgroup::create(&parent, &run_id, &hierarchy)?;
 
     let mut signals = Signals::new().map_err(Error::Wait)?;
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let started = Instant::now();
-    let mut child = spawn_in_cgroup(&opts.command, cgroup.procs_file().as_path())?;
+    let mut child = spawn_in_cgroup(&opts.command, &cgroup.procs_files())?;
     let pid = child.id().map(|p| p as i32);
 
     let mut interrupted: Option<&'static str> = None;
@@ -127,12 +133,27 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     // A task that just exited may still be finishing its last scheduler tick on another CPU.
     tokio::time::sleep(Duration::from_millis(20)).await;
 
-    let ids = subtree_ids(cgroup.path())?;
-    let totals = probes.totals(&ids)?;
-    let cpu_stat = CpuStat::read(cgroup.path())?;
+    // Sub-cgroups still there, and those the kernel saw made (and maybe removed) meanwhile.
+    let mut ids: BTreeSet<u64> = subtree_ids(cgroup.path())?.into_iter().collect();
+    ids.extend(probes.descendants(cgroup.id())?);
+    let memory = cgroup.memory();
+    let sample = Sample {
+        counted: probes.counted(&ids)?,
+        cpu: CpuStat::read(cgroup.path())?,
+        memory,
+        max_rss_bytes: children_max_rss(),
+    };
     let drops = probes.drops()?;
-    let unavailable = probes.unavailable();
+    let (totals, unavailable) = sample.totals(&probes.unavailable());
     probes.forget(&ids)?;
+    let mut notes = Vec::new();
+    if memory.is_none() {
+        notes.push(
+            "no cgroup accounts memory for this run (no memory controller): memory_peak_bytes is \
+             the largest peak RSS of a single process (getrusage), memory_current_bytes is unavailable"
+                .to_owned(),
+        );
+    }
 
     let report = Report {
         schema_version: SCHEMA_VERSION,
@@ -148,21 +169,15 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
             path: cgroup.path().display().to_string(),
             id: cgroup.id(),
         },
-        totals: Metric::ALL
-            .iter()
-            .filter(|m| !unavailable.contains(m))
-            .map(|m| (m.name().to_owned(), m.value(&totals)))
-            .collect(),
-        kernel: BTreeMap::from([
-            ("cpu_usage_ns".to_owned(), cpu_stat.usage_usec * 1_000),
-            ("cpu_user_ns".to_owned(), cpu_stat.user_usec * 1_000),
-            ("cpu_system_ns".to_owned(), cpu_stat.system_usec * 1_000),
-        ]),
-        unavailable: unavailable.iter().map(|m| m.name().to_owned()).collect(),
-        dropped: BTreeMap::from([
-            ("stats_map_full".to_owned(), drops.stats_map_full),
-            ("read_failed".to_owned(), drops.read_failed),
-        ]),
+        totals,
+        block_devices: sample.block_devices(),
+        kernel: sample.kernel(),
+        unavailable,
+        dropped: drops
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect::<BTreeMap<_, _>>(),
+        notes,
         interrupted: interrupted.map(|signal| Interruption {
             signal: signal.to_owned(),
             killed_leftovers: leftovers,
@@ -190,19 +205,35 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or(1)
 }
 
-/// Starts the command; the child moves itself into the cgroup before `exec`.
-fn spawn_in_cgroup(command: &[OsString], procs: &Path) -> Result<tokio::process::Child, Error> {
+/// Peak RSS of the largest waited-for child process, in bytes (getrusage).
+fn children_max_rss() -> Option<u64> {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is valid and writable.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    (rc == 0 && ru.ru_maxrss > 0).then(|| ru.ru_maxrss as u64 * 1024)
+}
+
+/// Starts the command; the child moves itself into the cgroups before `exec`.
+fn spawn_in_cgroup(
+    command: &[OsString],
+    procs: &[PathBuf],
+) -> Result<tokio::process::Child, Error> {
     let program = &command[0];
-    let procs = CString::new(procs.as_os_str().as_bytes()).map_err(|e| Error::Spawn {
-        command: program.to_string_lossy().into_owned(),
-        source: io::Error::other(e),
-    })?;
+    let procs: Vec<CString> = procs
+        .iter()
+        .map(|p| CString::new(p.as_os_str().as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Spawn {
+            command: program.to_string_lossy().into_owned(),
+            source: io::Error::other(e),
+        })?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&command[1..]);
     // SAFETY: the closure runs in the child between fork and exec and only makes
     // async-signal-safe calls (open, write, close) on memory prepared before the fork.
     unsafe {
-        cmd.pre_exec(move || join_cgroup(&procs));
+        cmd.pre_exec(move || procs.iter().try_for_each(|p| join_cgroup(p)));
     }
     cmd.spawn().map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => Error::CommandNotFound(program.to_string_lossy().into_owned()),

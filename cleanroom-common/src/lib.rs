@@ -9,6 +9,12 @@
 pub mod maps {
     /// Per-CPU hash: cgroup v2 id (`u64`) → [`crate::CgroupStats`].
     pub const CGROUP_STATS: &str = "CGROUP_STATS";
+    /// Per-CPU hash: [`crate::BlockKey`] → [`crate::BlockStats`].
+    pub const BLOCK_STATS: &str = "BLOCK_STATS";
+    /// Hash: [`crate::HistKey`] → [`crate::Histogram`], updated with atomic adds.
+    pub const HISTOGRAMS: &str = "HISTOGRAMS";
+    /// Hash: cgroup v2 id → [`crate::CgroupNode`] for cgroups made while loaded.
+    pub const CGROUP_TREE: &str = "CGROUP_TREE";
     /// Per-CPU array of `u64` drop counters, indexed by [`crate::drop_reason`] values.
     pub const DROPS: &str = "DROPS";
 }
@@ -17,21 +23,66 @@ pub mod maps {
 pub mod programs {
     /// `tp_btf/sched_stat_runtime`: CPU time, charged where the kernel charges its cgroups.
     pub const SCHED_STAT_RUNTIME: &str = "sched_stat_runtime";
-    /// `tp_btf/sched_switch`: voluntary and involuntary context switches.
+    /// `tp_btf/sched_switch`: context switches; run-queue latency ends here.
     pub const SCHED_SWITCH: &str = "sched_switch";
+    /// `tp_btf/sched_wakeup`: run-queue latency starts here.
+    pub const SCHED_WAKEUP: &str = "sched_wakeup";
+    /// `tp_btf/sched_wakeup_new`: run-queue latency of new tasks starts here.
+    pub const SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
+    /// `tp_btf/sched_process_fork`: processes forked.
+    pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
+    /// `tp_btf/sched_process_exit`: processes exited, and major faults of exiting tasks.
+    pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    /// `tp_btf/page_fault_user`: faults taken in user mode.
+    pub const PAGE_FAULT_USER: &str = "page_fault_user";
+    /// `tp_btf/page_fault_kernel`: faults taken in kernel mode.
+    pub const PAGE_FAULT_KERNEL: &str = "page_fault_kernel";
+    /// `tp_btf/block_bio_queue`: block bytes and ops, and the owner of each bio.
+    pub const BLOCK_BIO_QUEUE: &str = "block_bio_queue";
+    /// `tp_btf/block_split`: the owner of a split-off bio.
+    pub const BLOCK_SPLIT: &str = "block_split";
+    /// `tp_btf/block_rq_issue`: block latency starts here.
+    pub const BLOCK_RQ_ISSUE: &str = "block_rq_issue";
+    /// `tp_btf/block_rq_complete`: block latency ends here.
+    pub const BLOCK_RQ_COMPLETE: &str = "block_rq_complete";
+    /// `cgroup_skb/ingress` on the v2 root: bytes and packets received.
+    pub const CGROUP_SKB_INGRESS: &str = "cgroup_skb_ingress";
+    /// `cgroup_skb/egress` on the v2 root: bytes and packets sent.
+    pub const CGROUP_SKB_EGRESS: &str = "cgroup_skb_egress";
+    /// `tp_btf/tcp_retransmit_skb`: TCP retransmits.
+    pub const TCP_RETRANSMIT_SKB: &str = "tcp_retransmit_skb";
+    /// `tp_btf/inet_sock_set_state`: TCP connect latency.
+    pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
+    /// `tp_btf/cgroup_mkdir`: records the parent of each new cgroup.
+    pub const CGROUP_MKDIR: &str = "cgroup_mkdir";
+    /// `tp_btf/cgroup_rmdir`: marks cgroups that are gone.
+    pub const CGROUP_RMDIR: &str = "cgroup_rmdir";
 }
 
-/// Names of the load-time globals (`.rodata`) that the agent sets before loading.
-pub mod globals {
-    /// Byte offset of `task_struct.cgroups` in the running kernel.
-    pub const OFF_TASK_CGROUPS: &str = "OFF_TASK_CGROUPS";
-    /// Byte offset of `css_set.dfl_cgrp`.
-    pub const OFF_CSS_SET_DFL_CGRP: &str = "OFF_CSS_SET_DFL_CGRP";
-    /// Byte offset of `cgroup.kn`.
-    pub const OFF_CGROUP_KN: &str = "OFF_CGROUP_KN";
-    /// Byte offset of `kernfs_node.id`.
-    pub const OFF_KERNFS_NODE_ID: &str = "OFF_KERNFS_NODE_ID";
-}
+/// Kernel structure offsets the programs read at, set as load-time globals (`.rodata`) from
+/// the running kernel's BTF. Each entry: global name, struct, member path.
+pub const OFFSETS: &[(&str, &str, &str)] = &[
+    ("OFF_TASK_CGROUPS", "task_struct", "cgroups"),
+    ("OFF_TASK_PID", "task_struct", "pid"),
+    ("OFF_TASK_TGID", "task_struct", "tgid"),
+    ("OFF_TASK_FLAGS", "task_struct", "flags"),
+    ("OFF_TASK_MAJ_FLT", "task_struct", "maj_flt"),
+    ("OFF_CSS_SET_DFL_CGRP", "css_set", "dfl_cgrp"),
+    ("OFF_CGROUP_KN", "cgroup", "kn"),
+    ("OFF_CGROUP_ROOT", "cgroup", "root"),
+    ("OFF_KERNFS_NODE_ID", "kernfs_node", "id"),
+    ("OFF_KERNFS_NODE_PARENT", "kernfs_node", "__parent|parent"),
+    ("OFF_BIO_BDEV", "bio", "bi_bdev"),
+    ("OFF_BIO_OPF", "bio", "bi_opf"),
+    ("OFF_BIO_SIZE", "bio", "bi_iter.bi_size"),
+    ("OFF_BIO_BLKG", "bio", "bi_blkg"),
+    ("OFF_BDEV_DEV", "block_device", "bd_dev"),
+    ("OFF_BLKG_BLKCG", "blkcg_gq", "blkcg"),
+    ("OFF_BLKCG_CGROUP", "blkcg", "css.cgroup"),
+    ("OFF_RQ_BIO", "request", "bio"),
+    ("OFF_RQ_CMD_FLAGS", "request", "cmd_flags"),
+    ("OFF_SOCK_CGROUP", "sock", "sk_cgrp_data.cgroup"),
+];
 
 /// Capacity of [`maps::CGROUP_STATS`]: the number of distinct cgroups counted at once.
 pub const MAX_CGROUPS: u32 = 10_240;
@@ -47,25 +98,221 @@ pub struct CgroupStats {
     pub switches_voluntary: u64,
     /// Switches away from a task that was preempted while still runnable.
     pub switches_involuntary: u64,
+    /// Page faults taken in user mode.
+    pub page_faults_user: u64,
+    /// Page faults taken in kernel mode (e.g. copying to or from user memory).
+    pub page_faults_kernel: u64,
+    /// Major faults (that needed I/O), summed from each task's own count when it exits.
+    pub page_faults_major: u64,
+    /// New processes (not threads) forked by the cgroup's tasks.
+    pub processes_forked: u64,
+    /// Processes whose last thread exited.
+    pub processes_exited: u64,
+    /// Bytes received by the cgroup's sockets (IP header and payload).
+    pub net_rx_bytes: u64,
+    /// Bytes sent by the cgroup's sockets (IP header and payload).
+    pub net_tx_bytes: u64,
+    /// Packets received (GRO/GSO aggregates count once, as on the interface).
+    pub net_rx_packets: u64,
+    /// Packets sent.
+    pub net_tx_packets: u64,
+    /// TCP segments retransmitted by the cgroup's sockets.
+    pub tcp_retransmits: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<CgroupStats>() == 24);
+const _: () = assert!(core::mem::size_of::<CgroupStats>() == 13 * 8);
 
 impl CgroupStats {
     /// Field-wise wrapping sum, used to add up CPUs and cgroups.
     #[must_use]
-    pub fn wrapping_add(self, other: Self) -> Self {
+    pub fn wrapping_add(self, o: Self) -> Self {
         Self {
-            cpu_time_ns: self.cpu_time_ns.wrapping_add(other.cpu_time_ns),
-            switches_voluntary: self
-                .switches_voluntary
-                .wrapping_add(other.switches_voluntary),
+            cpu_time_ns: self.cpu_time_ns.wrapping_add(o.cpu_time_ns),
+            switches_voluntary: self.switches_voluntary.wrapping_add(o.switches_voluntary),
             switches_involuntary: self
                 .switches_involuntary
-                .wrapping_add(other.switches_involuntary),
+                .wrapping_add(o.switches_involuntary),
+            page_faults_user: self.page_faults_user.wrapping_add(o.page_faults_user),
+            page_faults_kernel: self.page_faults_kernel.wrapping_add(o.page_faults_kernel),
+            page_faults_major: self.page_faults_major.wrapping_add(o.page_faults_major),
+            processes_forked: self.processes_forked.wrapping_add(o.processes_forked),
+            processes_exited: self.processes_exited.wrapping_add(o.processes_exited),
+            net_rx_bytes: self.net_rx_bytes.wrapping_add(o.net_rx_bytes),
+            net_tx_bytes: self.net_tx_bytes.wrapping_add(o.net_tx_bytes),
+            net_rx_packets: self.net_rx_packets.wrapping_add(o.net_rx_packets),
+            net_tx_packets: self.net_tx_packets.wrapping_add(o.net_tx_packets),
+            tcp_retransmits: self.tcp_retransmits.wrapping_add(o.tcp_retransmits),
         }
     }
 }
+
+/// Key of [`maps::BLOCK_STATS`]: one cgroup on one block device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockKey {
+    /// The owning cgroup's v2 id.
+    pub cgroup_id: u64,
+    /// The device as the kernel encodes `dev_t` (major << 20 | minor).
+    pub dev: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<BlockKey>() == 16);
+
+/// Block I/O of one cgroup on one device, counted per bio when it is submitted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Read bios.
+    pub read_ops: u64,
+    /// Write bios.
+    pub write_ops: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<BlockStats>() == 32);
+
+impl BlockStats {
+    /// Field-wise wrapping sum.
+    #[must_use]
+    pub fn wrapping_add(self, o: Self) -> Self {
+        Self {
+            read_bytes: self.read_bytes.wrapping_add(o.read_bytes),
+            write_bytes: self.write_bytes.wrapping_add(o.write_bytes),
+            read_ops: self.read_ops.wrapping_add(o.read_ops),
+            write_ops: self.write_ops.wrapping_add(o.write_ops),
+        }
+    }
+}
+
+/// Which latency a histogram holds.
+pub mod hist_kind {
+    /// Block reads, issue to completion.
+    pub const BLOCK_READ: u32 = 0;
+    /// Block writes, issue to completion.
+    pub const BLOCK_WRITE: u32 = 1;
+    /// Wakeup (or preemption) to running.
+    pub const RUNQUEUE: u32 = 2;
+    /// TCP `SYN_SENT` to `ESTABLISHED`.
+    pub const TCP_CONNECT: u32 = 3;
+}
+
+/// Key of [`maps::HISTOGRAMS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HistKey {
+    /// The cgroup's v2 id.
+    pub cgroup_id: u64,
+    /// A [`hist_kind`] value.
+    pub kind: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<HistKey>() == 16);
+
+/// Sub-buckets per power of two: bucket width is at most 1/8 of its lower bound.
+pub const HIST_SUB_BITS: u32 = 3;
+/// Exact buckets for 0..8 ns, then 8 per octave from 2^3 up to 2^43 ns (about 2.4 hours).
+pub const HIST_BUCKETS: usize = 8 + 8 * 40;
+
+/// Bucket of a value (ns): exact below 8, then `2^e + k * 2^(e-3)` for k in 0..8. Values past the
+/// last octave land in the last bucket. Written without loops or `leading_zeros`, for BPF.
+#[inline(always)]
+pub fn hist_bucket(value: u64) -> usize {
+    if value < 8 {
+        return value as usize;
+    }
+    let e = log2(value);
+    let sub = (value >> (e - HIST_SUB_BITS)) & 7;
+    let index = 8 + (e as usize - 3) * 8 + sub as usize;
+    if index < HIST_BUCKETS {
+        index
+    } else {
+        HIST_BUCKETS - 1
+    }
+}
+
+/// Lower bound (inclusive) of bucket `index`, in the histogram's unit.
+pub fn hist_bucket_low(index: usize) -> u64 {
+    if index < 8 {
+        return index as u64;
+    }
+    let e = (index - 8) / 8 + 3;
+    let k = ((index - 8) % 8) as u64;
+    (1u64 << e) + k * (1u64 << (e - 3))
+}
+
+/// floor(log2(v)) for v > 0, by halving steps (BPF has no count-leading-zeros).
+#[inline(always)]
+fn log2(mut v: u64) -> u32 {
+    let mut r = 0;
+    if v >= 1 << 32 {
+        v >>= 32;
+        r += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        r += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        r += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        r += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        r += 2;
+    }
+    if v >= 1 << 1 {
+        r += 1;
+    }
+    r
+}
+
+/// A latency histogram in the kernel: bucket counts plus exact count, sum and max.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Histogram {
+    /// Counts per [`hist_bucket`].
+    pub buckets: [u64; HIST_BUCKETS],
+    /// Number of values.
+    pub count: u64,
+    /// Sum of values.
+    pub sum: u64,
+    /// Largest value (racy across CPUs only when two maxima land at the same instant).
+    pub max: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Histogram>() == (HIST_BUCKETS + 3) * 8);
+
+/// A cgroup made while the programs were loaded: its parent, and whether it is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupNode {
+    /// The parent's v2 id.
+    pub parent_id: u64,
+    /// 1 once `cgroup_rmdir` saw it go.
+    pub removed: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<CgroupNode>() == 16);
+
+/// Capacities of the other maps.
+pub const MAX_BLOCK_KEYS: u32 = 16_384;
+/// Histograms: a few per cgroup that does I/O, wakes up or connects.
+pub const MAX_HISTOGRAMS: u32 = 8_192;
+/// Cgroups whose parent is remembered.
+pub const MAX_CGROUP_TREE: u32 = 16_384;
+/// In-flight bios, requests, wakeups and connects remembered at once (LRU; evictions counted).
+pub const MAX_IN_FLIGHT: u32 = 16_384;
 
 /// Reasons an event could not be counted; indices into [`maps::DROPS`].
 pub mod drop_reason {
@@ -73,11 +320,61 @@ pub mod drop_reason {
     pub const STATS_MAP_FULL: u32 = 0;
     /// A kernel structure could not be read (bad offset or racing free).
     pub const READ_FAILED: u32 = 1;
+    /// [`crate::maps::BLOCK_STATS`] was full.
+    pub const BLOCK_MAP_FULL: u32 = 2;
+    /// [`crate::maps::HISTOGRAMS`] was full.
+    pub const HIST_MAP_FULL: u32 = 3;
+    /// [`crate::maps::CGROUP_TREE`] was full.
+    pub const TREE_MAP_FULL: u32 = 4;
+    /// A latency ended whose start was not seen (evicted, or begun before loading).
+    pub const LATENCY_UNMATCHED: u32 = 5;
     /// Number of reasons (size of the drops array).
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 6;
 }
 
 #[cfg(feature = "user")]
-// SAFETY: `CgroupStats` is `repr(C)`, made only of `u64`s, has no padding and every bit pattern is
-// a valid value.
-unsafe impl aya::Pod for CgroupStats {}
+mod pod {
+    // SAFETY (all impls below): each type is `repr(C)`, made only of fixed-width integers with
+    // explicit padding fields, and every bit pattern is a valid value.
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::CgroupStats {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::BlockKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::BlockStats {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::HistKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::Histogram {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::CgroupNode {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_falls_in_the_bucket_that_bounds_it() {
+        let mut v = 0u64;
+        while v < 1 << 44 {
+            let i = hist_bucket(v);
+            assert!(hist_bucket_low(i) <= v, "{v} below its bucket {i}");
+            if i + 1 < HIST_BUCKETS {
+                assert!(v < hist_bucket_low(i + 1), "{v} above its bucket {i}");
+                // Width at most 1/8 of the lower bound past the exact range.
+                let width = hist_bucket_low(i + 1) - hist_bucket_low(i);
+                assert!(
+                    i < 8 || width * 8 <= hist_bucket_low(i),
+                    "bucket {i} too wide"
+                );
+            }
+            v = v * 9 / 8 + 1;
+        }
+        assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
+        assert_eq!(hist_bucket(7), 7);
+        assert_eq!(hist_bucket(8), 8);
+        assert_eq!(hist_bucket(9), 9);
+        assert_eq!(hist_bucket(16), 16);
+    }
+}

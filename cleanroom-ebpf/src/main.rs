@@ -6,8 +6,15 @@
 //! reads them from the running kernel's BTF and sets them as load-time globals ([`task`]).
 #![no_std]
 #![no_main]
+// Atomic adds on shared histograms (see maps::atomic_add).
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic add on the BPF target")]
 
+mod block;
+mod cgroup;
+mod fault;
 mod maps;
+mod net;
 mod sched;
 mod task;
 

@@ -1,21 +1,76 @@
 //! Every map of the object, with its capacity, and the helpers that update them.
+//!
+//! Counters are per-CPU (no atomics on the hottest paths); histograms are shared and updated
+//! with atomic adds, since a per-CPU copy of a 2.7 KiB histogram per cgroup would not scale
+//! with CPUs. In-flight starts (bio owners, request issue times, wakeups, connects) live in LRU
+//! maps, so a start whose end is never seen cannot leak.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
-use cleanroom_common::{CgroupStats, MAX_CGROUPS, drop_reason};
+use cleanroom_common::{
+    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, MAX_BLOCK_KEYS,
+    MAX_CGROUP_TREE, MAX_CGROUPS, MAX_HISTOGRAMS, MAX_IN_FLIGHT, drop_reason, hist_bucket,
+};
 
-/// cgroup v2 id → counters, one copy per CPU. Bounded at [`MAX_CGROUPS`]; a cgroup that finds it
-/// full is counted in [`DROPS`] instead.
+/// cgroup v2 id → counters, one copy per CPU.
 #[map]
 pub static CGROUP_STATS: PerCpuHashMap<u64, CgroupStats> =
     PerCpuHashMap::with_max_entries(MAX_CGROUPS, 0);
 
+/// (cgroup, device) → block I/O counters, one copy per CPU.
+#[map]
+pub static BLOCK_STATS: PerCpuHashMap<BlockKey, BlockStats> =
+    PerCpuHashMap::with_max_entries(MAX_BLOCK_KEYS, 0);
+
+/// (cgroup, kind) → latency histogram. Allocated on first use.
+#[map]
+pub static HISTOGRAMS: HashMap<HistKey, Histogram> =
+    HashMap::with_max_entries(MAX_HISTOGRAMS, BPF_F_NO_PREALLOC);
+
+/// One all-zero histogram to insert from (too big for the 512-byte BPF stack).
+#[map]
+static ZERO_HISTOGRAM: Array<Histogram> = Array::with_max_entries(1, 0);
+
+/// cgroup v2 id → parent id (and whether removed), for cgroups made or removed while loaded.
+#[map]
+pub static CGROUP_TREE: HashMap<u64, CgroupNode> = HashMap::with_max_entries(MAX_CGROUP_TREE, 0);
+
 /// Events that could not be counted, by [`drop_reason`].
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT, 0);
+
+/// bio → the cgroup that owns it, from submission until its request is issued.
+#[map]
+pub static BIO_OWNER: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+
+/// A block request in flight.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RqStart {
+    /// When it was issued to the device.
+    pub issued_ns: u64,
+    /// The owning cgroup.
+    pub owner: u64,
+    /// `hist_kind::BLOCK_READ` or `BLOCK_WRITE`.
+    pub kind: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+
+/// request → issue time and owner.
+#[map]
+pub static RQ_START: LruHashMap<u64, RqStart> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+
+/// pid → when it became runnable (woken, or preempted while runnable).
+#[map]
+pub static RUNQ_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+
+/// sock → when it entered SYN_SENT.
+#[map]
+pub static CONNECT_START: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
 
 /// Counts one lost event under `reason`.
 #[inline(always)]
@@ -30,22 +85,84 @@ pub fn count_drop(reason: u32) {
 /// This CPU's counters for cgroup `cgroup_id`, creating them at zero on first use.
 #[inline(always)]
 pub fn stats_of(cgroup_id: u64) -> Option<&'static mut CgroupStats> {
-    if let Some(stats) = CGROUP_STATS.get_ptr_mut(cgroup_id) {
+    per_cpu_entry(&CGROUP_STATS, cgroup_id, drop_reason::STATS_MAP_FULL)
+}
+
+/// This CPU's block counters for `key`, creating them at zero on first use.
+#[inline(always)]
+pub fn block_stats_of(key: BlockKey) -> Option<&'static mut BlockStats> {
+    per_cpu_entry(&BLOCK_STATS, key, drop_reason::BLOCK_MAP_FULL)
+}
+
+#[inline(always)]
+fn per_cpu_entry<K, V: Default>(
+    map: &'static PerCpuHashMap<K, V>,
+    key: K,
+    full: u32,
+) -> Option<&'static mut V> {
+    if let Some(v) = map.get_ptr_mut(&key) {
         // SAFETY: a per-CPU value, written only by programs running on this CPU, which do not
-        // nest; the map element lives as long as the map.
-        return Some(unsafe { &mut *stats });
+        // nest; the element lives as long as the map.
+        return Some(unsafe { &mut *v });
     }
     // Another CPU may insert the same key meanwhile (EEXIST); either way look it up again.
-    if CGROUP_STATS
-        .insert(cgroup_id, CgroupStats::default(), u64::from(BPF_NOEXIST))
-        .is_err()
-        && CGROUP_STATS.get_ptr_mut(cgroup_id).is_none()
-    {
-        count_drop(drop_reason::STATS_MAP_FULL);
-        return None;
+    let _ = map.insert(&key, V::default(), u64::from(BPF_NOEXIST));
+    match map.get_ptr_mut(&key) {
+        // SAFETY: as above.
+        Some(v) => Some(unsafe { &mut *v }),
+        None => {
+            count_drop(full);
+            None
+        }
     }
-    // SAFETY: as above.
-    CGROUP_STATS
-        .get_ptr_mut(cgroup_id)
-        .map(|s| unsafe { &mut *s })
+}
+
+/// Adds `value` to `target` atomically.
+#[inline(always)]
+fn atomic_add(target: &mut u64, value: u64) {
+    // SAFETY: `target` is a valid, aligned u64 in a map value shared between CPUs. The BPF
+    // target offers no `AtomicU64::fetch_add`; the intrinsic compiles to BPF's atomic add.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            target, value,
+        )
+    };
+}
+
+/// Records one latency of `kind` for `cgroup_id`.
+#[inline(always)]
+pub fn record_latency(cgroup_id: u64, kind: u32, value_ns: u64) {
+    let key = HistKey {
+        cgroup_id,
+        kind,
+        _pad: 0,
+    };
+    let hist = match HISTOGRAMS.get_ptr_mut(&key) {
+        Some(h) => h,
+        None => {
+            let Some(zero) = ZERO_HISTOGRAM.get_ptr(0) else {
+                return;
+            };
+            // SAFETY: a map value of the right type, only read by the helper.
+            let _ = HISTOGRAMS.insert(&key, unsafe { &*zero }, u64::from(BPF_NOEXIST));
+            match HISTOGRAMS.get_ptr_mut(&key) {
+                Some(h) => h,
+                None => {
+                    count_drop(drop_reason::HIST_MAP_FULL);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: a live map element; every field is only updated with atomic adds (or, for `max`,
+    // a plain store that can at worst lose a concurrent maximum).
+    let hist = unsafe { &mut *hist };
+    if let Some(bucket) = hist.buckets.get_mut(hist_bucket(value_ns)) {
+        atomic_add(bucket, 1);
+    }
+    atomic_add(&mut hist.count, 1);
+    atomic_add(&mut hist.sum, value_ns);
+    if value_ns > hist.max {
+        hist.max = value_ns;
+    }
 }

@@ -1,4 +1,4 @@
-//! Scheduler hooks: CPU time and context switches.
+//! Scheduler and process hooks: CPU time, context switches, run-queue latency, forks, exits.
 //!
 //! CPU time comes from `sched_stat_runtime`, which `update_curr` fires with exactly the delta it
 //! charges to the task's cgroups (`cgroup_account_cputime`): the figure behind `cpu.stat
@@ -6,9 +6,13 @@
 //! its clock), so the delta is charged to the task in the arguments, never to whoever is
 //! current. Idle time is never reported by this hook.
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use cleanroom_common::hist_kind;
 
-use crate::{maps::stats_of, task::cgroup_id_of};
+use crate::{
+    maps::{RUNQ_START, record_latency, stats_of},
+    task::{OFF_TASK_MAJ_FLT, OFF_TASK_PID, OFF_TASK_TGID, cgroup_id_of, current_cgroup_id, read},
+};
 
 /// `sched_stat_runtime(struct task_struct *tsk, u64 runtime)`.
 #[btf_tracepoint(function = "sched_stat_runtime")]
@@ -21,20 +25,92 @@ pub fn sched_stat_runtime(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// Marks `task` runnable now, for run-queue latency.
+#[inline(always)]
+fn mark_runnable(task: *const u8) {
+    if let Some(pid) = read::<u32>(task, &OFF_TASK_PID).filter(|p| *p != 0) {
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let _ = RUNQ_START.insert(pid, now, 0);
+    }
+}
+
+/// `sched_wakeup(struct task_struct *p)`.
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
+    mark_runnable(ctx.arg(0));
+    0
+}
+
+/// `sched_wakeup_new(struct task_struct *p)`.
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
+    mark_runnable(ctx.arg(0));
+    0
+}
+
 /// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
-/// unsigned int prev_state)`. Runs in `__schedule` while `prev` is still current, so the
-/// current cgroup is `prev`'s. A switch is voluntary when `prev` blocked (a non-zero state) and
-/// was not preempted, as the kernel counts `nvcsw`.
+/// unsigned int prev_state)`. Runs in `__schedule` while `prev` is still current. A switch is
+/// voluntary when `prev` blocked (a non-zero state) and was not preempted, as the kernel counts
+/// `nvcsw`. A `prev` still runnable goes back to the run queue: its wait starts now. `next`'s
+/// wait ends now, charged to `next`'s cgroup.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let preempt: u64 = ctx.arg(0);
-    let prev: *const u8 = ctx.arg(1);
+    let next: *const u8 = ctx.arg(2);
     let prev_state: u64 = ctx.arg(3);
-    if let Some(stats) = cgroup_id_of(prev).and_then(stats_of) {
-        if preempt == 0 && prev_state & 0xffff_ffff != 0 {
+    let runnable = prev_state & 0xffff_ffff == 0;
+    if let Some(stats) = stats_of(current_cgroup_id()) {
+        if preempt == 0 && !runnable {
             stats.switches_voluntary += 1;
         } else {
             stats.switches_involuntary += 1;
+        }
+    }
+    if runnable {
+        mark_runnable(ctx.arg(1));
+    }
+    let Some(pid) = read::<u32>(next, &OFF_TASK_PID).filter(|p| *p != 0) else {
+        return 0;
+    };
+    // SAFETY: a map value read once, right away.
+    if let Some(start) = unsafe { RUNQ_START.get(pid) }.copied() {
+        let _ = RUNQ_START.remove(pid);
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if let Some(id) = cgroup_id_of(next) {
+            record_latency(id, hist_kind::RUNQUEUE, now.saturating_sub(start));
+        }
+    }
+    0
+}
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`: runs in the
+/// parent. Counts new processes, not new threads.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
+    let child: *const u8 = ctx.arg(1);
+    let pid = read::<i32>(child, &OFF_TASK_PID);
+    let tgid = read::<i32>(child, &OFF_TASK_TGID);
+    if pid.is_some() && pid == tgid {
+        if let Some(stats) = cgroup_id_of(ctx.arg(0)).and_then(stats_of) {
+            stats.processes_forked += 1;
+        }
+    }
+    0
+}
+
+/// `sched_process_exit(struct task_struct *p, bool group_dead)`: runs in the exiting task.
+/// Adds the task's own major-fault count, and counts a process when its last thread exits.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
+    let task: *const u8 = ctx.arg(0);
+    let group_dead: u64 = ctx.arg(1);
+    let major = read::<u64>(task, &OFF_TASK_MAJ_FLT);
+    if let Some(stats) = cgroup_id_of(task).and_then(stats_of) {
+        stats.page_faults_major += major.unwrap_or(0);
+        if group_dead & 0xff != 0 {
+            stats.processes_exited += 1;
         }
     }
     0

@@ -1,9 +1,8 @@
-//! Reading a task's cgroup v2 id, at offsets of the running kernel.
+//! Reading kernel structures at offsets of the running kernel.
 //!
-//! `task->cgroups->dfl_cgrp->kn->id` is what `bpf_get_current_cgroup_id()` returns for the
-//! current task. For any other task the chain is read with `bpf_probe_read_kernel`, at offsets
-//! the agent resolved from `/sys/kernel/btf/vmlinux` and set in these globals before loading. A
-//! zero offset means "not resolved": the read is refused rather than guessed.
+//! Offsets are never compiled in: the agent resolves each entry of `cleanroom_common::OFFSETS`
+//! from `/sys/kernel/btf/vmlinux` and sets these globals before loading. An offset the kernel
+//! lacks stays at `u64::MAX`, where every read fails (and is counted) instead of guessing.
 
 use aya_ebpf::{
     Global,
@@ -13,42 +12,105 @@ use cleanroom_common::drop_reason;
 
 use crate::maps::count_drop;
 
-#[unsafe(no_mangle)]
-static OFF_TASK_CGROUPS: Global<u64> = Global::new(0);
-#[unsafe(no_mangle)]
-static OFF_CSS_SET_DFL_CGRP: Global<u64> = Global::new(0);
-#[unsafe(no_mangle)]
-static OFF_CGROUP_KN: Global<u64> = Global::new(0);
-#[unsafe(no_mangle)]
-static OFF_KERNFS_NODE_ID: Global<u64> = Global::new(0);
+macro_rules! offsets {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[unsafe(no_mangle)]
+            pub static $name: Global<u64> = Global::new(u64::MAX);
+        )*
+    };
+}
 
-/// Reads the pointer at `base + offset`.
+offsets!(
+    OFF_TASK_CGROUPS,
+    OFF_TASK_PID,
+    OFF_TASK_TGID,
+    OFF_TASK_FLAGS,
+    OFF_TASK_MAJ_FLT,
+    OFF_CSS_SET_DFL_CGRP,
+    OFF_CGROUP_KN,
+    OFF_CGROUP_ROOT,
+    OFF_KERNFS_NODE_ID,
+    OFF_KERNFS_NODE_PARENT,
+    OFF_BIO_BDEV,
+    OFF_BIO_OPF,
+    OFF_BIO_SIZE,
+    OFF_BIO_BLKG,
+    OFF_BDEV_DEV,
+    OFF_BLKG_BLKCG,
+    OFF_BLKCG_CGROUP,
+    OFF_RQ_BIO,
+    OFF_RQ_CMD_FLAGS,
+    OFF_SOCK_CGROUP,
+);
+
+/// `PF_KTHREAD` of `task_struct.flags`.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Reads a `T` at `base + offset`; `None` if `base` is null or the read faults.
 #[inline(always)]
-fn read_ptr(base: *const u8, offset: u64) -> Option<*const u8> {
+pub fn read<T>(base: *const u8, offset: &Global<u64>) -> Option<T> {
     if base.is_null() {
         return None;
     }
+    let at = base.wrapping_add(offset.load() as usize).cast::<T>();
     // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<*const u8>()) }.ok()
+    unsafe { bpf_probe_read_kernel(at) }.ok()
+}
+
+/// Reads a pointer at `base + offset`.
+#[inline(always)]
+pub fn read_ptr(base: *const u8, offset: &Global<u64>) -> Option<*const u8> {
+    read::<*const u8>(base, offset).filter(|p| !p.is_null())
+}
+
+/// The current task.
+#[inline(always)]
+pub fn current_task() -> *const u8 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
+/// The current task's cgroup v2 id.
+#[inline(always)]
+pub fn current_cgroup_id() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+/// Whether the current task is a kernel thread.
+#[inline(always)]
+pub fn current_is_kthread() -> bool {
+    read::<u32>(current_task(), &OFF_TASK_FLAGS).is_some_and(|f| f & PF_KTHREAD != 0)
+}
+
+/// The v2 id of a `struct cgroup *`.
+#[inline(always)]
+pub fn id_of_cgroup(cgroup: *const u8) -> Option<u64> {
+    read_ptr(cgroup, &OFF_CGROUP_KN).and_then(|kn| read::<u64>(kn, &OFF_KERNFS_NODE_ID))
+}
+
+/// The task's cgroup on the default (v2) hierarchy, as a `struct cgroup *`.
+#[inline(always)]
+pub fn dfl_cgroup_of(task: *const u8) -> Option<*const u8> {
+    read_ptr(task, &OFF_TASK_CGROUPS).and_then(|cset| read_ptr(cset, &OFF_CSS_SET_DFL_CGRP))
+}
+
+/// Whether `cgroup` belongs to the default (v2) hierarchy, as the current task's does.
+#[inline(always)]
+pub fn on_default_hierarchy(cgroup: *const u8) -> bool {
+    let root = read_ptr(cgroup, &OFF_CGROUP_ROOT);
+    let dfl_root = dfl_cgroup_of(current_task()).and_then(|c| read_ptr(c, &OFF_CGROUP_ROOT));
+    root.is_some() && root == dfl_root
 }
 
 /// The cgroup v2 id of `task` (a `struct task_struct *`), or `None` if it cannot be read.
 #[inline(always)]
 pub fn cgroup_id_of(task: *const u8) -> Option<u64> {
-    // SAFETY: helpers without preconditions.
-    if task as u64 == unsafe { bpf_get_current_task() } {
-        // SAFETY: as above.
-        return Some(unsafe { bpf_get_current_cgroup_id() });
+    if task == current_task() {
+        return Some(current_cgroup_id());
     }
-    let off_id = OFF_KERNFS_NODE_ID.load();
-    let id = read_ptr(task, OFF_TASK_CGROUPS.load())
-        .and_then(|css_set| read_ptr(css_set, OFF_CSS_SET_DFL_CGRP.load()))
-        .and_then(|cgroup| read_ptr(cgroup, OFF_CGROUP_KN.load()))
-        .filter(|kn| !kn.is_null() && off_id != 0)
-        // SAFETY: as in read_ptr.
-        .and_then(|kn| {
-            unsafe { bpf_probe_read_kernel(kn.wrapping_add(off_id as usize).cast::<u64>()) }.ok()
-        });
+    let id = dfl_cgroup_of(task).and_then(id_of_cgroup);
     if id.is_none() {
         count_drop(drop_reason::READ_FAILED);
     }

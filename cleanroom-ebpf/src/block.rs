@@ -1,0 +1,135 @@
+//! Block I/O hooks: bytes and ops per cgroup and device, and issue-to-completion latency.
+//!
+//! Owner of a bio: the submitting task's cgroup when a user task submits it (direct I/O, and
+//! fsync, which writes back in the caller), else — a kernel thread writing back on someone's
+//! behalf — the cgroup its `bi_blkg` names when that is on the v2 hierarchy (cgroup writeback),
+//! else the kernel thread's own (the root). Completions run in interrupt context, so the owner is
+//! carried from submission to the request (`BIO_OWNER`) and from issue to completion
+//! (`RQ_START`); nothing is charged to whoever happens to be current at completion.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use cleanroom_common::{BlockKey, drop_reason, hist_kind};
+
+use crate::{
+    maps::{BIO_OWNER, RQ_START, RqStart, block_stats_of, count_drop, record_latency},
+    task::{
+        OFF_BDEV_DEV, OFF_BIO_BDEV, OFF_BIO_BLKG, OFF_BIO_OPF, OFF_BIO_SIZE, OFF_BLKCG_CGROUP,
+        OFF_BLKG_BLKCG, OFF_RQ_BIO, OFF_RQ_CMD_FLAGS, current_cgroup_id, current_is_kthread,
+        id_of_cgroup, on_default_hierarchy, read, read_ptr,
+    },
+};
+
+/// `REQ_OP_READ` and `REQ_OP_WRITE`, the low 8 bits of `bi_opf` / `cmd_flags`.
+const REQ_OP_MASK: u32 = 0xff;
+const REQ_OP_READ: u32 = 0;
+const REQ_OP_WRITE: u32 = 1;
+
+/// The cgroup that owns `bio` (see the module doc).
+#[inline(always)]
+fn bio_owner(bio: *const u8) -> u64 {
+    if !current_is_kthread() {
+        return current_cgroup_id();
+    }
+    read_ptr(bio, &OFF_BIO_BLKG)
+        .and_then(|blkg| read_ptr(blkg, &OFF_BLKG_BLKCG))
+        .and_then(|blkcg| read_ptr(blkcg, &OFF_BLKCG_CGROUP))
+        .filter(|cgroup| on_default_hierarchy(*cgroup))
+        .and_then(id_of_cgroup)
+        .unwrap_or_else(current_cgroup_id)
+}
+
+/// `block_bio_queue(struct bio *bio)`: runs in the submitter.
+#[btf_tracepoint(function = "block_bio_queue")]
+pub fn block_bio_queue(ctx: BtfTracePointContext) -> u32 {
+    let bio: *const u8 = ctx.arg(0);
+    let (Some(opf), Some(size)) = (
+        read::<u32>(bio, &OFF_BIO_OPF),
+        read::<u32>(bio, &OFF_BIO_SIZE),
+    ) else {
+        count_drop(drop_reason::READ_FAILED);
+        return 0;
+    };
+    let op = opf & REQ_OP_MASK;
+    if op != REQ_OP_READ && op != REQ_OP_WRITE {
+        return 0;
+    }
+    let dev = read_ptr(bio, &OFF_BIO_BDEV)
+        .and_then(|bdev| read::<u32>(bdev, &OFF_BDEV_DEV))
+        .unwrap_or(0);
+    let owner = bio_owner(bio);
+    let key = BlockKey {
+        cgroup_id: owner,
+        dev,
+        _pad: 0,
+    };
+    if let Some(stats) = block_stats_of(key) {
+        if op == REQ_OP_READ {
+            stats.read_bytes += u64::from(size);
+            stats.read_ops += 1;
+        } else {
+            stats.write_bytes += u64::from(size);
+            stats.write_ops += 1;
+        }
+    }
+    let _ = BIO_OWNER.insert(bio as u64, owner, 0);
+    0
+}
+
+/// `block_split(struct bio *split, unsigned int new_sector)`: runs in the submitter when a bio
+/// is cut to the device's limits. The front part is a new bio that becomes a request of its
+/// own; it belongs to whoever owns the original (bytes were counted once, at queue time).
+#[btf_tracepoint(function = "block_split")]
+pub fn block_split(ctx: BtfTracePointContext) -> u32 {
+    let split: *const u8 = ctx.arg(0);
+    let _ = BIO_OWNER.insert(split as u64, bio_owner(split), 0);
+    0
+}
+
+/// `block_rq_issue(struct request *rq)`: the request goes to the device.
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
+    let rq: *const u8 = ctx.arg(0);
+    let Some(op) = read::<u32>(rq, &OFF_RQ_CMD_FLAGS).map(|f| f & REQ_OP_MASK) else {
+        return 0;
+    };
+    if op != REQ_OP_READ && op != REQ_OP_WRITE {
+        return 0;
+    }
+    let Some(bio) = read_ptr(rq, &OFF_RQ_BIO) else {
+        return 0;
+    };
+    // SAFETY: a map value read once, right away.
+    let Some(owner) = (unsafe { BIO_OWNER.get(bio as u64) }).copied() else {
+        count_drop(drop_reason::LATENCY_UNMATCHED);
+        return 0;
+    };
+    let _ = BIO_OWNER.remove(bio as u64);
+    let start = RqStart {
+        // SAFETY: helper without preconditions.
+        issued_ns: unsafe { bpf_ktime_get_ns() },
+        owner,
+        kind: if op == REQ_OP_READ {
+            hist_kind::BLOCK_READ
+        } else {
+            hist_kind::BLOCK_WRITE
+        },
+        _pad: 0,
+    };
+    let _ = RQ_START.insert(rq as u64, start, 0);
+    0
+}
+
+/// `block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`: runs in
+/// interrupt context; the owner comes from the issue.
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
+    let rq: *const u8 = ctx.arg(0);
+    // SAFETY: a map value read once, right away.
+    if let Some(start) = unsafe { RQ_START.get(rq as u64) }.copied() {
+        let _ = RQ_START.remove(rq as u64);
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        record_latency(start.owner, start.kind, now.saturating_sub(start.issued_ns));
+    }
+    0
+}

@@ -50,7 +50,8 @@ pub fn block_bio_queue(ctx: BtfTracePointContext) -> u32 {
         return 0;
     };
     let op = opf & REQ_OP_MASK;
-    if op != REQ_OP_READ && op != REQ_OP_WRITE {
+    // Empty bios (a cache flush is an empty write with REQ_PREFLUSH) move no data.
+    if (op != REQ_OP_READ && op != REQ_OP_WRITE) || size == 0 {
         return 0;
     }
     let dev = read_ptr(bio, &OFF_BIO_BDEV)

@@ -160,3 +160,111 @@ pub fn u64_at(value: &serde_json::Value, pointer: &str) -> u64 {
 pub fn rel_diff(a: u64, b: u64) -> f64 {
     (a as f64 - b as f64).abs() / (b as f64).max(1.0)
 }
+
+/// Runs a setup command, panicking with its output when it fails. Returns stdout.
+pub fn sh(args: &[&str]) -> String {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("starting {args:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A loop device over a sparse file of the test's own; detached on drop.
+pub struct LoopDevice {
+    /// `/dev/loopN`.
+    pub path: String,
+    _backing: tempfile::NamedTempFile,
+}
+
+impl LoopDevice {
+    /// Makes one of `size` bytes.
+    pub fn new(size: u64) -> Self {
+        let backing = tempfile::NamedTempFile::new_in("/var/tmp").expect("backing file");
+        backing
+            .as_file()
+            .set_len(size)
+            .expect("sizing the backing file");
+        let path = sh(&[
+            "losetup",
+            "--find",
+            "--show",
+            backing.path().to_str().unwrap(),
+        ])
+        .trim()
+        .to_owned();
+        Self {
+            path,
+            _backing: backing,
+        }
+    }
+
+    /// `major:minor` of the device, as the report names it.
+    pub fn major_minor(&self) -> String {
+        let name = Path::new(&self.path).file_name().unwrap().to_str().unwrap();
+        fs::read_to_string(format!("/sys/class/block/{name}/dev"))
+            .expect("sysfs dev")
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.path]).status();
+    }
+}
+
+/// A network namespace of the test's own; deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    /// `ip netns add <name>-<pid>`, with its loopback up.
+    pub fn new(name: &str) -> Self {
+        let name = format!("{name}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Self(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Interface counters: (rx_bytes, rx_packets, tx_bytes, tx_packets), in `netns` or the root
+/// namespace.
+pub fn iface_counters(netns: Option<&str>, iface: &str) -> [u64; 4] {
+    ["rx_bytes", "rx_packets", "tx_bytes", "tx_packets"].map(|c| {
+        let file = format!("/sys/class/net/{iface}/statistics/{c}");
+        let text = match netns {
+            Some(ns) => sh(&["ip", "netns", "exec", ns, "cat", &file]),
+            None => fs::read_to_string(&file).expect("interface counter"),
+        };
+        text.trim().parse().expect("a number")
+    })
+}
+
+/// The entry of `block_devices` for `major_minor` in a report.
+pub fn block_device<'a>(report: &'a serde_json::Value, major_minor: &str) -> &'a serde_json::Value {
+    report["block_devices"]
+        .as_array()
+        .and_then(|devices| devices.iter().find(|d| d["device"] == major_minor))
+        .unwrap_or_else(|| {
+            panic!(
+                "no block device {major_minor} in {:#}",
+                report["block_devices"]
+            )
+        })
+}

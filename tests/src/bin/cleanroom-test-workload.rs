@@ -1,11 +1,25 @@
 //! Workloads of known shape for the integration tests, each printing what the kernel itself
 //! says it cost (`getrusage`) as one JSON line on stdout.
 //!
-//! `spin SECS`     busy loop for SECS of wall time
-//! `sleepy N MS`   sleep N times for MS milliseconds
+//! `spin SECS`                     busy loop for SECS of wall time
+//! `sleepy N MS`                   sleep N times for MS milliseconds
+//! `touch PAGES`                   touch PAGES fresh 4 KiB pages (no huge pages)
+//! `fork K MS`                     fork K children that each spin MS ms of CPU, then wait
+//! `direct-io DEV BYTES CHUNK`     O_DIRECT: write BYTES to DEV in CHUNK-sized writes, read back
+//! `buffered FILE BYTES`           write BYTES to FILE through the page cache, then fsync
+//! `tcp-loop BYTES`                two processes: BYTES each way over loopback TCP
+//! `tcp-echo-serve ADDR`           accept once; read a length and that many bytes; send them back
+//! `tcp-send ADDR BYTES`           send BYTES to a tcp-echo-serve at ADDR and read them back
+//! `subcgroup-spin MS`             make a sub-cgroup of its own, spin MS ms in it, remove it
+//!
+//! `--netns NAME` before the workload runs it in network namespace NAME (/run/netns/NAME).
 
 use std::{
+    fs::{self, File, OpenOptions},
     hint::black_box,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
     time::{Duration, Instant},
 };
 
@@ -26,8 +40,76 @@ fn rusage_json() -> String {
     )
 }
 
+fn spin_cpu(budget: Duration) {
+    let start = cpu_time();
+    let mut x = 0u64;
+    while cpu_time() - start < budget {
+        for _ in 0..10_000 {
+            x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        }
+    }
+}
+
+fn cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is valid and writable.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A page-aligned buffer for O_DIRECT.
+fn aligned(len: usize) -> &'static mut [u8] {
+    // SAFETY: an anonymous private mapping of `len` bytes, never unmapped (the process is short).
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap failed");
+        std::slice::from_raw_parts_mut(p.cast::<u8>(), len)
+    }
+}
+
+fn enter_netns(name: &str) {
+    let ns = File::open(format!("/run/netns/{name}")).expect("opening the netns");
+    // SAFETY: setns on a valid namespace fd.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+fn echo_serve(addr: &str) {
+    let listener = TcpListener::bind(addr).expect("bind");
+    println!("listening");
+    let (mut conn, _) = listener.accept().expect("accept");
+    let mut len = [0u8; 8];
+    conn.read_exact(&mut len).expect("length");
+    let len = u64::from_le_bytes(len) as usize;
+    let mut buf = vec![0u8; len];
+    conn.read_exact(&mut buf).expect("data");
+    conn.write_all(&buf).expect("echo");
+}
+
+fn send_and_receive(addr: &str, bytes: usize) {
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    conn.write_all(&(bytes as u64).to_le_bytes()).unwrap();
+    conn.write_all(&vec![0x5a; bytes]).unwrap();
+    let mut back = vec![0u8; bytes];
+    conn.read_exact(&mut back).expect("echo back");
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--netns") {
+        enter_netns(&args[1]);
+        args.drain(..2);
+    }
     let num = |i: usize| -> u64 {
         args.get(i)
             .and_then(|a| a.parse().ok())
@@ -46,6 +128,126 @@ fn main() {
         Some("sleepy") => {
             for _ in 0..num(1) {
                 std::thread::sleep(Duration::from_millis(num(2)));
+            }
+        }
+        Some("touch") => {
+            let len = num(1) as usize * 4096;
+            let mem = aligned(len);
+            // SAFETY: advice on our own mapping.
+            unsafe { libc::madvise(mem.as_mut_ptr().cast(), len, libc::MADV_NOHUGEPAGE) };
+            for page in mem.chunks_mut(4096) {
+                page[0] = 1;
+            }
+            black_box(&mem);
+        }
+        Some("fork") => {
+            let budget = Duration::from_millis(num(2));
+            let mut children = Vec::new();
+            for _ in 0..num(1) {
+                // SAFETY: the child only spins and calls _exit.
+                let pid = unsafe { libc::fork() };
+                assert!(pid >= 0, "fork failed");
+                if pid == 0 {
+                    spin_cpu(budget);
+                    // SAFETY: leaves the child without running the parent's destructors.
+                    unsafe { libc::_exit(0) };
+                }
+                children.push(pid);
+            }
+            for pid in children {
+                let mut status = 0;
+                // SAFETY: waits for our own child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+            }
+        }
+        Some("direct-io") => {
+            let (bytes, chunk) = (num(2) as usize, num(3) as usize);
+            let mut dev = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&args[1])
+                .expect("opening the device O_DIRECT");
+            let buf = aligned(chunk);
+            buf.fill(0xa5);
+            for _ in 0..bytes / chunk {
+                dev.write_all(buf).expect("direct write");
+            }
+            dev.sync_all().expect("fsync");
+            let mut dev = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&args[1])
+                .expect("reopening the device");
+            for _ in 0..bytes / chunk {
+                dev.read_exact(buf).expect("direct read");
+            }
+        }
+        Some("buffered") => {
+            let mut f = File::create(&args[1]).expect("creating the file");
+            f.write_all(&vec![0x3c; num(2) as usize])
+                .expect("buffered write");
+            f.sync_all().expect("fsync");
+        }
+        Some("tcp-loop") => {
+            let bytes = num(1) as usize;
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().unwrap().to_string();
+            // SAFETY: the child serves one connection and calls _exit.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                drop(listener);
+                send_and_receive(&addr, bytes);
+                // SAFETY: as above.
+                unsafe { libc::_exit(0) };
+            }
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut len = [0u8; 8];
+            conn.read_exact(&mut len).unwrap();
+            let mut buf = vec![0u8; u64::from_le_bytes(len) as usize];
+            conn.read_exact(&mut buf).unwrap();
+            conn.write_all(&buf).unwrap();
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            assert_eq!(status, 0, "the client process failed");
+        }
+        Some("tcp-echo-serve") => echo_serve(&args[1]),
+        Some("tcp-send") => send_and_receive(&args[1], num(2) as usize),
+        Some("subcgroup-spin") => {
+            let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+            let rel = own
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .expect("a v2 line");
+            let mount = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+                .iter()
+                .find(|m| {
+                    std::path::Path::new(m).join("cgroup.procs").exists()
+                        && std::path::Path::new(&format!("{m}{rel}")).is_dir()
+                })
+                .expect("the v2 mount");
+            let sub = format!("{mount}{rel}/sub");
+            fs::create_dir(&sub).expect("mkdir sub-cgroup");
+            // SAFETY: the child moves itself, spins and calls _exit.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                fs::write(format!("{sub}/cgroup.procs"), "0").expect("joining sub");
+                spin_cpu(Duration::from_millis(num(1)));
+                // SAFETY: as above.
+                unsafe { libc::_exit(0) };
+            }
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            // The child is reaped; the cgroup may take a moment to empty.
+            let started = Instant::now();
+            while fs::remove_dir(&sub).is_err() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "cannot remove {sub}"
+                );
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
         other => panic!("unknown workload {other:?}; see the module doc"),

@@ -230,18 +230,25 @@ pub fn flat_keyed(text: &str, key: &str) -> Option<u64> {
 pub struct RunCgroup {
     path: PathBuf,
     id: u64,
-    memory_v1: Option<PathBuf>,
+    /// v1 twins on a hybrid host: controller → directory.
+    v1: Vec<(String, PathBuf)>,
     removed: bool,
 }
 
 /// Controllers a run cgroup asks its parent to delegate on a pure v2 host.
-const V2_CONTROLLERS: &[&str] = &["memory", "pids"];
+const V2_CONTROLLERS: &[&str] = &["memory", "pids", "cpu"];
 
 impl RunCgroup {
     /// Creates `parent/name` (and `parent` itself if needed). On a pure v2 host, enables the
-    /// memory and pids controllers for it where the parent has them; on a hybrid host, also
-    /// makes a v1 memory twin nested under this process's own v1 memory cgroup.
-    pub fn create(parent: &Path, name: &str, hierarchy: &Hierarchy) -> Result<Self, CgroupError> {
+    /// memory, pids and cpu controllers for it where the parent has them; on a hybrid host,
+    /// also makes v1 twins (always memory, plus `v1_extra`) nested under this process's own v1
+    /// cgroups, so that a supervisor's limits keep applying.
+    pub fn create(
+        parent: &Path,
+        name: &str,
+        hierarchy: &Hierarchy,
+        v1_extra: &[&str],
+    ) -> Result<Self, CgroupError> {
         fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
         enable_controllers(parent);
         let path = parent.join(name);
@@ -250,14 +257,21 @@ impl RunCgroup {
         let mut run = Self {
             path,
             id,
-            memory_v1: None,
+            v1: Vec::new(),
             removed: false,
         };
-        if let Some(mount) = hierarchy.v1_mount("memory") {
-            let own = own_v1_path("memory").unwrap_or_default();
+        for controller in std::iter::once("memory").chain(v1_extra.iter().copied()) {
+            let Some(mount) = hierarchy.v1_mount(controller) else {
+                continue;
+            };
+            if run.v1.iter().any(|(_, p)| p.starts_with(mount)) {
+                continue; // co-mounted with one already made (cpu,cpuacct)
+            }
+            let own = own_v1_path(controller).unwrap_or_default();
             let twin = mount.join(own.trim_start_matches('/')).join(name);
+            // On failure, Drop removes what was made so far.
             fs::create_dir(&twin).map_err(io_err("creating", &twin))?;
-            run.memory_v1 = Some(twin);
+            run.v1.push((controller.to_owned(), twin));
         }
         Ok(run)
     }
@@ -265,21 +279,34 @@ impl RunCgroup {
     /// Every `cgroup.procs` the command must join before `exec`: the v2 cgroup and any v1 twin.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         std::iter::once(&self.path)
-            .chain(self.memory_v1.as_ref())
+            .chain(self.v1.iter().map(|(_, p)| p))
             .map(|p| p.join("cgroup.procs"))
             .collect()
     }
 
-    /// The v1 memory twin, on a hybrid host.
-    pub fn memory_v1(&self) -> Option<&Path> {
-        self.memory_v1.as_deref()
+    /// The v1 twin of `controller`, on a hybrid host.
+    pub fn v1_twin(&self, controller: &str) -> Option<&Path> {
+        self.v1
+            .iter()
+            .find(|(c, _)| c == controller)
+            .map(|(_, p)| p.as_path())
     }
 
     /// The kernel's memory figures for the run: v2 files where the memory controller is on,
     /// else the v1 twin's. `None` when neither exists.
     pub fn memory(&self) -> Option<MemoryStat> {
         MemoryStat::read_v2(&self.path)
-            .or_else(|| self.memory_v1.as_deref().and_then(MemoryStat::read_v1))
+            .or_else(|| self.v1_twin("memory").and_then(MemoryStat::read_v1))
+    }
+
+    /// How many times the kernel's OOM killer killed a process of the run (v2 `memory.events`
+    /// or v1 `memory.oom_control`).
+    pub fn oom_kills(&self) -> Option<u64> {
+        let v2 = fs::read_to_string(self.path.join("memory.events")).ok();
+        let v1 = self
+            .v1_twin("memory")
+            .and_then(|p| fs::read_to_string(p.join("memory.oom_control")).ok());
+        v2.or(v1).and_then(|text| flat_keyed(&text, "oom_kill"))
     }
 
     /// Where it is.
@@ -337,6 +364,16 @@ impl RunCgroup {
         }
     }
 
+    /// Sends `signal` to every process of the subtree. Returns how many were signalled.
+    pub fn signal_all(&self, signal: i32) -> usize {
+        let pids = subtree_pids(&self.path);
+        for pid in &pids {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(*pid, signal) };
+        }
+        pids.len()
+    }
+
     /// Kills what is left and removes the cgroup and any sub-cgroups, deepest first.
     pub fn remove(mut self) -> Result<(), CgroupError> {
         self.remove_inner()
@@ -363,7 +400,7 @@ impl RunCgroup {
         for dir in dirs.iter().rev() {
             remove_dir_retrying(dir)?;
         }
-        if let Some(twin) = &self.memory_v1 {
+        for (_, twin) in &self.v1 {
             remove_dir_retrying(twin)?;
         }
         self.removed = true;

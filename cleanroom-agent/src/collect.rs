@@ -24,7 +24,7 @@ pub enum Total {
 }
 
 /// Block I/O of a run on one device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BlockDevice {
     /// `major:minor`.
     pub device: String,
@@ -38,6 +38,12 @@ pub struct BlockDevice {
     pub read_ops: u64,
     /// Write bios.
     pub write_ops: u64,
+    /// Read request latency on this device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_latency: Option<LatencySummary>,
+    /// Write request latency on this device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_latency: Option<LatencySummary>,
 }
 
 /// Everything read at the end of a run.
@@ -85,6 +91,15 @@ impl Sample {
                 .or(self.max_rss_bytes)?,
             Metric::MemoryCurrentBytes => self.memory?.current_bytes,
         })
+    }
+
+    /// The counters (every metric but memory) by name, for the time series.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        Metric::ALL
+            .iter()
+            .filter(|m| !matches!(m, Metric::MemoryPeakBytes | Metric::MemoryCurrentBytes))
+            .filter_map(|m| Some((m.name().to_owned(), self.value(*m)?)))
+            .collect()
     }
 
     /// Totals by metric name, and the metrics that could not be measured. `hook_unavailable`
@@ -142,6 +157,13 @@ impl Sample {
 
     /// Per-device block I/O, busiest first.
     pub fn block_devices(&self) -> Vec<BlockDevice> {
+        let latency = |dev: u32, l: Latency| {
+            self.counted
+                .block_latencies
+                .get(&(dev, l))
+                .filter(|h| h.count > 0)
+                .map(model::summarize)
+        };
         let mut devices: Vec<BlockDevice> = self
             .counted
             .block
@@ -149,6 +171,8 @@ impl Sample {
             .map(|(dev, b)| {
                 let (major, minor) = (dev >> 20, dev & 0xf_ffff);
                 BlockDevice {
+                    read_latency: latency(*dev, Latency::BlockRead),
+                    write_latency: latency(*dev, Latency::BlockWrite),
                     device: format!("{major}:{minor}"),
                     name: device_name(major, minor),
                     read_bytes: b.read_bytes,

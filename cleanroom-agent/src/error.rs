@@ -3,7 +3,7 @@
 
 use std::{io, path::PathBuf};
 
-use crate::{cgroup::CgroupError, probe::ProbeError};
+use crate::{cgroup::CgroupError, config::ConfigError, limits::LimitError, probe::ProbeError};
 
 /// Cleanroom's own failures (never the measured command's).
 #[derive(Debug, thiserror::Error)]
@@ -47,4 +47,10 @@ pub enum Error {
     /// The BPF layer failed.
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    /// A configuration file is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A resource limit could not be put in place.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }

@@ -27,6 +27,11 @@ pub fn missing_caps() -> Vec<&'static str> {
         .collect()
 }
 
+/// CPUs this process may run on.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 /// The running kernel's release string.
 pub fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")

@@ -1,19 +1,27 @@
 //! Cleanroom: measures what a command or a cgroup costs the machine, with eBPF.
 //!
-//! Data flows `probe` (BPF) and `cgroup` (cgroupfs) → `report`; `run` drives one measured
-//! command; `demo` and `doctor` are the commands a new user starts with.
+//! Data flows `probe` (BPF) and `cgroup` (cgroupfs) → `collect` (a sample) → `model` (series,
+//! aggregates, histograms) → `analyze` (thresholds, SLOs, anomalies, insights) → `report`.
+//! `run` drives one measured command, with `monitor` sampling it and `limits` enforcing
+//! `config`; `demo` and `doctor` are the commands a new user starts with.
 
+pub mod analyze;
 pub mod btf;
 pub mod cgroup;
 pub mod collect;
+pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod error;
 pub mod host;
+pub mod limits;
 pub mod metric;
 pub mod model;
+pub mod monitor;
+pub mod objective;
 pub mod probe;
 pub mod report;
 pub mod run;
+pub mod units;
 
 pub use error::Error;

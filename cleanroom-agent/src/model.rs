@@ -186,3 +186,223 @@ mod tests {
         assert_eq!(m.buckets.iter().sum::<u64>(), 3);
     }
 }
+
+/// One interval of the time series: when it ended and each figure over it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    /// End of the interval, ns since the command started.
+    pub t_ns: u64,
+    /// Length of the interval, ns.
+    pub interval_ns: u64,
+    /// Figures by name: `cpu_percent` (of one core), `memory_current_bytes`, and for every
+    /// counter `<name>_per_sec`, plus `block_bytes_per_sec` and `net_bytes_per_sec`.
+    pub values: std::collections::BTreeMap<String, f64>,
+}
+
+/// Counters at one instant, as the series needs them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reading {
+    /// ns since the command started.
+    pub t_ns: u64,
+    /// Counter values by metric name (cumulative).
+    pub counters: std::collections::BTreeMap<String, u64>,
+    /// Memory charged now, when known.
+    pub memory_current_bytes: Option<u64>,
+}
+
+/// The interval between two readings. Counters that went backwards (a reset) give no rate.
+pub fn interval(prev: &Reading, now: &Reading) -> Option<SeriesPoint> {
+    let dt_ns = now.t_ns.checked_sub(prev.t_ns).filter(|d| *d > 0)?;
+    let dt = dt_ns as f64 / 1e9;
+    let mut values = std::collections::BTreeMap::new();
+    for (name, v) in &now.counters {
+        let Some(delta) = prev.counters.get(name).and_then(|p| v.checked_sub(*p)) else {
+            continue;
+        };
+        if name == "cpu_time_ns" {
+            values.insert(
+                "cpu_percent".to_owned(),
+                delta as f64 / dt_ns as f64 * 100.0,
+            );
+        }
+        values.insert(format!("{name}_per_sec"), delta as f64 / dt);
+    }
+    for (total, a, b) in [
+        (
+            "block_bytes_per_sec",
+            "block_read_bytes_per_sec",
+            "block_write_bytes_per_sec",
+        ),
+        (
+            "net_bytes_per_sec",
+            "net_rx_bytes_per_sec",
+            "net_tx_bytes_per_sec",
+        ),
+    ] {
+        if let (Some(x), Some(y)) = (values.get(a), values.get(b)) {
+            let v = x + y;
+            values.insert(total.to_owned(), v);
+        }
+    }
+    if let Some(m) = now.memory_current_bytes {
+        values.insert("memory_current_bytes".to_owned(), m as f64);
+    }
+    Some(SeriesPoint {
+        t_ns: now.t_ns,
+        interval_ns: dt_ns,
+        values,
+    })
+}
+
+/// What a series of interval values comes to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    /// Mean of the interval values.
+    pub avg: f64,
+    /// Smallest interval value.
+    pub min: f64,
+    /// Largest interval value.
+    pub peak: f64,
+    /// When the peak interval ended, ns since start.
+    pub peak_at_ns: u64,
+    /// Median of the interval values (nearest rank).
+    pub p50: f64,
+    /// 90th percentile of the interval values.
+    pub p90: f64,
+    /// 99th percentile of the interval values.
+    pub p99: f64,
+    /// Least-squares slope over the run, in units per second.
+    pub trend_per_sec: f64,
+    /// Number of intervals.
+    pub intervals: usize,
+}
+
+/// Aggregates of every series name in `points`.
+pub fn aggregate(points: &[SeriesPoint]) -> std::collections::BTreeMap<String, Aggregate> {
+    let mut names: std::collections::BTreeSet<&String> = std::collections::BTreeSet::new();
+    for p in points {
+        names.extend(p.values.keys());
+    }
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let xs: Vec<(u64, f64)> = points
+                .iter()
+                .filter_map(|p| Some((p.t_ns, *p.values.get(name)?)))
+                .collect();
+            Some((name.clone(), aggregate_one(&xs)?))
+        })
+        .collect()
+}
+
+/// Aggregate of one series of (time ns, value).
+pub fn aggregate_one(xs: &[(u64, f64)]) -> Option<Aggregate> {
+    if xs.is_empty() {
+        return None;
+    }
+    let n = xs.len() as f64;
+    let avg = xs.iter().map(|(_, v)| v).sum::<f64>() / n;
+    let (peak_at_ns, peak) = xs
+        .iter()
+        .copied()
+        .fold((0, f64::MIN), |best, x| if x.1 > best.1 { x } else { best });
+    let min = xs.iter().map(|(_, v)| *v).fold(f64::MAX, f64::min);
+    let mut sorted: Vec<f64> = xs.iter().map(|(_, v)| *v).collect();
+    sorted.sort_by(f64::total_cmp);
+    let rank = |q: f64| sorted[((q * n).ceil() as usize).clamp(1, sorted.len()) - 1];
+    Some(Aggregate {
+        avg,
+        min,
+        peak,
+        peak_at_ns,
+        p50: rank(0.5),
+        p90: rank(0.9),
+        p99: rank(0.99),
+        trend_per_sec: slope(xs),
+        intervals: xs.len(),
+    })
+}
+
+/// Least-squares slope of value over time, per second (0 with fewer than two points).
+pub fn slope(xs: &[(u64, f64)]) -> f64 {
+    if xs.len() < 2 {
+        return 0.0;
+    }
+    let n = xs.len() as f64;
+    let t: Vec<f64> = xs.iter().map(|(t, _)| *t as f64 / 1e9).collect();
+    let mt = t.iter().sum::<f64>() / n;
+    let mv = xs.iter().map(|(_, v)| v).sum::<f64>() / n;
+    let cov: f64 = t
+        .iter()
+        .zip(xs)
+        .map(|(t, (_, v))| (t - mt) * (v - mv))
+        .sum();
+    let var: f64 = t.iter().map(|t| (t - mt).powi(2)).sum();
+    if var == 0.0 { 0.0 } else { cov / var }
+}
+
+#[cfg(test)]
+mod series_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn reading(t_s: u64, cpu_ns: u64, rx: u64, mem: u64) -> Reading {
+        Reading {
+            t_ns: t_s * 1_000_000_000,
+            counters: BTreeMap::from([
+                ("cpu_time_ns".to_owned(), cpu_ns),
+                ("net_rx_bytes".to_owned(), rx),
+                ("net_tx_bytes".to_owned(), 0),
+            ]),
+            memory_current_bytes: Some(mem),
+        }
+    }
+
+    #[test]
+    fn intervals_give_rates_and_cpu_percent() {
+        let p = interval(&reading(1, 0, 0, 10), &reading(3, 3_000_000_000, 4_000, 20)).unwrap();
+        assert_eq!(p.interval_ns, 2_000_000_000);
+        assert!((p.values["cpu_percent"] - 150.0).abs() < 1e-9, "{p:?}");
+        assert!((p.values["net_rx_bytes_per_sec"] - 2_000.0).abs() < 1e-9);
+        assert!((p.values["net_bytes_per_sec"] - 2_000.0).abs() < 1e-9);
+        assert_eq!(p.values["memory_current_bytes"], 20.0);
+    }
+
+    #[test]
+    fn a_counter_that_went_back_gives_no_rate() {
+        let p = interval(&reading(1, 500, 100, 0), &reading(2, 400, 200, 0)).unwrap();
+        assert!(!p.values.contains_key("cpu_percent"), "{p:?}");
+        assert!(p.values.contains_key("net_rx_bytes_per_sec"));
+        assert!(interval(&reading(2, 0, 0, 0), &reading(2, 0, 0, 0)).is_none());
+    }
+
+    #[test]
+    fn aggregates_find_peak_percentiles_and_trend() {
+        // value = 2 t + 1 at t = 1..=10 s, except a spike at t = 7.
+        let xs: Vec<(u64, f64)> = (1..=10u64)
+            .map(|t| {
+                (
+                    t * 1_000_000_000,
+                    if t == 7 { 100.0 } else { 2.0 * t as f64 + 1.0 },
+                )
+            })
+            .collect();
+        let a = aggregate_one(&xs).unwrap();
+        assert_eq!(a.peak, 100.0);
+        assert_eq!(a.peak_at_ns, 7_000_000_000);
+        assert_eq!(a.min, 3.0);
+        assert_eq!(a.intervals, 10);
+        assert_eq!(a.p50, 11.0);
+        let clean: Vec<(u64, f64)> = (1..=10u64)
+            .map(|t| (t * 1_000_000_000, 2.0 * t as f64 + 1.0))
+            .collect();
+        assert!(
+            (slope(&clean) - 2.0).abs() < 1e-9,
+            "slope {}",
+            slope(&clean)
+        );
+        assert_eq!(slope(&clean[..1]), 0.0);
+        assert!(aggregate_one(&[]).is_none());
+    }
+}

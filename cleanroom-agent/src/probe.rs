@@ -273,8 +273,10 @@ pub struct Counted {
     pub stats: CgroupStats,
     /// Block counters per device (kernel `dev_t` encoding).
     pub block: BTreeMap<u32, BlockStats>,
-    /// Histograms per latency.
+    /// Histograms per latency (all devices together).
     pub latencies: BTreeMap<Latency, Histogram>,
+    /// Block latency histograms per device.
+    pub block_latencies: BTreeMap<(u32, Latency), Histogram>,
 }
 
 /// The loaded object with its programs attached. Dropping it detaches everything.
@@ -417,27 +419,35 @@ impl Probes {
 
         let hist_map: HashMap<&MapData, HistKey, Histogram> =
             HashMap::try_from(self.map(maps::HISTOGRAMS)?).map_err(map_err(maps::HISTOGRAMS))?;
-        let mut latencies = BTreeMap::new();
-        for latency in Latency::ALL {
-            let mut total = model::empty_histogram();
-            for id in ids {
-                let key = HistKey {
-                    cgroup_id: *id,
-                    kind: latency.kind(),
-                    _pad: 0,
-                };
-                match hist_map.get(&key, 0) {
-                    Ok(h) => total = model::merge(&total, &h),
-                    Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err(maps::HISTOGRAMS)(e)),
-                }
+        let mut latencies: BTreeMap<Latency, Histogram> = Latency::ALL
+            .iter()
+            .map(|l| (*l, model::empty_histogram()))
+            .collect();
+        let mut block_latencies: BTreeMap<(u32, Latency), Histogram> = BTreeMap::new();
+        for entry in hist_map.iter() {
+            let (key, h) = entry.map_err(map_err(maps::HISTOGRAMS))?;
+            if !ids.contains(&key.cgroup_id) {
+                continue;
             }
-            latencies.insert(*latency, total);
+            let Some(latency) = Latency::ALL.iter().find(|l| l.kind() == key.kind) else {
+                continue;
+            };
+            let total = latencies
+                .entry(*latency)
+                .or_insert_with(model::empty_histogram);
+            *total = model::merge(total, &h);
+            if matches!(latency, Latency::BlockRead | Latency::BlockWrite) {
+                let per_dev = block_latencies
+                    .entry((key.dev, *latency))
+                    .or_insert_with(model::empty_histogram);
+                *per_dev = model::merge(per_dev, &h);
+            }
         }
         Ok(Counted {
             stats,
             block,
             latencies,
+            block_latencies,
         })
     }
 
@@ -471,15 +481,13 @@ impl Probes {
         let mut hists: HashMap<&mut MapData, HistKey, Histogram> =
             HashMap::try_from(self.map_mut(maps::HISTOGRAMS)?)
                 .map_err(map_err(maps::HISTOGRAMS))?;
-        for id in ids {
-            for latency in Latency::ALL {
-                let key = HistKey {
-                    cgroup_id: *id,
-                    kind: latency.kind(),
-                    _pad: 0,
-                };
-                ok_if_absent(hists.remove(&key), maps::HISTOGRAMS)?;
-            }
+        let doomed: Vec<HistKey> = hists
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| ids.contains(&k.cgroup_id))
+            .collect();
+        for key in doomed {
+            ok_if_absent(hists.remove(&key), maps::HISTOGRAMS)?;
         }
         let mut block: PerCpuHashMap<&mut MapData, BlockKey, BlockStats> =
             PerCpuHashMap::try_from(self.map_mut(maps::BLOCK_STATS)?)

@@ -7,8 +7,10 @@ use std::{collections::BTreeMap, fmt::Write as _, fs, io, path::Path};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    analyze::{Anomaly, Event, Insight, SloResult, Status, ThresholdResult},
     collect::{BlockDevice, Total},
     metric::{Latency, Metric, Unit},
+    model::{Aggregate, SeriesPoint},
 };
 
 /// Version of the JSON layout. Later versions add fields; they never rename one.
@@ -47,6 +49,33 @@ pub struct Report {
     /// How the run ended when it did not end by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<Interruption>,
+    /// One point per `metrics_interval`: rates and levels over that interval.
+    #[serde(default)]
+    pub series: Vec<SeriesPoint>,
+    /// Per series name: average, peak (and when), minimum, percentiles, trend.
+    #[serde(default)]
+    pub aggregates: BTreeMap<String, Aggregate>,
+    /// Verdict on each SLO.
+    #[serde(default)]
+    pub slos: Vec<SloResult>,
+    /// Verdict on each threshold.
+    #[serde(default)]
+    pub thresholds: Vec<ThresholdResult>,
+    /// Breaches, clearances, timeouts, OOM kills, signals, limits applied.
+    #[serde(default)]
+    pub events: Vec<Event>,
+    /// Intervals that stand out from the run's own history.
+    #[serde(default)]
+    pub anomalies: Vec<Anomaly>,
+    /// How anomalies were found.
+    #[serde(default)]
+    pub anomaly_method: String,
+    /// Findings in plain words, each with the numbers it rests on.
+    #[serde(default)]
+    pub insights: Vec<Insight>,
+    /// `pass` when every SLO and threshold held, else `fail`; `none` when nothing was judged.
+    #[serde(default)]
+    pub verdict: String,
 }
 
 /// The cgroup a run was measured in.
@@ -210,6 +239,75 @@ impl Report {
                 );
             }
         }
+        if !self.slos.is_empty() || !self.thresholds.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n  {:<44} {:>14} {:>18}  verdict",
+                "SLO / threshold", "measured", "objective"
+            );
+            let mark = |s: Status| match s {
+                Status::Pass => "pass",
+                Status::Fail => "FAIL",
+                Status::Unmeasured => "UNMEASURED",
+                Status::NotApplicable => "n/a",
+            };
+            for r in &self.slos {
+                let _ = writeln!(
+                    out,
+                    "  {:<44} {:>14} {:>18}  {}",
+                    format!(
+                        "{} ({})",
+                        r.name,
+                        r.objective.split_whitespace().next().unwrap_or("")
+                    ),
+                    r.measured_text,
+                    r.target_text,
+                    mark(r.status)
+                );
+            }
+            for r in &self.thresholds {
+                let name = r
+                    .name
+                    .strip_prefix("performance_monitoring.")
+                    .unwrap_or(&r.name);
+                let _ = writeln!(
+                    out,
+                    "  {:<44} {:>14} {:>18}  {}{}",
+                    name,
+                    r.peak_text,
+                    format!("<= {}", r.limit_text),
+                    mark(r.status),
+                    if r.breaches > 0 {
+                        format!(" ({} breaches)", r.breaches)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+        if !self.insights.is_empty() {
+            let _ = writeln!(out, "\n  insights:");
+            for i in &self.insights {
+                let _ = writeln!(out, "  - {}", i.text);
+            }
+        }
+        if !self.anomalies.is_empty() {
+            let _ = writeln!(out, "\n  anomalies ({}):", self.anomalies.len());
+            for a in self.anomalies.iter().take(5) {
+                let _ = writeln!(
+                    out,
+                    "  - {} at {:.1}s: {:.1} vs median {:.1} (score {:.1})",
+                    a.metric,
+                    a.t_ns as f64 / 1e9,
+                    a.value,
+                    a.median,
+                    a.score
+                );
+            }
+        }
+        if self.verdict == "pass" || self.verdict == "fail" {
+            let _ = writeln!(out, "\n  verdict: {}", self.verdict.to_uppercase());
+        }
         for note in &self.notes {
             let _ = writeln!(out, "\n  note: {note}");
         }
@@ -258,6 +356,15 @@ mod tests {
             totals: BTreeMap::from([("cpu_time_ns".into(), Total::Value(2_000_000_000))]),
             block_devices: vec![],
             notes: vec![],
+            series: vec![],
+            aggregates: BTreeMap::new(),
+            slos: vec![],
+            thresholds: vec![],
+            events: vec![],
+            anomalies: vec![],
+            anomaly_method: String::new(),
+            insights: vec![],
+            verdict: "none".into(),
             kernel: BTreeMap::from([("cpu_usage_ns".into(), 2_000_001_000)]),
             unavailable: vec!["context_switches_voluntary".into()],
             dropped: BTreeMap::from([("stats_map_full".into(), 0)]),

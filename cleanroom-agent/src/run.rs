@@ -20,11 +20,14 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     Error,
+    analyze::{self, Event, Status, ThresholdResult},
     cgroup::{CgroupError, CpuStat, Hierarchy, RunCgroup, subtree_ids},
     collect::Sample,
-    host,
+    config::CleanroomConfig,
+    host, limits, model,
+    monitor::Monitor,
     probe::Probes,
-    report::{self, CgroupRef, Interruption, Report, SCHEMA_VERSION},
+    report::{self, CgroupRef, Interruption, Report, SCHEMA_VERSION, human_bytes},
 };
 
 /// What to run and where results go.
@@ -36,8 +39,10 @@ pub struct RunOptions {
     pub cgroup_parent: Option<PathBuf>,
     /// Where to write the JSON report.
     pub report: Option<PathBuf>,
-    /// Print the summary table on stderr at the end.
+    /// Print the summary table on stderr at the end (and a live status line on a terminal).
     pub print_summary: bool,
+    /// What to monitor, judge and enforce.
+    pub config: CleanroomConfig,
 }
 
 /// Refuses early, with the missing capabilities named, when this process cannot measure.
@@ -73,6 +78,9 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         .first()
         .ok_or_else(|| Error::CommandNotFound(String::new()))?;
     resolve_program(program)?;
+    let config = &opts.config;
+    let pm = &config.performance_monitoring;
+    let rl = &config.resource_limits;
 
     let hierarchy = Hierarchy::detect()?;
     let v2_root = File::open(&hierarchy.v2_mount).map_err(|source| CgroupError::Io {
@@ -93,13 +101,51 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
             .as_secs(),
         std::process::id()
     );
-    let cgroup = RunCgroup::create(&parent, &run_id, &hierarchy)?;
+    let cgroup = RunCgroup::create(
+        &parent,
+        &run_id,
+        &hierarchy,
+        &limits::v1_controllers_needed(rl),
+    )?;
+    let limit_lines = limits::apply(&cgroup, rl)?;
 
+    let (specs, not_applicable) = analyze::threshold_specs(config);
     let mut signals = Signals::new().map_err(Error::Wait)?;
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let started = Instant::now();
     let mut child = spawn_in_cgroup(&opts.command, &cgroup.procs_files())?;
     let pid = child.id().map(|p| p as i32);
+    let mut monitor = Monitor::new(
+        started,
+        specs,
+        pm.enable_memory_tracking,
+        opts.print_summary,
+    );
+    for line in &limit_lines {
+        monitor.events.push(Event {
+            t_ns: 0,
+            kind: "limit".into(),
+            subject: line.split(':').next().unwrap_or_default().to_owned(),
+            value: None,
+            limit: None,
+            message: line.clone(),
+        });
+    }
+    let sampling = pm.enable_monitoring && rl.enable_resource_monitoring;
+    if sampling {
+        monitor.sample(&probes, &cgroup)?;
+    }
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + pm.metrics_interval,
+        pm.metrics_interval,
+    );
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let far = Duration::from_secs(86_400 * 365);
+    let timeout = tokio::time::sleep(rl.max_test_execution_time.unwrap_or(far));
+    tokio::pin!(timeout);
+    let mut timed_out = false;
+    let kill_at = tokio::time::sleep(far);
+    tokio::pin!(kill_at);
 
     let mut interrupted: Option<&'static str> = None;
     let status: ExitStatus = loop {
@@ -116,13 +162,51 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                         // SAFETY: kill(2) has no memory-safety preconditions.
                         unsafe { libc::kill(pid, number) };
                     }
+                    monitor.clear_line();
                     log::warn!("{name}: passed to the command; waiting for it to exit (again to kill)");
                 }
                 interrupted.get_or_insert(name);
             }
+            _ = ticker.tick(), if sampling => monitor.sample(&probes, &cgroup)?,
+            () = &mut timeout, if !timed_out && rl.max_test_execution_time.is_some() => {
+                timed_out = true;
+                let limit = rl.max_test_execution_time.unwrap_or_default();
+                let signalled = cgroup.signal_all(libc::SIGTERM);
+                monitor.event(Event {
+                    t_ns: monitor.elapsed_ns(),
+                    kind: "timeout".into(),
+                    subject: "resource_limits.max_test_execution_time".into(),
+                    value: Some(monitor.elapsed_ns() as f64),
+                    limit: Some(limit.as_nanos() as f64),
+                    message: format!(
+                        "the run exceeded resource_limits.max_test_execution_time ({}): sent SIGTERM \
+                         to {signalled} processes, SIGKILL follows in {}",
+                        humantime::format_duration(limit),
+                        humantime::format_duration(rl.resource_cleanup_timeout)
+                    ),
+                });
+                kill_at.as_mut().reset(tokio::time::Instant::now() + rl.resource_cleanup_timeout);
+            }
+            () = &mut kill_at, if timed_out => {
+                monitor.event(Event {
+                    t_ns: monitor.elapsed_ns(),
+                    kind: "timeout_kill".into(),
+                    subject: "resource_limits.resource_cleanup_timeout".into(),
+                    value: None,
+                    limit: None,
+                    message: "the run did not stop after SIGTERM: killing every process".into(),
+                });
+                let _ = cgroup.kill_all(Duration::from_secs(5));
+                kill_at.as_mut().reset(tokio::time::Instant::now() + far);
+            }
         }
     };
     let wall_time_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    if sampling {
+        // The last, partial interval.
+        monitor.sample(&probes, &cgroup)?;
+    }
+    monitor.clear_line();
 
     // Whatever the command left behind ends now, so that its CPU time is charged before the
     // counters are read.
@@ -146,7 +230,42 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     let drops = probes.drops()?;
     let (totals, unavailable) = sample.totals(&probes.unavailable());
     probes.forget(&ids)?;
-    let mut notes = Vec::new();
+    if let Some(kills) = cgroup.oom_kills().filter(|k| *k > 0) {
+        let limit = rl.max_memory_usage_bytes;
+        monitor.event(Event {
+            t_ns: wall_time_ns,
+            kind: "oom_kill".into(),
+            subject: "memory".into(),
+            value: Some(kills as f64),
+            limit: limit.map(|l| l as f64),
+            message: match limit {
+                Some(l) => format!(
+                    "the memory limit ({}) was reached: the kernel's OOM killer killed {kills} \
+                     process(es) of the run",
+                    human_bytes(l)
+                ),
+                None => format!("the kernel's OOM killer killed {kills} process(es) of the run"),
+            },
+        });
+    }
+    // Cumulative figures judged at the end: wall time, the peak memory charge (which can
+    // exceed every sample), bytes written.
+    let mut finals = BTreeMap::from([("wall_time".to_owned(), wall_time_ns as f64)]);
+    if let Some(peak) = memory.and_then(|m| m.peak_bytes) {
+        finals.insert("memory_current_bytes".into(), peak as f64);
+    }
+    if let Some(w) = sample.counters().get("block_write_bytes") {
+        finals.insert("block_write_bytes".into(), *w as f64);
+    }
+    monitor.observe(wall_time_ns, &finals);
+
+    let cgroup_ref = CgroupRef {
+        path: cgroup.path().display().to_string(),
+        id: cgroup.id(),
+    };
+    cgroup.remove()?;
+
+    let mut notes = limit_lines;
     if memory.is_none() {
         notes.push(
             "no cgroup accounts memory for this run (no memory controller): memory_peak_bytes is \
@@ -154,8 +273,14 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                 .to_owned(),
         );
     }
-
-    let report = Report {
+    if pm.enable_profiling {
+        notes.push(
+            "performance_monitoring.enable_profiling is set, but CPU profiling is not implemented \
+             in this version: no profile was taken"
+                .to_owned(),
+        );
+    }
+    let mut report = Report {
         schema_version: SCHEMA_VERSION,
         command: opts
             .command
@@ -165,10 +290,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         exit_code: exit_code(status),
         started_at,
         wall_time_ns,
-        cgroup: CgroupRef {
-            path: cgroup.path().display().to_string(),
-            id: cgroup.id(),
-        },
+        cgroup: cgroup_ref,
         totals,
         block_devices: sample.block_devices(),
         kernel: sample.kernel(),
@@ -182,8 +304,37 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
             signal: signal.to_owned(),
             killed_leftovers: leftovers,
         }),
+        aggregates: model::aggregate(&monitor.series),
+        anomalies: analyze::anomalies(&monitor.series),
+        anomaly_method: analyze::ANOMALY_METHOD.to_owned(),
+        series: std::mem::take(&mut monitor.series),
+        slos: Vec::new(),
+        thresholds: monitor.thresholds.results(),
+        events: std::mem::take(&mut monitor.events),
+        insights: Vec::new(),
+        verdict: String::new(),
     };
-    cgroup.remove()?;
+    report
+        .thresholds
+        .extend(not_applicable.into_iter().map(|name| ThresholdResult {
+            name,
+            metric: "container_startup_time".into(),
+            limit: 0.0,
+            limit_text: "-".into(),
+            peak: None,
+            peak_text: "n/a (no containers)".into(),
+            breaches: 0,
+            status: Status::NotApplicable,
+        }));
+    report.slos = analyze::judge_slos(config, &report);
+    report.insights = analyze::insights(&report, host::cpus());
+    report.verdict = if report.slos.is_empty() && report.thresholds.is_empty() {
+        "none".into()
+    } else if analyze::all_pass(&report.slos, &report.thresholds) {
+        "pass".into()
+    } else {
+        "fail".into()
+    };
 
     if opts.print_summary {
         eprint!("{}", report.summary());

@@ -209,8 +209,8 @@ pub struct HistKey {
     pub cgroup_id: u64,
     /// A [`hist_kind`] value.
     pub kind: u32,
-    /// Zero.
-    pub _pad: u32,
+    /// For block latencies, the device (`dev_t` as the kernel encodes it); else 0.
+    pub dev: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<HistKey>() == 16);

@@ -105,6 +105,9 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
         return 0;
     };
     let _ = BIO_OWNER.remove(bio as u64);
+    let dev = read_ptr(bio, &OFF_BIO_BDEV)
+        .and_then(|bdev| read::<u32>(bdev, &OFF_BDEV_DEV))
+        .unwrap_or(0);
     let start = RqStart {
         // SAFETY: helper without preconditions.
         issued_ns: unsafe { bpf_ktime_get_ns() },
@@ -114,7 +117,7 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
         } else {
             hist_kind::BLOCK_WRITE
         },
-        _pad: 0,
+        dev,
     };
     let _ = RQ_START.insert(rq as u64, start, 0);
     0
@@ -130,7 +133,12 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
         let _ = RQ_START.remove(rq as u64);
         // SAFETY: helper without preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
-        record_latency(start.owner, start.kind, now.saturating_sub(start.issued_ns));
+        record_latency(
+            start.owner,
+            start.kind,
+            start.dev,
+            now.saturating_sub(start.issued_ns),
+        );
     }
     0
 }

@@ -56,8 +56,8 @@ pub struct RqStart {
     pub owner: u64,
     /// `hist_kind::BLOCK_READ` or `BLOCK_WRITE`.
     pub kind: u32,
-    /// Zero.
-    pub _pad: u32,
+    /// The device.
+    pub dev: u32,
 }
 
 /// request → issue time and owner.
@@ -129,13 +129,13 @@ fn atomic_add(target: &mut u64, value: u64) {
     };
 }
 
-/// Records one latency of `kind` for `cgroup_id`.
+/// Records one latency of `kind` for `cgroup_id` (on block device `dev`, or 0).
 #[inline(always)]
-pub fn record_latency(cgroup_id: u64, kind: u32, value_ns: u64) {
+pub fn record_latency(cgroup_id: u64, kind: u32, dev: u32, value_ns: u64) {
     let key = HistKey {
         cgroup_id,
         kind,
-        _pad: 0,
+        dev,
     };
     let hist = match HISTOGRAMS.get_ptr_mut(&key) {
         Some(h) => h,

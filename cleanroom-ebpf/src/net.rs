@@ -79,7 +79,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
             let _ = CONNECT_START.remove(sk as u64);
             if new == TCP_ESTABLISHED {
                 if let Some(id) = sock_cgroup(sk) {
-                    record_latency(id, hist_kind::TCP_CONNECT, now.saturating_sub(start));
+                    record_latency(id, hist_kind::TCP_CONNECT, 0, now.saturating_sub(start));
                 }
             }
         }

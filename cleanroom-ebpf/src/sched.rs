@@ -79,7 +79,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
         // SAFETY: helper without preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
         if let Some(id) = cgroup_id_of(next) {
-            record_latency(id, hist_kind::RUNQUEUE, now.saturating_sub(start));
+            record_latency(id, hist_kind::RUNQUEUE, 0, now.saturating_sub(start));
         }
     }
     0

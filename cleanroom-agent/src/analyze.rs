@@ -1,0 +1,693 @@
+//! Pure judgement of a run: thresholds (live and final), SLO verdicts, anomalies, insights.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    collect::Total,
+    config::CleanroomConfig,
+    model::{LatencySummary, SeriesPoint},
+    objective::{Kind, Objective},
+    report::Report,
+};
+
+/// Pass, fail, or could not be measured on this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The objective or limit held.
+    Pass,
+    /// It did not.
+    Fail,
+    /// Its metric is unavailable here (counts as not met).
+    Unmeasured,
+    /// It does not apply to what Cleanroom runs (e.g. container start-up).
+    NotApplicable,
+}
+
+/// Verdict on one SLO.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SloResult {
+    /// Its name.
+    pub name: String,
+    /// The objective as written.
+    pub objective: String,
+    /// The measured value in the metric's base unit (ns, bytes, count, %), if measured.
+    pub measured: Option<f64>,
+    /// The measured value for people.
+    pub measured_text: String,
+    /// The target for people (`<= 15.000 s`).
+    pub target_text: String,
+    /// The verdict.
+    pub status: Status,
+}
+
+/// Judges every SLO of `config` on `report`.
+pub fn judge_slos(config: &CleanroomConfig, report: &Report) -> Vec<SloResult> {
+    config
+        .slos
+        .iter()
+        .map(|slo| {
+            let text = slo.objective.get_ref().clone();
+            match Objective::parse(&text) {
+                Ok(o) => {
+                    let measured = o.measure(report);
+                    SloResult {
+                        name: slo.name.clone(),
+                        objective: text,
+                        measured,
+                        measured_text: measured
+                            .map_or_else(|| "unavailable".to_owned(), |v| o.kind.format(v)),
+                        target_text: o.target_text(),
+                        status: match measured {
+                            Some(v) if o.holds(v) => Status::Pass,
+                            Some(_) => Status::Fail,
+                            None => Status::Unmeasured,
+                        },
+                    }
+                }
+                Err(e) => SloResult {
+                    name: slo.name.clone(),
+                    objective: text,
+                    measured: None,
+                    measured_text: e,
+                    target_text: String::new(),
+                    status: Status::Unmeasured,
+                },
+            }
+        })
+        .collect()
+}
+
+/// A limit checked on a series as the run goes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThresholdSpec {
+    /// Config key (`performance_monitoring.thresholds.max_cpu_usage_percent`).
+    pub name: String,
+    /// Series name it applies to (`cpu_percent`), or `wall_time` / `block_write_bytes` for
+    /// cumulative figures.
+    pub series: String,
+    /// The limit, in the series' unit.
+    pub limit: f64,
+    /// Unit, for messages.
+    pub kind: Kind,
+}
+
+/// The thresholds `config` asks for. `max_container_startup_time` is not applicable and comes
+/// back in the second list.
+pub fn threshold_specs(config: &CleanroomConfig) -> (Vec<ThresholdSpec>, Vec<String>) {
+    let t = &config.performance_monitoring.thresholds;
+    let rl = &config.resource_limits;
+    let mut specs = Vec::new();
+    let mut add = |name: &str, series: &str, limit: Option<f64>, kind: Kind| {
+        if let Some(limit) = limit {
+            specs.push(ThresholdSpec {
+                name: name.to_owned(),
+                series: series.to_owned(),
+                limit,
+                kind,
+            });
+        }
+    };
+    let pt = "performance_monitoring.thresholds";
+    add(
+        &format!("{pt}.max_cpu_usage_percent"),
+        "cpu_percent",
+        t.max_cpu_usage_percent,
+        Kind::Percent,
+    );
+    add(
+        &format!("{pt}.max_memory_usage_bytes"),
+        "memory_current_bytes",
+        t.max_memory_usage_bytes.map(|b| b as f64),
+        Kind::Bytes,
+    );
+    add(
+        &format!("{pt}.max_test_execution_time"),
+        "wall_time",
+        t.max_test_execution_time.map(|d| d.as_nanos() as f64),
+        Kind::Time,
+    );
+    add(
+        &format!("{pt}.max_disk_read_bytes_per_sec"),
+        "block_read_bytes_per_sec",
+        t.max_disk_read_bytes_per_sec.map(|b| b as f64),
+        Kind::BytesPerSec,
+    );
+    add(
+        &format!("{pt}.max_disk_write_bytes_per_sec"),
+        "block_write_bytes_per_sec",
+        t.max_disk_write_bytes_per_sec.map(|b| b as f64),
+        Kind::BytesPerSec,
+    );
+    add(
+        &format!("{pt}.max_network_bytes_per_sec"),
+        "net_bytes_per_sec",
+        t.max_network_bytes_per_sec.map(|b| b as f64),
+        Kind::BytesPerSec,
+    );
+    if rl.enable_resource_monitoring {
+        let r = "resource_limits";
+        add(
+            &format!("{r}.max_cpu_usage_percent"),
+            "cpu_percent",
+            rl.max_cpu_usage_percent,
+            Kind::Percent,
+        );
+        add(
+            &format!("{r}.max_memory_usage_bytes"),
+            "memory_current_bytes",
+            rl.max_memory_usage_bytes.map(|b| b as f64),
+            Kind::Bytes,
+        );
+        add(
+            &format!("{r}.max_disk_usage_bytes"),
+            "block_write_bytes",
+            rl.max_disk_usage_bytes.map(|b| b as f64),
+            Kind::Bytes,
+        );
+        add(
+            &format!("{r}.max_network_bandwidth_bytes_per_sec"),
+            "net_bytes_per_sec",
+            rl.max_network_bandwidth_bytes_per_sec.map(|b| b as f64),
+            Kind::BytesPerSec,
+        );
+    }
+    let not_applicable = t
+        .max_container_startup_time
+        .map(|_| format!("{pt}.max_container_startup_time"))
+        .into_iter()
+        .collect();
+    (specs, not_applicable)
+}
+
+/// Something that happened during a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// When, ns since the command started.
+    pub t_ns: u64,
+    /// `threshold_breached`, `threshold_cleared`, `timeout`, `oom_kill`, `signal`, ...
+    pub kind: String,
+    /// The threshold or metric concerned.
+    pub subject: String,
+    /// The value seen, in the metric's base unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<f64>,
+    /// One line for people.
+    pub message: String,
+}
+
+/// Checks thresholds as samples arrive, reporting each breach once and again when it clears.
+#[derive(Debug, Default)]
+pub struct ThresholdMonitor {
+    specs: Vec<ThresholdSpec>,
+    breached: Vec<bool>,
+    breaches: Vec<u32>,
+    peak: Vec<Option<f64>>,
+}
+
+impl ThresholdMonitor {
+    /// Watches `specs`.
+    pub fn new(specs: Vec<ThresholdSpec>) -> Self {
+        let n = specs.len();
+        Self {
+            specs,
+            breached: vec![false; n],
+            breaches: vec![0; n],
+            peak: vec![None; n],
+        }
+    }
+
+    /// Feeds the values seen at `t_ns`: the interval's series values plus cumulative figures
+    /// (`wall_time`, totals). Returns the events it causes.
+    pub fn observe(&mut self, t_ns: u64, values: &BTreeMap<String, f64>) -> Vec<Event> {
+        let mut events = Vec::new();
+        for (i, spec) in self.specs.iter().enumerate() {
+            let Some(v) = values.get(&spec.series).copied() else {
+                continue;
+            };
+            self.peak[i] = Some(self.peak[i].map_or(v, |p: f64| p.max(v)));
+            let over = v > spec.limit;
+            if over && !self.breached[i] {
+                self.breaches[i] += 1;
+                events.push(Event {
+                    t_ns,
+                    kind: "threshold_breached".into(),
+                    subject: spec.name.clone(),
+                    value: Some(v),
+                    limit: Some(spec.limit),
+                    message: format!(
+                        "{} is {} over the limit {} ({}) at {:.1}s",
+                        spec.series,
+                        spec.kind.format(v),
+                        spec.kind.format(spec.limit),
+                        spec.name,
+                        t_ns as f64 / 1e9
+                    ),
+                });
+            } else if !over && self.breached[i] {
+                events.push(Event {
+                    t_ns,
+                    kind: "threshold_cleared".into(),
+                    subject: spec.name.clone(),
+                    value: Some(v),
+                    limit: Some(spec.limit),
+                    message: format!(
+                        "{} back to {} within the limit {} ({}) at {:.1}s",
+                        spec.series,
+                        spec.kind.format(v),
+                        spec.kind.format(spec.limit),
+                        spec.name,
+                        t_ns as f64 / 1e9
+                    ),
+                });
+            }
+            self.breached[i] = over;
+        }
+        events
+    }
+
+    /// Final verdicts.
+    pub fn results(&self) -> Vec<ThresholdResult> {
+        self.specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ThresholdResult {
+                name: s.name.clone(),
+                metric: s.series.clone(),
+                limit: s.limit,
+                limit_text: s.kind.format(s.limit),
+                peak: self.peak[i],
+                peak_text: self.peak[i].map_or_else(|| "unavailable".into(), |p| s.kind.format(p)),
+                breaches: self.breaches[i],
+                status: match self.peak[i] {
+                    None => Status::Unmeasured,
+                    Some(_) if self.breaches[i] > 0 => Status::Fail,
+                    Some(_) => Status::Pass,
+                },
+            })
+            .collect()
+    }
+}
+
+/// Verdict on one threshold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdResult {
+    /// Config key.
+    pub name: String,
+    /// What it watched.
+    pub metric: String,
+    /// The limit.
+    pub limit: f64,
+    /// The limit for people.
+    pub limit_text: String,
+    /// The highest value seen.
+    pub peak: Option<f64>,
+    /// The highest value for people.
+    pub peak_text: String,
+    /// How many times it went over.
+    pub breaches: u32,
+    /// The verdict.
+    pub status: Status,
+}
+
+/// An interval that stands out from the run's own history of that metric.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    /// End of the interval, ns since start.
+    pub t_ns: u64,
+    /// Series name.
+    pub metric: String,
+    /// Its value then.
+    pub value: f64,
+    /// The run's median of that series.
+    pub median: f64,
+    /// Modified z-score: 0.6745 × (value − median) / MAD.
+    pub score: f64,
+}
+
+/// How anomalies are found, as reports state it.
+pub const ANOMALY_METHOD: &str = "modified z-score (Iglewicz & Hoaglin): an interval is anomalous when \
+0.6745 x |value - median| / MAD > 3.5, over the run's own intervals of that metric (at least 8)";
+
+/// Intervals whose value is far from the run's median of the same series (see [`ANOMALY_METHOD`]).
+pub fn anomalies(series: &[SeriesPoint]) -> Vec<Anomaly> {
+    let mut names: Vec<&String> = series.iter().flat_map(|p| p.values.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for name in names {
+        let xs: Vec<(u64, f64)> = series
+            .iter()
+            .filter_map(|p| Some((p.t_ns, *p.values.get(name)?)))
+            .collect();
+        if xs.len() < 8 {
+            continue;
+        }
+        let median = median(xs.iter().map(|x| x.1).collect());
+        let mad = median_of_abs_dev(&xs, median);
+        if mad <= f64::EPSILON * median.abs().max(1.0) {
+            continue;
+        }
+        for (t, v) in &xs {
+            let score = 0.6745 * (v - median) / mad;
+            if score.abs() > 3.5 {
+                out.push(Anomaly {
+                    t_ns: *t,
+                    metric: name.clone(),
+                    value: *v,
+                    median,
+                    score,
+                });
+            }
+        }
+    }
+    out.sort_by_key(|a| a.t_ns);
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn median_of_abs_dev(xs: &[(u64, f64)], m: f64) -> f64 {
+    median(xs.iter().map(|(_, v)| (v - m).abs()).collect())
+}
+
+/// A finding in plain words, with the numbers it rests on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Insight {
+    /// The sentence.
+    pub text: String,
+    /// The figures it rests on, by name.
+    pub numbers: BTreeMap<String, f64>,
+}
+
+fn latency(report: &Report, name: &str) -> Option<LatencySummary> {
+    match report.totals.get(name)? {
+        Total::Latency(l) => Some(l.clone()),
+        Total::Value(_) => None,
+    }
+}
+
+fn value(report: &Report, name: &str) -> Option<f64> {
+    match report.totals.get(name)? {
+        Total::Value(v) => Some(*v as f64),
+        Total::Latency(_) => None,
+    }
+}
+
+/// Where the wall time went, the dominant resource, the worst latency and where, and what
+/// limits did. `cpus` is the number of CPUs of the host.
+pub fn insights(report: &Report, cpus: usize) -> Vec<Insight> {
+    let mut out = Vec::new();
+    let wall = report.wall_time_ns as f64;
+    if wall <= 0.0 {
+        return out;
+    }
+    let s = |ns: f64| ns / 1e9;
+    let cpu = value(report, "cpu_time_ns");
+    let runq = latency(report, "runqueue_latency").map(|l| l.sum_ns as f64);
+    let io = [
+        latency(report, "block_read_latency"),
+        latency(report, "block_write_latency"),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|l| l.sum_ns as f64)
+    .sum::<f64>();
+
+    if let Some(cpu) = cpu {
+        let mut text = format!(
+            "Of {:.2}s of wall time: {:.2}s on CPU ({:.0}% of one core on average",
+            s(wall),
+            s(cpu),
+            cpu / wall * 100.0
+        );
+        text.push_str(&format!(
+            ", {:.0}% of the {cpus}-CPU machine)",
+            cpu / wall / cpus as f64 * 100.0
+        ));
+        if let Some(r) = runq {
+            text.push_str(&format!("; {:.2}s runnable but waiting for a CPU", s(r)));
+        }
+        if io > 0.0 {
+            text.push_str(&format!("; {:.2}s of block I/O requests in flight", s(io)));
+        }
+        text.push('.');
+        let mut numbers = BTreeMap::from([
+            ("wall_time_ns".to_owned(), wall),
+            ("cpu_time_ns".to_owned(), cpu),
+        ]);
+        if let Some(r) = runq {
+            numbers.insert("runqueue_latency_sum_ns".into(), r);
+        }
+        numbers.insert("block_latency_sum_ns".into(), io);
+        out.push(Insight { text, numbers });
+
+        // Dominant resource: the largest share of wall time.
+        let shares = [
+            (
+                "CPU",
+                cpu / wall / cpus as f64,
+                "cpu_time_ns / (wall_time_ns x cpus)",
+            ),
+            (
+                "waiting for a CPU",
+                runq.unwrap_or(0.0) / wall,
+                "runqueue_latency sum / wall_time_ns",
+            ),
+            ("block I/O", io / wall, "block latency sum / wall_time_ns"),
+        ];
+        if let Some((name, share, basis)) = shares
+            .iter()
+            .copied()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .filter(|x| x.1 > 0.05)
+        {
+            out.push(Insight {
+                text: format!(
+                    "The dominant cost is {name}: {:.0}% of the wall time ({basis}).",
+                    share * 100.0
+                ),
+                numbers: BTreeMap::from([(format!("{name} share"), share)]),
+            });
+        }
+    }
+
+    // Worst latency, by p99, and the device when it is block I/O.
+    let worst = [
+        "block_read_latency",
+        "block_write_latency",
+        "runqueue_latency",
+        "tcp_connect_latency",
+    ]
+    .iter()
+    .filter_map(|n| Some((*n, latency(report, n).filter(|l| l.count > 0)?)))
+    .max_by_key(|(_, l)| l.p99_ns);
+    if let Some((name, l)) = worst {
+        let mut text = format!(
+            "Worst latency: {name} p99 {} (max {}, {} events)",
+            human(l.p99_ns),
+            human(l.max_ns),
+            l.count
+        );
+        let mut numbers = BTreeMap::from([
+            (format!("{name}_p99_ns"), l.p99_ns as f64),
+            (format!("{name}_max_ns"), l.max_ns as f64),
+        ]);
+        let direction = match name {
+            "block_read_latency" => Some("read_latency"),
+            "block_write_latency" => Some("write_latency"),
+            _ => None,
+        };
+        if let Some(dir) = direction {
+            let device = report
+                .block_devices
+                .iter()
+                .filter_map(|d| {
+                    let l = if dir == "read_latency" {
+                        &d.read_latency
+                    } else {
+                        &d.write_latency
+                    };
+                    Some((d, l.as_ref()?.p99_ns))
+                })
+                .max_by_key(|(_, p99)| *p99);
+            if let Some((d, p99)) = device {
+                text.push_str(&format!(
+                    ", worst on {} ({}) at p99 {}",
+                    d.name.as_deref().unwrap_or("?"),
+                    d.device,
+                    human(p99)
+                ));
+                numbers.insert(format!("{}_{dir}_p99_ns", d.device), p99 as f64);
+            }
+        }
+        text.push('.');
+        out.push(Insight { text, numbers });
+    }
+
+    for e in &report.events {
+        if e.kind == "oom_kill" || e.kind == "timeout" {
+            out.push(Insight {
+                text: e.message.clone(),
+                numbers: e
+                    .value
+                    .map(|v| BTreeMap::from([(e.subject.clone(), v)]))
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+fn human(ns: u64) -> String {
+    crate::report::human_duration_ns(ns)
+}
+
+/// Whether the run met everything it was judged on.
+pub fn all_pass(slos: &[SloResult], thresholds: &[ThresholdResult]) -> bool {
+    let ok = |s: Status| matches!(s, Status::Pass | Status::NotApplicable);
+    slos.iter().all(|r| ok(r.status)) && thresholds.iter().all(|r| ok(r.status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CleanroomConfig;
+
+    fn values(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    }
+
+    #[test]
+    fn a_breach_is_reported_once_and_again_when_it_clears() {
+        let mut m = ThresholdMonitor::new(vec![ThresholdSpec {
+            name: "t".into(),
+            series: "cpu_percent".into(),
+            limit: 80.0,
+            kind: Kind::Percent,
+        }]);
+        assert!(m.observe(1, &values(&[("cpu_percent", 50.0)])).is_empty());
+        let e = m.observe(2, &values(&[("cpu_percent", 95.0)]));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].kind, "threshold_breached");
+        assert!(
+            m.observe(3, &values(&[("cpu_percent", 99.0)])).is_empty(),
+            "once per breach"
+        );
+        let e = m.observe(4, &values(&[("cpu_percent", 10.0)]));
+        assert_eq!(e[0].kind, "threshold_cleared");
+        let r = &m.results()[0];
+        assert_eq!(
+            (r.status, r.breaches, r.peak),
+            (Status::Fail, 1, Some(99.0))
+        );
+    }
+
+    #[test]
+    fn unseen_thresholds_are_unmeasured_and_calm_ones_pass() {
+        let mut m = ThresholdMonitor::new(vec![
+            ThresholdSpec {
+                name: "a".into(),
+                series: "x".into(),
+                limit: 1.0,
+                kind: Kind::Count,
+            },
+            ThresholdSpec {
+                name: "b".into(),
+                series: "y".into(),
+                limit: 1.0,
+                kind: Kind::Count,
+            },
+        ]);
+        m.observe(1, &values(&[("y", 1.0)]));
+        let r = m.results();
+        assert_eq!(r[0].status, Status::Unmeasured);
+        assert_eq!(r[1].status, Status::Pass, "equal to the limit is within it");
+    }
+
+    #[test]
+    fn config_thresholds_map_to_series() {
+        let c = CleanroomConfig::from_toml(
+            "[performance_monitoring.thresholds]\nmax_cpu_usage_percent = 80\nmax_container_startup_time = \"30s\"\n[resource_limits]\nmax_disk_usage_bytes = \"1GiB\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let (specs, na) = threshold_specs(&c);
+        let series: Vec<&str> = specs.iter().map(|s| s.series.as_str()).collect();
+        assert_eq!(series, ["cpu_percent", "block_write_bytes"]);
+        assert_eq!(
+            na,
+            ["performance_monitoring.thresholds.max_container_startup_time"]
+        );
+    }
+
+    #[test]
+    fn anomalies_find_the_spike_and_not_the_noise() {
+        let points: Vec<SeriesPoint> = (1..=20u64)
+            .map(|i| SeriesPoint {
+                t_ns: i * 1_000_000_000,
+                interval_ns: 1_000_000_000,
+                values: values(&[(
+                    "cpu_percent",
+                    if i == 13 {
+                        400.0
+                    } else {
+                        100.0 + (i % 3) as f64
+                    },
+                )]),
+            })
+            .collect();
+        let a = anomalies(&points);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a[0].t_ns, 13_000_000_000);
+        assert!(a[0].score > 3.5);
+        assert!(
+            anomalies(&points[..5]).is_empty(),
+            "too few intervals to judge"
+        );
+        let flat: Vec<SeriesPoint> = points
+            .iter()
+            .map(|p| SeriesPoint {
+                values: values(&[("x", 5.0)]),
+                ..p.clone()
+            })
+            .collect();
+        assert!(anomalies(&flat).is_empty(), "a flat series has no anomaly");
+    }
+
+    #[test]
+    fn verdicts_need_every_slo_and_threshold() {
+        let pass = SloResult {
+            name: "a".into(),
+            objective: "wall_time <= 1s".into(),
+            measured: Some(1.0),
+            measured_text: String::new(),
+            target_text: String::new(),
+            status: Status::Pass,
+        };
+        let fail = SloResult {
+            status: Status::Fail,
+            ..pass.clone()
+        };
+        let unmeasured = SloResult {
+            status: Status::Unmeasured,
+            ..pass.clone()
+        };
+        assert!(all_pass(std::slice::from_ref(&pass), &[]));
+        assert!(!all_pass(&[pass.clone(), fail], &[]));
+        assert!(!all_pass(&[unmeasured], &[]));
+    }
+}

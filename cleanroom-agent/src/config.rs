@@ -1,0 +1,410 @@
+//! `CleanroomConfig`: what to monitor, which thresholds and limits apply, and the SLOs, read
+//! from TOML with the seed document's field names. Everything has a default; a bad file is an
+//! error naming the file, line and key.
+
+use std::{fmt, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+use crate::{
+    objective::Objective,
+    units::{de_duration, de_opt_bytes, de_opt_duration, de_opt_percent},
+};
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CleanroomConfig {
+    /// Sampling, and thresholds checked as the run goes.
+    pub performance_monitoring: PerformanceMonitoring,
+    /// Limits enforced through cgroup controllers.
+    pub resource_limits: ResourceLimits,
+    /// Service level objectives judged at the end.
+    pub slos: Vec<SloSpec>,
+}
+
+/// `[performance_monitoring]`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerformanceMonitoring {
+    /// Sample every `metrics_interval` (otherwise only totals at the end).
+    pub enable_monitoring: bool,
+    /// Time between samples (default 1 s; sub-second works).
+    #[serde(deserialize_with = "de_duration")]
+    pub metrics_interval: Duration,
+    /// CPU profiling (stack sampling). Not implemented yet: a note in the report says so.
+    pub enable_profiling: bool,
+    /// Sample memory each interval.
+    pub enable_memory_tracking: bool,
+    /// Thresholds, checked at every sample.
+    pub thresholds: Thresholds,
+}
+
+impl Default for PerformanceMonitoring {
+    fn default() -> Self {
+        Self {
+            enable_monitoring: true,
+            metrics_interval: Duration::from_secs(1),
+            enable_profiling: false,
+            enable_memory_tracking: true,
+            thresholds: Thresholds::default(),
+        }
+    }
+}
+
+/// `[performance_monitoring.thresholds]`: each unset one is not checked.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    /// CPU of the run in an interval, in % of one core (200 = two cores busy).
+    #[serde(deserialize_with = "de_opt_percent")]
+    pub max_cpu_usage_percent: Option<f64>,
+    /// Memory charged to the run at any sample, and its peak.
+    #[serde(deserialize_with = "de_opt_bytes")]
+    pub max_memory_usage_bytes: Option<u64>,
+    /// Wall time of the command.
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub max_test_execution_time: Option<Duration>,
+    /// Container start-up time. Cleanroom starts no containers: reported as not applicable.
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub max_container_startup_time: Option<Duration>,
+    /// Block reads in an interval, bytes/s.
+    #[serde(deserialize_with = "de_opt_bytes")]
+    pub max_disk_read_bytes_per_sec: Option<u64>,
+    /// Block writes in an interval, bytes/s.
+    #[serde(deserialize_with = "de_opt_bytes")]
+    pub max_disk_write_bytes_per_sec: Option<u64>,
+    /// Network traffic in an interval (received + sent), bytes/s.
+    #[serde(deserialize_with = "de_opt_bytes")]
+    pub max_network_bytes_per_sec: Option<u64>,
+}
+
+/// `[resource_limits]`: enforced through cgroup controllers where the host has them.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceLimits {
+    /// CPU quota in % of one core (`cpu.max`, or v1 `cpu.cfs_quota_us`).
+    #[serde(deserialize_with = "de_opt_percent")]
+    pub max_cpu_usage_percent: Option<f64>,
+    /// Memory limit (`memory.max`, or v1 `memory.limit_in_bytes`).
+    #[serde(deserialize_with = "de_opt_bytes")]
+    pub max_memory_usage_bytes: Option<u64>,
+    /// Bytes written to disk. No controller limits a total: monitored only.
+    #[serde(deserialize_with = "de_opt_bytes")]
+    pub max_disk_usage_bytes: Option<u64>,
+    /// Network bandwidth. No cgroup controller limits it: monitored only.
+    #[serde(deserialize_with = "de_opt_bytes")]
+    pub max_network_bandwidth_bytes_per_sec: Option<u64>,
+    /// Processes and threads of the run at once (`pids.max`); Cleanroom runs no containers, so
+    /// this caps tasks instead.
+    pub max_container_count: Option<u64>,
+    /// Wall time after which the command is stopped: SIGTERM, then SIGKILL after
+    /// `resource_cleanup_timeout`.
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub max_test_execution_time: Option<Duration>,
+    /// Check the limits' figures as thresholds during the run too.
+    pub enable_resource_monitoring: bool,
+    /// Grace between SIGTERM and SIGKILL when a run is stopped.
+    #[serde(deserialize_with = "de_duration")]
+    pub resource_cleanup_timeout: Duration,
+    /// Limits this host cannot enforce are only monitored, instead of refusing to start.
+    pub monitor_only: bool,
+}
+
+impl Default for ResourceLimits {
+    fn default() -> Self {
+        Self {
+            max_cpu_usage_percent: None,
+            max_memory_usage_bytes: None,
+            max_disk_usage_bytes: None,
+            max_network_bandwidth_bytes_per_sec: None,
+            max_container_count: None,
+            max_test_execution_time: None,
+            enable_resource_monitoring: true,
+            resource_cleanup_timeout: Duration::from_secs(10),
+            monitor_only: false,
+        }
+    }
+}
+
+/// `[[slos]]`: a named objective.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SloSpec {
+    /// Name shown in reports.
+    pub name: String,
+    /// `"METRIC OP VALUE"`, e.g. `"wall_time <= 15s"`.
+    pub objective: toml::Spanned<String>,
+}
+
+/// A file of SLOs alone (`--slo FILE`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SloFile {
+    #[serde(default)]
+    slos: Vec<SloSpec>,
+}
+
+/// A configuration file that could not be used, located as precisely as the parser allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The key at fault, when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl ConfigError {
+    fn at(file: &str, text: &str, span: Option<std::ops::Range<usize>>, message: String) -> Self {
+        let (line, key) = match span {
+            Some(span) => {
+                let start = span.start.min(text.len());
+                let line = text[..start].matches('\n').count() + 1;
+                let line_text = text.lines().nth(line - 1).unwrap_or("");
+                let key = line_text
+                    .split_once('=')
+                    .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+                    .or_else(|| {
+                        let t = line_text.trim();
+                        (t.starts_with('[')).then(|| t.trim_matches(['[', ']']).to_owned())
+                    })
+                    .filter(|k| !k.is_empty());
+                (Some(line), key)
+            }
+            None => (None, None),
+        };
+        Self {
+            file: file.to_owned(),
+            line,
+            key,
+            message,
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        ConfigError::at(file, text, e.span(), e.message().trim().to_owned())
+    })
+}
+
+fn check_slos(slos: &[SloSpec], text: &str, file: &str) -> Result<(), ConfigError> {
+    for slo in slos {
+        Objective::parse(slo.objective.get_ref()).map_err(|message| {
+            let mut e = ConfigError::at(file, text, Some(slo.objective.span()), message);
+            e.key = Some(format!("slos.{}.objective", slo.name));
+            e
+        })?;
+    }
+    Ok(())
+}
+
+impl CleanroomConfig {
+    /// Parses a configuration; `file` names it in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let config: Self = parse(text, file)?;
+        check_slos(&config.slos, text, file)?;
+        if config.performance_monitoring.metrics_interval < Duration::from_millis(10) {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: None,
+                key: Some("performance_monitoring.metrics_interval".into()),
+                message: "must be at least 10ms".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Reads a configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            key: None,
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text, &file)
+    }
+
+    /// Adds the SLOs of a file holding only `[[slos]]`.
+    pub fn add_slo_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            key: None,
+            message: e.to_string(),
+        })?;
+        let slos: SloFile = parse(&text, &file)?;
+        check_slos(&slos.slos, &text, &file)?;
+        self.slos.extend(slos.slos);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = CleanroomConfig::from_toml("", "empty.toml").unwrap();
+        assert_eq!(c, CleanroomConfig::default());
+        assert!(c.performance_monitoring.enable_monitoring);
+        assert_eq!(
+            c.performance_monitoring.metrics_interval,
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            c.performance_monitoring.thresholds.max_cpu_usage_percent,
+            None
+        );
+    }
+
+    #[test]
+    fn the_seed_fields_as_people_write_them() {
+        let text = r#"
+[performance_monitoring]
+enable_monitoring = true
+metrics_interval = "250ms"
+enable_profiling = false
+enable_memory_tracking = true
+
+[performance_monitoring.thresholds]
+max_cpu_usage_percent = 80.0
+max_memory_usage_bytes = "1GiB"
+max_test_execution_time = "300s"
+max_container_startup_time = 30
+max_disk_write_bytes_per_sec = "100MB"
+
+[resource_limits]
+max_cpu_usage_percent = "150%"
+max_memory_usage_bytes = 1073741824
+max_disk_usage_bytes = "10GiB"
+max_network_bandwidth_bytes_per_sec = "100MiB"
+max_container_count = 10
+max_test_execution_time = "5m"
+enable_resource_monitoring = true
+resource_cleanup_timeout = "60s"
+
+[[slos]]
+name = "first_build"
+objective = "wall_time <= 15s"
+"#;
+        let c = CleanroomConfig::from_toml(text, "seed.toml").unwrap();
+        let pm = &c.performance_monitoring;
+        assert_eq!(pm.metrics_interval, Duration::from_millis(250));
+        assert_eq!(pm.thresholds.max_cpu_usage_percent, Some(80.0));
+        assert_eq!(pm.thresholds.max_memory_usage_bytes, Some(1 << 30));
+        assert_eq!(
+            pm.thresholds.max_test_execution_time,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            pm.thresholds.max_container_startup_time,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            pm.thresholds.max_disk_write_bytes_per_sec,
+            Some(100_000_000)
+        );
+        let rl = &c.resource_limits;
+        assert_eq!(rl.max_cpu_usage_percent, Some(150.0));
+        assert_eq!(rl.max_disk_usage_bytes, Some(10 << 30));
+        assert_eq!(rl.max_test_execution_time, Some(Duration::from_secs(300)));
+        assert_eq!(rl.resource_cleanup_timeout, Duration::from_secs(60));
+        assert_eq!(c.slos.len(), 1);
+        assert_eq!(c.slos[0].objective.get_ref(), "wall_time <= 15s");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = "[performance_monitoring]\nenable_monitoring = true\nmetric_interval = \"1s\"\n";
+        let e = CleanroomConfig::from_toml(text, "bad.toml").unwrap_err();
+        assert_eq!(e.file, "bad.toml");
+        assert_eq!(e.line, Some(3), "{e}");
+        assert_eq!(e.key.as_deref(), Some("metric_interval"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("bad.toml:3: key `metric_interval`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_value_names_file_line_and_key() {
+        let text = "[resource_limits]\n\nmax_memory_usage_bytes = \"lots\"\n";
+        let e = CleanroomConfig::from_toml(text, "v.toml").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("max_memory_usage_bytes")),
+            "{e}"
+        );
+        assert!(e.message.contains("lots"), "{e}");
+        let e = CleanroomConfig::from_toml(
+            "[performance_monitoring]\nmetrics_interval = \"soon\"\n",
+            "d.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("metrics_interval")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_objective_names_its_line() {
+        let text = "[[slos]]\nname = \"a\"\nobjective = \"wall_time <= 15s\"\n\n[[slos]]\nname = \"b\"\nobjective = \"speed >= 3\"\n";
+        let e = CleanroomConfig::from_toml(text, "slo.toml").unwrap_err();
+        assert_eq!(e.line, Some(7), "{e}");
+        assert_eq!(e.key.as_deref(), Some("slos.b.objective"), "{e}");
+        assert!(e.message.contains("speed"), "{e}");
+    }
+
+    #[test]
+    fn slo_file_holds_only_slos() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("slo.toml");
+        std::fs::write(
+            &good,
+            "[[slos]]\nname = \"x\"\nobjective = \"cpu_time <= 40s\"\n",
+        )
+        .unwrap();
+        let mut c = CleanroomConfig::default();
+        c.add_slo_file(&good).unwrap();
+        assert_eq!(c.slos.len(), 1);
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[resource_limits]\nmax_container_count = 3\n").unwrap();
+        let e = c.add_slo_file(&bad).unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn too_short_an_interval_is_refused() {
+        let e = CleanroomConfig::from_toml(
+            "[performance_monitoring]\nmetrics_interval = \"1ms\"\n",
+            "i.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("metrics_interval"), "{e}");
+    }
+}

@@ -1,0 +1,149 @@
+//! Live monitoring of a run: a sample every `metrics_interval`, turned into the time series,
+//! checked against thresholds (breaches reported at once on stderr), and a status line on a
+//! terminal.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{IsTerminal as _, Write as _},
+    time::Instant,
+};
+
+use crate::{
+    Error,
+    analyze::{Event, ThresholdMonitor, ThresholdSpec},
+    cgroup::{RunCgroup, subtree_ids},
+    model::{self, Reading, SeriesPoint},
+    probe::Probes,
+    report::{human_bytes, human_duration_ns},
+};
+
+/// The state of a run's monitoring.
+pub struct Monitor {
+    started: Instant,
+    memory: bool,
+    prev: Option<Reading>,
+    /// The time series so far.
+    pub series: Vec<SeriesPoint>,
+    /// Thresholds being watched.
+    pub thresholds: ThresholdMonitor,
+    /// Events so far.
+    pub events: Vec<Event>,
+    status_line: bool,
+    line_shown: bool,
+}
+
+impl Monitor {
+    /// Starts monitoring a run that started at `started`. `memory`: sample memory too.
+    /// `status_line`: draw a live line on stderr (only when it is a terminal).
+    pub fn new(
+        started: Instant,
+        specs: Vec<ThresholdSpec>,
+        memory: bool,
+        status_line: bool,
+    ) -> Self {
+        Self {
+            started,
+            memory,
+            prev: None,
+            series: Vec::new(),
+            thresholds: ThresholdMonitor::new(specs),
+            events: Vec::new(),
+            status_line: status_line && std::io::stderr().is_terminal(),
+            line_shown: false,
+        }
+    }
+
+    /// ns since the command started.
+    pub fn elapsed_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Takes a sample now; records the interval since the last one and checks thresholds.
+    pub fn sample(&mut self, probes: &Probes, cgroup: &RunCgroup) -> Result<(), Error> {
+        let mut ids: BTreeSet<u64> = subtree_ids(cgroup.path())?.into_iter().collect();
+        ids.extend(probes.descendants(cgroup.id())?);
+        let counted = probes.counted(&ids)?;
+        let sample = crate::collect::Sample {
+            counted,
+            cpu: Default::default(),
+            memory: if self.memory { cgroup.memory() } else { None },
+            max_rss_bytes: None,
+        };
+        let reading = Reading {
+            t_ns: self.elapsed_ns(),
+            counters: sample.counters(),
+            memory_current_bytes: sample.memory.map(|m| m.current_bytes),
+        };
+        if let Some(point) = self
+            .prev
+            .as_ref()
+            .and_then(|prev| model::interval(prev, &reading))
+        {
+            let mut values = point.values.clone();
+            values.insert("wall_time".into(), reading.t_ns as f64);
+            if let Some(w) = reading.counters.get("block_write_bytes") {
+                values.insert("block_write_bytes".into(), *w as f64);
+            }
+            self.observe(reading.t_ns, &values);
+            self.draw(&point);
+            self.series.push(point);
+        }
+        self.prev = Some(reading);
+        Ok(())
+    }
+
+    /// Checks thresholds against `values` (also used for the final, cumulative figures).
+    pub fn observe(&mut self, t_ns: u64, values: &BTreeMap<String, f64>) {
+        for event in self.thresholds.observe(t_ns, values) {
+            self.clear_line();
+            let verb = if event.kind == "threshold_breached" {
+                "breached"
+            } else {
+                "cleared"
+            };
+            eprintln!("cleanroom: threshold {verb}: {}", event.message);
+            self.events.push(event);
+        }
+    }
+
+    /// Records an event and says it on stderr.
+    pub fn event(&mut self, event: Event) {
+        self.clear_line();
+        eprintln!("cleanroom: {}", event.message);
+        self.events.push(event);
+    }
+
+    fn draw(&mut self, p: &SeriesPoint) {
+        if !self.status_line {
+            return;
+        }
+        let v = |k: &str| p.values.get(k).copied().unwrap_or(0.0);
+        let rate = |k: &str| format!("{}/s", human_bytes(v(k) as u64));
+        let line = format!(
+            "{} | CPU {:.0}% | mem {} | disk r {} w {} | net rx {} tx {}",
+            human_duration_ns(p.t_ns),
+            v("cpu_percent"),
+            p.values
+                .get("memory_current_bytes")
+                .map_or_else(|| "?".into(), |m| human_bytes(*m as u64)),
+            rate("block_read_bytes_per_sec"),
+            rate("block_write_bytes_per_sec"),
+            rate("net_rx_bytes_per_sec"),
+            rate("net_tx_bytes_per_sec"),
+        );
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{line}");
+        let _ = err.flush();
+        self.line_shown = true;
+    }
+
+    /// Erases the status line, if one is shown.
+    pub fn clear_line(&mut self) {
+        if self.line_shown {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.line_shown = false;
+        }
+    }
+}

@@ -127,6 +127,15 @@ impl Drop for TestCgroup {
 /// `cleanroom run --cgroup-parent <cg> --report <file> -q -- command...`; returns the output
 /// and the parsed report.
 pub fn run_measured(cg: &TestCgroup, command: &[&str]) -> (Output, serde_json::Value) {
+    run_measured_with(cg, &[], command)
+}
+
+/// [`run_measured`] with extra options for `cleanroom run` (e.g. `--config FILE`).
+pub fn run_measured_with(
+    cg: &TestCgroup,
+    options: &[&str],
+    command: &[&str],
+) -> (Output, serde_json::Value) {
     let dir = tempfile::tempdir().expect("tempdir");
     let report = dir.path().join("report.json");
     let output = Command::new(cleanroom_bin())
@@ -134,6 +143,7 @@ pub fn run_measured(cg: &TestCgroup, command: &[&str]) -> (Output, serde_json::V
         .arg(cg.path())
         .arg("--report")
         .arg(&report)
+        .args(options)
         .arg("--")
         .args(command)
         .output()
@@ -154,6 +164,15 @@ pub fn u64_at(value: &serde_json::Value, pointer: &str) -> u64 {
         .pointer(pointer)
         .and_then(serde_json::Value::as_u64)
         .unwrap_or_else(|| panic!("no number at {pointer} in {value:#}"))
+}
+
+/// Writes `text` to a file in a new temporary directory (kept alive by the returned guard).
+pub fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(name);
+    fs::write(&path, text).expect("writing a temp file");
+    let path = path.to_str().expect("utf-8 path").to_owned();
+    (dir, path)
 }
 
 /// Relative difference of `a` from `b`.

@@ -3,7 +3,10 @@
 
 use std::{io, path::PathBuf};
 
-use crate::{cgroup::CgroupError, config::ConfigError, limits::LimitError, probe::ProbeError};
+use crate::{
+    cgroup::CgroupError, config::ConfigError, limits::LimitError, probe::ProbeError,
+    render::RenderError, store::StoreError,
+};
 
 /// Cleanroom's own failures (never the measured command's).
 #[derive(Debug, thiserror::Error)]
@@ -33,14 +36,6 @@ pub enum Error {
     /// Waiting for the command or for signals failed.
     #[error("waiting for the command: {0}")]
     Wait(io::Error),
-    /// A report could not be written.
-    #[error("cannot write report {}: {source}", path.display())]
-    WriteReport {
-        /// Where.
-        path: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
     /// The cgroup layer failed.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
@@ -53,4 +48,18 @@ pub enum Error {
     /// A resource limit could not be put in place.
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// The history store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A report could not be rendered or written.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// A saved report could not be read.
+    #[error("cannot read report {}: {detail}", path.display())]
+    ReadReport {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
 }

@@ -27,6 +27,31 @@ pub fn missing_caps() -> Vec<&'static str> {
         .collect()
 }
 
+/// This host's name.
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// `(commit, branch)` of the git repository holding the working directory, if any.
+pub fn git_revision() -> (Option<String>, Option<String>) {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    (
+        git(&["rev-parse", "HEAD"]),
+        git(&["rev-parse", "--abbrev-ref", "HEAD"]),
+    )
+}
+
 /// CPUs this process may run on.
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)

@@ -1,15 +1,24 @@
 //! The `cleanroom` binary: parses arguments, calls the library, maps results to exit codes.
 //!
 //! Exit codes: the measured command's own code when it failed; 2 for Cleanroom's own errors;
-//! 3 when an SLO or threshold failed; 0 otherwise.
+//! 3 when an SLO, threshold or baseline comparison failed; 0 otherwise.
 
-use std::{ffi::OsString, io::Write as _, path::PathBuf, process::ExitCode};
+use std::{collections::BTreeMap, ffi::OsString, io::Write as _, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
-use cleanroom::{config::CleanroomConfig, demo, doctor, run};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use cleanroom::{
+    compare,
+    config::CleanroomConfig,
+    deliver::{self, Outputs},
+    demo, doctor,
+    render::{self, Format},
+    run, store,
+};
 
-/// Measures what a command costs the machine (CPU time, context switches, ...) with eBPF, in a
-/// cgroup of its own, and checks it against the kernel's own accounting.
+/// Measures what a command costs the machine (CPU time, faults, memory, block I/O, network,
+/// latencies) with eBPF, in a cgroup of its own; checks it against thresholds and SLOs; keeps
+/// a history to compare runs.
 #[derive(Debug, Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
@@ -17,19 +26,33 @@ struct Cli {
     command: Command,
 }
 
+/// Where a finished run goes.
+#[derive(Debug, Args)]
+struct OutputArgs {
+    /// Write a report; the format comes from the name: .json, .csv (time series), .totals.csv,
+    /// .md, .xml (JUnit), .html, .pdf. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    report: Vec<PathBuf>,
+    /// History database (default: $CLEANROOM_STORE, else ~/.local/share/cleanroom/history.db).
+    #[arg(long, value_name = "FILE", env = "CLEANROOM_STORE")]
+    store: Option<PathBuf>,
+    /// Do not store this run in the history.
+    #[arg(long)]
+    no_store: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run CMD in a fresh cgroup with the probes attached, then print what it cost.
+    /// Run CMD in a fresh cgroup with the probes attached, then report what it cost.
     ///
     /// Samples every `metrics_interval`, checks thresholds as it goes, enforces resource limits,
     /// and judges SLOs at the end. The summary goes to stderr (stdout stays the command's).
     /// Exit code: the command's own when it failed; 2 when Cleanroom itself failed; 3 when an
-    /// SLO or threshold failed; else 0.
+    /// SLO, threshold or baseline comparison failed; else 0.
     #[command(arg_required_else_help = true)]
     Run {
-        /// Write the JSON report (schema version 1) to FILE.
-        #[arg(long, value_name = "FILE")]
-        report: Option<PathBuf>,
+        #[command(flatten)]
+        out: OutputArgs,
         /// Read settings, thresholds, limits and SLOs from this TOML file.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -39,6 +62,16 @@ enum Command {
         /// Sample every DURATION (e.g. 500ms), overriding the config's metrics_interval.
         #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
         interval: Option<std::time::Duration>,
+        /// Name the run, to find it in the history and follow its trend.
+        #[arg(long)]
+        name: Option<String>,
+        /// Tag the run (repeatable), e.g. --tag ci=nightly.
+        #[arg(long, value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tag: Vec<(String, String)>,
+        /// Compare with a past run (id in the history, or a JSON report); regressions beyond
+        /// tolerance fail the run (exit 3).
+        #[arg(long, value_name = "RUN")]
+        baseline: Option<String>,
         /// Make the run cgroup under DIR instead of `<cgroup v2 mount>/cleanroom` (for hosts
         /// that delegate a subtree, e.g. under systemd).
         #[arg(long, value_name = "DIR")]
@@ -53,9 +86,72 @@ enum Command {
     /// Measure a built-in workload of known size (CPU spin, page touching, file I/O with
     /// fsync, loopback TCP) and show every metric beside the kernel's own figures.
     Demo {
-        /// Write the JSON report to FILE.
-        #[arg(long, value_name = "FILE")]
-        report: Option<PathBuf>,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Render a saved run (a JSON report, or a run id in the history) in another format.
+    Report {
+        /// The run: a JSON report file or a run id.
+        run: String,
+        /// json, csv, csv-totals, md, xml (JUnit), html or pdf (default: from -o, else md).
+        #[arg(long, short)]
+        format: Option<String>,
+        /// Write here instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// History database.
+        #[arg(long, value_name = "FILE", env = "CLEANROOM_STORE")]
+        store: Option<PathBuf>,
+    },
+    /// List past runs, newest first, with their verdicts.
+    History {
+        /// Only runs of this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// At most N runs.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        /// History database.
+        #[arg(long, value_name = "FILE", env = "CLEANROOM_STORE")]
+        store: Option<PathBuf>,
+    },
+    /// Compare two runs (ids in the history or JSON reports): every metric and percentile, with
+    /// regressions beyond tolerance flagged (exit 3 if any).
+    Compare {
+        /// The base run.
+        base: String,
+        /// The new run.
+        new: String,
+        /// Tolerance for a figure, e.g. --tolerance wall_time=30% (repeatable).
+        #[arg(long, value_name = "METRIC=PERCENT", value_parser = parse_tolerance)]
+        tolerance: Vec<(String, f64)>,
+        /// Output format (default: from -o, else md).
+        #[arg(long, short)]
+        format: Option<String>,
+        /// Write here instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// History database.
+        #[arg(long, value_name = "FILE", env = "CLEANROOM_STORE")]
+        store: Option<PathBuf>,
+    },
+    /// Each metric across the last N runs of one name: series, slope, and where it moved most.
+    Trend {
+        /// The runs' name.
+        #[arg(long)]
+        name: String,
+        /// How many runs.
+        #[arg(long, default_value_t = 10)]
+        last: usize,
+        /// Output format (default: from -o, else md).
+        #[arg(long, short)]
+        format: Option<String>,
+        /// Write here instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// History database.
+        #[arg(long, value_name = "FILE", env = "CLEANROOM_STORE")]
+        store: Option<PathBuf>,
     },
     /// Show what this host offers (privileges, BTF, cgroups, mounts, hooks) and which metrics
     /// can be measured here. Exits non-zero when Cleanroom cannot run at all.
@@ -68,12 +164,14 @@ enum Command {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format(|buf, record| {
-            writeln!(
-                buf,
-                "cleanroom: {}: {}",
-                record.level().as_str().to_lowercase(),
-                record.args()
-            )
+            let level = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "info",
+                log::Level::Debug => "debug",
+                log::Level::Trace => "trace",
+            };
+            writeln!(buf, "cleanroom: {level}: {}", record.args())
         })
         .init();
     let cli = Cli::parse();
@@ -86,13 +184,26 @@ fn main() -> ExitCode {
     }
 }
 
+fn outputs(out: OutputArgs, summary: bool) -> Outputs {
+    Outputs {
+        summary,
+        reports: out.report,
+        store: (!out.no_store).then(|| out.store.unwrap_or_else(store::default_path)),
+        baseline: None,
+        tolerances: BTreeMap::new(),
+    }
+}
+
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
-            report,
+            out,
             config,
             slo,
             interval,
+            name,
+            tag,
+            baseline,
             cgroup_parent,
             quiet,
             command,
@@ -107,23 +218,109 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(interval) = interval {
                 cfg.performance_monitoring.metrics_interval = interval;
             }
-            measure(run::RunOptions {
-                command,
-                cgroup_parent,
-                report,
-                print_summary: !quiet,
-                config: cfg,
+            let mut outputs = outputs(out, !quiet);
+            outputs.baseline = baseline;
+            measure(
+                run::RunOptions {
+                    command,
+                    cgroup_parent,
+                    print_summary: !quiet,
+                    config: cfg,
+                    name,
+                    tags: tag.into_iter().collect(),
+                },
+                &outputs,
+            )
+        }
+        Command::Demo { out } => {
+            let exe = std::env::current_exe()?;
+            measure(
+                run::RunOptions {
+                    command: vec![exe.into_os_string(), "demo-workload".into()],
+                    cgroup_parent: None,
+                    print_summary: true,
+                    config: CleanroomConfig::default(),
+                    name: Some("demo".into()),
+                    tags: BTreeMap::new(),
+                },
+                &outputs(out, true),
+            )
+        }
+        Command::Report {
+            run,
+            format,
+            output,
+            store,
+        } => {
+            let store = store.unwrap_or_else(store::default_path);
+            let (_, report) = deliver::load_run(&run, &store)?;
+            let format = pick_format(format.as_deref(), output.as_deref())?;
+            emit(&render::report(&report, format)?, output.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::History { name, last, store } => {
+            let store = store.unwrap_or_else(store::default_path);
+            let rows = store::Store::open(&store)?.list(name.as_deref(), last)?;
+            if rows.is_empty() {
+                eprintln!("no runs in {}", store.display());
+            } else {
+                println!(
+                    "{:>5}  {:<20}  {:<16}  {:>10}  {:>4}  {:<7}  command",
+                    "id", "started", "name", "wall", "exit", "verdict"
+                );
+            }
+            for r in rows {
+                println!(
+                    "{:>5}  {:<20}  {:<16}  {:>10}  {:>4}  {:<7}  {}",
+                    r.id,
+                    r.started_at,
+                    r.name.unwrap_or_default(),
+                    cleanroom::report::human_duration_ns(r.wall_time_ns.max(0) as u64),
+                    r.exit_code,
+                    r.verdict,
+                    r.command
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compare {
+            base,
+            new,
+            tolerance,
+            format,
+            output,
+            store,
+        } => {
+            let store = store.unwrap_or_else(store::default_path);
+            let (bl, b) = deliver::load_run(&base, &store)?;
+            let (nl, n) = deliver::load_run(&new, &store)?;
+            let c = compare::compare((&bl, &b), (&nl, &n), &tolerance.into_iter().collect());
+            let format = pick_format(format.as_deref(), output.as_deref())?;
+            emit(&render::comparison(&c, format)?, output.as_deref())?;
+            Ok(if c.regressions > 0 {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
             })
         }
-        Command::Demo { report } => {
-            let exe = std::env::current_exe()?;
-            measure(run::RunOptions {
-                command: vec![exe.into_os_string(), "demo-workload".into()],
-                cgroup_parent: None,
-                report,
-                print_summary: true,
-                config: CleanroomConfig::default(),
-            })
+        Command::Trend {
+            name,
+            last,
+            format,
+            output,
+            store,
+        } => {
+            let store = store.unwrap_or_else(store::default_path);
+            let runs = store::Store::open(&store)?.reports_named(&name, last)?;
+            anyhow::ensure!(
+                !runs.is_empty(),
+                "no runs named `{name}` in {}",
+                store.display()
+            );
+            let t = compare::trend(&name, &runs);
+            let format = pick_format(format.as_deref(), output.as_deref())?;
+            emit(&render::trend(&t, format)?, output.as_deref())?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Doctor => {
             let diagnosis = doctor::diagnose();
@@ -141,11 +338,31 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn measure(opts: run::RunOptions) -> anyhow::Result<ExitCode> {
+fn pick_format(name: Option<&str>, output: Option<&std::path::Path>) -> anyhow::Result<Format> {
+    Ok(match (name, output) {
+        (Some(name), _) => Format::from_name(name)?,
+        (None, Some(path)) => Format::from_path(path)?,
+        (None, None) => Format::Markdown,
+    })
+}
+
+fn emit(bytes: &[u8], output: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match output {
+        Some(path) => render::write(path, bytes)?,
+        None => std::io::stdout()
+            .write_all(bytes)
+            .context("writing to stdout")?,
+    }
+    Ok(())
+}
+
+fn measure(opts: run::RunOptions, outputs: &Outputs) -> anyhow::Result<ExitCode> {
+    deliver::check_outputs(outputs)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(run::run(&opts))?;
+    let mut report = runtime.block_on(run::run(&opts))?;
+    deliver::deliver(&mut report, outputs)?;
     let code = match report.exit_code {
         0 if report.verdict == "fail" => 3,
         0 => 0,
@@ -160,4 +377,18 @@ fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
         return Err("the interval must be at least 10ms".into());
     }
     Ok(d)
+}
+
+fn parse_tag(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+fn parse_tolerance(text: &str) -> Result<(String, f64), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not METRIC=PERCENT"))?;
+    Ok((k.to_owned(), cleanroom::units::parse_percent(v)? / 100.0))
 }

@@ -2,7 +2,7 @@
 //!
 //! Pure: builds and renders; writing files is the caller's business ([`write_json`] aside).
 
-use std::{collections::BTreeMap, fmt::Write as _, fs, io, path::Path};
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +76,35 @@ pub struct Report {
     /// `pass` when every SLO and threshold held, else `fail`; `none` when nothing was judged.
     #[serde(default)]
     pub verdict: String,
+    /// The run's name (`--name`), used to group runs in history and trends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Tags (`--tag k=v`).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Where it ran.
+    #[serde(default)]
+    pub host: HostInfo,
+}
+
+/// The machine and source tree a run was made on.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostInfo {
+    /// Host name.
+    #[serde(default)]
+    pub hostname: String,
+    /// Kernel release.
+    #[serde(default)]
+    pub kernel: String,
+    /// CPUs available.
+    #[serde(default)]
+    pub cpus: usize,
+    /// `git rev-parse HEAD` of the working directory, when it is a repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
+    /// Its branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_branch: Option<String>,
 }
 
 /// The cgroup a run was measured in.
@@ -330,14 +359,6 @@ impl Report {
     }
 }
 
-/// Writes the report as pretty JSON, atomically (a reader never sees half a file).
-pub fn write_json(report: &Report, path: &Path) -> io::Result<()> {
-    let text = serde_json::to_string_pretty(report).map_err(io::Error::other)?;
-    let tmp = path.with_extension("json.partial");
-    fs::write(&tmp, text + "\n")?;
-    fs::rename(&tmp, path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +386,9 @@ mod tests {
             anomaly_method: String::new(),
             insights: vec![],
             verdict: "none".into(),
+            name: None,
+            tags: BTreeMap::new(),
+            host: HostInfo::default(),
             kernel: BTreeMap::from([("cpu_usage_ns".into(), 2_000_001_000)]),
             unavailable: vec!["context_switches_voluntary".into()],
             dropped: BTreeMap::from([("stats_map_full".into(), 0)]),

@@ -37,12 +37,14 @@ pub struct RunOptions {
     pub command: Vec<OsString>,
     /// Directory under which the run cgroup is made; default `<v2 mount>/cleanroom`.
     pub cgroup_parent: Option<PathBuf>,
-    /// Where to write the JSON report.
-    pub report: Option<PathBuf>,
     /// Print the summary table on stderr at the end (and a live status line on a terminal).
     pub print_summary: bool,
     /// What to monitor, judge and enforce.
     pub config: CleanroomConfig,
+    /// The run's name, for history and trends.
+    pub name: Option<String>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
 }
 
 /// Refuses early, with the missing capabilities named, when this process cannot measure.
@@ -313,6 +315,18 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         events: std::mem::take(&mut monitor.events),
         insights: Vec::new(),
         verdict: String::new(),
+        name: opts.name.clone(),
+        tags: opts.tags.clone(),
+        host: {
+            let (git_commit, git_branch) = host::git_revision();
+            report::HostInfo {
+                hostname: host::hostname(),
+                kernel: host::kernel_release(),
+                cpus: host::cpus(),
+                git_commit,
+                git_branch,
+            }
+        },
     };
     report
         .thresholds
@@ -336,15 +350,6 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         "fail".into()
     };
 
-    if opts.print_summary {
-        eprint!("{}", report.summary());
-    }
-    if let Some(path) = &opts.report {
-        report::write_json(&report, path).map_err(|source| Error::WriteReport {
-            path: path.clone(),
-            source,
-        })?;
-    }
     Ok(report)
 }
 

@@ -1,0 +1,560 @@
+//! One self-contained HTML page (inline CSS and SVG, no scripts, nothing fetched at view time):
+//! verdict, SLO table, insights, a chart of every time series with anomalies marked, latency
+//! histograms, totals, devices, events.
+
+use std::fmt::Write as _;
+
+use crate::{
+    analyze::Status,
+    collect::Total,
+    compare::{Comparison, Trend},
+    metric::{Latency, Metric},
+    model::LatencySummary,
+    objective::Kind,
+    report::{Report, human, human_duration_ns},
+};
+
+use super::chart::{CHARTS, ChartSpec, Frame, extent, nice_max, points};
+
+/// Escapes text for HTML.
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = r#"
+:root { --fg:#111827; --muted:#6b7280; --line:#e5e7eb; --bg:#f9fafb; --pass:#15803d; --fail:#b91c1c; --warn:#b45309; }
+* { box-sizing: border-box; }
+body { margin:0; font:14px/1.45 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color:var(--fg); background:var(--bg); }
+header { background:#0f172a; color:#f8fafc; padding:20px 32px; }
+header h1 { margin:0 0 6px; font-size:20px; font-weight:600; }
+header code { background:#1e293b; padding:2px 6px; border-radius:4px; font-size:13px; }
+header .meta { color:#cbd5e1; font-size:13px; }
+main { padding:24px 32px; max-width:1280px; margin:0 auto; }
+.badge { display:inline-block; padding:3px 10px; border-radius:999px; font-weight:700; font-size:13px; letter-spacing:.03em; margin-right:10px; }
+.badge.pass { background:#dcfce7; color:var(--pass); } .badge.fail { background:#fee2e2; color:var(--fail); } .badge.none { background:#e5e7eb; color:#374151; }
+section { background:#fff; border:1px solid var(--line); border-radius:10px; padding:16px 20px; margin-bottom:20px; }
+section h2 { margin:0 0 12px; font-size:16px; }
+table { border-collapse:collapse; width:100%; font-size:13px; }
+th, td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line); }
+th { color:var(--muted); font-weight:600; } td.num { text-align:right; font-variant-numeric:tabular-nums; }
+.status.pass { color:var(--pass); font-weight:600; } .status.fail { color:var(--fail); font-weight:700; }
+.status.unmeasured { color:var(--warn); font-weight:600; } .status.na { color:var(--muted); }
+.grid { display:grid; grid-template-columns:repeat(auto-fill, minmax(560px, 1fr)); gap:16px; }
+.chart { border:1px solid var(--line); border-radius:8px; padding:8px 10px; background:#fff; }
+.chart h3 { margin:2px 0 4px; font-size:13px; font-weight:600; }
+.legend { font-size:12px; color:var(--muted); } .legend span { margin-right:12px; } .legend i { display:inline-block; width:10px; height:10px; border-radius:2px; margin-right:4px; vertical-align:-1px; }
+ul.insights { margin:0; padding-left:20px; } ul.insights li { margin:4px 0; }
+.muted { color:var(--muted); } .small { font-size:12px; }
+svg text { font:11px -apple-system, "Segoe UI", Roboto, Arial, sans-serif; fill:#6b7280; }
+"#;
+
+fn page(title: &str, header: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<header>{header}</header>\n<main>\n{body}</main>\n</body>\n</html>\n",
+        esc(title)
+    )
+}
+
+fn status_cell(s: Status) -> &'static str {
+    match s {
+        Status::Pass => "<td class=\"status pass\">pass</td>",
+        Status::Fail => "<td class=\"status fail\">FAIL</td>",
+        Status::Unmeasured => "<td class=\"status unmeasured\">unmeasured</td>",
+        Status::NotApplicable => "<td class=\"status na\">n/a</td>",
+    }
+}
+
+/// An SVG line chart of some series of the report, anomalies marked in red.
+fn line_chart(r: &Report, spec: &ChartSpec) -> Option<String> {
+    let lines: Vec<(&str, &str, Vec<(f64, f64)>)> = spec
+        .lines
+        .iter()
+        .map(|(s, label, colour)| (*label, *colour, points(r, s)))
+        .filter(|(_, _, p)| !p.is_empty())
+        .collect();
+    if lines.is_empty() {
+        return None;
+    }
+    let (w, h) = (560.0, 200.0);
+    let (x_max, y_max) = extent(r, spec);
+    let f = Frame {
+        left: 64.0,
+        right: w - 12.0,
+        top: 12.0,
+        bottom: h - 28.0,
+        x_max,
+        y_max,
+    };
+    let mut svg = format!(
+        "<svg viewBox=\"0 0 {w} {h}\" width=\"100%\" role=\"img\" aria-label=\"{}\">",
+        esc(spec.title)
+    );
+    for i in 0..=4 {
+        let y = y_max * f64::from(i) / 4.0;
+        let (_, py) = f.map(0.0, y);
+        let _ = write!(
+            svg,
+            "<line x1=\"{}\" y1=\"{py:.1}\" x2=\"{}\" y2=\"{py:.1}\" stroke=\"#e5e7eb\"/>\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            f.left,
+            f.right,
+            f.left - 6.0,
+            py + 4.0,
+            esc(&axis_label(spec.kind, y))
+        );
+    }
+    let step = nice_max(x_max / 6.0);
+    let mut x = 0.0;
+    while x <= x_max + 1e-9 {
+        let (px, _) = f.map(x, 0.0);
+        let _ = write!(
+            svg,
+            "<text x=\"{px:.1}\" y=\"{}\" text-anchor=\"middle\">{}s</text>",
+            h - 10.0,
+            trim_num(x)
+        );
+        x += step;
+    }
+    for (label, colour, pts) in &lines {
+        let path: Vec<String> = pts
+            .iter()
+            .map(|(x, y)| {
+                let (px, py) = f.map(*x, *y);
+                format!("{px:.1},{py:.1}")
+            })
+            .collect();
+        let _ = write!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" stroke-linejoin=\"round\" points=\"{}\"><title>{}</title></polyline>",
+            path.join(" "),
+            esc(label)
+        );
+        if pts.len() == 1 {
+            let (px, py) = f.map(pts[0].0, pts[0].1);
+            let _ = write!(
+                svg,
+                "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"3\" fill=\"{colour}\"/>"
+            );
+        }
+    }
+    for a in r
+        .anomalies
+        .iter()
+        .filter(|a| spec.lines.iter().any(|(s, _, _)| *s == a.metric))
+    {
+        let (px, py) = f.map(a.t_ns as f64 / 1e9, a.value);
+        let _ = write!(
+            svg,
+            "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"6\" fill=\"none\" stroke=\"#dc2626\" stroke-width=\"2\">\
+             <title>anomaly: {} = {} at {:.1}s (median {}, score {:.1})</title></circle>",
+            esc(&a.metric),
+            esc(&spec.kind.format(a.value)),
+            a.t_ns as f64 / 1e9,
+            esc(&spec.kind.format(a.median)),
+            a.score
+        );
+    }
+    let _ = write!(
+        svg,
+        "<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"#9ca3af\"/></svg>",
+        f.left, f.bottom, f.right
+    );
+    let legend: String = lines
+        .iter()
+        .map(|(label, colour, _)| {
+            format!(
+                "<span><i style=\"background:{colour}\"></i>{}</span>",
+                esc(label)
+            )
+        })
+        .collect();
+    Some(format!(
+        "<div class=\"chart\"><h3>{}</h3><div class=\"legend\">{legend}</div>{svg}</div>",
+        esc(spec.title)
+    ))
+}
+
+fn trim_num(x: f64) -> String {
+    let s = format!("{x:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+fn axis_label(kind: Kind, v: f64) -> String {
+    match kind {
+        Kind::Percent => format!("{}%", trim_num(v)),
+        Kind::PerSec => format!("{}/s", si(v)),
+        _ => kind.format(v),
+    }
+}
+
+fn si(v: f64) -> String {
+    match v {
+        v if v >= 1e9 => format!("{}G", trim_num(v / 1e9)),
+        v if v >= 1e6 => format!("{}M", trim_num(v / 1e6)),
+        v if v >= 1e3 => format!("{}k", trim_num(v / 1e3)),
+        v => trim_num(v),
+    }
+}
+
+/// An SVG bar chart of a latency histogram, by power of two.
+fn histogram(name: &str, s: &LatencySummary) -> String {
+    // Group the fine buckets by octave so the bars stay readable.
+    let mut octaves: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+    for b in &s.buckets {
+        *octaves
+            .entry(63 - b.ge_ns.max(1).leading_zeros())
+            .or_default() += b.count;
+    }
+    let (lo, hi) = (
+        *octaves.keys().next().unwrap_or(&0),
+        *octaves.keys().last().unwrap_or(&0),
+    );
+    let n = (hi - lo + 1) as f64;
+    let (w, h) = (560.0, 170.0);
+    let max = octaves.values().copied().max().unwrap_or(1) as f64;
+    let (left, right, top, bottom) = (40.0, w - 10.0, 10.0, h - 34.0);
+    let bw = (right - left) / n;
+    let mut svg = format!(
+        "<svg viewBox=\"0 0 {w} {h}\" width=\"100%\" role=\"img\" aria-label=\"{}\">",
+        esc(name)
+    );
+    for (e, c) in &octaves {
+        let x = left + f64::from(e - lo) * bw;
+        let bh = (*c as f64 / max) * (bottom - top);
+        let _ = write!(
+            svg,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#6366f1\" rx=\"2\">\
+             <title>{} – {}: {c}</title></rect>",
+            x + 1.0,
+            bottom - bh,
+            (bw - 2.0).max(1.0),
+            human_duration_ns(1u64 << e),
+            human_duration_ns(1u64 << (e + 1))
+        );
+    }
+    let label_every = ((n / 8.0).ceil() as u32).max(1);
+    for e in (lo..=hi).step_by(label_every as usize) {
+        let x = left + f64::from(e - lo) * bw + bw / 2.0;
+        let _ = write!(
+            svg,
+            "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            h - 18.0,
+            esc(&human_duration_ns(1u64 << e))
+        );
+    }
+    let _ = write!(
+        svg,
+        "<line x1=\"{left}\" y1=\"{bottom}\" x2=\"{right}\" y2=\"{bottom}\" stroke=\"#9ca3af\"/>\
+         <text x=\"{left}\" y=\"{}\">count per power of two (max {})</text></svg>",
+        h - 2.0,
+        max as u64
+    );
+    format!(
+        "<div class=\"chart\"><h3>{}</h3><div class=\"legend\">n = {} · p50 {} · p90 {} · p99 {} · max {} \
+         <span class=\"muted\">(percentiles ≤ {:.1}% above the truth)</span></div>{svg}</div>",
+        esc(name),
+        s.count,
+        human_duration_ns(s.p50_ns),
+        human_duration_ns(s.p90_ns),
+        human_duration_ns(s.p99_ns),
+        human_duration_ns(s.max_ns),
+        s.relative_error * 100.0
+    )
+}
+
+/// The page of one run.
+pub fn report(r: &Report) -> String {
+    let verdict_class = match r.verdict.as_str() {
+        "pass" => "pass",
+        "fail" => "fail",
+        _ => "none",
+    };
+    let verdict_text = match r.verdict.as_str() {
+        "pass" => "PASS",
+        "fail" => "FAIL",
+        _ => "MEASURED",
+    };
+    let header = format!(
+        "<h1><span class=\"badge {verdict_class}\">{verdict_text}</span>Cleanroom report{}</h1>\
+         <div class=\"meta\"><code>{}</code> · exit code {} · wall time {} · started {} · {} ({}, {} CPUs){}</div>",
+        r.name
+            .as_ref()
+            .map(|n| format!(": {}", esc(n)))
+            .unwrap_or_default(),
+        esc(&r.command.join(" ")),
+        r.exit_code,
+        human_duration_ns(r.wall_time_ns),
+        esc(&r.started_at),
+        esc(&r.host.hostname),
+        esc(&r.host.kernel),
+        r.host.cpus,
+        r.host
+            .git_commit
+            .as_ref()
+            .map(|c| format!(" · commit <code>{}</code>", esc(&c[..c.len().min(12)])))
+            .unwrap_or_default()
+    );
+    let mut body = String::new();
+
+    if !r.slos.is_empty() || !r.thresholds.is_empty() {
+        body.push_str("<section><h2>SLOs and thresholds</h2><table><tr><th>name</th><th>objective</th><th class=\"num\">measured</th><th>verdict</th></tr>");
+        for s in &r.slos {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td><code>{}</code></td><td class=\"num\">{}</td>{}</tr>",
+                esc(&s.name),
+                esc(&s.objective),
+                esc(&s.measured_text),
+                status_cell(s.status)
+            );
+        }
+        for t in &r.thresholds {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td><code>{} &lt;= {}</code></td><td class=\"num\">{}</td>{}</tr>",
+                esc(&t.name),
+                esc(&t.metric),
+                esc(&t.limit_text),
+                esc(&t.peak_text),
+                status_cell(t.status)
+            );
+        }
+        body.push_str("</table></section>");
+    }
+
+    if !r.insights.is_empty() {
+        body.push_str("<section><h2>Insights</h2><ul class=\"insights\">");
+        for i in &r.insights {
+            let _ = write!(body, "<li>{}</li>", esc(&i.text));
+        }
+        body.push_str("</ul></section>");
+    }
+
+    let charts: Vec<String> = CHARTS.iter().filter_map(|c| line_chart(r, c)).collect();
+    body.push_str("<section><h2>Over time</h2>");
+    if charts.is_empty() {
+        body.push_str("<p class=\"muted\">No time series: the run was shorter than one interval, or monitoring was off.</p>");
+    } else {
+        let _ = write!(body, "<div class=\"grid\">{}</div>", charts.join(""));
+        if !r.anomalies.is_empty() {
+            let _ = write!(
+                body,
+                "<p class=\"small muted\">Red circles: {} anomalous interval(s). Method: {}.</p>",
+                r.anomalies.len(),
+                esc(&r.anomaly_method)
+            );
+        }
+    }
+    body.push_str("</section>");
+
+    let hists: Vec<String> = Latency::ALL
+        .iter()
+        .filter_map(|l| match r.totals.get(l.name()) {
+            Some(Total::Latency(s)) if s.count > 0 => Some(histogram(l.name(), s)),
+            _ => None,
+        })
+        .collect();
+    if !hists.is_empty() {
+        let _ = write!(
+            body,
+            "<section><h2>Latency</h2><div class=\"grid\">{}</div></section>",
+            hists.join("")
+        );
+    }
+
+    body.push_str("<section><h2>Totals</h2><table><tr><th>metric</th><th class=\"num\">measured</th><th>meaning</th></tr>");
+    for m in Metric::ALL {
+        let v = match r.totals.get(m.name()) {
+            Some(Total::Value(v)) => human(*v, m.unit()),
+            _ => "unavailable".into(),
+        };
+        let _ = write!(
+            body,
+            "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"muted\">{}</td></tr>",
+            m.name(),
+            esc(&v),
+            esc(m.description())
+        );
+    }
+    body.push_str("</table>");
+    if !r.kernel.is_empty() {
+        let k: Vec<String> = r
+            .kernel
+            .iter()
+            .map(|(k, v)| format!("{} = {v}", esc(k)))
+            .collect();
+        let _ = write!(
+            body,
+            "<p class=\"small muted\">The kernel's own figures: {}.</p>",
+            k.join(", ")
+        );
+    }
+    body.push_str("</section>");
+
+    if !r.block_devices.is_empty() {
+        body.push_str("<section><h2>Block devices</h2><table><tr><th>device</th><th class=\"num\">read</th><th class=\"num\">written</th><th class=\"num\">reads</th><th class=\"num\">writes</th><th class=\"num\">read p99</th><th class=\"num\">write p99</th></tr>");
+        for d in &r.block_devices {
+            let p99 = |l: &Option<LatencySummary>| {
+                l.as_ref()
+                    .map_or_else(|| "–".into(), |l| human_duration_ns(l.p99_ns))
+            };
+            let _ = write!(
+                body,
+                "<tr><td>{} ({})</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                esc(d.name.as_deref().unwrap_or("?")),
+                esc(&d.device),
+                crate::report::human_bytes(d.read_bytes),
+                crate::report::human_bytes(d.write_bytes),
+                d.read_ops,
+                d.write_ops,
+                p99(&d.read_latency),
+                p99(&d.write_latency)
+            );
+        }
+        body.push_str("</table></section>");
+    }
+
+    if !r.events.is_empty() || !r.notes.is_empty() || !r.unavailable.is_empty() {
+        body.push_str("<section><h2>Events and notes</h2><ul class=\"insights\">");
+        for e in &r.events {
+            let _ = write!(
+                body,
+                "<li><span class=\"muted\">{:.2}s {}</span> {}</li>",
+                e.t_ns as f64 / 1e9,
+                esc(&e.kind),
+                esc(&e.message)
+            );
+        }
+        for n in &r.notes {
+            let _ = write!(body, "<li>{}</li>", esc(n));
+        }
+        if !r.unavailable.is_empty() {
+            let _ = write!(
+                body,
+                "<li>Not measured on this host: {}.</li>",
+                esc(&r.unavailable.join(", "))
+            );
+        }
+        body.push_str("</ul></section>");
+    }
+    page(
+        &format!("Cleanroom: {}", r.command.join(" ")),
+        &header,
+        &body,
+    )
+}
+
+/// The page of a comparison.
+pub fn comparison(c: &Comparison) -> String {
+    let (class, text) = if c.regressions == 0 {
+        ("pass", "NO REGRESSION".to_owned())
+    } else {
+        ("fail", format!("{} REGRESSION(S)", c.regressions))
+    };
+    let header = format!(
+        "<h1><span class=\"badge {class}\">{text}</span>Cleanroom comparison</h1>\
+         <div class=\"meta\">base <code>{}</code> ({}) → new <code>{}</code> ({})</div>",
+        esc(&c.base.label),
+        esc(&c.base.started_at),
+        esc(&c.new.label),
+        esc(&c.new.started_at)
+    );
+    let mut body = String::from(
+        "<section><h2>Every figure</h2><table><tr><th>metric</th><th class=\"num\">base</th><th class=\"num\">new</th><th class=\"num\">change</th><th class=\"num\">tolerance</th><th></th><th>verdict</th></tr>",
+    );
+    for ch in &c.changes {
+        let rel = ch.relative.unwrap_or(0.0);
+        let width = (rel.abs() * 100.0).min(100.0);
+        let colour = if ch.regression {
+            "#dc2626"
+        } else if rel < 0.0 {
+            "#16a34a"
+        } else {
+            "#9ca3af"
+        };
+        let _ = write!(
+            body,
+            "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">+{:.0}%</td>\
+             <td><svg width=\"120\" height=\"10\"><rect x=\"0\" y=\"1\" width=\"{:.1}\" height=\"8\" fill=\"{colour}\" rx=\"2\"/></svg></td>{}</tr>",
+            esc(&ch.metric),
+            esc(&ch.base_text),
+            esc(&ch.new_text),
+            ch.relative
+                .map_or_else(|| "n/a".into(), |r| format!("{:+.1}%", r * 100.0)),
+            ch.tolerance * 100.0,
+            width * 1.2,
+            if ch.regression {
+                status_cell(Status::Fail)
+            } else {
+                status_cell(Status::Pass)
+            }
+        );
+    }
+    body.push_str("</table></section>");
+    page("Cleanroom comparison", &header, &body)
+}
+
+/// The page of a trend.
+pub fn trend(t: &Trend) -> String {
+    let header = format!(
+        "<h1><span class=\"badge none\">TREND</span>{}</h1><div class=\"meta\">{} runs: {}</div>",
+        esc(&t.name),
+        t.runs.len(),
+        t.runs
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut body = String::from(
+        "<section><h2>Each figure across runs</h2><table><tr><th>metric</th><th>runs</th><th class=\"num\">slope per run</th><th>biggest change</th></tr>",
+    );
+    for l in &t.lines {
+        let max = l
+            .values
+            .iter()
+            .map(|v| v.1)
+            .fold(0.0, f64::max)
+            .max(f64::MIN_POSITIVE);
+        let n = l.values.len().max(2) as f64 - 1.0;
+        let pts: Vec<String> = l
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, (_, v))| {
+                format!(
+                    "{:.1},{:.1}",
+                    4.0 + i as f64 / n * 152.0,
+                    26.0 - v / max * 22.0
+                )
+            })
+            .collect();
+        let _ = write!(
+            body,
+            "<tr><td><code>{}</code></td><td><svg width=\"160\" height=\"30\"><polyline fill=\"none\" stroke=\"#2563eb\" stroke-width=\"1.5\" points=\"{}\"/></svg></td>\
+             <td class=\"num\">{:+.3}</td><td>{}</td></tr>",
+            esc(&l.metric),
+            pts.join(" "),
+            l.slope_per_run,
+            l.biggest_change.map_or_else(String::new, |(id, r)| format!(
+                "run {id}: {:+.1}%",
+                r * 100.0
+            ))
+        );
+    }
+    body.push_str("</table></section>");
+    page(&format!("Cleanroom trend: {}", t.name), &header, &body)
+}

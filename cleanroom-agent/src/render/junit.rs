@@ -1,0 +1,180 @@
+//! JUnit XML: each SLO and threshold a test case (failed ones carry the measured value and the
+//! objective), so CI systems show them beside the tests.
+
+use quick_xml::{
+    Writer,
+    events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event},
+};
+
+use crate::{analyze::Status, compare::Comparison, report::Report};
+
+/// A test case: class, name, and `Some((message, detail))` when it failed, or skipped.
+struct Case {
+    class: &'static str,
+    name: String,
+    failure: Option<(String, String)>,
+    skipped: Option<String>,
+}
+
+fn document(suite: &str, time_s: f64, timestamp: &str, cases: &[Case]) -> String {
+    let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
+    let failures = cases.iter().filter(|c| c.failure.is_some()).count();
+    let skipped = cases.iter().filter(|c| c.skipped.is_some()).count();
+    let n = cases.len().to_string();
+    let f = failures.to_string();
+    let s = skipped.to_string();
+    let t = format!("{time_s:.3}");
+    w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))
+        .expect("in memory");
+    w.write_event(Event::Start(BytesStart::new("testsuites").with_attributes(
+        [
+            ("name", "cleanroom"),
+            ("tests", n.as_str()),
+            ("failures", f.as_str()),
+            ("skipped", s.as_str()),
+            ("time", t.as_str()),
+        ],
+    )))
+    .expect("in memory");
+    w.write_event(Event::Start(BytesStart::new("testsuite").with_attributes(
+        [
+            ("name", suite),
+            ("tests", n.as_str()),
+            ("failures", f.as_str()),
+            ("errors", "0"),
+            ("skipped", s.as_str()),
+            ("time", t.as_str()),
+            ("timestamp", timestamp),
+        ],
+    )))
+    .expect("in memory");
+    for c in cases {
+        let start = BytesStart::new("testcase").with_attributes([
+            ("classname", c.class),
+            ("name", c.name.as_str()),
+            ("time", "0"),
+        ]);
+        if c.failure.is_none() && c.skipped.is_none() {
+            w.write_event(Event::Empty(start)).expect("in memory");
+            continue;
+        }
+        w.write_event(Event::Start(start)).expect("in memory");
+        if let Some((message, detail)) = &c.failure {
+            w.write_event(Event::Start(
+                BytesStart::new("failure")
+                    .with_attributes([("message", message.as_str()), ("type", c.class)]),
+            ))
+            .expect("in memory");
+            w.write_event(Event::Text(BytesText::new(detail)))
+                .expect("in memory");
+            w.write_event(Event::End(BytesEnd::new("failure")))
+                .expect("in memory");
+        }
+        if let Some(message) = &c.skipped {
+            w.write_event(Event::Empty(
+                BytesStart::new("skipped").with_attributes([("message", message.as_str())]),
+            ))
+            .expect("in memory");
+        }
+        w.write_event(Event::End(BytesEnd::new("testcase")))
+            .expect("in memory");
+    }
+    w.write_event(Event::End(BytesEnd::new("testsuite")))
+        .expect("in memory");
+    w.write_event(Event::End(BytesEnd::new("testsuites")))
+        .expect("in memory");
+    let mut text = String::from_utf8(w.into_inner()).expect("XML is UTF-8");
+    text.push('\n');
+    text
+}
+
+/// Each SLO and threshold of a run.
+pub fn report(r: &Report) -> String {
+    let mut cases = Vec::new();
+    for s in &r.slos {
+        let detail = format!("measured {}, objective {}", s.measured_text, s.objective);
+        cases.push(Case {
+            class: "cleanroom.slo",
+            name: s.name.clone(),
+            failure: matches!(s.status, Status::Fail | Status::Unmeasured).then(|| {
+                (
+                    format!("measured {}, objective {}", s.measured_text, s.target_text),
+                    detail,
+                )
+            }),
+            skipped: None,
+        });
+    }
+    for t in &r.thresholds {
+        cases.push(Case {
+            class: "cleanroom.threshold",
+            name: t.name.clone(),
+            failure: matches!(t.status, Status::Fail | Status::Unmeasured).then(|| {
+                (
+                    format!("peak {}, limit {}", t.peak_text, t.limit_text),
+                    format!(
+                        "{} went over {} {} time(s); peak {}",
+                        t.metric, t.limit_text, t.breaches, t.peak_text
+                    ),
+                )
+            }),
+            skipped: (t.status == Status::NotApplicable).then(|| "not applicable".to_owned()),
+        });
+    }
+    if cases.is_empty() {
+        // A run judged on nothing still shows as one case: the command's own outcome.
+        cases.push(Case {
+            class: "cleanroom.run",
+            name: r.command.join(" "),
+            failure: (r.exit_code != 0).then(|| {
+                (
+                    format!("exit code {}", r.exit_code),
+                    format!("`{}` exited {}", r.command.join(" "), r.exit_code),
+                )
+            }),
+            skipped: None,
+        });
+    }
+    document(
+        &format!("cleanroom: {}", r.command.join(" ")),
+        r.wall_time_ns as f64 / 1e9,
+        &r.started_at,
+        &cases,
+    )
+}
+
+/// Each compared figure; regressions fail.
+pub fn comparison(c: &Comparison) -> String {
+    let cases: Vec<Case> = c
+        .changes
+        .iter()
+        .map(|ch| Case {
+            class: "cleanroom.compare",
+            name: ch.metric.clone(),
+            failure: ch.regression.then(|| {
+                let rel = ch
+                    .relative
+                    .map_or_else(|| "n/a".into(), |r| format!("{:+.1}%", r * 100.0));
+                (
+                    format!(
+                        "{} -> {} ({rel}), tolerance +{:.0}%",
+                        ch.base_text,
+                        ch.new_text,
+                        ch.tolerance * 100.0
+                    ),
+                    format!(
+                        "base {} ({}), new {} ({})",
+                        ch.base_text, c.base.label, ch.new_text, c.new.label
+                    ),
+                )
+            }),
+            skipped: None,
+        })
+        .collect();
+    document(
+        &format!("cleanroom compare {} {}", c.base.label, c.new.label),
+        0.0,
+        &c.new.started_at,
+        &cases,
+    )
+}

@@ -1,0 +1,205 @@
+//! Markdown that fits a CI job summary (`$GITHUB_STEP_SUMMARY`): verdict first, SLO table,
+//! totals, worst latencies, insights.
+
+use std::fmt::Write as _;
+
+use crate::{
+    analyze::Status,
+    collect::Total,
+    compare::{Comparison, Trend},
+    metric::{Latency, Metric},
+    report::{Report, human, human_duration_ns},
+};
+
+fn mark(s: Status) -> &'static str {
+    match s {
+        Status::Pass => "✅ pass",
+        Status::Fail => "❌ fail",
+        Status::Unmeasured => "⚠️ unmeasured",
+        Status::NotApplicable => "n/a",
+    }
+}
+
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+/// The summary of a run.
+pub fn report(r: &Report) -> String {
+    let mut out = String::new();
+    let verdict = match r.verdict.as_str() {
+        "pass" => "✅ PASS",
+        "fail" => "❌ FAIL",
+        _ => "ℹ️ measured",
+    };
+    let _ = writeln!(
+        out,
+        "## Cleanroom: {verdict} — `{}`\n",
+        cell(&r.command.join(" "))
+    );
+    let _ = writeln!(
+        out,
+        "Exit code {} after {}, started {}{}{}.\n",
+        r.exit_code,
+        human_duration_ns(r.wall_time_ns),
+        r.started_at,
+        r.name
+            .as_ref()
+            .map(|n| format!(", run `{n}`"))
+            .unwrap_or_default(),
+        r.host
+            .git_commit
+            .as_ref()
+            .map(|c| format!(", commit `{}`", &c[..c.len().min(12)]))
+            .unwrap_or_default()
+    );
+    if !r.slos.is_empty() || !r.thresholds.is_empty() {
+        let _ = writeln!(out, "| SLO / threshold | measured | objective | verdict |");
+        let _ = writeln!(out, "| --- | ---: | --- | --- |");
+        for s in &r.slos {
+            let _ = writeln!(
+                out,
+                "| {} (`{}`) | {} | {} | {} |",
+                cell(&s.name),
+                cell(&s.objective),
+                cell(&s.measured_text),
+                cell(&s.target_text),
+                mark(s.status)
+            );
+        }
+        for t in &r.thresholds {
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | <= {} | {} |",
+                cell(&t.name),
+                cell(&t.peak_text),
+                cell(&t.limit_text),
+                mark(t.status)
+            );
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(out, "| metric | value |");
+    let _ = writeln!(out, "| --- | ---: |");
+    for m in Metric::ALL {
+        let v = match r.totals.get(m.name()) {
+            Some(Total::Value(v)) => human(*v, m.unit()),
+            _ => "unavailable".into(),
+        };
+        let _ = writeln!(out, "| `{}` | {v} |", m.name());
+    }
+    out.push('\n');
+    let latencies: Vec<(&str, &crate::model::LatencySummary)> = Latency::ALL
+        .iter()
+        .filter_map(|l| match r.totals.get(l.name()) {
+            Some(Total::Latency(s)) if s.count > 0 => Some((l.name(), s)),
+            _ => None,
+        })
+        .collect();
+    if !latencies.is_empty() {
+        let _ = writeln!(out, "| latency | count | p50 | p99 | max |");
+        let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: |");
+        for (name, s) in latencies {
+            let _ = writeln!(
+                out,
+                "| `{name}` | {} | {} | {} | {} |",
+                s.count,
+                human_duration_ns(s.p50_ns),
+                human_duration_ns(s.p99_ns),
+                human_duration_ns(s.max_ns)
+            );
+        }
+        out.push('\n');
+    }
+    if !r.insights.is_empty() {
+        let _ = writeln!(out, "**Insights**\n");
+        for i in &r.insights {
+            let _ = writeln!(out, "- {}", i.text);
+        }
+        out.push('\n');
+    }
+    if !r.anomalies.is_empty() {
+        let _ = writeln!(
+            out,
+            "**Anomalies** ({}): {}\n",
+            r.anomalies.len(),
+            r.anomaly_method
+        );
+    }
+    if !r.unavailable.is_empty() {
+        let _ = writeln!(
+            out,
+            "Not measured on this host: {}.\n",
+            r.unavailable.join(", ")
+        );
+    }
+    out
+}
+
+/// A comparison table, regressions first.
+pub fn comparison(c: &Comparison) -> String {
+    let mut out = String::new();
+    let verdict = if c.regressions == 0 {
+        "✅ no regression".to_owned()
+    } else {
+        format!("❌ {} regression(s)", c.regressions)
+    };
+    let _ = writeln!(out, "## Cleanroom comparison: {verdict}\n");
+    let _ = writeln!(
+        out,
+        "Base `{}` ({}) → new `{}` ({}).\n",
+        cell(&c.base.label),
+        c.base.started_at,
+        cell(&c.new.label),
+        c.new.started_at
+    );
+    let _ = writeln!(out, "| metric | base | new | change | tolerance | |");
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | --- |");
+    let mut changes: Vec<_> = c.changes.iter().collect();
+    changes.sort_by_key(|ch| !ch.regression);
+    for ch in changes {
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} | +{:.0}% | {} |",
+            ch.metric,
+            ch.base_text,
+            ch.new_text,
+            ch.relative
+                .map_or_else(|| "n/a".into(), |r| format!("{:+.1}%", r * 100.0)),
+            ch.tolerance * 100.0,
+            if ch.regression { "❌ regression" } else { "" }
+        );
+    }
+    out
+}
+
+/// A trend table.
+pub fn trend(t: &Trend) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## Cleanroom trend: `{}` over {} runs\n",
+        cell(&t.name),
+        t.runs.len()
+    );
+    let _ = writeln!(
+        out,
+        "| metric | first | last | slope per run | biggest change |"
+    );
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | --- |");
+    for l in &t.lines {
+        let first = l.values.first().map_or(0.0, |v| v.1);
+        let last = l.values.last().map_or(0.0, |v| v.1);
+        let _ = writeln!(
+            out,
+            "| `{}` | {first:.0} | {last:.0} | {:+.1} | {} |",
+            l.metric,
+            l.slope_per_run,
+            l.biggest_change.map_or_else(String::new, |(id, r)| format!(
+                "run {id}: {:+.1}%",
+                r * 100.0
+            ))
+        );
+    }
+    out
+}

@@ -1,0 +1,196 @@
+//! Every form a report leaves in, rendered from the JSON report (the source of truth), so any
+//! saved run can be rendered again: CSV, Markdown, JUnit XML, HTML, PDF. Comparisons and trends
+//! render the same way.
+
+mod chart;
+mod csv;
+mod html;
+mod junit;
+mod markdown;
+mod pdf;
+
+use std::path::Path;
+
+use crate::{
+    compare::{Comparison, Trend},
+    report::Report,
+};
+
+/// An output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The JSON report (schema version 1).
+    Json,
+    /// The time series, one row per interval.
+    Csv,
+    /// The totals, one row per figure.
+    CsvTotals,
+    /// A compact summary for a CI job page.
+    Markdown,
+    /// JUnit XML: each SLO and threshold a test case.
+    Junit,
+    /// A self-contained page with charts.
+    Html,
+    /// The same content on real pages.
+    Pdf,
+}
+
+/// A format that could not be told or produced.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// Unknown format name or extension.
+    #[error(
+        "unknown report format `{0}`; use json, csv, csv-totals, md (markdown), xml (junit), html or pdf"
+    )]
+    UnknownFormat(String),
+    /// The PDF library failed.
+    #[error("rendering PDF: {0}")]
+    Pdf(String),
+    /// Writing failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// Where.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl Format {
+    /// By name: `json`, `csv`, `csv-totals`, `md`/`markdown`, `xml`/`junit`, `html`, `pdf`.
+    pub fn from_name(name: &str) -> Result<Self, RenderError> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "json" => Format::Json,
+            "csv" => Format::Csv,
+            "csv-totals" | "totals.csv" | "totals" => Format::CsvTotals,
+            "md" | "markdown" => Format::Markdown,
+            "xml" | "junit" => Format::Junit,
+            "html" | "htm" => Format::Html,
+            "pdf" => Format::Pdf,
+            other => return Err(RenderError::UnknownFormat(other.to_owned())),
+        })
+    }
+
+    /// By file name: `.json`, `.csv` (`.totals.csv` for totals), `.md`, `.xml`, `.html`, `.pdf`.
+    pub fn from_path(path: &Path) -> Result<Self, RenderError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        if name.ends_with(".totals.csv") {
+            return Ok(Format::CsvTotals);
+        }
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self::from_name(&ext)
+            .map_err(|_| RenderError::UnknownFormat(format!("{} (from {name})", ext)))
+    }
+}
+
+/// Renders a run report.
+pub fn report(report: &Report, format: Format) -> Result<Vec<u8>, RenderError> {
+    Ok(match format {
+        Format::Json => pretty_json(report),
+        Format::Csv => csv::series(report).into_bytes(),
+        Format::CsvTotals => csv::totals(report).into_bytes(),
+        Format::Markdown => markdown::report(report).into_bytes(),
+        Format::Junit => junit::report(report).into_bytes(),
+        Format::Html => html::report(report).into_bytes(),
+        Format::Pdf => pdf::report(report)?,
+    })
+}
+
+/// Renders a comparison of two runs.
+pub fn comparison(c: &Comparison, format: Format) -> Result<Vec<u8>, RenderError> {
+    Ok(match format {
+        Format::Json => pretty_json(c),
+        Format::Csv | Format::CsvTotals => csv::comparison(c).into_bytes(),
+        Format::Markdown => markdown::comparison(c).into_bytes(),
+        Format::Junit => junit::comparison(c).into_bytes(),
+        Format::Html => html::comparison(c).into_bytes(),
+        Format::Pdf => pdf::comparison(c)?,
+    })
+}
+
+/// Renders a trend over runs.
+pub fn trend(t: &Trend, format: Format) -> Result<Vec<u8>, RenderError> {
+    Ok(match format {
+        Format::Json => pretty_json(t),
+        Format::Csv | Format::CsvTotals => csv::trend(t).into_bytes(),
+        Format::Markdown | Format::Junit => markdown::trend(t).into_bytes(),
+        Format::Html => html::trend(t).into_bytes(),
+        Format::Pdf => pdf::trend(t)?,
+    })
+}
+
+fn pretty_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    let mut text = serde_json::to_vec_pretty(v).expect("reports always serialize");
+    text.push(b'\n');
+    text
+}
+
+/// Writes `bytes` to `path` atomically (a reader never sees half a file).
+pub fn write(path: &Path, bytes: &[u8]) -> Result<(), RenderError> {
+    let err = |source| RenderError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    std::fs::write(&tmp, bytes).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Unit of a series name, for headers and axes.
+pub fn series_unit(name: &str) -> &'static str {
+    if name == "cpu_percent" {
+        "%"
+    } else if name.ends_with("_bytes_per_sec") {
+        "B/s"
+    } else if name.ends_with("_per_sec") {
+        "1/s"
+    } else if name.ends_with("_bytes") {
+        "B"
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_by_name_and_extension() {
+        assert_eq!(
+            Format::from_path(Path::new("r.json")).unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            Format::from_path(Path::new("out/r.CSV")).unwrap(),
+            Format::Csv
+        );
+        assert_eq!(
+            Format::from_path(Path::new("r.totals.csv")).unwrap(),
+            Format::CsvTotals
+        );
+        assert_eq!(
+            Format::from_path(Path::new("summary.md")).unwrap(),
+            Format::Markdown
+        );
+        assert_eq!(
+            Format::from_path(Path::new("junit.xml")).unwrap(),
+            Format::Junit
+        );
+        assert_eq!(
+            Format::from_path(Path::new("r.html")).unwrap(),
+            Format::Html
+        );
+        assert_eq!(Format::from_path(Path::new("r.pdf")).unwrap(), Format::Pdf);
+        assert!(Format::from_path(Path::new("r.docx")).is_err());
+        assert!(Format::from_path(Path::new("noext")).is_err());
+        assert_eq!(Format::from_name("junit").unwrap(), Format::Junit);
+    }
+}

@@ -1,0 +1,228 @@
+//! The history of runs: an embedded SQLite database, one row per run with its whole JSON report.
+//!
+//! Safe for concurrent runs and crashes: WAL journal, a busy timeout, one transaction per run.
+//! Default place: `$CLEANROOM_STORE`, else `$XDG_DATA_HOME/cleanroom/history.db`, else
+//! `~/.local/share/cleanroom/history.db`.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::report::Report;
+
+/// Errors of the history store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("history store {}: {source}", path.display())]
+    Sqlite {
+        /// The database.
+        path: PathBuf,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// The directory could not be made.
+    #[error("creating {}: {source}", path.display())]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A stored report does not parse.
+    #[error("run {id} in the history store has an unreadable report: {source}")]
+    Corrupt {
+        /// The run.
+        id: i64,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// No such run.
+    #[error("no run {0} in the history store (see `cleanroom history`)")]
+    NotFound(i64),
+}
+
+/// The default database path.
+pub fn default_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("CLEANROOM_STORE") {
+        return PathBuf::from(p);
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib"));
+    data.join("cleanroom/history.db")
+}
+
+/// One past run, as `history` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RunRow {
+    /// Its id in the store.
+    pub id: i64,
+    /// `--name`.
+    pub name: Option<String>,
+    /// Start time.
+    pub started_at: String,
+    /// The command.
+    pub command: String,
+    /// Host name.
+    pub host: String,
+    /// Git commit, when run in a repository.
+    pub git_commit: Option<String>,
+    /// Git branch.
+    pub git_branch: Option<String>,
+    /// The command's exit code.
+    pub exit_code: i32,
+    /// `pass`, `fail` or `none`.
+    pub verdict: String,
+    /// Wall time, ns.
+    pub wall_time_ns: i64,
+}
+
+/// An open history store.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    fn err(&self) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let sqlite = |source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sqlite)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(sqlite)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sqlite)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sqlite)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS runs (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                name TEXT,
+                started_at TEXT NOT NULL,
+                command TEXT NOT NULL,
+                host TEXT NOT NULL,
+                git_commit TEXT,
+                git_branch TEXT,
+                exit_code INTEGER NOT NULL,
+                verdict TEXT NOT NULL,
+                wall_time_ns INTEGER NOT NULL,
+                tags TEXT NOT NULL,
+                report TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS runs_by_name ON runs (name, id);",
+        )
+        .map_err(sqlite)?;
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Stores a run; returns its id.
+    pub fn insert(&mut self, report: &Report) -> Result<i64, StoreError> {
+        let json = serde_json::to_string(report).expect("a report always serializes");
+        let tags = serde_json::to_string(&report.tags).expect("tags always serialize");
+        let path = self.path.clone();
+        let sqlite = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sqlite)?;
+        tx.execute(
+            "INSERT INTO runs (name, started_at, command, host, git_commit, git_branch, exit_code,
+                               verdict, wall_time_ns, tags, report)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                report.name,
+                report.started_at,
+                report.command.join(" "),
+                report.host.hostname,
+                report.host.git_commit,
+                report.host.git_branch,
+                report.exit_code,
+                report.verdict,
+                i64::try_from(report.wall_time_ns).unwrap_or(i64::MAX),
+                tags,
+                json
+            ],
+        )
+        .map_err(sqlite)?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(sqlite)?;
+        Ok(id)
+    }
+
+    /// Past runs, newest first, optionally of one name, at most `last`.
+    pub fn list(&self, name: Option<&str>, last: usize) -> Result<Vec<RunRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, name, started_at, command, host, git_commit, git_branch, exit_code,
+                        verdict, wall_time_ns
+                 FROM runs WHERE (?1 IS NULL OR name = ?1) ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(
+                params![name, i64::try_from(last).unwrap_or(i64::MAX)],
+                |r| {
+                    Ok(RunRow {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        started_at: r.get(2)?,
+                        command: r.get(3)?,
+                        host: r.get(4)?,
+                        git_commit: r.get(5)?,
+                        git_branch: r.get(6)?,
+                        exit_code: r.get(7)?,
+                        verdict: r.get(8)?,
+                        wall_time_ns: r.get(9)?,
+                    })
+                },
+            )
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
+    /// The full report of run `id`.
+    pub fn report(&self, id: i64) -> Result<Report, StoreError> {
+        let text: Option<String> = self
+            .conn
+            .query_row("SELECT report FROM runs WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.err())?;
+        let text = text.ok_or(StoreError::NotFound(id))?;
+        serde_json::from_str(&text).map_err(|source| StoreError::Corrupt { id, source })
+    }
+
+    /// Reports of the last `last` runs named `name`, oldest first, with their ids.
+    pub fn reports_named(&self, name: &str, last: usize) -> Result<Vec<(i64, Report)>, StoreError> {
+        let mut rows = self.list(Some(name), last)?;
+        rows.reverse();
+        rows.into_iter()
+            .map(|r| Ok((r.id, self.report(r.id)?)))
+            .collect()
+    }
+}

@@ -54,11 +54,23 @@ pub fn default_tolerance(name: &str) -> f64 {
         "wall_time" => 0.25,
         "memory_peak_bytes" => 0.10,
         "memory_current_bytes" => 0.50,
+        _ if latency && name.ends_with("_max") => 2.0,
         _ if latency => 0.50,
         _ if name.starts_with("context_switches") => 0.50,
         _ if name.ends_with("_bytes") => 0.05,
         _ if name.starts_with("page_faults") => 0.10,
         _ => 0.25,
+    }
+}
+
+/// The smallest increase that can count as a regression, whatever the relative change: below
+/// it, differences are scheduling noise (a 2 µs wakeup becoming 4 µs is +100% and means nothing).
+pub fn noise_floor(name: &str, kind: Kind) -> f64 {
+    match kind {
+        Kind::Time if Latency::ALL.iter().any(|l| name.starts_with(l.name())) => 1e6, // 1 ms
+        Kind::Time => 20e6,                                                          // 20 ms
+        Kind::Bytes | Kind::BytesPerSec => (1u64 << 20) as f64,                      // 1 MiB
+        _ => 100.0,
     }
 }
 
@@ -77,6 +89,8 @@ pub struct Change {
     pub relative: Option<f64>,
     /// Increase allowed before it counts as a regression.
     pub tolerance: f64,
+    /// Smallest absolute increase that can count (below it, differences are noise).
+    pub noise_floor: f64,
     /// Whether it grew beyond the tolerance.
     pub regression: bool,
     /// Base value for people.
@@ -140,6 +154,7 @@ pub fn compare(
                 .copied()
                 .unwrap_or_else(|| default_tolerance(name));
             let relative = (*bv != 0.0).then(|| (nv - bv) / bv);
+            let floor = noise_floor(name, *kind);
             Some(Change {
                 metric: name.clone(),
                 base: *bv,
@@ -147,7 +162,8 @@ pub fn compare(
                 absolute: nv - bv,
                 relative,
                 tolerance,
-                regression: relative.is_some_and(|r| r > tolerance),
+                noise_floor: floor,
+                regression: relative.is_some_and(|r| r > tolerance) && nv - bv >= floor,
                 base_text: kind.format(*bv),
                 new_text: kind.format(*nv),
             })
@@ -230,6 +246,14 @@ pub fn trend(name: &str, runs: &[(i64, Report)]) -> Trend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn noise_below_the_floor_is_not_a_regression() {
+        let base = report(1_000_000, 2_000_000_000);
+        let new = report(3_000_000, 2_000_000_000); // +200% but only 2 ms of CPU
+        let c = compare(("base", &base), ("new", &new), &BTreeMap::new());
+        assert_eq!(c.regressions, 0, "{c:#?}");
+    }
 
     fn report(cpu: u64, wall: u64) -> Report {
         let mut r: Report = serde_json::from_value(serde_json::json!({

@@ -287,3 +287,64 @@ pub fn block_device<'a>(report: &'a serde_json::Value, major_minor: &str) -> &'a
             )
         })
 }
+
+/// Returns `true` when `tool` is on PATH. Otherwise panics in CI, or prints why the test skips.
+#[must_use]
+pub fn tool(test: &str, tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    match found {
+        true => true,
+        false if in_ci() => {
+            panic!("{test}: `{tool}` is not installed, and CI=true forbids skipping")
+        }
+        false => {
+            eprintln!("SKIPPED {test}: `{tool}` is not installed (cargo xtask test installs it)");
+            false
+        }
+    }
+}
+
+/// Runs `cleanroom ARGS` with a history store of the test's own; returns the output.
+pub fn cleanroom(store: &Path, args: &[&str]) -> Output {
+    Command::new(cleanroom_bin())
+        .env("CLEANROOM_STORE", store)
+        .args(args)
+        .output()
+        .expect("starting cleanroom")
+}
+
+/// Fraction of pixels that are not near-white in a binary PPM (P6) image.
+pub fn ink_fraction(ppm: &[u8]) -> f64 {
+    // Header: "P6\n<w> <h>\n<max>\n", possibly with comments.
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while fields.len() < 4 && i < ppm.len() {
+        while i < ppm.len() && ppm[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if ppm.get(i) == Some(&b'#') {
+            while i < ppm.len() && ppm[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        }
+        let start = i;
+        while i < ppm.len() && !ppm[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        fields.push(String::from_utf8_lossy(&ppm[start..i]).into_owned());
+    }
+    assert_eq!(
+        fields.first().map(String::as_str),
+        Some("P6"),
+        "not a binary PPM"
+    );
+    let pixels = &ppm[i + 1..];
+    let total = pixels.len() / 3;
+    let inked = pixels
+        .chunks_exact(3)
+        .filter(|p| p.iter().any(|c| *c < 200))
+        .count();
+    inked as f64 / total.max(1) as f64
+}

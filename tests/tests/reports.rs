@@ -1,0 +1,402 @@
+//! Every report format, checked for structure (no golden files): the JSON against its schema,
+//! the CSV and XML parsed, the PDF rendered to pixels, the HTML loaded in a real browser; and
+//! the history: round trips, concurrent writers, comparisons and trends.
+
+use std::{fs, path::Path, process::Command};
+
+use cleanroom_tests::{
+    cleanroom, cleanroom_bin, ink_fraction, privileged, temp_file, tool, u64_at, workload_bin,
+};
+
+fn workload() -> String {
+    workload_bin!().to_str().unwrap().to_owned()
+}
+
+/// Runs a workload that touches every chart (CPU, memory, disk, network, faults) and writes
+/// every format. Returns the directory and the store.
+fn run_every_format(dir: &Path) -> std::process::Output {
+    let (_d, slos) = temp_file(
+        "slo.toml",
+        "[[slos]]\nname = \"fast\"\nobjective = \"wall_time <= 60s\"\n\
+         [[slos]]\nname = \"frugal\"\nobjective = \"cpu_time <= 1ms\"\n",
+    );
+    let mut cmd = Command::new(cleanroom_bin());
+    cmd.env("CLEANROOM_STORE", dir.join("history.db")).args([
+        "run",
+        "-q",
+        "--name",
+        "formats",
+        "--interval",
+        "100ms",
+        "--slo",
+        &slos,
+    ]);
+    for ext in ["json", "csv", "totals.csv", "md", "xml", "html", "pdf"] {
+        cmd.arg("--report").arg(dir.join(format!("r.{ext}")));
+    }
+    let exe = cleanroom_bin();
+    cmd.args(["--", exe.to_str().unwrap(), "demo-workload"]);
+    cmd.output().expect("starting cleanroom")
+}
+
+#[test]
+fn every_format_is_structurally_sound() {
+    if !privileged("every_format_is_structurally_sound") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_every_format(dir.path());
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "the `frugal` SLO fails: {output:?}"
+    );
+
+    // JSON, against the published schema.
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/report.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema is valid");
+    let errors: Vec<String> = validator
+        .iter_errors(&json)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "report does not match its schema: {errors:#?}"
+    );
+    let points = json["series"].as_array().unwrap().len();
+    assert!(points >= 3, "only {points} intervals");
+
+    // CSV: the series, one row per interval, units in the header, every cell a number.
+    let mut rdr = csv::Reader::from_path(dir.path().join("r.csv")).unwrap();
+    let header = rdr.headers().unwrap().clone();
+    assert_eq!(&header[0], "t_s");
+    assert!(header.iter().any(|h| h == "cpu_percent (%)"), "{header:?}");
+    assert!(
+        header.iter().any(|h| h == "net_rx_bytes_per_sec (B/s)"),
+        "{header:?}"
+    );
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), points, "one row per interval");
+    for row in &rows {
+        assert_eq!(row.len(), header.len());
+        for cell in row.iter().filter(|c| !c.is_empty()) {
+            cell.parse::<f64>()
+                .unwrap_or_else(|_| panic!("not a number: {cell:?} in {row:?}"));
+        }
+    }
+    // CSV totals.
+    let mut rdr = csv::Reader::from_path(dir.path().join("r.totals.csv")).unwrap();
+    assert_eq!(
+        rdr.headers().unwrap().iter().collect::<Vec<_>>(),
+        ["metric", "value", "unit"]
+    );
+    let totals: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    let cpu = totals
+        .iter()
+        .find(|r| &r[0] == "cpu_time_ns")
+        .expect("cpu_time_ns row");
+    assert_eq!(
+        cpu[1].parse::<u64>().unwrap(),
+        u64_at(&json, "/totals/cpu_time_ns")
+    );
+
+    // JUnit XML: one case per SLO, the failed one with the measured value and objective.
+    let xml = fs::read_to_string(dir.path().join("r.xml")).unwrap();
+    let doc = roxmltree::Document::parse(&xml).expect("well-formed XML");
+    let cases: Vec<roxmltree::Node> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert_eq!(cases.len(), 2, "{xml}");
+    let failed = cases
+        .iter()
+        .find(|c| c.attribute("name") == Some("frugal"))
+        .and_then(|c| c.children().find(|n| n.has_tag_name("failure")))
+        .expect("the frugal case failed");
+    let message = failed.attribute("message").unwrap();
+    assert!(
+        message.contains("measured") && message.contains("<= 1.0 ms"),
+        "{message}"
+    );
+    let suites = doc.root_element();
+    assert_eq!(suites.attribute("failures"), Some("1"));
+
+    // Markdown: verdict first, SLO table, totals, insights.
+    let md = fs::read_to_string(dir.path().join("r.md")).unwrap();
+    assert!(
+        md.lines()
+            .next()
+            .unwrap()
+            .starts_with("## Cleanroom: ❌ FAIL"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| SLO / threshold | measured | objective | verdict |"),
+        "{md}"
+    );
+    assert!(md.contains("| `cpu_time_ns` |"), "{md}");
+    assert!(md.contains("**Insights**"), "{md}");
+
+    // PDF: real pages, not blank.
+    if tool("every_format_is_structurally_sound", "pdftoppm") {
+        let prefix = dir.path().join("page");
+        let status = Command::new("pdftoppm")
+            .args(["-r", "40"])
+            .arg(dir.path().join("r.pdf"))
+            .arg(&prefix)
+            .status()
+            .unwrap();
+        assert!(status.success(), "pdftoppm failed");
+        let mut pages: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("page"))
+            .map(|e| e.path())
+            .collect();
+        pages.sort();
+        assert!(pages.len() >= 2, "{} pages", pages.len());
+        for page in pages {
+            let ink = ink_fraction(&fs::read(&page).unwrap());
+            assert!(ink > 0.001, "{} is blank ({ink})", page.display());
+        }
+    }
+}
+
+/// The HTML report in headless Chromium: it loads, logs no console error, fetches nothing,
+/// and renders to a screenshot with charts on it (kept at target/report-screenshot.png).
+#[test]
+fn html_report_renders_in_a_browser() {
+    if !privileged("html_report_renders_in_a_browser")
+        || !tool("html_report_renders_in_a_browser", "chromium")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_every_format(dir.path());
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    let html_path = dir.path().join("r.html");
+    let html = fs::read_to_string(&html_path).unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page refers to the network"
+    );
+    assert!(html.matches("<svg").count() >= 5, "charts missing");
+
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/report-screenshot.png");
+    let _ = fs::remove_file(&shot);
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1280,2200",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", html_path.display()))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let console: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught"))
+        .collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    assert!(shot.is_file(), "no screenshot; chromium said:\n{log}");
+    assert!(
+        fs::metadata(&shot).unwrap().len() > 20_000,
+        "the screenshot is nearly empty"
+    );
+}
+
+#[test]
+fn history_round_trips_and_concurrent_runs_both_land() {
+    if !privileged("history_round_trips_and_concurrent_runs_both_land") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("history.db");
+    let report = dir.path().join("first.json");
+    let out = Command::new(cleanroom_bin())
+        .env("CLEANROOM_STORE", &store)
+        .args(["run", "-q", "--name", "rt", "--tag", "k=v", "--report"])
+        .arg(&report)
+        .args(["--", &workload(), "spin", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Two runs at once, same store.
+    let spawn = || {
+        Command::new(cleanroom_bin())
+            .env("CLEANROOM_STORE", &store)
+            .args(["run", "-q", "--name", "rt", "--", &workload(), "spin", "1"])
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    assert!(a.wait_with_output().unwrap().status.success());
+    assert!(b.wait_with_output().unwrap().status.success());
+
+    let history = cleanroom(&store, &["history", "--name", "rt"]);
+    let text = String::from_utf8_lossy(&history.stdout);
+    let ids: Vec<i64> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "all three runs landed:\n{text}");
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+
+    // The stored report of the first run is the report it wrote.
+    let stored = cleanroom(&store, &["report", &ids[2].to_string(), "--format", "json"]);
+    assert!(stored.status.success(), "{stored:?}");
+    let stored: serde_json::Value = serde_json::from_slice(&stored.stdout).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(stored, written, "the store changed the report");
+    assert_eq!(stored["tags"]["k"], "v");
+
+    // A trend over them.
+    let trend = cleanroom(&store, &["trend", "--name", "rt", "--format", "json"]);
+    let trend: serde_json::Value = serde_json::from_slice(&trend.stdout).unwrap();
+    let cpu = trend["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["metric"] == "cpu_time_ns")
+        .unwrap();
+    assert_eq!(cpu["values"].as_array().unwrap().len(), 3, "{cpu:#}");
+}
+
+#[test]
+fn comparison_flags_a_planted_regression_and_not_identical_runs() {
+    if !privileged("comparison_flags_a_planted_regression_and_not_identical_runs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("history.db");
+    let base = dir.path().join("base.json");
+    let out = cleanroom(
+        &store,
+        &[
+            "run",
+            "-q",
+            "--no-store",
+            "--report",
+            base.to_str().unwrap(),
+            "--",
+            &workload(),
+            "spin",
+            "1",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    let same = cleanroom(
+        &store,
+        &[
+            "compare",
+            base.to_str().unwrap(),
+            base.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(same.status.code(), Some(0), "{same:?}");
+    let same: serde_json::Value = serde_json::from_slice(&same.stdout).unwrap();
+    assert_eq!(same["regressions"], 0);
+
+    // Plant a regression: twice the CPU time.
+    let mut planted: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&base).unwrap()).unwrap();
+    let cpu = u64_at(&planted, "/totals/cpu_time_ns");
+    planted["totals"]["cpu_time_ns"] = (cpu * 2).into();
+    let new = dir.path().join("new.json");
+    fs::write(&new, planted.to_string()).unwrap();
+    for format in ["json", "md", "csv", "xml", "html", "pdf"] {
+        let out_file = dir.path().join(format!("cmp.{format}"));
+        let c = cleanroom(
+            &store,
+            &[
+                "compare",
+                base.to_str().unwrap(),
+                new.to_str().unwrap(),
+                "-o",
+                out_file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(c.status.code(), Some(3), "{format}: {c:?}");
+        assert!(
+            fs::metadata(&out_file).unwrap().len() > 100,
+            "{format} is empty"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path().join("cmp.json")).unwrap()).unwrap();
+    let flagged: Vec<&str> = json["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["regression"] == true)
+        .map(|c| c["metric"].as_str().unwrap())
+        .collect();
+    assert_eq!(flagged, ["cpu_time_ns"]);
+    let xml = fs::read_to_string(dir.path().join("cmp.xml")).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    assert_eq!(
+        doc.descendants()
+            .filter(|n| n.has_tag_name("failure"))
+            .count(),
+        1
+    );
+
+    // `run --baseline`: the planted (slower) report as baseline is no regression; the base as
+    // baseline of a much busier run is.
+    let ok = cleanroom(
+        &store,
+        &[
+            "run",
+            "-q",
+            "--no-store",
+            "--baseline",
+            new.to_str().unwrap(),
+            "--",
+            &workload(),
+            "spin",
+            "1",
+        ],
+    );
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let worse = cleanroom(
+        &store,
+        &[
+            "run",
+            "-q",
+            "--no-store",
+            "--baseline",
+            base.to_str().unwrap(),
+            "--",
+            &workload(),
+            "spin",
+            "3",
+        ],
+    );
+    assert_eq!(worse.status.code(), Some(3), "{worse:?}");
+}

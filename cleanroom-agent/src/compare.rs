@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{collect::Total, metric::Latency, objective::Kind, report::Report};
 
+/// A run's figures by name, each with its kind.
+pub type Figures = BTreeMap<String, (f64, Kind)>;
+
 /// One figure of a run, by name, with its kind.
-pub fn figures(report: &Report) -> BTreeMap<String, (f64, Kind)> {
+pub fn figures(report: &Report) -> Figures {
     let mut out = BTreeMap::new();
     out.insert(
         "wall_time".to_owned(),
@@ -68,8 +71,8 @@ pub fn default_tolerance(name: &str) -> f64 {
 pub fn noise_floor(name: &str, kind: Kind) -> f64 {
     match kind {
         Kind::Time if Latency::ALL.iter().any(|l| name.starts_with(l.name())) => 1e6, // 1 ms
-        Kind::Time => 20e6,                                                          // 20 ms
-        Kind::Bytes | Kind::BytesPerSec => (1u64 << 20) as f64,                      // 1 MiB
+        Kind::Time => 20e6,                                                           // 20 ms
+        Kind::Bytes | Kind::BytesPerSec => (1u64 << 20) as f64,                       // 1 MiB
         _ => 100.0,
     }
 }
@@ -203,8 +206,7 @@ pub struct Trend {
 
 /// Each figure's series across `runs` (oldest first), its slope, and where it moved most.
 pub fn trend(name: &str, runs: &[(i64, Report)]) -> Trend {
-    let figs: Vec<(i64, BTreeMap<String, (f64, Kind)>)> =
-        runs.iter().map(|(id, r)| (*id, figures(r))).collect();
+    let figs: Vec<(i64, Figures)> = runs.iter().map(|(id, r)| (*id, figures(r))).collect();
     let names: Vec<String> = figs
         .first()
         .map(|(_, f)| {

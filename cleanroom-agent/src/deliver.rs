@@ -46,11 +46,11 @@ pub fn check_outputs(outputs: &Outputs) -> Result<(), Error> {
 /// A run by reference: an id in the store, or a JSON report file. Returns a label and the report.
 pub fn load_run(reference: &str, store: &Path) -> Result<(String, Report), Error> {
     let path = Path::new(reference);
-    if !path.exists() {
-        if let Ok(id) = reference.trim_start_matches('#').parse::<i64>() {
-            let report = Store::open(store)?.report(id)?;
-            return Ok((format!("run {id}"), report));
-        }
+    if !path.exists()
+        && let Ok(id) = reference.trim_start_matches('#').parse::<i64>()
+    {
+        let report = Store::open(store)?.report(id)?;
+        return Ok((format!("run {id}"), report));
     }
     let text = std::fs::read_to_string(path).map_err(|source| Error::ReadReport {
         path: path.to_owned(),

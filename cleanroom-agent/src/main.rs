@@ -88,6 +88,12 @@ enum Command {
     Demo {
         #[command(flatten)]
         out: OutputArgs,
+        /// Add the `[[slos]]` of this TOML file (repeatable).
+        #[arg(long, value_name = "FILE")]
+        slo: Vec<PathBuf>,
+        /// Sample every DURATION (default 1s).
+        #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+        interval: Option<std::time::Duration>,
     },
     /// Render a saved run (a JSON report, or a run id in the history) in another format.
     Report {
@@ -228,20 +234,30 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     config: cfg,
                     name,
                     tags: tag.into_iter().collect(),
+                    label: None,
                 },
                 &outputs,
             )
         }
-        Command::Demo { out } => {
+        Command::Demo { out, slo, interval } => {
             let exe = std::env::current_exe()?;
+            let mut cfg = CleanroomConfig::default();
+            for path in &slo {
+                cfg.add_slo_file(path)?;
+            }
+            if let Some(interval) = interval {
+                cfg.performance_monitoring.metrics_interval = interval;
+            }
             measure(
                 run::RunOptions {
                     command: vec![exe.into_os_string(), "demo-workload".into()],
                     cgroup_parent: None,
                     print_summary: true,
-                    config: CleanroomConfig::default(),
+                    config: cfg,
                     name: Some("demo".into()),
                     tags: BTreeMap::new(),
+                    // The demo runs this very binary: name it, not where it happens to live.
+                    label: Some(vec!["cleanroom".into(), "demo-workload".into()]),
                 },
                 &outputs(out, true),
             )

@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub name: Option<String>,
     /// Tags.
     pub tags: BTreeMap<String, String>,
+    /// How the report names the command, when not by its arguments.
+    pub label: Option<Vec<String>>,
 }
 
 /// Refuses early, with the missing capabilities named, when this process cannot measure.
@@ -284,11 +286,12 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     }
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
-        command: opts
-            .command
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
+        command: opts.label.clone().unwrap_or_else(|| {
+            opts.command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        }),
         exit_code: exit_code(status),
         started_at,
         wall_time_ns,

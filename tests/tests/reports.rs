@@ -12,8 +12,8 @@ fn workload() -> String {
     workload_bin!().to_str().unwrap().to_owned()
 }
 
-/// Runs a workload that touches every chart (CPU, memory, disk, network, faults) and writes
-/// every format. Returns the directory and the store.
+/// Runs the demo, which touches every chart (CPU, memory, disk, network, faults), writing every
+/// format into `dir`, with one SLO that passes and one that fails.
 fn run_every_format(dir: &Path) -> std::process::Output {
     let (_d, slos) = temp_file(
         "slo.toml",

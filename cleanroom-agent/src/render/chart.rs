@@ -51,6 +51,18 @@ pub const CHARTS: &[ChartSpec] = &[
     },
 ];
 
+/// A line of a chart: label, colour, and (seconds, value) points.
+pub type Plotted<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// The lines of `spec` that have data in `report`.
+pub fn plotted<'a>(report: &Report, spec: &'a ChartSpec) -> Vec<Plotted<'a>> {
+    spec.lines
+        .iter()
+        .map(|(s, label, colour)| (*label, *colour, points(report, s)))
+        .filter(|(_, _, p)| !p.is_empty())
+        .collect()
+}
+
 /// A series as (seconds since start, value).
 pub fn points(report: &Report, series: &str) -> Vec<(f64, f64)> {
     report
@@ -120,7 +132,19 @@ pub fn extent(report: &Report, spec: &ChartSpec) -> (f64, f64) {
             y_max = y_max.max(y);
         }
     }
-    (x_max.max(0.001), nice_max(y_max))
+    let y_max = match spec.kind {
+        Kind::Bytes | Kind::BytesPerSec => nice_max_binary(y_max),
+        _ => nice_max(y_max),
+    };
+    (x_max.max(0.001), y_max)
+}
+
+/// A round upper bound for a byte axis: a power of two, so quarter ticks are round too.
+pub fn nice_max_binary(max: f64) -> f64 {
+    if max <= 1.0 || !max.is_finite() {
+        return 1024.0;
+    }
+    2f64.powf(max.log2().ceil())
 }
 
 #[cfg(test)]
@@ -134,6 +158,8 @@ mod tests {
         assert_eq!(nice_max(180.0), 200.0);
         assert_eq!(nice_max(210.0), 250.0);
         assert_eq!(nice_max(1e6), 1e6);
+        assert_eq!(nice_max_binary(700_000.0), 1_048_576.0);
+        assert_eq!(nice_max_binary(0.0), 1024.0);
         let f = Frame {
             left: 0.0,
             right: 100.0,

@@ -14,7 +14,7 @@ use crate::{
     report::{Report, human, human_duration_ns},
 };
 
-use super::chart::{CHARTS, ChartSpec, Frame, extent, nice_max, points};
+use super::chart::{CHARTS, ChartSpec, Frame, extent, nice_max, plotted};
 
 /// Escapes text for HTML.
 fn esc(text: &str) -> String {
@@ -79,12 +79,7 @@ fn status_cell(s: Status) -> &'static str {
 
 /// An SVG line chart of some series of the report, anomalies marked in red.
 fn line_chart(r: &Report, spec: &ChartSpec) -> Option<String> {
-    let lines: Vec<(&str, &str, Vec<(f64, f64)>)> = spec
-        .lines
-        .iter()
-        .map(|(s, label, colour)| (*label, *colour, points(r, s)))
-        .filter(|(_, _, p)| !p.is_empty())
-        .collect();
+    let lines = plotted(r, spec);
     if lines.is_empty() {
         return None;
     }

@@ -16,7 +16,7 @@ use crate::{
 
 use super::{
     RenderError,
-    chart::{CHARTS, ChartSpec, Frame, extent, points},
+    chart::{CHARTS, ChartSpec, Frame, extent, plotted},
 };
 
 const W: f64 = 210.0;
@@ -147,12 +147,7 @@ impl Writer {
     }
 
     fn chart(&mut self, r: &Report, spec: &ChartSpec) -> bool {
-        let series: Vec<(&str, &str, Vec<(f64, f64)>)> = spec
-            .lines
-            .iter()
-            .map(|(s, label, colour)| (*label, *colour, points(r, s)))
-            .filter(|(_, _, p)| !p.is_empty())
-            .collect();
+        let series = plotted(r, spec);
         if series.is_empty() {
             return false;
         }

@@ -22,10 +22,7 @@ fn run_every_format(dir: &Path) -> std::process::Output {
     );
     let mut cmd = Command::new(cleanroom_bin());
     cmd.env("CLEANROOM_STORE", dir.join("history.db")).args([
-        "run",
-        "-q",
-        "--name",
-        "formats",
+        "demo",
         "--interval",
         "100ms",
         "--slo",
@@ -34,8 +31,6 @@ fn run_every_format(dir: &Path) -> std::process::Output {
     for ext in ["json", "csv", "totals.csv", "md", "xml", "html", "pdf"] {
         cmd.arg("--report").arg(dir.join(format!("r.{ext}")));
     }
-    let exe = cleanroom_bin();
-    cmd.args(["--", exe.to_str().unwrap(), "demo-workload"]);
     cmd.output().expect("starting cleanroom")
 }
 
@@ -367,8 +362,26 @@ fn comparison_flags_a_planted_regression_and_not_identical_runs() {
         1
     );
 
-    // `run --baseline`: the planted (slower) report as baseline is no regression; the base as
-    // baseline of a much busier run is.
+    // `run --baseline`: against a baseline ten times worse in every figure there is nothing to
+    // flag; against the quiet base, a run three times busier regresses.
+    let mut slow: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&base).unwrap()).unwrap();
+    let worse = |v: &mut serde_json::Value| {
+        if let Some(n) = v.as_u64() {
+            *v = (n * 10 + 1_000_000_000).into();
+        }
+    };
+    worse(&mut slow["wall_time_ns"]);
+    for (_, total) in slow["totals"].as_object_mut().unwrap().iter_mut() {
+        worse(total);
+        for key in ["p50_ns", "p90_ns", "p99_ns", "max_ns"] {
+            if let Some(v) = total.get_mut(key) {
+                worse(v);
+            }
+        }
+    }
+    let slow_path = dir.path().join("slow.json");
+    fs::write(&slow_path, slow.to_string()).unwrap();
     let ok = cleanroom(
         &store,
         &[
@@ -376,7 +389,7 @@ fn comparison_flags_a_planted_regression_and_not_identical_runs() {
             "-q",
             "--no-store",
             "--baseline",
-            new.to_str().unwrap(),
+            slow_path.to_str().unwrap(),
             "--",
             &workload(),
             "spin",

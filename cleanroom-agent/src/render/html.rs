@@ -347,7 +347,7 @@ pub fn report(r: &Report) -> String {
         if !r.anomalies.is_empty() {
             let _ = write!(
                 body,
-                "<p class=\"small muted\">Red circles: {} anomalous interval(s). Method: {}.</p>",
+                "<p class=\"small muted\">{} anomalous interval(s) in all, circled in red where charted. Method: {}.</p>",
                 r.anomalies.len(),
                 esc(&r.anomaly_method)
             );

@@ -353,7 +353,7 @@ pub fn report(r: &Report) -> Result<Vec<u8>, RenderError> {
     if !r.anomalies.is_empty() {
         w.paragraph(
             &format!(
-                "Red crosses: {} anomalous interval(s). Method: {}.",
+                "{} anomalous interval(s) in all, crossed in red where charted. Method: {}.",
                 r.anomalies.len(),
                 r.anomaly_method
             ),

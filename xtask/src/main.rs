@@ -71,6 +71,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Test { args } => {
             let bin = build(&root)?;
+            toolchain::ensure_test_tools()?;
             step("running every test (unit, integration, accuracy)");
             let mut cmd = cargo();
             cmd.current_dir(&root)

@@ -202,6 +202,41 @@ impl Installer {
     }
 }
 
+/// Debian packages the tests drive (command → package): a browser for the HTML report, poppler
+/// for the PDF, and the tools that build the tests' own loop devices and network namespaces.
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("chromium", "chromium"),
+    ("pdftoppm", "poppler-utils"),
+    ("ip", "iproute2"),
+    ("losetup", "util-linux"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("sysctl", "procps"),
+];
+
+/// Installs what the tests need (as root), or prints how.
+pub fn ensure_test_tools() -> Result<()> {
+    let missing: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(cmd, _)| !on_path(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    let mut installer = Installer::default();
+    installer.apt(&missing)?;
+    if installer.dry_run() && !missing.is_empty() {
+        eprintln!("xtask: tests that need these will skip (or fail under CI=true)");
+    }
+    Ok(())
+}
+
+fn on_path(cmd: &str) -> bool {
+    let dirs = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    dirs.iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")].iter())
+        .any(|d| d.join(cmd).is_file())
+}
+
 fn dpkg_installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])

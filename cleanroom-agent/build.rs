@@ -7,12 +7,20 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=CLEANROOM_BPF_OBJECT");
+    embed("CLEANROOM_BPF_OBJECT", "cleanroom-ebpf", "cleanroom.bpf.o");
+    // The empty programs `cargo xtask bench` measures against; built beside the real ones.
+    embed("CLEANROOM_FLOOR_OBJECT", "cleanroom-floor", "floor.bpf.o");
+}
+
+fn embed(var: &str, built_as: &str, embedded_as: &str) {
+    println!("cargo:rerun-if-env-changed={var}");
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let default = manifest.join("../target/bpf/bpfel-unknown-none/release/cleanroom-ebpf");
-    let source = env::var_os("CLEANROOM_BPF_OBJECT").map_or(default, PathBuf::from);
+    let default = manifest
+        .join("../target/bpf/bpfel-unknown-none/release")
+        .join(built_as);
+    let source = env::var_os(var).map_or(default, PathBuf::from);
     println!("cargo:rerun-if-changed={}", source.display());
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("cleanroom.bpf.o");
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join(embedded_as);
     match fs::read(&source) {
         Ok(bytes) => fs::write(&out, bytes).expect("writing OUT_DIR"),
         Err(_) => {

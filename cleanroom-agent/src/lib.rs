@@ -6,6 +6,7 @@
 //! `config`; `demo` and `doctor` are the commands a new user starts with.
 
 pub mod analyze;
+pub mod attach;
 pub mod btf;
 pub mod cgroup;
 pub mod collect;

@@ -165,6 +165,17 @@ enum Command {
     /// The demo's workload itself (run by `cleanroom demo`).
     #[command(hide = true)]
     DemoWorkload,
+    /// Attach the probes (or, with --floor, empty programs on the same hooks) and hold them,
+    /// printing their kernel ids; for `cargo xtask bench`.
+    #[command(hide = true)]
+    Attach {
+        /// Attach the empty floor programs instead of Cleanroom's.
+        #[arg(long)]
+        floor: bool,
+        /// Detach after this long at most.
+        #[arg(long, default_value = "10m", value_parser = cleanroom::units::parse_duration)]
+        limit: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -346,6 +357,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Attach { floor, limit } => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(cleanroom::attach::attach(floor, limit))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::DemoWorkload => {
             demo::run_workload(&demo::Workload::default())?;

@@ -27,6 +27,9 @@ use crate::{
 /// The object `cargo xtask build` made, embedded by `build.rs` (empty if there was none).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cleanroom.bpf.o"));
 
+/// Empty programs on the same hooks, for the benchmark's floor (empty if not built).
+static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor.bpf.o"));
+
 /// Errors of loading and reading the probes.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -294,7 +297,20 @@ impl Probes {
     /// Loads the object with offsets of the running kernel and attaches every hook it can.
     /// `v2_root` is the cgroup v2 root directory, for the network programs.
     pub fn load(v2_root: Option<&File>) -> Result<Self, ProbeError> {
-        if !Self::object_embedded() {
+        Self::load_object(OBJECT, true, v2_root)
+    }
+
+    /// Loads the benchmark's floor: an empty program on every hook (nothing is counted).
+    pub fn load_floor(v2_root: Option<&File>) -> Result<Self, ProbeError> {
+        Self::load_object(FLOOR_OBJECT, false, v2_root)
+    }
+
+    fn load_object(
+        object: &[u8],
+        set_offsets: bool,
+        v2_root: Option<&File>,
+    ) -> Result<Self, ProbeError> {
+        if object.is_empty() {
             return Err(ProbeError::NoObject);
         }
         let offsets = Offsets::from_file(VMLINUX_BTF.as_ref())?;
@@ -305,10 +321,12 @@ impl Probes {
             .collect();
         let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf));
-        for (global, value) in &values {
-            loader.override_global(global, value, true);
+        if set_offsets {
+            for (global, value) in &values {
+                loader.override_global(global, value, true);
+            }
         }
-        let mut ebpf = loader.load(OBJECT)?;
+        let mut ebpf = loader.load(object)?;
 
         let mut status = Vec::with_capacity(HOOKS.len());
         for hook in HOOKS {
@@ -342,6 +360,18 @@ impl Probes {
     /// Attach status of every hook.
     pub fn status(&self) -> &[HookStatus] {
         &self.status
+    }
+
+    /// Kernel ids of the attached programs, with their hooks (for `bpftool prog show id N`).
+    pub fn program_ids(&self) -> Vec<(&'static str, String, u32)> {
+        self.status
+            .iter()
+            .filter(|s| s.error.is_none())
+            .filter_map(|s| {
+                let info = self.ebpf.program(s.hook.program)?.info().ok()?;
+                Some((s.hook.program, s.hook.attach.to_string(), info.id()))
+            })
+            .collect()
     }
 
     /// Metrics some hook of which could not be attached.

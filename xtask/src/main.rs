@@ -83,6 +83,10 @@ fn run(task: Task) -> Result<()> {
                     "cleanroom-ebpf",
                 ])
                 .env("CLEANROOM_BPF_OBJECT", bpf_object(&root))
+                .env(
+                    "CLEANROOM_FLOOR_OBJECT",
+                    bpf_dir(&root).join("cleanroom-floor"),
+                )
                 .env("CLEANROOM_BIN", &bin)
                 // The privileged tests measure CPU time on a two-core machine: one at a time.
                 .args(["--", "--test-threads=1"])
@@ -100,8 +104,12 @@ fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+fn bpf_dir(root: &Path) -> PathBuf {
+    root.join("target/bpf/bpfel-unknown-none/release")
+}
+
 fn bpf_object(root: &Path) -> PathBuf {
-    root.join("target/bpf/bpfel-unknown-none/release/cleanroom-ebpf")
+    bpf_dir(root).join("cleanroom-ebpf")
 }
 
 /// Prints a step the way every step of xtask is printed.
@@ -140,7 +148,7 @@ fn as_root(program: &Path) -> Command {
 /// Builds the BPF object, then the agent carrying it. Returns the agent binary.
 fn build(root: &Path) -> Result<PathBuf> {
     let tools = toolchain::ensure()?;
-    step("building the BPF object (cleanroom-ebpf, bpfel-unknown-none)");
+    step("building the BPF objects (cleanroom-ebpf: the probes and the benchmark's floor)");
     let mut cmd = cargo();
     cmd.current_dir(root)
         .args(["build", "--release", "--package", "cleanroom-ebpf"])
@@ -162,7 +170,11 @@ fn build(root: &Path) -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.current_dir(root)
         .args(["build", "--release", "--package", "cleanroom-agent"])
-        .env("CLEANROOM_BPF_OBJECT", bpf_object(root));
+        .env("CLEANROOM_BPF_OBJECT", bpf_object(root))
+        .env(
+            "CLEANROOM_FLOOR_OBJECT",
+            bpf_dir(root).join("cleanroom-floor"),
+        );
     check(cmd, "building the agent failed")?;
     Ok(root.join("target/release/cleanroom"))
 }

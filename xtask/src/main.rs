@@ -5,6 +5,7 @@
 //! missing is installed when running as root, each step printed; otherwise the exact commands
 //! are printed instead.
 
+mod bench;
 mod toolchain;
 
 use std::{
@@ -34,6 +35,13 @@ enum Task {
         /// Arguments for `cleanroom`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Build, then measure what Cleanroom costs beside the empty-program floor and a bpftrace
+    /// peer (as root; installs perf, fio, iperf3, bpftrace). Writes target/bench/results.json.
+    Bench {
+        /// Alternated repetitions of each workload per mode.
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
     },
     /// Build, then run every test: unit tests and the privileged integration tests.
     Test {
@@ -68,6 +76,30 @@ fn run(task: Task) -> Result<()> {
             cmd.args(&args);
             let status = cmd.status().context("starting cleanroom")?;
             std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Bench { reps } => {
+            anyhow::ensure!(
+                toolchain::is_root(),
+                "the benchmark loads BPF programs: run it as root"
+            );
+            let bin = build(&root)?;
+            toolchain::ensure_tools(toolchain::BENCH_TOOLS)?;
+            step("building the benchmark's workload program");
+            let mut cmd = cargo();
+            cmd.current_dir(&root).args([
+                "build",
+                "--release",
+                "--package",
+                "cleanroom-tests",
+                "--bins",
+            ]);
+            check(cmd, "building the workload failed")?;
+            bench::Bench::run(
+                &root,
+                bin,
+                root.join("target/release/cleanroom-test-workload"),
+                reps,
+            )
         }
         Task::Test { args } => {
             let bin = build(&root)?;

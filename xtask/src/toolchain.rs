@@ -213,9 +213,24 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("sysctl", "procps"),
 ];
 
+/// Debian packages the benchmark drives: workloads and the bpftrace peer.
+pub const BENCH_TOOLS: &[(&str, &str)] = &[
+    ("perf", "linux-perf"),
+    ("fio", "fio"),
+    ("iperf3", "iperf3"),
+    ("bpftrace", "bpftrace"),
+    ("bpftool", "bpftool"),
+    ("losetup", "util-linux"),
+];
+
 /// Installs what the tests need (as root), or prints how.
 pub fn ensure_test_tools() -> Result<()> {
-    let missing: Vec<&str> = TEST_TOOLS
+    ensure_tools(TEST_TOOLS)
+}
+
+/// Installs the packages of `tools` whose command is missing (as root), or prints how.
+pub fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
         .iter()
         .filter(|(cmd, _)| !on_path(cmd))
         .map(|(_, pkg)| *pkg)

@@ -11,6 +11,8 @@
 //! `tcp-echo-serve ADDR`           accept once; read a length and that many bytes; send them back
 //! `tcp-send ADDR BYTES`           send BYTES to a tcp-echo-serve at ADDR and read them back
 //! `subcgroup-spin MS`             make a sub-cgroup of its own, spin MS ms in it, remove it
+//! `cgroups N SECS`                N sub-cgroups of its own, a sleeping process in each, for SECS
+//! `monotonic`                     print CLOCK_MONOTONIC in ns (when the command started)
 //!
 //! `--netns NAME` before the workload runs it in network namespace NAME (/run/netns/NAME).
 
@@ -102,6 +104,21 @@ fn send_and_receive(addr: &str, bytes: usize) {
     conn.write_all(&vec![0x5a; bytes]).unwrap();
     let mut back = vec![0u8; bytes];
     conn.read_exact(&mut back).expect("echo back");
+}
+
+/// This process's cgroup directory in the v2 hierarchy.
+fn own_v2_cgroup() -> String {
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a v2 line")
+        .to_owned();
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(|m| format!("{m}{rel}"))
+        .find(|p| std::path::Path::new(p).join("cgroup.procs").exists())
+        .expect("the v2 mount")
 }
 
 fn main() {
@@ -214,6 +231,48 @@ fn main() {
         }
         Some("tcp-echo-serve") => echo_serve(&args[1]),
         Some("tcp-send") => send_and_receive(&args[1], num(2) as usize),
+        Some("monotonic") => {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `ts` is valid and writable.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+            println!("{}", ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128);
+            return;
+        }
+        Some("cgroups") => {
+            let base = own_v2_cgroup();
+            let mut children = Vec::new();
+            for i in 0..num(1) {
+                let dir = format!("{base}/c{i}");
+                fs::create_dir(&dir).expect("mkdir sub-cgroup");
+                // SAFETY: the child joins its cgroup and sleeps; it is killed at the end.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    fs::write(format!("{dir}/cgroup.procs"), "0").expect("joining");
+                    // SAFETY: pause(2) waits for a signal.
+                    loop {
+                        unsafe { libc::pause() };
+                    }
+                }
+                children.push((pid, dir));
+            }
+            std::thread::sleep(Duration::from_secs(num(2)));
+            for (pid, _) in &children {
+                // SAFETY: our own children.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+            for (pid, dir) in &children {
+                let mut status = 0;
+                // SAFETY: our own child.
+                unsafe { libc::waitpid(*pid, &mut status, 0) };
+                let started = Instant::now();
+                while fs::remove_dir(dir).is_err() && started.elapsed() < Duration::from_secs(5) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
         Some("subcgroup-spin") => {
             let own = fs::read_to_string("/proc/self/cgroup").unwrap();
             let rel = own

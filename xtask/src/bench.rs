@@ -1,0 +1,744 @@
+//! `cargo xtask bench`: what Cleanroom costs, measured in one run beside the empty-program floor
+//! and a bpftrace peer, with modes alternated to cancel machine drift.
+//!
+//! 1. Per-event cost of every program (`run_time_ns / run_cnt` with BPF stats on).
+//! 2. Workload slowdown: none vs Cleanroom vs bpftrace, median of alternated repetitions.
+//! 3. The agent itself: CPU, RSS/PSS, start-up and map sizes, polling 1 s and 100 ms over 10
+//!    and 500 live cgroups.
+//!
+//! Writes `target/bench/results.json` and prints the tables. Goals are reported, never asserted.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead as _, BufReader, Read as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use crate::step;
+
+/// Who is attached while a workload runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Agent {
+    None,
+    Cleanroom,
+    Floor,
+    Bpftrace,
+}
+
+/// The bpftrace peer: the same per-cgroup counting, on classic tracepoints (bpftrace has no
+/// cgroup_skb programs: the network hooks are the nearest tracepoints).
+const PEER_SCRIPT: &str = r#"
+tracepoint:sched:sched_stat_runtime { @cpu[cgroup] = sum(args->runtime); }
+tracepoint:sched:sched_switch {
+  if (args->prev_state == 0) { @ts[args->prev_pid] = nsecs; @invol[cgroup] = count(); }
+  else { @vol[cgroup] = count(); }
+  $t = @ts[args->next_pid];
+  if ($t) { @runq[cgroup] = hist(nsecs - $t); delete(@ts[args->next_pid]); }
+}
+tracepoint:sched:sched_wakeup { @ts[args->pid] = nsecs; }
+tracepoint:sched:sched_wakeup_new { @ts[args->pid] = nsecs; }
+tracepoint:sched:sched_process_fork { @fork[cgroup] = count(); }
+tracepoint:sched:sched_process_exit { @exit[cgroup] = count(); }
+tracepoint:exceptions:page_fault_user { @pfu[cgroup] = count(); }
+tracepoint:exceptions:page_fault_kernel { @pfk[cgroup] = count(); }
+tracepoint:block:block_bio_queue { @bio[cgroup, args->dev] = sum(args->nr_sector); @ops[cgroup, args->dev] = count(); }
+tracepoint:block:block_rq_issue { @rq[args->dev, args->sector] = nsecs; }
+tracepoint:block:block_rq_complete {
+  $t = @rq[args->dev, args->sector];
+  if ($t) { @blat[args->dev] = hist(nsecs - $t); delete(@rq[args->dev, args->sector]); }
+}
+tracepoint:net:net_dev_queue { @tx[cgroup] = sum(args->len); @txp[cgroup] = count(); }
+tracepoint:net:netif_receive_skb { @rx[cgroup] = sum(args->len); @rxp[cgroup] = count(); }
+tracepoint:tcp:tcp_retransmit_skb { @retx[cgroup] = count(); }
+tracepoint:sock:inet_sock_set_state {
+  if (args->newstate == 2) { @conn[args->skaddr] = nsecs; }
+  if (args->oldstate == 2) { $t = @conn[args->skaddr]; if ($t) { @connlat[cgroup] = hist(nsecs - $t); delete(@conn[args->skaddr]); } }
+}
+"#;
+
+/// Our hook a bpftrace tracepoint stands in for.
+fn peer_hook(tracepoint: &str) -> String {
+    match tracepoint {
+        "net_dev_queue" => "cgroup_skb/egress".into(),
+        "netif_receive_skb" => "cgroup_skb/ingress".into(),
+        other => format!("tp_btf/{other}"),
+    }
+}
+
+/// An attached agent.
+struct Running {
+    child: Child,
+    /// (hook, program id).
+    programs: Vec<(String, u32)>,
+}
+
+impl Running {
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut sink = Vec::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = out.read_to_end(&mut sink);
+        }
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+/// Paths and settings the benchmark works with.
+pub struct Bench {
+    cleanroom: PathBuf,
+    workload: PathBuf,
+    out: PathBuf,
+    loop_dev: String,
+    reps: usize,
+}
+
+/// Undoes what the benchmark changed on the host.
+struct Restore {
+    stats: String,
+    tracefs_mounted_by_us: bool,
+    loop_dev: Option<String>,
+    backing: PathBuf,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.stats);
+        if let Some(dev) = &self.loop_dev {
+            let _ = Command::new("losetup").args(["-d", dev]).status();
+        }
+        let _ = fs::remove_file(&self.backing);
+        if self.tracefs_mounted_by_us {
+            let _ = Command::new("umount").arg("/sys/kernel/tracing").status();
+        }
+    }
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn monotonic_ns() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is valid and writable.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
+/// Median, min and max.
+fn spread(xs: &[f64]) -> Value {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let median = if v.is_empty() {
+        f64::NAN
+    } else if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    json!({ "median": median, "min": v.first(), "max": v.last(), "n": v.len(), "values": xs })
+}
+
+fn median(xs: &[f64]) -> f64 {
+    spread(xs)["median"].as_f64().unwrap_or(f64::NAN)
+}
+
+impl Bench {
+    /// Prepares the host (BPF stats, tracefs, a loop device) and returns the bench.
+    pub fn run(root: &Path, cleanroom: PathBuf, workload: PathBuf, reps: usize) -> Result<()> {
+        let out = root.join("target/bench");
+        fs::create_dir_all(&out)?;
+        let stats = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .unwrap_or_else(|_| "0".into())
+            .trim()
+            .to_owned();
+        let tracefs = Path::new("/sys/kernel/tracing/events").exists();
+        if !tracefs {
+            step("mounting tracefs for the bpftrace peer (unmounted at the end)");
+            output(Command::new("mount").args([
+                "-t",
+                "tracefs",
+                "tracefs",
+                "/sys/kernel/tracing",
+            ]))?;
+        }
+        let backing = out.join("loop.img");
+        fs::File::create(&backing)?.set_len(512 << 20)?;
+        let loop_dev = output(
+            Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(&backing),
+        )?
+        .trim()
+        .to_owned();
+        let _restore = Restore {
+            stats,
+            tracefs_mounted_by_us: !tracefs,
+            loop_dev: Some(loop_dev.clone()),
+            backing,
+        };
+        let bench = Bench {
+            cleanroom,
+            workload,
+            out,
+            loop_dev,
+            reps,
+        };
+        let started = Instant::now();
+        let machine = machine();
+        step("phase 1/3: per-event cost of every program (BPF stats on)");
+        let per_event = bench.per_event_cost()?;
+        step("phase 2/3: workload slowdown, modes alternated");
+        let slowdown = bench.slowdown()?;
+        step("phase 3/3: the agent itself");
+        let agent = bench.agent_cost()?;
+        let goals = goals(&per_event, &slowdown, &agent);
+        let results = json!({
+            "machine": machine,
+            "duration_s": started.elapsed().as_secs_f64(),
+            "repetitions": bench.reps,
+            "per_event": per_event,
+            "slowdown": slowdown,
+            "agent": agent,
+            "goals": goals,
+        });
+        let path = bench.out.join("results.json");
+        fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+        print_tables(&results);
+        step(&format!(
+            "results written to {} ({:.0} s)",
+            path.display(),
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
+    fn start(&self, agent: Agent) -> Result<Option<Running>> {
+        match agent {
+            Agent::None => Ok(None),
+            Agent::Cleanroom | Agent::Floor => {
+                let mut cmd = Command::new(&self.cleanroom);
+                cmd.arg("attach").args(["--limit", "30m"]);
+                if agent == Agent::Floor {
+                    cmd.arg("--floor");
+                }
+                let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+                let mut line = String::new();
+                BufReader::new(child.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
+                let v: Value = serde_json::from_str(&line)
+                    .with_context(|| format!("cleanroom attach printed {line:?}"))?;
+                let programs = v["programs"]
+                    .as_array()
+                    .context("programs")?
+                    .iter()
+                    .filter_map(|p| {
+                        Some((p["hook"].as_str()?.to_owned(), p["id"].as_u64()? as u32))
+                    })
+                    .collect();
+                Ok(Some(Running { child, programs }))
+            }
+            Agent::Bpftrace => {
+                let script = self.out.join("peer.bt");
+                fs::write(&script, PEER_SCRIPT)?;
+                let child = Command::new("bpftrace")
+                    .arg(&script)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                let pid = child.id();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let perf: Value = serde_json::from_str(&output(
+                        Command::new("bpftool").args(["perf", "show", "-j"]),
+                    )?)
+                    .unwrap_or(Value::Null);
+                    let programs: Vec<(String, u32)> = perf
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|e| e["pid"].as_u64() == Some(u64::from(pid)))
+                        .filter_map(|e| {
+                            Some((
+                                peer_hook(e["tracepoint"].as_str()?),
+                                e["prog_id"].as_u64()? as u32,
+                            ))
+                        })
+                        .collect();
+                    if programs.len() >= 15 {
+                        return Ok(Some(Running { child, programs }));
+                    }
+                    if Instant::now() > deadline {
+                        bail!("bpftrace did not attach its 15 probes within 60 s");
+                    }
+                    thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// Runs one workload; returns its figure.
+    fn workload(&self, name: &str) -> Result<f64> {
+        match name {
+            "sched_pipe" => perf_usecs_per_op(&["bench", "sched", "pipe", "-l", "40000"]),
+            "syscall_basic" => perf_usecs_per_op(&["bench", "syscall", "basic", "-l", "3000000"]),
+            "page_faults" => {
+                let pages = 100_000;
+                let t = Instant::now();
+                output(Command::new(&self.workload).args(["touch", &pages.to_string()]))?;
+                Ok(t.elapsed().as_nanos() as f64 / pages as f64)
+            }
+            "fio_direct" => {
+                let out = output(Command::new("fio").args([
+                    "--name=bench",
+                    &format!("--filename={}", self.loop_dev),
+                    "--direct=1",
+                    "--rw=randrw",
+                    "--bs=4k",
+                    "--ioengine=psync",
+                    "--runtime=1",
+                    "--time_based",
+                    "--output-format=json",
+                ]))?;
+                let v: Value = serde_json::from_str(&out)?;
+                let job = &v["jobs"][0];
+                Ok(job["read"]["iops"].as_f64().unwrap_or(0.0)
+                    + job["write"]["iops"].as_f64().unwrap_or(0.0))
+            }
+            "iperf3_loopback" => {
+                let port = "5299";
+                let mut server = Command::new("iperf3")
+                    .args(["-s", "-1", "-p", port])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                let t = Instant::now();
+                while TcpStream::connect(("127.0.0.1", 5299)).is_err() {
+                    if t.elapsed() > Duration::from_secs(5) {
+                        bail!("iperf3 server did not start");
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+                // The probe connection above counts as the server's one client on some
+                // versions; give it a moment to reset.
+                thread::sleep(Duration::from_millis(50));
+                let out = Command::new("iperf3")
+                    .args(["-c", "127.0.0.1", "-p", port, "-t", "1", "-J"])
+                    .output()?;
+                let _ = server.kill();
+                let _ = server.wait();
+                let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+                v["end"]["sum_received"]["bits_per_second"]
+                    .as_f64()
+                    .context("iperf3 gave no throughput")
+            }
+            other => bail!("unknown workload {other}"),
+        }
+    }
+
+    fn per_event_cost(&self) -> Result<Value> {
+        fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+        let agents = [Agent::Cleanroom, Agent::Floor, Agent::Bpftrace];
+        // (agent, hook) → (run_time_ns, run_cnt)
+        let mut totals: BTreeMap<(Agent, String), (u64, u64)> = BTreeMap::new();
+        for round in 0..3 {
+            for i in 0..agents.len() {
+                let agent = agents[(i + round) % agents.len()];
+                let running = self.start(agent)?.context("an agent")?;
+                for w in WORKLOADS {
+                    self.workload(w.0)?;
+                }
+                // Forks and exits, and cgroups made and removed, fire their hooks too.
+                output(Command::new(&self.workload).args(["fork", "50", "1"]))?;
+                for (hook, id) in &running.programs {
+                    let v: Value = serde_json::from_str(&output(Command::new("bpftool").args([
+                        "prog",
+                        "show",
+                        "id",
+                        &id.to_string(),
+                        "-j",
+                    ]))?)?;
+                    let e = totals.entry((agent, hook.clone())).or_default();
+                    e.0 += v["run_time_ns"].as_u64().unwrap_or(0);
+                    e.1 += v["run_cnt"].as_u64().unwrap_or(0);
+                }
+                running.stop()?;
+            }
+        }
+        fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
+        let hooks: std::collections::BTreeSet<String> = totals
+            .keys()
+            .filter(|(a, _)| *a == Agent::Cleanroom)
+            .map(|(_, h)| h.clone())
+            .collect();
+        let per = |agent: Agent, hook: &str| {
+            totals
+                .get(&(agent, hook.to_owned()))
+                .filter(|(_, n)| *n > 0)
+                .map(|(t, n)| (*t as f64 / *n as f64, *n))
+        };
+        Ok(Value::Array(
+            hooks
+                .iter()
+                .map(|hook| {
+                    let c = per(Agent::Cleanroom, hook);
+                    let f = per(Agent::Floor, hook);
+                    let b = per(Agent::Bpftrace, hook);
+                    json!({
+                        "hook": hook,
+                        "events": c.map(|x| x.1),
+                        "cleanroom_ns": c.map(|x| x.0),
+                        "floor_ns": f.map(|x| x.0),
+                        "bpftrace_ns": b.map(|x| x.0),
+                        "vs_floor": c.zip(f).map(|(c, f)| c.0 / f.0),
+                        "vs_bpftrace": c.zip(b).map(|(c, b)| c.0 / b.0),
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    fn slowdown(&self) -> Result<Value> {
+        let agents = [Agent::None, Agent::Cleanroom, Agent::Bpftrace];
+        let mut values: BTreeMap<(&str, Agent), Vec<f64>> = BTreeMap::new();
+        for rep in 0..self.reps {
+            eprint!("\rxtask: repetition {}/{}", rep + 1, self.reps);
+            for i in 0..agents.len() {
+                let agent = agents[(i + rep) % agents.len()];
+                let running = self.start(agent)?;
+                for (w, _, _) in WORKLOADS {
+                    values
+                        .entry((w, agent))
+                        .or_default()
+                        .push(self.workload(w)?);
+                }
+                if let Some(r) = running {
+                    r.stop()?;
+                }
+            }
+        }
+        eprintln!();
+        Ok(Value::Array(
+            WORKLOADS
+                .iter()
+                .map(|(w, unit, higher_is_better)| {
+                    let m = |a| median(&values[&(*w, a)]);
+                    let slow = |a| {
+                        let (base, x) = (m(Agent::None), m(a));
+                        if *higher_is_better {
+                            (1.0 - x / base) * 100.0
+                        } else {
+                            (x / base - 1.0) * 100.0
+                        }
+                    };
+                    json!({
+                        "workload": w,
+                        "unit": unit,
+                        "higher_is_better": higher_is_better,
+                        "none": spread(&values[&(*w, Agent::None)]),
+                        "cleanroom": spread(&values[&(*w, Agent::Cleanroom)]),
+                        "bpftrace": spread(&values[&(*w, Agent::Bpftrace)]),
+                        "cleanroom_slowdown_pct": slow(Agent::Cleanroom),
+                        "bpftrace_slowdown_pct": slow(Agent::Bpftrace),
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    fn agent_cost(&self) -> Result<Value> {
+        let mut rows = Vec::new();
+        for interval in ["1s", "100ms"] {
+            for cgroups in [10u32, 500] {
+                let workload = self.workload.display().to_string();
+                let script = format!("{workload} monotonic; exec {workload} cgroups {cgroups} 11");
+                let t0 = monotonic_ns();
+                let mut child = Command::new(&self.cleanroom)
+                    .args([
+                        "run",
+                        "-q",
+                        "--no-store",
+                        "--interval",
+                        interval,
+                        "--",
+                        "sh",
+                        "-c",
+                        &script,
+                    ])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                let pid = child.id();
+                let mut line = String::new();
+                BufReader::new(child.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
+                let started: u128 = line.trim().parse().context("the workload's start time")?;
+                let startup_ms = (started.saturating_sub(t0)) as f64 / 1e6;
+                // Let the cgroups come up, then measure a quiet window.
+                thread::sleep(Duration::from_secs(3));
+                let cpu0 = cpu_ns(pid);
+                let w0 = Instant::now();
+                thread::sleep(Duration::from_secs(5));
+                let cpu1 = cpu_ns(pid);
+                let window = w0.elapsed().as_nanos() as f64;
+                let (rss_kb, pss_kb) = memory_kb(pid);
+                let map_bytes = map_bytes();
+                let _ = child.wait();
+                let cpu_percent = cpu1.saturating_sub(cpu0) as f64 / window * 100.0;
+                eprintln!(
+                    "xtask: agent at {interval} over {cgroups} cgroups: {cpu_percent:.3}% CPU, RSS {rss_kb} kB"
+                );
+                rows.push(json!({
+                    "interval": interval,
+                    "cgroups": cgroups,
+                    "cpu_percent_of_one_core": cpu_percent,
+                    "rss_kb": rss_kb,
+                    "pss_kb": pss_kb,
+                    "startup_ms": startup_ms,
+                    "first_sample_ms": startup_ms + if interval == "1s" { 1000.0 } else { 100.0 },
+                    "bpf_map_bytes": map_bytes,
+                }));
+            }
+        }
+        Ok(Value::Array(rows))
+    }
+}
+
+/// (name, unit, higher is better).
+const WORKLOADS: &[(&str, &str, bool)] = &[
+    ("sched_pipe", "usecs/op", false),
+    ("syscall_basic", "usecs/op", false),
+    ("page_faults", "ns/fault", false),
+    ("fio_direct", "IOPS", true),
+    ("iperf3_loopback", "bits/s", true),
+];
+
+fn perf_usecs_per_op(args: &[&str]) -> Result<f64> {
+    let out = output(Command::new("perf").args(args))?;
+    out.lines()
+        .find_map(|l| l.trim().strip_suffix("usecs/op")?.trim().parse().ok())
+        .with_context(|| format!("perf {args:?} printed no usecs/op:\n{out}"))
+}
+
+/// CPU time of every thread of `pid`, ns (from schedstat: exact, not clock ticks).
+fn cpu_ns(pid: u32) -> u64 {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn memory_kb(pid: u32) -> (u64, u64) {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+/// Bytes the kernel charges for Cleanroom's maps (by name; one agent runs at a time here).
+fn map_bytes() -> u64 {
+    const OURS: &[&str] = &[
+        "CGROUP_STATS",
+        "BLOCK_STATS",
+        "HISTOGRAMS",
+        "ZERO_HISTOGRAM",
+        "CGROUP_TREE",
+        "DROPS",
+        "BIO_OWNER",
+        "RQ_START",
+        "RUNQ_START",
+        "CONNECT_START",
+    ];
+    let Ok(text) = output(Command::new("bpftool").args(["map", "show", "-j"])) else {
+        return 0;
+    };
+    let maps: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    maps.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            m["name"]
+                .as_str()
+                .is_some_and(|n| OURS.iter().any(|o| o.starts_with(n) && n.len() >= 5))
+        })
+        .filter_map(|m| m["bytes_memlock"].as_u64())
+        .sum()
+}
+
+fn machine() -> Value {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    let mem_kb = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    json!({
+        "kernel": fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "cpu": model,
+        "cpus": thread::available_parallelism().map_or(1, usize::from),
+        "memory_gib": mem_kb as f64 / 1_048_576.0,
+        "bpftrace": output(Command::new("bpftrace").arg("--version")).unwrap_or_default().trim(),
+    })
+}
+
+fn goals(per_event: &Value, slowdown: &Value, agent: &Value) -> Value {
+    let mut out = Vec::new();
+    for h in per_event.as_array().into_iter().flatten() {
+        let hook = h["hook"].as_str().unwrap_or("?");
+        if h["events"].as_u64().unwrap_or(0) < 100 {
+            continue;
+        }
+        if let Some(r) = h["vs_floor"].as_f64() {
+            out.push(json!({"goal": format!("{hook}: within 1.5x of the empty program"), "met": r <= 1.5, "value": r}));
+        }
+        if let Some(r) = h["vs_bpftrace"].as_f64() {
+            out.push(json!({"goal": format!("{hook}: below the bpftrace peer"), "met": r < 1.0, "value": r}));
+        }
+    }
+    for w in slowdown.as_array().into_iter().flatten() {
+        let name = w["workload"].as_str().unwrap_or("?");
+        let s = w["cleanroom_slowdown_pct"].as_f64().unwrap_or(f64::NAN);
+        let limit = if name == "syscall_basic" { 0.5 } else { 2.0 };
+        out.push(json!({"goal": format!("{name}: slowdown under {limit}%"), "met": s < limit, "value": s}));
+    }
+    for a in agent.as_array().into_iter().flatten() {
+        if a["interval"] == "1s" && a["cgroups"] == 500 {
+            let cpu = a["cpu_percent_of_one_core"].as_f64().unwrap_or(f64::NAN);
+            let rss_mb = a["rss_kb"].as_f64().unwrap_or(f64::NAN) / 1024.0;
+            out.push(json!({"goal": "agent under 0.5% of one core at 1 s over 500 cgroups", "met": cpu < 0.5, "value": cpu}));
+            out.push(json!({"goal": "agent under 25 MB RSS at 1 s over 500 cgroups", "met": rss_mb < 25.0, "value": rss_mb}));
+        }
+    }
+    Value::Array(out)
+}
+
+fn num(v: &Value, digits: usize) -> String {
+    v.as_f64()
+        .map_or_else(|| "-".into(), |x| format!("{x:.digits$}"))
+}
+
+fn print_tables(r: &Value) {
+    println!(
+        "\nPer-event cost (ns/event, BPF stats on; bpftrace on the classic tracepoint of the same name)"
+    );
+    println!(
+        "{:<26} {:>10} {:>10} {:>10} {:>10} {:>9} {:>11}",
+        "hook", "events", "cleanroom", "floor", "bpftrace", "vs floor", "vs bpftrace"
+    );
+    for h in r["per_event"].as_array().into_iter().flatten() {
+        println!(
+            "{:<26} {:>10} {:>10} {:>10} {:>10} {:>9} {:>11}",
+            h["hook"].as_str().unwrap_or("?"),
+            h["events"].as_u64().map_or("-".into(), |e| e.to_string()),
+            num(&h["cleanroom_ns"], 1),
+            num(&h["floor_ns"], 1),
+            num(&h["bpftrace_ns"], 1),
+            num(&h["vs_floor"], 2),
+            num(&h["vs_bpftrace"], 2)
+        );
+    }
+    println!(
+        "\nWorkload slowdown (median of {} alternated repetitions; min..max)",
+        r["repetitions"]
+    );
+    println!(
+        "{:<16} {:>9} {:>26} {:>26} {:>26} {:>10} {:>10}",
+        "workload", "unit", "none", "cleanroom", "bpftrace", "cleanroom", "bpftrace"
+    );
+    for w in r["slowdown"].as_array().into_iter().flatten() {
+        let cell = |m: &Value| {
+            format!(
+                "{} ({}..{})",
+                num(&m["median"], 3),
+                num(&m["min"], 3),
+                num(&m["max"], 3)
+            )
+        };
+        println!(
+            "{:<16} {:>9} {:>26} {:>26} {:>26} {:>9}% {:>9}%",
+            w["workload"].as_str().unwrap_or("?"),
+            w["unit"].as_str().unwrap_or(""),
+            cell(&w["none"]),
+            cell(&w["cleanroom"]),
+            cell(&w["bpftrace"]),
+            num(&w["cleanroom_slowdown_pct"], 2),
+            num(&w["bpftrace_slowdown_pct"], 2)
+        );
+    }
+    println!("\nThe agent itself (cleanroom run polling its cgroups)");
+    println!(
+        "{:<9} {:>8} {:>12} {:>9} {:>9} {:>11} {:>14} {:>12}",
+        "interval",
+        "cgroups",
+        "CPU % core",
+        "RSS kB",
+        "PSS kB",
+        "startup ms",
+        "first sample",
+        "map bytes"
+    );
+    for a in r["agent"].as_array().into_iter().flatten() {
+        println!(
+            "{:<9} {:>8} {:>12} {:>9} {:>9} {:>11} {:>14} {:>12}",
+            a["interval"].as_str().unwrap_or("?"),
+            a["cgroups"],
+            num(&a["cpu_percent_of_one_core"], 3),
+            a["rss_kb"],
+            a["pss_kb"],
+            num(&a["startup_ms"], 1),
+            num(&a["first_sample_ms"], 1),
+            a["bpf_map_bytes"]
+        );
+    }
+    println!("\nGoals (reported, not asserted)");
+    for g in r["goals"].as_array().into_iter().flatten() {
+        println!(
+            "  [{}] {} ({})",
+            if g["met"] == true { "met " } else { "MISS" },
+            g["goal"].as_str().unwrap_or("?"),
+            num(&g["value"], 3)
+        );
+    }
+}

@@ -11,7 +11,7 @@ use std::{
 use crate::{
     Error,
     analyze::{Event, ThresholdMonitor, ThresholdSpec},
-    cgroup::{RunCgroup, subtree_ids},
+    cgroup::RunCgroup,
     model::{self, Reading, SeriesPoint},
     probe::Probes,
     report::{human_bytes, human_duration_ns},
@@ -60,9 +60,10 @@ impl Monitor {
 
     /// Takes a sample now; records the interval since the last one and checks thresholds.
     pub fn sample(&mut self, probes: &Probes, cgroup: &RunCgroup) -> Result<(), Error> {
-        let mut ids: BTreeSet<u64> = subtree_ids(cgroup.path())?.into_iter().collect();
-        ids.extend(probes.descendants(cgroup.id())?);
-        let counted = probes.counted(&ids)?;
+        // Every sub-cgroup of a run is made after the probes are loaded, so the kernel's record
+        // of made cgroups finds them all; no directory walk per sample.
+        let ids: BTreeSet<u64> = probes.descendants(cgroup.id())?;
+        let counted = probes.counters(&ids)?;
         let sample = crate::collect::Sample {
             counted,
             cpu: Default::default(),

@@ -420,6 +420,15 @@ impl Probes {
     /// Everything counted for `ids`, summed over CPUs and cgroups. A cgroup the programs have
     /// not seen counts as zero (it had no event).
     pub fn counted(&self, ids: &BTreeSet<u64>) -> Result<Counted, ProbeError> {
+        self.read_counts(ids, true)
+    }
+
+    /// The counters only, without the latency histograms: what each interval sample needs.
+    pub fn counters(&self, ids: &BTreeSet<u64>) -> Result<Counted, ProbeError> {
+        self.read_counts(ids, false)
+    }
+
+    fn read_counts(&self, ids: &BTreeSet<u64>, histograms: bool) -> Result<Counted, ProbeError> {
         let stats_map: PerCpuHashMap<&MapData, u64, CgroupStats> =
             PerCpuHashMap::try_from(self.map(maps::CGROUP_STATS)?)
                 .map_err(map_err(maps::CGROUP_STATS))?;
@@ -454,7 +463,7 @@ impl Probes {
             .map(|l| (*l, model::empty_histogram()))
             .collect();
         let mut block_latencies: BTreeMap<(u32, Latency), Histogram> = BTreeMap::new();
-        for entry in hist_map.iter() {
+        for entry in hist_map.iter().take_while(|_| histograms) {
             let (key, h) = entry.map_err(map_err(maps::HISTOGRAMS))?;
             if !ids.contains(&key.cgroup_id) {
                 continue;

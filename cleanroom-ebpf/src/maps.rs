@@ -64,9 +64,27 @@ pub struct RqStart {
 #[map]
 pub static RQ_START: LruHashMap<u64, RqStart> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
 
-/// pid → when it became runnable (woken, or preempted while runnable).
+/// When a task became runnable (woken, or preempted while runnable).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RunqSlot {
+    /// The task; a slot holds the last task whose pid maps to it.
+    pub pid: u32,
+    /// Zero.
+    pub _pad: u32,
+    /// When it became runnable; 0 once consumed.
+    pub since_ns: u64,
+}
+
+/// Slots of [`RUNQ_START`]; a power of two.
+pub const RUNQ_SLOTS: u32 = 1 << 16;
+
+/// Run-queue wait starts, indexed by `pid % RUNQ_SLOTS`. An array, not a hash: the scheduler
+/// hooks are the hottest of all, and an array element is a plain load for the verifier. Two
+/// runnable tasks whose pids collide (same pid modulo 65 536) share a slot; the later overwrites
+/// the earlier, whose wait then goes unmeasured.
 #[map]
-pub static RUNQ_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+pub static RUNQ_START: Array<RunqSlot> = Array::with_max_entries(RUNQ_SLOTS, 0);
 
 /// sock → when it entered SYN_SENT.
 #[map]

@@ -10,7 +10,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfT
 use cleanroom_common::hist_kind;
 
 use crate::{
-    maps::{RUNQ_START, record_latency, stats_of},
+    maps::{RUNQ_SLOTS, RUNQ_START, record_latency, stats_of},
     task::{OFF_TASK_MAJ_FLT, OFF_TASK_PID, OFF_TASK_TGID, cgroup_id_of, current_cgroup_id, read},
 };
 
@@ -28,10 +28,16 @@ pub fn sched_stat_runtime(ctx: BtfTracePointContext) -> u32 {
 /// Marks `task` runnable now, for run-queue latency.
 #[inline(always)]
 fn mark_runnable(task: *const u8) {
-    if let Some(pid) = read::<u32>(task, &OFF_TASK_PID).filter(|p| *p != 0) {
-        // SAFETY: helper without preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let _ = RUNQ_START.insert(pid, now, 0);
+    let Some(pid) = read::<u32>(task, &OFF_TASK_PID).filter(|p| *p != 0) else {
+        return;
+    };
+    if let Some(slot) = RUNQ_START.get_ptr_mut(pid & (RUNQ_SLOTS - 1)) {
+        // SAFETY: an element of an array map; a racing writer can at worst make one wait
+        // unmatched, which the reader detects by the pid.
+        unsafe {
+            (*slot).pid = pid;
+            (*slot).since_ns = bpf_ktime_get_ns();
+        }
     }
 }
 
@@ -73,14 +79,20 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let Some(pid) = read::<u32>(next, &OFF_TASK_PID).filter(|p| *p != 0) else {
         return 0;
     };
-    // SAFETY: a map value read once, right away.
-    if let Some(start) = unsafe { RUNQ_START.get(pid) }.copied() {
-        let _ = RUNQ_START.remove(pid);
-        // SAFETY: helper without preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        if let Some(id) = cgroup_id_of(next) {
-            record_latency(id, hist_kind::RUNQUEUE, 0, now.saturating_sub(start));
-        }
+    let Some(slot) = RUNQ_START.get_ptr_mut(pid & (RUNQ_SLOTS - 1)) else {
+        return 0;
+    };
+    // SAFETY: an element of an array map, read and cleared right away.
+    let (owner, since) = unsafe { ((*slot).pid, (*slot).since_ns) };
+    if owner != pid || since == 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).since_ns = 0 };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(id) = cgroup_id_of(next) {
+        record_latency(id, hist_kind::RUNQUEUE, 0, now.saturating_sub(since));
     }
     0
 }

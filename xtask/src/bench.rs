@@ -12,7 +12,6 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{BufRead as _, BufReader, Read as _},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -329,19 +328,18 @@ impl Bench {
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()?;
+                // No probe connection: a one-off server would take it for its client. The
+                // client retries until the server listens.
                 let t = Instant::now();
-                while TcpStream::connect(("127.0.0.1", 5299)).is_err() {
-                    if t.elapsed() > Duration::from_secs(5) {
-                        bail!("iperf3 server did not start");
+                let out = loop {
+                    thread::sleep(Duration::from_millis(30));
+                    let out = Command::new("iperf3")
+                        .args(["-c", "127.0.0.1", "-p", port, "-t", "1", "-J"])
+                        .output()?;
+                    if out.status.success() || t.elapsed() > Duration::from_secs(5) {
+                        break out;
                     }
-                    thread::sleep(Duration::from_millis(20));
-                }
-                // The probe connection above counts as the server's one client on some
-                // versions; give it a moment to reset.
-                thread::sleep(Duration::from_millis(50));
-                let out = Command::new("iperf3")
-                    .args(["-c", "127.0.0.1", "-p", port, "-t", "1", "-J"])
-                    .output()?;
+                };
                 let _ = server.kill();
                 let _ = server.wait();
                 let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;

@@ -58,6 +58,25 @@ impl Monitor {
         u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// The last, partial interval when the command ends: taken only if it is at least half an
+    /// interval long. CPU time is charged in scheduler ticks, so a rate over a sliver of time
+    /// (a tick's 4 ms over 1 ms of wall time is "400%") would say nothing true.
+    pub fn final_sample(
+        &mut self,
+        probes: &Probes,
+        cgroup: &RunCgroup,
+        interval: std::time::Duration,
+    ) -> Result<(), Error> {
+        let since = self
+            .prev
+            .as_ref()
+            .map_or(u64::MAX, |p| self.elapsed_ns().saturating_sub(p.t_ns));
+        if u128::from(since) * 2 >= interval.as_nanos() {
+            self.sample(probes, cgroup)?;
+        }
+        Ok(())
+    }
+
     /// Takes a sample now; records the interval since the last one and checks thresholds.
     pub fn sample(&mut self, probes: &Probes, cgroup: &RunCgroup) -> Result<(), Error> {
         // Every sub-cgroup of a run is made after the probes are loaded, so the kernel's record

@@ -207,8 +207,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     };
     let wall_time_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     if sampling {
-        // The last, partial interval.
-        monitor.sample(&probes, &cgroup)?;
+        monitor.final_sample(&probes, &cgroup, pm.metrics_interval)?;
     }
     monitor.clear_line();
 

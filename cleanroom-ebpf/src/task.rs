@@ -1,12 +1,16 @@
 //! Reading kernel structures at offsets of the running kernel.
 //!
 //! Offsets are never compiled in: the agent resolves each entry of `cleanroom_common::OFFSETS`
-//! from `/sys/kernel/btf/vmlinux` and sets these globals before loading. An offset the kernel
-//! lacks stays at `u64::MAX`, where every read fails (and is counted) instead of guessing.
+//! from `/sys/kernel/btf/vmlinux` and sets these globals (read-only data) before loading. Every
+//! pointer here comes from a `tp_btf` argument or `bpf_get_current_task_btf()`, so it is typed
+//! by BTF: the verifier knows the offsets as constants, checks each load against the struct it
+//! lands in, and turns it into a fault-safe load — no helper call, and a wrong offset fails the
+//! load of the program instead of reading astray. An offset this kernel lacks stays at
+//! `u64::MAX` and the agent leaves the hooks that need it detached.
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_task_btf},
 };
 use cleanroom_common::drop_reason;
 
@@ -47,15 +51,23 @@ offsets!(
 /// `PF_KTHREAD` of `task_struct.flags`.
 const PF_KTHREAD: u32 = 0x0020_0000;
 
-/// Reads a `T` at `base + offset`; `None` if `base` is null or the read faults.
+/// Reads a `T` at `base + offset` (a BTF-typed pointer); `None` if `base` is null. A load that
+/// faults reads as zero.
 #[inline(always)]
-pub fn read<T>(base: *const u8, offset: &Global<u64>) -> Option<T> {
+pub fn read<T: Copy>(base: *const u8, offset: &Global<u64>) -> Option<T> {
     if base.is_null() {
         return None;
     }
-    let at = base.wrapping_add(offset.load() as usize).cast::<T>();
-    // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
-    unsafe { bpf_probe_read_kernel(at) }.ok()
+    Some(load_btf(base, offset))
+}
+
+/// Loads a `T` at `base + offset` directly, `base` being a BTF-typed pointer (see the module
+/// doc): the verifier checks the access against the struct at load time.
+#[inline(always)]
+pub fn load_btf<T: Copy>(base: *const u8, offset: &Global<u64>) -> T {
+    // SAFETY: see above; the verifier rejects the program rather than let this read stray, and
+    // the load it emits cannot fault.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset.load() as usize).cast::<T>()) }
 }
 
 /// Reads a pointer at `base + offset`.
@@ -64,11 +76,11 @@ pub fn read_ptr(base: *const u8, offset: &Global<u64>) -> Option<*const u8> {
     read::<*const u8>(base, offset).filter(|p| !p.is_null())
 }
 
-/// The current task.
+/// The current task, as a BTF-typed pointer.
 #[inline(always)]
 pub fn current_task() -> *const u8 {
     // SAFETY: helper without preconditions.
-    unsafe { bpf_get_current_task() as *const u8 }
+    unsafe { bpf_get_current_task_btf() as *const u8 }
 }
 
 /// The current task's cgroup v2 id.

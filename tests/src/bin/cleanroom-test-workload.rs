@@ -251,8 +251,8 @@ fn main() {
                 let pid = unsafe { libc::fork() };
                 if pid == 0 {
                     fs::write(format!("{dir}/cgroup.procs"), "0").expect("joining");
-                    // SAFETY: pause(2) waits for a signal.
                     loop {
+                        // SAFETY: pause(2) only waits for a signal.
                         unsafe { libc::pause() };
                     }
                 }

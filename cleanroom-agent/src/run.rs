@@ -24,7 +24,8 @@ use crate::{
     cgroup::{CgroupError, CpuStat, Hierarchy, RunCgroup, subtree_ids},
     collect::Sample,
     config::CleanroomConfig,
-    host, limits, model,
+    host, limits,
+    model::{self, Reading},
     monitor::Monitor,
     probe::Probes,
     report::{self, CgroupRef, Interruption, Report, SCHEMA_VERSION, human_bytes},
@@ -253,7 +254,23 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     }
     // Cumulative figures judged at the end: wall time, the peak memory charge (which can
     // exceed every sample), bytes written.
-    let mut finals = BTreeMap::from([("wall_time".to_owned(), wall_time_ns as f64)]);
+    // Rates over the whole run too: never above the busiest interval, and the only figure a
+    // run shorter than one interval has.
+    let totals_now = sample.counters();
+    let whole_run = model::interval(
+        &Reading {
+            t_ns: 0,
+            counters: totals_now.keys().map(|k| (k.clone(), 0)).collect(),
+            memory_current_bytes: None,
+        },
+        &Reading {
+            t_ns: wall_time_ns,
+            counters: totals_now,
+            memory_current_bytes: None,
+        },
+    );
+    let mut finals = whole_run.map(|p| p.values).unwrap_or_default();
+    finals.insert("wall_time".to_owned(), wall_time_ns as f64);
     if let Some(peak) = memory.and_then(|m| m.peak_bytes) {
         finals.insert("memory_current_bytes".into(), peak as f64);
     }

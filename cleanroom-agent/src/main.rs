@@ -291,22 +291,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             if rows.is_empty() {
                 eprintln!("no runs in {}", store.display());
             } else {
-                println!(
-                    "{:>5}  {:<20}  {:<16}  {:>10}  {:>4}  {:<7}  command",
-                    "id", "started", "name", "wall", "exit", "verdict"
-                );
-            }
-            for r in rows {
-                println!(
-                    "{:>5}  {:<20}  {:<16}  {:>10}  {:>4}  {:<7}  {}",
-                    r.id,
-                    r.started_at,
-                    r.name.unwrap_or_default(),
-                    cleanroom::report::human_duration_ns(r.wall_time_ns.max(0) as u64),
-                    r.exit_code,
-                    r.verdict,
-                    r.command
-                );
+                print!("{}", store::history_table(&rows));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -82,6 +82,29 @@ pub struct RunRow {
     pub wall_time_ns: i64,
 }
 
+/// The `history` table: a header and one line per run.
+pub fn history_table(rows: &[RunRow]) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{:>5}  {:<20}  {:<16}  {:>10}  {:>4}  {:<7}  command\n",
+        "id", "started", "name", "wall", "exit", "verdict"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:>5}  {:<20}  {:<16}  {:>10}  {:>4}  {:<7}  {}",
+            r.id,
+            r.started_at,
+            r.name.as_deref().unwrap_or_default(),
+            crate::report::human_duration_ns(r.wall_time_ns.max(0) as u64),
+            r.exit_code,
+            r.verdict,
+            r.command
+        );
+    }
+    out
+}
+
 /// An open history store.
 pub struct Store {
     conn: Connection,

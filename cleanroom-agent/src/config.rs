@@ -7,6 +7,7 @@ use std::{fmt, path::Path, time::Duration};
 use serde::Deserialize;
 
 use crate::{
+    files::{FileError, MAX_CONFIG_BYTES, read_text},
     objective::Objective,
     units::{de_duration, de_opt_bytes, de_opt_duration, de_opt_percent},
 };
@@ -83,11 +84,12 @@ pub struct Thresholds {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResourceLimits {
-    /// CPU quota in % of one core (`cpu.max`, or v1 `cpu.cfs_quota_us`).
-    #[serde(deserialize_with = "de_opt_percent")]
+    /// CPU quota in % of one core (`cpu.max`, or v1 `cpu.cfs_quota_us`): from 1% to 100% per
+    /// CPU of the machine.
+    #[serde(deserialize_with = "de_cpu_limit")]
     pub max_cpu_usage_percent: Option<f64>,
-    /// Memory limit (`memory.max`, or v1 `memory.limit_in_bytes`).
-    #[serde(deserialize_with = "de_opt_bytes")]
+    /// Memory limit (`memory.max`, or v1 `memory.limit_in_bytes`): at least 1 MiB.
+    #[serde(deserialize_with = "de_memory_limit")]
     pub max_memory_usage_bytes: Option<u64>,
     /// Bytes written to disk. No controller limits a total: monitored only.
     #[serde(deserialize_with = "de_opt_bytes")]
@@ -96,7 +98,8 @@ pub struct ResourceLimits {
     #[serde(deserialize_with = "de_opt_bytes")]
     pub max_network_bandwidth_bytes_per_sec: Option<u64>,
     /// Processes and threads of the run at once (`pids.max`); Cleanroom runs no containers, so
-    /// this caps tasks instead.
+    /// this caps tasks instead. At least 1.
+    #[serde(deserialize_with = "de_task_limit")]
     pub max_container_count: Option<u64>,
     /// Wall time after which the command is stopped: SIGTERM, then SIGKILL after
     /// `resource_cleanup_timeout`.
@@ -125,6 +128,50 @@ impl Default for ResourceLimits {
             monitor_only: false,
         }
     }
+}
+
+/// The smallest memory limit accepted: below it a command cannot even start.
+pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
+
+/// A limit that cannot work is refused where it is written (the error carries file:line:key).
+fn de_memory_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let bytes = de_opt_bytes(d)?;
+    match bytes {
+        Some(b) if b < MIN_MEMORY_LIMIT => Err(serde::de::Error::custom(format!(
+            "{} is too small a memory limit for any command to start; use at least 1MiB",
+            crate::report::human_bytes(b)
+        ))),
+        _ => Ok(bytes),
+    }
+}
+
+/// A CPU quota from 1% of one core (the kernel's smallest: 1 ms per 100 ms) to every CPU of
+/// this machine (more limits nothing).
+fn de_cpu_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let percent = de_opt_percent(d)?;
+    let most = crate::host::cpus() as f64 * 100.0;
+    match percent {
+        Some(p) if p < 1.0 => Err(serde::de::Error::custom(format!(
+            "{p}% is below the smallest CPU quota (1% of one core); use at least 1"
+        ))),
+        Some(p) if p > most => Err(serde::de::Error::custom(format!(
+            "{p}% is more than this machine's {most}% ({} CPUs x 100%), so it would limit \
+             nothing; use at most {most}",
+            crate::host::cpus()
+        ))),
+        _ => Ok(percent),
+    }
+}
+
+/// At least one task: the command itself.
+fn de_task_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let count = Option::<u64>::deserialize(d)?;
+    if count == Some(0) {
+        return Err(serde::de::Error::custom(
+            "0 tasks would not let the command fork anything; use at least 1",
+        ));
+    }
+    Ok(count)
 }
 
 /// `[[slos]]`: a named objective.
@@ -193,10 +240,19 @@ impl ConfigError {
         Self {
             file: file.to_owned(),
             line,
-            key,
-            message,
+            key: key.map(|k| truncate(&k, 80)),
+            message: truncate(&message, 400),
         }
     }
+}
+
+/// Cuts a message that quotes input down to `max` characters.
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let head: String = text.chars().take(max).collect();
+    format!("{head}… (cut)")
 }
 
 fn parse<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
@@ -216,6 +272,21 @@ fn check_slos(slos: &[SloSpec], text: &str, file: &str) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// Reads a configuration or SLO file, bounded: its name for errors, and its text.
+fn read_config(path: &Path) -> Result<(String, String), ConfigError> {
+    let file = path.display().to_string();
+    let text = read_text(path, MAX_CONFIG_BYTES, "a configuration").map_err(|e| ConfigError {
+        file: file.clone(),
+        line: None,
+        key: None,
+        message: match e {
+            FileError::Io { source, .. } => source.to_string(),
+            other => other.to_string().replacen(&format!("{file}: "), "", 1),
+        },
+    })?;
+    Ok((file, text))
+}
+
 impl CleanroomConfig {
     /// Parses a configuration; `file` names it in errors.
     pub fn from_toml(text: &str, file: &str) -> Result<Self, ConfigError> {
@@ -232,27 +303,15 @@ impl CleanroomConfig {
         Ok(config)
     }
 
-    /// Reads a configuration file.
+    /// Reads a configuration file (a regular file of at most 1 MiB).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
-            line: None,
-            key: None,
-            message: e.to_string(),
-        })?;
+        let (file, text) = read_config(path)?;
         Self::from_toml(&text, &file)
     }
 
-    /// Adds the SLOs of a file holding only `[[slos]]`.
+    /// Adds the SLOs of a file holding only `[[slos]]` (at most 1 MiB).
     pub fn add_slo_file(&mut self, path: &Path) -> Result<(), ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
-            line: None,
-            key: None,
-            message: e.to_string(),
-        })?;
+        let (file, text) = read_config(path)?;
         let slos: SloFile = parse(&text, &file)?;
         check_slos(&slos.slos, &text, &file)?;
         self.slos.extend(slos.slos);
@@ -406,5 +465,62 @@ objective = "wall_time <= 15s"
         )
         .unwrap_err();
         assert!(e.to_string().contains("metrics_interval"), "{e}");
+    }
+
+    #[test]
+    fn limits_that_cannot_work_are_refused_where_they_are_written() {
+        for (line, expect) in [
+            ("max_memory_usage_bytes = 0", "too small a memory limit"),
+            (
+                "max_memory_usage_bytes = \"512KiB\"",
+                "too small a memory limit",
+            ),
+            (
+                "max_memory_usage_bytes = \"99999999999999999999GiB\"",
+                "too large",
+            ),
+            ("max_cpu_usage_percent = 0", "below the smallest CPU quota"),
+            ("max_cpu_usage_percent = 100000", "limit nothing"),
+            ("max_container_count = 0", "at least 1"),
+        ] {
+            let text = format!("[resource_limits]\n\n{line}\n");
+            let e = CleanroomConfig::from_toml(&text, "l.toml").unwrap_err();
+            let key = line.split(' ').next().unwrap();
+            assert_eq!((e.line, e.key.as_deref()), (Some(3), Some(key)), "{e}");
+            assert!(e.message.contains(expect), "{line}: {e}");
+        }
+        let ok =
+            "[resource_limits]\nmax_memory_usage_bytes = \"1MiB\"\nmax_cpu_usage_percent = 50\n";
+        assert!(CleanroomConfig::from_toml(ok, "ok.toml").is_ok());
+    }
+
+    #[test]
+    fn unreadable_inputs_are_refused_at_once() {
+        for path in ["/dev/zero", "/dev/urandom", "/"] {
+            let e = CleanroomConfig::from_file(Path::new(path)).unwrap_err();
+            assert!(e.message.contains("not a regular file"), "{e}");
+            let e = CleanroomConfig::default()
+                .add_slo_file(Path::new(path))
+                .unwrap_err();
+            assert!(e.to_string().starts_with(path), "{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; (MAX_CONFIG_BYTES + 1) as usize]).unwrap();
+        let e = CleanroomConfig::from_file(&big).unwrap_err();
+        assert!(e.message.contains("larger than the 1.0 MiB"), "{e}");
+    }
+
+    #[test]
+    fn a_huge_objective_is_not_echoed_whole() {
+        let objective = format!("wall_time <= {}", "9".repeat(1 << 20));
+        let text = format!("[[slos]]\nname = \"x\"\nobjective = \"{objective}\"\n");
+        let e = CleanroomConfig::from_toml(&text, "big.toml").unwrap_err();
+        assert!(
+            e.to_string().len() < 1000,
+            "{} bytes of error",
+            e.to_string().len()
+        );
+        assert_eq!(e.line, Some(3), "{e}");
     }
 }

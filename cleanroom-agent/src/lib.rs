@@ -16,6 +16,7 @@ pub mod deliver;
 pub mod demo;
 pub mod doctor;
 pub mod error;
+pub mod files;
 pub mod host;
 pub mod limits;
 pub mod metric;

@@ -13,7 +13,7 @@ use crate::{
     collect::Total,
     metric::{Latency, Metric, Unit},
     report::{Report, human_bytes, human_duration_ns},
-    units::{parse_bytes, parse_duration, parse_percent},
+    units::{parse_bytes, parse_duration, parse_percent, truncate_quote},
 };
 
 /// A comparison.
@@ -92,7 +92,9 @@ impl Kind {
                 .trim()
                 .trim_end_matches("/s")
                 .parse::<f64>()
-                .map_err(|_| format!("{text:?} is not a number")),
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| format!("{} is not a number", truncate_quote(text, 60))),
             Kind::Percent => parse_percent(text),
         }
     }
@@ -175,6 +177,8 @@ fn resolve(name: &str) -> Option<(Source, Kind)> {
 impl Objective {
     /// Parses `"METRIC OP VALUE"`.
     pub fn parse(text: &str) -> Result<Self, String> {
+        // Quoted back in errors, cut short: an objective can be any length of untrusted text.
+        let quoted = truncate_quote(text, 80);
         let ops = [
             ("<=", Op::Le),
             (">=", Op::Ge),
@@ -187,23 +191,24 @@ impl Objective {
             .filter_map(|(s, op)| text.find(s).map(|i| (i, *s, *op)))
             .min_by_key(|(i, s, _)| (*i, std::cmp::Reverse(s.len())))
             .ok_or_else(|| {
-                format!("{text:?} has no comparison; write \"METRIC OP VALUE\", e.g. \"wall_time <= 15s\"")
+                format!("{quoted} has no comparison; write \"METRIC OP VALUE\", e.g. \"wall_time <= 15s\"")
             })?;
         let metric = text[..at].trim();
         let value = text[at + symbol.len()..].trim();
         if metric.is_empty() || value.is_empty() {
             return Err(format!(
-                "{text:?}: write \"METRIC OP VALUE\", e.g. \"wall_time <= 15s\""
+                "{quoted}: write \"METRIC OP VALUE\", e.g. \"wall_time <= 15s\""
             ));
         }
         let (source, kind) = resolve(metric).ok_or_else(|| {
             format!(
-                "unknown metric `{metric}` in {text:?}; use a total (e.g. cpu_time, memory_peak, \
+                "unknown metric {} in {quoted}; use a total (e.g. cpu_time, memory_peak, \
                  net_tx_bytes), wall_time, cpu_percent, a latency percentile (e.g. \
-                 block_write_latency_p99) or a rate (e.g. block_write_bytes_per_sec)"
+                 block_write_latency_p99) or a rate (e.g. block_write_bytes_per_sec)",
+                truncate_quote(metric, 40)
             )
         })?;
-        let target = kind.parse(value).map_err(|e| format!("in {text:?}: {e}"))?;
+        let target = kind.parse(value).map_err(|e| format!("in {quoted}: {e}"))?;
         Ok(Self {
             metric: metric.to_owned(),
             op,
@@ -299,7 +304,7 @@ mod tests {
         assert!(
             Objective::parse("speed <= 3")
                 .unwrap_err()
-                .contains("unknown metric `speed`")
+                .contains("unknown metric \"speed\"")
         );
         assert!(
             Objective::parse("wall_time <= soon")

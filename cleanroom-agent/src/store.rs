@@ -5,11 +5,12 @@
 //! `~/.local/share/cleanroom/history.db`.
 
 use std::{
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::report::Report;
 
@@ -43,6 +44,19 @@ pub enum StoreError {
     /// No such run.
     #[error("no run {0} in the history store (see `cleanroom history`)")]
     NotFound(i64),
+    /// The database file is damaged: nothing is written to it.
+    #[error(
+        "history store {p} is damaged ({detail}); nothing was written to it. Move it aside \
+         (e.g. `mv {p} {p}.damaged`) to start a new history, or try to rescue it with \
+         `sqlite3 {p} .recover`",
+        p = path.display()
+    )]
+    Damaged {
+        /// The database.
+        path: PathBuf,
+        /// What SQLite's integrity check said (first lines).
+        detail: String,
+    },
 }
 
 /// The default database path.
@@ -119,19 +133,49 @@ impl Store {
         }
     }
 
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the store at `path`. A directory it makes is private
+    /// (0700) and so is a new database file (0600): the history holds whole command lines,
+    /// whose arguments can carry secrets. A symbolic link at `path` is refused, never followed.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-                path: dir.to_owned(),
-                source,
-            })?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StoreError::Io {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+        }
+        // Made here, exclusively and private, rather than by SQLite with the umask's mode.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         }
         let sqlite = |source| StoreError::Sqlite {
             path: path.to_owned(),
             source,
         };
-        let conn = Connection::open(path).map_err(sqlite)?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(sqlite)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(sqlite)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sqlite)?;
@@ -161,8 +205,31 @@ impl Store {
         })
     }
 
-    /// Stores a run; returns its id.
+    /// SQLite's quick integrity check: a damaged file is refused rather than written to.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA quick_check(5)")
+            .map_err(self.err())?;
+        let lines: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| StoreError::Damaged {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            })?;
+        if lines.len() == 1 && lines[0] == "ok" {
+            return Ok(());
+        }
+        Err(StoreError::Damaged {
+            path: self.path.clone(),
+            detail: crate::units::truncate_quote(&lines.join("; "), 200),
+        })
+    }
+
+    /// Stores a run, after checking the file is sound; returns its id.
     pub fn insert(&mut self, report: &Report) -> Result<i64, StoreError> {
+        self.check()?;
         let json = serde_json::to_string(report).expect("a report always serializes");
         let tags = serde_json::to_string(&report.tags).expect("tags always serialize");
         let path = self.path.clone();

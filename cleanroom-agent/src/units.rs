@@ -9,18 +9,65 @@ use serde::{Deserialize, Deserializer, de};
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(secs) = text.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"));
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|e| format!("{}: {e}", truncate_quote(text, 60)));
     }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration like \"5s\" or \"250ms\" ({e})"))
+    humantime::parse_duration(text).map_err(|e| {
+        let why = truncate_quote(&e.to_string(), 80);
+        format!(
+            "{} is not a duration like \"5s\" or \"250ms\" ({})",
+            truncate_quote(text, 60),
+            why.trim_matches('"')
+        )
+    })
 }
 
-/// Parses a size: `100MiB` (binary), `100MB` (decimal), `4096`; case and spaces are free.
+/// Parses a size: `100MiB` (binary), `100MB` (decimal), `4096`; case and spaces are free. A
+/// size beyond 2^64 - 1 bytes (16 EiB) is an error, never saturated.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    text.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|_| format!("{text:?} is not a size like \"100MiB\", \"1.5GB\" or 4096"))
+    let text = text.trim();
+    let bad = || {
+        format!(
+            "{} is not a size like \"100MiB\", \"1.5GB\" or 4096",
+            truncate_quote(text, 60)
+        )
+    };
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit = unit.trim();
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let multiplier = if unit.is_empty() {
+        1
+    } else {
+        format!("1 {unit}")
+            .parse::<bytesize::ByteSize>()
+            .map_err(|_| bad())?
+            .as_u64()
+    };
+    let bytes = value * multiplier as f64;
+    if !bytes.is_finite() || bytes >= TWO_POW_64 {
+        return Err(format!(
+            "{} is too large: sizes go up to 16 EiB",
+            truncate_quote(text, 60)
+        ));
+    }
+    Ok(bytes as u64)
+}
+
+/// 2^64 as a float: the first size that does not fit in a u64.
+const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+
+/// Quotes user input for an error message, cut to `max` characters so that a megabyte of
+/// input is not echoed back.
+pub fn truncate_quote(text: &str, max: usize) -> String {
+    let count = text.chars().count();
+    if count <= max {
+        return format!("{text:?}");
+    }
+    let head: String = text.chars().take(max).collect();
+    format!("{head:?}… ({} more characters)", count - max)
 }
 
 struct DurationVisitor;
@@ -73,10 +120,12 @@ impl de::Visitor<'_> for BytesVisitor {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
-        if v >= 0.0 {
-            Ok(v as u64)
-        } else {
+        if !(v >= 0.0) {
             Err(E::custom("a size cannot be negative"))
+        } else if v >= TWO_POW_64 {
+            Err(E::custom("too large: sizes go up to 16 EiB"))
+        } else {
+            Ok(v as u64)
         }
     }
 }
@@ -115,13 +164,20 @@ pub fn de_opt_percent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D:
     }
 }
 
-/// Parses `80`, `80.5` or `80%`.
+/// Parses `80`, `80.5` or `80%` (finite, at least 0).
 pub fn parse_percent(text: &str) -> Result<f64, String> {
     text.trim()
         .trim_end_matches('%')
         .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a percentage like 80 or \"80%\""))
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| {
+            format!(
+                "{} is not a percentage like 80 or \"80%\"",
+                truncate_quote(text, 60)
+            )
+        })
 }
 
 #[cfg(test)]
@@ -150,9 +206,30 @@ mod tests {
     }
 
     #[test]
+    fn sizes_beyond_u64_are_refused_not_saturated() {
+        let e = parse_bytes("99999999999999999999GiB").unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        assert!(parse_bytes("16EiB").is_err());
+        assert!(parse_bytes("18446744073709551616").is_err());
+        assert_eq!(parse_bytes("15EiB"), Ok(15 << 60));
+        assert!(parse_bytes("1e400").is_err());
+    }
+
+    #[test]
+    fn long_input_is_not_echoed_whole() {
+        let long = "x".repeat(1 << 20);
+        let e = parse_bytes(&long).unwrap_err();
+        assert!(e.len() < 200, "{} bytes of error", e.len());
+        assert!(truncate_quote(&long, 10).ends_with("(1048566 more characters)"));
+        assert_eq!(truncate_quote("ab", 10), "\"ab\"");
+    }
+
+    #[test]
     fn percentages() {
         assert_eq!(parse_percent("80%"), Ok(80.0));
         assert_eq!(parse_percent(" 12.5 "), Ok(12.5));
         assert!(parse_percent("most").is_err());
+        assert!(parse_percent("inf").is_err());
+        assert!(parse_percent("-5").is_err());
     }
 }

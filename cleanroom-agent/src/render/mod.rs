@@ -47,13 +47,8 @@ pub enum RenderError {
     #[error("rendering PDF: {0}")]
     Pdf(String),
     /// Writing failed.
-    #[error("writing {path}: {source}")]
-    Write {
-        /// Where.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Write(#[from] crate::files::FileError),
 }
 
 impl Format {
@@ -131,16 +126,14 @@ fn pretty_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     text
 }
 
-/// Writes `bytes` to `path` atomically (a reader never sees half a file).
+/// Writes `bytes` to `path` atomically (a reader never sees half a file, a planted link is
+/// replaced, never followed), mode 0644 less the umask.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), RenderError> {
-    let err = |source| RenderError::Write {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    std::fs::write(&tmp, bytes).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    Ok(crate::files::write_atomic(
+        path,
+        bytes,
+        crate::files::REPORT_MODE,
+    )?)
 }
 
 /// Unit of a series name, for headers and axes.

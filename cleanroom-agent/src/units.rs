@@ -120,7 +120,7 @@ impl de::Visitor<'_> for BytesVisitor {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
-        if !(v >= 0.0) {
+        if v.is_nan() || v < 0.0 {
             Err(E::custom("a size cannot be negative"))
         } else if v >= TWO_POW_64 {
             Err(E::custom("too large: sizes go up to 16 EiB"))

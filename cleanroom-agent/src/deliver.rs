@@ -1,5 +1,11 @@
 //! Where a finished run goes: the summary on stderr, report files in the formats their names
 //! ask for, the history store, and a comparison with a baseline.
+//!
+//! Nothing is lost to one failed output: report paths and the baseline are checked before the
+//! command starts; afterwards every output is attempted, each failure is recorded and printed,
+//! and when neither a JSON report nor the store holds the run, its JSON report is saved in the
+//! temporary directory. [`Delivered::failures`] tells the binary to exit 2 when the command
+//! itself succeeded.
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +13,7 @@ use crate::{
     Error,
     compare::{self, Comparison},
     render::{self, Format},
-    report::Report,
+    report::{Report, SCHEMA_VERSION},
     store::Store,
 };
 
@@ -20,10 +26,30 @@ pub struct Outputs {
     pub reports: Vec<PathBuf>,
     /// The history store, or `None` not to store.
     pub store: Option<PathBuf>,
-    /// A run (id in the store, or JSON file) to compare against.
-    pub baseline: Option<String>,
+    /// The run to compare against, loaded before the command starts.
+    pub baseline: Option<Baseline>,
     /// Tolerances overriding the defaults, by figure name.
     pub tolerances: std::collections::BTreeMap<String, f64>,
+}
+
+/// A past run to compare with: how to name it, and its report.
+#[derive(Clone, Debug)]
+pub struct Baseline {
+    /// "run 7" or the file name.
+    pub label: String,
+    /// Its report.
+    pub report: Box<Report>,
+}
+
+impl Baseline {
+    /// Loads a baseline by reference (see [`load_run`]), before the run it judges starts.
+    pub fn load(reference: &str, store: &Path) -> Result<Self, Error> {
+        let (label, report) = load_run(reference, store)?;
+        Ok(Self {
+            label,
+            report: Box::new(report),
+        })
+    }
 }
 
 /// What happened to it.
@@ -33,17 +59,25 @@ pub struct Delivered {
     pub stored_as: Option<i64>,
     /// The comparison with the baseline, if asked.
     pub comparison: Option<Comparison>,
+    /// Outputs that could not be written, one line each (already printed).
+    pub failures: Vec<String>,
+    /// Where the JSON report was saved because no asked-for output holds the run.
+    pub rescued_to: Option<PathBuf>,
 }
 
-/// Checks every report name before the run, so a typo does not cost a run.
+/// Checks every report path before the run, so a typo or an unwritable place does not cost a
+/// run: a known format, an existing writable directory, not a directory itself.
 pub fn check_outputs(outputs: &Outputs) -> Result<(), Error> {
     for path in &outputs.reports {
         Format::from_path(path)?;
+        crate::files::check_writable(path).map_err(crate::render::RenderError::from)?;
     }
     Ok(())
 }
 
-/// A run by reference: an id in the store, or a JSON report file. Returns a label and the report.
+/// A run by reference: an id in the store, or a JSON report file (a regular file of at most
+/// 16 MiB). Returns a label and the report. A report of a newer schema than this build knows
+/// is read with a warning: the fields this build knows are rendered, the rest is ignored.
 pub fn load_run(reference: &str, store: &Path) -> Result<(String, Report), Error> {
     let path = Path::new(reference);
     if !path.exists()
@@ -52,36 +86,55 @@ pub fn load_run(reference: &str, store: &Path) -> Result<(String, Report), Error
         let report = Store::open(store)?.report(id)?;
         return Ok((format!("run {id}"), report));
     }
-    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadReport {
+    let bytes = crate::files::read_bounded(path, crate::files::MAX_REPORT_BYTES, "a report")
+        .map_err(|e| Error::ReadReport {
+            path: path.to_owned(),
+            detail: match e {
+                crate::files::FileError::Io { source, .. } => source.to_string(),
+                other => other.to_string(),
+            },
+        })?;
+    let report: Report = serde_json::from_slice(&bytes).map_err(|e| Error::ReadReport {
         path: path.to_owned(),
-        detail: source.to_string(),
+        detail: format!(
+            "not a Cleanroom JSON report: {}",
+            crate::units::truncate_quote(&e.to_string(), 200).trim_matches('"')
+        ),
     })?;
-    let report = serde_json::from_str(&text).map_err(|e| Error::ReadReport {
-        path: path.to_owned(),
-        detail: format!("not a Cleanroom JSON report: {e}"),
-    })?;
+    if let Some(warning) = newer_schema_warning(&report) {
+        log::warn!("{reference}: {warning}");
+    }
     Ok((reference.to_owned(), report))
 }
 
-/// Delivers a finished run. Regressions against the baseline turn the verdict to `fail`.
-pub fn deliver(report: &mut Report, outputs: &Outputs) -> Result<Delivered, Error> {
+/// Pure: what to say about a report written by a newer Cleanroom, if it is one.
+pub fn newer_schema_warning(report: &Report) -> Option<String> {
+    (report.schema_version > SCHEMA_VERSION).then(|| {
+        format!(
+            "schema version {} is newer than this build's ({SCHEMA_VERSION}): showing the fields \
+             this version knows, the rest is left out; a newer cleanroom shows all of it",
+            report.schema_version
+        )
+    })
+}
+
+/// Delivers a finished run: every output is attempted; failures are printed and returned in
+/// [`Delivered::failures`], never cut the rest short. Regressions against the baseline turn
+/// the verdict to `fail`.
+pub fn deliver(report: &mut Report, outputs: &Outputs) -> Delivered {
     let mut delivered = Delivered::default();
     if let Some(base) = &outputs.baseline {
-        let store = outputs
-            .store
-            .clone()
-            .unwrap_or_else(crate::store::default_path);
-        let (label, base_report) = load_run(base, &store)?;
         let c = compare::compare(
-            (&label, &base_report),
+            (&base.label, &base.report),
             ("this run", report),
             &outputs.tolerances,
         );
         if c.regressions > 0 {
             report.verdict = "fail".into();
             report.notes.push(format!(
-                "{} regression(s) against baseline {label}: {}",
+                "{} regression(s) against baseline {}: {}",
                 c.regressions,
+                base.label,
                 c.changes
                     .iter()
                     .filter(|ch| ch.regression)
@@ -95,9 +148,21 @@ pub fn deliver(report: &mut Report, outputs: &Outputs) -> Result<Delivered, Erro
     if outputs.summary {
         eprint!("{}", report.summary());
     }
+    let mut json_written = false;
     for path in &outputs.reports {
-        let bytes = render::report(report, Format::from_path(path)?)?;
-        render::write(path, &bytes)?;
+        let written = Format::from_path(path)
+            .and_then(|format| {
+                json_written |= format == Format::Json;
+                render::report(report, format)
+            })
+            .and_then(|bytes| render::write(path, &bytes));
+        if let Err(e) = written {
+            if Format::from_path(path).is_ok_and(|f| f == Format::Json) {
+                json_written = false;
+            }
+            log::error!("report not written: {e}");
+            delivered.failures.push(format!("report not written: {e}"));
+        }
     }
     if let Some(store) = &outputs.store {
         match Store::open(store).and_then(|mut s| s.insert(report)) {
@@ -107,9 +172,73 @@ pub fn deliver(report: &mut Report, outputs: &Outputs) -> Result<Delivered, Erro
                     eprintln!("  stored as run {id} in {}", store.display());
                 }
             }
-            // Losing the history entry must not lose the run's verdict or reports.
-            Err(e) => log::warn!("{e}; the run was not stored"),
+            Err(e) => {
+                log::error!("run not stored: {e}");
+                delivered.failures.push(format!("run not stored: {e}"));
+            }
         }
     }
-    Ok(delivered)
+    if !delivered.failures.is_empty() && !json_written && delivered.stored_as.is_none() {
+        delivered.rescued_to = rescue(report);
+    }
+    delivered
+}
+
+/// Saves the JSON report in the temporary directory, when nothing else holds the run.
+fn rescue(report: &Report) -> Option<PathBuf> {
+    let path = std::env::temp_dir().join(format!(
+        "cleanroom-run-{}-{}.json",
+        report.started_at.replace(':', ""),
+        std::process::id()
+    ));
+    let saved = render::report(report, Format::Json).and_then(|b| render::write(&path, &b));
+    match saved {
+        Ok(()) => {
+            log::warn!(
+                "the run's JSON report was saved to {} instead (render it with `cleanroom \
+                 report {}`)",
+                path.display(),
+                path.display()
+            );
+            Some(path)
+        }
+        Err(e) => {
+            log::error!("the run's report could not be saved anywhere: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_schemas_are_named() {
+        let mut r = Report::example();
+        assert_eq!(newer_schema_warning(&r), None);
+        r.schema_version = SCHEMA_VERSION + 1;
+        let w = newer_schema_warning(&r).unwrap();
+        assert!(w.contains("schema version 2 is newer"), "{w}");
+    }
+
+    #[test]
+    fn a_failed_report_leaves_the_others_and_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("r.md");
+        let store = dir.path().join("h.db");
+        let outputs = Outputs {
+            summary: false,
+            reports: vec![dir.path().join("missing/r.json"), good.clone()],
+            store: Some(store.clone()),
+            baseline: None,
+            tolerances: Default::default(),
+        };
+        let mut r = Report::example();
+        let d = deliver(&mut r, &outputs);
+        assert_eq!(d.failures.len(), 1, "{:?}", d.failures);
+        assert!(good.exists(), "the Markdown report was not written");
+        assert!(d.stored_as.is_some(), "the run was not stored");
+        assert_eq!(d.rescued_to, None, "the store holds the run");
+    }
 }

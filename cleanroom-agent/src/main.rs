@@ -236,7 +236,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 cfg.performance_monitoring.metrics_interval = interval;
             }
             let mut outputs = outputs(out, !quiet);
-            outputs.baseline = baseline;
+            // Checked before the command runs: a bad baseline must not cost a run.
+            outputs.baseline = baseline
+                .map(|b| {
+                    let store = outputs.store.clone().unwrap_or_else(store::default_path);
+                    deliver::Baseline::load(&b, &store)
+                })
+                .transpose()?;
             measure(
                 run::RunOptions {
                     command,
@@ -381,13 +387,23 @@ fn measure(opts: run::RunOptions, outputs: &Outputs) -> anyhow::Result<ExitCode>
         .enable_all()
         .build()?;
     let mut report = runtime.block_on(run::run(&opts))?;
-    deliver::deliver(&mut report, outputs)?;
-    let code = match report.exit_code {
-        0 if report.verdict == "fail" => 3,
+    let delivered = deliver::deliver(&mut report, outputs);
+    Ok(ExitCode::from(exit_code(
+        report.exit_code,
+        !delivered.failures.is_empty(),
+        report.verdict == "fail",
+    )))
+}
+
+/// The exit code of a measured run: the command's own when it failed; else 2 when an output
+/// (a report or the store) could not be written; else 3 when the verdict is `fail`; else 0.
+fn exit_code(command: i32, output_failed: bool, verdict_failed: bool) -> u8 {
+    match command {
+        0 if output_failed => 2,
+        0 if verdict_failed => 3,
         0 => 0,
         code => u8::try_from(code).unwrap_or(1),
-    };
-    Ok(ExitCode::from(code))
+    }
 }
 
 fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
@@ -410,4 +426,18 @@ fn parse_tolerance(text: &str) -> Result<(String, f64), String> {
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not METRIC=PERCENT"))?;
     Ok((k.to_owned(), cleanroom::units::parse_percent(v)? / 100.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_code;
+
+    #[test]
+    fn the_command_failure_wins_then_outputs_then_the_verdict() {
+        assert_eq!(exit_code(0, false, false), 0);
+        assert_eq!(exit_code(0, false, true), 3);
+        assert_eq!(exit_code(0, true, true), 2);
+        assert_eq!(exit_code(7, true, true), 7);
+        assert_eq!(exit_code(137, false, false), 137);
+    }
 }

@@ -360,10 +360,9 @@ impl Report {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> Report {
+impl Report {
+    /// A small report for tests.
+    pub(crate) fn example() -> Report {
         Report {
             schema_version: SCHEMA_VERSION,
             command: vec!["true".into()],
@@ -395,6 +394,11 @@ mod tests {
             interrupted: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn numbers_read_like_people_write_them() {
@@ -410,7 +414,7 @@ mod tests {
 
     #[test]
     fn summary_says_unavailable_not_zero() {
-        let text = sample().summary();
+        let text = Report::example().summary();
         let line = text
             .lines()
             .find(|l| l.contains("context_switches_voluntary"))
@@ -421,7 +425,7 @@ mod tests {
 
     #[test]
     fn json_round_trips_and_keeps_contract_names() {
-        let report = sample();
+        let report = Report::example();
         let value = serde_json::to_value(&report).unwrap();
         for key in [
             "schema_version",

@@ -119,6 +119,21 @@ pub fn history_table(rows: &[RunRow]) -> String {
     out
 }
 
+/// A SQLite error, told apart when it means the file is damaged.
+fn sqlite_error(path: &Path, source: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match source.sqlite_error_code() {
+        Some(DatabaseCorrupt | NotADatabase) => StoreError::Damaged {
+            path: path.to_owned(),
+            detail: source.to_string(),
+        },
+        _ => StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
 /// An open history store.
 pub struct Store {
     conn: Connection,
@@ -127,10 +142,7 @@ pub struct Store {
 
 impl Store {
     fn err(&self) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
-        |source| StoreError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
+        |source| sqlite_error(&self.path, source)
     }
 
     /// Opens (creating if needed) the store at `path`. A directory it makes is private
@@ -163,10 +175,7 @@ impl Store {
                 });
             }
         }
-        let sqlite = |source| StoreError::Sqlite {
-            path: path.to_owned(),
-            source,
-        };
+        let sqlite = |source| sqlite_error(path, source);
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -233,10 +242,7 @@ impl Store {
         let json = serde_json::to_string(report).expect("a report always serializes");
         let tags = serde_json::to_string(&report.tags).expect("tags always serialize");
         let path = self.path.clone();
-        let sqlite = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sqlite = |source| sqlite_error(&path, source);
         let tx = self.conn.transaction().map_err(sqlite)?;
         tx.execute(
             "INSERT INTO runs (name, started_at, command, host, git_commit, git_branch, exit_code,
@@ -314,5 +320,61 @@ impl Store {
         rows.into_iter()
             .map(|r| Ok((r.id, self.report(r.id)?)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Seek as _, SeekFrom, Write as _},
+        os::unix::fs::PermissionsExt as _,
+    };
+
+    use super::*;
+
+    #[test]
+    fn a_new_store_is_private_and_a_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: umask(2) has no memory-safety preconditions; tests of this module do not
+        // depend on the umask otherwise.
+        let old = unsafe { libc::umask(0) };
+        let path = dir.path().join("sub/history.db");
+        let opened = Store::open(&path).map(|mut s| s.insert(&Report::example()));
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        opened.unwrap().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("sub")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(Store::open(&link).is_err(), "a symlinked store was opened");
+    }
+
+    #[test]
+    fn a_damaged_store_is_not_written_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.db");
+        {
+            let mut s = Store::open(&path).unwrap();
+            for _ in 0..20 {
+                s.insert(&Report::example()).unwrap();
+            }
+            s.conn
+                .pragma_update(None, "wal_checkpoint", "TRUNCATE")
+                .unwrap();
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len > 8192, "{len} bytes");
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(len / 2 / 4096 * 4096)).unwrap();
+        f.write_all(&[0xA5; 4096]).unwrap();
+        drop(f);
+        let e = Store::open(&path)
+            .and_then(|mut s| s.insert(&Report::example()))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
+        assert!(e.to_string().contains("is damaged"), "{e}");
     }
 }

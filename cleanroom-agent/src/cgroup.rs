@@ -43,6 +43,22 @@ pub enum CgroupError {
         /// What was wrong.
         detail: String,
     },
+    /// `--cgroup-parent` names no directory of the cgroup v2 hierarchy.
+    #[error(
+        "--cgroup-parent {}: {why}; give a directory of the cgroup v2 hierarchy at {} \
+         (an absolute path without `..`, e.g. {}/ci)",
+        path.display(),
+        mount.display(),
+        mount.display()
+    )]
+    BadParent {
+        /// As given.
+        path: PathBuf,
+        /// Where the v2 hierarchy is mounted.
+        mount: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// The processes of a cgroup did not go away after SIGKILL.
     #[error("{} still holds processes {waited:?} after SIGKILL", path.display())]
     StillPopulated {
@@ -156,6 +172,52 @@ impl Hierarchy {
     }
 }
 
+/// `statfs` magic of a cgroup v2 file system.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Checks a requested parent for run cgroups before anything is made: an absolute path
+/// without `..`, inside the v2 mount, whose nearest existing directory is on a cgroup2 file
+/// system (not a v1 hierarchy, not `/etc`) even after symbolic links are resolved. Missing
+/// directories below that one are made later, as cgroups.
+pub fn check_parent(requested: &Path, hierarchy: &Hierarchy) -> Result<PathBuf, CgroupError> {
+    let bad = |why| CgroupError::BadParent {
+        path: requested.to_owned(),
+        mount: hierarchy.v2_mount.clone(),
+        why,
+    };
+    if !requested.is_absolute() {
+        return Err(bad("not an absolute path"));
+    }
+    if requested
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(bad("`..` is not accepted"));
+    }
+    if !requested.starts_with(&hierarchy.v2_mount) {
+        return Err(bad("not inside the cgroup v2 hierarchy"));
+    }
+    let existing = requested
+        .ancestors()
+        .find(|p| p.exists())
+        .ok_or_else(|| bad("does not exist"))?;
+    let real = existing
+        .canonicalize()
+        .map_err(|_| bad("cannot be resolved"))?;
+    if !real.starts_with(&hierarchy.v2_mount) {
+        return Err(bad("leads out of the cgroup v2 hierarchy"));
+    }
+    if !real.is_dir() {
+        return Err(bad("not a directory"));
+    }
+    let on_cgroup2 = nix::sys::statfs::statfs(&real)
+        .is_ok_and(|fs| fs.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC);
+    if !on_cgroup2 {
+        return Err(bad("not on a cgroup v2 file system"));
+    }
+    Ok(real.join(requested.strip_prefix(existing).unwrap_or(Path::new(""))))
+}
+
 /// The id of a v2 cgroup: the inode number of its directory, as `bpf_get_current_cgroup_id()`
 /// reports it.
 pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
@@ -233,6 +295,8 @@ pub struct RunCgroup {
     /// v1 twins on a hybrid host: controller → directory.
     v1: Vec<(String, PathBuf)>,
     removed: bool,
+    /// Removes the directories if this process dies first; dropped after they are removed.
+    watchdog: Option<crate::watchdog::Watchdog>,
 }
 
 /// Controllers a run cgroup asks its parent to delegate on a pure v2 host.
@@ -259,6 +323,7 @@ impl RunCgroup {
             id,
             v1: Vec::new(),
             removed: false,
+            watchdog: None,
         };
         for controller in std::iter::once("memory").chain(v1_extra.iter().copied()) {
             let Some(mount) = hierarchy.v1_mount(controller) else {
@@ -268,12 +333,26 @@ impl RunCgroup {
                 continue; // co-mounted with one already made (cpu,cpuacct)
             }
             let own = own_v1_path(controller).unwrap_or_default();
-            let twin = mount.join(own.trim_start_matches('/')).join(name);
+            let twin = mount
+                .join(own.trim_start_matches('/'))
+                .join(format!("{V1_TWIN_PREFIX}{name}"));
             // On failure, Drop removes what was made so far.
             fs::create_dir(&twin).map_err(io_err("creating", &twin))?;
             run.v1.push((controller.to_owned(), twin));
         }
         Ok(run)
+    }
+
+    /// Every directory of the run: the v2 cgroup first, then any v1 twins.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        std::iter::once(self.path.clone())
+            .chain(self.v1.iter().map(|(_, p)| p.clone()))
+            .collect()
+    }
+
+    /// Hands the directories to a watchdog that removes them if this process dies first.
+    pub fn guard(&mut self, watchdog: crate::watchdog::Watchdog) {
+        self.watchdog = Some(watchdog);
     }
 
     /// Every `cgroup.procs` the command must join before `exec`: the v2 cgroup and any v1 twin.
@@ -321,47 +400,21 @@ impl RunCgroup {
 
     /// Whether any process is left in it or below it.
     pub fn populated(&self) -> Result<bool, CgroupError> {
-        let file = self.path.join("cgroup.events");
-        let text = fs::read_to_string(&file).map_err(io_err("reading", &file))?;
-        flat_keyed(&text, "populated")
-            .map(|v| v != 0)
-            .ok_or_else(|| CgroupError::Parse {
-                path: file,
-                detail: "no `populated` line".into(),
-            })
+        populated(&self.path)
     }
 
     /// Kills every process left in the subtree and waits until it is empty. Returns how many
     /// processes were found there.
     pub fn kill_all(&self, timeout: Duration) -> Result<usize, CgroupError> {
-        let mut found = 0;
-        let started = Instant::now();
-        loop {
-            if !self.populated()? {
-                return Ok(found);
-            }
-            let kill = self.path.join("cgroup.kill");
-            if kill.exists() {
-                if found == 0 {
-                    found = count_procs(&self.path);
-                }
-                fs::write(&kill, "1").map_err(io_err("writing", &kill))?;
-            } else {
-                // Before Linux 5.14: signal each process of the subtree ourselves.
-                for pid in subtree_pids(&self.path) {
-                    found += 1;
-                    // SAFETY: kill(2) has no memory-safety preconditions.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-            if started.elapsed() > timeout {
-                return Err(CgroupError::StillPopulated {
-                    path: self.path.clone(),
-                    waited: timeout,
-                });
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
+        kill_tree(&self.path, timeout)
+    }
+
+    /// The processes left in the subtree now: pid and command line (cut to 200 bytes).
+    pub fn processes(&self) -> Vec<(i32, String)> {
+        subtree_pids(&self.path)
+            .into_iter()
+            .map(|pid| (pid, command_line(pid)))
+            .collect()
     }
 
     /// Sends `signal` to every process of the subtree. Returns how many were signalled.
@@ -383,27 +436,13 @@ impl RunCgroup {
         if self.removed {
             return Ok(());
         }
-        self.kill_all(Duration::from_secs(10))?;
-        let mut dirs = vec![self.path.clone()];
-        let mut i = 0;
-        while i < dirs.len() {
-            if let Ok(entries) = fs::read_dir(&dirs[i]) {
-                dirs.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
-            }
-            i += 1;
-        }
-        for dir in dirs.iter().rev() {
-            remove_dir_retrying(dir)?;
-        }
+        kill_and_remove(&self.path, Duration::from_secs(10))?;
         for (_, twin) in &self.v1 {
-            remove_dir_retrying(twin)?;
+            kill_and_remove(twin, Duration::from_secs(10))?;
         }
         self.removed = true;
+        // Nothing left for the watchdog to do: let it go.
+        self.watchdog = None;
         Ok(())
     }
 }
@@ -414,6 +453,157 @@ impl Drop for RunCgroup {
             log::warn!("could not remove run cgroup: {e}");
         }
     }
+}
+
+/// Kills every process of the cgroup subtree at `dir` (v2 or v1) and waits until it is empty.
+/// Returns how many processes were found there.
+pub fn kill_tree(dir: &Path, timeout: Duration) -> Result<usize, CgroupError> {
+    let started = Instant::now();
+    let kill = dir.join("cgroup.kill");
+    let mut found = 0;
+    loop {
+        let pids = subtree_pids(dir);
+        if pids.is_empty() && !populated(dir)? {
+            return Ok(found);
+        }
+        found = found.max(pids.len());
+        if kill.exists() {
+            fs::write(&kill, "1").map_err(io_err("writing", &kill))?;
+        } else {
+            // v1, or v2 before Linux 5.14: signal each process of the subtree ourselves.
+            for pid in pids {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if started.elapsed() > timeout {
+            return Err(CgroupError::StillPopulated {
+                path: dir.to_owned(),
+                waited: timeout,
+            });
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether a v2 cgroup still holds tasks (`cgroup.events`); a v1 cgroup, which has no such
+/// file, is judged by its `cgroup.procs` alone.
+fn populated(dir: &Path) -> Result<bool, CgroupError> {
+    let file = dir.join("cgroup.events");
+    match fs::read_to_string(&file) {
+        Ok(text) => Ok(flat_keyed(&text, "populated").is_some_and(|v| v != 0)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("reading", &file)(e)),
+    }
+}
+
+/// Kills what is left in the cgroup at `dir` and removes it and its sub-cgroups, deepest
+/// first. A directory already gone is fine.
+pub fn kill_and_remove(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    kill_tree(dir, timeout)?;
+    let mut dirs = vec![dir.to_owned()];
+    let mut i = 0;
+    while i < dirs.len() {
+        if let Ok(entries) = fs::read_dir(&dirs[i]) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        i += 1;
+    }
+    for d in dirs.iter().rev() {
+        remove_dir_retrying(d)?;
+    }
+    Ok(())
+}
+
+/// The command line of process `pid`, arguments joined by spaces and cut to 200 bytes; its
+/// `comm` in brackets when the command line is empty or gone.
+pub fn command_line(pid: i32) -> String {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut text: String = String::from_utf8_lossy(&raw)
+        .trim_end_matches('\0')
+        .replace('\0', " ");
+    if text.is_empty() {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        text = format!("[{}]", comm.trim());
+    }
+    if text.len() > 200 {
+        let mut cut = 200;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+/// Prefix of a run's v1 twin directories (`cleanroom-run-<time>-<pid>`), so that they are told
+/// apart from other tools' cgroups in a shared v1 hierarchy.
+pub const V1_TWIN_PREFIX: &str = "cleanroom-";
+
+/// Pure: the start time (Unix seconds) and owner pid in a run cgroup's name,
+/// `run-<secs>-<pid>` (v2) or `cleanroom-run-<secs>-<pid>` (v1 twin).
+pub fn parse_run_name(name: &str) -> Option<(u64, i32)> {
+    let rest = name.strip_prefix(V1_TWIN_PREFIX).unwrap_or(name);
+    let (secs, pid) = rest.strip_prefix("run-")?.split_once('-')?;
+    Some((secs.parse().ok()?, pid.parse().ok()?))
+}
+
+/// Whether the Cleanroom process that made a run cgroup at `secs` with pid `pid` may still be
+/// alive: a process `pid` exists and started no later than the cgroup was made (a later one
+/// is an unrelated process that got the number again). When in doubt, alive.
+pub fn owner_alive(pid: i32, secs: u64) -> bool {
+    let Ok(process) = procfs::process::Process::new(pid) else {
+        return false;
+    };
+    let Ok(stat) = process.stat() else {
+        return !matches!(process.stat(), Err(procfs::ProcError::NotFound(_)));
+    };
+    let Ok(boot) = procfs::boot_time_secs() else {
+        return true;
+    };
+    let started = boot + stat.starttime / procfs::ticks_per_second().max(1);
+    started <= secs + 1
+}
+
+/// Run cgroups left behind by Cleanroom processes that are gone: `run-*` directories under
+/// `parent` and `cleanroom-run-*` v1 twins beside where this process would make its own. Never
+/// one whose owner may still be running.
+pub fn stale_runs(parent: &Path, hierarchy: &Hierarchy) -> Vec<PathBuf> {
+    let mut places = vec![parent.to_owned()];
+    for controller in ["memory", "cpu", "pids"] {
+        if let Some(mount) = hierarchy.v1_mount(controller) {
+            let own = own_v1_path(controller).unwrap_or_default();
+            let place = mount.join(own.trim_start_matches('/'));
+            if !places.contains(&place) {
+                places.push(place);
+            }
+        }
+    }
+    let mut stale = Vec::new();
+    for place in places {
+        let Ok(entries) = fs::read_dir(&place) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some((secs, pid)) = parse_run_name(&name.to_string_lossy()) else {
+                continue;
+            };
+            if entry.file_type().is_ok_and(|t| t.is_dir()) && !owner_alive(pid, secs) {
+                stale.push(entry.path());
+            }
+        }
+    }
+    stale
 }
 
 /// Memory of a cgroup as the kernel accounts it.
@@ -530,10 +720,6 @@ fn subtree_pids(path: &Path) -> Vec<i32> {
     pids
 }
 
-fn count_procs(path: &Path) -> usize {
-    subtree_pids(path).len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,6 +822,60 @@ mod tests {
             (m.current_bytes, m.peak_bytes, m.pgfault, m.pgmajfault),
             (100, Some(300), Some(5), Some(2))
         );
+    }
+
+    #[test]
+    fn parents_outside_the_v2_hierarchy_are_refused() {
+        let h = Hierarchy::detect().unwrap();
+        let m = h.v2_mount.display().to_string();
+        let mut cases = vec![
+            ("/etc".to_owned(), "not inside"),
+            ("relative/dir".to_owned(), "absolute"),
+            (format!("{m}/../.."), "`..`"),
+            (format!("{m}/x/../../etc"), "`..`"),
+        ];
+        if let Some(v1) = h.v1_mount("memory") {
+            cases.push((v1.display().to_string(), "cgroup v2"));
+        }
+        for (path, why) in cases {
+            let e = check_parent(Path::new(&path), &h).unwrap_err();
+            assert!(e.to_string().contains(why), "{path}: {e}");
+            assert!(
+                e.to_string()
+                    .contains("give a directory of the cgroup v2 hierarchy"),
+                "{e}"
+            );
+        }
+        let ok = check_parent(&h.v2_mount.join("cleanroom/ci"), &h).unwrap();
+        assert!(ok.starts_with(&h.v2_mount), "{}", ok.display());
+        assert!(check_parent(&h.v2_mount, &h).is_ok());
+    }
+
+    #[test]
+    fn run_names_carry_their_owner() {
+        assert_eq!(
+            parse_run_name("run-1795869871-19434"),
+            Some((1795869871, 19434))
+        );
+        assert_eq!(
+            parse_run_name("cleanroom-run-1795869871-19434"),
+            Some((1795869871, 19434))
+        );
+        assert_eq!(parse_run_name("run-x-1"), None);
+        assert_eq!(parse_run_name("docker"), None);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            owner_alive(std::process::id() as i32, now),
+            "this process is alive"
+        );
+        assert!(
+            !owner_alive(std::process::id() as i32, 1),
+            "a process started after the cgroup was made is not its owner"
+        );
+        assert!(!owner_alive(i32::MAX, now), "no such process");
     }
 
     #[test]

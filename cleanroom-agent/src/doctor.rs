@@ -189,6 +189,29 @@ pub fn diagnose() -> Diagnosis {
                 )
             };
             check("memory", memory.0, memory.1);
+            let stale = crate::cgroup::stale_runs(&h.v2_mount.join("cleanroom"), h);
+            if stale.is_empty() {
+                check(
+                    "stale runs",
+                    Status::Ok,
+                    "no run cgroups left by cleanroom processes that are gone".into(),
+                );
+            } else {
+                check(
+                    "stale runs",
+                    Status::Note,
+                    format!(
+                        "{} run cgroup(s) left by cleanroom processes that are gone (the next \
+                         `cleanroom run` removes them): {}",
+                        stale.len(),
+                        stale
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
         }
         Err(e) => check("cgroups", Status::Fail, e.to_string()),
     }

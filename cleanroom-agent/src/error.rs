@@ -33,6 +33,12 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
+    /// A signal arrived before the command started: nothing was run, nothing is left behind.
+    #[error("interrupted by signal {signal} before the command started; nothing was run")]
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+    },
     /// Waiting for the command or for signals failed.
     #[error("waiting for the command: {0}")]
     Wait(io::Error),

@@ -29,5 +29,6 @@ pub mod report;
 pub mod run;
 pub mod store;
 pub mod units;
+pub mod watchdog;
 
 pub use error::Error;

@@ -162,6 +162,12 @@ enum Command {
     /// Show what this host offers (privileges, BTF, cgroups, mounts, hooks) and which metrics
     /// can be measured here. Exits non-zero when Cleanroom cannot run at all.
     Doctor,
+    /// Removes a run's cgroups if the `cleanroom run` that started it dies (started by it).
+    #[command(hide = true)]
+    Watchdog {
+        /// The run's cgroup directories.
+        dirs: Vec<PathBuf>,
+    },
     /// The demo's workload itself (run by `cleanroom demo`).
     #[command(hide = true)]
     DemoWorkload,
@@ -194,10 +200,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(code) => code,
+        Err(e) if interrupted(&e).is_some() => {
+            eprintln!("cleanroom: {e:#}");
+            ExitCode::from(interrupted(&e).map_or(2, |s| 128 + s as u8))
+        }
         Err(e) => {
             eprintln!("cleanroom: error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// The signal that stopped a run before its command started.
+fn interrupted(e: &anyhow::Error) -> Option<i32> {
+    match e.downcast_ref::<cleanroom::Error>() {
+        Some(cleanroom::Error::Interrupted { signal }) => Some(*signal),
+        _ => None,
     }
 }
 
@@ -354,6 +372,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?
                 .block_on(cleanroom::attach::attach(floor, limit))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watchdog { dirs } => {
+            cleanroom::watchdog::serve(&dirs);
             Ok(ExitCode::SUCCESS)
         }
         Command::DemoWorkload => {

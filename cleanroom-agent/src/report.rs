@@ -49,6 +49,9 @@ pub struct Report {
     /// How the run ended when it did not end by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<Interruption>,
+    /// Processes the command left running in its cgroup, killed at the end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<Leftover>,
     /// One point per `metrics_interval`: rates and levels over that interval.
     #[serde(default)]
     pub series: Vec<SeriesPoint>,
@@ -123,6 +126,15 @@ pub struct Interruption {
     pub signal: String,
     /// Processes still in the cgroup after the command exited, killed to end the run.
     pub killed_leftovers: usize,
+}
+
+/// A process still in the run's cgroup when the command exited (a daemon, a stray child).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Leftover {
+    /// Its pid.
+    pub pid: i32,
+    /// Its command line, cut to 200 bytes.
+    pub command: String,
 }
 
 /// Kernel figure shown beside a metric in the summary.
@@ -392,6 +404,7 @@ impl Report {
             unavailable: vec!["context_switches_voluntary".into()],
             dropped: BTreeMap::from([("stats_map_full".into(), 0)]),
             interrupted: None,
+            leftovers: vec![],
         }
     }
 }

@@ -21,14 +21,15 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     Error,
     analyze::{self, Event, Status, ThresholdResult},
-    cgroup::{CgroupError, CpuStat, Hierarchy, RunCgroup, subtree_ids},
+    cgroup::{CgroupError, CpuStat, Hierarchy, RunCgroup, check_parent, subtree_ids},
     collect::Sample,
     config::CleanroomConfig,
     host, limits,
     model::{self, Reading},
     monitor::Monitor,
     probe::Probes,
-    report::{self, CgroupRef, Interruption, Report, SCHEMA_VERSION, human_bytes},
+    report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION, human_bytes},
+    watchdog::Watchdog,
 };
 
 /// What to run and where results go.
@@ -74,9 +75,30 @@ pub fn resolve_program(program: &OsString) -> Result<PathBuf, Error> {
     which::which(program).map_err(|_| not_found())
 }
 
+/// Removes the run cgroups of Cleanroom processes that died without cleaning up (killed with
+/// SIGKILL before their watchdog could act, or with it), saying so.
+fn remove_stale_runs(parent: &std::path::Path, hierarchy: &Hierarchy) {
+    let stale = crate::cgroup::stale_runs(parent, hierarchy);
+    let removed: Vec<String> = stale
+        .iter()
+        .filter(|d| crate::cgroup::kill_and_remove(d, Duration::from_secs(5)).is_ok())
+        .map(|d| d.display().to_string())
+        .collect();
+    if !removed.is_empty() {
+        log::warn!(
+            "removed {} run cgroup(s) left by cleanroom processes that are gone: {}",
+            removed.len(),
+            removed.join(", ")
+        );
+    }
+}
+
 /// Runs the command, measured, and returns its report. The report is written (when asked)
 /// before this returns, also when the command fails or is interrupted.
 pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
+    // First of all: from here on a signal is noted, never the end of this process while
+    // something it made is still in place.
+    let mut signals = Signals::new().map_err(Error::Wait)?;
     require_privileges("cleanroom run")?;
     let program = opts
         .command
@@ -88,16 +110,17 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     let rl = &config.resource_limits;
 
     let hierarchy = Hierarchy::detect()?;
+    let parent = match &opts.cgroup_parent {
+        Some(requested) => check_parent(requested, &hierarchy)?,
+        None => hierarchy.v2_mount.join("cleanroom"),
+    };
+    remove_stale_runs(&parent, &hierarchy);
     let v2_root = File::open(&hierarchy.v2_mount).map_err(|source| CgroupError::Io {
         action: "opening",
         path: hierarchy.v2_mount.clone(),
         source,
     })?;
     let mut probes = Probes::load(Some(&v2_root))?;
-    let parent = opts
-        .cgroup_parent
-        .clone()
-        .unwrap_or_else(|| hierarchy.v2_mount.join("cleanroom"));
     let run_id = format!(
         "run-{}-{}",
         SystemTime::now()
@@ -106,16 +129,27 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
             .as_secs(),
         std::process::id()
     );
-    let cgroup = RunCgroup::create(
+    let mut cgroup = RunCgroup::create(
         &parent,
         &run_id,
         &hierarchy,
         &limits::v1_controllers_needed(rl),
     )?;
+    match Watchdog::start(&cgroup.dirs()) {
+        Ok(w) => cgroup.guard(w),
+        Err(e) => log::warn!(
+            "cannot start the watchdog that removes the run's cgroups if cleanroom is killed \
+             ({e}); the next run removes them instead"
+        ),
+    }
     let limit_lines = limits::apply(&cgroup, rl)?;
 
     let (specs, not_applicable) = analyze::threshold_specs(config);
-    let mut signals = Signals::new().map_err(Error::Wait)?;
+    if let Some((name, number)) = signals.pending().await {
+        // Set-up took a moment (loading the probes); the command has not started yet.
+        log::warn!("{name} before the command started: nothing was run");
+        return Err(Error::Interrupted { signal: number });
+    }
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let started = Instant::now();
     let mut child = spawn_in_cgroup(&opts.command, &cgroup.procs_files())?;
@@ -213,8 +247,14 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     monitor.clear_line();
 
     // Whatever the command left behind ends now, so that its CPU time is charged before the
-    // counters are read.
-    let leftovers = cgroup.kill_all(Duration::from_secs(10))?;
+    // counters are read. Named first: a daemon left running is worth knowing about.
+    let left_behind: Vec<Leftover> = cgroup
+        .processes()
+        .into_iter()
+        .map(|(pid, command)| Leftover { pid, command })
+        .collect();
+    let killed = cgroup.kill_all(Duration::from_secs(10))?;
+    let leftovers = killed.max(left_behind.len());
     if leftovers > 0 {
         log::info!("killed {leftovers} processes the command left in its cgroup");
     }
@@ -286,6 +326,18 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     cgroup.remove()?;
 
     let mut notes = limit_lines;
+    if !left_behind.is_empty() {
+        notes.push(format!(
+            "{} process(es) the command left running were killed at the end: {}",
+            left_behind.len(),
+            left_behind
+                .iter()
+                .take(10)
+                .map(|l| format!("{} `{}`", l.pid, l.command))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     if memory.is_none() {
         notes.push(
             "no cgroup accounts memory for this run (no memory controller): memory_peak_bytes is \
@@ -325,6 +377,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
             signal: signal.to_owned(),
             killed_leftovers: leftovers,
         }),
+        leftovers: left_behind,
         aggregates: model::aggregate(&monitor.series),
         anomalies: analyze::anomalies(&monitor.series),
         anomaly_method: analyze::ANOMALY_METHOD.to_owned(),
@@ -407,8 +460,12 @@ fn spawn_in_cgroup(
     cmd.args(&command[1..]);
     // SAFETY: the closure runs in the child between fork and exec and only makes
     // async-signal-safe calls (open, write, close) on memory prepared before the fork.
+    let parent = std::process::id() as i32;
     unsafe {
-        cmd.pre_exec(move || procs.iter().try_for_each(|p| join_cgroup(p)));
+        cmd.pre_exec(move || {
+            die_with_parent(parent)?;
+            procs.iter().try_for_each(|p| join_cgroup(p))
+        });
     }
     cmd.spawn().map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => Error::CommandNotFound(program.to_string_lossy().into_owned()),
@@ -417,6 +474,21 @@ fn spawn_in_cgroup(
             source,
         },
     })
+}
+
+/// Asks the kernel to SIGKILL this (child) process when Cleanroom dies, and exits at once if
+/// it already has. Async-signal-safe: two system calls.
+fn die_with_parent(parent: i32) -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid(2) cannot fail and touches no memory.
+    if unsafe { libc::getppid() } != parent {
+        // SAFETY: _exit(2) ends this child without running any of the parent's handlers.
+        unsafe { libc::_exit(137) };
+    }
+    Ok(())
 }
 
 /// Writes "0" (this process) into `cgroup.procs`. Async-signal-safe: no allocation.
@@ -450,6 +522,15 @@ impl Signals {
             hup: signal(SignalKind::hangup())?,
             quit: signal(SignalKind::quit())?,
         })
+    }
+
+    /// A signal that already arrived, if any; does not wait.
+    async fn pending(&mut self) -> Option<(&'static str, i32)> {
+        tokio::select! {
+            biased;
+            sig = self.next() => Some(sig),
+            () = std::future::ready(()) => None,
+        }
     }
 
     async fn next(&mut self) -> (&'static str, i32) {

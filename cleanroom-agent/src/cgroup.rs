@@ -172,9 +172,6 @@ impl Hierarchy {
     }
 }
 
-/// `statfs` magic of a cgroup v2 file system.
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-
 /// Checks a requested parent for run cgroups before anything is made: an absolute path
 /// without `..`, inside the v2 mount, whose nearest existing directory is on a cgroup2 file
 /// system (not a v1 hierarchy, not `/etc`) even after symbolic links are resolved. Missing
@@ -211,7 +208,7 @@ pub fn check_parent(requested: &Path, hierarchy: &Hierarchy) -> Result<PathBuf, 
         return Err(bad("not a directory"));
     }
     let on_cgroup2 = nix::sys::statfs::statfs(&real)
-        .is_ok_and(|fs| fs.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC);
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
     if !on_cgroup2 {
         return Err(bad("not on a cgroup v2 file system"));
     }

@@ -458,9 +458,9 @@ fn spawn_in_cgroup(
         })?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&command[1..]);
+    let parent = std::process::id() as i32;
     // SAFETY: the closure runs in the child between fork and exec and only makes
     // async-signal-safe calls (open, write, close) on memory prepared before the fork.
-    let parent = std::process::id() as i32;
     unsafe {
         cmd.pre_exec(move || {
             die_with_parent(parent)?;

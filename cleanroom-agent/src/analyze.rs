@@ -638,6 +638,8 @@ mod tests {
     fn anomalies_find_the_spike_and_not_the_noise() {
         let points: Vec<SeriesPoint> = (1..=20u64)
             .map(|i| SeriesPoint {
+                min: Default::default(),
+                max: Default::default(),
                 t_ns: i * 1_000_000_000,
                 interval_ns: 1_000_000_000,
                 values: values(&[(
@@ -661,6 +663,8 @@ mod tests {
         let flat: Vec<SeriesPoint> = points
             .iter()
             .map(|p| SeriesPoint {
+                min: Default::default(),
+                max: Default::default(),
                 values: values(&[("x", 5.0)]),
                 ..p.clone()
             })

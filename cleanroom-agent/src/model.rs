@@ -195,8 +195,152 @@ pub struct SeriesPoint {
     /// Length of the interval, ns.
     pub interval_ns: u64,
     /// Figures by name: `cpu_percent` (of one core), `memory_current_bytes`, and for every
-    /// counter `<name>_per_sec`, plus `block_bytes_per_sec` and `net_bytes_per_sec`.
+    /// counter `<name>_per_sec`, plus `block_bytes_per_sec` and `net_bytes_per_sec`. For a
+    /// point that stands for several intervals (see [`Series`]), their time-weighted average.
     pub values: std::collections::BTreeMap<String, f64>,
+    /// For a point that stands for several intervals: the smallest interval value of each
+    /// figure. Empty for a single interval.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub min: std::collections::BTreeMap<String, f64>,
+    /// For a point that stands for several intervals: the largest interval value of each
+    /// figure. Empty for a single interval.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub max: std::collections::BTreeMap<String, f64>,
+}
+
+impl SeriesPoint {
+    /// The smallest interval value of `name` this point stands for.
+    pub fn low(&self, name: &str) -> Option<f64> {
+        self.min
+            .get(name)
+            .or_else(|| self.values.get(name))
+            .copied()
+    }
+
+    /// The largest interval value of `name` this point stands for.
+    pub fn high(&self, name: &str) -> Option<f64> {
+        self.max
+            .get(name)
+            .or_else(|| self.values.get(name))
+            .copied()
+    }
+
+    /// One point for two consecutive ones: ends when `later` ends, averages weighted by
+    /// interval length, min and max kept.
+    fn merge(earlier: &Self, later: &Self) -> Self {
+        let interval_ns = earlier.interval_ns.saturating_add(later.interval_ns);
+        let (we, wl) = if interval_ns == 0 {
+            (0.5, 0.5)
+        } else {
+            (
+                earlier.interval_ns as f64 / interval_ns as f64,
+                later.interval_ns as f64 / interval_ns as f64,
+            )
+        };
+        let mut out = Self {
+            t_ns: later.t_ns,
+            interval_ns,
+            values: Default::default(),
+            min: Default::default(),
+            max: Default::default(),
+        };
+        let names: std::collections::BTreeSet<&String> =
+            earlier.values.keys().chain(later.values.keys()).collect();
+        for name in names {
+            let (e, l) = (earlier.values.get(name), later.values.get(name));
+            let avg = match (e, l) {
+                (Some(e), Some(l)) => e * we + l * wl,
+                (Some(v), None) | (None, Some(v)) => *v,
+                (None, None) => continue,
+            };
+            out.values.insert(name.clone(), avg);
+            let lows = [earlier.low(name), later.low(name)];
+            let highs = [earlier.high(name), later.high(name)];
+            let low = lows.into_iter().flatten().fold(f64::INFINITY, f64::min);
+            let high = highs
+                .into_iter()
+                .flatten()
+                .fold(f64::NEG_INFINITY, f64::max);
+            out.min.insert(name.clone(), low);
+            out.max.insert(name.clone(), high);
+        }
+        out
+    }
+}
+
+/// Most points a run's series keeps, whatever its length.
+pub const MAX_SERIES_POINTS: usize = 2048;
+
+/// How a report's series was kept: every interval, or older ones merged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesResolution {
+    /// Intervals sampled.
+    pub intervals: u64,
+    /// Points in the series.
+    pub points: u64,
+    /// The most points a series keeps.
+    pub max_points: u64,
+    /// The longest interval one point stands for, ns.
+    pub coarsest_interval_ns: u64,
+    /// How points were merged, in words.
+    pub method: String,
+}
+
+/// How older points are merged, as reports state it.
+pub const SERIES_METHOD: &str = "every interval is kept until the series holds 2048 points; \
+     then the older half is merged pairwise (values: time-weighted average; min and max: the \
+     extremes of the merged intervals), so recent intervals keep full resolution and memory \
+     stays bounded however long the run";
+
+/// A run's time series with bounded memory: at most [`MAX_SERIES_POINTS`] points. Once full,
+/// the older half is merged pairwise, so resolution falls with age and the newest intervals
+/// stay as sampled.
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    points: Vec<SeriesPoint>,
+    intervals: u64,
+}
+
+impl Series {
+    /// Adds the newest interval.
+    pub fn push(&mut self, point: SeriesPoint) {
+        self.intervals += 1;
+        self.points.push(point);
+        if self.points.len() > MAX_SERIES_POINTS {
+            let half = self.points.len() / 2;
+            let older: Vec<SeriesPoint> = self.points.drain(..half).collect();
+            let merged: Vec<SeriesPoint> = older
+                .chunks(2)
+                .map(|pair| match pair {
+                    [a, b] => SeriesPoint::merge(a, b),
+                    [a] => a.clone(),
+                    _ => unreachable!("chunks(2) yields one or two"),
+                })
+                .collect();
+            self.points.splice(0..0, merged);
+        }
+    }
+
+    /// The points, oldest first.
+    pub fn points(&self) -> &[SeriesPoint] {
+        &self.points
+    }
+
+    /// How the series was kept.
+    pub fn resolution(&self) -> SeriesResolution {
+        SeriesResolution {
+            intervals: self.intervals,
+            points: self.points.len() as u64,
+            max_points: MAX_SERIES_POINTS as u64,
+            coarsest_interval_ns: self.points.iter().map(|p| p.interval_ns).max().unwrap_or(0),
+            method: SERIES_METHOD.to_owned(),
+        }
+    }
+
+    /// The points, for the report.
+    pub fn into_points(self) -> Vec<SeriesPoint> {
+        self.points
+    }
 }
 
 /// Counters at one instant, as the series needs them.
@@ -248,6 +392,8 @@ pub fn interval(prev: &Reading, now: &Reading) -> Option<SeriesPoint> {
         values.insert("memory_current_bytes".to_owned(), m as f64);
     }
     Some(SeriesPoint {
+        min: Default::default(),
+        max: Default::default(),
         t_ns: now.t_ns,
         interval_ns: dt_ns,
         values,
@@ -290,7 +436,19 @@ pub fn aggregate(points: &[SeriesPoint]) -> std::collections::BTreeMap<String, A
                 .iter()
                 .filter_map(|p| Some((p.t_ns, *p.values.get(name)?)))
                 .collect();
-            Some((name.clone(), aggregate_one(&xs)?))
+            let mut agg = aggregate_one(&xs)?;
+            // A merged point keeps its intervals' extremes: the peak and minimum come from
+            // them, not from its average.
+            for p in points {
+                if let Some(high) = p.high(name).filter(|h| *h > agg.peak) {
+                    agg.peak = high;
+                    agg.peak_at_ns = p.t_ns;
+                }
+                if let Some(low) = p.low(name) {
+                    agg.min = agg.min.min(low);
+                }
+            }
+            Some((name.clone(), agg))
         })
         .collect()
 }
@@ -404,5 +562,61 @@ mod series_tests {
         );
         assert_eq!(slope(&clean[..1]), 0.0);
         assert!(aggregate_one(&[]).is_none());
+    }
+}
+
+#[cfg(test)]
+mod bounded_series_tests {
+    use super::*;
+
+    fn point(i: u64, cpu: f64) -> SeriesPoint {
+        SeriesPoint {
+            t_ns: (i + 1) * 10_000_000,
+            interval_ns: 10_000_000,
+            values: [("cpu_percent".to_owned(), cpu)].into(),
+            min: Default::default(),
+            max: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_long_series_stays_bounded_and_keeps_its_extremes() {
+        let mut s = Series::default();
+        let n = 100_000u64;
+        for i in 0..n {
+            // One spike early on, long since merged.
+            let cpu = if i == 10 { 900.0 } else { (i % 7) as f64 };
+            s.push(point(i, cpu));
+            assert!(
+                s.points().len() <= MAX_SERIES_POINTS,
+                "{} points",
+                s.points().len()
+            );
+        }
+        let r = s.resolution();
+        assert_eq!(r.intervals, n);
+        assert!(r.coarsest_interval_ns > 10_000_000, "{r:?}");
+        let pts = s.points();
+        // Time is covered without gaps or overlaps.
+        let covered: u64 = pts.iter().map(|p| p.interval_ns).sum();
+        assert_eq!(covered, n * 10_000_000);
+        assert!(pts.windows(2).all(|w| w[0].t_ns < w[1].t_ns));
+        // The newest intervals are as sampled.
+        assert_eq!(pts.last().unwrap(), &point(n - 1, ((n - 1) % 7) as f64));
+        let agg = aggregate(pts);
+        let cpu = &agg["cpu_percent"];
+        assert_eq!(cpu.peak, 900.0, "the spike survives merging");
+        assert_eq!(cpu.min, 0.0);
+        // The average over the run is kept by time-weighted merging.
+        let exact = ((0..n)
+            .map(|i| if i == 10 { 900.0 } else { (i % 7) as f64 })
+            .sum::<f64>())
+            / n as f64;
+        let weighted: f64 = pts
+            .iter()
+            .map(|p| p.values["cpu_percent"] * p.interval_ns as f64)
+            .sum::<f64>()
+            / covered as f64;
+        assert!((weighted - exact).abs() < 1e-9, "{weighted} vs {exact}");
     }
 }

@@ -22,8 +22,8 @@ pub struct Monitor {
     started: Instant,
     memory: bool,
     prev: Option<Reading>,
-    /// The time series so far.
-    pub series: Vec<SeriesPoint>,
+    /// The time series so far, bounded.
+    pub series: model::Series,
     /// Thresholds being watched.
     pub thresholds: ThresholdMonitor,
     /// Events so far.
@@ -45,7 +45,7 @@ impl Monitor {
             started,
             memory,
             prev: None,
-            series: Vec::new(),
+            series: model::Series::default(),
             thresholds: ThresholdMonitor::new(specs),
             events: Vec::new(),
             status_line: status_line && std::io::stderr().is_terminal(),

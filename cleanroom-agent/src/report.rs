@@ -55,6 +55,9 @@ pub struct Report {
     /// One point per `metrics_interval`: rates and levels over that interval.
     #[serde(default)]
     pub series: Vec<SeriesPoint>,
+    /// How the series was kept: every interval, or older intervals merged (long runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series_resolution: Option<crate::model::SeriesResolution>,
     /// Per series name: average, peak (and when), minimum, percentiles, trend.
     #[serde(default)]
     pub aggregates: BTreeMap<String, Aggregate>,
@@ -405,6 +408,7 @@ impl Report {
             dropped: BTreeMap::from([("stats_map_full".into(), 0)]),
             interrupted: None,
             leftovers: vec![],
+            series_resolution: None,
         }
     }
 }

@@ -378,10 +378,11 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
             killed_leftovers: leftovers,
         }),
         leftovers: left_behind,
-        aggregates: model::aggregate(&monitor.series),
-        anomalies: analyze::anomalies(&monitor.series),
+        aggregates: model::aggregate(monitor.series.points()),
+        anomalies: analyze::anomalies(monitor.series.points()),
         anomaly_method: analyze::ANOMALY_METHOD.to_owned(),
-        series: std::mem::take(&mut monitor.series),
+        series_resolution: sampling.then(|| monitor.series.resolution()),
+        series: std::mem::take(&mut monitor.series).into_points(),
         slos: Vec::new(),
         thresholds: monitor.thresholds.results(),
         events: std::mem::take(&mut monitor.events),
@@ -460,7 +461,8 @@ fn spawn_in_cgroup(
     cmd.args(&command[1..]);
     let parent = std::process::id() as i32;
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe calls (open, write, close) on memory prepared before the fork.
+    // async-signal-safe calls (prctl, getppid, open, write, close) on memory prepared before
+    // the fork.
     unsafe {
         cmd.pre_exec(move || {
             die_with_parent(parent)?;

@@ -201,14 +201,30 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) if interrupted(&e).is_some() => {
-            eprintln!("cleanroom: {e:#}");
+            eprintln!("cleanroom: {}", one_line(&e));
             ExitCode::from(interrupted(&e).map_or(2, |s| 128 + s as u8))
         }
         Err(e) => {
-            eprintln!("cleanroom: error: {e:#}");
+            eprintln!("cleanroom: error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: library errors already quote their
+/// source in their own message.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 /// The signal that stopped a run before its command started.

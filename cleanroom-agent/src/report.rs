@@ -49,6 +49,9 @@ pub struct Report {
     /// How the run ended when it did not end by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<Interruption>,
+    /// Processes that left the run's cgroup: what they did afterwards is not in the totals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escaped: Vec<crate::escape::EscapedProcess>,
     /// One point per `metrics_interval`: rates and levels over that interval.
     #[serde(default)]
     pub series: Vec<SeriesPoint>,
@@ -393,6 +396,7 @@ mod tests {
             unavailable: vec!["context_switches_voluntary".into()],
             dropped: BTreeMap::from([("stats_map_full".into(), 0)]),
             interrupted: None,
+            escaped: vec![],
         }
     }
 

@@ -24,6 +24,7 @@ use crate::{
     cgroup::{CgroupError, CpuStat, Hierarchy, RunCgroup, subtree_ids},
     collect::Sample,
     config::CleanroomConfig,
+    escape::EscapeWatch,
     host, limits,
     model::{self, Reading},
     monitor::Monitor,
@@ -113,6 +114,8 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         &limits::v1_controllers_needed(rl),
     )?;
     let limit_lines = limits::apply(&cgroup, rl)?;
+    // Before the command starts: it joins the cgroup between fork and exec.
+    let escape_watch = EscapeWatch::start(&mut probes, cgroup.id());
 
     let (specs, not_applicable) = analyze::threshold_specs(config);
     let mut signals = Signals::new().map_err(Error::Wait)?;
@@ -279,6 +282,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     }
     monitor.observe(wall_time_ns, &finals);
 
+    let (escaped, escape_notes) = escape_watch.finish(&mut probes, &hierarchy.v2_mount, &drops);
     let cgroup_ref = CgroupRef {
         path: cgroup.path().display().to_string(),
         id: cgroup.id(),
@@ -300,6 +304,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                 .to_owned(),
         );
     }
+    notes.extend(escape_notes);
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
         command: opts.label.clone().unwrap_or_else(|| {
@@ -325,6 +330,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
             signal: signal.to_owned(),
             killed_leftovers: leftovers,
         }),
+        escaped,
         aggregates: model::aggregate(&monitor.series),
         anomalies: analyze::anomalies(&monitor.series),
         anomaly_method: analyze::ANOMALY_METHOD.to_owned(),

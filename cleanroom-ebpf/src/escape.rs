@@ -12,8 +12,9 @@
 //! - A tracked process that attaches anywhere outside its run on the v2 hierarchy, or a child
 //!   forked straight into such a cgroup (`CLONE_INTO_CGROUP`), is recorded in [`ESCAPES`].
 //!
-//! Cost: a fork does one hash lookup (plus an insert inside a run), an exit one lookup;
-//! attaching and making cgroups are rare. The scheduler hooks do nothing here.
+//! Cost: a process fork or exit does one lookup of the small [`WATCHED`] map, plus an insert
+//! (fork) or delete (exit) of [`RUN_PROCS`] inside a run; attaching and making cgroups are rare.
+//! `sched_switch` and `sched_stat_runtime` do nothing here.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint,

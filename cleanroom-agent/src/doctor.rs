@@ -293,6 +293,18 @@ pub fn diagnose() -> Diagnosis {
                         );
                     }
                 }
+                match probes.escapes_unavailable() {
+                    None => check(
+                        "escapes",
+                        Status::Ok,
+                        "processes leaving a run's cgroup are detected".into(),
+                    ),
+                    Some(why) => check(
+                        "escapes",
+                        Status::Note,
+                        format!("processes leaving a run's cgroup cannot be detected: {why}"),
+                    ),
+                }
             }
             Err(e) => {
                 check("BPF object", Status::Fail, e.to_string());

@@ -3,7 +3,8 @@
 //! Data flows `probe` (BPF) and `cgroup` (cgroupfs) → `collect` (a sample) → `model` (series,
 //! aggregates, histograms) → `analyze` (thresholds, SLOs, anomalies, insights) → `report`.
 //! `run` drives one measured command, with `monitor` sampling it and `limits` enforcing
-//! `config`; `demo` and `doctor` are the commands a new user starts with.
+//! `config`, and `escape` noting processes that leave the run's cgroup; `demo` and `doctor` are
+//! the commands a new user starts with.
 
 pub mod analyze;
 pub mod attach;
@@ -16,6 +17,7 @@ pub mod deliver;
 pub mod demo;
 pub mod doctor;
 pub mod error;
+pub mod escape;
 pub mod files;
 pub mod host;
 pub mod limits;

@@ -3,6 +3,9 @@
 //! The only module that touches aya. It knows hooks and cgroup ids, nothing of paths, SLOs or
 //! reports. A program whose hook the kernel lacks (or whose struct offsets its BTF lacks) is left
 //! detached: its metrics are reported as unavailable by [`Probes::unavailable`], never as zero.
+//! Runs are watched by their cgroup id ([`Probes::watch_run`]), so that a process leaving the
+//! run's cgroup is recorded ([`Probes::escapes`]) or, where the hooks for that are missing, the
+//! blind spot is known ([`Probes::escapes_unavailable`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,7 +18,8 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use cleanroom_common::{
-    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, drop_reason, maps, programs,
+    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, RunProc, drop_reason,
+    escape_via, maps, programs,
 };
 
 use crate::{
@@ -60,6 +64,16 @@ pub enum ProbeError {
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ProbeError {
     move |source| ProbeError::Map { map, source }
+}
+
+/// `Ok` also when the key to remove was already gone.
+fn ok_if_absent(r: Result<(), MapError>, map: &'static str) -> Result<(), ProbeError> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        // Deleting a key that is not there reports ENOENT from the syscall.
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(map_err(map)(e)),
+    }
 }
 
 /// How a program attaches.
@@ -143,7 +157,7 @@ pub const HOOKS: &[Hook] = &[
         program: programs::SCHED_PROCESS_FORK,
         attach: Attach::TpBtf("sched_process_fork"),
         metrics: &[V(Metric::ProcessesForked)],
-        needs: &["OFF_TASK_PID", "OFF_TASK_TGID"],
+        needs: TASK_IDENTITY,
     },
     Hook {
         program: programs::SCHED_PROCESS_EXIT,
@@ -245,6 +259,35 @@ pub const HOOKS: &[Hook] = &[
         metrics: &[],
         needs: &["OFF_CGROUP_ROOT", "OFF_KERNFS_NODE_PARENT"],
     },
+    Hook {
+        program: programs::CGROUP_ATTACH_TASK,
+        attach: Attach::TpBtf("cgroup_attach_task"),
+        metrics: &[],
+        needs: TASK_IDENTITY,
+    },
+];
+
+/// Offsets of the programs that tell a process apart and find its cgroup: the fork and
+/// cgroup-attach hooks, which keep track of the processes of watched runs.
+const TASK_IDENTITY: &[&str] = &[
+    "OFF_TASK_PID",
+    "OFF_TASK_TGID",
+    "OFF_TASK_GROUP_LEADER",
+    "OFF_TASK_START_TIME",
+    "OFF_TASK_COMM",
+    "OFF_TASK_CGROUPS",
+    "OFF_CSS_SET_DFL_CGRP",
+    "OFF_CGROUP_KN",
+    "OFF_CGROUP_ROOT",
+    "OFF_KERNFS_NODE_ID",
+];
+
+/// Hooks without which a process leaving a run's cgroups could go unseen: moves, new processes,
+/// and sub-cgroups (a move into one must not look like leaving).
+const ESCAPE_HOOKS: &[&str] = &[
+    programs::CGROUP_ATTACH_TASK,
+    programs::SCHED_PROCESS_FORK,
+    programs::CGROUP_MKDIR,
 ];
 
 /// Whether a hook could be attached.
@@ -267,7 +310,49 @@ const DROP_NAMES: &[(u32, &str)] = &[
     (drop_reason::HIST_MAP_FULL, "histogram_map_full"),
     (drop_reason::TREE_MAP_FULL, "cgroup_tree_map_full"),
     (drop_reason::LATENCY_UNMATCHED, "latency_start_unseen"),
+    (drop_reason::WATCHED_MAP_FULL, WATCHED_MAP_FULL),
+    (drop_reason::RUN_PROCS_MAP_FULL, RUN_PROCS_MAP_FULL),
+    (drop_reason::ESCAPES_MAP_FULL, ESCAPES_MAP_FULL),
 ];
+
+/// Drop name: a sub-cgroup of a run was not marked as inside it.
+pub const WATCHED_MAP_FULL: &str = "watched_map_full";
+/// Drop name: a process of a run was not tracked (its leaving would go unseen).
+pub const RUN_PROCS_MAP_FULL: &str = "run_procs_map_full";
+/// Drop name: a process left its run's cgroups, unrecorded.
+pub const ESCAPES_MAP_FULL: &str = "escapes_map_full";
+
+/// A process that left a watched run's cgroups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Escape {
+    /// The process (thread group) id.
+    pub pid: u32,
+    /// The thread that moved, when only one thread of the process did.
+    pub thread: Option<u32>,
+    /// Its name (`comm`) when it left.
+    pub comm: String,
+    /// The v2 id of the cgroup it went to.
+    pub to_cgroup_id: u64,
+    /// Whether it was forked straight into that cgroup (`CLONE_INTO_CGROUP`), rather than moved.
+    pub forked_into: bool,
+}
+
+impl Escape {
+    fn from_wire(raw: &cleanroom_common::Escape) -> Self {
+        let len = raw
+            .comm
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(raw.comm.len());
+        Self {
+            pid: raw.tgid,
+            thread: (raw.pid != raw.tgid).then_some(raw.pid),
+            comm: String::from_utf8_lossy(&raw.comm[..len]).into_owned(),
+            to_cgroup_id: raw.to_cgroup_id,
+            forked_into: raw.via == escape_via::FORKED_INTO,
+        }
+    }
+}
 
 /// What the kernel counted for a set of cgroups.
 #[derive(Clone, Debug)]
@@ -493,18 +578,6 @@ impl Probes {
     /// Removes every trace of `ids` from the maps, so the bounded maps do not fill up with
     /// cgroups that are gone.
     pub fn forget(&mut self, ids: &BTreeSet<u64>) -> Result<(), ProbeError> {
-        fn ok_if_absent(r: Result<(), MapError>, map: &'static str) -> Result<(), ProbeError> {
-            match r {
-                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-                // Deleting a key that is not there reports ENOENT from the syscall.
-                Err(MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-                {
-                    Ok(())
-                }
-                Err(e) => Err(map_err(map)(e)),
-            }
-        }
         let mut stats: PerCpuHashMap<&mut MapData, u64, CgroupStats> =
             PerCpuHashMap::try_from(self.map_mut(maps::CGROUP_STATS)?)
                 .map_err(map_err(maps::CGROUP_STATS))?;
@@ -538,6 +611,80 @@ impl Probes {
             .collect();
         for key in doomed {
             ok_if_absent(block.remove(&key), maps::BLOCK_STATS)?;
+        }
+        Ok(())
+    }
+
+    /// Starts watching run cgroup `cgroup_id` (its id is the run id): from now on, a process
+    /// that joins it, or is forked in it or in a sub-cgroup made in it, belongs to the run, and
+    /// its leaving is recorded (see [`Probes::escapes`]). Call it before the command starts.
+    pub fn watch_run(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        let mut watched: HashMap<&mut MapData, u64, u64> =
+            HashMap::try_from(self.map_mut(maps::WATCHED)?).map_err(map_err(maps::WATCHED))?;
+        watched
+            .insert(cgroup_id, cgroup_id, 0)
+            .map_err(map_err(maps::WATCHED))
+    }
+
+    /// Why processes leaving a run's cgroups cannot be seen here (a hook they need is not
+    /// attached), or `None` when they can.
+    pub fn escapes_unavailable(&self) -> Option<String> {
+        let reasons: Vec<String> = self
+            .status
+            .iter()
+            .filter(|s| ESCAPE_HOOKS.contains(&s.hook.program))
+            .filter_map(|s| Some(format!("{}: {}", s.hook.attach, s.error.as_ref()?)))
+            .collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    /// The processes that left run `run_id`'s cgroups so far (each once, the first time it
+    /// left), taken out of the map.
+    pub fn escapes(&mut self, run_id: u64) -> Result<Vec<Escape>, ProbeError> {
+        let mut map: HashMap<&mut MapData, u32, cleanroom_common::Escape> =
+            HashMap::try_from(self.map_mut(maps::ESCAPES)?).map_err(map_err(maps::ESCAPES))?;
+        let mut found = Vec::new();
+        for entry in map.iter() {
+            let (tgid, raw) = entry.map_err(map_err(maps::ESCAPES))?;
+            if raw.run_id == run_id {
+                found.push((tgid, raw));
+            }
+        }
+        for (tgid, _) in &found {
+            ok_if_absent(map.remove(tgid), maps::ESCAPES)?;
+        }
+        let mut escapes: Vec<Escape> = found
+            .iter()
+            .map(|(_, raw)| Escape::from_wire(raw))
+            .collect();
+        escapes.sort_by_key(|e| e.pid);
+        Ok(escapes)
+    }
+
+    /// Stops watching run `run_id`: forgets its cgroups and processes. Escapes not yet read
+    /// stay readable.
+    pub fn unwatch_run(&mut self, run_id: u64) -> Result<(), ProbeError> {
+        let mut watched: HashMap<&mut MapData, u64, u64> =
+            HashMap::try_from(self.map_mut(maps::WATCHED)?).map_err(map_err(maps::WATCHED))?;
+        let doomed: Vec<u64> = watched
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, run)| *run == run_id)
+            .map(|(id, _)| id)
+            .collect();
+        for id in doomed {
+            ok_if_absent(watched.remove(&id), maps::WATCHED)?;
+        }
+        let mut procs: HashMap<&mut MapData, u32, RunProc> =
+            HashMap::try_from(self.map_mut(maps::RUN_PROCS)?).map_err(map_err(maps::RUN_PROCS))?;
+        let doomed: Vec<u32> = procs
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, p)| p.run_id == run_id)
+            .map(|(tgid, _)| tgid)
+            .collect();
+        for tgid in doomed {
+            ok_if_absent(procs.remove(&tgid), maps::RUN_PROCS)?;
         }
         Ok(())
     }
@@ -605,4 +752,61 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(pid: u32, tgid: u32, comm: &[u8], via: u32) -> cleanroom_common::Escape {
+        let mut raw = cleanroom_common::Escape {
+            run_id: 7,
+            to_cgroup_id: 1,
+            pid,
+            tgid,
+            via,
+            ..Default::default()
+        };
+        raw.comm[..comm.len()].copy_from_slice(comm);
+        raw
+    }
+
+    #[test]
+    fn escapes_read_from_the_kernel_name_process_thread_and_how() {
+        let e = Escape::from_wire(&wire(12, 12, b"sh", escape_via::MOVED));
+        assert_eq!(
+            e,
+            Escape {
+                pid: 12,
+                thread: None,
+                comm: "sh".into(),
+                to_cgroup_id: 1,
+                forked_into: false,
+            }
+        );
+        // A thread alone; a name of the full 16 bytes has no terminating NUL.
+        let e = Escape::from_wire(&wire(13, 12, b"0123456789abcdef", escape_via::FORKED_INTO));
+        assert_eq!(e.pid, 12);
+        assert_eq!(e.thread, Some(13));
+        assert_eq!(e.comm, "0123456789abcdef");
+        assert!(e.forked_into);
+    }
+
+    #[test]
+    fn every_drop_reason_has_a_distinct_name() {
+        let reasons: BTreeSet<u32> = DROP_NAMES.iter().map(|(r, _)| *r).collect();
+        let names: BTreeSet<&str> = DROP_NAMES.iter().map(|(_, n)| *n).collect();
+        assert_eq!(reasons, (0..drop_reason::COUNT).collect());
+        assert_eq!(names.len(), DROP_NAMES.len());
+    }
+
+    #[test]
+    fn escapes_need_hooks_that_exist() {
+        for program in ESCAPE_HOOKS {
+            assert!(
+                HOOKS.iter().any(|h| h.program == *program),
+                "{program} is not a hook"
+            );
+        }
+    }
 }

@@ -52,6 +52,9 @@ pub struct Report {
     /// Processes the command left running in its cgroup, killed at the end.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leftovers: Vec<Leftover>,
+    /// Processes that left the run's cgroup: what they did afterwards is not in the totals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escaped: Vec<crate::escape::EscapedProcess>,
     /// One point per `metrics_interval`: rates and levels over that interval.
     #[serde(default)]
     pub series: Vec<SeriesPoint>,
@@ -409,6 +412,7 @@ impl Report {
             interrupted: None,
             leftovers: vec![],
             series_resolution: None,
+            escaped: vec![],
         }
     }
 }

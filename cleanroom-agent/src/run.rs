@@ -24,6 +24,7 @@ use crate::{
     cgroup::{CgroupError, CpuStat, Hierarchy, RunCgroup, check_parent, subtree_ids},
     collect::Sample,
     config::CleanroomConfig,
+    escape::EscapeWatch,
     host, limits,
     model::{self, Reading},
     monitor::Monitor,
@@ -143,6 +144,8 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         ),
     }
     let limit_lines = limits::apply(&cgroup, rl)?;
+    // Before the command starts: it joins the cgroup between fork and exec.
+    let escape_watch = EscapeWatch::start(&mut probes, cgroup.id());
 
     let (specs, not_applicable) = analyze::threshold_specs(config);
     if let Some((name, number)) = signals.pending().await {
@@ -319,6 +322,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     }
     monitor.observe(wall_time_ns, &finals);
 
+    let (escaped, escape_notes) = escape_watch.finish(&mut probes, &hierarchy.v2_mount, &drops);
     let cgroup_ref = CgroupRef {
         path: cgroup.path().display().to_string(),
         id: cgroup.id(),
@@ -352,6 +356,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                 .to_owned(),
         );
     }
+    notes.extend(escape_notes);
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
         command: opts.label.clone().unwrap_or_else(|| {
@@ -378,6 +383,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
             killed_leftovers: leftovers,
         }),
         leftovers: left_behind,
+        escaped,
         aggregates: model::aggregate(monitor.series.points()),
         anomalies: analyze::anomalies(monitor.series.points()),
         anomaly_method: analyze::ANOMALY_METHOD.to_owned(),

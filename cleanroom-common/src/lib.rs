@@ -17,6 +17,13 @@ pub mod maps {
     pub const CGROUP_TREE: &str = "CGROUP_TREE";
     /// Per-CPU array of `u64` drop counters, indexed by [`crate::drop_reason`] values.
     pub const DROPS: &str = "DROPS";
+    /// Hash: cgroup v2 id → run id (`u64`): the cgroups of each watched run (its own cgroup,
+    /// whose id is the run id, and the sub-cgroups made in it).
+    pub const WATCHED: &str = "WATCHED";
+    /// Hash: tgid (`u32`) → [`crate::RunProc`]: the processes of watched runs.
+    pub const RUN_PROCS: &str = "RUN_PROCS";
+    /// Hash: tgid (`u32`) → [`crate::Escape`]: processes that left their run's cgroups.
+    pub const ESCAPES: &str = "ESCAPES";
 }
 
 /// Names of the programs of the BPF object (the Rust function names in `cleanroom-ebpf`).
@@ -57,6 +64,8 @@ pub mod programs {
     pub const CGROUP_MKDIR: &str = "cgroup_mkdir";
     /// `tp_btf/cgroup_rmdir`: marks cgroups that are gone.
     pub const CGROUP_RMDIR: &str = "cgroup_rmdir";
+    /// `tp_btf/cgroup_attach_task`: processes joining or leaving a watched run's cgroups.
+    pub const CGROUP_ATTACH_TASK: &str = "cgroup_attach_task";
 }
 
 /// Kernel structure offsets the programs read at, set as load-time globals (`.rodata`) from
@@ -67,6 +76,9 @@ pub const OFFSETS: &[(&str, &str, &str)] = &[
     ("OFF_TASK_TGID", "task_struct", "tgid"),
     ("OFF_TASK_FLAGS", "task_struct", "flags"),
     ("OFF_TASK_MAJ_FLT", "task_struct", "maj_flt"),
+    ("OFF_TASK_START_TIME", "task_struct", "start_time"),
+    ("OFF_TASK_GROUP_LEADER", "task_struct", "group_leader"),
+    ("OFF_TASK_COMM", "task_struct", "comm"),
     ("OFF_CSS_SET_DFL_CGRP", "css_set", "dfl_cgrp"),
     ("OFF_CGROUP_KN", "cgroup", "kn"),
     ("OFF_CGROUP_ROOT", "cgroup", "root"),
@@ -305,6 +317,49 @@ pub struct CgroupNode {
 
 const _: () = assert!(core::mem::size_of::<CgroupNode>() == 16);
 
+/// A process of a watched run ([`maps::RUN_PROCS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunProc {
+    /// The run: the v2 id of the run's own cgroup.
+    pub run_id: u64,
+    /// `start_time` of the process's group leader (ns since boot), so that an entry left by a
+    /// process that exited unseen never matches another process that reuses its pid.
+    pub start_time: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<RunProc>() == 16);
+
+/// How a process came to be outside its run's cgroups.
+pub mod escape_via {
+    /// Moved by a write to a `cgroup.procs` (or `cgroup.threads`) file: `cgroup_attach_task`.
+    pub const MOVED: u32 = 0;
+    /// Forked straight into another cgroup (`clone3` with `CLONE_INTO_CGROUP`).
+    pub const FORKED_INTO: u32 = 1;
+}
+
+/// A process that left a watched run's cgroups ([`maps::ESCAPES`]); the first time it did.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Escape {
+    /// The run it left (the v2 id of the run's own cgroup).
+    pub run_id: u64,
+    /// The v2 id of the cgroup it went to.
+    pub to_cgroup_id: u64,
+    /// The task that moved (the thread id when only one thread moved).
+    pub pid: u32,
+    /// Its process (thread group) id.
+    pub tgid: u32,
+    /// An [`escape_via`] value.
+    pub via: u32,
+    /// Zero.
+    pub _pad: u32,
+    /// `task->comm` when it left: the name, NUL-padded (not terminated when 16 bytes long).
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<Escape>() == 48);
+
 /// Capacities of the other maps.
 pub const MAX_BLOCK_KEYS: u32 = 16_384;
 /// Histograms: a few per cgroup that does I/O, wakes up or connects.
@@ -313,6 +368,12 @@ pub const MAX_HISTOGRAMS: u32 = 8_192;
 pub const MAX_CGROUP_TREE: u32 = 16_384;
 /// In-flight bios, requests, wakeups and connects remembered at once (LRU; evictions counted).
 pub const MAX_IN_FLIGHT: u32 = 16_384;
+/// Cgroups of watched runs (run cgroups and the sub-cgroups made in them).
+pub const MAX_WATCHED: u32 = 1_024;
+/// Processes of watched runs at once.
+pub const MAX_RUN_PROCS: u32 = 32_768;
+/// Escapes recorded and not yet read.
+pub const MAX_ESCAPES: u32 = 1_024;
 
 /// Reasons an event could not be counted; indices into [`maps::DROPS`].
 pub mod drop_reason {
@@ -328,8 +389,15 @@ pub mod drop_reason {
     pub const TREE_MAP_FULL: u32 = 4;
     /// A latency ended whose start was not seen (evicted, or begun before loading).
     pub const LATENCY_UNMATCHED: u32 = 5;
+    /// [`crate::maps::WATCHED`] was full: a sub-cgroup of a run was not marked as inside it.
+    pub const WATCHED_MAP_FULL: u32 = 6;
+    /// [`crate::maps::RUN_PROCS`] was full: a process of a run was not tracked, so its leaving
+    /// the run's cgroups would go unseen.
+    pub const RUN_PROCS_MAP_FULL: u32 = 7;
+    /// [`crate::maps::ESCAPES`] was full: a process left its run's cgroups unrecorded.
+    pub const ESCAPES_MAP_FULL: u32 = 8;
     /// Number of reasons (size of the drops array).
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 9;
 }
 
 #[cfg(feature = "user")]
@@ -348,6 +416,10 @@ mod pod {
     unsafe impl aya::Pod for super::Histogram {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::CgroupNode {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::RunProc {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::Escape {}
 }
 
 #[cfg(test)]

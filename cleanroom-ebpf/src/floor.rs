@@ -37,6 +37,7 @@ empty_tp_btf!(
     inet_sock_set_state,
     cgroup_mkdir,
     cgroup_rmdir,
+    cgroup_attach_task,
 );
 
 /// Lets the packet through, counting nothing.

@@ -11,8 +11,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use cleanroom_common::{
-    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, MAX_BLOCK_KEYS,
-    MAX_CGROUP_TREE, MAX_CGROUPS, MAX_HISTOGRAMS, MAX_IN_FLIGHT, drop_reason, hist_bucket,
+    BlockKey, BlockStats, CgroupNode, CgroupStats, Escape, HistKey, Histogram, MAX_BLOCK_KEYS,
+    MAX_CGROUP_TREE, MAX_CGROUPS, MAX_ESCAPES, MAX_HISTOGRAMS, MAX_IN_FLIGHT, MAX_RUN_PROCS,
+    MAX_WATCHED, RunProc, drop_reason, hist_bucket,
 };
 
 /// cgroup v2 id → counters, one copy per CPU.
@@ -37,6 +38,22 @@ static ZERO_HISTOGRAM: Array<Histogram> = Array::with_max_entries(1, 0);
 /// cgroup v2 id → parent id (and whether removed), for cgroups made or removed while loaded.
 #[map]
 pub static CGROUP_TREE: HashMap<u64, CgroupNode> = HashMap::with_max_entries(MAX_CGROUP_TREE, 0);
+
+/// cgroup v2 id → run id, for the cgroups of watched runs: the agent inserts a run's own
+/// cgroup (its id is the run id) before the command starts; `cgroup_mkdir` adds the sub-cgroups
+/// made in it, `cgroup_rmdir` takes them out.
+#[map]
+pub static WATCHED: HashMap<u64, u64> = HashMap::with_max_entries(MAX_WATCHED, 0);
+
+/// tgid → the run it belongs to. A hash, not an LRU: an entry evicted silently would let its
+/// process leave unseen; a full map is counted instead. Entries go at process exit, and when the
+/// agent stops watching the run.
+#[map]
+pub static RUN_PROCS: HashMap<u32, RunProc> = HashMap::with_max_entries(MAX_RUN_PROCS, 0);
+
+/// tgid → how it left its run's cgroups, until the agent reads it.
+#[map]
+pub static ESCAPES: HashMap<u32, Escape> = HashMap::with_max_entries(MAX_ESCAPES, 0);
 
 /// Events that could not be counted, by [`drop_reason`].
 #[map]

@@ -10,6 +10,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfT
 use cleanroom_common::hist_kind;
 
 use crate::{
+    escape,
     maps::{RUNQ_SLOTS, RUNQ_START, record_latency, stats_of},
     task::{OFF_TASK_MAJ_FLT, OFF_TASK_PID, OFF_TASK_TGID, cgroup_id_of, current_cgroup_id, read},
 };
@@ -98,32 +99,44 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
 }
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`: runs in the
-/// parent. Counts new processes, not new threads.
+/// parent. Counts new processes, not new threads, and keeps a watched run's new processes in
+/// it ([`escape::on_fork`]).
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
     let child: *const u8 = ctx.arg(1);
-    let pid = read::<i32>(child, &OFF_TASK_PID);
-    let tgid = read::<i32>(child, &OFF_TASK_TGID);
-    if pid.is_some() && pid == tgid {
-        if let Some(stats) = cgroup_id_of(ctx.arg(0)).and_then(stats_of) {
+    let pid = read::<u32>(child, &OFF_TASK_PID);
+    let tgid = read::<u32>(child, &OFF_TASK_TGID);
+    if let (Some(pid), Some(tgid)) = (pid, tgid)
+        && pid == tgid
+        && let Some(parent_cgroup) = cgroup_id_of(ctx.arg(0))
+    {
+        if let Some(stats) = stats_of(parent_cgroup) {
             stats.processes_forked += 1;
         }
+        escape::on_fork(parent_cgroup, child, tgid);
     }
     0
 }
 
 /// `sched_process_exit(struct task_struct *p, bool group_dead)`: runs in the exiting task.
-/// Adds the task's own major-fault count, and counts a process when its last thread exits.
+/// Adds the task's own major-fault count, and counts a process when its last thread exits
+/// (which also ends its membership of a watched run).
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
     let task: *const u8 = ctx.arg(0);
     let group_dead: u64 = ctx.arg(1);
     let major = read::<u64>(task, &OFF_TASK_MAJ_FLT);
-    if let Some(stats) = cgroup_id_of(task).and_then(stats_of) {
+    let cgroup = cgroup_id_of(task);
+    if let Some(stats) = cgroup.and_then(stats_of) {
         stats.page_faults_major += major.unwrap_or(0);
         if group_dead & 0xff != 0 {
             stats.processes_exited += 1;
         }
+    }
+    if group_dead & 0xff != 0
+        && let Some(cgroup) = cgroup
+    {
+        escape::on_exit(cgroup);
     }
     0
 }

@@ -31,6 +31,9 @@ offsets!(
     OFF_TASK_TGID,
     OFF_TASK_FLAGS,
     OFF_TASK_MAJ_FLT,
+    OFF_TASK_START_TIME,
+    OFF_TASK_GROUP_LEADER,
+    OFF_TASK_COMM,
     OFF_CSS_SET_DFL_CGRP,
     OFF_CGROUP_KN,
     OFF_CGROUP_ROOT,
@@ -68,6 +71,29 @@ pub fn load_btf<T: Copy>(base: *const u8, offset: &Global<u64>) -> T {
     // SAFETY: see above; the verifier rejects the program rather than let this read stray, and
     // the load it emits cannot fault.
     unsafe { core::ptr::read_volatile(base.wrapping_add(offset.load() as usize).cast::<T>()) }
+}
+
+/// `task->comm` (16 bytes), byte by byte: its offset need not be aligned for wider loads.
+#[inline(always)]
+pub fn comm_of(task: *const u8) -> [u8; 16] {
+    let mut comm = [0u8; 16];
+    if task.is_null() {
+        return comm;
+    }
+    let base = task.wrapping_add(OFF_TASK_COMM.load() as usize);
+    for (i, byte) in comm.iter_mut().enumerate() {
+        // SAFETY: as in `load_btf`: a BTF-typed pointer, every byte inside `comm`; the verifier
+        // checks each load against the struct at load time.
+        *byte = unsafe { core::ptr::read_volatile(base.wrapping_add(i)) };
+    }
+    comm
+}
+
+/// `start_time` of `task`'s group leader: with the tgid, it names a process for good (a pid
+/// alone can be reused).
+#[inline(always)]
+pub fn leader_start_time(task: *const u8) -> Option<u64> {
+    read_ptr(task, &OFF_TASK_GROUP_LEADER).and_then(|l| read::<u64>(l, &OFF_TASK_START_TIME))
 }
 
 /// Reads a pointer at `base + offset`.

@@ -11,6 +11,8 @@
 //! `tcp-echo-serve ADDR`           accept once; read a length and that many bytes; send them back
 //! `tcp-send ADDR BYTES`           send BYTES to a tcp-echo-serve at ADDR and read them back
 //! `subcgroup-spin MS`             make a sub-cgroup of its own, spin MS ms in it, remove it
+//! `clone-into DIR MS`             clone3(CLONE_INTO_CGROUP) a child into cgroup DIR that spins
+//!                                 MS ms; prints `{"child":PID}` on a line of its own first
 //! `cgroups N SECS`                N sub-cgroups of its own, a sleeping process in each, for SECS
 //! `monotonic`                     print CLOCK_MONOTONIC in ns (when the command started)
 //!
@@ -119,6 +121,49 @@ fn own_v2_cgroup() -> String {
         .map(|m| format!("{m}{rel}"))
         .find(|p| std::path::Path::new(p).join("cgroup.procs").exists())
         .expect("the v2 mount")
+}
+
+/// `clone3(CLONE_INTO_CGROUP)` without a new stack (like fork): 0 in the child, its pid in the
+/// parent.
+fn clone_into_cgroup(cgroup: &File) -> libc::pid_t {
+    /// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size passed; without CLONE_VM or a stack the
+    // child runs on a copy of this address space, as after fork.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    assert!(
+        pid >= 0,
+        "clone3 failed: {}",
+        std::io::Error::last_os_error()
+    );
+    pid as libc::pid_t
 }
 
 fn main() {
@@ -308,6 +353,19 @@ fn main() {
                 );
                 std::thread::sleep(Duration::from_millis(10));
             }
+        }
+        Some("clone-into") => {
+            let dir = File::open(&args[1]).expect("opening the cgroup directory");
+            let pid = clone_into_cgroup(&dir);
+            if pid == 0 {
+                spin_cpu(Duration::from_millis(num(2)));
+                // SAFETY: leaves the child without running the parent's destructors.
+                unsafe { libc::_exit(0) };
+            }
+            println!(r#"{{"child":{pid}}}"#);
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
         }
         other => panic!("unknown workload {other:?}; see the module doc"),
     }

@@ -1,0 +1,174 @@
+//! Processes leaving a watched run's cgroups.
+//!
+//! A run's cgroup only holds what stays in it: a process that writes itself into another
+//! cgroup's `cgroup.procs` takes everything it does afterwards with it, and the run's totals
+//! silently miss it. `cgroup_attach_task` fires after a migration, when the source cgroup is
+//! no longer known, so membership is kept here as it happens:
+//!
+//! - [`WATCHED`] holds each run's cgroups: the agent inserts the run's own cgroup before the
+//!   command starts, `cgroup_mkdir` adds sub-cgroups made in a watched one (same run).
+//! - [`RUN_PROCS`] holds each run's processes: a process that attaches to a watched cgroup (the
+//!   command itself does, before `exec`) and every process forked in one.
+//! - A tracked process that attaches anywhere outside its run on the v2 hierarchy, or a child
+//!   forked straight into such a cgroup (`CLONE_INTO_CGROUP`), is recorded in [`ESCAPES`].
+//!
+//! Cost: a process fork or exit does one lookup of the small [`WATCHED`] map, plus an insert
+//! (fork) or delete (exit) of [`RUN_PROCS`] inside a run; attaching and making cgroups are rare.
+//! `sched_switch` and `sched_stat_runtime` do nothing here.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use cleanroom_common::{Escape, RunProc, drop_reason, escape_via};
+
+use crate::{
+    maps::{ESCAPES, RUN_PROCS, WATCHED, count_drop},
+    task::{
+        OFF_TASK_PID, OFF_TASK_TGID, comm_of, current_task, dfl_cgroup_of, id_of_cgroup,
+        leader_start_time, on_default_hierarchy, read,
+    },
+};
+
+/// `-E2BIG`: what a map update returns when the map is full.
+const E2BIG: i32 = -7;
+
+/// The run that cgroup `id` belongs to, if it is watched.
+#[inline(always)]
+fn run_of_cgroup(id: u64) -> Option<u64> {
+    // SAFETY: a plain u64 value, copied out at once.
+    WATCHED.get_ptr(&id).map(|p| unsafe { *p })
+}
+
+/// Starts tracking process `tgid` (started at `start_time`) as part of `run_id`.
+#[inline(always)]
+fn track(tgid: u32, run_id: u64, start_time: u64) {
+    let entry = RunProc { run_id, start_time };
+    if RUN_PROCS.insert(&tgid, &entry, 0) == Err(E2BIG) {
+        count_drop(drop_reason::RUN_PROCS_MAP_FULL);
+    }
+}
+
+/// Records that `task` (of process `tgid`) left `run_id` for cgroup `to`. The first escape of
+/// a process is kept until the agent reads it.
+#[inline(always)]
+fn record(run_id: u64, to: u64, task: *const u8, tgid: u32, via: u32) {
+    let escape = Escape {
+        run_id,
+        to_cgroup_id: to,
+        pid: read::<u32>(task, &OFF_TASK_PID).unwrap_or(tgid),
+        tgid,
+        via,
+        _pad: 0,
+        comm: comm_of(task),
+    };
+    if ESCAPES.insert(&tgid, &escape, u64::from(BPF_NOEXIST)) == Err(E2BIG) {
+        count_drop(drop_reason::ESCAPES_MAP_FULL);
+    }
+}
+
+/// `sched_process_fork`, for a new process `child` (tgid `tgid`) forked by the current task,
+/// whose cgroup is `parent_cgroup`.
+#[inline(always)]
+pub fn on_fork(parent_cgroup: u64, child: *const u8, tgid: u32) {
+    let Some(run_id) = run_of_cgroup(parent_cgroup) else {
+        return;
+    };
+    let Some(start_time) = leader_start_time(child) else {
+        count_drop(drop_reason::READ_FAILED);
+        return;
+    };
+    // A child normally starts in its parent's cgroup; `clone3(CLONE_INTO_CGROUP)` puts it
+    // elsewhere without any attach event.
+    let child_cgroup = dfl_cgroup_of(child);
+    if child_cgroup != dfl_cgroup_of(current_task()) {
+        let Some(child_id) = child_cgroup.and_then(id_of_cgroup) else {
+            count_drop(drop_reason::READ_FAILED);
+            return;
+        };
+        match run_of_cgroup(child_id) {
+            Some(run) if run == run_id => {}
+            other => {
+                record(run_id, child_id, child, tgid, escape_via::FORKED_INTO);
+                if let Some(run) = other {
+                    track(tgid, run, start_time);
+                }
+                return;
+            }
+        }
+    }
+    track(tgid, run_id, start_time);
+}
+
+/// `sched_process_exit` of the last thread of the current process, in cgroup `cgroup`. Only a
+/// process in a watched cgroup can be tracked (one that left was untracked then), so the small
+/// map is asked first.
+#[inline(always)]
+pub fn on_exit(cgroup: u64) {
+    if run_of_cgroup(cgroup).is_some() {
+        let _ = RUN_PROCS.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
+    }
+}
+
+/// `cgroup_mkdir` of v2 cgroup `id` in `parent_id`: a sub-cgroup of a run is inside the run.
+#[inline(always)]
+pub fn on_mkdir(id: u64, parent_id: u64) {
+    if let Some(run_id) = run_of_cgroup(parent_id) {
+        if WATCHED.insert(&id, &run_id, 0) == Err(E2BIG) {
+            count_drop(drop_reason::WATCHED_MAP_FULL);
+        }
+    }
+}
+
+/// `cgroup_rmdir` of v2 cgroup `id`.
+#[inline(always)]
+pub fn on_rmdir(id: u64) {
+    if run_of_cgroup(id).is_some() {
+        let _ = WATCHED.remove(&id);
+    }
+}
+
+/// `cgroup_attach_task(struct cgroup *dst_cgrp, const char *path, struct task_struct *task,
+/// bool threadgroup)`: fires after `task` (its whole thread group when `threadgroup`) moved to
+/// `dst_cgrp`, on any hierarchy; only v2 moves matter (the run's CPU time is counted there).
+#[btf_tracepoint(function = "cgroup_attach_task")]
+pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> u32 {
+    let dst: *const u8 = ctx.arg(0);
+    let task: *const u8 = ctx.arg(2);
+    let threadgroup: u64 = ctx.arg(3);
+    if !on_default_hierarchy(dst) {
+        return 0;
+    }
+    let (Some(dst_id), Some(tgid), Some(start_time)) = (
+        id_of_cgroup(dst),
+        read::<u32>(task, &OFF_TASK_TGID),
+        leader_start_time(task),
+    ) else {
+        count_drop(drop_reason::READ_FAILED);
+        return 0;
+    };
+    let dst_run = run_of_cgroup(dst_id);
+    // SAFETY: a plain value, copied out at once; an entry of a process that exited unseen
+    // (same pid, earlier start) is not this process.
+    let tracked = RUN_PROCS
+        .get_ptr(&tgid)
+        .map(|p| unsafe { *p })
+        .filter(|p| p.start_time == start_time);
+    match (tracked, dst_run) {
+        (Some(p), Some(run)) if p.run_id == run => {}
+        (Some(p), _) => {
+            record(p.run_id, dst_id, task, tgid, escape_via::MOVED);
+            match dst_run {
+                Some(run) => track(tgid, run, start_time),
+                // One thread left; the rest of the process is still in the run.
+                None if threadgroup & 0xff == 0 => {}
+                None => {
+                    let _ = RUN_PROCS.remove(&tgid);
+                }
+            }
+        }
+        (None, Some(run)) => track(tgid, run, start_time),
+        (None, None) => {}
+    }
+    0
+}

@@ -42,6 +42,31 @@ fn cleanroom_within(store: &Path, args: &[&str], limit: Duration) -> Output {
     wait_at_most(child, limit, &format!("cleanroom {args:?}"))
 }
 
+/// `cleanroom run -q --no-store --cgroup-parent CG EXTRA --report R.json -- COMMAND`, at most
+/// two minutes; the output and the parsed report.
+fn measured(cg: &TestCgroup, extra: &[&str], command: &[&str]) -> (Output, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let mut args = vec![
+        "run",
+        "-q",
+        "--no-store",
+        "--cgroup-parent",
+        cg.path().to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    args.push("--");
+    args.extend(command);
+    let out = cleanroom_within(&dir.path().join("h.db"), &args, Duration::from_secs(120));
+    let json = fs::read_to_string(&report)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| panic!("no report: {out:?}"));
+    (out, json)
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -453,28 +478,12 @@ fn a_report_of_a_newer_schema_renders_with_a_warning() {
     if !privileged("a_report_of_a_newer_schema_renders_with_a_warning") {
         return;
     }
+    let cg = TestCgroup::new("newer");
+    let (out, mut json) = measured(&cg, &[], &["true"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("h.db");
     let report = dir.path().join("r.json");
-    let cg = TestCgroup::new("newer");
-    let out = cleanroom_within(
-        &store,
-        &[
-            "run",
-            "-q",
-            "--no-store",
-            "--cgroup-parent",
-            cg.path().to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
-            "--",
-            "true",
-        ],
-        Duration::from_secs(60),
-    );
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
     json["schema_version"] = 2.into();
     json["a_field_from_the_future"] = "x".into();
     fs::write(&report, json.to_string()).unwrap();
@@ -840,29 +849,9 @@ fn a_daemon_left_behind_is_named_and_counted() {
         return;
     }
     let cg = TestCgroup::new("daemon");
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("r.json");
     // Double-forked: reparented away from the command, still in its cgroup.
-    let out = cleanroom_within(
-        &dir.path().join("h.db"),
-        &[
-            "run",
-            "-q",
-            "--no-store",
-            "--cgroup-parent",
-            cg.path().to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            "(sleep 301 &) ; exit 0",
-        ],
-        Duration::from_secs(60),
-    );
+    let (out, json) = measured(&cg, &[], &["sh", "-c", "(sleep 301 &) ; exit 0"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let json: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
     let leftovers = json["leftovers"].as_array().cloned().unwrap_or_default();
     assert_eq!(leftovers.len(), 1, "{json:#}");
     assert_eq!(leftovers[0]["command"], "sleep 301", "{json:#}");
@@ -870,6 +859,7 @@ fn a_daemon_left_behind_is_named_and_counted() {
     assert!(notes.contains("sleep 301"), "{notes}");
 
     // Interrupted: the count of killed leftovers is right too.
+    let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("interrupted.json");
     let (child, _) = start_run(
         &cg,
@@ -893,29 +883,8 @@ fn a_long_run_keeps_a_bounded_series() {
         return;
     }
     let cg = TestCgroup::new("series");
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("r.json");
-    let out = cleanroom_within(
-        &dir.path().join("h.db"),
-        &[
-            "run",
-            "-q",
-            "--no-store",
-            "--interval",
-            "10ms",
-            "--cgroup-parent",
-            cg.path().to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
-            "--",
-            "sleep",
-            "23",
-        ],
-        Duration::from_secs(120),
-    );
+    let (out, json) = measured(&cg, &["--interval", "10ms"], &["sleep", "23"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let json: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
     let points = json["series"].as_array().map_or(0, Vec::len);
     let resolution = &json["series_resolution"];
     let intervals = resolution["intervals"].as_u64().unwrap_or(0);

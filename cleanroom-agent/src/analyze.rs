@@ -427,6 +427,24 @@ pub fn insights(report: &Report, cpus: usize) -> Vec<Insight> {
     .map(|l| l.sum_ns as f64)
     .sum::<f64>();
 
+    if !report.escaped.is_empty() {
+        // Said first: every figure below is short of what the escaped processes did.
+        out.push(Insight {
+            text: format!(
+                "{} process(es) left the run's cgroup ({}): what they did afterwards is not in \
+                 these figures, which are therefore too low.",
+                report.escaped.len(),
+                report
+                    .escaped
+                    .iter()
+                    .take(5)
+                    .map(|e| format!("{} {}", e.pid, e.comm))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            numbers: BTreeMap::from([("escaped".to_owned(), report.escaped.len() as f64)]),
+        });
+    }
     if let Some(cpu) = cpu {
         let mut text = format!(
             "Of {:.2}s of wall time: {:.2}s on CPU ({:.0}% of one core on average",
@@ -693,5 +711,31 @@ mod tests {
         assert!(all_pass(std::slice::from_ref(&pass), &[]));
         assert!(!all_pass(&[pass.clone(), fail], &[]));
         assert!(!all_pass(&[unmeasured], &[]));
+    }
+
+    #[test]
+    fn escaped_processes_come_first_in_the_insights() {
+        let mut r = Report::example();
+        assert!(
+            insights(&r, 2)
+                .iter()
+                .all(|i| !i.text.contains("left the run"))
+        );
+        r.escaped.push(crate::escape::EscapedProcess {
+            pid: 42,
+            thread: None,
+            comm: "sh".into(),
+            via: "moved".into(),
+            to_cgroup_id: 1,
+            to_cgroup_path: None,
+        });
+        let first = &insights(&r, 2)[0];
+        assert!(
+            first
+                .text
+                .contains("1 process(es) left the run's cgroup (42 sh)"),
+            "{}",
+            first.text
+        );
     }
 }

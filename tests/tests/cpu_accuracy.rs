@@ -23,9 +23,10 @@ fn cpu_time_of_busy_run_matches_cpu_stat() {
         rel_diff(measured, kernel) < 0.01,
         "probes measured {measured} ns of CPU, cpu.stat says {kernel} ns"
     );
-    // Two processes busy for 3 s each must have had a good share of two CPUs.
+    // Two processes busy for 3 s each get a good share of the CPUs even on a busy shared
+    // machine (seen: 2.9 s with other builds running); the exact check is the one above.
     assert!(
-        measured > 3_000_000_000,
+        measured > 2_000_000_000,
         "only {measured} ns of CPU for 2 x 3 s of spinning"
     );
     let reported_kernel = u64_at(&report, "/kernel/cpu_usage_ns");

@@ -6,6 +6,10 @@
 //! from a global allocator. A single allocation above `-malloc_limit_mb` then stops the run with
 //! libFuzzer's own `out-of-memory (malloc(N))` report and an `oom-` artifact, even when the
 //! memory would never be touched (and so never show in `-rss_limit_mb`).
+//!
+//! The hooks are only offered in builds with `--cfg cleanroom_fuzz_hooks`, which `cargo xtask
+//! fuzz` passes: a sanitizer runtime (cargo-fuzz's default ASan build) defines the same symbol
+//! and watches allocations itself.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -94,10 +98,12 @@ unsafe impl GlobalAlloc for Hooked {
 #[macro_export]
 macro_rules! bounded_allocations {
     () => {
+        #[cfg(cleanroom_fuzz_hooks)]
         #[global_allocator]
         static ALLOCATOR: $crate::Hooked = $crate::Hooked;
 
         /// What a sanitizer runtime would offer; libFuzzer calls it once at start-up.
+        #[cfg(cleanroom_fuzz_hooks)]
         #[unsafe(no_mangle)]
         pub extern "C" fn __sanitizer_install_malloc_and_free_hooks(
             malloc: Option<$crate::MallocHook>,

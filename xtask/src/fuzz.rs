@@ -45,7 +45,7 @@ const TIMEOUT_SECS: u32 = 10;
 /// How long `cargo xtask test` fuzzes each target.
 pub const TEST_SECONDS: u64 = 5;
 
-/// The flags cargo-fuzz passes for a build without a sanitizer.
+/// The flags cargo-fuzz passes for a build without a sanitizer, and one of ours.
 const RUSTFLAGS: &[&str] = &[
     "-Cpasses=sancov-module",
     "-Cllvm-args=-sanitizer-coverage-level=4",
@@ -57,6 +57,9 @@ const RUSTFLAGS: &[&str] = &[
     "--cfg",
     "fuzzing",
     "-Cdebug-assertions",
+    // libFuzzer's malloc hooks, offered by fuzz/src/lib.rs in place of a sanitizer's.
+    "--cfg",
+    "cleanroom_fuzz_hooks",
 ];
 
 /// `cargo xtask fuzz`: fuzzes `target` (or every target) for `seconds` each.

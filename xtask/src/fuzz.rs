@@ -20,7 +20,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Command, ExitStatus, Stdio},
     time::Instant,
 };
 
@@ -43,7 +43,7 @@ pub const RSS_LIMIT_MB: u32 = 2048;
 /// The longest one input may take.
 const TIMEOUT_SECS: u32 = 10;
 /// How long `cargo xtask test` fuzzes each target.
-pub const TEST_SECONDS: u64 = 5;
+pub const TEST_SECONDS: u64 = 4;
 
 /// The flags cargo-fuzz passes for a build without a sanitizer, and one of ours.
 const RUSTFLAGS: &[&str] = &[
@@ -62,7 +62,8 @@ const RUSTFLAGS: &[&str] = &[
     "cleanroom_fuzz_hooks",
 ];
 
-/// `cargo xtask fuzz`: fuzzes `target` (or every target) for `seconds` each.
+/// `cargo xtask fuzz`: fuzzes `target` (or every target) for `seconds` each, one after the
+/// other, with libFuzzer's output on the terminal.
 pub fn fuzz(root: &Path, target: Option<&str>, seconds: u64) -> Result<()> {
     let targets: Vec<(&str, usize)> = match target {
         None => TARGETS.to_vec(),
@@ -75,17 +76,54 @@ pub fn fuzz(root: &Path, target: Option<&str>, seconds: u64) -> Result<()> {
     };
     let bins = build(root)?;
     for (name, max_len) in targets {
-        run(root, &bins, name, max_len, seconds, false)?;
+        let run = Run::new(root, &bins, name, max_len, seconds)?;
+        let status = run
+            .cmd()
+            .status()
+            .with_context(|| format!("starting {}", run.bin.display()))?;
+        run.check(status, None)?;
     }
     Ok(())
 }
 
-/// The bounded run inside `cargo xtask test`: every target for [`TEST_SECONDS`], quietly.
+/// The bounded run inside `cargo xtask test`: every target for [`TEST_SECONDS`] with a fixed
+/// seed, all at once, each into its log file; a summary line each, or the end of the log of one
+/// that failed.
 pub fn smoke(root: &Path) -> Result<()> {
     let started = Instant::now();
     let bins = build(root)?;
+    step(&format!(
+        "fuzzing every target for {TEST_SECONDS} s, at once (at most {MALLOC_LIMIT_MB} MiB an \
+         allocation, {RSS_LIMIT_MB} MiB resident)"
+    ));
+    let logs = fuzz_dir(root).join("target/logs");
+    fs::create_dir_all(&logs).context("creating fuzz/target/logs")?;
+    let mut running = Vec::new();
     for &(name, max_len) in TARGETS {
-        run(root, &bins, name, max_len, TEST_SECONDS, true)?;
+        let run = Run::new(root, &bins, name, max_len, TEST_SECONDS)?;
+        let log = logs.join(format!("{name}.log"));
+        let file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = run
+            .cmd()
+            // The same mutations in the same order on every machine.
+            .arg("-seed=1")
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .with_context(|| format!("starting {}", run.bin.display()))?;
+        running.push((run, log, child));
+    }
+    let mut failed = None;
+    for (run, log, mut child) in running {
+        let status = child.wait().context("waiting for a fuzz target")?;
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        match run.check(status, Some((&log, &text))) {
+            Ok(()) => step(&format!("  {}: {}; no crash", run.name, summary(&text))),
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     step(&format!(
         "fuzzing: no crash in {} targets ({:.0} s with the build)",
@@ -93,6 +131,27 @@ pub fn smoke(root: &Path) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// The figures of a finished run, from libFuzzer's `-print_final_stats` and last status line.
+fn summary(text: &str) -> String {
+    let stat = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map_or("?", str::trim)
+            .to_owned()
+    };
+    let coverage = text
+        .lines()
+        .rev()
+        .find_map(|l| l.split(" cov: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("?");
+    format!(
+        "{} inputs run, {coverage} coverage points, peak {} MiB",
+        stat("stat::number_of_executed_units:"),
+        stat("stat::peak_rss_mb:"),
+    )
 }
 
 fn names() -> String {
@@ -157,91 +216,85 @@ fn host_triple() -> Result<String> {
         .context("rustc -vV printed no host triple")
 }
 
-/// Fuzzes one target for `seconds`. `quiet` sends libFuzzer's output to a log file and prints
-/// a summary (or the log's end, on failure).
-fn run(
-    root: &Path,
-    bins: &Path,
-    name: &str,
+/// One target's run: where its seeds, findings and crashes go.
+struct Run {
+    name: &'static str,
+    bin: PathBuf,
+    seeds: PathBuf,
+    corpus: PathBuf,
+    artifacts: PathBuf,
     max_len: usize,
     seconds: u64,
-    quiet: bool,
-) -> Result<()> {
-    let dir = fuzz_dir(root);
-    let seeds = dir.join("corpus").join(name);
-    let corpus = dir.join("target/corpus").join(name);
-    let artifacts = dir.join("artifacts").join(name);
-    for d in [&corpus, &artifacts] {
-        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+}
+
+impl Run {
+    fn new(
+        root: &Path,
+        bins: &Path,
+        name: &'static str,
+        max_len: usize,
+        seconds: u64,
+    ) -> Result<Self> {
+        let dir = fuzz_dir(root);
+        let run = Self {
+            name,
+            bin: bins.join(name),
+            seeds: dir.join("corpus").join(name),
+            corpus: dir.join("target/corpus").join(name),
+            artifacts: dir.join("artifacts").join(name),
+            max_len,
+            seconds,
+        };
+        for d in [&run.corpus, &run.artifacts] {
+            fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(run)
     }
-    let bin = bins.join(name);
-    step(&format!(
-        "fuzzing {name} for {seconds} s (seeds: fuzz/corpus/{name}; at most {max_len} bytes an \
-         input, {MALLOC_LIMIT_MB} MiB an allocation, {RSS_LIMIT_MB} MiB resident)"
-    ));
-    let mut cmd = Command::new(&bin);
-    // New inputs go to the first directory; the seeds are only read.
-    cmd.arg(&corpus)
-        .arg(&seeds)
-        .arg(format!("-artifact_prefix={}/", artifacts.display()))
-        .arg(format!("-max_total_time={seconds}"))
-        .arg(format!("-max_len={max_len}"))
-        .arg(format!("-malloc_limit_mb={MALLOC_LIMIT_MB}"))
-        .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
-        .arg(format!("-timeout={TIMEOUT_SECS}"))
-        .arg("-print_final_stats=1");
-    let log = dir.join("target/logs").join(format!("{name}.log"));
-    if quiet {
-        // A fixed seed: the same mutations in the same order on every machine.
-        cmd.arg("-seed=1");
-        fs::create_dir_all(log.parent().expect("a file has a parent"))
-            .context("creating fuzz/target/logs")?;
-        let file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        cmd.stdout(Stdio::from(file.try_clone()?))
-            .stderr(Stdio::from(file));
+
+    /// The libFuzzer command line.
+    fn cmd(&self) -> Command {
+        let (name, seconds, max_len) = (self.name, self.seconds, self.max_len);
+        step(&format!(
+            "fuzzing {name} for {seconds} s (seeds: fuzz/corpus/{name}; at most {max_len} bytes \
+             an input)"
+        ));
+        let mut cmd = Command::new(&self.bin);
+        // New inputs go to the first directory; the seeds are only read.
+        cmd.arg(&self.corpus)
+            .arg(&self.seeds)
+            .arg(format!("-artifact_prefix={}/", self.artifacts.display()))
+            .arg(format!("-max_total_time={seconds}"))
+            .arg(format!("-max_len={max_len}"))
+            .arg(format!("-malloc_limit_mb={MALLOC_LIMIT_MB}"))
+            .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
+            .arg(format!("-timeout={TIMEOUT_SECS}"))
+            .arg("-print_final_stats=1");
+        cmd
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let text = if quiet {
-        fs::read_to_string(&log).unwrap_or_default()
-    } else {
-        String::new()
-    };
-    if !status.success() {
-        if quiet {
+
+    /// Fails with the saved input and how to replay it when the run failed; `log` is where
+    /// its output went, if not to the terminal (its end is printed then).
+    fn check(&self, status: ExitStatus, log: Option<(&Path, &str)>) -> Result<()> {
+        if status.success() {
+            return Ok(());
+        }
+        if let Some((path, text)) = log {
             let lines: Vec<&str> = text.lines().collect();
             eprintln!("{}", lines[lines.len().saturating_sub(60)..].join("\n"));
-            eprintln!("xtask: (the whole output: {})", log.display());
+            eprintln!(
+                "xtask: (the whole output of {}: {})",
+                self.name,
+                path.display()
+            );
         }
-        let found = newest_file(&artifacts);
-        let input = found
-            .as_deref()
+        let input = newest_file(&self.artifacts)
             .map_or_else(|| "the input".to_owned(), |p| p.display().to_string());
         bail!(
-            "fuzz target {name} failed ({status}): {input}\n  reproduce with: {} {input}",
-            bin.display()
-        );
+            "fuzz target {} failed ({status}): {input}\n  reproduce with: {} {input}",
+            self.name,
+            self.bin.display()
+        )
     }
-    if quiet {
-        let stat = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map_or("?", str::trim)
-                .to_owned()
-        };
-        step(&format!(
-            "  {name}: {} inputs run, {} coverage points, peak {} MiB; no crash",
-            stat("stat::number_of_executed_units:"),
-            text.lines()
-                .rev()
-                .find_map(|l| l.split(" cov: ").nth(1))
-                .and_then(|rest| rest.split_whitespace().next())
-                .unwrap_or("?"),
-            stat("stat::peak_rss_mb:"),
-        ));
-    }
-    Ok(())
 }
 
 /// The most recently written file in `dir`.

@@ -12,7 +12,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Duration::try_from_secs_f64(secs)
             .map_err(|e| format!("{}: {e}", truncate_quote(text, 60)));
     }
-    humantime::parse_duration(text).map_err(|e| {
+    let parsed = if humantime_would_overflow(text) {
+        Err(humantime::DurationError::NumberOverflow)
+    } else {
+        humantime::parse_duration(text)
+    };
+    parsed.map_err(|e| {
         let why = truncate_quote(&e.to_string(), 80);
         format!(
             "{} is not a duration like \"5s\" or \"250ms\" ({})",
@@ -20,6 +25,33 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             why.trim_matches('"')
         )
     })
+}
+
+/// Whether the terms of `text` (`1h`, `2.5 ms`, ...) add up past the largest `Duration`.
+/// humantime 2.4 panics ("overflow in Duration::new") instead of failing when they do so by a
+/// carried second, as in `18446744073709551615s 500ms 500ms`; one term alone never does.
+fn humantime_would_overflow(text: &str) -> bool {
+    let unit = |c: char| c.is_ascii_alphabetic() || c == 'µ';
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        // A term ends after its unit, at the first character that is not a letter.
+        let end = rest
+            .char_indices()
+            .skip_while(|&(_, c)| !unit(c))
+            .find(|&(_, c)| !unit(c))
+            .map_or(rest.len(), |(i, _)| i);
+        // A term humantime refuses: its error on the whole text says more.
+        let Ok(term) = humantime::parse_duration(&rest[..end]) else {
+            return false;
+        };
+        let Some(sum) = total.checked_add(term) else {
+            return true;
+        };
+        total = sum;
+        rest = &rest[end..];
+    }
+    false
 }
 
 /// Parses a size: `100MiB` (binary), `100MB` (decimal), `4096`; case and spaces are free. A
@@ -193,6 +225,28 @@ mod tests {
         assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("five seconds").is_err());
         assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn durations_past_the_largest_are_refused_not_a_panic() {
+        // Found by the `units` fuzz target: humantime alone panics on these.
+        for text in [
+            "18446744073709551615s 500ms 500ms",
+            "18446744073709551615.5s 0.5s",
+            "18446744073709551615s1000000000ns",
+        ] {
+            let e = parse_duration(text).unwrap_err();
+            assert!(e.contains("too large"), "{e}");
+        }
+        assert_eq!(
+            parse_duration("18446744073709551615s 999ms"),
+            Ok(Duration::new(u64::MAX, 999_000_000))
+        );
+        assert_eq!(
+            parse_duration("1h2m 3.5s"),
+            Ok(Duration::from_millis(3_723_500))
+        );
+        assert_eq!(parse_duration("1 0µs"), Ok(Duration::from_micros(10)));
     }
 
     #[test]

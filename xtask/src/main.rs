@@ -6,6 +6,7 @@
 //! are printed instead.
 
 mod bench;
+mod fuzz;
 mod toolchain;
 
 use std::{
@@ -43,7 +44,16 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         reps: usize,
     },
-    /// Build, then run every test: unit tests and the privileged integration tests.
+    /// Fuzz the parsers of untrusted text with libFuzzer (see fuzz/): every target, or one.
+    Fuzz {
+        /// config_toml, slo_objective, units or report_json (default: every target).
+        target: Option<String>,
+        /// How long to fuzz each target, in seconds.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+    },
+    /// Build, then run every test: unit tests, the privileged integration tests, and a few
+    /// seconds of each fuzz target.
     Test {
         /// Extra arguments for the test harness (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -123,8 +133,10 @@ fn run(task: Task) -> Result<()> {
                 // The privileged tests measure CPU time on a two-core machine: one at a time.
                 .args(["--", "--test-threads=1"])
                 .args(&args);
-            check(cmd, "tests failed")
+            check(cmd, "tests failed")?;
+            fuzz::smoke(&root)
         }
+        Task::Fuzz { target, time } => fuzz::fuzz(&root, target.as_deref(), time),
     }
 }
 

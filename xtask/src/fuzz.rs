@@ -5,12 +5,12 @@
 //! | `config_toml` | `CleanroomConfig::from_toml`: the `--config`/`--slo` TOML, `[[slos]]` included |
 //! | `slo_objective` | `Objective::parse`: `METRIC OP VALUE` |
 //! | `units` | `parse_duration`, `parse_bytes`, `parse_percent` |
-//! | `report_json` | a JSON report read back, then rendered as JSON, CSV, Markdown, JUnit, HTML, PDF |
+//! | `report_json` | a JSON report read back, rendered in every format, alone, compared and trended |
 //!
 //! The targets are built by the toolchain that runs xtask with the instrumentation flags
 //! cargo-fuzz passes (without a sanitizer), so neither a nightly toolchain nor cargo-fuzz is
 //! needed; libFuzzer itself is C++ that `libfuzzer-sys` compiles (g++ is installed if missing).
-//! `cargo fuzz run TARGET` works on the same crate for whoever has cargo-fuzz.
+//! `cargo +nightly fuzz run TARGET` works on the same crate too (with AddressSanitizer).
 //!
 //! Each run starts from the checked-in seeds (`fuzz/corpus/TARGET`, never written to), keeps
 //! what it finds in `fuzz/target/corpus/TARGET`, and stops at the first panic, timeout or

@@ -93,8 +93,13 @@ impl Kind {
                 .trim_end_matches("/s")
                 .parse::<f64>()
                 .ok()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| format!("{} is not a number", truncate_quote(text, 60))),
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| {
+                    format!(
+                        "{} is not a count or rate (a number, at least 0)",
+                        truncate_quote(text, 60)
+                    )
+                }),
             Kind::Percent => parse_percent(text),
         }
     }
@@ -301,6 +306,14 @@ mod tests {
                 .unwrap_err()
                 .contains("no comparison")
         );
+        for bad in [
+            "page_faults_major >= -1",
+            "processes_forked <= inf",
+            "cpu_percent >= NaN%",
+            "cpu_percent >= -5",
+        ] {
+            assert!(Objective::parse(bad).is_err(), "{bad} was accepted");
+        }
         assert!(
             Objective::parse("speed <= 3")
                 .unwrap_err()

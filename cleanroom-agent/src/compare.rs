@@ -122,7 +122,7 @@ impl RunLabel {
     pub fn of(label: &str, report: &Report) -> Self {
         Self {
             label: label.to_owned(),
-            command: report.command.join(" "),
+            command: report.command_line(),
             started_at: report.started_at.clone(),
             git_commit: report.host.git_commit.clone(),
         }

@@ -195,6 +195,13 @@ pub fn human_duration_ns(ns: u64) -> String {
 }
 
 impl Report {
+    /// The command as a shell would take it back: each argument quoted where it needs to be
+    /// (`sh -c 'git clone x && sync'`), so it can be pasted into a terminal.
+    pub fn command_line(&self) -> String {
+        shlex::try_join(self.command.iter().map(String::as_str))
+            .unwrap_or_else(|_| self.command.join(" "))
+    }
+
     /// The summary table printed at the end of a run.
     pub fn summary(&self) -> String {
         let mut out = String::new();
@@ -206,7 +213,7 @@ impl Report {
         let _ = writeln!(
             out,
             "\ncleanroom: `{}` {ended} after {}",
-            self.command.join(" "),
+            self.command_line(),
             human_duration_ns(self.wall_time_ns)
         );
         let _ = writeln!(out, "  cgroup {} (id {})", self.cgroup.path, self.cgroup.id);
@@ -420,6 +427,15 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_is_shown_as_a_shell_takes_it_back() {
+        let mut r = Report::example();
+        r.command = vec!["sh".into(), "-c".into(), "git clone x && sync".into()];
+        assert_eq!(r.command_line(), "sh -c 'git clone x && sync'");
+        r.command = vec!["cargo".into(), "test".into()];
+        assert_eq!(r.command_line(), "cargo test");
+    }
 
     #[test]
     fn numbers_read_like_people_write_them() {

@@ -251,7 +251,7 @@ impl Store {
             params![
                 report.name,
                 report.started_at,
-                report.command.join(" "),
+                report.command_line(),
                 report.host.hostname,
                 report.host.git_commit,
                 report.host.git_branch,

@@ -103,14 +103,16 @@ fn every_format_is_structurally_sound() {
         u64_at(&json, "/totals/cpu_time_ns")
     );
 
-    // JUnit XML: one case per SLO, the failed one with the measured value and objective.
+    // JUnit XML: the command's own outcome, then one case per SLO, the failed one with the
+    // measured value and objective.
     let xml = fs::read_to_string(dir.path().join("r.xml")).unwrap();
     let doc = roxmltree::Document::parse(&xml).expect("well-formed XML");
     let cases: Vec<roxmltree::Node> = doc
         .descendants()
         .filter(|n| n.has_tag_name("testcase"))
         .collect();
-    assert_eq!(cases.len(), 2, "{xml}");
+    assert_eq!(cases.len(), 3, "{xml}");
+    assert_eq!(cases[0].attribute("classname"), Some("cleanroom.run"), "{xml}");
     let failed = cases
         .iter()
         .find(|c| c.attribute("name") == Some("frugal"))

@@ -289,7 +289,7 @@ pub fn report(r: &Report) -> String {
             .as_ref()
             .map(|n| format!(": {}", esc(n)))
             .unwrap_or_default(),
-        esc(&r.command.join(" ")),
+        esc(&r.command_line()),
         r.exit_code,
         human_duration_ns(r.wall_time_ns),
         esc(&r.started_at),
@@ -445,11 +445,7 @@ pub fn report(r: &Report) -> String {
         }
         body.push_str("</ul></section>");
     }
-    page(
-        &format!("Cleanroom: {}", r.command.join(" ")),
-        &header,
-        &body,
-    )
+    page(&format!("Cleanroom: {}", r.command_line()), &header, &body)
 }
 
 /// The page of a comparison.

@@ -90,7 +90,24 @@ fn document(suite: &str, time_s: f64, timestamp: &str, cases: &[Case]) -> String
 
 /// Each SLO and threshold of a run.
 pub fn report(r: &Report) -> String {
-    let mut cases = Vec::new();
+    // The command's own outcome is always a case, first: an interrupted or failed command
+    // fails the suite whatever the SLOs say.
+    let command = r.command_line();
+    let mut cases = vec![Case {
+        class: "cleanroom.run",
+        name: command.clone(),
+        failure: (r.exit_code != 0).then(|| {
+            let how = match &r.interrupted {
+                Some(i) => format!(" (interrupted by {})", i.signal),
+                None => String::new(),
+            };
+            (
+                format!("exit code {}{how}", r.exit_code),
+                format!("`{command}` exited {}{how}", r.exit_code),
+            )
+        }),
+        skipped: None,
+    }];
     for s in &r.slos {
         let detail = format!("measured {}, objective {}", s.measured_text, s.objective);
         cases.push(Case {
@@ -121,22 +138,8 @@ pub fn report(r: &Report) -> String {
             skipped: (t.status == Status::NotApplicable).then(|| "not applicable".to_owned()),
         });
     }
-    if cases.is_empty() {
-        // A run judged on nothing still shows as one case: the command's own outcome.
-        cases.push(Case {
-            class: "cleanroom.run",
-            name: r.command.join(" "),
-            failure: (r.exit_code != 0).then(|| {
-                (
-                    format!("exit code {}", r.exit_code),
-                    format!("`{}` exited {}", r.command.join(" "), r.exit_code),
-                )
-            }),
-            skipped: None,
-        });
-    }
     document(
-        &format!("cleanroom: {}", r.command.join(" ")),
+        &format!("cleanroom: {command}"),
         r.wall_time_ns as f64 / 1e9,
         &r.started_at,
         &cases,
@@ -177,4 +180,40 @@ pub fn comparison(c: &Comparison) -> String {
         &c.new.started_at,
         &cases,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{analyze::SloResult, report::Interruption};
+
+    #[test]
+    fn the_commands_own_failure_is_a_case_even_beside_slos() {
+        let mut r = Report::example();
+        r.command = vec!["sh".into(), "-c".into(), "make test".into()];
+        r.exit_code = 130;
+        r.interrupted = Some(Interruption {
+            signal: "SIGINT".into(),
+            killed_leftovers: 0,
+        });
+        r.slos.push(SloResult {
+            name: "fast".into(),
+            objective: "wall_time <= 1h".into(),
+            measured: Some(1.0),
+            measured_text: "1 ns".into(),
+            target_text: "<= 1h".into(),
+            status: Status::Pass,
+        });
+        let xml = report(&r);
+        assert!(xml.contains("tests=\"2\""), "{xml}");
+        assert!(xml.contains("failures=\"1\""), "{xml}");
+        assert!(
+            xml.contains("name=\"sh -c &apos;make test&apos;\""),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("exit code 130 (interrupted by SIGINT)"),
+            "{xml}"
+        );
+    }
 }

@@ -35,7 +35,7 @@ pub fn report(r: &Report) -> String {
     let _ = writeln!(
         out,
         "## Cleanroom: {verdict} — `{}`\n",
-        cell(&r.command.join(" "))
+        cell(&r.command_line())
     );
     let _ = writeln!(
         out,

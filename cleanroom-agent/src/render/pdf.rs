@@ -224,7 +224,7 @@ fn status_text(s: Status) -> (&'static str, &'static str) {
 
 /// The report of one run.
 pub fn report(r: &Report) -> Result<Vec<u8>, RenderError> {
-    let mut w = Writer::new(&format!("Cleanroom: {}", r.command.join(" ")))?;
+    let mut w = Writer::new(&format!("Cleanroom: {}", r.command_line()))?;
     let verdict = match r.verdict.as_str() {
         "pass" => "PASS",
         "fail" => "FAIL",
@@ -235,7 +235,7 @@ pub fn report(r: &Report) -> Result<Vec<u8>, RenderError> {
     w.paragraph(
         &format!(
             "{} - exit code {} after {}, started {} on {} ({}, {} CPUs){}",
-            r.command.join(" "),
+            r.command_line(),
             r.exit_code,
             human_duration_ns(r.wall_time_ns),
             r.started_at,

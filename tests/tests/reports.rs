@@ -112,7 +112,11 @@ fn every_format_is_structurally_sound() {
         .filter(|n| n.has_tag_name("testcase"))
         .collect();
     assert_eq!(cases.len(), 3, "{xml}");
-    assert_eq!(cases[0].attribute("classname"), Some("cleanroom.run"), "{xml}");
+    assert_eq!(
+        cases[0].attribute("classname"),
+        Some("cleanroom.run"),
+        "{xml}"
+    );
     let failed = cases
         .iter()
         .find(|c| c.attribute("name") == Some("frugal"))

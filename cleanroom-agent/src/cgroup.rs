@@ -414,6 +414,24 @@ impl RunCgroup {
             .collect()
     }
 
+    /// Sends `signal` to the processes of the subtree in process group `pgrp` — what a
+    /// terminal would signal of the run: not daemons that made groups or sessions of their
+    /// own. Returns how many were signalled.
+    pub fn signal_group(&self, pgrp: i32, signal: i32) -> usize {
+        let pids: Vec<i32> = subtree_pids(&self.path)
+            .into_iter()
+            .filter(|p| {
+                nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*p)))
+                    .is_ok_and(|g| g.as_raw() == pgrp)
+            })
+            .collect();
+        for pid in &pids {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(*pid, signal) };
+        }
+        pids.len()
+    }
+
     /// Sends `signal` to every process of the subtree. Returns how many were signalled.
     pub fn signal_all(&self, signal: i32) -> usize {
         let pids = subtree_pids(&self.path);

@@ -199,10 +199,12 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                     // A second signal: stop waiting for the command to wind down.
                     log::warn!("{name} again: killing every process of the run");
                     let _ = cgroup.kill_all(Duration::from_secs(5));
-                } else if let Some(pid) = pid {
+                } else if pid.is_some() {
                     if !signals.delivered_by_terminal(number) {
-                        // SAFETY: kill(2) has no memory-safety preconditions.
-                        unsafe { libc::kill(pid, number) };
+                        // As a shell does to its foreground job: every process of the command's
+                        // process group (a wrapper like GNU time ignores SIGINT; its child must
+                        // still get it), within the run.
+                        cgroup.signal_group(nix::unistd::getpgrp().as_raw(), number);
                     }
                     monitor.clear_line();
                     log::warn!("{name}: passed to the command; waiting for it to exit (again to kill)");

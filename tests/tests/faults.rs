@@ -903,3 +903,22 @@ fn a_long_run_keeps_a_bounded_series() {
         "the series covers {covered} ns of {wall}"
     );
 }
+
+#[test]
+fn a_signal_reaches_the_commands_whole_process_group() {
+    if !privileged("a_signal_reaches_the_commands_whole_process_group") {
+        return;
+    }
+    let cg = TestCgroup::new("pgroup");
+    // The shell catches SIGINT and waits for its child, as GNU time or a test runner would;
+    // the child must get the signal too, as it would from a terminal.
+    let (child, run_dir) = start_run(&cg, &[], &["sh", "-c", "trap : INT; sleep 30; exit 7"]);
+    assert!(
+        eventually(Duration::from_secs(10), || procs_in(&run_dir).len() >= 2),
+        "the sleep never started"
+    );
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = wait_at_most(child, Duration::from_secs(10), "a run after SIGINT");
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+}

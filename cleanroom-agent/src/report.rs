@@ -16,6 +16,9 @@ use crate::{
 /// Version of the JSON layout. Later versions add fields; they never rename one.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The `dropped` reason of a latency whose start was not seen.
+pub const LATENCY_START_UNSEEN: &str = "latency_start_unseen";
+
 /// Everything known about one run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Report {
@@ -365,12 +368,30 @@ impl Report {
         for note in &self.notes {
             let _ = writeln!(out, "\n  note: {note}");
         }
-        let lost: u64 = self.dropped.values().sum();
-        if lost > 0 {
+        // A start not seen is expected right after the probes attach (an I/O or a wakeup already
+        // under way): said as a note. Anything else lost is a warning.
+        let unseen = self.dropped.get(LATENCY_START_UNSEEN).copied().unwrap_or(0);
+        if unseen > 0 {
             let _ = writeln!(
                 out,
-                "\n  warning: {lost} events could not be counted: {:?}",
-                self.dropped
+                "\n  note: {unseen} latencies were left out because their start was not seen \
+                 (already under way when the probes attached)"
+            );
+        }
+        let lost: BTreeMap<&String, &u64> = self
+            .dropped
+            .iter()
+            .filter(|(k, v)| k.as_str() != LATENCY_START_UNSEEN && **v > 0)
+            .collect();
+        if !lost.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n  warning: {} events could not be counted: {}",
+                lost.values().copied().sum::<u64>(),
+                lost.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         if !self.unavailable.is_empty() {
@@ -427,6 +448,21 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unseen_starts_are_a_note_and_real_losses_a_warning() {
+        let mut r = Report::example();
+        r.dropped = BTreeMap::from([(LATENCY_START_UNSEEN.to_owned(), 3)]);
+        let text = r.summary();
+        assert!(text.contains("note: 3 latencies were left out"), "{text}");
+        assert!(!text.contains("warning"), "{text}");
+        r.dropped.insert("stats_map_full".into(), 2);
+        let text = r.summary();
+        assert!(
+            text.contains("warning: 2 events could not be counted: stats_map_full 2"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_command_is_shown_as_a_shell_takes_it_back() {

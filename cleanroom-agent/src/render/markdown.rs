@@ -39,8 +39,12 @@ pub fn report(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "Exit code {} after {}, started {}{}{}.\n",
+        "Exit code {}{} after {}, started {}{}{}.\n",
         r.exit_code,
+        r.interrupted
+            .as_ref()
+            .map(|i| format!(" (interrupted by {})", i.signal))
+            .unwrap_or_default(),
         human_duration_ns(r.wall_time_ns),
         r.started_at,
         r.name
@@ -202,4 +206,25 @@ pub fn trend(t: &Trend) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_run_says_so() {
+        let mut r = Report::example();
+        assert!(!report(&r).contains("interrupted"));
+        r.exit_code = 130;
+        r.interrupted = Some(crate::report::Interruption {
+            signal: "SIGINT".into(),
+            killed_leftovers: 0,
+        });
+        let md = report(&r);
+        assert!(
+            md.contains("Exit code 130 (interrupted by SIGINT) after"),
+            "{md}"
+        );
+    }
 }

@@ -214,3 +214,27 @@ fn doctor_attaches_every_hook() {
     );
     assert!(!stdout.contains("UNAVAILABLE"), "{stdout}");
 }
+
+#[test]
+fn the_ci_example_passes_a_healthy_suite() {
+    if !privileged("the_ci_example_passes_a_healthy_suite") {
+        return;
+    }
+    let cg = TestCgroup::new("ci-example");
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ci.toml");
+    let (output, report) = cleanroom_tests::run_measured_with(
+        &cg,
+        &["--config", config.to_str().unwrap()],
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/null bs=1M count=64 2>/dev/null",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(report["verdict"], "pass", "{report:#}");
+    assert!(
+        report["slos"].as_array().is_some_and(|s| s.len() >= 3),
+        "{report:#}"
+    );
+}

@@ -72,6 +72,10 @@ enum Command {
         /// tolerance fail the run (exit 3).
         #[arg(long, value_name = "RUN")]
         baseline: Option<String>,
+        /// Tolerance for a figure against --baseline, e.g. --tolerance cpu_time=25%
+        /// (repeatable; see `cleanroom compare --help`).
+        #[arg(long, value_name = "METRIC=PERCENT", value_parser = parse_tolerance, requires = "baseline")]
+        tolerance: Vec<(String, f64)>,
         /// Make the run cgroup under DIR instead of `<cgroup v2 mount>/cleanroom` (for hosts
         /// that delegate a subtree, e.g. under systemd).
         #[arg(long, value_name = "DIR")]
@@ -255,6 +259,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             name,
             tag,
             baseline,
+            tolerance,
             cgroup_parent,
             quiet,
             command,
@@ -277,6 +282,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     deliver::Baseline::load(&b, &store)
                 })
                 .transpose()?;
+            outputs.tolerances = tolerance.into_iter().collect();
             measure(
                 run::RunOptions {
                     command,

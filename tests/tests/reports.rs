@@ -418,4 +418,61 @@ fn comparison_flags_a_planted_regression_and_not_identical_runs() {
         ],
     );
     assert_eq!(worse.status.code(), Some(3), "{worse:?}");
+
+    // `run --tolerance`: the same busier run passes once every figure is given room (the
+    // figures' names from a comparison of the two runs).
+    let flagged_report = dir.path().join("worse.json");
+    let flagged = cleanroom(
+        &store,
+        &[
+            "run",
+            "-q",
+            "--no-store",
+            "--report",
+            flagged_report.to_str().unwrap(),
+            "--",
+            &workload(),
+            "spin",
+            "3",
+        ],
+    );
+    assert!(flagged.status.success(), "{flagged:?}");
+    let cmp = cleanroom(
+        &store,
+        &[
+            "compare",
+            base.to_str().unwrap(),
+            flagged_report.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(cmp.status.code(), Some(3), "{cmp:?}");
+    let cmp: serde_json::Value = serde_json::from_slice(&cmp.stdout).unwrap();
+    let figures: Vec<String> = cmp["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["metric"].as_str())
+        .map(|m| format!("{m}=100000%"))
+        .collect();
+    assert!(figures.len() > 5, "{cmp:#}");
+    let mut args = vec![
+        "run",
+        "-q",
+        "--no-store",
+        "--baseline",
+        base.to_str().unwrap(),
+    ];
+    for f in &figures {
+        args.extend(["--tolerance", f.as_str()]);
+    }
+    let w = workload();
+    args.extend(["--", w.as_str(), "spin", "3"]);
+    let tolerated = cleanroom(&store, &args);
+    assert_eq!(
+        tolerated.status.code(),
+        Some(0),
+        "{figures:?}: {tolerated:?}"
+    );
 }

@@ -143,6 +143,14 @@ pub fn deliver(report: &mut Report, outputs: &Outputs) -> Delivered {
                     .join(", ")
             ));
         }
+        if c.regressions == 0 && outputs.summary {
+            eprintln!(
+                "  compared with baseline {}: {} figures, no regression beyond tolerance",
+                base.label,
+                c.changes.len()
+            );
+        }
+        report.comparison = Some(c.clone());
         delivered.comparison = Some(c);
     }
     if outputs.summary {

@@ -52,6 +52,10 @@ pub struct Report {
     /// How the run ended when it did not end by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<Interruption>,
+    /// The comparison with `--baseline`, when one was asked for: every figure, base and new,
+    /// change, tolerance, and whether it regressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<crate::compare::Comparison>,
     /// Processes the command left running in its cgroup, killed at the end.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leftovers: Vec<Leftover>,
@@ -440,6 +444,7 @@ impl Report {
             interrupted: None,
             leftovers: vec![],
             series_resolution: None,
+            comparison: None,
             escaped: vec![],
         }
     }

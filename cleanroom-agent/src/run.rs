@@ -385,6 +385,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
             killed_leftovers: leftovers,
         }),
         leftovers: left_behind,
+        comparison: None,
         escaped,
         aggregates: model::aggregate(monitor.series.points()),
         anomalies: analyze::anomalies(monitor.series.points()),

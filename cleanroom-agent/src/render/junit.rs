@@ -138,6 +138,10 @@ pub fn report(r: &Report) -> String {
             skipped: (t.status == Status::NotApplicable).then(|| "not applicable".to_owned()),
         });
     }
+    // Against `--baseline`: each figure a case, as `cleanroom compare` gives them.
+    if let Some(c) = &r.comparison {
+        cases.extend(comparison_cases(c));
+    }
     document(
         &format!("cleanroom: {command}"),
         r.wall_time_ns as f64 / 1e9,
@@ -146,10 +150,9 @@ pub fn report(r: &Report) -> String {
     )
 }
 
-/// Each compared figure; regressions fail.
-pub fn comparison(c: &Comparison) -> String {
-    let cases: Vec<Case> = c
-        .changes
+/// A case per compared figure, failed where it regressed.
+fn comparison_cases(c: &Comparison) -> Vec<Case> {
+    c.changes
         .iter()
         .map(|ch| Case {
             class: "cleanroom.compare",
@@ -173,7 +176,12 @@ pub fn comparison(c: &Comparison) -> String {
             }),
             skipped: None,
         })
-        .collect();
+        .collect()
+}
+
+/// Each figure of a comparison.
+pub fn comparison(c: &Comparison) -> String {
+    let cases = comparison_cases(c);
     document(
         &format!("cleanroom compare {} {}", c.base.label, c.new.label),
         0.0,

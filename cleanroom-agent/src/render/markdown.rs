@@ -115,6 +115,21 @@ pub fn report(r: &Report) -> String {
         }
         out.push('\n');
     }
+    if let Some(c) = &r.comparison {
+        let _ = writeln!(
+            out,
+            "**Against baseline `{}`** ({}): {}\n",
+            cell(&c.base.label),
+            c.base.started_at,
+            if c.regressions == 0 {
+                "no regression beyond tolerance".to_owned()
+            } else {
+                format!("❌ {} regression(s)", c.regressions)
+            }
+        );
+        out.push_str(&comparison_table(c));
+        out.push('\n');
+    }
     if !r.insights.is_empty() {
         let _ = writeln!(out, "**Insights**\n");
         for i in &r.insights {
@@ -157,6 +172,13 @@ pub fn comparison(c: &Comparison) -> String {
         cell(&c.new.label),
         c.new.started_at
     );
+    out.push_str(&comparison_table(c));
+    out
+}
+
+/// The table of a comparison: regressions first, then every other figure.
+fn comparison_table(c: &Comparison) -> String {
+    let mut out = String::new();
     let _ = writeln!(out, "| metric | base | new | change | tolerance | |");
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | --- |");
     let mut changes: Vec<_> = c.changes.iter().collect();
@@ -211,6 +233,32 @@ pub fn trend(t: &Trend) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_baseline_regression_is_a_row_with_its_reason() {
+        let base = Report::example();
+        let mut new = Report::example();
+        new.totals.insert(
+            "cpu_time_ns".into(),
+            crate::collect::Total::Value(9_000_000_000),
+        );
+        let c = crate::compare::compare(("run 6", &base), ("this run", &new), &Default::default());
+        assert_eq!(c.regressions, 1);
+        new.comparison = Some(c);
+        let md = report(&new);
+        assert!(md.contains("**Against baseline `run 6`**"), "{md}");
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| `cpu_time_ns`") && l.contains("regression"))
+            .unwrap_or_else(|| panic!("no regression row: {md}"));
+        assert!(row.contains("+350.0%") && row.contains("+10%"), "{row}");
+        let xml = crate::render::junit::report(&new);
+        assert!(
+            xml.contains("classname=\"cleanroom.compare\" name=\"cpu_time_ns\""),
+            "{xml}"
+        );
+        assert!(xml.contains("failures=\"1\""), "{xml}");
+    }
 
     #[test]
     fn an_interrupted_run_says_so() {

@@ -864,7 +864,9 @@ fn a_daemon_left_behind_is_named_and_counted() {
     let (child, _) = start_run(
         &cg,
         &["--report", report.to_str().unwrap()],
-        &["sh", "-c", "(sleep 302 &) ; exec sleep 30"],
+        // A daemon has a session (and process group) of its own, so the signal passed on to
+        // the command's process group does not reach it; the end of the run does.
+        &["sh", "-c", "(setsid sleep 302 &) ; exec sleep 30"],
     );
     thread::sleep(Duration::from_millis(300));
     // SAFETY: kill(2) has no memory-safety preconditions.

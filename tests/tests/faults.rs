@@ -850,7 +850,7 @@ fn a_daemon_left_behind_is_named_and_counted() {
     }
     let cg = TestCgroup::new("daemon");
     // Double-forked: reparented away from the command, still in its cgroup.
-    let (out, json) = measured(&cg, &[], &["sh", "-c", "(sleep 301 &) ; exit 0"]);
+    let (out, json) = measured(&cg, &[], &["sh", "-c", "(sleep 301 &) ; sleep 0.3; exit 0"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let leftovers = json["leftovers"].as_array().cloned().unwrap_or_default();
     assert_eq!(leftovers.len(), 1, "{json:#}");
@@ -861,14 +861,19 @@ fn a_daemon_left_behind_is_named_and_counted() {
     // Interrupted: the count of killed leftovers is right too.
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("interrupted.json");
-    let (child, _) = start_run(
+    let (child, run_dir) = start_run(
         &cg,
         &["--report", report.to_str().unwrap()],
         // A daemon has a session (and process group) of its own, so the signal passed on to
         // the command's process group does not reach it; the end of the run does.
         &["sh", "-c", "(setsid sleep 302 &) ; exec sleep 30"],
     );
-    thread::sleep(Duration::from_millis(300));
+    let daemon_started = eventually(Duration::from_secs(10), || {
+        procs_in(&run_dir).iter().any(|p| {
+            fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\x00302"))
+        })
+    });
+    assert!(daemon_started, "the daemon never started");
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = wait_at_most(child, Duration::from_secs(30), "interrupted run");

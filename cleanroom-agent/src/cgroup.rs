@@ -354,8 +354,8 @@ impl RunCgroup {
 
     /// Every `cgroup.procs` the command must join before `exec`: the v2 cgroup and any v1 twin.
     pub fn procs_files(&self) -> Vec<PathBuf> {
-        std::iter::once(&self.path)
-            .chain(self.v1.iter().map(|(_, p)| p))
+        self.dirs()
+            .into_iter()
             .map(|p| p.join("cgroup.procs"))
             .collect()
     }
@@ -395,11 +395,6 @@ impl RunCgroup {
         self.id
     }
 
-    /// Whether any process is left in it or below it.
-    pub fn populated(&self) -> Result<bool, CgroupError> {
-        populated(&self.path)
-    }
-
     /// Kills every process left in the subtree and waits until it is empty. Returns how many
     /// processes were found there.
     pub fn kill_all(&self, timeout: Duration) -> Result<usize, CgroupError> {
@@ -425,21 +420,12 @@ impl RunCgroup {
                     .is_ok_and(|g| g.as_raw() == pgrp)
             })
             .collect();
-        for pid in &pids {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(*pid, signal) };
-        }
-        pids.len()
+        signal_each(&pids, signal)
     }
 
     /// Sends `signal` to every process of the subtree. Returns how many were signalled.
     pub fn signal_all(&self, signal: i32) -> usize {
-        let pids = subtree_pids(&self.path);
-        for pid in &pids {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(*pid, signal) };
-        }
-        pids.len()
+        signal_each(&subtree_pids(&self.path), signal)
     }
 
     /// Kills what is left and removes the cgroup and any sub-cgroups, deepest first.
@@ -470,6 +456,15 @@ impl Drop for RunCgroup {
     }
 }
 
+/// Sends `signal` to each of `pids`; returns how many there were.
+fn signal_each(pids: &[i32], signal: i32) -> usize {
+    for pid in pids {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(*pid, signal) };
+    }
+    pids.len()
+}
+
 /// Kills every process of the cgroup subtree at `dir` (v2 or v1) and waits until it is empty.
 /// Returns how many processes were found there.
 pub fn kill_tree(dir: &Path, timeout: Duration) -> Result<usize, CgroupError> {
@@ -486,10 +481,7 @@ pub fn kill_tree(dir: &Path, timeout: Duration) -> Result<usize, CgroupError> {
             fs::write(&kill, "1").map_err(io_err("writing", &kill))?;
         } else {
             // v1, or v2 before Linux 5.14: signal each process of the subtree ourselves.
-            for pid in pids {
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+            signal_each(&pids, libc::SIGKILL);
         }
         if started.elapsed() > timeout {
             return Err(CgroupError::StillPopulated {

@@ -158,18 +158,16 @@ pub fn deliver(report: &mut Report, outputs: &Outputs) -> Delivered {
     }
     let mut json_written = false;
     for path in &outputs.reports {
-        let written = Format::from_path(path)
-            .and_then(|format| {
-                json_written |= format == Format::Json;
-                render::report(report, format)
-            })
-            .and_then(|bytes| render::write(path, &bytes));
-        if let Err(e) = written {
-            if Format::from_path(path).is_ok_and(|f| f == Format::Json) {
-                json_written = false;
+        let written = Format::from_path(path).and_then(|format| {
+            render::write(path, &render::report(report, format)?)?;
+            Ok(format)
+        });
+        match written {
+            Ok(format) => json_written |= format == Format::Json,
+            Err(e) => {
+                log::error!("report not written: {e}");
+                delivered.failures.push(format!("report not written: {e}"));
             }
-            log::error!("report not written: {e}");
-            delivered.failures.push(format!("report not written: {e}"));
         }
     }
     if let Some(store) = &outputs.store {

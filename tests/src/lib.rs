@@ -348,3 +348,23 @@ pub fn ink_fraction(ppm: &[u8]) -> f64 {
         .count();
     inked as f64 / total.max(1) as f64
 }
+
+/// Asserts that `report` validates against the published schema, docs/report.schema.json.
+pub fn assert_matches_schema(report: &serde_json::Value) {
+    let schema: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/report.schema.json"),
+        )
+        .expect("reading the schema"),
+    )
+    .expect("the schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("the schema is valid");
+    let errors: Vec<String> = validator
+        .iter_errors(report)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "report does not match its schema: {errors:#?}"
+    );
+}

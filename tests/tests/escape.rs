@@ -2,32 +2,14 @@
 //! note, since what it does afterwards is missing from the totals; moving within the run's own
 //! sub-cgroups is not leaving.
 
-use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
+use std::{fs, os::unix::fs::MetadataExt as _};
 
-use cleanroom_tests::{TestCgroup, privileged, run_measured, u64_at, v2_mount, workload_bin};
+use cleanroom_tests::{
+    TestCgroup, assert_matches_schema, privileged, run_measured, u64_at, v2_mount, workload_bin,
+};
 
 fn workload() -> String {
     workload_bin!().to_str().unwrap().to_owned()
-}
-
-/// The report validates against docs/report.schema.json.
-fn assert_schema(report: &serde_json::Value) {
-    let schema: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/report.schema.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("the schema is valid");
-    let errors: Vec<String> = validator
-        .iter_errors(report)
-        .map(|e| format!("{} at {}", e, e.instance_path))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "report does not match its schema: {errors:#?}"
-    );
 }
 
 /// The only entry of `escaped`.
@@ -80,7 +62,7 @@ fn a_command_moving_itself_to_the_root_cgroup_is_named() {
     );
     let (output, report) = run_measured(&cg, &["sh", "-c", &script]);
     assert!(output.status.success(), "{output:?}");
-    assert_schema(&report);
+    assert_matches_schema(&report);
     let pid: u64 = fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
@@ -142,7 +124,7 @@ fn a_child_cloned_into_another_cgroup_is_named() {
         ],
     );
     assert!(output.status.success(), "{output:?}");
-    assert_schema(&report);
+    assert_matches_schema(&report);
     let child: serde_json::Value = String::from_utf8_lossy(&output.stdout)
         .lines()
         .find(|l| l.starts_with(r#"{"child""#))

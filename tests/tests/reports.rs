@@ -50,22 +50,7 @@ fn every_format_is_structurally_sound() {
     // JSON, against the published schema.
     let json: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
-    let schema: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/report.schema.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("the schema is valid");
-    let errors: Vec<String> = validator
-        .iter_errors(&json)
-        .map(|e| format!("{} at {}", e, e.instance_path))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "report does not match its schema: {errors:#?}"
-    );
+    cleanroom_tests::assert_matches_schema(&json);
     let points = json["series"].as_array().unwrap().len();
     assert!(points >= 3, "only {points} intervals");
 

@@ -49,8 +49,24 @@ fn block_direct_io_on_a_loop_device_is_exact() {
     assert_eq!(u64_at(loop_dev, "/read_bytes"), bytes, "{loop_dev:#}");
     assert_eq!(u64_at(loop_dev, "/write_ops"), ops, "{loop_dev:#}");
     assert_eq!(u64_at(loop_dev, "/read_ops"), ops, "{loop_dev:#}");
-    // Histograms are per cgroup: they hold the loop device's I/Os and nothing else here.
-    assert_eq!(u64_at(&report, "/totals/block_write_latency/count"), ops);
+    // Histograms are per cgroup: they hold the loop device's I/Os, and writes the run's own
+    // tasks submitted elsewhere: 257 for 256 was seen in 2 of ~10 full test runs, cause not
+    // confirmed (a guess: a task that finds the root file system's journal full writes it
+    // back itself). Such writes show as other devices' write bios; requests can merge bios,
+    // so the histogram holds at most that many more. With none, the count is exact.
+    let other_writes: u64 = report["block_devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["device"] != dev.major_minor().as_str())
+        .map(|d| u64_at(d, "/write_ops"))
+        .sum();
+    let write_requests = u64_at(&report, "/totals/block_write_latency/count");
+    assert!(
+        (ops..=ops + other_writes).contains(&write_requests),
+        "{write_requests} write requests for {ops} loop writes and {other_writes} elsewhere: {:#}",
+        report["block_devices"]
+    );
     assert_eq!(u64_at(&report, "/totals/block_read_latency/count"), ops);
     let buckets: u64 = report["totals"]["block_read_latency"]["buckets"]
         .as_array()

@@ -401,6 +401,21 @@ impl RunCgroup {
         kill_tree(&self.path, timeout)
     }
 
+    /// Whether the kernel can charge the run's buffered writes to it when they are written back
+    /// (cgroup writeback: the memory and io controllers both on v2 for the run).
+    pub fn writeback_attributed(&self) -> bool {
+        let controllers =
+            fs::read_to_string(self.path.join("cgroup.controllers")).unwrap_or_default();
+        ["memory", "io"]
+            .iter()
+            .all(|c| controllers.split_whitespace().any(|w| w == *c))
+    }
+
+    /// Storage I/O of the subtree's live threads ([`crate::taskio`]).
+    pub fn live_io(&self) -> crate::taskio::TaskIo {
+        crate::taskio::live_threads(&subtree_pids(&self.path))
+    }
+
     /// The processes left in the subtree now: pid and command line (cut to 200 bytes).
     pub fn processes(&self) -> Vec<(i32, String)> {
         subtree_pids(&self.path)
@@ -624,6 +639,8 @@ pub struct MemoryStat {
     pub pgfault: Option<u64>,
     /// Major page faults (`pgmajfault` / `total_pgmajfault`).
     pub pgmajfault: Option<u64>,
+    /// Anonymous memory now (`anon` / v1 `total_rss`, which includes huge pages).
+    pub anon_bytes: Option<u64>,
 }
 
 impl MemoryStat {
@@ -636,6 +653,7 @@ impl MemoryStat {
             peak_bytes: read_u64(&path.join("memory.peak")),
             pgfault: flat_keyed(&stat, "pgfault"),
             pgmajfault: flat_keyed(&stat, "pgmajfault"),
+            anon_bytes: flat_keyed(&stat, "anon"),
         })
     }
 
@@ -647,6 +665,7 @@ impl MemoryStat {
             peak_bytes: read_u64(&path.join("memory.max_usage_in_bytes")),
             pgfault: flat_keyed(&stat, "total_pgfault"),
             pgmajfault: flat_keyed(&stat, "total_pgmajfault"),
+            anon_bytes: flat_keyed(&stat, "total_rss"),
         })
     }
 }
@@ -803,13 +822,19 @@ mod tests {
         fs::write(v2.path().join("memory.peak"), "8192\n").unwrap();
         fs::write(
             v2.path().join("memory.stat"),
-            "anon 0\npgfault 12\npgmajfault 1\n",
+            "anon 2048\nfile 1024\npgfault 12\npgmajfault 1\n",
         )
         .unwrap();
         let m = MemoryStat::read_v2(v2.path()).unwrap();
         assert_eq!(
-            (m.current_bytes, m.peak_bytes, m.pgfault, m.pgmajfault),
-            (4096, Some(8192), Some(12), Some(1))
+            (
+                m.current_bytes,
+                m.peak_bytes,
+                m.pgfault,
+                m.pgmajfault,
+                m.anon_bytes
+            ),
+            (4096, Some(8192), Some(12), Some(1), Some(2048))
         );
         assert!(
             MemoryStat::read_v1(v2.path()).is_none(),
@@ -821,13 +846,19 @@ mod tests {
         fs::write(v1.path().join("memory.max_usage_in_bytes"), "300\n").unwrap();
         fs::write(
             v1.path().join("memory.stat"),
-            "pgfault 1\ntotal_pgfault 5\ntotal_pgmajfault 2\n",
+            "rss 1\npgfault 1\ntotal_rss 64\ntotal_pgfault 5\ntotal_pgmajfault 2\n",
         )
         .unwrap();
         let m = MemoryStat::read_v1(v1.path()).unwrap();
         assert_eq!(
-            (m.current_bytes, m.peak_bytes, m.pgfault, m.pgmajfault),
-            (100, Some(300), Some(5), Some(2))
+            (
+                m.current_bytes,
+                m.peak_bytes,
+                m.pgfault,
+                m.pgmajfault,
+                m.anon_bytes
+            ),
+            (100, Some(300), Some(5), Some(2), Some(64))
         );
     }
 

@@ -1,6 +1,6 @@
 //! Cleanroom: measures what a command or a cgroup costs the machine, with eBPF.
 //!
-//! Data flows `probe` (BPF) and `cgroup` (cgroupfs) → `collect` (a sample) → `model` (series,
+//! Data flows `probe` (BPF), `cgroup` (cgroupfs) and `taskio` (/proc) → `collect` (a sample) → `model` (series,
 //! aggregates, histograms) → `analyze` (thresholds, SLOs, anomalies, insights) → `report`.
 //! `run` drives one measured command, with `monitor` sampling it and `limits` enforcing
 //! `config`, and `escape` noting processes that leave the run's cgroup; `demo` and `doctor` are
@@ -30,6 +30,7 @@ pub mod render;
 pub mod report;
 pub mod run;
 pub mod store;
+pub mod taskio;
 pub mod units;
 pub mod watchdog;
 

@@ -58,10 +58,18 @@ metrics! {
         "page faults taken in kernel mode (e.g. copying to or from user memory)";
     PageFaultsMajor => "page_faults_major", Count,
         "faults that had to wait for I/O, from each task's own count when it exits";
-    BlockReadBytes => "block_read_bytes", Bytes, "bytes read from block devices";
-    BlockWriteBytes => "block_write_bytes", Bytes, "bytes written to block devices";
+    BlockReadBytes => "block_read_bytes", Bytes,
+        "bytes read from block devices by the run's own bios (device level)";
+    BlockWriteBytes => "block_write_bytes", Bytes,
+        "bytes written to block devices by bios charged to the run (device level: without cgroup writeback, buffered writes the kernel's flusher writes back are not among them)";
     BlockReadOps => "block_read_ops", Count, "read bios submitted";
     BlockWriteOps => "block_write_ops", Count, "write bios submitted";
+    IoReadBytes => "io_read_bytes", Bytes,
+        "bytes the run's tasks caused to be read from storage, as the kernel accounts each task (/proc/PID/io read_bytes)";
+    IoWriteBytes => "io_write_bytes", Bytes,
+        "bytes the run's tasks wrote to storage: dirtied in the page cache or written directly, as the kernel accounts each task (/proc/PID/io write_bytes, getrusage ru_oublock)";
+    IoCancelledWriteBytes => "io_cancelled_write_bytes", Bytes,
+        "of io_write_bytes, bytes dirtied and then dropped before writeback (files truncated or deleted in time)";
     NetRxBytes => "net_rx_bytes", Bytes,
         "bytes received by the cgroup's sockets (IP header and payload, no link-layer header)";
     NetTxBytes => "net_tx_bytes", Bytes, "bytes sent by the cgroup's sockets (IP header and payload)";
@@ -74,6 +82,24 @@ metrics! {
         "highest memory charged to the cgroup (memory.peak, or v1 memory.max_usage_in_bytes)";
     MemoryCurrentBytes => "memory_current_bytes", Bytes,
         "memory charged at the end, page cache included (memory.current / memory.usage_in_bytes)";
+    MemoryAnonPeakBytes => "memory_anon_peak_bytes", Bytes,
+        "highest anonymous (non-file) memory of the run across samples (memory.stat anon / v1 total_rss): heaps and stacks, without page cache";
+    ProcessPeakRssBytes => "process_peak_rss_bytes", Bytes,
+        "largest peak resident set of a single process of the run (its high-water RSS when it exited, getrusage ru_maxrss)";
+}
+
+impl Metric {
+    /// Whether it only ever grows during a run (a counter, with a rate per interval), rather
+    /// than a level or a peak.
+    pub fn is_counter(self) -> bool {
+        !matches!(
+            self,
+            Metric::MemoryPeakBytes
+                | Metric::MemoryCurrentBytes
+                | Metric::MemoryAnonPeakBytes
+                | Metric::ProcessPeakRssBytes
+        )
+    }
 }
 
 /// A latency distribution, kept as a histogram in the kernel.

@@ -28,6 +28,8 @@ pub struct Monitor {
     pub thresholds: ThresholdMonitor,
     /// Events so far.
     pub events: Vec<Event>,
+    /// Highest anonymous memory of the run in any sample so far (when memory is sampled).
+    pub anon_peak_bytes: Option<u64>,
     status_line: bool,
     line_shown: bool,
 }
@@ -48,6 +50,7 @@ impl Monitor {
             series: model::Series::default(),
             thresholds: ThresholdMonitor::new(specs),
             events: Vec::new(),
+            anon_peak_bytes: None,
             status_line: status_line && std::io::stderr().is_terminal(),
             line_shown: false,
         }
@@ -82,12 +85,20 @@ impl Monitor {
         // Every sub-cgroup of a run is made after the probes are loaded, so the kernel's record
         // of made cgroups finds them all; no directory walk per sample.
         let ids: BTreeSet<u64> = probes.descendants(cgroup.id())?;
+        // The probes first, then the live threads: a thread exiting in between is missed by this
+        // sample only (never counted twice), and the next one has it.
         let counted = probes.counters(&ids)?;
+        let memory = if self.memory { cgroup.memory() } else { None };
+        if let Some(anon) = memory.and_then(|m| m.anon_bytes) {
+            self.anon_peak_bytes = Some(self.anon_peak_bytes.map_or(anon, |p| p.max(anon)));
+        }
         let sample = crate::collect::Sample {
             counted,
             cpu: Default::default(),
-            memory: if self.memory { cgroup.memory() } else { None },
+            memory,
             max_rss_bytes: None,
+            live_io: cgroup.live_io(),
+            anon_peak_bytes: self.anon_peak_bytes,
         };
         let reading = Reading {
             t_ns: self.elapsed_ns(),
@@ -101,8 +112,8 @@ impl Monitor {
         {
             let mut values = point.values.clone();
             values.insert("wall_time".into(), reading.t_ns as f64);
-            if let Some(w) = reading.counters.get("block_write_bytes") {
-                values.insert("block_write_bytes".into(), *w as f64);
+            if let Some(w) = reading.counters.get("io_write_bytes") {
+                values.insert("io_write_bytes".into(), *w as f64);
             }
             self.observe(reading.t_ns, &values);
             self.draw(&point);
@@ -147,7 +158,7 @@ impl Monitor {
                 .get("memory_current_bytes")
                 .map_or_else(|| "?".into(), |m| human_bytes(*m as u64)),
             rate("block_read_bytes_per_sec"),
-            rate("block_write_bytes_per_sec"),
+            rate("io_write_bytes_per_sec"),
             rate("net_rx_bytes_per_sec"),
             rate("net_tx_bytes_per_sec"),
         );

@@ -154,7 +154,7 @@ fn resolve(name: &str) -> Option<(Source, Kind)> {
         if name == full || Some(name) == short {
             return Some((Source::Total(full), kind_of(m.unit())));
         }
-        if name.strip_suffix("_per_sec") == Some(full) && *m != Metric::MemoryPeakBytes {
+        if name.strip_suffix("_per_sec") == Some(full) && m.is_counter() {
             let kind = if m.unit() == Unit::Bytes {
                 Kind::BytesPerSec
             } else {

@@ -162,7 +162,14 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         program: programs::SCHED_PROCESS_EXIT,
         attach: Attach::TpBtf("sched_process_exit"),
-        metrics: &[V(Metric::ProcessesExited), V(Metric::PageFaultsMajor)],
+        metrics: &[
+            V(Metric::ProcessesExited),
+            V(Metric::PageFaultsMajor),
+            V(Metric::IoReadBytes),
+            V(Metric::IoWriteBytes),
+            V(Metric::IoCancelledWriteBytes),
+            V(Metric::ProcessPeakRssBytes),
+        ],
         needs: &["OFF_TASK_MAJ_FLT"],
     },
     Hook {
@@ -290,6 +297,22 @@ const ESCAPE_HOOKS: &[&str] = &[
     programs::CGROUP_MKDIR,
 ];
 
+/// Metrics that need offsets of `cleanroom_common::OPTIONAL_OFFSETS` beyond their hook's: read
+/// with a helper that tolerates their absence, so a kernel without them loses these metrics
+/// only.
+const OPTIONAL: &[(Metric, &[&str])] = &[
+    (Metric::IoReadBytes, &["OFF_TASK_IOAC_READ_BYTES"]),
+    (Metric::IoWriteBytes, &["OFF_TASK_IOAC_WRITE_BYTES"]),
+    (
+        Metric::IoCancelledWriteBytes,
+        &["OFF_TASK_IOAC_CANCELLED_WRITE_BYTES"],
+    ),
+    (
+        Metric::ProcessPeakRssBytes,
+        &["OFF_TASK_SIGNAL", "OFF_SIGNAL_MAXRSS"],
+    ),
+];
+
 /// Whether a hook could be attached.
 #[derive(Clone, Debug)]
 pub struct HookStatus {
@@ -374,6 +397,8 @@ pub struct Counted {
 pub struct Probes {
     ebpf: Ebpf,
     status: Vec<HookStatus>,
+    /// Metrics lost to offsets this kernel lacks although their hook attached, with why.
+    optional_missing: Vec<(Metric, String)>,
 }
 
 impl Probes {
@@ -442,7 +467,22 @@ impl Probes {
             }
             status.push(HookStatus { hook: *hook, error });
         }
-        Ok(Self { ebpf, status })
+        let optional_missing: Vec<(Metric, String)> = OPTIONAL
+            .iter()
+            .filter_map(|(metric, globals)| {
+                let missing: Vec<&str> =
+                    globals.iter().filter_map(|g| offsets.missing(g)).collect();
+                (set_offsets && !missing.is_empty()).then(|| (*metric, missing.join("; ")))
+            })
+            .collect();
+        for (metric, why) in &optional_missing {
+            log::warn!("{} unavailable: {why}", metric.name());
+        }
+        Ok(Self {
+            ebpf,
+            status,
+            optional_missing,
+        })
     }
 
     /// Attach status of every hook.
@@ -462,12 +502,17 @@ impl Probes {
             .collect()
     }
 
-    /// Metrics some hook of which could not be attached.
+    /// Metrics some hook of which could not be attached, or whose offsets this kernel lacks.
     pub fn unavailable(&self) -> BTreeSet<AnyMetric> {
         self.status
             .iter()
             .filter(|s| s.error.is_some())
             .flat_map(|s| s.hook.metrics.iter().copied())
+            .chain(
+                self.optional_missing
+                    .iter()
+                    .map(|(m, _)| AnyMetric::Value(*m)),
+            )
             .collect()
     }
 

@@ -22,7 +22,7 @@ use crate::{
     Error,
     analyze::{self, Event, Status, ThresholdResult},
     cgroup::{CgroupError, CpuStat, Hierarchy, RunCgroup, check_parent, subtree_ids},
-    collect::Sample,
+    collect::{self, Sample},
     config::CleanroomConfig,
     escape::EscapeWatch,
     host, limits,
@@ -30,6 +30,7 @@ use crate::{
     monitor::Monitor,
     probe::Probes,
     report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION, human_bytes},
+    taskio::TaskIo,
     watchdog::Watchdog,
 };
 
@@ -275,6 +276,12 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         cpu: CpuStat::read(cgroup.path())?,
         memory,
         max_rss_bytes: children_max_rss(),
+        // Everything was killed above: the probes have every thread's figures.
+        live_io: TaskIo::default(),
+        // Sampled: only a run that lasted at least one interval has a sample taken while it ran.
+        anon_peak_bytes: monitor
+            .anon_peak_bytes
+            .filter(|_| u128::from(wall_time_ns) >= pm.metrics_interval.as_nanos()),
     };
     let drops = probes.drops()?;
     let (totals, unavailable) = sample.totals(&probes.unavailable());
@@ -319,12 +326,13 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     if let Some(peak) = memory.and_then(|m| m.peak_bytes) {
         finals.insert("memory_current_bytes".into(), peak as f64);
     }
-    if let Some(w) = sample.counters().get("block_write_bytes") {
-        finals.insert("block_write_bytes".into(), *w as f64);
+    if let Some(w) = sample.counters().get("io_write_bytes") {
+        finals.insert("io_write_bytes".into(), *w as f64);
     }
     monitor.observe(wall_time_ns, &finals);
 
     let (escaped, escape_notes) = escape_watch.finish(&mut probes, &hierarchy.v2_mount, &drops);
+    let writeback = cgroup.writeback_attributed();
     let cgroup_ref = CgroupRef {
         path: cgroup.path().display().to_string(),
         id: cgroup.id(),
@@ -351,6 +359,18 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                 .to_owned(),
         );
     }
+    if memory.is_some() && sample.anon_peak_bytes.is_none() {
+        notes.push(format!(
+            "memory_anon_peak_bytes is unavailable: anonymous memory is sampled every \
+             performance_monitoring.metrics_interval ({}), and {}",
+            humantime::format_duration(pm.metrics_interval),
+            if sampling && pm.enable_memory_tracking {
+                "the run was shorter than that"
+            } else {
+                "sampling or memory tracking is off"
+            }
+        ));
+    }
     if pm.enable_profiling {
         notes.push(
             "performance_monitoring.enable_profiling is set, but CPU profiling is not implemented \
@@ -358,6 +378,9 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                 .to_owned(),
         );
     }
+    notes.extend(collect::write_note(&totals, writeback));
+    let kernel = sample.kernel();
+    notes.extend(collect::fault_note(&totals, &kernel));
     notes.extend(escape_notes);
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
@@ -373,7 +396,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         cgroup: cgroup_ref,
         totals,
         block_devices: sample.block_devices(),
-        kernel: sample.kernel(),
+        kernel,
         unavailable,
         dropped: drops
             .into_iter()

@@ -94,6 +94,29 @@ pub const OFFSETS: &[(&str, &str, &str)] = &[
     ("OFF_RQ_BIO", "request", "bio"),
     ("OFF_RQ_CMD_FLAGS", "request", "cmd_flags"),
     ("OFF_SOCK_CGROUP", "sock", "sk_cgrp_data.cgroup"),
+    ("OFF_TASK_IOAC_READ_BYTES", "task_struct", "ioac.read_bytes"),
+    (
+        "OFF_TASK_IOAC_WRITE_BYTES",
+        "task_struct",
+        "ioac.write_bytes",
+    ),
+    (
+        "OFF_TASK_IOAC_CANCELLED_WRITE_BYTES",
+        "task_struct",
+        "ioac.cancelled_write_bytes",
+    ),
+    ("OFF_TASK_SIGNAL", "task_struct", "signal"),
+    ("OFF_SIGNAL_MAXRSS", "signal_struct", "maxrss"),
+];
+
+/// Offsets only some metrics need, read with a fault-tolerant helper: a kernel without them
+/// (no `CONFIG_TASK_IO_ACCOUNTING`) loses those metrics, not the hook that reads them.
+pub const OPTIONAL_OFFSETS: &[&str] = &[
+    "OFF_TASK_IOAC_READ_BYTES",
+    "OFF_TASK_IOAC_WRITE_BYTES",
+    "OFF_TASK_IOAC_CANCELLED_WRITE_BYTES",
+    "OFF_TASK_SIGNAL",
+    "OFF_SIGNAL_MAXRSS",
 ];
 
 /// Capacity of [`maps::CGROUP_STATS`]: the number of distinct cgroups counted at once.
@@ -130,12 +153,24 @@ pub struct CgroupStats {
     pub net_tx_packets: u64,
     /// TCP segments retransmitted by the cgroup's sockets.
     pub tcp_retransmits: u64,
+    /// Bytes the tasks caused to be read from storage (`task->ioac.read_bytes`, summed when
+    /// each thread exits).
+    pub io_read_bytes: u64,
+    /// Bytes the tasks wrote to storage: dirtied in the page cache or written directly
+    /// (`task->ioac.write_bytes`, summed when each thread exits).
+    pub io_write_bytes: u64,
+    /// Bytes dirtied and then dropped before writeback (`task->ioac.cancelled_write_bytes`).
+    pub io_cancelled_write_bytes: u64,
+    /// The largest peak RSS of one process, in pages (`signal->maxrss` when its last thread
+    /// exits). A maximum, not a sum: [`CgroupStats::wrapping_add`] keeps the larger.
+    pub process_peak_rss_pages: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<CgroupStats>() == 13 * 8);
+const _: () = assert!(core::mem::size_of::<CgroupStats>() == 17 * 8);
 
 impl CgroupStats {
-    /// Field-wise wrapping sum, used to add up CPUs and cgroups.
+    /// Field-wise wrapping sum (the maximum for `process_peak_rss_pages`), used to add up CPUs
+    /// and cgroups.
     #[must_use]
     pub fn wrapping_add(self, o: Self) -> Self {
         Self {
@@ -154,6 +189,12 @@ impl CgroupStats {
             net_rx_packets: self.net_rx_packets.wrapping_add(o.net_rx_packets),
             net_tx_packets: self.net_tx_packets.wrapping_add(o.net_tx_packets),
             tcp_retransmits: self.tcp_retransmits.wrapping_add(o.tcp_retransmits),
+            io_read_bytes: self.io_read_bytes.wrapping_add(o.io_read_bytes),
+            io_write_bytes: self.io_write_bytes.wrapping_add(o.io_write_bytes),
+            io_cancelled_write_bytes: self
+                .io_cancelled_write_bytes
+                .wrapping_add(o.io_cancelled_write_bytes),
+            process_peak_rss_pages: self.process_peak_rss_pages.max(o.process_peak_rss_pages),
         }
     }
 }

@@ -12,8 +12,15 @@ use cleanroom_common::hist_kind;
 use crate::{
     escape,
     maps::{RUNQ_SLOTS, RUNQ_START, record_latency, stats_of},
-    task::{OFF_TASK_MAJ_FLT, OFF_TASK_PID, OFF_TASK_TGID, cgroup_id_of, current_cgroup_id, read},
+    task::{
+        OFF_SIGNAL_MAXRSS, OFF_TASK_IOAC_CANCELLED_WRITE_BYTES, OFF_TASK_IOAC_READ_BYTES,
+        OFF_TASK_IOAC_WRITE_BYTES, OFF_TASK_MAJ_FLT, OFF_TASK_PID, OFF_TASK_SIGNAL, OFF_TASK_TGID,
+        cgroup_id_of, current_cgroup_id, read, read_optional,
+    },
 };
+
+/// `TASK_DEAD` of `task_struct.__state`: the state of a task's very last switch.
+const TASK_DEAD: u64 = 0x80;
 
 /// `sched_stat_runtime(struct task_struct *tsk, u64 runtime)`.
 #[btf_tracepoint(function = "sched_stat_runtime")]
@@ -56,11 +63,24 @@ pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// Whether a switch away from `prev` in `state` counts in the kernel's `nvcsw` as getrusage and
+/// `/proc/PID/status` report it. The last switch of a thread that is not its process's leader
+/// (state `TASK_DEAD`) does not: the thread's counts were folded into its process
+/// (`__exit_signal`) before it. A leader's last switch does: its parent reads its counts when
+/// it reaps it, after that switch.
+#[inline(always)]
+fn counted_in_nvcsw(prev: *const u8, state: u64) -> bool {
+    if state & TASK_DEAD == 0 {
+        return true;
+    }
+    read::<u32>(prev, &OFF_TASK_PID) == read::<u32>(prev, &OFF_TASK_TGID)
+}
+
 /// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
 /// unsigned int prev_state)`. Runs in `__schedule` while `prev` is still current. A switch is
 /// voluntary when `prev` blocked (a non-zero state) and was not preempted, as the kernel counts
-/// `nvcsw`. A `prev` still runnable goes back to the run queue: its wait starts now. `next`'s
-/// wait ends now, charged to `next`'s cgroup.
+/// `nvcsw` ([`counted_in_nvcsw`]). A `prev` still runnable goes back to the run queue: its wait
+/// starts now. `next`'s wait ends now, charged to `next`'s cgroup.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let preempt: u64 = ctx.arg(0);
@@ -69,7 +89,9 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let runnable = prev_state & 0xffff_ffff == 0;
     if let Some(stats) = stats_of(current_cgroup_id()) {
         if preempt == 0 && !runnable {
-            stats.switches_voluntary += 1;
+            if counted_in_nvcsw(ctx.arg(1), prev_state) {
+                stats.switches_voluntary += 1;
+            }
         } else {
             stats.switches_involuntary += 1;
         }
@@ -118,24 +140,34 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// `sched_process_exit(struct task_struct *p, bool group_dead)`: runs in the exiting task.
-/// Adds the task's own major-fault count, and counts a process when its last thread exits
-/// (which also ends its membership of a watched run).
+/// `sched_process_exit(struct task_struct *p, bool group_dead)`: runs in the exiting task,
+/// after its memory is given up (`signal->maxrss` is final) and before its files are closed.
+/// Adds the thread's own major-fault count and storage I/O (`ioac`: each thread keeps its own
+/// until it exits), and when the process's last thread exits counts the process and its peak
+/// RSS (which also ends its membership of a watched run).
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
     let task: *const u8 = ctx.arg(0);
-    let group_dead: u64 = ctx.arg(1);
+    let group_dead = ctx.arg::<u64>(1) & 0xff != 0;
     let major = read::<u64>(task, &OFF_TASK_MAJ_FLT);
     let cgroup = cgroup_id_of(task);
     if let Some(stats) = cgroup.and_then(stats_of) {
         stats.page_faults_major += major.unwrap_or(0);
-        if group_dead & 0xff != 0 {
+        stats.io_read_bytes += read_optional::<u64>(task, &OFF_TASK_IOAC_READ_BYTES).unwrap_or(0);
+        stats.io_write_bytes += read_optional::<u64>(task, &OFF_TASK_IOAC_WRITE_BYTES).unwrap_or(0);
+        stats.io_cancelled_write_bytes +=
+            read_optional::<u64>(task, &OFF_TASK_IOAC_CANCELLED_WRITE_BYTES).unwrap_or(0);
+        if group_dead {
             stats.processes_exited += 1;
+            let rss = read_optional::<*const u8>(task, &OFF_TASK_SIGNAL)
+                .and_then(|signal| read_optional::<u64>(signal, &OFF_SIGNAL_MAXRSS))
+                .unwrap_or(0);
+            if rss > stats.process_peak_rss_pages {
+                stats.process_peak_rss_pages = rss;
+            }
         }
     }
-    if group_dead & 0xff != 0
-        && let Some(cgroup) = cgroup
-    {
+    if group_dead && let Some(cgroup) = cgroup {
         escape::on_exit(cgroup);
     }
     0

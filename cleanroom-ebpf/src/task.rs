@@ -10,7 +10,7 @@
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_task_btf},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_probe_read_kernel},
 };
 use cleanroom_common::drop_reason;
 
@@ -49,6 +49,11 @@ offsets!(
     OFF_RQ_BIO,
     OFF_RQ_CMD_FLAGS,
     OFF_SOCK_CGROUP,
+    OFF_TASK_IOAC_READ_BYTES,
+    OFF_TASK_IOAC_WRITE_BYTES,
+    OFF_TASK_IOAC_CANCELLED_WRITE_BYTES,
+    OFF_TASK_SIGNAL,
+    OFF_SIGNAL_MAXRSS,
 );
 
 /// `PF_KTHREAD` of `task_struct.flags`.
@@ -71,6 +76,19 @@ pub fn load_btf<T: Copy>(base: *const u8, offset: &Global<u64>) -> T {
     // SAFETY: see above; the verifier rejects the program rather than let this read stray, and
     // the load it emits cannot fault.
     unsafe { core::ptr::read_volatile(base.wrapping_add(offset.load() as usize).cast::<T>()) }
+}
+
+/// Reads a `T` at `base + offset` with `bpf_probe_read_kernel`, for the offsets of
+/// `cleanroom_common::OPTIONAL_OFFSETS`: `None` if this kernel lacks the member (the offset is
+/// unset) or the read fails. Slower than [`read`], so kept off the hot paths.
+#[inline(always)]
+pub fn read_optional<T: Copy>(base: *const u8, offset: &Global<u64>) -> Option<T> {
+    let offset = offset.load();
+    if base.is_null() || offset == u64::MAX {
+        return None;
+    }
+    // SAFETY: the helper checks the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
 }
 
 /// `task->comm` (16 bytes), byte by byte: its offset need not be aligned for wider loads.

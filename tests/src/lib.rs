@@ -239,6 +239,65 @@ impl Drop for LoopDevice {
     }
 }
 
+/// An ext4 file system of the test's own on a [`LoopDevice`], mounted in a temporary directory;
+/// unmounted on drop. No journal and no lazy initialisation, so that the device carries little
+/// beyond the data the test writes.
+pub struct ScratchFs {
+    /// Where it is mounted.
+    pub mount: String,
+    /// The device under it.
+    pub dev: LoopDevice,
+    _dir: tempfile::TempDir,
+}
+
+impl ScratchFs {
+    /// Makes and mounts one of `size` bytes.
+    pub fn new(size: u64) -> Self {
+        let dev = LoopDevice::new(size);
+        sh(&[
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-O",
+            "^has_journal",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            &dev.path,
+        ]);
+        let dir = tempfile::tempdir().expect("mount point");
+        let mount = dir.path().to_str().expect("utf-8 path").to_owned();
+        sh(&["mount", "-o", "noatime", &dev.path, &mount]);
+        Self {
+            mount,
+            dev,
+            _dir: dir,
+        }
+    }
+
+    /// Bytes written to the device so far, by its own counter (`/sys/block/loopN/stat`,
+    /// sectors written × 512).
+    pub fn device_written_bytes(&self) -> u64 {
+        let name = Path::new(&self.dev.path)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let stat = fs::read_to_string(format!("/sys/block/{name}/stat")).expect("device stat");
+        let sectors: u64 = stat
+            .split_whitespace()
+            .nth(6)
+            .and_then(|s| s.parse().ok())
+            .expect("sectors written");
+        sectors * 512
+    }
+}
+
+impl Drop for ScratchFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+    }
+}
+
 /// A network namespace of the test's own; deleted on drop.
 pub struct Netns(pub String);
 

@@ -7,6 +7,15 @@
 //! `fork K MS`                     fork K children that each spin MS ms of CPU, then wait
 //! `direct-io DEV BYTES CHUNK`     O_DIRECT: write BYTES to DEV in CHUNK-sized writes, read back
 //! `buffered FILE BYTES`           write BYTES to FILE through the page cache, then fsync
+//! `write-threads DIR BYTES T`     T threads each write BYTES/T to a file of their own in DIR
+//!                                 through the page cache (no fsync); then BYTES/4 more to a
+//!                                 scratch file that is deleted before writeback (cancelled)
+//! `mmap-readers FILE N`           drop FILE from the page cache, then N children read it at
+//!                                 once through a shared mapping (they wait on each other's
+//!                                 reads); the parent waits for them
+//! `threads T N`                   T threads that each sleep N times for 1 ms, joined
+//! `hold PAGES MS`                 a child touches PAGES fresh 4 KiB pages and keeps them MS
+//!                                 ms; the parent waits for it (its getrusage is the child's)
 //! `tcp-loop BYTES`                two processes: BYTES each way over loopback TCP
 //! `tcp-echo-serve ADDR`           accept once; read a length and that many bytes; send them back
 //! `tcp-send ADDR BYTES`           send BYTES to a tcp-echo-serve at ADDR and read them back
@@ -27,20 +36,45 @@ use std::{
     time::{Duration, Instant},
 };
 
-fn rusage_json() -> String {
+fn rusage(who: libc::c_int) -> libc::rusage {
     // SAFETY: zeroed rusage is a valid value; getrusage fills it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is valid and writable.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    unsafe { libc::getrusage(who, &mut ru) };
+    ru
+}
+
+/// getrusage of this process and of its waited-for children, and this process's
+/// `/proc/self/io` storage figures.
+fn rusage_json() -> String {
+    let ru = rusage(libc::RUSAGE_SELF);
+    let children = rusage(libc::RUSAGE_CHILDREN);
     let us = |tv: libc::timeval| tv.tv_sec * 1_000_000 + tv.tv_usec;
+    let io = fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let io_field = |key: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     format!(
-        r#"{{"nvcsw":{},"nivcsw":{},"minflt":{},"majflt":{},"utime_us":{},"stime_us":{}}}"#,
+        r#"{{"nvcsw":{},"nivcsw":{},"minflt":{},"majflt":{},"children_majflt":{},"utime_us":{},"stime_us":{},"maxrss_kib":{},"children_maxrss_kib":{},"oublock":{},"inblock":{},"children_nvcsw":{},"children_nivcsw":{},"io_read_bytes":{},"io_write_bytes":{},"io_cancelled_write_bytes":{}}}"#,
         ru.ru_nvcsw,
         ru.ru_nivcsw,
         ru.ru_minflt,
         ru.ru_majflt,
+        children.ru_majflt,
         us(ru.ru_utime),
-        us(ru.ru_stime)
+        us(ru.ru_stime),
+        ru.ru_maxrss,
+        children.ru_maxrss,
+        ru.ru_oublock,
+        ru.ru_inblock,
+        children.ru_nvcsw,
+        children.ru_nivcsw,
+        io_field("read_bytes"),
+        io_field("write_bytes"),
+        io_field("cancelled_write_bytes"),
     )
 }
 
@@ -250,6 +284,116 @@ fn main() {
             f.write_all(&vec![0x3c; num(2) as usize])
                 .expect("buffered write");
             f.sync_all().expect("fsync");
+        }
+        Some("write-threads") => {
+            let (dir, bytes, threads) = (args[1].clone(), num(2), num(3));
+            let writers: Vec<_> = (0..threads)
+                .map(|i| {
+                    let path = format!("{dir}/t{i}");
+                    std::thread::spawn(move || {
+                        let mut f = File::create(path).expect("creating a file");
+                        for _ in 0..(bytes / threads) / (1 << 20) {
+                            f.write_all(&[0x3c; 1 << 20]).expect("buffered write");
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().expect("writer thread");
+            }
+            let scratch = format!("{dir}/scratch");
+            let mut f = File::create(&scratch).expect("creating the scratch file");
+            f.write_all(&vec![0x5a; (bytes / 4) as usize])
+                .expect("buffered write");
+            drop(f);
+            fs::remove_file(&scratch).expect("deleting the scratch file");
+        }
+        Some("mmap-readers") => {
+            let file = File::open(&args[1]).expect("opening the file");
+            let len = file.metadata().expect("file size").len() as usize;
+            // SAFETY: advice on our own descriptor; clean pages are dropped from the cache.
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            let (mut go_read, go_write) = std::io::pipe().expect("pipe");
+            let mut children = Vec::new();
+            for _ in 0..num(2) {
+                // SAFETY: the child only maps, reads and calls _exit.
+                let pid = unsafe { libc::fork() };
+                assert!(pid >= 0, "fork failed");
+                if pid == 0 {
+                    drop(go_write);
+                    let mut byte = [0u8; 1];
+                    // Every child starts at once: when the parent closes the pipe.
+                    let _ = go_read.read(&mut byte);
+                    // SAFETY: a private read-only mapping of the whole file, never unmapped.
+                    let p = unsafe {
+                        libc::mmap(
+                            std::ptr::null_mut(),
+                            len,
+                            libc::PROT_READ,
+                            libc::MAP_PRIVATE,
+                            file.as_raw_fd(),
+                            0,
+                        )
+                    };
+                    assert_ne!(p, libc::MAP_FAILED, "mmap failed");
+                    // No read-around: each fault reads its own page, so the children meet on
+                    // pages in flight instead of finding them read ahead.
+                    // SAFETY: advice on our own mapping.
+                    unsafe { libc::madvise(p, len, libc::MADV_RANDOM) };
+                    // SAFETY: `len` bytes mapped readable at `p`.
+                    let data = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
+                    let sum = data
+                        .iter()
+                        .step_by(4096)
+                        .fold(0u64, |a, b| a + u64::from(*b));
+                    black_box(sum);
+                    // SAFETY: leaves the child without running the parent's destructors.
+                    unsafe { libc::_exit(0) };
+                }
+                children.push(pid);
+            }
+            drop(go_write);
+            for pid in children {
+                let mut status = 0;
+                // SAFETY: waits for our own child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+            }
+        }
+        Some("threads") => {
+            let sleeps = num(2);
+            let sleepers: Vec<_> = (0..num(1))
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        for _ in 0..sleeps {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    })
+                })
+                .collect();
+            for s in sleepers {
+                s.join().expect("sleeper thread");
+            }
+        }
+        Some("hold") => {
+            // SAFETY: the child only touches memory, sleeps and calls _exit.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                let len = num(1) as usize * 4096;
+                let mem = aligned(len);
+                // SAFETY: advice on our own mapping.
+                unsafe { libc::madvise(mem.as_mut_ptr().cast(), len, libc::MADV_NOHUGEPAGE) };
+                for page in mem.chunks_mut(4096) {
+                    page[0] = 1;
+                }
+                std::thread::sleep(Duration::from_millis(num(2)));
+                black_box(&mem);
+                // SAFETY: leaves the child without running the parent's destructors.
+                unsafe { libc::_exit(0) };
+            }
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
         }
         Some("tcp-loop") => {
             let bytes = num(1) as usize;

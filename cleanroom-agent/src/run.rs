@@ -156,6 +156,11 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     }
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let started = Instant::now();
+    // The command's process starts as a copy of this one, and the kernel's peak RSS of a
+    // process (process_peak_rss_bytes, ru_maxrss) counts what it held before its exec: give
+    // back the heap freed since start-up (parsing the kernel's BTF) first.
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    unsafe { libc::malloc_trim(0) };
     let mut child = spawn_in_cgroup(&opts.command, &cgroup.procs_files())?;
     let pid = child.id().map(|p| p as i32);
     let mut monitor = Monitor::new(

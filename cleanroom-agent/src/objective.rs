@@ -71,6 +71,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind of a metric's values.
+    pub fn of(unit: Unit) -> Kind {
+        match unit {
+            Unit::Nanoseconds => Kind::Time,
+            Unit::Bytes => Kind::Bytes,
+            Unit::Count => Kind::Count,
+        }
+    }
+
     /// Formats a value of this kind for people.
     pub fn format(self, v: f64) -> String {
         match self {
@@ -130,14 +139,6 @@ pub struct Objective {
     source: Source,
 }
 
-fn kind_of(unit: Unit) -> Kind {
-    match unit {
-        Unit::Nanoseconds => Kind::Time,
-        Unit::Bytes => Kind::Bytes,
-        Unit::Count => Kind::Count,
-    }
-}
-
 /// Resolves a metric name of an objective.
 fn resolve(name: &str) -> Option<(Source, Kind)> {
     match name {
@@ -152,7 +153,7 @@ fn resolve(name: &str) -> Option<(Source, Kind)> {
             .strip_suffix("_ns")
             .or_else(|| full.strip_suffix("_bytes"));
         if name == full || Some(name) == short {
-            return Some((Source::Total(full), kind_of(m.unit())));
+            return Some((Source::Total(full), Kind::of(m.unit())));
         }
         if name.strip_suffix("_per_sec") == Some(full) && *m != Metric::MemoryPeakBytes {
             let kind = if m.unit() == Unit::Bytes {

@@ -38,7 +38,7 @@ fuzz_target!(|bytes: &[u8]| {
     for format in FORMATS {
         let _ = render::report(&report, format);
     }
-    let tolerances = BTreeMap::new();
+    let tolerances = compare::Tolerances::default();
     for c in [
         compare::compare(("real", &REAL), ("fuzzed", &report), &tolerances),
         compare::compare(("fuzzed", &report), ("real", &REAL), &tolerances),

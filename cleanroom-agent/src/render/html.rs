@@ -457,11 +457,12 @@ pub fn comparison(c: &Comparison) -> String {
     };
     let header = format!(
         "<h1><span class=\"badge {class}\">{text}</span>Cleanroom comparison</h1>\
-         <div class=\"meta\">base <code>{}</code> ({}) → new <code>{}</code> ({})</div>",
+         <div class=\"meta\">base <code>{}</code> ({}) → new <code>{}</code> ({}); {}</div>",
         esc(&c.base.label),
         esc(&c.base.started_at),
         esc(&c.new.label),
-        esc(&c.new.started_at)
+        esc(&c.new.started_at),
+        esc(&c.tolerance_sources())
     );
     let mut body = String::from(
         "<section><h2>Every figure</h2><table><tr><th>metric</th><th class=\"num\">base</th><th class=\"num\">new</th><th class=\"num\">change</th><th class=\"num\">tolerance</th><th></th><th>verdict</th></tr>",
@@ -478,14 +479,14 @@ pub fn comparison(c: &Comparison) -> String {
         };
         let _ = write!(
             body,
-            "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">+{:.0}%</td>\
+            "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
              <td><svg width=\"120\" height=\"10\"><rect x=\"0\" y=\"1\" width=\"{:.1}\" height=\"8\" fill=\"{colour}\" rx=\"2\"/></svg></td>{}</tr>",
             esc(&ch.metric),
             esc(&ch.base_text),
             esc(&ch.new_text),
             ch.relative
                 .map_or_else(|| "n/a".into(), |r| format!("{:+.1}%", r * 100.0)),
-            ch.tolerance * 100.0,
+            esc(&ch.tolerance_text()),
             width * 1.2,
             if ch.regression {
                 status_cell(Status::Fail)

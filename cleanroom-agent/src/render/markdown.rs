@@ -178,7 +178,7 @@ pub fn comparison(c: &Comparison) -> String {
 
 /// The table of a comparison: regressions first, then every other figure.
 fn comparison_table(c: &Comparison) -> String {
-    let mut out = String::new();
+    let mut out = format!("{}.\n\n", c.tolerance_sources());
     let _ = writeln!(out, "| metric | base | new | change | tolerance | |");
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | --- |");
     let mut changes: Vec<_> = c.changes.iter().collect();
@@ -186,13 +186,13 @@ fn comparison_table(c: &Comparison) -> String {
     for ch in changes {
         let _ = writeln!(
             out,
-            "| `{}` | {} | {} | {} | +{:.0}% | {} |",
+            "| `{}` | {} | {} | {} | {} | {} |",
             ch.metric,
             ch.base_text,
             ch.new_text,
             ch.relative
                 .map_or_else(|| "n/a".into(), |r| format!("{:+.1}%", r * 100.0)),
-            ch.tolerance * 100.0,
+            ch.tolerance_text(),
             if ch.regression { "❌ regression" } else { "" }
         );
     }

@@ -80,6 +80,39 @@ impl Kind {
         }
     }
 
+    /// The kind of a time series' values, by its name in `series`: `cpu_percent`, a level
+    /// (`memory_current_bytes`), or a rate (`<counter>_per_sec`, `block_bytes_per_sec`); the
+    /// unit comes from the metric's declaration ([`Metric::unit`]) where there is one.
+    pub fn of_series(name: &str) -> Kind {
+        if name == "cpu_percent" {
+            return Kind::Percent;
+        }
+        let declared = |name: &str| {
+            Metric::ALL
+                .iter()
+                .find(|m| m.name() == name)
+                .map(|m| m.unit())
+        };
+        match name.strip_suffix("_per_sec") {
+            Some(counter)
+                if declared(counter) == Some(Unit::Bytes) || counter.ends_with("_bytes") =>
+            {
+                Kind::BytesPerSec
+            }
+            Some(_) => Kind::PerSec,
+            None => declared(name).map_or_else(
+                || {
+                    if name.ends_with("_bytes") {
+                        Kind::Bytes
+                    } else {
+                        Kind::Count
+                    }
+                },
+                Kind::of,
+            ),
+        }
+    }
+
     /// Formats a value of this kind for people.
     pub fn format(self, v: f64) -> String {
         match self {

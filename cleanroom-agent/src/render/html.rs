@@ -344,14 +344,25 @@ pub fn report(r: &Report) -> String {
         body.push_str("<p class=\"muted\">No time series: the run was shorter than one interval, or monitoring was off.</p>");
     } else {
         let _ = write!(body, "<div class=\"grid\">{}</div>", charts.join(""));
-        if !r.anomalies.is_empty() {
-            let _ = write!(
-                body,
-                "<p class=\"small muted\">{} anomalous interval(s) in all, circled in red where charted. Method: {}.</p>",
-                r.anomalies.len(),
-                esc(&r.anomaly_method)
-            );
+    }
+    if !r.anomalies.is_empty() {
+        let (listed, more) = r.listed_anomalies();
+        let _ = write!(
+            body,
+            "<p class=\"small muted\">{} anomalous interval(s) in all, circled in red where charted; the strongest:</p><ul class=\"small\">",
+            r.anomaly_count()
+        );
+        for line in listed {
+            let _ = write!(body, "<li>{}</li>", esc(&line));
         }
+        if more > 0 {
+            let _ = write!(body, "<li>… and {more} more</li>");
+        }
+        let _ = write!(
+            body,
+            "</ul><p class=\"small muted\">Method: {}.</p>",
+            esc(&r.anomaly_method)
+        );
     }
     body.push_str("</section>");
 

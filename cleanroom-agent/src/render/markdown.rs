@@ -138,12 +138,20 @@ pub fn report(r: &Report) -> String {
         out.push('\n');
     }
     if !r.anomalies.is_empty() {
+        let (listed, more) = r.listed_anomalies();
         let _ = writeln!(
             out,
-            "**Anomalies** ({}): {}\n",
-            r.anomalies.len(),
+            "**Anomalies** ({}, the strongest first): {}\n",
+            r.anomaly_count(),
             r.anomaly_method
         );
+        for line in listed {
+            let _ = writeln!(out, "- {}", cell(&line));
+        }
+        if more > 0 {
+            let _ = writeln!(out, "- … and {more} more");
+        }
+        out.push('\n');
     }
     if !r.unavailable.is_empty() {
         let _ = writeln!(
@@ -274,5 +282,34 @@ mod tests {
             md.contains("Exit code 130 (interrupted by SIGINT) after"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn anomalies_are_the_strongest_five_with_units() {
+        let mut r = Report::example();
+        r.anomalies = (0..12u64)
+            .map(|i| crate::analyze::Anomaly {
+                t_ns: i * 1_000_000_000,
+                metric: "memory_current_bytes".into(),
+                value: 97_001_472.0,
+                median: 84_754_432.0,
+                score: 4.0 + i as f64,
+            })
+            .collect();
+        r.anomalies_found = Some(175);
+        for text in [report(&r), crate::render::html::report(&r)] {
+            assert!(!text.contains("97001472"), "a raw float in:\n{text}");
+            assert_eq!(
+                text.matches("92.5 MiB vs median 80.8 MiB").count(),
+                5,
+                "{text}"
+            );
+            assert!(text.contains("at 11.0s: 92.5 MiB"), "the strongest: {text}");
+            assert!(
+                !text.contains("at 6.0s:"),
+                "only the five strongest: {text}"
+            );
+            assert!(text.contains("… and 170 more"), "{text}");
+        }
     }
 }

@@ -351,14 +351,21 @@ pub fn report(r: &Report) -> Result<Vec<u8>, RenderError> {
         );
     }
     if !r.anomalies.is_empty() {
+        let (listed, more) = r.listed_anomalies();
         w.paragraph(
             &format!(
-                "{} anomalous interval(s) in all, crossed in red where charted. Method: {}.",
-                r.anomalies.len(),
-                r.anomaly_method
+                "{} anomalous interval(s) in all, crossed in red where charted; the strongest:",
+                r.anomaly_count()
             ),
             8.0,
         );
+        for line in listed {
+            w.paragraph(&format!("- {line}"), 8.0);
+        }
+        if more > 0 {
+            w.paragraph(&format!("... and {more} more"), 8.0);
+        }
+        w.paragraph(&format!("Method: {}.", r.anomaly_method), 8.0);
     }
     if !r.events.is_empty() || !r.notes.is_empty() {
         w.gap(3.0);

@@ -125,6 +125,16 @@ impl Kind {
         }
     }
 
+    /// Formats a change (a difference, a slope per run) of this kind, with its sign: `+1.2 MiB`,
+    /// `-3.4 ms`, `+0.5` (counts keep a decimal: a slope of less than one is still a slope).
+    pub fn format_change(self, v: f64) -> String {
+        match self {
+            Kind::Count => format!("{v:+.1}"),
+            _ if v < 0.0 => format!("-{}", self.format(-v)),
+            _ => format!("+{}", self.format(v)),
+        }
+    }
+
     fn parse(self, text: &str) -> Result<f64, String> {
         match self {
             Kind::Time => parse_duration(text).map(|d| d.as_nanos() as f64),

@@ -269,6 +269,26 @@ fn history_round_trips_and_concurrent_runs_both_land() {
         .find(|l| l["metric"] == "cpu_time_ns")
         .unwrap();
     assert_eq!(cpu["values"].as_array().unwrap().len(), 3, "{cpu:#}");
+    // Read by people, each figure in its unit: no bare nanoseconds or bytes.
+    let md = cleanroom(&store, &["trend", "--name", "rt"]);
+    let md = String::from_utf8_lossy(&md.stdout);
+    for (metric, unit) in [
+        ("cpu_time_ns", "s |"),
+        ("wall_time", "s |"),
+        ("memory_peak_bytes", "B |"),
+    ] {
+        let row = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{metric}` |")))
+            .unwrap_or_else(|| panic!("no {metric} row:\n{md}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        for cell in &cells[2..5] {
+            assert!(
+                format!("{cell} |").ends_with(unit),
+                "{metric}: {cell:?} has no unit in {row}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -523,9 +523,10 @@ pub fn trend(t: &Trend) -> String {
             .join(", ")
     );
     let mut body = String::from(
-        "<section><h2>Each figure across runs</h2><table><tr><th>metric</th><th>runs</th><th class=\"num\">slope per run</th><th>biggest change</th></tr>",
+        "<section><h2>Each figure across runs</h2><table><tr><th>metric</th><th class=\"num\">first</th><th>runs</th><th class=\"num\">last</th><th class=\"num\">slope per run</th><th>biggest change</th></tr>",
     );
     for l in &t.lines {
+        let kind = crate::compare::figure_kind(&l.metric);
         let max = l
             .values
             .iter()
@@ -547,11 +548,13 @@ pub fn trend(t: &Trend) -> String {
             .collect();
         let _ = write!(
             body,
-            "<tr><td><code>{}</code></td><td><svg width=\"160\" height=\"30\"><polyline fill=\"none\" stroke=\"#2563eb\" stroke-width=\"1.5\" points=\"{}\"/></svg></td>\
-             <td class=\"num\">{:+.3}</td><td>{}</td></tr>",
+            "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td><svg width=\"160\" height=\"30\"><polyline fill=\"none\" stroke=\"#2563eb\" stroke-width=\"1.5\" points=\"{}\"/></svg></td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
             esc(&l.metric),
+            esc(&kind.format(l.values.first().map_or(0.0, |v| v.1))),
             pts.join(" "),
-            l.slope_per_run,
+            esc(&kind.format(l.values.last().map_or(0.0, |v| v.1))),
+            esc(&kind.format_change(l.slope_per_run)),
             l.biggest_change.map_or_else(String::new, |(id, r)| format!(
                 "run {id}: {:+.1}%",
                 r * 100.0

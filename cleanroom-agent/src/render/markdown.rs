@@ -222,13 +222,16 @@ pub fn trend(t: &Trend) -> String {
     );
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | --- |");
     for l in &t.lines {
+        let kind = crate::compare::figure_kind(&l.metric);
         let first = l.values.first().map_or(0.0, |v| v.1);
         let last = l.values.last().map_or(0.0, |v| v.1);
         let _ = writeln!(
             out,
-            "| `{}` | {first:.0} | {last:.0} | {:+.1} | {} |",
+            "| `{}` | {} | {} | {} | {} |",
             l.metric,
-            l.slope_per_run,
+            kind.format(first),
+            kind.format(last),
+            kind.format_change(l.slope_per_run),
             l.biggest_change.map_or_else(String::new, |(id, r)| format!(
                 "run {id}: {:+.1}%",
                 r * 100.0
@@ -311,5 +314,54 @@ mod tests {
             );
             assert!(text.contains("… and 170 more"), "{text}");
         }
+    }
+
+    #[test]
+    fn trends_read_in_each_figures_unit() {
+        let runs: Vec<(i64, Report)> = [1u64, 2, 3, 10]
+            .iter()
+            .map(|s| {
+                let mut r = Report::example();
+                r.wall_time_ns = s * 1_500_000_000;
+                r.totals.insert(
+                    "cpu_time_ns".into(),
+                    crate::collect::Total::Value(s * 1_000_000_000),
+                );
+                r.totals.insert(
+                    "block_write_bytes".into(),
+                    crate::collect::Total::Value(s << 20),
+                );
+                r.totals.insert(
+                    "page_faults_user".into(),
+                    crate::collect::Total::Value(s * 100),
+                );
+                (*s as i64, r)
+            })
+            .collect();
+        let md = trend(&crate::compare::trend("suite", &runs));
+        let row = |metric: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| `{metric}`")))
+                .unwrap_or_else(|| panic!("no {metric} row: {md}"))
+                .to_owned()
+        };
+        assert!(
+            row("cpu_time_ns").starts_with("| `cpu_time_ns` | 1.000 s | 10.000 s | +2.800 s |"),
+            "{md}"
+        );
+        assert!(
+            row("block_write_bytes").contains("| 1.0 MiB | 10.0 MiB | +2.8 MiB |"),
+            "{md}"
+        );
+        assert!(
+            row("page_faults_user").contains("| 100 | 1000 | +280.0 |"),
+            "{md}"
+        );
+        assert!(row("wall_time").contains("| 1.500 s | 15.000 s |"), "{md}");
+        let html = crate::render::html::trend(&crate::compare::trend("suite", &runs));
+        assert!(
+            html.contains("+2.800 s") && html.contains("10.0 MiB"),
+            "{html}"
+        );
     }
 }

@@ -460,11 +460,12 @@ pub fn trend(t: &Trend) -> Result<Vec<u8>, RenderError> {
     for l in &t.lines {
         let first = l.values.first().map_or(0.0, |v| v.1);
         let last = l.values.last().map_or(0.0, |v| v.1);
+        let kind = crate::compare::figure_kind(&l.metric);
         let cells = [
             l.metric.clone(),
-            format!("{first:.0}"),
-            format!("{last:.0}"),
-            format!("{:+.2}", l.slope_per_run),
+            kind.format(first),
+            kind.format(last),
+            kind.format_change(l.slope_per_run),
         ];
         let row: Vec<(&str, f64)> = cells
             .iter()

@@ -332,6 +332,52 @@ pub struct Anomaly {
     pub score: f64,
 }
 
+impl Anomaly {
+    /// One line for people, in the series' unit: `memory_current_bytes at 12.0s: 92.5 MiB vs
+    /// median 80.8 MiB (score 4.2)`.
+    pub fn text(&self) -> String {
+        let kind = Kind::of_series(&self.metric);
+        format!(
+            "{} at {:.1}s: {} vs median {} (score {:.1})",
+            self.metric,
+            self.t_ns as f64 / 1e9,
+            kind.format(self.value),
+            kind.format(self.median),
+            self.score
+        )
+    }
+}
+
+/// How many anomalies a summary, Markdown, HTML or PDF report lists (the strongest).
+pub const ANOMALIES_LISTED: usize = 5;
+
+/// How many anomalies the JSON report keeps at most (the strongest); a long run with a shifting
+/// load can otherwise hold thousands. `anomalies_found` then says how many there were.
+pub const ANOMALIES_KEPT: usize = 100;
+
+/// The `n` strongest anomalies (largest |score|: the deviation in units of the series' own
+/// spread, comparable across series), strongest first, and how many more there are.
+pub fn strongest(anomalies: &[Anomaly], n: usize) -> (Vec<&Anomaly>, usize) {
+    let mut by_strength: Vec<&Anomaly> = anomalies.iter().collect();
+    by_strength.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
+    by_strength.truncate(n);
+    let more = anomalies.len() - by_strength.len();
+    (by_strength, more)
+}
+
+/// Bounds the anomalies a report keeps to the [`ANOMALIES_KEPT`] strongest, in time order;
+/// returns them and, when some were left out, how many were found.
+pub fn keep_strongest(mut anomalies: Vec<Anomaly>) -> (Vec<Anomaly>, Option<usize>) {
+    let found = anomalies.len();
+    if found <= ANOMALIES_KEPT {
+        return (anomalies, None);
+    }
+    anomalies.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
+    anomalies.truncate(ANOMALIES_KEPT);
+    anomalies.sort_by_key(|a| a.t_ns);
+    (anomalies, Some(found))
+}
+
 /// How anomalies are found, as reports state it.
 pub const ANOMALY_METHOD: &str = "modified z-score (Iglewicz & Hoaglin): an interval is anomalous when \
 0.6745 x |value - median| / MAD > 3.5, over the run's own intervals of that metric (at least 8)";
@@ -690,6 +736,53 @@ mod tests {
             })
             .collect();
         assert!(anomalies(&flat).is_empty(), "a flat series has no anomaly");
+    }
+
+    #[test]
+    fn a_report_keeps_the_strongest_anomalies_in_time_order() {
+        let all: Vec<Anomaly> = (0..(ANOMALIES_KEPT as u64 + 50))
+            .map(|i| Anomaly {
+                t_ns: i,
+                metric: "cpu_percent".into(),
+                value: 1.0,
+                median: 0.0,
+                // Alternating sign: the strength is |score|.
+                score: if i % 2 == 0 { i as f64 } else { -(i as f64) },
+            })
+            .collect();
+        let (kept, found) = keep_strongest(all.clone());
+        assert_eq!(found, Some(all.len()));
+        assert_eq!(kept.len(), ANOMALIES_KEPT);
+        assert!(kept.windows(2).all(|w| w[0].t_ns < w[1].t_ns), "time order");
+        assert_eq!(kept[0].t_ns, 50, "the 50 weakest are left out");
+        let (listed, more) = strongest(&kept, ANOMALIES_LISTED);
+        assert_eq!(listed[0].score, -149.0);
+        assert_eq!(more, ANOMALIES_KEPT - ANOMALIES_LISTED);
+        assert_eq!(
+            keep_strongest(all[..10].to_vec()),
+            (all[..10].to_vec(), None)
+        );
+    }
+
+    #[test]
+    fn anomalies_read_in_their_series_unit() {
+        for (metric, value, expect) in [
+            ("memory_current_bytes", 97_001_472.0, "92.5 MiB vs median"),
+            ("cpu_percent", 181.25, "181.2% vs median"),
+            ("net_bytes_per_sec", 2_097_152.0, "2.0 MiB/s vs median"),
+            ("page_faults_user_per_sec", 1234.5, "1234.5/s vs median"),
+        ] {
+            let a = Anomaly {
+                t_ns: 1_500_000_000,
+                metric: metric.into(),
+                value,
+                median: 1.0,
+                score: 4.2,
+            };
+            let text = a.text();
+            assert!(text.contains(expect), "{text}");
+            assert!(text.starts_with(&format!("{metric} at 1.5s: ")), "{text}");
+        }
     }
 
     #[test]

@@ -9,10 +9,31 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{collect::Total, metric::Latency, objective::Kind, report::Report};
+use crate::{
+    collect::Total,
+    metric::{Latency, Metric},
+    objective::Kind,
+    report::Report,
+    units::{parse_percent, truncate_quote},
+};
 
 /// A run's figures by name, each with its kind.
 pub type Figures = BTreeMap<String, (f64, Kind)>;
+
+/// The unit of a figure of a comparison or trend, from the metric's declaration
+/// ([`Metric::unit`]): `wall_time` and latency percentiles are times. A total this build does
+/// not know (a report of a newer schema) is told by its suffix.
+pub fn figure_kind(name: &str) -> Kind {
+    if name == "wall_time" || Latency::ALL.iter().any(|l| name.starts_with(l.name())) {
+        return Kind::Time;
+    }
+    match Metric::ALL.iter().find(|m| m.name() == name) {
+        Some(m) => Kind::of(m.unit()),
+        None if name.ends_with("_ns") => Kind::Time,
+        None if name.ends_with("_bytes") => Kind::Bytes,
+        None => Kind::Count,
+    }
+}
 
 /// One figure of a run, by name, with its kind.
 pub fn figures(report: &Report) -> Figures {
@@ -24,14 +45,7 @@ pub fn figures(report: &Report) -> Figures {
     for (name, total) in &report.totals {
         match total {
             Total::Value(v) => {
-                let kind = if name.ends_with("_ns") {
-                    Kind::Time
-                } else if name.ends_with("_bytes") {
-                    Kind::Bytes
-                } else {
-                    Kind::Count
-                };
-                out.insert(name.clone(), (*v as f64, kind));
+                out.insert(name.clone(), (*v as f64, figure_kind(name)));
             }
             Total::Latency(l) if l.count > 0 => {
                 for (suffix, v) in [
@@ -49,7 +63,8 @@ pub fn figures(report: &Report) -> Figures {
     out
 }
 
-/// The default tolerance (relative increase allowed) of a figure.
+/// The default tolerance (relative increase allowed) of a figure. The README's table of
+/// default tolerances is checked against this function by a test: change both together.
 pub fn default_tolerance(name: &str) -> f64 {
     let latency = Latency::ALL.iter().any(|l| name.starts_with(l.name()));
     match name {
@@ -68,6 +83,59 @@ pub fn default_tolerance(name: &str) -> f64 {
     }
 }
 
+/// The latency figures a comparison holds for each latency metric.
+pub const LATENCY_FIGURES: &[&str] = &["p50", "p90", "p99", "max"];
+
+/// Every figure name a comparison can hold: `wall_time`, each total, each latency percentile.
+pub fn figure_names() -> impl Iterator<Item = String> {
+    std::iter::once("wall_time".to_owned())
+        .chain(Metric::ALL.iter().map(|m| m.name().to_owned()))
+        .chain(Latency::ALL.iter().flat_map(|l| {
+            LATENCY_FIGURES
+                .iter()
+                .map(move |suffix| format!("{}_{suffix}", l.name()))
+        }))
+}
+
+/// The figure a tolerance is written for, by its name in a comparison or as SLOs spell it
+/// (`cpu_time` for `cpu_time_ns`, `memory_peak` for `memory_peak_bytes`, `wall_time_ns`).
+/// A name no comparison holds is an error: a tolerance for it would silently apply to nothing.
+pub fn figure_name(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    if name == "wall_time_ns" {
+        return Ok("wall_time".to_owned());
+    }
+    if let Some(full) = figure_names().find(|f| f == name) {
+        return Ok(full);
+    }
+    Metric::ALL
+        .iter()
+        .map(|m| m.name())
+        .find(|full| {
+            full.strip_suffix("_ns")
+                .or_else(|| full.strip_suffix("_bytes"))
+                == Some(name)
+        })
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            format!(
+                "unknown metric {} for a tolerance; use a figure of a comparison: wall_time, a \
+                 total (e.g. cpu_time_ns or cpu_time, memory_peak_bytes, page_faults_user) or \
+                 a latency percentile (e.g. block_write_latency_p99, runqueue_latency_max)",
+                truncate_quote(name, 40)
+            )
+        })
+}
+
+/// Parses `METRIC=PERCENT` (`--tolerance cpu_time=25%`): the figure's name (see
+/// [`figure_name`]) and the tolerance as a fraction (0.25).
+pub fn parse_tolerance(text: &str) -> Result<(String, f64), String> {
+    let (metric, percent) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{} is not METRIC=PERCENT", truncate_quote(text, 60)))?;
+    Ok((figure_name(metric)?, parse_percent(percent)? / 100.0))
+}
+
 /// The smallest increase that can count as a regression, whatever the relative change: below
 /// it, differences are scheduling noise (a 2 µs wakeup becoming 4 µs is +100% and means nothing).
 pub fn noise_floor(name: &str, kind: Kind) -> f64 {
@@ -77,6 +145,132 @@ pub fn noise_floor(name: &str, kind: Kind) -> f64 {
         Kind::Bytes | Kind::BytesPerSec => (1u64 << 20) as f64,                       // 1 MiB
         _ => 100.0,
     }
+}
+
+/// Where a figure's tolerance came from. Precedence, highest first: `--tolerance`, the
+/// configuration's `[comparison]`, the history of the run's name, the static default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToleranceSource {
+    /// The static default ([`default_tolerance`]).
+    #[default]
+    Default,
+    /// Widened by the spread of earlier runs of the same name ([`history_spread`]).
+    History,
+    /// The configuration file's `[comparison]` table.
+    Config,
+    /// `--tolerance` on the command line.
+    Flag,
+}
+
+impl ToleranceSource {
+    /// Its name in the JSON report and the CSV.
+    pub fn name(self) -> &'static str {
+        match self {
+            ToleranceSource::Default => "default",
+            ToleranceSource::History => "history",
+            ToleranceSource::Config => "config",
+            ToleranceSource::Flag => "flag",
+        }
+    }
+}
+
+/// How the spread of earlier runs widens a figure's default tolerance.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    /// The relative spread of the figure across those runs (see [`history_spread`]).
+    pub spread: f64,
+    /// How many runs it rests on.
+    pub runs: usize,
+}
+
+/// Tolerances that override the static defaults, by figure name, from each source.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tolerances {
+    /// `--tolerance METRIC=PCT`.
+    pub flag: BTreeMap<String, f64>,
+    /// The configuration's `[comparison] tolerance` table.
+    pub config: BTreeMap<String, f64>,
+    /// The spread of each figure over earlier runs of the same name.
+    pub history: BTreeMap<String, Spread>,
+}
+
+impl Tolerances {
+    /// Flag tolerances alone.
+    pub fn from_flags(flag: impl IntoIterator<Item = (String, f64)>) -> Self {
+        Self {
+            flag: flag.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The tolerance of `name`, where it came from, and how many runs it rests on when it came
+    /// from the history. The history widens the static default, never narrows it.
+    pub fn pick(&self, name: &str) -> (f64, ToleranceSource, Option<usize>) {
+        if let Some(t) = self.flag.get(name) {
+            return (*t, ToleranceSource::Flag, None);
+        }
+        if let Some(t) = self.config.get(name) {
+            return (*t, ToleranceSource::Config, None);
+        }
+        let default = default_tolerance(name);
+        match self.history.get(name) {
+            Some(h) if h.spread > default => (h.spread, ToleranceSource::History, Some(h.runs)),
+            _ => (default, ToleranceSource::Default, None),
+        }
+    }
+}
+
+/// The fewest earlier runs whose spread can widen a default tolerance.
+pub const HISTORY_MIN_RUNS: usize = 3;
+
+/// The most earlier runs (the newest) whose spread is looked at.
+pub const HISTORY_MAX_RUNS: usize = 10;
+
+/// How far apart a figure has been across `values`, earlier runs of the same name: the
+/// largest relative increase between any two of them, `max / min - 1`; `None` with fewer than
+/// [`HISTORY_MIN_RUNS`] values or a smallest value of 0.
+///
+/// Why this measure: it is exactly the relative change a comparison would have computed had
+/// the slowest of those runs been compared with the quickest, so a change no larger than what
+/// identical runs already showed is not flagged. A robust scale (MAD / median) would ignore
+/// one unusual run, but over 3 to 10 runs it rests on one or two values and is often near 0,
+/// which is the false failure this is here to prevent (an identical test suite rerun using
+/// 16.8% more CPU against a 10% default). The cost is that one outlier run widens the
+/// tolerance until it ages out of the last [`HISTORY_MAX_RUNS`]; runs that failed or were
+/// interrupted are left out by the caller for that reason.
+pub fn history_spread(values: &[f64]) -> Option<f64> {
+    if values.len() < HISTORY_MIN_RUNS || values.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    // Computed as a comparison computes a relative change, so equal cases stay equal.
+    (min > 0.0).then(|| (max - min) / min)
+}
+
+/// The spread of every figure over `runs` (earlier runs of one name, any order): each figure
+/// present in at least [`HISTORY_MIN_RUNS`] of them.
+pub fn history_tolerances(runs: &[Report]) -> BTreeMap<String, Spread> {
+    let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in runs {
+        for (name, (v, _)) in figures(r) {
+            values.entry(name).or_default().push(v);
+        }
+    }
+    values
+        .into_iter()
+        .filter_map(|(name, vs)| {
+            let spread = history_spread(&vs)?;
+            Some((
+                name,
+                Spread {
+                    spread,
+                    runs: vs.len(),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// One figure compared.
@@ -94,6 +288,12 @@ pub struct Change {
     pub relative: Option<f64>,
     /// Increase allowed before it counts as a regression.
     pub tolerance: f64,
+    /// Where the tolerance came from (absent in comparisons made before it was recorded).
+    #[serde(default)]
+    pub tolerance_source: ToleranceSource,
+    /// How many earlier runs a tolerance from the history rests on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance_runs: Option<usize>,
     /// Smallest absolute increase that can count (below it, differences are noise).
     pub noise_floor: f64,
     /// Whether it grew beyond the tolerance.
@@ -102,6 +302,21 @@ pub struct Change {
     pub base_text: String,
     /// New value for people.
     pub new_text: String,
+}
+
+impl Change {
+    /// The tolerance and where it came from, for people: `+25% (config)`,
+    /// `+17% (history of 5 runs)`.
+    pub fn tolerance_text(&self) -> String {
+        let source = match (self.tolerance_source, self.tolerance_runs) {
+            (ToleranceSource::Flag, _) => "--tolerance".to_owned(),
+            (ToleranceSource::Config, _) => "config".to_owned(),
+            (ToleranceSource::History, Some(n)) => format!("history of {n} runs"),
+            (ToleranceSource::History, None) => "history".to_owned(),
+            (ToleranceSource::Default, _) => "default".to_owned(),
+        };
+        format!("+{:.0}% ({source})", self.tolerance * 100.0)
+    }
 }
 
 /// Which run is which.
@@ -142,22 +357,15 @@ pub struct Comparison {
     pub regressions: usize,
 }
 
-/// Compares `new` against `base`. `tolerances` override the defaults by figure name.
-pub fn compare(
-    base: (&str, &Report),
-    new: (&str, &Report),
-    tolerances: &BTreeMap<String, f64>,
-) -> Comparison {
+/// Compares `new` against `base`, each figure with the tolerance [`Tolerances::pick`] gives it.
+pub fn compare(base: (&str, &Report), new: (&str, &Report), tolerances: &Tolerances) -> Comparison {
     let b = figures(base.1);
     let n = figures(new.1);
     let changes: Vec<Change> = b
         .iter()
         .filter_map(|(name, (bv, kind))| {
             let (nv, _) = n.get(name)?;
-            let tolerance = tolerances
-                .get(name)
-                .copied()
-                .unwrap_or_else(|| default_tolerance(name));
+            let (tolerance, tolerance_source, tolerance_runs) = tolerances.pick(name);
             let relative = (*bv != 0.0).then(|| (nv - bv) / bv);
             let floor = noise_floor(name, *kind);
             Some(Change {
@@ -167,6 +375,8 @@ pub fn compare(
                 absolute: nv - bv,
                 relative,
                 tolerance,
+                tolerance_source,
+                tolerance_runs,
                 noise_floor: floor,
                 regression: relative.is_some_and(|r| r > tolerance) && nv - bv >= floor,
                 base_text: kind.format(*bv),
@@ -179,6 +389,41 @@ pub fn compare(
         new: RunLabel::of(new.0, new.1),
         regressions: changes.iter().filter(|c| c.regression).count(),
         changes,
+    }
+}
+
+impl Comparison {
+    /// Where the tolerances came from, in one line: `tolerances: 20 default, 5 from the history
+    /// of 7 runs, 1 from config, 1 from --tolerance`.
+    pub fn tolerance_sources(&self) -> String {
+        let count = |s: ToleranceSource| {
+            self.changes
+                .iter()
+                .filter(|c| c.tolerance_source == s)
+                .count()
+        };
+        let runs = self
+            .changes
+            .iter()
+            .filter_map(|c| c.tolerance_runs)
+            .max()
+            .unwrap_or(0);
+        let parts: Vec<String> = [
+            (ToleranceSource::Default, "default".to_owned()),
+            (
+                ToleranceSource::History,
+                format!("from the history of {runs} runs"),
+            ),
+            (ToleranceSource::Config, "from config".to_owned()),
+            (ToleranceSource::Flag, "from --tolerance".to_owned()),
+        ]
+        .into_iter()
+        .filter_map(|(s, text)| {
+            let n = count(s);
+            (n > 0).then(|| format!("{n} {text}"))
+        })
+        .collect();
+        format!("tolerances: {}", parts.join(", "))
     }
 }
 
@@ -255,7 +500,7 @@ mod tests {
     fn noise_below_the_floor_is_not_a_regression() {
         let base = report(1_000_000, 2_000_000_000);
         let new = report(3_000_000, 2_000_000_000); // +200% but only 2 ms of CPU
-        let c = compare(("base", &base), ("new", &new), &BTreeMap::new());
+        let c = compare(("base", &base), ("new", &new), &Tolerances::default());
         assert_eq!(c.regressions, 0, "{c:#?}");
     }
 
@@ -275,7 +520,7 @@ mod tests {
     #[test]
     fn identical_runs_have_no_regression() {
         let a = report(1_000_000_000, 2_000_000_000);
-        let c = compare(("a", &a), ("b", &a.clone()), &BTreeMap::new());
+        let c = compare(("a", &a), ("b", &a.clone()), &Tolerances::default());
         assert_eq!(c.regressions, 0, "{c:#?}");
         assert!(c.changes.iter().all(|ch| ch.absolute == 0.0));
         assert_eq!(c.changes.len(), 3, "wall time, cpu time, bytes");
@@ -286,7 +531,7 @@ mod tests {
         let base = report(1_000_000_000, 2_000_000_000);
         // CPU time up 50% (a regression), wall time up 10% (inside its 25% tolerance).
         let new = report(1_500_000_000, 2_200_000_000);
-        let c = compare(("base", &base), ("new", &new), &BTreeMap::new());
+        let c = compare(("base", &base), ("new", &new), &Tolerances::default());
         let cpu = c
             .changes
             .iter()
@@ -304,7 +549,7 @@ mod tests {
         assert!(!wall.regression, "{wall:#?}");
         assert_eq!(c.regressions, 1);
         // A stricter tolerance for wall time catches it.
-        let strict = BTreeMap::from([("wall_time".to_owned(), 0.05)]);
+        let strict = Tolerances::from_flags([("wall_time".to_owned(), 0.05)]);
         assert_eq!(
             compare(("base", &base), ("new", &new), &strict).regressions,
             2
@@ -327,5 +572,174 @@ mod tests {
             4,
             "the jump from 3 s to 10 s"
         );
+    }
+
+    #[test]
+    fn tolerance_names_are_figures_and_unknown_ones_are_refused() {
+        assert_eq!(
+            parse_tolerance("cpu_time=25%"),
+            Ok(("cpu_time_ns".into(), 0.25))
+        );
+        assert_eq!(
+            parse_tolerance("cpu_time_ns=25"),
+            Ok(("cpu_time_ns".into(), 0.25))
+        );
+        assert_eq!(
+            parse_tolerance("wall_time_ns=40%"),
+            Ok(("wall_time".into(), 0.4))
+        );
+        assert_eq!(
+            parse_tolerance("memory_peak=5%"),
+            Ok(("memory_peak_bytes".into(), 0.05))
+        );
+        assert_eq!(
+            parse_tolerance("block_write_latency_p99=300%"),
+            Ok(("block_write_latency_p99".into(), 3.0))
+        );
+        for bad in ["cpu_tme=25%", "block_write_latency=5%", "=5%", "cpu_time"] {
+            assert!(parse_tolerance(bad).is_err(), "{bad} was accepted");
+        }
+        assert!(
+            parse_tolerance("cpu_time=lots")
+                .unwrap_err()
+                .contains("percentage")
+        );
+        // Every figure a comparison of two full reports holds can be given a tolerance.
+        for name in figure_names() {
+            assert_eq!(figure_name(&name).as_deref(), Ok(name.as_str()));
+        }
+    }
+
+    #[test]
+    fn flag_beats_config_beats_history_beats_default() {
+        let base = report(1_000_000_000, 2_000_000_000);
+        let new = report(1_168_000_000, 2_000_000_000); // +16.8% CPU
+        let source = |t: &Tolerances| {
+            let c = compare(("base", &base), ("new", &new), t);
+            let cpu = c
+                .changes
+                .into_iter()
+                .find(|ch| ch.metric == "cpu_time_ns")
+                .unwrap();
+            (
+                cpu.tolerance,
+                cpu.tolerance_source,
+                cpu.tolerance_runs,
+                cpu.regression,
+            )
+        };
+        let mut t = Tolerances::default();
+        assert_eq!(source(&t), (0.10, ToleranceSource::Default, None, true));
+        // A history steadier than the default leaves the default.
+        t.history.insert(
+            "cpu_time_ns".into(),
+            Spread {
+                spread: 0.02,
+                runs: 4,
+            },
+        );
+        assert_eq!(source(&t), (0.10, ToleranceSource::Default, None, true));
+        t.history.insert(
+            "cpu_time_ns".into(),
+            Spread {
+                spread: 0.2,
+                runs: 4,
+            },
+        );
+        assert_eq!(source(&t), (0.2, ToleranceSource::History, Some(4), false));
+        t.config.insert("cpu_time_ns".into(), 0.15);
+        assert_eq!(source(&t), (0.15, ToleranceSource::Config, None, true));
+        t.flag.insert("cpu_time_ns".into(), 0.5);
+        assert_eq!(source(&t), (0.5, ToleranceSource::Flag, None, false));
+        let c = compare(("base", &base), ("new", &new), &t);
+        let text = c.tolerance_sources();
+        assert!(
+            text.contains("1 from --tolerance") && text.contains("2 default"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn history_spread_is_the_largest_change_between_two_runs() {
+        assert_eq!(history_spread(&[1.0, 1.1]), None, "two runs are too few");
+        let s = history_spread(&[1.0, 1.168, 1.05]).unwrap();
+        assert!((s - 0.168).abs() < 1e-9, "{s}");
+        assert_eq!(
+            history_spread(&[0.0, 1.0, 2.0]),
+            None,
+            "no relative spread from 0"
+        );
+        assert_eq!(history_spread(&[5.0, 5.0, 5.0]), Some(0.0));
+        let runs: Vec<Report> = [1_000_000_000u64, 1_100_000_000, 1_200_000_000]
+            .iter()
+            .map(|cpu| report(*cpu, 2_000_000_000))
+            .collect();
+        let h = history_tolerances(&runs);
+        let cpu = h["cpu_time_ns"];
+        assert!((cpu.spread - 0.2).abs() < 1e-9 && cpu.runs == 3, "{cpu:?}");
+        assert_eq!(h["wall_time"].spread, 0.0);
+        assert!(history_tolerances(&runs[..2]).is_empty());
+    }
+
+    /// The README's table of default tolerances and noise floors, row by row, against
+    /// [`default_tolerance`] and [`noise_floor`]; and every figure has a row.
+    #[test]
+    fn readme_tolerance_table_matches_the_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path).expect("reading the README");
+        let header = "| figures | default tolerance | noise floor |";
+        let rows: Vec<&str> = readme
+            .lines()
+            .skip_while(|l| l.trim() != header)
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        assert!(rows.len() > 5, "no table under {header:?} in the README");
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for row in rows {
+            let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+            assert_eq!(cells.len(), 3, "{row}");
+            // `a`, `b`: `_p50`, `_max` stands for a_p50, a_max, b_p50, b_max.
+            let names: Vec<&str> = cells[0].split('`').skip(1).step_by(2).collect();
+            let (suffixes, bases): (Vec<&str>, Vec<&str>) =
+                names.iter().partition(|n| n.starts_with('_'));
+            let figures: Vec<String> = if suffixes.is_empty() {
+                bases.iter().map(|b| (*b).to_owned()).collect()
+            } else {
+                bases
+                    .iter()
+                    .flat_map(|b| suffixes.iter().map(move |s| format!("{b}{s}")))
+                    .collect()
+            };
+            let tolerance = parse_percent(cells[1].trim_start_matches('+')).unwrap() / 100.0;
+            for figure in figures {
+                let kind = figure_kind(&figure);
+                let floor = match kind {
+                    Kind::Time => crate::units::parse_duration(cells[2]).unwrap().as_nanos() as f64,
+                    Kind::Bytes => crate::units::parse_bytes(cells[2]).unwrap() as f64,
+                    _ => cells[2].parse::<f64>().unwrap(),
+                };
+                assert!(
+                    (default_tolerance(&figure) - tolerance).abs() < 1e-9,
+                    "README: {figure} +{}%, code: +{}%",
+                    tolerance * 100.0,
+                    default_tolerance(&figure) * 100.0
+                );
+                assert_eq!(
+                    noise_floor(&figure, kind),
+                    floor,
+                    "README: {figure} noise floor {}",
+                    cells[2]
+                );
+                assert!(seen.insert(figure.clone(), row).is_none(), "{figure} twice");
+            }
+        }
+        for figure in figure_names() {
+            assert!(
+                seen.contains_key(&figure),
+                "{figure} has no row in the README"
+            );
+        }
+        assert_eq!(seen.len(), figure_names().count(), "{seen:#?}");
     }
 }

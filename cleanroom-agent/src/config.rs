@@ -2,14 +2,14 @@
 //! from TOML with the seed document's field names. Everything has a default; a bad file is an
 //! error naming the file, line and key.
 
-use std::{fmt, path::Path, time::Duration};
+use std::{collections::BTreeMap, fmt, path::Path, time::Duration};
 
 use serde::Deserialize;
 
 use crate::{
     files::{FileError, MAX_CONFIG_BYTES, read_text},
     objective::Objective,
-    units::{de_duration, de_opt_bytes, de_opt_duration, de_opt_percent},
+    units::{de_duration, de_opt_bytes, de_opt_duration, de_opt_percent, parse_percent},
 };
 
 /// The whole configuration.
@@ -22,6 +22,23 @@ pub struct CleanroomConfig {
     pub resource_limits: ResourceLimits,
     /// Service level objectives judged at the end.
     pub slos: Vec<SloSpec>,
+    /// How a run is compared with `--baseline` (and by `compare --config`).
+    pub comparison: ComparisonConfig,
+}
+
+/// `[comparison]`: tolerances against a baseline, by figure, e.g.
+/// `tolerance = { cpu_time_ns = "25%", wall_time = 40 }`. They override the history's and the
+/// static defaults; `--tolerance` overrides them.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComparisonConfig {
+    /// The table as written, each value with its place for errors; checked when the file
+    /// loads, into [`Self::tolerance`].
+    #[serde(rename = "tolerance")]
+    written: BTreeMap<String, toml::Spanned<toml::Value>>,
+    /// Tolerances by figure name as comparisons spell it (`cpu_time_ns`), as fractions (0.25).
+    #[serde(skip)]
+    pub tolerance: BTreeMap<String, f64>,
 }
 
 /// `[performance_monitoring]`.
@@ -272,6 +289,38 @@ fn check_slos(slos: &[SloSpec], text: &str, file: &str) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// Checks the `[comparison]` tolerances where they are written (an unknown figure or a bad
+/// percentage names its line and key) and keeps them by figure name, as fractions.
+fn check_comparison(c: &mut ComparisonConfig, text: &str, file: &str) -> Result<(), ConfigError> {
+    for (key, value) in &c.written {
+        let error = |message: String| {
+            let mut e = ConfigError::at(file, text, Some(value.span()), message);
+            e.key = Some(truncate(&format!("comparison.tolerance.{key}"), 80));
+            e
+        };
+        let figure = crate::compare::figure_name(key).map_err(error)?;
+        let percent = match value.get_ref() {
+            toml::Value::String(s) => parse_percent(s),
+            toml::Value::Integer(i) if *i >= 0 => Ok(*i as f64),
+            toml::Value::Float(f) if f.is_finite() && *f >= 0.0 => Ok(*f),
+            other => Err(format!(
+                "{} is not a percentage like 25 or \"25%\"",
+                crate::units::truncate_quote(&other.to_string(), 60)
+            )),
+        }
+        .map_err(error)?;
+        if c.tolerance
+            .insert(figure.clone(), percent / 100.0)
+            .is_some()
+        {
+            return Err(error(format!(
+                "a second tolerance for {figure} (one name and its short form?)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads a configuration or SLO file, bounded: its name for errors, and its text.
 fn read_config(path: &Path) -> Result<(String, String), ConfigError> {
     let file = path.display().to_string();
@@ -290,8 +339,9 @@ fn read_config(path: &Path) -> Result<(String, String), ConfigError> {
 impl CleanroomConfig {
     /// Parses a configuration; `file` names it in errors.
     pub fn from_toml(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let config: Self = parse(text, file)?;
+        let mut config: Self = parse(text, file)?;
         check_slos(&config.slos, text, file)?;
+        check_comparison(&mut config.comparison, text, file)?;
         if config.performance_monitoring.metrics_interval < Duration::from_millis(10) {
             return Err(ConfigError {
                 file: file.to_owned(),
@@ -509,6 +559,71 @@ objective = "wall_time <= 15s"
         std::fs::write(&big, vec![b'#'; (MAX_CONFIG_BYTES + 1) as usize]).unwrap();
         let e = CleanroomConfig::from_file(&big).unwrap_err();
         assert!(e.message.contains("larger than the 1.0 MiB"), "{e}");
+    }
+
+    #[test]
+    fn comparison_tolerances_by_figure_in_either_form() {
+        let inline = "[comparison]\ntolerance = { cpu_time = \"25%\", wall_time = 40, runqueue_latency_p99 = 12.5 }\n";
+        let table = "[comparison.tolerance]\ncpu_time_ns = \"25%\"\nwall_time = \"40 %\"\nrunqueue_latency_p99 = 12.5\n";
+        for text in [inline, table] {
+            let c = CleanroomConfig::from_toml(text, "c.toml").unwrap();
+            assert_eq!(
+                c.comparison.tolerance,
+                BTreeMap::from([
+                    ("cpu_time_ns".to_owned(), 0.25),
+                    ("runqueue_latency_p99".to_owned(), 0.125),
+                    ("wall_time".to_owned(), 0.40),
+                ]),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_comparison_tolerances_name_file_line_and_key() {
+        // Checked in the order of the names: `wall_time` before `wall_time_ns`.
+        for (line, at, key, expect) in [
+            ("cpu_tme = \"25%\"", 3, "cpu_tme", "unknown metric"),
+            (
+                "cpu_time_ns = \"lots\"",
+                3,
+                "cpu_time_ns",
+                "not a percentage",
+            ),
+            ("cpu_time_ns = -5", 3, "cpu_time_ns", "not a percentage"),
+            (
+                "cpu_time_ns = \"-5%\"",
+                3,
+                "cpu_time_ns",
+                "not a percentage",
+            ),
+            ("wall_time = true", 3, "wall_time", "not a percentage"),
+            ("wall_time = 20", 2, "wall_time_ns", "a second tolerance"),
+        ] {
+            let text = format!("[comparison.tolerance]\nwall_time_ns = 30\n{line}\n");
+            let e = CleanroomConfig::from_toml(&text, "cmp.toml").unwrap_err();
+            assert_eq!(
+                (e.line, e.key.clone()),
+                (Some(at), Some(format!("comparison.tolerance.{key}"))),
+                "{line}: {e}"
+            );
+            assert!(e.message.contains(expect), "{line}: {e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("cmp.toml:{at}: key `comparison.tolerance.{key}`")),
+                "{e}"
+            );
+        }
+        let e = CleanroomConfig::from_toml(
+            "[comparison]\ntolerances = { cpu_time_ns = 5 }\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("tolerances")),
+            "{e}"
+        );
     }
 
     #[test]

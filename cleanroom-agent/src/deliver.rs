@@ -7,11 +7,14 @@
 //! temporary directory. [`Delivered::failures`] tells the binary to exit 2 when the command
 //! itself succeeded.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use crate::{
     Error,
-    compare::{self, Comparison},
+    compare::{self, Comparison, Spread, Tolerances},
     render::{self, Format},
     report::{Report, SCHEMA_VERSION},
     store::Store,
@@ -28,8 +31,8 @@ pub struct Outputs {
     pub store: Option<PathBuf>,
     /// The run to compare against, loaded before the command starts.
     pub baseline: Option<Baseline>,
-    /// Tolerances overriding the defaults, by figure name.
-    pub tolerances: std::collections::BTreeMap<String, f64>,
+    /// Tolerances overriding the static defaults: `--tolerance`, `[comparison]`, the history.
+    pub tolerances: Tolerances,
 }
 
 /// A past run to compare with: how to name it, and its report.
@@ -49,6 +52,31 @@ impl Baseline {
             label,
             report: Box::new(report),
         })
+    }
+}
+
+/// The spread of each figure over the last runs named `name` in the history at `store`
+/// (see [`compare::history_spread`]), for noise-aware default tolerances: up to
+/// [`compare::HISTORY_MAX_RUNS`] runs, leaving out those whose command failed or was
+/// interrupted (a crashed run is not a rerun). A store that does not exist is not made; one
+/// that cannot be read costs the history only, with a warning.
+pub fn history_spreads(store: &Path, name: &str) -> BTreeMap<String, Spread> {
+    if !store.exists() {
+        return BTreeMap::new();
+    }
+    match Store::open(store).and_then(|s| s.reports_named(name, compare::HISTORY_MAX_RUNS)) {
+        Ok(runs) => {
+            let steady: Vec<Report> = runs
+                .into_iter()
+                .map(|(_, r)| r)
+                .filter(|r| r.exit_code == 0 && r.interrupted.is_none())
+                .collect();
+            compare::history_tolerances(&steady)
+        }
+        Err(e) => {
+            log::warn!("default tolerances not widened by the history of `{name}`: {e}");
+            BTreeMap::new()
+        }
     }
 }
 
@@ -138,16 +166,25 @@ pub fn deliver(report: &mut Report, outputs: &Outputs) -> Delivered {
                 c.changes
                     .iter()
                     .filter(|ch| ch.regression)
-                    .map(|ch| format!("{} {} -> {}", ch.metric, ch.base_text, ch.new_text))
+                    .map(|ch| format!(
+                        "{} {} -> {} ({}, tolerance {})",
+                        ch.metric,
+                        ch.base_text,
+                        ch.new_text,
+                        ch.relative
+                            .map_or_else(|| "n/a".into(), |r| format!("{:+.1}%", r * 100.0)),
+                        ch.tolerance_text()
+                    ))
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
         }
         if c.regressions == 0 && outputs.summary {
             eprintln!(
-                "  compared with baseline {}: {} figures, no regression beyond tolerance",
+                "  compared with baseline {}: {} figures, no regression beyond tolerance ({})",
                 base.label,
-                c.changes.len()
+                c.changes.len(),
+                c.tolerance_sources()
             );
         }
         report.comparison = Some(c.clone());
@@ -238,7 +275,7 @@ mod tests {
             reports: vec![dir.path().join("missing/r.json"), good.clone()],
             store: Some(store.clone()),
             baseline: None,
-            tolerances: Default::default(),
+            tolerances: Tolerances::default(),
         };
         let mut r = Report::example();
         let d = deliver(&mut r, &outputs);
@@ -246,5 +283,67 @@ mod tests {
         assert!(good.exists(), "the Markdown report was not written");
         assert!(d.stored_as.is_some(), "the run was not stored");
         assert_eq!(d.rescued_to, None, "the store holds the run");
+    }
+
+    #[test]
+    fn the_history_of_a_name_widens_default_tolerances() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.db");
+        assert!(history_spreads(&path, "suite").is_empty());
+        assert!(!path.exists(), "reading the history made a store");
+        let run = |name: &str, cpu: u64, exit_code: i32| {
+            let mut r = Report::example();
+            r.name = Some(name.into());
+            r.exit_code = exit_code;
+            r.totals
+                .insert("cpu_time_ns".into(), crate::collect::Total::Value(cpu));
+            r
+        };
+        let mut store = Store::open(&path).unwrap();
+        for (name, cpu, exit_code) in [
+            ("suite", 1_000_000_000, 0),
+            ("suite", 9_000_000_000, 1), // failed: not a rerun, left out
+            ("other", 5_000_000_000, 0), // another name
+            ("suite", 1_100_000_000, 0),
+        ] {
+            store.insert(&run(name, cpu, exit_code)).unwrap();
+        }
+        assert!(
+            history_spreads(&path, "suite").is_empty(),
+            "two good runs are too few"
+        );
+        store.insert(&run("suite", 1_168_000_000, 0)).unwrap();
+        let spreads = history_spreads(&path, "suite");
+        let cpu = spreads["cpu_time_ns"];
+        assert_eq!(cpu.runs, 3, "{spreads:?}");
+        assert!((cpu.spread - 0.168).abs() < 1e-9, "{cpu:?}");
+
+        // +16.8% CPU: a regression against the static 10%, not against this history.
+        let outputs = |history| Outputs {
+            baseline: Some(Baseline {
+                label: "run 1".into(),
+                report: Box::new(run("suite", 1_000_000_000, 0)),
+            }),
+            tolerances: Tolerances {
+                history,
+                ..Tolerances::default()
+            },
+            ..Outputs::default()
+        };
+        let mut r = run("suite", 1_168_000_000, 0);
+        let d = deliver(&mut r, &outputs(BTreeMap::new()));
+        assert_eq!(d.comparison.unwrap().regressions, 1);
+        let note = r.notes.join("\n");
+        assert!(note.contains("+16.8%, tolerance +10% (default)"), "{note}");
+        let mut r = run("suite", 1_168_000_000, 0);
+        let c = deliver(&mut r, &outputs(spreads)).comparison.unwrap();
+        assert_eq!(c.regressions, 0, "{c:#?}");
+        let cpu = c
+            .changes
+            .iter()
+            .find(|ch| ch.metric == "cpu_time_ns")
+            .unwrap();
+        assert_eq!(cpu.tolerance_text(), "+17% (history of 3 runs)");
+        assert_ne!(r.verdict, "fail");
     }
 }

@@ -73,8 +73,9 @@ enum Command {
         #[arg(long, value_name = "RUN")]
         baseline: Option<String>,
         /// Tolerance for a figure against --baseline, e.g. --tolerance cpu_time=25%
-        /// (repeatable; see `cleanroom compare --help`).
-        #[arg(long, value_name = "METRIC=PERCENT", value_parser = parse_tolerance, requires = "baseline")]
+        /// (repeatable; overrides the config's [comparison] and the defaults; see
+        /// `cleanroom compare --help`).
+        #[arg(long, value_name = "METRIC=PERCENT", value_parser = compare::parse_tolerance, requires = "baseline")]
         tolerance: Vec<(String, f64)>,
         /// Make the run cgroup under DIR instead of `<cgroup v2 mount>/cleanroom` (for hosts
         /// that delegate a subtree, e.g. under systemd).
@@ -132,9 +133,14 @@ enum Command {
         base: String,
         /// The new run.
         new: String,
-        /// Tolerance for a figure, e.g. --tolerance wall_time=30% (repeatable).
-        #[arg(long, value_name = "METRIC=PERCENT", value_parser = parse_tolerance)]
+        /// Tolerance for a figure, e.g. --tolerance wall_time=30% (repeatable): wall_time, a
+        /// total (cpu_time_ns or cpu_time, ...) or a latency percentile (..._p99, ..._max).
+        /// Overrides the config's [comparison] and the defaults.
+        #[arg(long, value_name = "METRIC=PERCENT", value_parser = compare::parse_tolerance)]
         tolerance: Vec<(String, f64)>,
+        /// Take tolerances from the [comparison] table of this TOML file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Output format (default: from -o, else md).
         #[arg(long, short)]
         format: Option<String>,
@@ -245,7 +251,7 @@ fn outputs(out: OutputArgs, summary: bool) -> Outputs {
         reports: out.report,
         store: (!out.no_store).then(|| out.store.unwrap_or_else(store::default_path)),
         baseline: None,
-        tolerances: BTreeMap::new(),
+        tolerances: compare::Tolerances::default(),
     }
 }
 
@@ -282,7 +288,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     deliver::Baseline::load(&b, &store)
                 })
                 .transpose()?;
-            outputs.tolerances = tolerance.into_iter().collect();
+            outputs.tolerances = compare::Tolerances {
+                flag: tolerance.into_iter().collect(),
+                config: cfg.comparison.tolerance.clone(),
+                history: BTreeMap::new(),
+            };
+            // Noise-aware defaults: how far apart earlier runs of this name have been.
+            if let (Some(_), Some(name)) = (&outputs.baseline, &name) {
+                let store = outputs.store.clone().unwrap_or_else(store::default_path);
+                outputs.tolerances.history = deliver::history_spreads(&store, name);
+            }
             measure(
                 run::RunOptions {
                     command,
@@ -345,14 +360,24 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             base,
             new,
             tolerance,
+            config,
             format,
             output,
             store,
         } => {
+            let config = match &config {
+                Some(path) => CleanroomConfig::from_file(path)?,
+                None => CleanroomConfig::default(),
+            };
             let store = store.unwrap_or_else(store::default_path);
             let (bl, b) = deliver::load_run(&base, &store)?;
             let (nl, n) = deliver::load_run(&new, &store)?;
-            let c = compare::compare((&bl, &b), (&nl, &n), &tolerance.into_iter().collect());
+            let tolerances = compare::Tolerances {
+                flag: tolerance.into_iter().collect(),
+                config: config.comparison.tolerance,
+                history: BTreeMap::new(),
+            };
+            let c = compare::compare((&bl, &b), (&nl, &n), &tolerances);
             let format = pick_format(format.as_deref(), output.as_deref())?;
             emit(&render::comparison(&c, format)?, output.as_deref())?;
             Ok(if c.regressions > 0 {
@@ -463,13 +488,6 @@ fn parse_tag(text: &str) -> Result<(String, String), String> {
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
-}
-
-fn parse_tolerance(text: &str) -> Result<(String, f64), String> {
-    let (k, v) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not METRIC=PERCENT"))?;
-    Ok((k.to_owned(), cleanroom::units::parse_percent(v)? / 100.0))
 }
 
 #[cfg(test)]

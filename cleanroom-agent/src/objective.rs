@@ -71,6 +71,48 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind of a metric's values.
+    pub fn of(unit: Unit) -> Kind {
+        match unit {
+            Unit::Nanoseconds => Kind::Time,
+            Unit::Bytes => Kind::Bytes,
+            Unit::Count => Kind::Count,
+        }
+    }
+
+    /// The kind of a time series' values, by its name in `series`: `cpu_percent`, a level
+    /// (`memory_current_bytes`), or a rate (`<counter>_per_sec`, `block_bytes_per_sec`); the
+    /// unit comes from the metric's declaration ([`Metric::unit`]) where there is one.
+    pub fn of_series(name: &str) -> Kind {
+        if name == "cpu_percent" {
+            return Kind::Percent;
+        }
+        let declared = |name: &str| {
+            Metric::ALL
+                .iter()
+                .find(|m| m.name() == name)
+                .map(|m| m.unit())
+        };
+        match name.strip_suffix("_per_sec") {
+            Some(counter)
+                if declared(counter) == Some(Unit::Bytes) || counter.ends_with("_bytes") =>
+            {
+                Kind::BytesPerSec
+            }
+            Some(_) => Kind::PerSec,
+            None => declared(name).map_or_else(
+                || {
+                    if name.ends_with("_bytes") {
+                        Kind::Bytes
+                    } else {
+                        Kind::Count
+                    }
+                },
+                Kind::of,
+            ),
+        }
+    }
+
     /// Formats a value of this kind for people.
     pub fn format(self, v: f64) -> String {
         match self {
@@ -80,6 +122,16 @@ impl Kind {
             Kind::Count => format!("{v:.0}"),
             Kind::PerSec => format!("{v:.1}/s"),
             Kind::Percent => format!("{v:.1}%"),
+        }
+    }
+
+    /// Formats a change (a difference, a slope per run) of this kind, with its sign: `+1.2 MiB`,
+    /// `-3.4 ms`, `+0.5` (counts keep a decimal: a slope of less than one is still a slope).
+    pub fn format_change(self, v: f64) -> String {
+        match self {
+            Kind::Count => format!("{v:+.1}"),
+            _ if v < 0.0 => format!("-{}", self.format(-v)),
+            _ => format!("+{}", self.format(v)),
         }
     }
 
@@ -130,14 +182,6 @@ pub struct Objective {
     source: Source,
 }
 
-fn kind_of(unit: Unit) -> Kind {
-    match unit {
-        Unit::Nanoseconds => Kind::Time,
-        Unit::Bytes => Kind::Bytes,
-        Unit::Count => Kind::Count,
-    }
-}
-
 /// Resolves a metric name of an objective.
 fn resolve(name: &str) -> Option<(Source, Kind)> {
     match name {
@@ -152,7 +196,7 @@ fn resolve(name: &str) -> Option<(Source, Kind)> {
             .strip_suffix("_ns")
             .or_else(|| full.strip_suffix("_bytes"));
         if name == full || Some(name) == short {
-            return Some((Source::Total(full), kind_of(m.unit())));
+            return Some((Source::Total(full), Kind::of(m.unit())));
         }
         if name.strip_suffix("_per_sec") == Some(full) && m.is_counter() {
             let kind = if m.unit() == Unit::Bytes {

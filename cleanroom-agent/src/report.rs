@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    analyze::{Anomaly, Event, Insight, SloResult, Status, ThresholdResult},
+    analyze::{ANOMALIES_LISTED, Anomaly, Event, Insight, SloResult, Status, ThresholdResult},
     collect::{BlockDevice, Total},
     metric::{Latency, Metric, Unit},
     model::{Aggregate, SeriesPoint},
@@ -80,9 +80,13 @@ pub struct Report {
     /// Breaches, clearances, timeouts, OOM kills, signals, limits applied.
     #[serde(default)]
     pub events: Vec<Event>,
-    /// Intervals that stand out from the run's own history.
+    /// Intervals that stand out from the run's own history: the strongest
+    /// [`crate::analyze::ANOMALIES_KEPT`] at most, in time order.
     #[serde(default)]
     pub anomalies: Vec<Anomaly>,
+    /// How many anomalies were found, when more than `anomalies` keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomalies_found: Option<usize>,
     /// How anomalies were found.
     #[serde(default)]
     pub anomaly_method: String,
@@ -202,6 +206,19 @@ pub fn human_duration_ns(ns: u64) -> String {
 }
 
 impl Report {
+    /// How many anomalies were found (more than `anomalies` holds when it was bounded).
+    pub fn anomaly_count(&self) -> usize {
+        self.anomalies_found.unwrap_or(0).max(self.anomalies.len())
+    }
+
+    /// The anomalies to list for people: the [`ANOMALIES_LISTED`] strongest, a line each with
+    /// units, and how many more were found.
+    pub fn listed_anomalies(&self) -> (Vec<String>, usize) {
+        let (listed, _) = crate::analyze::strongest(&self.anomalies, ANOMALIES_LISTED);
+        let more = self.anomaly_count() - listed.len();
+        (listed.iter().map(|a| a.text()).collect(), more)
+    }
+
     /// The command as a shell would take it back: each argument quoted where it needs to be
     /// (`sh -c 'git clone x && sync'`), so it can be pasted into a terminal.
     pub fn command_line(&self) -> String {
@@ -353,17 +370,17 @@ impl Report {
             }
         }
         if !self.anomalies.is_empty() {
-            let _ = writeln!(out, "\n  anomalies ({}):", self.anomalies.len());
-            for a in self.anomalies.iter().take(5) {
-                let _ = writeln!(
-                    out,
-                    "  - {} at {:.1}s: {:.1} vs median {:.1} (score {:.1})",
-                    a.metric,
-                    a.t_ns as f64 / 1e9,
-                    a.value,
-                    a.median,
-                    a.score
-                );
+            let (listed, more) = self.listed_anomalies();
+            let _ = writeln!(
+                out,
+                "\n  anomalies ({}, the strongest first):",
+                self.anomaly_count()
+            );
+            for line in listed {
+                let _ = writeln!(out, "  - {line}");
+            }
+            if more > 0 {
+                let _ = writeln!(out, "  … and {more} more");
             }
         }
         if self.verdict == "pass" || self.verdict == "fail" {
@@ -432,6 +449,7 @@ impl Report {
             thresholds: vec![],
             events: vec![],
             anomalies: vec![],
+            anomalies_found: None,
             anomaly_method: String::new(),
             insights: vec![],
             verdict: "none".into(),
@@ -521,5 +539,54 @@ mod tests {
         assert!(value.get("interrupted").is_none());
         let back: Report = serde_json::from_value(value).unwrap();
         assert_eq!(back, report);
+    }
+
+    /// A report with `n` anomalies of memory, the strongest (score `n`) in the middle of the run.
+    fn with_anomalies(n: usize) -> Report {
+        let mut r = Report::example();
+        r.anomalies = (0..n)
+            .map(|i| Anomaly {
+                t_ns: i as u64 * 1_000_000_000,
+                metric: if i % 2 == 0 {
+                    "memory_current_bytes".into()
+                } else {
+                    "block_write_bytes_per_sec".into()
+                },
+                value: 97_001_472.0 + i as f64,
+                median: 84_754_432.0,
+                score: 4.0
+                    + (n / 2).abs_diff(i) as f64 * -0.01
+                    + if i == n / 2 { 10.0 } else { 0.0 },
+            })
+            .collect();
+        r
+    }
+
+    #[test]
+    fn anomalies_are_listed_with_units_the_strongest_five() {
+        let r = with_anomalies(175);
+        let text = r.summary();
+        assert!(!text.contains("97001472"), "a raw float in:\n{text}");
+        let lines: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.contains("anomalies (175"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  - ") || l.starts_with("  …"))
+            .collect();
+        assert_eq!(lines.len(), 6, "{text}");
+        assert!(
+            lines[0].contains("at 87.0s: 92.5 MiB/s vs median 80.8 MiB/s (score 14.0)"),
+            "the strongest first: {lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(": 92.5 MiB vs median 80.8 MiB (")),
+            "{lines:#?}"
+        );
+        assert_eq!(lines[5], "  … and 170 more", "{lines:#?}");
+
+        let few = with_anomalies(3).summary();
+        assert!(!few.contains("more"), "{few}");
     }
 }

@@ -387,6 +387,8 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     let kernel = sample.kernel();
     notes.extend(collect::fault_note(&totals, &kernel));
     notes.extend(escape_notes);
+    let (anomalies, anomalies_found) =
+        analyze::keep_strongest(analyze::anomalies(monitor.series.points()));
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
         command: opts.label.clone().unwrap_or_else(|| {
@@ -416,7 +418,8 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         comparison: None,
         escaped,
         aggregates: model::aggregate(monitor.series.points()),
-        anomalies: analyze::anomalies(monitor.series.points()),
+        anomalies,
+        anomalies_found,
         anomaly_method: analyze::ANOMALY_METHOD.to_owned(),
         series_resolution: sampling.then(|| monitor.series.resolution()),
         series: std::mem::take(&mut monitor.series).into_points(),

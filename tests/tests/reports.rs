@@ -269,6 +269,26 @@ fn history_round_trips_and_concurrent_runs_both_land() {
         .find(|l| l["metric"] == "cpu_time_ns")
         .unwrap();
     assert_eq!(cpu["values"].as_array().unwrap().len(), 3, "{cpu:#}");
+    // Read by people, each figure in its unit: no bare nanoseconds or bytes.
+    let md = cleanroom(&store, &["trend", "--name", "rt"]);
+    let md = String::from_utf8_lossy(&md.stdout);
+    for (metric, unit) in [
+        ("cpu_time_ns", "s |"),
+        ("wall_time", "s |"),
+        ("memory_peak_bytes", "B |"),
+    ] {
+        let row = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{metric}` |")))
+            .unwrap_or_else(|| panic!("no {metric} row:\n{md}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        for cell in &cells[2..5] {
+            assert!(
+                format!("{cell} |").ends_with(unit),
+                "{metric}: {cell:?} has no unit in {row}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -460,4 +480,54 @@ fn comparison_flags_a_planted_regression_and_not_identical_runs() {
         Some(0),
         "{figures:?}: {tolerated:?}"
     );
+}
+
+#[test]
+fn anomalies_are_the_strongest_five_in_their_units() {
+    if !privileged("anomalies_are_the_strongest_five_in_their_units") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A saved run with 175 anomalies of memory, the strongest in the middle.
+    let anomalies: Vec<serde_json::Value> = (0..175u64)
+        .map(|i| {
+            serde_json::json!({
+                "t_ns": i * 1_000_000_000, "metric": "memory_current_bytes",
+                "value": 97_001_472.0, "median": 84_754_432.0,
+                "score": if i == 100 { 40.0 } else { 4.0 + i as f64 / 1000.0 }
+            })
+        })
+        .collect();
+    let report = serde_json::json!({
+        "schema_version": 1, "command": ["make", "test"], "exit_code": 0,
+        "started_at": "2026-01-01T00:00:00Z", "wall_time_ns": 180_000_000_000u64,
+        "cgroup": {"path": "/x", "id": 1}, "totals": {"cpu_time_ns": 1_000_000_000},
+        "kernel": {}, "unavailable": [], "dropped": {}, "verdict": "none",
+        "anomalies": anomalies, "anomaly_method": "modified z-score"
+    });
+    let path = dir.path().join("run.json");
+    fs::write(&path, report.to_string()).unwrap();
+    let store = dir.path().join("history.db");
+    for format in ["md", "html"] {
+        let out = cleanroom(
+            &store,
+            &["report", path.to_str().unwrap(), "--format", format],
+        );
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("97001472"),
+            "{format}: a raw figure in:\n{text}"
+        );
+        assert_eq!(
+            text.matches("92.5 MiB vs median 80.8 MiB").count(),
+            5,
+            "{format}: not the five strongest in MiB:\n{text}"
+        );
+        assert!(
+            text.contains("at 100.0s: 92.5 MiB vs median 80.8 MiB (score 40.0)"),
+            "{format}: the strongest is missing:\n{text}"
+        );
+        assert!(text.contains("… and 170 more"), "{format}:\n{text}");
+    }
 }

@@ -88,6 +88,7 @@ pub fn comparison(c: &Comparison) -> String {
         "relative",
         "tolerance",
         "regression",
+        "tolerance_source",
     ])
     .expect("in memory");
     for ch in &c.changes {
@@ -99,6 +100,7 @@ pub fn comparison(c: &Comparison) -> String {
             ch.relative.map_or_else(String::new, |r| format!("{r:.6}")),
             ch.tolerance.to_string(),
             ch.regression.to_string(),
+            ch.tolerance_source.name().to_owned(),
         ])
         .expect("in memory");
     }

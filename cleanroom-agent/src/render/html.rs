@@ -344,14 +344,25 @@ pub fn report(r: &Report) -> String {
         body.push_str("<p class=\"muted\">No time series: the run was shorter than one interval, or monitoring was off.</p>");
     } else {
         let _ = write!(body, "<div class=\"grid\">{}</div>", charts.join(""));
-        if !r.anomalies.is_empty() {
-            let _ = write!(
-                body,
-                "<p class=\"small muted\">{} anomalous interval(s) in all, circled in red where charted. Method: {}.</p>",
-                r.anomalies.len(),
-                esc(&r.anomaly_method)
-            );
+    }
+    if !r.anomalies.is_empty() {
+        let (listed, more) = r.listed_anomalies();
+        let _ = write!(
+            body,
+            "<p class=\"small muted\">{} anomalous interval(s) in all, circled in red where charted; the strongest:</p><ul class=\"small\">",
+            r.anomaly_count()
+        );
+        for line in listed {
+            let _ = write!(body, "<li>{}</li>", esc(&line));
         }
+        if more > 0 {
+            let _ = write!(body, "<li>… and {more} more</li>");
+        }
+        let _ = write!(
+            body,
+            "</ul><p class=\"small muted\">Method: {}.</p>",
+            esc(&r.anomaly_method)
+        );
     }
     body.push_str("</section>");
 
@@ -457,11 +468,12 @@ pub fn comparison(c: &Comparison) -> String {
     };
     let header = format!(
         "<h1><span class=\"badge {class}\">{text}</span>Cleanroom comparison</h1>\
-         <div class=\"meta\">base <code>{}</code> ({}) → new <code>{}</code> ({})</div>",
+         <div class=\"meta\">base <code>{}</code> ({}) → new <code>{}</code> ({}); {}</div>",
         esc(&c.base.label),
         esc(&c.base.started_at),
         esc(&c.new.label),
-        esc(&c.new.started_at)
+        esc(&c.new.started_at),
+        esc(&c.tolerance_sources())
     );
     let mut body = String::from(
         "<section><h2>Every figure</h2><table><tr><th>metric</th><th class=\"num\">base</th><th class=\"num\">new</th><th class=\"num\">change</th><th class=\"num\">tolerance</th><th></th><th>verdict</th></tr>",
@@ -478,14 +490,14 @@ pub fn comparison(c: &Comparison) -> String {
         };
         let _ = write!(
             body,
-            "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">+{:.0}%</td>\
+            "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
              <td><svg width=\"120\" height=\"10\"><rect x=\"0\" y=\"1\" width=\"{:.1}\" height=\"8\" fill=\"{colour}\" rx=\"2\"/></svg></td>{}</tr>",
             esc(&ch.metric),
             esc(&ch.base_text),
             esc(&ch.new_text),
             ch.relative
                 .map_or_else(|| "n/a".into(), |r| format!("{:+.1}%", r * 100.0)),
-            ch.tolerance * 100.0,
+            esc(&ch.tolerance_text()),
             width * 1.2,
             if ch.regression {
                 status_cell(Status::Fail)
@@ -511,9 +523,10 @@ pub fn trend(t: &Trend) -> String {
             .join(", ")
     );
     let mut body = String::from(
-        "<section><h2>Each figure across runs</h2><table><tr><th>metric</th><th>runs</th><th class=\"num\">slope per run</th><th>biggest change</th></tr>",
+        "<section><h2>Each figure across runs</h2><table><tr><th>metric</th><th class=\"num\">first</th><th>runs</th><th class=\"num\">last</th><th class=\"num\">slope per run</th><th>biggest change</th></tr>",
     );
     for l in &t.lines {
+        let kind = crate::compare::figure_kind(&l.metric);
         let max = l
             .values
             .iter()
@@ -535,11 +548,13 @@ pub fn trend(t: &Trend) -> String {
             .collect();
         let _ = write!(
             body,
-            "<tr><td><code>{}</code></td><td><svg width=\"160\" height=\"30\"><polyline fill=\"none\" stroke=\"#2563eb\" stroke-width=\"1.5\" points=\"{}\"/></svg></td>\
-             <td class=\"num\">{:+.3}</td><td>{}</td></tr>",
+            "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td><svg width=\"160\" height=\"30\"><polyline fill=\"none\" stroke=\"#2563eb\" stroke-width=\"1.5\" points=\"{}\"/></svg></td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
             esc(&l.metric),
+            esc(&kind.format(l.values.first().map_or(0.0, |v| v.1))),
             pts.join(" "),
-            l.slope_per_run,
+            esc(&kind.format(l.values.last().map_or(0.0, |v| v.1))),
+            esc(&kind.format_change(l.slope_per_run)),
             l.biggest_change.map_or_else(String::new, |(id, r)| format!(
                 "run {id}: {:+.1}%",
                 r * 100.0

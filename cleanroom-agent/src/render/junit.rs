@@ -163,10 +163,10 @@ fn comparison_cases(c: &Comparison) -> Vec<Case> {
                     .map_or_else(|| "n/a".into(), |r| format!("{:+.1}%", r * 100.0));
                 (
                     format!(
-                        "{} -> {} ({rel}), tolerance +{:.0}%",
+                        "{} -> {} ({rel}), tolerance {}",
                         ch.base_text,
                         ch.new_text,
-                        ch.tolerance * 100.0
+                        ch.tolerance_text()
                     ),
                     format!(
                         "base {} ({}), new {} ({})",

@@ -138,12 +138,20 @@ pub fn report(r: &Report) -> String {
         out.push('\n');
     }
     if !r.anomalies.is_empty() {
+        let (listed, more) = r.listed_anomalies();
         let _ = writeln!(
             out,
-            "**Anomalies** ({}): {}\n",
-            r.anomalies.len(),
+            "**Anomalies** ({}, the strongest first): {}\n",
+            r.anomaly_count(),
             r.anomaly_method
         );
+        for line in listed {
+            let _ = writeln!(out, "- {}", cell(&line));
+        }
+        if more > 0 {
+            let _ = writeln!(out, "- … and {more} more");
+        }
+        out.push('\n');
     }
     if !r.unavailable.is_empty() {
         let _ = writeln!(
@@ -178,7 +186,7 @@ pub fn comparison(c: &Comparison) -> String {
 
 /// The table of a comparison: regressions first, then every other figure.
 fn comparison_table(c: &Comparison) -> String {
-    let mut out = String::new();
+    let mut out = format!("{}.\n\n", c.tolerance_sources());
     let _ = writeln!(out, "| metric | base | new | change | tolerance | |");
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | --- |");
     let mut changes: Vec<_> = c.changes.iter().collect();
@@ -186,13 +194,13 @@ fn comparison_table(c: &Comparison) -> String {
     for ch in changes {
         let _ = writeln!(
             out,
-            "| `{}` | {} | {} | {} | +{:.0}% | {} |",
+            "| `{}` | {} | {} | {} | {} | {} |",
             ch.metric,
             ch.base_text,
             ch.new_text,
             ch.relative
                 .map_or_else(|| "n/a".into(), |r| format!("{:+.1}%", r * 100.0)),
-            ch.tolerance * 100.0,
+            ch.tolerance_text(),
             if ch.regression { "❌ regression" } else { "" }
         );
     }
@@ -214,13 +222,16 @@ pub fn trend(t: &Trend) -> String {
     );
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | --- |");
     for l in &t.lines {
+        let kind = crate::compare::figure_kind(&l.metric);
         let first = l.values.first().map_or(0.0, |v| v.1);
         let last = l.values.last().map_or(0.0, |v| v.1);
         let _ = writeln!(
             out,
-            "| `{}` | {first:.0} | {last:.0} | {:+.1} | {} |",
+            "| `{}` | {} | {} | {} | {} |",
             l.metric,
-            l.slope_per_run,
+            kind.format(first),
+            kind.format(last),
+            kind.format_change(l.slope_per_run),
             l.biggest_change.map_or_else(String::new, |(id, r)| format!(
                 "run {id}: {:+.1}%",
                 r * 100.0
@@ -273,6 +284,84 @@ mod tests {
         assert!(
             md.contains("Exit code 130 (interrupted by SIGINT) after"),
             "{md}"
+        );
+    }
+
+    #[test]
+    fn anomalies_are_the_strongest_five_with_units() {
+        let mut r = Report::example();
+        r.anomalies = (0..12u64)
+            .map(|i| crate::analyze::Anomaly {
+                t_ns: i * 1_000_000_000,
+                metric: "memory_current_bytes".into(),
+                value: 97_001_472.0,
+                median: 84_754_432.0,
+                score: 4.0 + i as f64,
+            })
+            .collect();
+        r.anomalies_found = Some(175);
+        for text in [report(&r), crate::render::html::report(&r)] {
+            assert!(!text.contains("97001472"), "a raw float in:\n{text}");
+            assert_eq!(
+                text.matches("92.5 MiB vs median 80.8 MiB").count(),
+                5,
+                "{text}"
+            );
+            assert!(text.contains("at 11.0s: 92.5 MiB"), "the strongest: {text}");
+            assert!(
+                !text.contains("at 6.0s:"),
+                "only the five strongest: {text}"
+            );
+            assert!(text.contains("… and 170 more"), "{text}");
+        }
+    }
+
+    #[test]
+    fn trends_read_in_each_figures_unit() {
+        let runs: Vec<(i64, Report)> = [1u64, 2, 3, 10]
+            .iter()
+            .map(|s| {
+                let mut r = Report::example();
+                r.wall_time_ns = s * 1_500_000_000;
+                r.totals.insert(
+                    "cpu_time_ns".into(),
+                    crate::collect::Total::Value(s * 1_000_000_000),
+                );
+                r.totals.insert(
+                    "block_write_bytes".into(),
+                    crate::collect::Total::Value(s << 20),
+                );
+                r.totals.insert(
+                    "page_faults_user".into(),
+                    crate::collect::Total::Value(s * 100),
+                );
+                (*s as i64, r)
+            })
+            .collect();
+        let md = trend(&crate::compare::trend("suite", &runs));
+        let row = |metric: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| `{metric}`")))
+                .unwrap_or_else(|| panic!("no {metric} row: {md}"))
+                .to_owned()
+        };
+        assert!(
+            row("cpu_time_ns").starts_with("| `cpu_time_ns` | 1.000 s | 10.000 s | +2.800 s |"),
+            "{md}"
+        );
+        assert!(
+            row("block_write_bytes").contains("| 1.0 MiB | 10.0 MiB | +2.8 MiB |"),
+            "{md}"
+        );
+        assert!(
+            row("page_faults_user").contains("| 100 | 1000 | +280.0 |"),
+            "{md}"
+        );
+        assert!(row("wall_time").contains("| 1.500 s | 15.000 s |"), "{md}");
+        let html = crate::render::html::trend(&crate::compare::trend("suite", &runs));
+        assert!(
+            html.contains("+2.800 s") && html.contains("10.0 MiB"),
+            "{html}"
         );
     }
 }

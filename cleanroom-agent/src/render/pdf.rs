@@ -351,14 +351,21 @@ pub fn report(r: &Report) -> Result<Vec<u8>, RenderError> {
         );
     }
     if !r.anomalies.is_empty() {
+        let (listed, more) = r.listed_anomalies();
         w.paragraph(
             &format!(
-                "{} anomalous interval(s) in all, crossed in red where charted. Method: {}.",
-                r.anomalies.len(),
-                r.anomaly_method
+                "{} anomalous interval(s) in all, crossed in red where charted; the strongest:",
+                r.anomaly_count()
             ),
             8.0,
         );
+        for line in listed {
+            w.paragraph(&format!("- {line}"), 8.0);
+        }
+        if more > 0 {
+            w.paragraph(&format!("... and {more} more"), 8.0);
+        }
+        w.paragraph(&format!("Method: {}.", r.anomaly_method), 8.0);
     }
     if !r.events.is_empty() || !r.notes.is_empty() {
         w.gap(3.0);
@@ -453,11 +460,12 @@ pub fn trend(t: &Trend) -> Result<Vec<u8>, RenderError> {
     for l in &t.lines {
         let first = l.values.first().map_or(0.0, |v| v.1);
         let last = l.values.last().map_or(0.0, |v| v.1);
+        let kind = crate::compare::figure_kind(&l.metric);
         let cells = [
             l.metric.clone(),
-            format!("{first:.0}"),
-            format!("{last:.0}"),
-            format!("{:+.2}", l.slope_per_run),
+            kind.format(first),
+            kind.format(last),
+            kind.format_change(l.slope_per_run),
         ];
         let row: Vec<(&str, f64)> = cells
             .iter()

@@ -233,3 +233,58 @@ fn major_faults_match_getrusage() {
         );
     }
 }
+
+/// Disk-write thresholds watch what the run writes, when it writes it: a process whose main
+/// thread wrote 80 MiB through the page cache and then sleeps breaches both the write-rate threshold and the
+/// disk-usage limit while it is still alive (its live threads are read at each sample), though
+/// not a byte of it reached the device as the run's on a host without cgroup writeback.
+#[test]
+fn disk_write_thresholds_see_buffered_writes_as_they_happen() {
+    if !privileged("disk_write_thresholds_see_buffered_writes_as_they_happen") {
+        return;
+    }
+    let scratch = ScratchFs::new(256 * MIB);
+    let (_dir, config) = temp_file(
+        "c.toml",
+        "[performance_monitoring]\nmetrics_interval = \"100ms\"\n\
+         [performance_monitoring.thresholds]\nmax_disk_write_bytes_per_sec = \"4MiB\"\n\
+         [resource_limits]\nmonitor_only = true\nmax_disk_usage_bytes = \"16MiB\"\n",
+    );
+    let cg = TestCgroup::new("write-thresholds");
+    let sleep_ms = 1500;
+    let (output, report) = run_measured_with(
+        &cg,
+        &["--config", &config],
+        &[
+            &workload(),
+            "write-threads",
+            &scratch.mount,
+            &(64 * MIB).to_string(),
+            "0",
+            &sleep_ms.to_string(),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    let wall = u64_at(&report, "/wall_time_ns");
+    for name in [
+        "performance_monitoring.thresholds.max_disk_write_bytes_per_sec",
+        "resource_limits.max_disk_usage_bytes",
+    ] {
+        let t = report["thresholds"]
+            .as_array()
+            .and_then(|l| l.iter().find(|t| t["name"] == name))
+            .unwrap_or_else(|| panic!("no {name}: {:#}", report["thresholds"]));
+        assert_eq!(t["status"], "fail", "{t:#}");
+        let breach = report["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "threshold_breached" && e["subject"] == name)
+            .unwrap_or_else(|| panic!("no breach of {name}: {:#}", report["events"]));
+        let at = u64_at(breach, "/t_ns");
+        assert!(
+            at + sleep_ms / 2 * 1_000_000 < wall,
+            "{name} breached at {at} ns of {wall} ns: only when the writer exited"
+        );
+    }
+}

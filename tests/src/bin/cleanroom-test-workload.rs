@@ -7,9 +7,11 @@
 //! `fork K MS`                     fork K children that each spin MS ms of CPU, then wait
 //! `direct-io DEV BYTES CHUNK`     O_DIRECT: write BYTES to DEV in CHUNK-sized writes, read back
 //! `buffered FILE BYTES`           write BYTES to FILE through the page cache, then fsync
-//! `write-threads DIR BYTES T`     T threads each write BYTES/T to a file of their own in DIR
-//!                                 through the page cache (no fsync); then BYTES/4 more to a
-//!                                 scratch file that is deleted before writeback (cancelled)
+//! `write-threads DIR BYTES T [MS]` T threads each write BYTES/T to a file of their own in DIR
+//!                                 through the page cache (no fsync; T = 0: the main thread
+//!                                 writes BYTES); then BYTES/4 more to a
+//!                                 scratch file that is deleted before writeback (cancelled);
+//!                                 then MS ms (default 0) of sleep before exiting
 //! `mmap-readers FILE N`           drop FILE from the page cache, then N children read it at
 //!                                 once through a shared mapping (they wait on each other's
 //!                                 reads); the parent waits for them
@@ -287,12 +289,19 @@ fn main() {
         }
         Some("write-threads") => {
             let (dir, bytes, threads) = (args[1].clone(), num(2), num(3));
+            if threads == 0 {
+                // The main thread writes it all: its figures stay live until the process exits.
+                let mut f = File::create(format!("{dir}/main")).expect("creating a file");
+                for _ in 0..bytes / (1 << 20) {
+                    f.write_all(&[0x3c; 1 << 20]).expect("buffered write");
+                }
+            }
             let writers: Vec<_> = (0..threads)
                 .map(|i| {
                     let path = format!("{dir}/t{i}");
                     std::thread::spawn(move || {
                         let mut f = File::create(path).expect("creating a file");
-                        for _ in 0..(bytes / threads) / (1 << 20) {
+                        for _ in 0..(bytes / threads.max(1)) / (1 << 20) {
                             f.write_all(&[0x3c; 1 << 20]).expect("buffered write");
                         }
                     })
@@ -307,6 +316,9 @@ fn main() {
                 .expect("buffered write");
             drop(f);
             fs::remove_file(&scratch).expect("deleting the scratch file");
+            if let Some(ms) = args.get(4) {
+                std::thread::sleep(Duration::from_millis(ms.parse().expect("MS")));
+            }
         }
         Some("mmap-readers") => {
             let file = File::open(&args[1]).expect("opening the file");

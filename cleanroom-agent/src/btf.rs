@@ -79,29 +79,52 @@ impl Offsets {
 }
 
 /// Offset of a member path like `bi_iter.bi_size` in `struct name`; each step may list
-/// alternative names of a member renamed across kernels (`__parent|parent`).
+/// alternative names of a member renamed across kernels (`__parent|parent`). Steps go into
+/// members by their type, through typedefs and qualifiers (`live.counter` of an `atomic_t`).
 pub fn member_path_offset(btf: &Btf, name: &str, path: &str) -> Result<u64, BtfError> {
-    let mut struct_name = name.to_owned();
+    let mut st = struct_by_name(btf, name)?;
+    let mut at = name.to_owned();
     let mut total = 0;
     let steps: Vec<&str> = path.split('.').collect();
     for (i, step) in steps.iter().enumerate() {
         let (offset, type_id) = step
             .split('|')
-            .find_map(|alt| member_offset_and_type(btf, &struct_name, alt).ok())
-            .ok_or_else(|| BtfError::Missing(format!("struct {struct_name}.{step}")))?;
+            .find_map(|alt| find_member(btf, &st, alt, 0))
+            .ok_or_else(|| BtfError::Missing(format!("struct {at}.{step}")))?;
         total += offset;
+        at = format!("{at}.{step}");
         if i + 1 < steps.len() {
-            struct_name = match btf.resolve_type_by_id(type_id) {
-                Ok(Type::Struct(s)) => btf.resolve_name(&s).unwrap_or_default(),
-                _ => {
-                    return Err(BtfError::Missing(format!(
-                        "struct {struct_name}.{step} (not a struct)"
-                    )));
-                }
-            };
+            st = struct_of_type(btf, type_id)
+                .ok_or_else(|| BtfError::Missing(format!("struct {at} (not a struct)")))?;
         }
     }
     Ok(total)
+}
+
+/// The struct or union a type id names, through typedefs and qualifiers.
+fn struct_of_type(btf: &Btf, mut type_id: u32) -> Option<btf_rs::Struct> {
+    // A bounded walk: BTF chains of typedefs and qualifiers are short.
+    for _ in 0..16 {
+        match btf.resolve_type_by_id(type_id).ok()? {
+            Type::Struct(s) | Type::Union(s) => return Some(s),
+            Type::Typedef(t) => type_id = t.get_type_id().ok()?,
+            Type::Const(t) => type_id = t.get_type_id().ok()?,
+            Type::Volatile(t) => type_id = t.get_type_id().ok()?,
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn struct_by_name(btf: &Btf, name: &str) -> Result<btf_rs::Struct, BtfError> {
+    btf.resolve_types_by_name(name)
+        .map_err(|_| BtfError::Missing(format!("struct {name}")))?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| BtfError::Missing(format!("struct {name}")))
 }
 
 /// Byte offset of `member` in `struct name`, looking through anonymous structs and unions.
@@ -110,18 +133,9 @@ pub fn member_offset(btf: &Btf, name: &str, member: &str) -> Result<u64, BtfErro
 }
 
 fn member_offset_and_type(btf: &Btf, name: &str, member: &str) -> Result<(u64, u32), BtfError> {
-    let missing = || BtfError::Missing(format!("struct {name}.{member}"));
-    let types = btf
-        .resolve_types_by_name(name)
-        .map_err(|_| BtfError::Missing(format!("struct {name}")))?;
-    let st = types
-        .iter()
-        .find_map(|t| match t {
-            Type::Struct(s) => Some(s),
-            _ => None,
-        })
-        .ok_or_else(|| BtfError::Missing(format!("struct {name}")))?;
-    find_member(btf, st, member, 0).ok_or_else(missing)
+    let st = struct_by_name(btf, name)?;
+    find_member(btf, &st, member, 0)
+        .ok_or_else(|| BtfError::Missing(format!("struct {name}.{member}")))
 }
 
 fn find_member(btf: &Btf, st: &btf_rs::Struct, wanted: &str, base_bits: u64) -> Option<(u64, u32)> {

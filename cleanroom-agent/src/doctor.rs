@@ -280,7 +280,13 @@ pub fn diagnose() -> Diagnosis {
                 );
                 for s in probes.status() {
                     let (status, detail) = match &s.error {
-                        None => (Status::Ok, format!("{} attached", s.hook.attach)),
+                        None => match s.fallback {
+                            Some(f) => (
+                                Status::Ok,
+                                format!("{} attached ({})", s.hook.attach, f.why),
+                            ),
+                            None => (Status::Ok, format!("{} attached", s.hook.attach)),
+                        },
                         Some(e) => (Status::Note, format!("{}: {e}", s.hook.attach)),
                     };
                     check("hook", status, detail);
@@ -289,7 +295,11 @@ pub fn diagnose() -> Diagnosis {
                             s.hook
                                 .metrics
                                 .iter()
-                                .map(|m| (*m, format!("{}: {e}", s.hook.attach))),
+                                // The verifier's log once, on the hook's line above.
+                                .map(|m| {
+                                    let e = crate::probe::without_verifier_log(e);
+                                    (*m, format!("{}: {e}", s.hook.attach))
+                                }),
                         );
                     }
                 }

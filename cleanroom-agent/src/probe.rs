@@ -106,6 +106,19 @@ pub struct Hook {
     pub metrics: &'static [AnyMetric],
     /// Offset globals (`cleanroom_common::OFFSETS`) it cannot work without.
     pub needs: &'static [&'static str],
+    /// Another program for the same hook, loaded where the kernel refuses this one.
+    pub fallback: Option<Fallback>,
+}
+
+/// A program for an older form of a hook (e.g. a tracepoint with fewer arguments).
+#[derive(Clone, Copy, Debug)]
+pub struct Fallback {
+    /// Program name in the object.
+    pub program: &'static str,
+    /// Offset globals it cannot work without.
+    pub needs: &'static [&'static str],
+    /// Which kernels need it, and what it does differently.
+    pub why: &'static str,
 }
 
 const TASK_CGROUP: &[&str] = &[
@@ -124,6 +137,7 @@ pub const HOOKS: &[Hook] = &[
         attach: Attach::TpBtf("sched_stat_runtime"),
         metrics: &[V(Metric::CpuTime)],
         needs: TASK_CGROUP,
+        fallback: None,
     },
     Hook {
         program: programs::SCHED_SWITCH,
@@ -140,24 +154,28 @@ pub const HOOKS: &[Hook] = &[
             "OFF_CGROUP_KN",
             "OFF_KERNFS_NODE_ID",
         ],
+        fallback: None,
     },
     Hook {
         program: programs::SCHED_WAKEUP,
         attach: Attach::TpBtf("sched_wakeup"),
         metrics: &[L(Latency::Runqueue)],
         needs: &["OFF_TASK_PID"],
+        fallback: None,
     },
     Hook {
         program: programs::SCHED_WAKEUP_NEW,
         attach: Attach::TpBtf("sched_wakeup_new"),
         metrics: &[L(Latency::Runqueue)],
         needs: &["OFF_TASK_PID"],
+        fallback: None,
     },
     Hook {
         program: programs::SCHED_PROCESS_FORK,
         attach: Attach::TpBtf("sched_process_fork"),
         metrics: &[V(Metric::ProcessesForked)],
         needs: TASK_IDENTITY,
+        fallback: None,
     },
     Hook {
         program: programs::SCHED_PROCESS_EXIT,
@@ -171,18 +189,33 @@ pub const HOOKS: &[Hook] = &[
             V(Metric::ProcessPeakRssBytes),
         ],
         needs: &["OFF_TASK_MAJ_FLT"],
+        fallback: Some(Fallback {
+            program: programs::SCHED_PROCESS_EXIT_V1,
+            needs: &[
+                "OFF_TASK_MAJ_FLT",
+                "OFF_TASK_SIGNAL",
+                "OFF_SIGNAL_LIVE",
+                "OFF_TASK_TGID",
+                "OFF_TASK_GROUP_LEADER",
+                "OFF_TASK_START_TIME",
+            ],
+            why: "the one-argument form of kernels before 6.16: a process's last thread is told \
+                  by signal->live",
+        }),
     },
     Hook {
         program: programs::PAGE_FAULT_USER,
         attach: Attach::TpBtf("page_fault_user"),
         metrics: &[V(Metric::PageFaultsUser)],
         needs: &[],
+        fallback: None,
     },
     Hook {
         program: programs::PAGE_FAULT_KERNEL,
         attach: Attach::TpBtf("page_fault_kernel"),
         metrics: &[V(Metric::PageFaultsKernel)],
         needs: &[],
+        fallback: None,
     },
     Hook {
         program: programs::BLOCK_BIO_QUEUE,
@@ -206,6 +239,7 @@ pub const HOOKS: &[Hook] = &[
             "OFF_TASK_FLAGS",
             "OFF_CGROUP_ROOT",
         ],
+        fallback: None,
     },
     Hook {
         program: programs::BLOCK_SPLIT,
@@ -217,60 +251,70 @@ pub const HOOKS: &[Hook] = &[
             "OFF_BLKG_BLKCG",
             "OFF_BLKCG_CGROUP",
         ],
+        fallback: None,
     },
     Hook {
         program: programs::BLOCK_RQ_ISSUE,
         attach: Attach::TpBtf("block_rq_issue"),
         metrics: &[L(Latency::BlockRead), L(Latency::BlockWrite)],
         needs: &["OFF_RQ_BIO", "OFF_RQ_CMD_FLAGS"],
+        fallback: None,
     },
     Hook {
         program: programs::BLOCK_RQ_COMPLETE,
         attach: Attach::TpBtf("block_rq_complete"),
         metrics: &[L(Latency::BlockRead), L(Latency::BlockWrite)],
         needs: &[],
+        fallback: None,
     },
     Hook {
         program: programs::CGROUP_SKB_INGRESS,
         attach: Attach::CgroupSkb(CgroupSkbAttachType::Ingress),
         metrics: &[V(Metric::NetRxBytes), V(Metric::NetRxPackets)],
         needs: &[],
+        fallback: None,
     },
     Hook {
         program: programs::CGROUP_SKB_EGRESS,
         attach: Attach::CgroupSkb(CgroupSkbAttachType::Egress),
         metrics: &[V(Metric::NetTxBytes), V(Metric::NetTxPackets)],
         needs: &[],
+        fallback: None,
     },
     Hook {
         program: programs::TCP_RETRANSMIT_SKB,
         attach: Attach::TpBtf("tcp_retransmit_skb"),
         metrics: &[V(Metric::TcpRetransmits)],
         needs: &["OFF_SOCK_CGROUP", "OFF_CGROUP_KN", "OFF_KERNFS_NODE_ID"],
+        fallback: None,
     },
     Hook {
         program: programs::INET_SOCK_SET_STATE,
         attach: Attach::TpBtf("inet_sock_set_state"),
         metrics: &[L(Latency::TcpConnect)],
         needs: &["OFF_SOCK_CGROUP", "OFF_CGROUP_KN", "OFF_KERNFS_NODE_ID"],
+        fallback: None,
     },
     Hook {
         program: programs::CGROUP_MKDIR,
         attach: Attach::TpBtf("cgroup_mkdir"),
         metrics: &[],
         needs: &["OFF_CGROUP_ROOT", "OFF_KERNFS_NODE_PARENT"],
+        fallback: None,
     },
     Hook {
         program: programs::CGROUP_RMDIR,
         attach: Attach::TpBtf("cgroup_rmdir"),
         metrics: &[],
         needs: &["OFF_CGROUP_ROOT", "OFF_KERNFS_NODE_PARENT"],
+        fallback: None,
     },
     Hook {
         program: programs::CGROUP_ATTACH_TASK,
         attach: Attach::TpBtf("cgroup_attach_task"),
         metrics: &[],
         needs: TASK_IDENTITY,
+        fallback: None,
     },
 ];
 
@@ -320,6 +364,15 @@ pub struct HookStatus {
     pub hook: Hook,
     /// `None` when attached; why not otherwise.
     pub error: Option<String>,
+    /// The older form attached instead of the hook's own program, if one was.
+    pub fallback: Option<Fallback>,
+}
+
+impl HookStatus {
+    /// The program attached for the hook (its own, or its fallback).
+    pub fn program(&self) -> &'static str {
+        self.fallback.map_or(self.hook.program, |f| f.program)
+    }
 }
 
 /// Events the kernel programs could not count, by reason name.
@@ -443,29 +496,46 @@ impl Probes {
 
         let mut status = Vec::with_capacity(HOOKS.len());
         for hook in HOOKS {
-            let missing: Vec<&str> = hook
-                .needs
-                .iter()
-                .filter_map(|g| offsets.missing(g))
-                .collect();
-            let error = if missing.is_empty() {
-                attach(&mut ebpf, hook, &btf, v2_root)?
-            } else {
-                Some(missing.join("; "))
+            let mut try_program = |program: &'static str, needs: &[&str]| {
+                let missing: Vec<&str> = needs.iter().filter_map(|g| offsets.missing(g)).collect();
+                if missing.is_empty() {
+                    attach(&mut ebpf, program, hook.attach, &btf, v2_root)
+                } else {
+                    Ok(Some(missing.join("; ")))
+                }
             };
+            let mut fallback = None;
+            let mut error = try_program(hook.program, hook.needs)?;
+            if let (Some(e), Some(fb)) = (&error, hook.fallback) {
+                match try_program(fb.program, fb.needs)? {
+                    None => {
+                        log::debug!("{}: {e}; loaded {} instead", hook.attach, fb.why);
+                        fallback = Some(fb);
+                        error = None;
+                    }
+                    Some(e2) => error = Some(format!("{e}; {}: {e2}", fb.why)),
+                }
+            }
             if let Some(e) = &error {
                 let names: Vec<&str> = hook.metrics.iter().map(|m| m.name()).collect();
+                // The verifier's log is for `doctor` and -v: a run says why in one line.
                 log::warn!(
-                    "{} unavailable ({e}); not measured: {}",
+                    "{} unavailable ({}); not measured: {}",
                     hook.attach,
+                    without_verifier_log(e),
                     if names.is_empty() {
                         "none".into()
                     } else {
                         names.join(", ")
                     }
                 );
+                log::debug!("{}: {e}", hook.attach);
             }
-            status.push(HookStatus { hook: *hook, error });
+            status.push(HookStatus {
+                hook: *hook,
+                error,
+                fallback,
+            });
         }
         let optional_missing: Vec<(Metric, String)> = OPTIONAL
             .iter()
@@ -496,8 +566,8 @@ impl Probes {
             .iter()
             .filter(|s| s.error.is_none())
             .filter_map(|s| {
-                let info = self.ebpf.program(s.hook.program)?.info().ok()?;
-                Some((s.hook.program, s.hook.attach.to_string(), info.id()))
+                let info = self.ebpf.program(s.program())?.info().ok()?;
+                Some((s.program(), s.hook.attach.to_string(), info.id()))
             })
             .collect()
     }
@@ -757,18 +827,19 @@ impl Probes {
 /// then unavailable); `Err` when the object itself is out of step with this agent.
 fn attach(
     ebpf: &mut Ebpf,
-    hook: &Hook,
+    name: &'static str,
+    at: Attach,
     btf: &Btf,
     v2_root: Option<&File>,
 ) -> Result<Option<String>, ProbeError> {
     let program = ebpf
-        .program_mut(hook.program)
-        .ok_or_else(|| ProbeError::Missing(format!("program {}", hook.program)))?;
-    let result = match hook.attach {
+        .program_mut(name)
+        .ok_or_else(|| ProbeError::Missing(format!("program {name}")))?;
+    let result = match at {
         Attach::TpBtf(tracepoint) => {
             let p: &mut BtfTracePoint = program
                 .try_into()
-                .map_err(|_| ProbeError::Missing(format!("tp_btf program {}", hook.program)))?;
+                .map_err(|_| ProbeError::Missing(format!("tp_btf program {name}")))?;
             p.load(tracepoint, btf).and_then(|()| p.attach().map(drop))
         }
         Attach::CgroupSkb(direction) => {
@@ -777,7 +848,7 @@ fn attach(
             };
             let p: &mut CgroupSkb = program
                 .try_into()
-                .map_err(|_| ProbeError::Missing(format!("cgroup_skb program {}", hook.program)))?;
+                .map_err(|_| ProbeError::Missing(format!("cgroup_skb program {name}")))?;
             // aya attaches through a bpf_link here (5.7+); links always coexist with other
             // programs on the cgroup (multi mode) and the kernel rejects BPF_F_ALLOW_MULTI on
             // them, so `Single` (no flag) is what keeps us from displacing anyone.
@@ -788,6 +859,13 @@ fn attach(
         }
     };
     Ok(result.err().map(|e| error_chain(&e)))
+}
+
+/// An attach error without the verifier's log that aya appends to it.
+pub fn without_verifier_log(error: &str) -> &str {
+    error
+        .split_once(". Verifier output:")
+        .map_or(error, |(reason, _)| reason)
 }
 
 /// An error and its sources on one line.

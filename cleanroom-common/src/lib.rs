@@ -38,8 +38,10 @@ pub mod programs {
     pub const SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
     /// `tp_btf/sched_process_fork`: processes forked.
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
-    /// `tp_btf/sched_process_exit`: processes exited, and major faults of exiting tasks.
+    /// `tp_btf/sched_process_exit`: processes exited, and what exiting tasks accounted.
     pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    /// The same, for kernels whose tracepoint has no `group_dead` argument (before 6.16).
+    pub const SCHED_PROCESS_EXIT_V1: &str = "sched_process_exit_v1";
     /// `tp_btf/page_fault_user`: faults taken in user mode.
     pub const PAGE_FAULT_USER: &str = "page_fault_user";
     /// `tp_btf/page_fault_kernel`: faults taken in kernel mode.
@@ -107,6 +109,7 @@ pub const OFFSETS: &[(&str, &str, &str)] = &[
     ),
     ("OFF_TASK_SIGNAL", "task_struct", "signal"),
     ("OFF_SIGNAL_MAXRSS", "signal_struct", "maxrss"),
+    ("OFF_SIGNAL_LIVE", "signal_struct", "live.counter"),
 ];
 
 /// Offsets only some metrics need, read with a fault-tolerant helper: a kernel without them
@@ -117,6 +120,7 @@ pub const OPTIONAL_OFFSETS: &[&str] = &[
     "OFF_TASK_IOAC_CANCELLED_WRITE_BYTES",
     "OFF_TASK_SIGNAL",
     "OFF_SIGNAL_MAXRSS",
+    "OFF_SIGNAL_LIVE",
 ];
 
 /// Capacity of [`maps::CGROUP_STATS`]: the number of distinct cgroups counted at once.

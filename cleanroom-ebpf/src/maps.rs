@@ -63,6 +63,25 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::
 #[map]
 pub static BIO_OWNER: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
 
+/// A process for good: its tgid and its leader's start time.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProcessKey {
+    /// Its tgid.
+    pub tgid: u32,
+    /// Zero.
+    pub _pad: u32,
+    /// `start_time` of its leader.
+    pub start_ns: u64,
+}
+
+/// Processes whose exit was counted, on kernels whose `sched_process_exit` does not say which
+/// thread is the last (see `sched::sched_process_exit_v1`). LRU: an entry is needed only while
+/// the process's threads are exiting.
+#[map]
+pub static PROCESS_EXITS: LruHashMap<ProcessKey, u8> =
+    LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+
 /// A block request in flight.
 #[repr(C)]
 #[derive(Clone, Copy)]

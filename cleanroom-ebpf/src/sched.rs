@@ -6,16 +6,20 @@
 //! its clock), so the delta is charged to the task in the arguments, never to whoever is
 //! current. Idle time is never reported by this hook.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
 use cleanroom_common::hist_kind;
 
 use crate::{
     escape,
-    maps::{RUNQ_SLOTS, RUNQ_START, record_latency, stats_of},
+    maps::{PROCESS_EXITS, ProcessKey, RUNQ_SLOTS, RUNQ_START, record_latency, stats_of},
     task::{
-        OFF_SIGNAL_MAXRSS, OFF_TASK_IOAC_CANCELLED_WRITE_BYTES, OFF_TASK_IOAC_READ_BYTES,
-        OFF_TASK_IOAC_WRITE_BYTES, OFF_TASK_MAJ_FLT, OFF_TASK_PID, OFF_TASK_SIGNAL, OFF_TASK_TGID,
-        cgroup_id_of, current_cgroup_id, read, read_optional,
+        OFF_SIGNAL_LIVE, OFF_SIGNAL_MAXRSS, OFF_TASK_IOAC_CANCELLED_WRITE_BYTES,
+        OFF_TASK_IOAC_READ_BYTES, OFF_TASK_IOAC_WRITE_BYTES, OFF_TASK_MAJ_FLT, OFF_TASK_PID,
+        OFF_TASK_SIGNAL, OFF_TASK_TGID, cgroup_id_of, current_cgroup_id, leader_start_time, read,
+        read_optional,
     },
 };
 
@@ -140,19 +144,59 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// `sched_process_exit(struct task_struct *p, bool group_dead)`: runs in the exiting task,
-/// after its memory is given up (`signal->maxrss` is final) and before its files are closed.
-/// Adds the thread's own major-fault count and storage I/O (`ioac`: each thread keeps its own
-/// until it exits), and when the process's last thread exits counts the process and its peak
-/// RSS (which also ends its membership of a watched run).
+/// `sched_process_exit(struct task_struct *p, bool group_dead)` (Linux 6.16 on): runs in the
+/// exiting task, after `signal->maxrss` is final and before its files are closed.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
+    on_task_exit(ctx.arg(0), ctx.arg::<u64>(1) & 0xff != 0);
+    0
+}
+
+/// `sched_process_exit(struct task_struct *p)` (before 6.16), loaded where the form above is
+/// refused. The last thread of a process is told by `signal->live`, which each exiting thread
+/// has decremented by now: 0 means every thread is on its way out. Several threads exiting at
+/// once can all see 0, so the first to claim the process in [`PROCESS_EXITS`] counts it.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit_v1(ctx: BtfTracePointContext) -> u32 {
     let task: *const u8 = ctx.arg(0);
-    let group_dead = ctx.arg::<u64>(1) & 0xff != 0;
-    let major = read::<u64>(task, &OFF_TASK_MAJ_FLT);
-    let cgroup = cgroup_id_of(task);
-    if let Some(stats) = cgroup.and_then(stats_of) {
-        stats.page_faults_major += major.unwrap_or(0);
+    let live = read_optional::<*const u8>(task, &OFF_TASK_SIGNAL)
+        .and_then(|signal| read_optional::<i32>(signal, &OFF_SIGNAL_LIVE));
+    let group_dead = live == Some(0) && claim_process_exit(task);
+    on_task_exit(task, group_dead);
+    0
+}
+
+/// Whether this is the first time the process of `task` is seen leaving (see
+/// [`sched_process_exit_v1`]): tgid and its leader's start time name it for good.
+#[inline(always)]
+fn claim_process_exit(task: *const u8) -> bool {
+    let Some(tgid) = read::<u32>(task, &OFF_TASK_TGID) else {
+        return false;
+    };
+    let key = ProcessKey {
+        tgid,
+        _pad: 0,
+        start_ns: leader_start_time(task).unwrap_or(0),
+    };
+    PROCESS_EXITS
+        .insert(&key, &1, u64::from(BPF_NOEXIST))
+        .is_ok()
+}
+
+/// What a thread's exit adds: its own major-fault count and storage I/O (`ioac`: each thread
+/// keeps its own until it exits); when it is the process's last thread, the process and its
+/// peak RSS (which also ends its membership of a watched run).
+#[inline(always)]
+fn on_task_exit(task: *const u8, group_dead: bool) {
+    // Plain values, not `Option`s, across the calls below: an `Option`'s payload is left
+    // undefined when it is `None`, and older verifiers (6.1) refuse a program that copies an
+    // uninitialised register even on a path that never uses it.
+    let major = read::<u64>(task, &OFF_TASK_MAJ_FLT).unwrap_or(0);
+    let Some(cgroup) = cgroup_id_of(task) else {
+        return;
+    };
+    if let Some(stats) = stats_of(cgroup) {
+        stats.page_faults_major += major;
         stats.io_read_bytes += read_optional::<u64>(task, &OFF_TASK_IOAC_READ_BYTES).unwrap_or(0);
         stats.io_write_bytes += read_optional::<u64>(task, &OFF_TASK_IOAC_WRITE_BYTES).unwrap_or(0);
         stats.io_cancelled_write_bytes +=
@@ -167,8 +211,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
             }
         }
     }
-    if group_dead && let Some(cgroup) = cgroup {
+    if group_dead {
         escape::on_exit(cgroup);
     }
-    0
 }

@@ -54,6 +54,7 @@ offsets!(
     OFF_TASK_IOAC_CANCELLED_WRITE_BYTES,
     OFF_TASK_SIGNAL,
     OFF_SIGNAL_MAXRSS,
+    OFF_SIGNAL_LIVE,
 );
 
 /// `PF_KTHREAD` of `task_struct.flags`.

@@ -102,7 +102,9 @@ fn a_command_moving_itself_to_the_root_cgroup_is_named() {
         cg.cpu_usage_ns()
     );
     assert!(outside >= 1_500_000_000, "the spin used only {outside} ns");
-    assert!(counted < outside / 10, "counted {counted} ns of {outside}");
+    // Had the child been counted, the run would hold all of its time; the run's own (the
+    // parent's start and wait) is far less, though tens of ms in an emulated guest.
+    assert!(counted < outside / 2, "counted {counted} ns of {outside}");
 }
 
 /// A child started straight in another cgroup (`clone3(CLONE_INTO_CGROUP)`) never joins the
@@ -160,7 +162,9 @@ fn a_child_cloned_into_another_cgroup_is_named() {
         "clone into another cgroup: run counted {counted} ns; the child's cgroup {outside} ns"
     );
     assert!(outside >= 300_000_000, "{outside}");
-    assert!(counted < outside / 10, "counted {counted} ns of {outside}");
+    // Had the child been counted, the run would hold all of its time; the run's own (the
+    // parent's start and wait) is far less, though tens of ms in an emulated guest.
+    assert!(counted < outside / 2, "counted {counted} ns of {outside}");
 }
 
 /// Moving into a sub-cgroup of the run's own — the command itself, or a child it forked — is

@@ -8,6 +8,7 @@
 mod bench;
 mod fuzz;
 mod toolchain;
+mod vm;
 
 use std::{
     env,
@@ -55,9 +56,19 @@ enum Task {
     /// Build, then run every test: unit tests, the privileged integration tests, and a few
     /// seconds of each fuzz target.
     Test {
+        /// Do not run the integration tests inside other kernels too (see `vm-test`).
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for the test harness (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Boot other kernels (Debian's packages, pure cgroup v2) in qemu and run the privileged
+    /// integration tests inside each; print kernel × test.
+    VmTest {
+        /// A kernel of the matrix (repeatable; default: debian12).
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
     },
 }
 
@@ -111,7 +122,20 @@ fn run(task: Task) -> Result<()> {
                 reps,
             )
         }
-        Task::Test { args } => {
+        Task::VmTest { kernels } => {
+            anyhow::ensure!(
+                toolchain::is_root(),
+                "the guests are run as root (qemu, loop devices): run it as root"
+            );
+            let bin = build(&root)?;
+            let kernels = if kernels.is_empty() {
+                vm::DEFAULT.iter().map(|k| (*k).to_owned()).collect()
+            } else {
+                kernels
+            };
+            vm::run(&root, &bin, &kernels, &test_executables(&root)?)
+        }
+        Task::Test { no_vm, args } => {
             let bin = build(&root)?;
             toolchain::ensure_test_tools()?;
             step("running every test (unit, integration, accuracy)");
@@ -134,10 +158,62 @@ fn run(task: Task) -> Result<()> {
                 .args(["--", "--test-threads=1"])
                 .args(&args);
             check(cmd, "tests failed")?;
-            fuzz::smoke(&root)
+            fuzz::smoke(&root)?;
+            if no_vm || !args.is_empty() {
+                return Ok(());
+            }
+            if !toolchain::is_root() {
+                step("not root: the tests inside other kernels (vm-test) are skipped");
+                return Ok(());
+            }
+            step("running the integration tests inside other kernels (vm-test)");
+            let kernels: Vec<String> = vm::DEFAULT.iter().map(|k| (*k).to_owned()).collect();
+            vm::run(&root, &bin, &kernels, &test_executables(&root)?)
         }
         Task::Fuzz { target, time } => fuzz::fuzz(&root, target.as_deref(), time),
     }
+}
+
+/// The integration test programs of `cleanroom-tests`, built (as `cargo xtask test` builds
+/// them), by their paths.
+fn test_executables(root: &Path) -> Result<Vec<PathBuf>> {
+    let out = cargo()
+        .current_dir(root)
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "cleanroom-tests",
+            "--tests",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .env("CLEANROOM_BPF_OBJECT", bpf_object(root))
+        .env(
+            "CLEANROOM_FLOOR_OBJECT",
+            bpf_dir(root).join("cleanroom-floor"),
+        )
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the test programs")?;
+    anyhow::ensure!(out.status.success(), "building the test programs failed");
+    let mut exes: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| {
+            m["reason"] == "compiler-artifact"
+                && m["target"]["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "test"))
+                && m["target"]["src_path"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("/tests/tests/"))
+        })
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .collect();
+    exes.sort();
+    anyhow::ensure!(!exes.is_empty(), "no integration test programs were built");
+    Ok(exes)
 }
 
 /// The workspace root (xtask lives one level below it).

@@ -1,0 +1,523 @@
+//! `cargo xtask vm-test`: the privileged integration tests inside other kernels, on pure cgroup
+//! v2, in qemu.
+//!
+//! Each kernel of the matrix is a Debian kernel package, fetched with apt and unpacked under
+//! `target/vm/<name>/`. It boots under software emulation (TCG: KVM is not assumed) with a
+//! busybox initramfs that loads the 9p and virtio modules, mounts this machine's root read-only
+//! (so the project's binaries and test programs run unchanged, chrooted), a writable results
+//! share, and an ext4 scratch disk on a virtio disk at `/var/tmp` (real block I/O and writeback
+//! for the tests' loop devices and files). cgroup v2 is mounted alone, every controller enabled
+//! in the root's `cgroup.subtree_control`, as systemd does on a real host. The test executables
+//! run one after the other with `CI=true`; their output comes back through the results share
+//! and prints as one table, kernel × test.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{check, step, toolchain};
+
+/// A kernel of the matrix: a Debian kernel package.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    /// Name on the command line and in the table.
+    pub name: &'static str,
+    /// Its package names start with this (the ABI number and flavour follow).
+    pub package_prefix: &'static str,
+    /// What it stands for.
+    pub about: &'static str,
+}
+
+/// Every kernel `--kernel` can name.
+pub const MATRIX: &[Kernel] = &[Kernel {
+    name: "debian12",
+    package_prefix: "linux-image-6.1.0-",
+    about: "Debian 12's 6.1 (also Amazon Linux 2023's series)",
+}];
+
+/// The kernels `cargo xtask test` runs.
+pub const DEFAULT: &[&str] = &["debian12"];
+
+/// Debian packages the VM needs (command → package).
+const VM_TOOLS: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("cpio", "cpio"),
+    ("depmod", "kmod"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("dpkg-deb", "dpkg"),
+];
+
+/// Modules the initramfs loads, in dependency order, to reach the 9p shares.
+const INITRAMFS_MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "netfs",
+    "fscache",
+    "9pnet",
+    "9pnet_virtio",
+    "9p",
+];
+
+/// How long one kernel's tests may take before the guest is stopped.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+
+/// The guest's /init: mounts, modules, then the test script chrooted into the host's root.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for pass in 1 2 3 4 5; do for m in /modules/*.ko; do insmod $m 2>/dev/null; done; done
+opts=trans=virtio,version=9p2000.L,msize=512000
+# The host's root is read-only here: caching it is safe, and keeps a second exec of a program
+# from reading it over 9p again (which would show as major faults and blocking in the tests).
+mount -t 9p -o $opts,cache=loose host /host || echo "cannot mount the host's root"
+mount -t 9p -o $opts results /results || echo "cannot mount the results share"
+mount --bind "/host$(cat /results/modules_dir)" /lib/modules
+for m in crc32c_generic crc32c-intel virtio_blk ext4 loop veth; do
+  modprobe $m 2>/dev/null || echo "modprobe $m failed" >> /results/guest.log
+done
+mount -t proc proc /host/proc; mount -t sysfs sys /host/sys; mount -t devtmpfs dev /host/dev
+mount -t cgroup2 none /host/sys/fs/cgroup
+mount -t tmpfs tmp /host/tmp; mount -t tmpfs run /host/run; mount -t tmpfs root /host/root
+mount /dev/vda /host/var/tmp || echo "cannot mount the scratch disk" >> /results/guest.log
+mount --bind /results /host/mnt
+# A writable copy of /etc (tests add users), and the shared memory browsers need.
+mkdir -p /etcw && mount -t tmpfs etc /etcw && cp -a /host/etc/. /etcw/ && mount --bind /etcw /host/etc
+mount -t tmpfs shm /host/dev/shm 2>/dev/null || { mkdir -p /host/dev/shm && mount -t tmpfs shm /host/dev/shm; }
+mkdir -p /host/dev/pts && mount -t devpts devpts /host/dev/pts
+mount -t bpf bpf /host/sys/fs/bpf 2>/dev/null
+ip link set lo up 2>/dev/null
+for c in $(cat /host/sys/fs/cgroup/cgroup.controllers); do
+  echo "+$c" > /host/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
+done
+chroot /host /bin/sh /mnt/run.sh > /results/run.log 2>&1
+echo "$?" > /results/done
+poweroff -f
+"#;
+
+/// Runs the tests in `executables` inside each kernel named in `kernels`, prints the table,
+/// and fails if any test failed or any guest did not finish.
+pub fn run(root: &Path, bin: &Path, kernels: &[String], executables: &[PathBuf]) -> Result<()> {
+    toolchain::ensure_tools(VM_TOOLS)?;
+    let mut table: Vec<(String, BTreeMap<String, Outcome>)> = Vec::new();
+    for name in kernels {
+        let kernel = MATRIX.iter().find(|k| k.name == name).with_context(|| {
+            let names: Vec<&str> = MATRIX.iter().map(|k| k.name).collect();
+            format!(
+                "no kernel {name} in the matrix; known: {}",
+                names.join(", ")
+            )
+        })?;
+        let dir = root.join("target/vm").join(kernel.name);
+        let unpacked = fetch(kernel, &dir)?;
+        let release = guest_test(root, bin, &unpacked, &dir, executables)?;
+        table.push((
+            format!("{} ({release})", kernel.name),
+            collect(&dir, executables)?,
+        ));
+    }
+    let text = render(&table);
+    print!("{text}");
+    fs::write(root.join("target/vm/matrix.txt"), &text).ok();
+    let failed: usize = table
+        .iter()
+        .flat_map(|(_, r)| r.values())
+        .filter(|o| **o != Outcome::Pass)
+        .count();
+    if failed > 0 {
+        bail!(
+            "{failed} test(s) failed or did not finish in a guest; logs in target/vm/<kernel>/results"
+        );
+    }
+    Ok(())
+}
+
+/// A kernel package unpacked, with the files a boot needs.
+struct Unpacked {
+    vmlinuz: PathBuf,
+    /// `lib/modules` (or `usr/lib/modules`) of the package, `depmod` run over it.
+    modules: PathBuf,
+    release: String,
+}
+
+/// Fetches and unpacks the newest package of `kernel` into `dir` (once).
+fn fetch(kernel: &Kernel, dir: &Path) -> Result<Unpacked> {
+    let unpacked_root = dir.join("root");
+    if !unpacked_root.join("boot").is_dir() {
+        let package = newest_package(kernel.package_prefix)?;
+        step(&format!("fetching {package} ({})", kernel.about));
+        fs::create_dir_all(dir)?;
+        let mut cmd = Command::new("apt-get");
+        cmd.args(["download", &package]).current_dir(dir);
+        check(cmd, "downloading the kernel package failed")?;
+        let deb = fs::read_dir(dir)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_some_and(|e| e == "deb")
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&package))
+            })
+            .context("apt-get download left no .deb")?;
+        let staging = dir.join("root.partial");
+        let _ = fs::remove_dir_all(&staging);
+        let mut cmd = Command::new("dpkg-deb");
+        cmd.arg("-x").arg(&deb).arg(&staging);
+        check(cmd, "unpacking the kernel package failed")?;
+        fs::rename(&staging, &unpacked_root)?;
+        fs::remove_file(&deb).ok();
+    }
+    let modules = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|m| unpacked_root.join(m))
+        .find(|p| p.is_dir())
+        .context("the kernel package has no modules")?;
+    let release = fs::read_dir(&modules)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .context("no module directory in the kernel package")?;
+    let vmlinuz = unpacked_root
+        .join("boot")
+        .join(format!("vmlinuz-{release}"));
+    anyhow::ensure!(vmlinuz.is_file(), "no {}", vmlinuz.display());
+    if !modules.join(&release).join("modules.dep").is_file() {
+        let base = modules
+            .parent()
+            .and_then(Path::parent)
+            .context("modules directory")?;
+        let mut cmd = Command::new("depmod");
+        cmd.arg("-b").arg(base).arg(&release);
+        check(cmd, "depmod over the kernel package failed")?;
+    }
+    Ok(Unpacked {
+        vmlinuz,
+        modules,
+        release,
+    })
+}
+
+/// The newest package named `<prefix><abi>-amd64` that apt knows, updating its lists once if
+/// it knows none.
+fn newest_package(prefix: &str) -> Result<String> {
+    let search = || -> Result<Vec<String>> {
+        let out = Command::new("apt-cache")
+            .args(["search", "--names-only", &format!("^{prefix}[0-9]+-amd64$")])
+            .output()
+            .context("running apt-cache")?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect())
+    };
+    let mut names = search()?;
+    if names.is_empty() {
+        step("apt-get update (no kernel package known yet)");
+        let mut cmd = Command::new("apt-get");
+        cmd.arg("update");
+        check(cmd, "apt-get update failed")?;
+        names = search()?;
+    }
+    let abi = |n: &String| -> u64 {
+        n.trim_start_matches(prefix)
+            .trim_end_matches("-amd64")
+            .parse()
+            .unwrap_or(0)
+    };
+    names
+        .into_iter()
+        .max_by_key(abi)
+        .with_context(|| format!("apt knows no package {prefix}N-amd64"))
+}
+
+/// Boots `kernel` with the tests and waits for it to power off. Returns its release.
+fn guest_test(
+    root: &Path,
+    bin: &Path,
+    kernel: &Unpacked,
+    dir: &Path,
+    executables: &[PathBuf],
+) -> Result<String> {
+    let initrd = build_initramfs(kernel, dir)?;
+    let results = dir.join("results");
+    let _ = fs::remove_dir_all(&results);
+    fs::create_dir_all(&results)?;
+    fs::write(
+        results.join("modules_dir"),
+        kernel.modules.to_string_lossy().as_bytes(),
+    )?;
+    fs::write(results.join("run.sh"), run_script(root, bin, executables))?;
+    let scratch = dir.join("scratch.img");
+    let _ = fs::remove_file(&scratch);
+    fs::File::create(&scratch)?.set_len(2 << 30)?;
+    let mut cmd = Command::new("mkfs.ext4");
+    cmd.args(["-q", "-F"]).arg(&scratch);
+    check(cmd, "making the scratch disk failed")?;
+
+    step(&format!(
+        "booting {} under qemu (TCG) and running {} test programs in it",
+        kernel.release,
+        executables.len()
+    ));
+    let console = fs::File::create(dir.join("console.log"))?;
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048"])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .arg("-virtfs")
+        .arg("local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap")
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=results,security_model=none",
+            results.display()
+        ))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", scratch.display()))
+        .stdin(Stdio::null())
+        .stdout(console.try_clone()?)
+        .stderr(console)
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !results.join("done").is_file() {
+                bail!(
+                    "the {} guest stopped ({status}) before its tests finished; see {}",
+                    kernel.release,
+                    dir.join("console.log").display()
+                );
+            }
+            break;
+        }
+        if started.elapsed() > GUEST_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the {} guest did not finish in {} min; see {}",
+                kernel.release,
+                GUEST_TIMEOUT.as_secs() / 60,
+                results.join("run.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    step(&format!(
+        "{} guest done in {:.0} s",
+        kernel.release,
+        started.elapsed().as_secs_f64()
+    ));
+    let _ = fs::remove_file(&scratch);
+    Ok(kernel.release.clone())
+}
+
+/// The initramfs: busybox, the modules to reach the shares, and [`INIT`].
+fn build_initramfs(kernel: &Unpacked, dir: &Path) -> Result<PathBuf> {
+    let tree = dir.join("initramfs");
+    let _ = fs::remove_dir_all(&tree);
+    for sub in [
+        "bin",
+        "sbin",
+        "proc",
+        "sys",
+        "dev",
+        "host",
+        "results",
+        "modules",
+        "lib/modules",
+        "tmp",
+    ] {
+        fs::create_dir_all(tree.join(sub))?;
+    }
+    let busybox = which("busybox").context("busybox (busybox-static) is not installed")?;
+    fs::copy(&busybox, tree.join("bin/busybox"))?;
+    let module_tree = kernel.modules.join(&kernel.release);
+    for name in INITRAMFS_MODULES {
+        let found = find_module(&module_tree, name)
+            .with_context(|| format!("module {name} not in the kernel package"))?;
+        fs::copy(&found, tree.join("modules").join(format!("{name}.ko")))?;
+    }
+    let init = tree.join("init");
+    fs::write(&init, INIT)?;
+    set_executable(&init)?;
+    let out = dir.join("initramfs.cpio.gz");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("find . | cpio -o -H newc --quiet | gzip -1 > \"$0\"")
+        .arg(&out)
+        .current_dir(&tree);
+    check(cmd, "packing the initramfs failed")?;
+    Ok(out)
+}
+
+fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_module(&path, name) {
+                return Some(found);
+            }
+        } else if path
+            .file_name()
+            .is_some_and(|f| f == format!("{name}.ko").as_str())
+        {
+            return Some(path);
+        }
+    }
+    None
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+}
+
+fn set_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// The script the guest runs in the host's root: `doctor`, then each test program.
+fn run_script(root: &Path, bin: &Path, executables: &[PathBuf]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "export HOME=/root TMPDIR=/tmp CI=true RUST_BACKTRACE=0");
+    let _ = writeln!(s, "export CLEANROOM_BIN={}", bin.display());
+    let _ = writeln!(s, "uname -r > /mnt/kernel");
+    let _ = writeln!(s, "{} doctor > /mnt/doctor.txt 2>&1", bin.display());
+    let _ = writeln!(s, "cd {}", root.join("tests").display());
+    for exe in executables {
+        let _ = writeln!(
+            s,
+            "{} --test-threads=1 > /mnt/{}.log 2>&1",
+            exe.display(),
+            log_name(exe)
+        );
+    }
+    s
+}
+
+/// A test program's log name: its file name without cargo's hash.
+fn log_name(exe: &Path) -> String {
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.rsplit_once('-') {
+        Some((base, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => base.to_owned(),
+        _ => name,
+    }
+}
+
+/// What became of one test in a guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It passed.
+    Pass,
+    /// It failed.
+    Fail,
+    /// Its program stopped before reporting it.
+    Unfinished,
+}
+
+/// Each test's outcome, `program::test`, from the logs in `dir/results`.
+fn collect(dir: &Path, executables: &[PathBuf]) -> Result<BTreeMap<String, Outcome>> {
+    let mut out = BTreeMap::new();
+    for exe in executables {
+        let program = log_name(exe);
+        let log = fs::read_to_string(dir.join("results").join(format!("{program}.log")))
+            .unwrap_or_default();
+        let parsed = parse_log(&log);
+        if parsed.is_empty() || !log.contains("test result:") {
+            out.insert(format!("{program}::*"), Outcome::Unfinished);
+        }
+        for (test, outcome) in parsed {
+            out.insert(format!("{program}::{test}"), outcome);
+        }
+    }
+    Ok(out)
+}
+
+/// `test NAME ... ok|FAILED` lines of libtest's output.
+pub fn parse_log(log: &str) -> Vec<(String, Outcome)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("test ")?;
+            let (name, result) = rest.rsplit_once(" ... ")?;
+            let outcome = match result.trim() {
+                "ok" => Outcome::Pass,
+                "FAILED" => Outcome::Fail,
+                _ => return None,
+            };
+            Some((name.to_owned(), outcome))
+        })
+        .collect()
+}
+
+/// The table: one row per test, one column per kernel.
+fn render(table: &[(String, BTreeMap<String, Outcome>)]) -> String {
+    let mut tests: Vec<&String> = table.iter().flat_map(|(_, r)| r.keys()).collect();
+    tests.sort();
+    tests.dedup();
+    let width = tests.iter().map(|t| t.len()).max().unwrap_or(4).max(4);
+    let mut s = String::new();
+    let _ = write!(s, "\n{:width$}", "test");
+    for (kernel, _) in table {
+        let _ = write!(s, "  {kernel}");
+    }
+    s.push('\n');
+    for test in tests {
+        let _ = write!(s, "{test:width$}");
+        for (kernel, results) in table {
+            let cell = match results.get(test) {
+                Some(Outcome::Pass) => "pass",
+                Some(Outcome::Fail) => "FAIL",
+                Some(Outcome::Unfinished) => "DID NOT FINISH",
+                None => "-",
+            };
+            let _ = write!(s, "  {cell:<w$}", w = kernel.len());
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_lines_become_outcomes() {
+        let log = "running 2 tests\ntest a_b ... ok\ntest c ... FAILED\ntest d ... ignored\n\
+                   test result: FAILED.";
+        assert_eq!(
+            parse_log(log),
+            vec![
+                ("a_b".to_owned(), Outcome::Pass),
+                ("c".to_owned(), Outcome::Fail)
+            ]
+        );
+        assert_eq!(
+            log_name(Path::new("/t/deps/metrics-a2ef58481c94bb5c")),
+            "metrics"
+        );
+        assert_eq!(log_name(Path::new("/t/deps/io_memory")), "io_memory");
+    }
+}

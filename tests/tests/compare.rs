@@ -183,7 +183,9 @@ fn run_baseline_widens_defaults_from_the_history_of_its_name() {
     assert_eq!(wall["tolerance_source"], "history", "{wall:#}");
     assert_eq!(u64_at(wall, "/tolerance_runs"), 3, "{wall:#}");
     let tolerance = wall["tolerance"].as_f64().unwrap();
-    assert!((1.5..3.0).contains(&tolerance), "{wall:#}");
+    // Natively about +200% (0.1 s against 0.3 s); less where starting a process is slow (an
+    // emulated guest: +117%), but always wider than the default.
+    assert!(tolerance > 0.25 && wall["regression"] == false, "{wall:#}");
     assert!(
         stderr.contains("from the history of 3 runs"),
         "the summary does not say where tolerances came from: {stderr}"

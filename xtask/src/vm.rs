@@ -29,20 +29,58 @@ use crate::{check, step, toolchain};
 pub struct Kernel {
     /// Name on the command line and in the table.
     pub name: &'static str,
-    /// Its package names start with this (the ABI number and flavour follow).
-    pub package_prefix: &'static str,
+    /// Its package names: this prefix, a version or ABI number, this suffix.
+    pub package: (&'static str, &'static str),
+    /// Where apt finds it.
+    pub source: Source,
     /// What it stands for.
     pub about: &'static str,
 }
 
-/// Every kernel `--kernel` can name.
-pub const MATRIX: &[Kernel] = &[Kernel {
-    name: "debian12",
-    package_prefix: "linux-image-6.1.0-",
-    about: "Debian 12's 6.1 (also Amazon Linux 2023's series)",
-}];
+/// Which apt sources hold a kernel's package.
+#[derive(Clone, Copy, Debug)]
+pub enum Source {
+    /// This machine's own (a Debian 12 machine).
+    Machine,
+    /// Another Debian suite, at the archive this machine's own sources name (`debian` or
+    /// `debian-security`), through a private apt list that leaves the machine's alone.
+    Suite {
+        /// The last part of the archive's URI.
+        archive: &'static str,
+        /// The suite.
+        suite: &'static str,
+    },
+}
 
-/// The kernels `cargo xtask test` runs.
+/// Every kernel `--kernel` can name.
+pub const MATRIX: &[Kernel] = &[
+    Kernel {
+        name: "debian12",
+        package: ("linux-image-6.1.0-", "-amd64"),
+        source: Source::Machine,
+        about: "Debian 12's 6.1 (also Amazon Linux 2023's series)",
+    },
+    Kernel {
+        name: "debian13",
+        package: ("linux-image-6.12.", "+deb13-amd64"),
+        source: Source::Suite {
+            archive: "debian",
+            suite: "trixie",
+        },
+        about: "Debian 13's 6.12",
+    },
+    Kernel {
+        name: "debian11",
+        package: ("linux-image-5.10.0-", "-amd64"),
+        source: Source::Suite {
+            archive: "debian-security",
+            suite: "bullseye-security",
+        },
+        about: "Debian 11's 5.10",
+    },
+];
+
+/// The kernels `cargo xtask test` runs (the others: `cargo xtask vm-test --kernel NAME`).
 pub const DEFAULT: &[&str] = &["debian12"];
 
 /// Debian packages the VM needs (command → package).
@@ -53,6 +91,7 @@ const VM_TOOLS: &[(&str, &str)] = &[
     ("depmod", "kmod"),
     ("mkfs.ext4", "e2fsprogs"),
     ("dpkg-deb", "dpkg"),
+    ("xz", "xz-utils"),
 ];
 
 /// Modules the initramfs loads, in dependency order, to reach the 9p shares.
@@ -154,10 +193,11 @@ struct Unpacked {
 fn fetch(kernel: &Kernel, dir: &Path) -> Result<Unpacked> {
     let unpacked_root = dir.join("root");
     if !unpacked_root.join("boot").is_dir() {
-        let package = newest_package(kernel.package_prefix)?;
-        step(&format!("fetching {package} ({})", kernel.about));
         fs::create_dir_all(dir)?;
-        let mut cmd = Command::new("apt-get");
+        let apt = Apt::new(kernel.source, dir)?;
+        let package = apt.newest(kernel.package)?;
+        step(&format!("fetching {package} ({})", kernel.about));
+        let mut cmd = apt.command("apt-get");
         cmd.args(["download", &package]).current_dir(dir);
         check(cmd, "downloading the kernel package failed")?;
         let deb = fs::read_dir(dir)?
@@ -174,6 +214,7 @@ fn fetch(kernel: &Kernel, dir: &Path) -> Result<Unpacked> {
         let mut cmd = Command::new("dpkg-deb");
         cmd.arg("-x").arg(&deb).arg(&staging);
         check(cmd, "unpacking the kernel package failed")?;
+        decompress_modules(&staging)?;
         fs::rename(&staging, &unpacked_root)?;
         fs::remove_file(&deb).ok();
     }
@@ -207,37 +248,126 @@ fn fetch(kernel: &Kernel, dir: &Path) -> Result<Unpacked> {
     })
 }
 
-/// The newest package named `<prefix><abi>-amd64` that apt knows, updating its lists once if
-/// it knows none.
-fn newest_package(prefix: &str) -> Result<String> {
-    let search = || -> Result<Vec<String>> {
-        let out = Command::new("apt-cache")
-            .args(["search", "--names-only", &format!("^{prefix}[0-9]+-amd64$")])
-            .output()
-            .context("running apt-cache")?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-            .collect())
-    };
-    let mut names = search()?;
-    if names.is_empty() {
-        step("apt-get update (no kernel package known yet)");
-        let mut cmd = Command::new("apt-get");
+/// apt, on this machine's sources or on a private list for another suite.
+struct Apt {
+    options: Vec<String>,
+}
+
+impl Apt {
+    fn new(source: Source, dir: &Path) -> Result<Self> {
+        let Source::Suite { archive, suite } = source else {
+            return Ok(Self {
+                options: Vec::new(),
+            });
+        };
+        let uri = machine_archive_uri(archive)?;
+        let state = dir.join("apt");
+        fs::create_dir_all(state.join("lists/partial"))?;
+        fs::create_dir_all(state.join("cache/archives/partial"))?;
+        let list = state.join("sources.list");
+        fs::write(
+            &list,
+            format!(
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {uri} {suite} main\n"
+            ),
+        )?;
+        let apt = Self {
+            options: vec![
+                format!("Dir::Etc::sourcelist={}", list.display()),
+                "Dir::Etc::sourceparts=-".to_owned(),
+                format!("Dir::State::Lists={}", state.join("lists").display()),
+                format!("Dir::Cache={}", state.join("cache").display()),
+            ],
+        };
+        step(&format!("apt-get update for {suite} (a private list)"));
+        let mut cmd = apt.command("apt-get");
         cmd.arg("update");
-        check(cmd, "apt-get update failed")?;
-        names = search()?;
+        check(cmd, "apt-get update of the private list failed")?;
+        Ok(apt)
     }
-    let abi = |n: &String| -> u64 {
-        n.trim_start_matches(prefix)
-            .trim_end_matches("-amd64")
-            .parse()
-            .unwrap_or(0)
-    };
-    names
+
+    /// `program` (apt-get, apt-cache) with this list's options.
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        for o in &self.options {
+            cmd.arg("-o").arg(o);
+        }
+        cmd
+    }
+
+    /// The newest package `prefix VERSION suffix` apt knows (updating the machine's lists once
+    /// if it knows none).
+    fn newest(&self, (prefix, suffix): (&str, &str)) -> Result<String> {
+        let search = || -> Result<Vec<String>> {
+            let out = self
+                .command("apt-cache")
+                .args(["pkgnames", prefix])
+                .output()
+                .context("running apt-cache")?;
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|n| n.ends_with(suffix) && !n.contains("-dbg") && !n.contains("unsigned"))
+                .filter(|n| {
+                    let middle = &n[prefix.len()..n.len() - suffix.len()];
+                    !middle.is_empty() && middle.chars().all(|c| c.is_ascii_digit() || c == '.')
+                })
+                .map(str::to_owned)
+                .collect())
+        };
+        let mut names = search()?;
+        if names.is_empty() && self.options.is_empty() {
+            step("apt-get update (no kernel package known yet)");
+            let mut cmd = Command::new("apt-get");
+            cmd.arg("update");
+            check(cmd, "apt-get update failed")?;
+            names = search()?;
+        }
+        let version = |n: &String| -> Vec<u64> {
+            n[prefix.len()..n.len() - suffix.len()]
+                .split('.')
+                .map(|p| p.parse().unwrap_or(0))
+                .collect()
+        };
+        names
+            .into_iter()
+            .max_by_key(version)
+            .with_context(|| format!("apt knows no package {prefix}…{suffix}"))
+    }
+}
+
+/// The URI of `archive` (`debian`, `debian-security`) in this machine's apt sources.
+fn machine_archive_uri(archive: &str) -> Result<String> {
+    let mut texts = vec![fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
+    for entry in fs::read_dir("/etc/apt/sources.list.d")
         .into_iter()
-        .max_by_key(abi)
-        .with_context(|| format!("apt knows no package {prefix}N-amd64"))
+        .flatten()
+        .flatten()
+    {
+        let path = entry.path();
+        if path
+            .extension()
+            .is_some_and(|e| e == "sources" || e == "list")
+        {
+            texts.push(fs::read_to_string(path).unwrap_or_default());
+        }
+    }
+    texts
+        .iter()
+        .flat_map(|t| t.split_whitespace())
+        .map(|w| w.trim_end_matches('/'))
+        .find(|w| w.starts_with("http") && w.rsplit('/').next() == Some(archive))
+        .map(str::to_owned)
+        .with_context(|| format!("no `{archive}` archive in this machine's apt sources"))
+}
+
+/// Decompresses a package's `.ko.xz` modules (newer Debian kernels) in place: busybox in the
+/// guest loads plain ones.
+fn decompress_modules(tree: &Path) -> Result<()> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("find \"$0\" -name '*.ko.xz' -print0 | xargs -0 -r -P 2 xz -d")
+        .arg(tree);
+    check(cmd, "decompressing the kernel's modules failed")
 }
 
 /// Boots `kernel` with the tests and waits for it to power off. Returns its release.

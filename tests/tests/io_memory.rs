@@ -124,6 +124,25 @@ fn a_tar_and_sync_job_writes_what_the_device_counts() {
         rel_diff(written, device) < 0.02,
         "run wrote {written} B, the loop device counted {device} B"
     );
+    // With cgroup writeback (memory and io on v2: pure v2 hosts), the flusher's bios carry the
+    // run's cgroup, and the device level holds the run's writes too.
+    let root_controllers =
+        fs::read_to_string(cleanroom_tests::v2_mount().join("cgroup.subtree_control"))
+            .unwrap_or_default();
+    let writeback = ["memory", "io"]
+        .iter()
+        .all(|c| root_controllers.split_whitespace().any(|w| w == *c));
+    if writeback {
+        let at_device = u64_at(
+            cleanroom_tests::block_device(&report, &scratch.dev.major_minor()),
+            "/write_bytes",
+        );
+        assert!(
+            rel_diff(at_device, device) < 0.02,
+            "with cgroup writeback the run's writes to the device were {at_device} B, the \
+             device counted {device} B"
+        );
+    }
 }
 
 /// A process holding 64 MiB of anonymous memory for several samples: its peak RSS equals what

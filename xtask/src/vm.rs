@@ -587,16 +587,28 @@ fn collect(dir: &Path, executables: &[PathBuf]) -> Result<BTreeMap<String, Outco
     Ok(out)
 }
 
-/// `test NAME ... ok|FAILED` lines of libtest's output.
+/// Each test of a finished libtest run: started by a `test NAME ... ` line (its result can
+/// land on a later line when the test's own stderr is interleaved), failed when the closing
+/// `failures:` list names it, passed otherwise; ignored tests are left out.
 pub fn parse_log(log: &str) -> Vec<(String, Outcome)> {
+    let failed: Vec<&str> = log
+        .rsplit_once("\nfailures:\n")
+        .map(|(_, tail)| {
+            tail.lines()
+                .map_while(|l| l.strip_prefix("    "))
+                .collect()
+        })
+        .unwrap_or_default();
     log.lines()
         .filter_map(|l| {
-            let rest = l.strip_prefix("test ")?;
-            let (name, result) = rest.rsplit_once(" ... ")?;
-            let outcome = match result.trim() {
-                "ok" => Outcome::Pass,
-                "FAILED" => Outcome::Fail,
-                _ => return None,
+            let (name, rest) = l.strip_prefix("test ")?.split_once(" ... ")?;
+            if rest.trim() == "ignored" || name.contains(' ') {
+                return None;
+            }
+            let outcome = if failed.contains(&name) || rest.trim() == "FAILED" {
+                Outcome::Fail
+            } else {
+                Outcome::Pass
             };
             Some((name.to_owned(), outcome))
         })
@@ -637,13 +649,16 @@ mod tests {
 
     #[test]
     fn libtest_lines_become_outcomes() {
-        let log = "running 2 tests\ntest a_b ... ok\ntest c ... FAILED\ntest d ... ignored\n\
-                   test result: FAILED.";
+        let log = "running 4 tests\ntest a_b ... ok\ntest c ... FAILED\ntest d ... ignored\n\
+                   test e ... cleanroom: warning: noise\nmore noise\n\nfailures:\n\n\
+                   ---- c stdout ----\npanicked\n\n---- e stdout ----\npanicked\n\n\
+                   failures:\n    c\n    e\n\ntest result: FAILED.";
         assert_eq!(
             parse_log(log),
             vec![
                 ("a_b".to_owned(), Outcome::Pass),
-                ("c".to_owned(), Outcome::Fail)
+                ("c".to_owned(), Outcome::Fail),
+                ("e".to_owned(), Outcome::Fail)
             ]
         );
         assert_eq!(

@@ -154,7 +154,20 @@ pub const HOOKS: &[Hook] = &[
             "OFF_CGROUP_KN",
             "OFF_KERNFS_NODE_ID",
         ],
-        fallback: None,
+        fallback: Some(Fallback {
+            program: programs::SCHED_SWITCH_V1,
+            needs: &[
+                "OFF_TASK_STATE",
+                "OFF_TASK_PID",
+                "OFF_TASK_TGID",
+                "OFF_TASK_CGROUPS",
+                "OFF_CSS_SET_DFL_CGRP",
+                "OFF_CGROUP_KN",
+                "OFF_KERNFS_NODE_ID",
+            ],
+            why: "the three-argument form of kernels before 5.18: the previous task's state is \
+                  read from the task",
+        }),
     },
     Hook {
         program: programs::SCHED_WAKEUP,
@@ -238,8 +251,14 @@ pub const HOOKS: &[Hook] = &[
             "OFF_BLKCG_CGROUP",
             "OFF_TASK_FLAGS",
             "OFF_CGROUP_ROOT",
+            "OFF_CGROUP_ROOT_HIERARCHY_ID",
         ],
-        fallback: None,
+        fallback: Some(Fallback {
+            program: programs::BLOCK_BIO_QUEUE_Q,
+            needs: BLOCK_BEFORE_5_11,
+            why: "the form of kernels before 5.11: a request_queue first, the device from \
+                  bio->bi_disk",
+        }),
     },
     Hook {
         program: programs::BLOCK_SPLIT,
@@ -250,15 +269,45 @@ pub const HOOKS: &[Hook] = &[
             "OFF_BIO_BLKG",
             "OFF_BLKG_BLKCG",
             "OFF_BLKCG_CGROUP",
+            "OFF_CGROUP_ROOT",
+            "OFF_CGROUP_ROOT_HIERARCHY_ID",
         ],
-        fallback: None,
+        fallback: Some(Fallback {
+            program: programs::BLOCK_SPLIT_Q,
+            needs: &[
+                "OFF_TASK_FLAGS",
+                "OFF_BIO_BLKG",
+                "OFF_BLKG_BLKCG",
+                "OFF_BLKCG_CGROUP",
+                "OFF_CGROUP_ROOT",
+                "OFF_CGROUP_ROOT_HIERARCHY_ID",
+            ],
+            why: "the form of kernels before 5.11: a request_queue first",
+        }),
     },
     Hook {
         program: programs::BLOCK_RQ_ISSUE,
         attach: Attach::TpBtf("block_rq_issue"),
         metrics: &[L(Latency::BlockRead), L(Latency::BlockWrite)],
-        needs: &["OFF_RQ_BIO", "OFF_RQ_CMD_FLAGS"],
-        fallback: None,
+        needs: &[
+            "OFF_RQ_BIO",
+            "OFF_RQ_CMD_FLAGS",
+            "OFF_BIO_BDEV",
+            "OFF_BDEV_DEV",
+        ],
+        fallback: Some(Fallback {
+            program: programs::BLOCK_RQ_ISSUE_Q,
+            needs: &[
+                "OFF_RQ_BIO",
+                "OFF_RQ_CMD_FLAGS",
+                "OFF_BIO_DISK",
+                "OFF_BIO_PARTNO",
+                "OFF_GENDISK_MAJOR",
+                "OFF_GENDISK_FIRST_MINOR",
+            ],
+            why: "the form of kernels before 5.11: a request_queue first, the device from \
+                  bio->bi_disk",
+        }),
     },
     Hook {
         program: programs::BLOCK_RQ_COMPLETE,
@@ -299,14 +348,22 @@ pub const HOOKS: &[Hook] = &[
         program: programs::CGROUP_MKDIR,
         attach: Attach::TpBtf("cgroup_mkdir"),
         metrics: &[],
-        needs: &["OFF_CGROUP_ROOT", "OFF_KERNFS_NODE_PARENT"],
+        needs: &[
+            "OFF_CGROUP_ROOT",
+            "OFF_CGROUP_ROOT_HIERARCHY_ID",
+            "OFF_KERNFS_NODE_PARENT",
+        ],
         fallback: None,
     },
     Hook {
         program: programs::CGROUP_RMDIR,
         attach: Attach::TpBtf("cgroup_rmdir"),
         metrics: &[],
-        needs: &["OFF_CGROUP_ROOT", "OFF_KERNFS_NODE_PARENT"],
+        needs: &[
+            "OFF_CGROUP_ROOT",
+            "OFF_CGROUP_ROOT_HIERARCHY_ID",
+            "OFF_KERNFS_NODE_PARENT",
+        ],
         fallback: None,
     },
     Hook {
@@ -316,6 +373,22 @@ pub const HOOKS: &[Hook] = &[
         needs: TASK_IDENTITY,
         fallback: None,
     },
+];
+
+/// Offsets of `block_bio_queue` in its form before 5.11.
+const BLOCK_BEFORE_5_11: &[&str] = &[
+    "OFF_BIO_DISK",
+    "OFF_BIO_PARTNO",
+    "OFF_GENDISK_MAJOR",
+    "OFF_GENDISK_FIRST_MINOR",
+    "OFF_BIO_OPF",
+    "OFF_BIO_SIZE",
+    "OFF_BIO_BLKG",
+    "OFF_BLKG_BLKCG",
+    "OFF_BLKCG_CGROUP",
+    "OFF_TASK_FLAGS",
+    "OFF_CGROUP_ROOT",
+    "OFF_CGROUP_ROOT_HIERARCHY_ID",
 ];
 
 /// Offsets of the programs that tell a process apart and find its cgroup: the fork and
@@ -330,6 +403,7 @@ const TASK_IDENTITY: &[&str] = &[
     "OFF_CSS_SET_DFL_CGRP",
     "OFF_CGROUP_KN",
     "OFF_CGROUP_ROOT",
+    "OFF_CGROUP_ROOT_HIERARCHY_ID",
     "OFF_KERNFS_NODE_ID",
 ];
 
@@ -487,10 +561,12 @@ impl Probes {
             .collect();
         let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf));
+        let has_task_btf_helper = u64::from(offsets.has_task_btf_helper);
         if set_offsets {
             for (global, value) in &values {
                 loader.override_global(global, value, true);
             }
+            loader.override_global("HAS_TASK_BTF_HELPER", &has_task_btf_helper, true);
         }
         let mut ebpf = loader.load(object)?;
 

@@ -50,6 +50,14 @@ pub mod programs {
     pub const BLOCK_BIO_QUEUE: &str = "block_bio_queue";
     /// `tp_btf/block_split`: the owner of a split-off bio.
     pub const BLOCK_SPLIT: &str = "block_split";
+    /// The forms of the block hooks with a `request_queue` first argument (before 5.11).
+    pub const BLOCK_BIO_QUEUE_Q: &str = "block_bio_queue_q";
+    /// See [`BLOCK_BIO_QUEUE_Q`].
+    pub const BLOCK_SPLIT_Q: &str = "block_split_q";
+    /// See [`BLOCK_BIO_QUEUE_Q`].
+    pub const BLOCK_RQ_ISSUE_Q: &str = "block_rq_issue_q";
+    /// `sched_switch` without its `prev_state` argument (before 5.18).
+    pub const SCHED_SWITCH_V1: &str = "sched_switch_v1";
     /// `tp_btf/block_rq_issue`: block latency starts here.
     pub const BLOCK_RQ_ISSUE: &str = "block_rq_issue";
     /// `tp_btf/block_rq_complete`: block latency ends here.
@@ -110,6 +118,21 @@ pub const OFFSETS: &[(&str, &str, &str)] = &[
     ("OFF_TASK_SIGNAL", "task_struct", "signal"),
     ("OFF_SIGNAL_MAXRSS", "signal_struct", "maxrss"),
     ("OFF_SIGNAL_LIVE", "signal_struct", "live.counter"),
+    (
+        "OFF_CGROUP_ROOT_HIERARCHY_ID",
+        "cgroup_root",
+        "hierarchy_id",
+    ),
+];
+
+/// Offsets of another kernel generation's layout: a kernel has either `bio.bi_bdev` (5.12 on) or
+/// `bio.bi_disk` and `bio.bi_partno` (before), and the programs for the other are not loaded.
+/// Their absence is not a fault.
+pub const LAYOUT_ALTERNATIVES: &[&str] = &[
+    "OFF_BIO_BDEV",
+    "OFF_BDEV_DEV",
+    "OFF_BIO_DISK",
+    "OFF_BIO_PARTNO",
 ];
 
 /// Offsets only some metrics need, read with a fault-tolerant helper: a kernel without them

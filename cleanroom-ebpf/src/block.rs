@@ -13,9 +13,10 @@ use cleanroom_common::{BlockKey, drop_reason, hist_kind};
 use crate::{
     maps::{BIO_OWNER, RQ_START, RqStart, block_stats_of, count_drop, record_latency},
     task::{
-        OFF_BDEV_DEV, OFF_BIO_BDEV, OFF_BIO_BLKG, OFF_BIO_OPF, OFF_BIO_SIZE, OFF_BLKCG_CGROUP,
-        OFF_BLKG_BLKCG, OFF_RQ_BIO, OFF_RQ_CMD_FLAGS, current_cgroup_id, current_is_kthread,
-        id_of_cgroup, on_default_hierarchy, read, read_ptr,
+        OFF_BDEV_DEV, OFF_BIO_BDEV, OFF_BIO_BLKG, OFF_BIO_DISK, OFF_BIO_OPF, OFF_BIO_PARTNO,
+        OFF_BIO_SIZE, OFF_BLKCG_CGROUP, OFF_BLKG_BLKCG, OFF_GENDISK_FIRST_MINOR, OFF_GENDISK_MAJOR,
+        OFF_RQ_BIO, OFF_RQ_CMD_FLAGS, current_cgroup_id, current_is_kthread, id_of_cgroup,
+        on_default_hierarchy, read, read_ptr,
     },
 };
 
@@ -38,25 +39,64 @@ fn bio_owner(bio: *const u8) -> u64 {
         .unwrap_or_else(current_cgroup_id)
 }
 
+/// Where a bio says which device it goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `bio->bi_bdev->bd_dev` (Linux 5.12 on).
+    Bdev,
+    /// `bio->bi_disk` and `bio->bi_partno` (before 5.12).
+    Disk,
+}
+
+/// The device (`dev_t` as the kernel encodes it) `bio` goes to; 0 if it cannot be read.
+#[inline(always)]
+fn dev_of(bio: *const u8, layout: Layout) -> u32 {
+    if layout == Layout::Bdev {
+        return read_ptr(bio, &OFF_BIO_BDEV)
+            .and_then(|bdev| read::<u32>(bdev, &OFF_BDEV_DEV))
+            .unwrap_or(0);
+    }
+    let Some(disk) = read_ptr(bio, &OFF_BIO_DISK) else {
+        return 0;
+    };
+    let major = read::<i32>(disk, &OFF_GENDISK_MAJOR).unwrap_or(0) as u32;
+    let first_minor = read::<i32>(disk, &OFF_GENDISK_FIRST_MINOR).unwrap_or(0) as u32;
+    let partno = u32::from(read::<u8>(bio, &OFF_BIO_PARTNO).unwrap_or(0));
+    (major << 20) | (first_minor + partno)
+}
+
 /// `block_bio_queue(struct bio *bio)`: runs in the submitter.
 #[btf_tracepoint(function = "block_bio_queue")]
 pub fn block_bio_queue(ctx: BtfTracePointContext) -> u32 {
-    let bio: *const u8 = ctx.arg(0);
-    let (Some(opf), Some(size)) = (
-        read::<u32>(bio, &OFF_BIO_OPF),
-        read::<u32>(bio, &OFF_BIO_SIZE),
-    ) else {
+    on_bio_queue(ctx.arg(0), Layout::Bdev);
+    0
+}
+
+/// `block_bio_queue(struct request_queue *q, struct bio *bio)`, before 5.11.
+#[btf_tracepoint(function = "block_bio_queue")]
+pub fn block_bio_queue_q(ctx: BtfTracePointContext) -> u32 {
+    on_bio_queue(ctx.arg(1), Layout::Disk);
+    0
+}
+
+/// A bio submitted: its bytes and op to its owner and device, and its owner kept for its
+/// request.
+#[inline(always)]
+fn on_bio_queue(bio: *const u8, layout: Layout) {
+    let Some(opf) = read::<u32>(bio, &OFF_BIO_OPF) else {
         count_drop(drop_reason::READ_FAILED);
-        return 0;
+        return;
+    };
+    let Some(size) = read::<u32>(bio, &OFF_BIO_SIZE) else {
+        count_drop(drop_reason::READ_FAILED);
+        return;
     };
     let op = opf & REQ_OP_MASK;
     // Empty bios (a cache flush is an empty write with REQ_PREFLUSH) move no data.
     if (op != REQ_OP_READ && op != REQ_OP_WRITE) || size == 0 {
-        return 0;
+        return;
     }
-    let dev = read_ptr(bio, &OFF_BIO_BDEV)
-        .and_then(|bdev| read::<u32>(bdev, &OFF_BDEV_DEV))
-        .unwrap_or(0);
+    let dev = dev_of(bio, layout);
     let owner = bio_owner(bio);
     let key = BlockKey {
         cgroup_id: owner,
@@ -73,7 +113,6 @@ pub fn block_bio_queue(ctx: BtfTracePointContext) -> u32 {
         }
     }
     let _ = BIO_OWNER.insert(bio as u64, owner, 0);
-    0
 }
 
 /// `block_split(struct bio *split, unsigned int new_sector)`: runs in the submitter when a bio
@@ -86,28 +125,48 @@ pub fn block_split(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// `block_split(struct request_queue *q, struct bio *split, unsigned int new_sector)`, before
+/// 5.11.
+#[btf_tracepoint(function = "block_split")]
+pub fn block_split_q(ctx: BtfTracePointContext) -> u32 {
+    let split: *const u8 = ctx.arg(1);
+    let _ = BIO_OWNER.insert(split as u64, bio_owner(split), 0);
+    0
+}
+
 /// `block_rq_issue(struct request *rq)`: the request goes to the device.
 #[btf_tracepoint(function = "block_rq_issue")]
 pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
-    let rq: *const u8 = ctx.arg(0);
+    on_rq_issue(ctx.arg(0), Layout::Bdev);
+    0
+}
+
+/// `block_rq_issue(struct request_queue *q, struct request *rq)`, before 5.11.
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn block_rq_issue_q(ctx: BtfTracePointContext) -> u32 {
+    on_rq_issue(ctx.arg(1), Layout::Disk);
+    0
+}
+
+/// A request issued: its start, owner and device, until it completes.
+#[inline(always)]
+fn on_rq_issue(rq: *const u8, layout: Layout) {
     let Some(op) = read::<u32>(rq, &OFF_RQ_CMD_FLAGS).map(|f| f & REQ_OP_MASK) else {
-        return 0;
+        return;
     };
     if op != REQ_OP_READ && op != REQ_OP_WRITE {
-        return 0;
+        return;
     }
     let Some(bio) = read_ptr(rq, &OFF_RQ_BIO) else {
-        return 0;
+        return;
     };
     // SAFETY: a map value read once, right away.
     let Some(owner) = (unsafe { BIO_OWNER.get(bio as u64) }).copied() else {
         count_drop(drop_reason::LATENCY_UNMATCHED);
-        return 0;
+        return;
     };
     let _ = BIO_OWNER.remove(bio as u64);
-    let dev = read_ptr(bio, &OFF_BIO_BDEV)
-        .and_then(|bdev| read::<u32>(bdev, &OFF_BDEV_DEV))
-        .unwrap_or(0);
+    let dev = dev_of(bio, layout);
     let start = RqStart {
         // SAFETY: helper without preconditions.
         issued_ns: unsafe { bpf_ktime_get_ns() },
@@ -120,7 +179,6 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
         dev,
     };
     let _ = RQ_START.insert(rq as u64, start, 0);
-    0
 }
 
 /// `block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`: runs in

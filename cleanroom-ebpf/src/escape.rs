@@ -25,8 +25,8 @@ use cleanroom_common::{Escape, RunProc, drop_reason, escape_via};
 use crate::{
     maps::{ESCAPES, RUN_PROCS, WATCHED, count_drop},
     task::{
-        OFF_TASK_PID, OFF_TASK_TGID, comm_of, current_task, dfl_cgroup_of, id_of_cgroup,
-        leader_start_time, on_default_hierarchy, read,
+        OFF_TASK_PID, OFF_TASK_TGID, comm_of, dfl_cgroup_of, id_of_cgroup, leader_start_time,
+        on_default_hierarchy, read,
     },
 };
 
@@ -67,10 +67,10 @@ fn record(run_id: u64, to: u64, task: *const u8, tgid: u32, via: u32) {
     }
 }
 
-/// `sched_process_fork`, for a new process `child` (tgid `tgid`) forked by the current task,
-/// whose cgroup is `parent_cgroup`.
+/// `sched_process_fork`, for a new process `child` (tgid `tgid`) forked by `parent`, whose
+/// cgroup is `parent_cgroup`.
 #[inline(always)]
-pub fn on_fork(parent_cgroup: u64, child: *const u8, tgid: u32) {
+pub fn on_fork(parent: *const u8, parent_cgroup: u64, child: *const u8, tgid: u32) {
     let Some(run_id) = run_of_cgroup(parent_cgroup) else {
         return;
     };
@@ -81,7 +81,7 @@ pub fn on_fork(parent_cgroup: u64, child: *const u8, tgid: u32) {
     // A child normally starts in its parent's cgroup; `clone3(CLONE_INTO_CGROUP)` puts it
     // elsewhere without any attach event.
     let child_cgroup = dfl_cgroup_of(child);
-    if child_cgroup != dfl_cgroup_of(current_task()) {
+    if child_cgroup != dfl_cgroup_of(parent) {
         let Some(child_id) = child_cgroup.and_then(id_of_cgroup) else {
             count_drop(drop_reason::READ_FAILED);
             return;
@@ -139,36 +139,47 @@ pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> u32 {
     if !on_default_hierarchy(dst) {
         return 0;
     }
-    let (Some(dst_id), Some(tgid), Some(start_time)) = (
-        id_of_cgroup(dst),
-        read::<u32>(task, &OFF_TASK_TGID),
-        leader_start_time(task),
-    ) else {
+    // One at a time: a tuple of `Option`s copies the undefined payload of a `None` (see below).
+    let Some(dst_id) = id_of_cgroup(dst) else {
         count_drop(drop_reason::READ_FAILED);
         return 0;
     };
-    let dst_run = run_of_cgroup(dst_id);
+    let Some(tgid) = read::<u32>(task, &OFF_TASK_TGID) else {
+        count_drop(drop_reason::READ_FAILED);
+        return 0;
+    };
+    let Some(start_time) = leader_start_time(task) else {
+        count_drop(drop_reason::READ_FAILED);
+        return 0;
+    };
+    // Run ids as plain values, 0 for none (a run id is a cgroup id, never 0): an `Option`'s
+    // payload is undefined when it is `None`, and verifiers refuse a program that copies an
+    // uninitialised register, even on a path that never uses it.
+    let dst_run = run_of_cgroup(dst_id).unwrap_or(0);
     // SAFETY: a plain value, copied out at once; an entry of a process that exited unseen
     // (same pid, earlier start) is not this process.
-    let tracked = RUN_PROCS
-        .get_ptr(&tgid)
-        .map(|p| unsafe { *p })
-        .filter(|p| p.start_time == start_time);
-    match (tracked, dst_run) {
-        (Some(p), Some(run)) if p.run_id == run => {}
-        (Some(p), _) => {
-            record(p.run_id, dst_id, task, tgid, escape_via::MOVED);
-            match dst_run {
-                Some(run) => track(tgid, run, start_time),
-                // One thread left; the rest of the process is still in the run.
-                None if threadgroup & 0xff == 0 => {}
-                None => {
-                    let _ = RUN_PROCS.remove(&tgid);
-                }
+    let tracked_run = match RUN_PROCS.get_ptr(&tgid) {
+        Some(p) => {
+            // SAFETY: as above.
+            let p = unsafe { *p };
+            if p.start_time == start_time {
+                p.run_id
+            } else {
+                0
             }
         }
-        (None, Some(run)) => track(tgid, run, start_time),
-        (None, None) => {}
+        None => 0,
+    };
+    if tracked_run != 0 && tracked_run != dst_run {
+        record(tracked_run, dst_id, task, tgid, escape_via::MOVED);
+        if dst_run != 0 {
+            track(tgid, dst_run, start_time);
+        } else if threadgroup & 0xff != 0 {
+            // The whole process left; a single thread leaving keeps the rest in the run.
+            let _ = RUN_PROCS.remove(&tgid);
+        }
+    } else if tracked_run == 0 && dst_run != 0 {
+        track(tgid, dst_run, start_time);
     }
     0
 }

@@ -18,8 +18,8 @@ use crate::{
     task::{
         OFF_SIGNAL_LIVE, OFF_SIGNAL_MAXRSS, OFF_TASK_IOAC_CANCELLED_WRITE_BYTES,
         OFF_TASK_IOAC_READ_BYTES, OFF_TASK_IOAC_WRITE_BYTES, OFF_TASK_MAJ_FLT, OFF_TASK_PID,
-        OFF_TASK_SIGNAL, OFF_TASK_TGID, cgroup_id_of, current_cgroup_id, leader_start_time, read,
-        read_optional,
+        OFF_TASK_SIGNAL, OFF_TASK_STATE, OFF_TASK_TGID, cgroup_id_of, current_cgroup_id,
+        leader_start_time, read, read_optional,
     },
 };
 
@@ -87,13 +87,27 @@ fn counted_in_nvcsw(prev: *const u8, state: u64) -> bool {
 /// starts now. `next`'s wait ends now, charged to `next`'s cgroup.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
-    let preempt: u64 = ctx.arg(0);
-    let next: *const u8 = ctx.arg(2);
-    let prev_state: u64 = ctx.arg(3);
+    on_switch(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3));
+    0
+}
+
+/// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next)`, before
+/// 5.18: `prev`'s state is read from the task (`__state`, or `state` before 5.14).
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_v1(ctx: BtfTracePointContext) -> u32 {
+    let prev: *const u8 = ctx.arg(1);
+    let state = read::<u32>(prev, &OFF_TASK_STATE).unwrap_or(0);
+    on_switch(ctx.arg(0), prev, ctx.arg(2), u64::from(state));
+    0
+}
+
+/// A switch from `prev` (in `prev_state`) to `next`.
+#[inline(always)]
+fn on_switch(preempt: u64, prev: *const u8, next: *const u8, prev_state: u64) {
     let runnable = prev_state & 0xffff_ffff == 0;
     if let Some(stats) = stats_of(current_cgroup_id()) {
-        if preempt == 0 && !runnable {
-            if counted_in_nvcsw(ctx.arg(1), prev_state) {
+        if preempt & 0xff == 0 && !runnable {
+            if counted_in_nvcsw(prev, prev_state) {
                 stats.switches_voluntary += 1;
             }
         } else {
@@ -101,18 +115,18 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
         }
     }
     if runnable {
-        mark_runnable(ctx.arg(1));
+        mark_runnable(prev);
     }
     let Some(pid) = read::<u32>(next, &OFF_TASK_PID).filter(|p| *p != 0) else {
-        return 0;
+        return;
     };
     let Some(slot) = RUNQ_START.get_ptr_mut(pid & (RUNQ_SLOTS - 1)) else {
-        return 0;
+        return;
     };
     // SAFETY: an element of an array map, read and cleared right away.
     let (owner, since) = unsafe { ((*slot).pid, (*slot).since_ns) };
     if owner != pid || since == 0 {
-        return 0;
+        return;
     }
     // SAFETY: as above.
     unsafe { (*slot).since_ns = 0 };
@@ -121,7 +135,6 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     if let Some(id) = cgroup_id_of(next) {
         record_latency(id, hist_kind::RUNQUEUE, 0, now.saturating_sub(since));
     }
-    0
 }
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`: runs in the
@@ -139,7 +152,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
         if let Some(stats) = stats_of(parent_cgroup) {
             stats.processes_forked += 1;
         }
-        escape::on_fork(parent_cgroup, child, tgid);
+        escape::on_fork(ctx.arg(0), parent_cgroup, child, tgid);
     }
     0
 }

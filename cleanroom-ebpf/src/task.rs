@@ -10,7 +10,10 @@
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
+        bpf_probe_read_kernel,
+    },
 };
 use cleanroom_common::drop_reason;
 
@@ -55,7 +58,20 @@ offsets!(
     OFF_TASK_SIGNAL,
     OFF_SIGNAL_MAXRSS,
     OFF_SIGNAL_LIVE,
+    OFF_CGROUP_ROOT_HIERARCHY_ID,
+    OFF_TASK_STATE,
+    OFF_BIO_DISK,
+    OFF_BIO_PARTNO,
+    OFF_GENDISK_MAJOR,
+    OFF_GENDISK_FIRST_MINOR,
 );
+
+/// 1 where the kernel has `bpf_get_current_task_btf` (5.11 on), set by the agent from the
+/// kernel's BTF; else the current task is reached with `bpf_get_current_task` and read with
+/// `bpf_probe_read_kernel`. The verifier knows this read-only value and never looks at the
+/// branch not taken, so the missing helper is never seen on older kernels.
+#[unsafe(no_mangle)]
+pub static HAS_TASK_BTF_HELPER: Global<u64> = Global::new(1);
 
 /// `PF_KTHREAD` of `task_struct.flags`.
 const PF_KTHREAD: u32 = 0x0020_0000;
@@ -121,11 +137,11 @@ pub fn read_ptr(base: *const u8, offset: &Global<u64>) -> Option<*const u8> {
     read::<*const u8>(base, offset).filter(|p| !p.is_null())
 }
 
-/// The current task, as a BTF-typed pointer.
+/// Whether `task` is the current task (by address: no helper of 5.11 needed).
 #[inline(always)]
-pub fn current_task() -> *const u8 {
+pub fn is_current(task: *const u8) -> bool {
     // SAFETY: helper without preconditions.
-    unsafe { bpf_get_current_task_btf() as *const u8 }
+    task as u64 == unsafe { bpf_get_current_task() }
 }
 
 /// The current task's cgroup v2 id.
@@ -138,7 +154,20 @@ pub fn current_cgroup_id() -> u64 {
 /// Whether the current task is a kernel thread.
 #[inline(always)]
 pub fn current_is_kthread() -> bool {
-    read::<u32>(current_task(), &OFF_TASK_FLAGS).is_some_and(|f| f & PF_KTHREAD != 0)
+    let flags = if HAS_TASK_BTF_HELPER.load() != 0 {
+        // SAFETY: helper without preconditions.
+        read::<u32>(
+            unsafe { bpf_get_current_task_btf() } as *const u8,
+            &OFF_TASK_FLAGS,
+        )
+    } else {
+        // SAFETY: helper without preconditions.
+        read_optional::<u32>(
+            unsafe { bpf_get_current_task() } as *const u8,
+            &OFF_TASK_FLAGS,
+        )
+    };
+    flags.is_some_and(|f| f & PF_KTHREAD != 0)
 }
 
 /// The v2 id of a `struct cgroup *`.
@@ -153,18 +182,19 @@ pub fn dfl_cgroup_of(task: *const u8) -> Option<*const u8> {
     read_ptr(task, &OFF_TASK_CGROUPS).and_then(|cset| read_ptr(cset, &OFF_CSS_SET_DFL_CGRP))
 }
 
-/// Whether `cgroup` belongs to the default (v2) hierarchy, as the current task's does.
+/// Whether `cgroup` belongs to the default (v2) hierarchy: its root's hierarchy id is 0, the
+/// `0::` of `/proc/PID/cgroup`.
 #[inline(always)]
 pub fn on_default_hierarchy(cgroup: *const u8) -> bool {
-    let root = read_ptr(cgroup, &OFF_CGROUP_ROOT);
-    let dfl_root = dfl_cgroup_of(current_task()).and_then(|c| read_ptr(c, &OFF_CGROUP_ROOT));
-    root.is_some() && root == dfl_root
+    read_ptr(cgroup, &OFF_CGROUP_ROOT)
+        .and_then(|root| read::<i32>(root, &OFF_CGROUP_ROOT_HIERARCHY_ID))
+        == Some(0)
 }
 
 /// The cgroup v2 id of `task` (a `struct task_struct *`), or `None` if it cannot be read.
 #[inline(always)]
 pub fn cgroup_id_of(task: *const u8) -> Option<u64> {
-    if task == current_task() {
+    if is_current(task) {
         return Some(current_cgroup_id());
     }
     let id = dfl_cgroup_of(task).and_then(id_of_cgroup);

@@ -126,9 +126,14 @@ mount --bind "/host$(cat /results/modules_dir)" /lib/modules
 for m in crc32c_generic crc32c-intel virtio_blk ext4 loop veth; do
   modprobe $m 2>/dev/null || echo "modprobe $m failed" >> /results/guest.log
 done
+# The project may live under a directory the guest gives a tmpfs of its own (/tmp, /root):
+# keep a way to it, and put it back there afterwards.
+project=$(cat /results/project_dir)
+mkdir -p /project && mount --bind "/host$project" /project
 mount -t proc proc /host/proc; mount -t sysfs sys /host/sys; mount -t devtmpfs dev /host/dev
 mount -t cgroup2 none /host/sys/fs/cgroup
 mount -t tmpfs tmp /host/tmp; mount -t tmpfs run /host/run; mount -t tmpfs root /host/root
+if [ ! -d "/host$project" ]; then mkdir -p "/host$project" && mount --bind /project "/host$project"; fi
 mount /dev/vda /host/var/tmp || echo "cannot mount the scratch disk" >> /results/guest.log
 mount --bind /results /host/mnt
 # A writable copy of /etc (tests add users), and the shared memory browsers need.
@@ -388,6 +393,7 @@ fn guest_test(
         kernel.modules.to_string_lossy().as_bytes(),
     )?;
     fs::write(results.join("run.sh"), run_script(root, bin, executables))?;
+    fs::write(results.join("project_dir"), root.to_string_lossy().as_bytes())?;
     let scratch = dir.join("scratch.img");
     let _ = fs::remove_file(&scratch);
     fs::File::create(&scratch)?.set_len(2 << 30)?;
@@ -593,11 +599,7 @@ fn collect(dir: &Path, executables: &[PathBuf]) -> Result<BTreeMap<String, Outco
 pub fn parse_log(log: &str) -> Vec<(String, Outcome)> {
     let failed: Vec<&str> = log
         .rsplit_once("\nfailures:\n")
-        .map(|(_, tail)| {
-            tail.lines()
-                .map_while(|l| l.strip_prefix("    "))
-                .collect()
-        })
+        .map(|(_, tail)| tail.lines().map_while(|l| l.strip_prefix("    ")).collect())
         .unwrap_or_default();
     log.lines()
         .filter_map(|l| {

@@ -75,12 +75,13 @@ impl Offsets {
             .unwrap_or(UNRESOLVED)
     }
 
-    /// Why `global` could not be resolved, if it could not.
+    /// Why `global` could not be resolved, if it could not (a name not in
+    /// [`cleanroom_common::OFFSETS`] never is).
     pub fn missing(&self, global: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(g, _)| *g == global)
-            .and_then(|(_, r)| r.as_ref().err().map(String::as_str))
+        match self.entries.iter().find(|(g, _)| *g == global) {
+            Some((_, r)) => r.as_ref().err().map(String::as_str),
+            None => Some("an offset cleanroom_common::OFFSETS does not list"),
+        }
     }
 }
 

@@ -296,8 +296,9 @@ pub struct RunCgroup {
     watchdog: Option<crate::watchdog::Watchdog>,
 }
 
-/// Controllers a run cgroup asks its parent to delegate on a pure v2 host.
-const V2_CONTROLLERS: &[&str] = &["memory", "pids", "cpu"];
+/// Controllers a run cgroup asks its parent to delegate on a pure v2 host: io beside memory lets
+/// the kernel charge buffered writes to the run when they are written back (cgroup writeback).
+const V2_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "io"];
 
 impl RunCgroup {
     /// Creates `parent/name` (and `parent` itself if needed). On a pure v2 host, enables the

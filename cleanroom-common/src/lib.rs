@@ -123,6 +123,13 @@ pub const OFFSETS: &[(&str, &str, &str)] = &[
         "cgroup_root",
         "hierarchy_id",
     ),
+    // The older forms of hooks (see the agent's fallbacks) read these; a kernel has
+    // `task_struct.__state` (5.14 on) or `.state`, and `bio.bi_bdev` (5.12 on) or `.bi_disk`.
+    ("OFF_TASK_STATE", "task_struct", "__state|state"),
+    ("OFF_BIO_DISK", "bio", "bi_disk"),
+    ("OFF_BIO_PARTNO", "bio", "bi_partno"),
+    ("OFF_GENDISK_MAJOR", "gendisk", "major"),
+    ("OFF_GENDISK_FIRST_MINOR", "gendisk", "first_minor"),
 ];
 
 /// Offsets of another kernel generation's layout: a kernel has either `bio.bi_bdev` (5.12 on) or

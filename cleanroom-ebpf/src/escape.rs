@@ -80,9 +80,12 @@ pub fn on_fork(parent: *const u8, parent_cgroup: u64, child: *const u8, tgid: u3
     };
     // A child normally starts in its parent's cgroup; `clone3(CLONE_INTO_CGROUP)` puts it
     // elsewhere without any attach event.
-    let child_cgroup = dfl_cgroup_of(child);
-    if child_cgroup != dfl_cgroup_of(parent) {
-        let Some(child_id) = child_cgroup.and_then(id_of_cgroup) else {
+    // Plain pointers, not `Option`s: comparing two `Option`s reads the undefined payload of a
+    // `None`, which older verifiers (5.10) refuse.
+    let child_cgroup = dfl_cgroup_of(child).unwrap_or(core::ptr::null());
+    let parent_cgroup_ptr = dfl_cgroup_of(parent).unwrap_or(core::ptr::null());
+    if child_cgroup != parent_cgroup_ptr {
+        let Some(child_id) = id_of_cgroup(child_cgroup) else {
             count_drop(drop_reason::READ_FAILED);
             return;
         };

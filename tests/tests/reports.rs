@@ -157,7 +157,8 @@ fn every_format_is_structurally_sound() {
 }
 
 /// The HTML report in headless Chromium: it loads, logs no console error, fetches nothing,
-/// and renders to a screenshot with charts on it (kept at target/report-screenshot.png).
+/// and renders to a screenshot with charts on it (kept at target/report-screenshot.png where
+/// target/ is writable).
 #[test]
 fn html_report_renders_in_a_browser() {
     if !privileged("html_report_renders_in_a_browser")
@@ -176,7 +177,15 @@ fn html_report_renders_in_a_browser() {
     );
     assert!(html.matches("<svg").count() >= 5, "charts missing");
 
-    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/report-screenshot.png");
+    // Kept in target/ for a person to look at, where target/ is writable (not in a guest that
+    // sees this checkout read-only); the temporary directory otherwise.
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let shot_dir = if tempfile::tempfile_in(&target).is_ok() {
+        target
+    } else {
+        dir.path().to_owned()
+    };
+    let shot = shot_dir.join("report-screenshot.png");
     let _ = fs::remove_file(&shot);
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new("chromium")

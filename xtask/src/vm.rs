@@ -393,7 +393,10 @@ fn guest_test(
         kernel.modules.to_string_lossy().as_bytes(),
     )?;
     fs::write(results.join("run.sh"), run_script(root, bin, executables))?;
-    fs::write(results.join("project_dir"), root.to_string_lossy().as_bytes())?;
+    fs::write(
+        results.join("project_dir"),
+        root.to_string_lossy().as_bytes(),
+    )?;
     let scratch = dir.join("scratch.img");
     let _ = fs::remove_file(&scratch);
     fs::File::create(&scratch)?.set_len(2 << 30)?;

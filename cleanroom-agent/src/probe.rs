@@ -348,22 +348,14 @@ pub const HOOKS: &[Hook] = &[
         program: programs::CGROUP_MKDIR,
         attach: Attach::TpBtf("cgroup_mkdir"),
         metrics: &[],
-        needs: &[
-            "OFF_CGROUP_ROOT",
-            "OFF_CGROUP_ROOT_HIERARCHY_ID",
-            "OFF_KERNFS_NODE_PARENT",
-        ],
+        needs: CGROUP_LINEAGE,
         fallback: None,
     },
     Hook {
         program: programs::CGROUP_RMDIR,
         attach: Attach::TpBtf("cgroup_rmdir"),
         metrics: &[],
-        needs: &[
-            "OFF_CGROUP_ROOT",
-            "OFF_CGROUP_ROOT_HIERARCHY_ID",
-            "OFF_KERNFS_NODE_PARENT",
-        ],
+        needs: CGROUP_LINEAGE,
         fallback: None,
     },
     Hook {
@@ -373,6 +365,13 @@ pub const HOOKS: &[Hook] = &[
         needs: TASK_IDENTITY,
         fallback: None,
     },
+];
+
+/// Offsets of the hooks that record each new cgroup's parent.
+const CGROUP_LINEAGE: &[&str] = &[
+    "OFF_CGROUP_ROOT",
+    "OFF_CGROUP_ROOT_HIERARCHY_ID",
+    "OFF_KERNFS_NODE_PARENT",
 ];
 
 /// Offsets of `block_bio_queue` in its form before 5.11.
@@ -415,9 +414,9 @@ const ESCAPE_HOOKS: &[&str] = &[
     programs::CGROUP_MKDIR,
 ];
 
-/// Metrics that need offsets of `cleanroom_common::OPTIONAL_OFFSETS` beyond their hook's: read
-/// with a helper that tolerates their absence, so a kernel without them loses these metrics
-/// only.
+/// Metrics that need offsets beyond their hook's, read with a helper that tolerates their
+/// absence (no `CONFIG_TASK_IO_ACCOUNTING`, say): a kernel without them loses these metrics,
+/// not the hook.
 const OPTIONAL: &[(Metric, &[&str])] = &[
     (Metric::IoReadBytes, &["OFF_TASK_IOAC_READ_BYTES"]),
     (Metric::IoWriteBytes, &["OFF_TASK_IOAC_WRITE_BYTES"]),

@@ -314,6 +314,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     // Rates over the whole run too: never above the busiest interval, and the only figure a
     // run shorter than one interval has.
     let totals_now = sample.counters();
+    let written = totals_now.get("io_write_bytes").copied();
     let whole_run = model::interval(
         &Reading {
             t_ns: 0,
@@ -331,8 +332,8 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     if let Some(peak) = memory.and_then(|m| m.peak_bytes) {
         finals.insert("memory_current_bytes".into(), peak as f64);
     }
-    if let Some(w) = sample.counters().get("io_write_bytes") {
-        finals.insert("io_write_bytes".into(), *w as f64);
+    if let Some(w) = written {
+        finals.insert("io_write_bytes".into(), w as f64);
     }
     monitor.observe(wall_time_ns, &finals);
 

@@ -142,17 +142,6 @@ pub const LAYOUT_ALTERNATIVES: &[&str] = &[
     "OFF_BIO_PARTNO",
 ];
 
-/// Offsets only some metrics need, read with a fault-tolerant helper: a kernel without them
-/// (no `CONFIG_TASK_IO_ACCOUNTING`) loses those metrics, not the hook that reads them.
-pub const OPTIONAL_OFFSETS: &[&str] = &[
-    "OFF_TASK_IOAC_READ_BYTES",
-    "OFF_TASK_IOAC_WRITE_BYTES",
-    "OFF_TASK_IOAC_CANCELLED_WRITE_BYTES",
-    "OFF_TASK_SIGNAL",
-    "OFF_SIGNAL_MAXRSS",
-    "OFF_SIGNAL_LIVE",
-];
-
 /// Capacity of [`maps::CGROUP_STATS`]: the number of distinct cgroups counted at once.
 pub const MAX_CGROUPS: u32 = 10_240;
 

@@ -120,8 +120,7 @@ fn on_bio_queue(bio: *const u8, layout: Layout) {
 /// own; it belongs to whoever owns the original (bytes were counted once, at queue time).
 #[btf_tracepoint(function = "block_split")]
 pub fn block_split(ctx: BtfTracePointContext) -> u32 {
-    let split: *const u8 = ctx.arg(0);
-    let _ = BIO_OWNER.insert(split as u64, bio_owner(split), 0);
+    on_split(ctx.arg(0));
     0
 }
 
@@ -129,9 +128,14 @@ pub fn block_split(ctx: BtfTracePointContext) -> u32 {
 /// 5.11.
 #[btf_tracepoint(function = "block_split")]
 pub fn block_split_q(ctx: BtfTracePointContext) -> u32 {
-    let split: *const u8 = ctx.arg(1);
-    let _ = BIO_OWNER.insert(split as u64, bio_owner(split), 0);
+    on_split(ctx.arg(1));
     0
+}
+
+/// A bio split off: it belongs to whoever owns the original.
+#[inline(always)]
+fn on_split(split: *const u8) {
+    let _ = BIO_OWNER.insert(split as u64, bio_owner(split), 0);
 }
 
 /// `block_rq_issue(struct request *rq)`: the request goes to the device.

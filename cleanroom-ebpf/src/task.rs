@@ -95,9 +95,10 @@ pub fn load_btf<T: Copy>(base: *const u8, offset: &Global<u64>) -> T {
     unsafe { core::ptr::read_volatile(base.wrapping_add(offset.load() as usize).cast::<T>()) }
 }
 
-/// Reads a `T` at `base + offset` with `bpf_probe_read_kernel`, for the offsets of
-/// `cleanroom_common::OPTIONAL_OFFSETS`: `None` if this kernel lacks the member (the offset is
-/// unset) or the read fails. Slower than [`read`], so kept off the hot paths.
+/// Reads a `T` at `base + offset` with `bpf_probe_read_kernel`, for offsets a kernel may lack
+/// without losing the hook that reads them (the agent's `probe::OPTIONAL` names the metrics
+/// that depend on them): `None` if the offset is unset or the read fails. Slower than [`read`],
+/// so kept off the hot paths.
 #[inline(always)]
 pub fn read_optional<T: Copy>(base: *const u8, offset: &Global<u64>) -> Option<T> {
     let offset = offset.load();

@@ -244,12 +244,18 @@ pub fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
 }
 
 fn on_path(cmd: &str) -> bool {
-    let dirs = env::var_os("PATH")
+    which(cmd).is_some()
+}
+
+/// Where `cmd` is: on PATH, or in the sbin directories a non-login root shell may lack.
+pub fn which(cmd: &str) -> Option<PathBuf> {
+    env::var_os("PATH")
         .map(|p| env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    dirs.iter()
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")].iter())
-        .any(|d| d.join(cmd).is_file())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
 }
 
 fn dpkg_installed(package: &str) -> bool {

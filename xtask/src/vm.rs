@@ -482,7 +482,8 @@ fn build_initramfs(kernel: &Unpacked, dir: &Path) -> Result<PathBuf> {
     ] {
         fs::create_dir_all(tree.join(sub))?;
     }
-    let busybox = which("busybox").context("busybox (busybox-static) is not installed")?;
+    let busybox =
+        toolchain::which("busybox").context("busybox (busybox-static) is not installed")?;
     fs::copy(&busybox, tree.join("bin/busybox"))?;
     let module_tree = kernel.modules.join(&kernel.release);
     // A module a kernel builds in (virtio on 6.12) is simply not there to copy.
@@ -519,15 +520,6 @@ fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
         }
     }
     None
-}
-
-fn which(cmd: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|d| d.join(cmd))
-        .find(|p| p.is_file())
 }
 
 fn set_executable(path: &Path) -> Result<()> {

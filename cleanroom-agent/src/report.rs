@@ -418,7 +418,8 @@ impl Report {
         if !self.unavailable.is_empty() {
             let _ = writeln!(
                 out,
-                "\n  not measured on this host: {} (see `cleanroom doctor`)",
+                // Not always the host: a sampled figure needs a run of at least one interval.
+                "\n  not measured in this run: {} (why: the notes above, and `cleanroom doctor`)",
                 self.unavailable.join(", ")
             );
         }

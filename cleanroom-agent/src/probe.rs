@@ -106,8 +106,8 @@ pub struct Hook {
     pub metrics: &'static [AnyMetric],
     /// Offset globals (`cleanroom_common::OFFSETS`) it cannot work without.
     pub needs: &'static [&'static str],
-    /// Another program for the same hook, loaded where the kernel refuses this one.
-    pub fallback: Option<Fallback>,
+    /// Other programs for the same hook, tried in order where the kernel refuses this one.
+    pub fallbacks: &'static [Fallback],
 }
 
 /// A program for an older form of a hook (e.g. a tracepoint with fewer arguments).
@@ -120,6 +120,16 @@ pub struct Fallback {
     /// Which kernels need it, and what it does differently.
     pub why: &'static str,
 }
+
+/// What `block_rq_issue` reads where the device is in `bio->bi_disk` (before 5.12).
+const RQ_ISSUE_BI_DISK: &[&str] = &[
+    "OFF_RQ_BIO",
+    "OFF_RQ_CMD_FLAGS",
+    "OFF_BIO_DISK",
+    "OFF_BIO_PARTNO",
+    "OFF_GENDISK_MAJOR",
+    "OFF_GENDISK_FIRST_MINOR",
+];
 
 const TASK_CGROUP: &[&str] = &[
     "OFF_TASK_CGROUPS",
@@ -137,7 +147,7 @@ pub const HOOKS: &[Hook] = &[
         attach: Attach::TpBtf("sched_stat_runtime"),
         metrics: &[V(Metric::CpuTime)],
         needs: TASK_CGROUP,
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         program: programs::SCHED_SWITCH,
@@ -154,7 +164,7 @@ pub const HOOKS: &[Hook] = &[
             "OFF_CGROUP_KN",
             "OFF_KERNFS_NODE_ID",
         ],
-        fallback: Some(Fallback {
+        fallbacks: &[Fallback {
             program: programs::SCHED_SWITCH_V1,
             needs: &[
                 "OFF_TASK_STATE",
@@ -167,28 +177,28 @@ pub const HOOKS: &[Hook] = &[
             ],
             why: "the three-argument form of kernels before 5.18: the previous task's state is \
                   read from the task",
-        }),
+        }],
     },
     Hook {
         program: programs::SCHED_WAKEUP,
         attach: Attach::TpBtf("sched_wakeup"),
         metrics: &[L(Latency::Runqueue)],
         needs: &["OFF_TASK_PID"],
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         program: programs::SCHED_WAKEUP_NEW,
         attach: Attach::TpBtf("sched_wakeup_new"),
         metrics: &[L(Latency::Runqueue)],
         needs: &["OFF_TASK_PID"],
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         program: programs::SCHED_PROCESS_FORK,
         attach: Attach::TpBtf("sched_process_fork"),
         metrics: &[V(Metric::ProcessesForked)],
         needs: TASK_IDENTITY,
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         program: programs::SCHED_PROCESS_EXIT,
@@ -202,7 +212,7 @@ pub const HOOKS: &[Hook] = &[
             V(Metric::ProcessPeakRssBytes),
         ],
         needs: &["OFF_TASK_MAJ_FLT"],
-        fallback: Some(Fallback {
+        fallbacks: &[Fallback {
             program: programs::SCHED_PROCESS_EXIT_V1,
             needs: &[
                 "OFF_TASK_MAJ_FLT",
@@ -214,21 +224,21 @@ pub const HOOKS: &[Hook] = &[
             ],
             why: "the one-argument form of kernels before 6.16: a process's last thread is told \
                   by signal->live",
-        }),
+        }],
     },
     Hook {
         program: programs::PAGE_FAULT_USER,
         attach: Attach::TpBtf("page_fault_user"),
         metrics: &[V(Metric::PageFaultsUser)],
         needs: &[],
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         program: programs::PAGE_FAULT_KERNEL,
         attach: Attach::TpBtf("page_fault_kernel"),
         metrics: &[V(Metric::PageFaultsKernel)],
         needs: &[],
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         program: programs::BLOCK_BIO_QUEUE,
@@ -253,12 +263,12 @@ pub const HOOKS: &[Hook] = &[
             "OFF_CGROUP_ROOT",
             "OFF_CGROUP_ROOT_HIERARCHY_ID",
         ],
-        fallback: Some(Fallback {
+        fallbacks: &[Fallback {
             program: programs::BLOCK_BIO_QUEUE_Q,
             needs: BLOCK_BEFORE_5_11,
             why: "the form of kernels before 5.11: a request_queue first, the device from \
                   bio->bi_disk",
-        }),
+        }],
     },
     Hook {
         program: programs::BLOCK_SPLIT,
@@ -272,7 +282,7 @@ pub const HOOKS: &[Hook] = &[
             "OFF_CGROUP_ROOT",
             "OFF_CGROUP_ROOT_HIERARCHY_ID",
         ],
-        fallback: Some(Fallback {
+        fallbacks: &[Fallback {
             program: programs::BLOCK_SPLIT_Q,
             needs: &[
                 "OFF_TASK_FLAGS",
@@ -283,7 +293,7 @@ pub const HOOKS: &[Hook] = &[
                 "OFF_CGROUP_ROOT_HIERARCHY_ID",
             ],
             why: "the form of kernels before 5.11: a request_queue first",
-        }),
+        }],
     },
     Hook {
         program: programs::BLOCK_RQ_ISSUE,
@@ -295,75 +305,76 @@ pub const HOOKS: &[Hook] = &[
             "OFF_BIO_BDEV",
             "OFF_BDEV_DEV",
         ],
-        fallback: Some(Fallback {
-            program: programs::BLOCK_RQ_ISSUE_Q,
-            needs: &[
-                "OFF_RQ_BIO",
-                "OFF_RQ_CMD_FLAGS",
-                "OFF_BIO_DISK",
-                "OFF_BIO_PARTNO",
-                "OFF_GENDISK_MAJOR",
-                "OFF_GENDISK_FIRST_MINOR",
-            ],
-            why: "the form of kernels before 5.11: a request_queue first, the device from \
-                  bio->bi_disk",
-        }),
+        fallbacks: &[
+            Fallback {
+                program: programs::BLOCK_RQ_ISSUE_Q,
+                needs: RQ_ISSUE_BI_DISK,
+                why: "the form of kernels before 5.11: a request_queue first, the device from \
+                      bio->bi_disk",
+            },
+            Fallback {
+                program: programs::BLOCK_RQ_ISSUE_DISK,
+                needs: RQ_ISSUE_BI_DISK,
+                why: "the form of 5.10 kernels with the one-argument tracepoint from a stable \
+                      update: the device from bio->bi_disk",
+            },
+        ],
     },
     Hook {
         program: programs::BLOCK_RQ_COMPLETE,
         attach: Attach::TpBtf("block_rq_complete"),
         metrics: &[L(Latency::BlockRead), L(Latency::BlockWrite)],
         needs: &[],
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         program: programs::CGROUP_SKB_INGRESS,
         attach: Attach::CgroupSkb(CgroupSkbAttachType::Ingress),
         metrics: &[V(Metric::NetRxBytes), V(Metric::NetRxPackets)],
         needs: &[],
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         program: programs::CGROUP_SKB_EGRESS,
         attach: Attach::CgroupSkb(CgroupSkbAttachType::Egress),
         metrics: &[V(Metric::NetTxBytes), V(Metric::NetTxPackets)],
         needs: &[],
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         program: programs::TCP_RETRANSMIT_SKB,
         attach: Attach::TpBtf("tcp_retransmit_skb"),
         metrics: &[V(Metric::TcpRetransmits)],
         needs: &["OFF_SOCK_CGROUP", "OFF_CGROUP_KN", "OFF_KERNFS_NODE_ID"],
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         program: programs::INET_SOCK_SET_STATE,
         attach: Attach::TpBtf("inet_sock_set_state"),
         metrics: &[L(Latency::TcpConnect)],
         needs: &["OFF_SOCK_CGROUP", "OFF_CGROUP_KN", "OFF_KERNFS_NODE_ID"],
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         program: programs::CGROUP_MKDIR,
         attach: Attach::TpBtf("cgroup_mkdir"),
         metrics: &[],
         needs: CGROUP_LINEAGE,
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         program: programs::CGROUP_RMDIR,
         attach: Attach::TpBtf("cgroup_rmdir"),
         metrics: &[],
         needs: CGROUP_LINEAGE,
-        fallback: None,
+        fallbacks: &[],
     },
     Hook {
         program: programs::CGROUP_ATTACH_TASK,
         attach: Attach::TpBtf("cgroup_attach_task"),
         metrics: &[],
         needs: TASK_IDENTITY,
-        fallback: None,
+        fallbacks: &[],
     },
 ];
 
@@ -574,18 +585,23 @@ impl Probes {
             let mut try_program = |program: &'static str, needs: &[&str]| {
                 let missing: Vec<&str> = needs.iter().filter_map(|g| offsets.missing(g)).collect();
                 if missing.is_empty() {
-                    attach(&mut ebpf, program, hook.attach, &btf, v2_root)
+                    let error = attach(&mut ebpf, program, hook.attach, &btf, v2_root)?;
+                    Ok::<_, ProbeError>(error.map(|e| {
+                        log::debug!("{program}: {e}");
+                        verifier_log_tail(&e, VERIFIER_LOG_TAIL)
+                    }))
                 } else {
                     Ok(Some(missing.join("; ")))
                 }
             };
             let mut fallback = None;
             let mut error = try_program(hook.program, hook.needs)?;
-            if let (Some(e), Some(fb)) = (&error, hook.fallback) {
+            for fb in hook.fallbacks {
+                let Some(e) = &error else { break };
                 match try_program(fb.program, fb.needs)? {
                     None => {
                         log::debug!("{}: {e}; loaded {} instead", hook.attach, fb.why);
-                        fallback = Some(fb);
+                        fallback = Some(*fb);
                         error = None;
                     }
                     Some(e2) => error = Some(format!("{e}; {}: {e2}", fb.why)),
@@ -939,8 +955,28 @@ fn attach(
 /// An attach error without the verifier's log that aya appends to it.
 pub fn without_verifier_log(error: &str) -> &str {
     error
-        .split_once(". Verifier output:")
+        .split_once(". Verifier output")
         .map_or(error, |(reason, _)| reason)
+}
+
+/// How many of the verifier's last lines an attach error keeps (the refusal is at the end; the
+/// whole log, thousands of lines, is logged at debug level: `-v`).
+const VERIFIER_LOG_TAIL: usize = 12;
+
+/// An attach error with only the last `lines` lines of the verifier's log that aya appends.
+pub fn verifier_log_tail(error: &str, lines: usize) -> String {
+    let Some((reason, log)) = error.split_once(". Verifier output:") else {
+        return error.to_owned();
+    };
+    let all: Vec<&str> = log.trim().lines().collect();
+    if all.len() <= lines {
+        return error.to_owned();
+    }
+    format!(
+        "{reason}. Verifier output (the last {lines} of {} lines; -v shows all):\n{}",
+        all.len(),
+        all[all.len() - lines..].join("\n")
+    )
 }
 
 /// An error and its sources on one line.
@@ -958,6 +994,26 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verifier_logs_keep_their_reason_and_last_lines() {
+        let log: Vec<String> = (0..100).map(|i| format!("{i}: insn")).collect();
+        let error = format!(
+            "load failed: Permission denied. Verifier output: {}",
+            log.join("\n")
+        );
+        let short = verifier_log_tail(&error, 3);
+        assert!(
+            short.starts_with("load failed: Permission denied. Verifier output (the last 3 of 100")
+        );
+        assert!(short.ends_with("97: insn\n98: insn\n99: insn"), "{short}");
+        assert!(!short.contains("96: insn"));
+        assert_eq!(
+            without_verifier_log(&short),
+            "load failed: Permission denied"
+        );
+        assert_eq!(verifier_log_tail("no log here", 3), "no log here");
+    }
 
     fn wire(pid: u32, tgid: u32, comm: &[u8], via: u32) -> cleanroom_common::Escape {
         let mut raw = cleanroom_common::Escape {

@@ -56,6 +56,9 @@ pub mod programs {
     pub const BLOCK_SPLIT_Q: &str = "block_split_q";
     /// See [`BLOCK_BIO_QUEUE_Q`].
     pub const BLOCK_RQ_ISSUE_Q: &str = "block_rq_issue_q";
+    /// `block_rq_issue` with its one argument but the device in `bio->bi_disk` (5.10 kernels
+    /// that took the newer tracepoint from a stable update, as Debian 11's do).
+    pub const BLOCK_RQ_ISSUE_DISK: &str = "block_rq_issue_disk";
     /// `sched_switch` without its `prev_state` argument (before 5.18).
     pub const SCHED_SWITCH_V1: &str = "sched_switch_v1";
     /// `tp_btf/block_rq_issue`: block latency starts here.

@@ -152,6 +152,14 @@ pub fn block_rq_issue_q(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// `block_rq_issue(struct request *rq)` with the device in `bio->bi_disk`: 5.10 kernels that
+/// took the one-argument tracepoint from a stable update (Debian 11's).
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn block_rq_issue_disk(ctx: BtfTracePointContext) -> u32 {
+    on_rq_issue(ctx.arg(0), Layout::Disk);
+    0
+}
+
 /// A request issued: its start, owner and device, until it completes.
 #[inline(always)]
 fn on_rq_issue(rq: *const u8, layout: Layout) {

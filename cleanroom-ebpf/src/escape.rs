@@ -89,15 +89,15 @@ pub fn on_fork(parent: *const u8, parent_cgroup: u64, child: *const u8, tgid: u3
             count_drop(drop_reason::READ_FAILED);
             return;
         };
-        match run_of_cgroup(child_id) {
-            Some(run) if run == run_id => {}
-            other => {
-                record(run_id, child_id, child, tgid, escape_via::FORKED_INTO);
-                if let Some(run) = other {
-                    track(tgid, run, start_time);
-                }
-                return;
+        // 0 for none (a cgroup id, hence a run id, is never 0): matching on the `Option`
+        // lets the compiler load the payload of a `None`, which 5.10's verifier refuses.
+        let child_run = run_of_cgroup(child_id).unwrap_or(0);
+        if child_run != run_id {
+            record(run_id, child_id, child, tgid, escape_via::FORKED_INTO);
+            if child_run != 0 {
+                track(tgid, child_run, start_time);
             }
+            return;
         }
     }
     track(tgid, run_id, start_time);

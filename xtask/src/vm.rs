@@ -112,6 +112,10 @@ const INITRAMFS_MODULES: &[&str] = &[
 /// How long one kernel's tests may take before the guest is stopped.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
+/// How long one test program may take in a guest before it is stopped (the slowest takes about
+/// two minutes under TCG).
+const PROGRAM_TIMEOUT: Duration = Duration::from_secs(12 * 60);
+
 /// The guest's /init: mounts, modules, then the test script chrooted into the host's root.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -537,11 +541,13 @@ fn run_script(root: &Path, bin: &Path, executables: &[PathBuf]) -> String {
     let _ = writeln!(s, "{} doctor > /mnt/doctor.txt 2>&1", bin.display());
     let _ = writeln!(s, "cd {}", root.join("tests").display());
     for exe in executables {
+        // A program that hangs loses its own remaining tests, not every other program's.
         let _ = writeln!(
             s,
-            "{} --test-threads=1 > /mnt/{}.log 2>&1",
+            "timeout -k 10 {} {} --test-threads=1 > /mnt/{name}.log 2>&1; echo $? > /mnt/{name}.rc",
+            PROGRAM_TIMEOUT.as_secs(),
             exe.display(),
-            log_name(exe)
+            name = log_name(exe)
         );
     }
     s

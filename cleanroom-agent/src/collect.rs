@@ -63,6 +63,9 @@ pub struct Sample {
     pub live_io: TaskIo,
     /// Highest anonymous memory seen in the samples so far, where memory is sampled.
     pub anon_peak_bytes: Option<u64>,
+    /// Highest `memory.current` seen in the samples so far: the peak where the kernel keeps
+    /// none (cgroup v2 before 5.19 has no `memory.peak`).
+    pub current_peak_bytes: Option<u64>,
 }
 
 impl Sample {
@@ -95,10 +98,18 @@ impl Sample {
             Metric::TcpRetransmits => s.tcp_retransmits,
             Metric::ProcessesForked => s.processes_forked,
             Metric::ProcessesExited => s.processes_exited,
-            Metric::MemoryPeakBytes => self
-                .memory
-                .and_then(|m| m.peak_bytes)
-                .or(self.max_rss_bytes)?,
+            Metric::MemoryPeakBytes => match self.memory {
+                Some(MemoryStat {
+                    peak_bytes: Some(peak),
+                    ..
+                }) => peak,
+                // No kernel peak: the highest charge seen, a lower bound (see `peak_note`).
+                Some(m) => [self.current_peak_bytes, self.max_rss_bytes]
+                    .into_iter()
+                    .flatten()
+                    .fold(m.current_bytes, u64::max),
+                None => self.max_rss_bytes?,
+            },
             Metric::MemoryCurrentBytes => self.memory?.current_bytes,
             Metric::MemoryAnonPeakBytes => self.anon_peak_bytes?,
             Metric::ProcessPeakRssBytes => s.process_peak_rss_pages.saturating_mul(page_size()),

@@ -171,10 +171,17 @@ pub fn diagnose() -> Diagnosis {
             };
             check("cgroups", Status::Ok, detail);
             let v2_memory = controllers.iter().any(|c| c == "memory");
-            let memory = if v2_memory {
+            let memory = if v2_memory && host::release_at_least(&host::kernel_release(), (5, 19)) {
                 (
                     Status::Ok,
                     "v2 memory controller: memory.peak / memory.current".to_owned(),
+                )
+            } else if v2_memory {
+                (
+                    Status::Note,
+                    "v2 memory controller without memory.peak (before 5.19): memory_peak_bytes is \
+                     the highest memory.current sampled, a lower bound"
+                        .to_owned(),
                 )
             } else if let Some(mount) = h.v1_mount("memory") {
                 (

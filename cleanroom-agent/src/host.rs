@@ -64,6 +64,18 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// Pure: whether kernel release `release` (`uname -r`, e.g. `5.10.0-46-amd64`) is at least
+/// `major.minor`. An unreadable release counts as new enough.
+pub fn release_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => true,
+    }
+}
+
 /// Whether a file system of type `fs_type` is mounted at `path`.
 pub fn mounted(path: &Path, fs_type: &str) -> bool {
     procfs::process::Process::myself()
@@ -84,5 +96,15 @@ mod tests {
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
         assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));
         assert_eq!(parse_cap_eff("Name: x\n"), None);
+    }
+
+    #[test]
+    fn releases_compare_by_major_and_minor() {
+        assert!(!release_at_least("5.10.0-46-amd64", (5, 19)));
+        assert!(release_at_least("6.1.0-56-amd64", (5, 19)));
+        assert!(release_at_least("5.19.0", (5, 19)));
+        assert!(!release_at_least("4.19.304", (5, 4)));
+        assert!(release_at_least("6.18.44-fc-v595", (6, 16)));
+        assert!(release_at_least("weird", (5, 19)));
     }
 }

@@ -287,6 +287,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         anon_peak_bytes: monitor
             .anon_peak_bytes
             .filter(|_| u128::from(wall_time_ns) >= pm.metrics_interval.as_nanos()),
+        current_peak_bytes: monitor.current_peak_bytes,
     };
     let drops = probes.drops()?;
     let (totals, unavailable) = sample.totals(&probes.unavailable());
@@ -364,6 +365,21 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
              the largest peak RSS of a single process (getrusage), memory_current_bytes is unavailable"
                 .to_owned(),
         );
+    }
+    if memory.is_some_and(|m| m.peak_bytes.is_none()) {
+        let sampled = match monitor.current_peak_bytes {
+            Some(_) => format!(
+                "memory.current sampled every performance_monitoring.metrics_interval ({}) and at \
+                 the end",
+                humantime::format_duration(pm.metrics_interval)
+            ),
+            None => "memory.current at the end".to_owned(),
+        };
+        notes.push(format!(
+            "this kernel keeps no memory.peak for a cgroup (cgroup v2 before Linux 5.19): \
+             memory_peak_bytes is the highest of {sampled} and the largest peak RSS of a single \
+             process — a lower bound that misses a spike between samples"
+        ));
     }
     if memory.is_some() && sample.anon_peak_bytes.is_none() {
         notes.push(format!(

@@ -166,6 +166,15 @@ pub fn u64_at(value: &serde_json::Value, pointer: &str) -> u64 {
         .unwrap_or_else(|| panic!("no number at {pointer} in {value:#}"))
 }
 
+/// Whether the running kernel is at least `major.minor`.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
 /// Writes `text` to a file in a new temporary directory (kept alive by the returned guard).
 pub fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("tempdir");

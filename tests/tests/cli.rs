@@ -239,7 +239,14 @@ fn the_ci_example_passes_a_healthy_suite() {
             "dd if=/dev/zero of=/dev/null bs=1M count=64 2>/dev/null",
         ],
     );
-    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{output:?}\nSLOs: {:#}\nevents: {:#}\nlatencies: {:#}",
+        report["slos"],
+        report["events"],
+        report["latencies"]
+    );
     assert_eq!(report["verdict"], "pass", "{report:#}");
     assert!(
         report["slos"].as_array().is_some_and(|s| s.len() >= 3),

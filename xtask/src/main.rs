@@ -7,6 +7,7 @@
 
 mod bench;
 mod fuzz;
+mod matrix;
 mod toolchain;
 mod vm;
 

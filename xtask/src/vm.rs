@@ -12,7 +12,6 @@
 //! and prints as one table, kernel × test.
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
@@ -22,7 +21,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{check, step, toolchain};
+use crate::{
+    check,
+    matrix::{self, Column},
+    step, toolchain,
+};
 
 /// A kernel of the matrix: a Debian kernel package.
 #[derive(Clone, Copy, Debug)]
@@ -158,7 +161,8 @@ poweroff -f
 /// and fails if any test failed or any guest did not finish.
 pub fn run(root: &Path, bin: &Path, kernels: &[String], executables: &[PathBuf]) -> Result<()> {
     toolchain::ensure_tools(VM_TOOLS)?;
-    let mut table: Vec<(String, BTreeMap<String, Outcome>)> = Vec::new();
+    let programs: Vec<String> = executables.iter().map(|e| log_name(e)).collect();
+    let mut columns = Vec::new();
     for name in kernels {
         let kernel = MATRIX.iter().find(|k| k.name == name).with_context(|| {
             let names: Vec<&str> = MATRIX.iter().map(|k| k.name).collect();
@@ -169,20 +173,22 @@ pub fn run(root: &Path, bin: &Path, kernels: &[String], executables: &[PathBuf])
         })?;
         let dir = root.join("target/vm").join(kernel.name);
         let unpacked = fetch(kernel, &dir)?;
-        let release = guest_test(root, bin, &unpacked, &dir, executables)?;
-        table.push((
-            format!("{} ({release})", kernel.name),
-            collect(&dir, executables)?,
-        ));
+        // A guest that stops early still has a column: what it finished, and why not the rest.
+        let stopped = guest_test(root, bin, &unpacked, &dir, executables).err();
+        let mut column = Column::read(
+            format!("{} ({})", kernel.name, unpacked.release),
+            &dir.join("results"),
+            &programs,
+        );
+        if let Some(e) = stopped {
+            column.notes.push(format!("{e:#}"));
+        }
+        columns.push(column);
     }
-    let text = render(&table);
+    let text = matrix::render(&columns);
     print!("{text}");
     fs::write(root.join("target/vm/matrix.txt"), &text).ok();
-    let failed: usize = table
-        .iter()
-        .flat_map(|(_, r)| r.values())
-        .filter(|o| **o != Outcome::Pass)
-        .count();
+    let failed: usize = columns.iter().map(Column::not_passed).sum();
     if failed > 0 {
         bail!(
             "{failed} test(s) failed or did not finish in a guest; logs in target/vm/<kernel>/results"
@@ -387,7 +393,7 @@ fn guest_test(
     kernel: &Unpacked,
     dir: &Path,
     executables: &[PathBuf],
-) -> Result<String> {
+) -> Result<()> {
     let initrd = build_initramfs(kernel, dir)?;
     let results = dir.join("results");
     let _ = fs::remove_dir_all(&results);
@@ -465,7 +471,7 @@ fn guest_test(
         started.elapsed().as_secs_f64()
     ));
     let _ = fs::remove_file(&scratch);
-    Ok(kernel.release.clone())
+    Ok(())
 }
 
 /// The initramfs: busybox, the modules to reach the shares, and [`INIT`].
@@ -565,105 +571,12 @@ fn log_name(exe: &Path) -> String {
     }
 }
 
-/// What became of one test in a guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// It passed.
-    Pass,
-    /// It failed.
-    Fail,
-    /// Its program stopped before reporting it.
-    Unfinished,
-}
-
-/// Each test's outcome, `program::test`, from the logs in `dir/results`.
-fn collect(dir: &Path, executables: &[PathBuf]) -> Result<BTreeMap<String, Outcome>> {
-    let mut out = BTreeMap::new();
-    for exe in executables {
-        let program = log_name(exe);
-        let log = fs::read_to_string(dir.join("results").join(format!("{program}.log")))
-            .unwrap_or_default();
-        let parsed = parse_log(&log);
-        if parsed.is_empty() || !log.contains("test result:") {
-            out.insert(format!("{program}::*"), Outcome::Unfinished);
-        }
-        for (test, outcome) in parsed {
-            out.insert(format!("{program}::{test}"), outcome);
-        }
-    }
-    Ok(out)
-}
-
-/// Each test of a finished libtest run: started by a `test NAME ... ` line (its result can
-/// land on a later line when the test's own stderr is interleaved), failed when the closing
-/// `failures:` list names it, passed otherwise; ignored tests are left out.
-pub fn parse_log(log: &str) -> Vec<(String, Outcome)> {
-    let failed: Vec<&str> = log
-        .rsplit_once("\nfailures:\n")
-        .map(|(_, tail)| tail.lines().map_while(|l| l.strip_prefix("    ")).collect())
-        .unwrap_or_default();
-    log.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("test ")?.split_once(" ... ")?;
-            if rest.trim() == "ignored" || name.contains(' ') {
-                return None;
-            }
-            let outcome = if failed.contains(&name) || rest.trim() == "FAILED" {
-                Outcome::Fail
-            } else {
-                Outcome::Pass
-            };
-            Some((name.to_owned(), outcome))
-        })
-        .collect()
-}
-
-/// The table: one row per test, one column per kernel.
-fn render(table: &[(String, BTreeMap<String, Outcome>)]) -> String {
-    let mut tests: Vec<&String> = table.iter().flat_map(|(_, r)| r.keys()).collect();
-    tests.sort();
-    tests.dedup();
-    let width = tests.iter().map(|t| t.len()).max().unwrap_or(4).max(4);
-    let mut s = String::new();
-    let _ = write!(s, "\n{:width$}", "test");
-    for (kernel, _) in table {
-        let _ = write!(s, "  {kernel}");
-    }
-    s.push('\n');
-    for test in tests {
-        let _ = write!(s, "{test:width$}");
-        for (kernel, results) in table {
-            let cell = match results.get(test) {
-                Some(Outcome::Pass) => "pass",
-                Some(Outcome::Fail) => "FAIL",
-                Some(Outcome::Unfinished) => "DID NOT FINISH",
-                None => "-",
-            };
-            let _ = write!(s, "  {cell:<w$}", w = kernel.len());
-        }
-        s.push('\n');
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn libtest_lines_become_outcomes() {
-        let log = "running 4 tests\ntest a_b ... ok\ntest c ... FAILED\ntest d ... ignored\n\
-                   test e ... cleanroom: warning: noise\nmore noise\n\nfailures:\n\n\
-                   ---- c stdout ----\npanicked\n\n---- e stdout ----\npanicked\n\n\
-                   failures:\n    c\n    e\n\ntest result: FAILED.";
-        assert_eq!(
-            parse_log(log),
-            vec![
-                ("a_b".to_owned(), Outcome::Pass),
-                ("c".to_owned(), Outcome::Fail),
-                ("e".to_owned(), Outcome::Fail)
-            ]
-        );
+    fn log_names_drop_cargos_hash() {
         assert_eq!(
             log_name(Path::new("/t/deps/metrics-a2ef58481c94bb5c")),
             "metrics"

@@ -103,11 +103,11 @@ impl Sample {
                     peak_bytes: Some(peak),
                     ..
                 }) => peak,
-                // No kernel peak: the highest charge seen, a lower bound (see `peak_note`).
-                Some(m) => [self.current_peak_bytes, self.max_rss_bytes]
-                    .into_iter()
-                    .flatten()
-                    .fold(m.current_bytes, u64::max),
+                // No kernel peak: the highest charge seen, a lower bound (the run says so). Not
+                // a process's RSS: that counts shared pages charged to other cgroups.
+                Some(m) => self
+                    .current_peak_bytes
+                    .map_or(m.current_bytes, |p| p.max(m.current_bytes)),
                 None => self.max_rss_bytes?,
             },
             Metric::MemoryCurrentBytes => self.memory?.current_bytes,
@@ -292,6 +292,35 @@ mod tests {
             ),
             ("block_write_bytes".to_owned(), Total::Value(block)),
         ])
+    }
+
+    #[test]
+    fn memory_peak_is_the_kernels_else_the_highest_charge_seen() {
+        let sample = |peak: Option<u64>, sampled: Option<u64>, rss: Option<u64>| Sample {
+            counted: Counted::default(),
+            cpu: CpuStat::default(),
+            memory: Some(MemoryStat {
+                current_bytes: 10,
+                peak_bytes: peak,
+                ..MemoryStat::default()
+            }),
+            max_rss_bytes: rss,
+            live_io: TaskIo::default(),
+            anon_peak_bytes: None,
+            current_peak_bytes: sampled,
+        };
+        let peak = |s: Sample| s.value(Metric::MemoryPeakBytes);
+        assert_eq!(peak(sample(Some(500), Some(900), Some(700))), Some(500));
+        // No memory.peak (v2 before 5.19): the most of the samples and the end, never a
+        // process's RSS (shared pages it maps are charged elsewhere).
+        assert_eq!(peak(sample(None, Some(900), Some(700))), Some(900));
+        assert_eq!(peak(sample(None, Some(300), Some(700))), Some(300));
+        assert_eq!(peak(sample(None, Some(3), Some(700))), Some(10));
+        assert_eq!(peak(sample(None, None, Some(700))), Some(10));
+        // No memory controller at all: the largest process.
+        let mut none = sample(None, None, Some(700));
+        none.memory = None;
+        assert_eq!(peak(none), Some(700));
     }
 
     #[test]

@@ -518,7 +518,7 @@ impl Escape {
 }
 
 /// What the kernel counted for a set of cgroups.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Counted {
     /// Counters summed over CPUs and cgroups.
     pub stats: CgroupStats,

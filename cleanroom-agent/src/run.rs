@@ -22,7 +22,7 @@ use crate::{
     Error,
     analyze::{self, Event, Status, ThresholdResult},
     cgroup::{CgroupError, CpuStat, Hierarchy, RunCgroup, check_parent, subtree_ids},
-    collect::{self, Sample},
+    collect::{self, Sample, Total},
     config::CleanroomConfig,
     escape::EscapeWatch,
     host, limits,
@@ -330,8 +330,9 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     );
     let mut finals = whole_run.map(|p| p.values).unwrap_or_default();
     finals.insert("wall_time".to_owned(), wall_time_ns as f64);
-    if let Some(peak) = memory.and_then(|m| m.peak_bytes) {
-        finals.insert("memory_current_bytes".into(), peak as f64);
+    // The kernel's peak, or where it keeps none (v2 before 5.19) the highest charge seen.
+    if let (Some(_), Some(Total::Value(peak))) = (memory, totals.get("memory_peak_bytes")) {
+        finals.insert("memory_current_bytes".into(), *peak as f64);
     }
     if let Some(w) = written {
         finals.insert("io_write_bytes".into(), w as f64);
@@ -367,18 +368,20 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         );
     }
     if memory.is_some_and(|m| m.peak_bytes.is_none()) {
-        let sampled = match monitor.current_peak_bytes {
+        let interval = humantime::format_duration(pm.metrics_interval);
+        let figure = match monitor.current_peak_bytes {
             Some(_) => format!(
-                "memory.current sampled every performance_monitoring.metrics_interval ({}) and at \
-                 the end",
-                humantime::format_duration(pm.metrics_interval)
+                "the highest memory.current sampled every \
+                 performance_monitoring.metrics_interval ({interval}) and at the end"
             ),
-            None => "memory.current at the end".to_owned(),
+            None => format!(
+                "memory.current at the end (no sample was taken while the command ran: \
+                 performance_monitoring.metrics_interval is {interval})"
+            ),
         };
         notes.push(format!(
             "this kernel keeps no memory.peak for a cgroup (cgroup v2 before Linux 5.19): \
-             memory_peak_bytes is the highest of {sampled} and the largest peak RSS of a single \
-             process — a lower bound that misses a spike between samples"
+             memory_peak_bytes is {figure}, a lower bound that misses a spike between samples"
         ));
     }
     if memory.is_some() && sample.anon_peak_bytes.is_none() {

@@ -242,10 +242,10 @@ fn the_ci_example_passes_a_healthy_suite() {
     assert_eq!(
         output.status.code(),
         Some(0),
-        "{output:?}\nSLOs: {:#}\nevents: {:#}\nlatencies: {:#}",
+        "{output:?}\nSLOs: {:#}\nthresholds: {:#}\nnotes: {:#}",
         report["slos"],
-        report["events"],
-        report["latencies"]
+        report["thresholds"],
+        report["notes"]
     );
     assert_eq!(report["verdict"], "pass", "{report:#}");
     assert!(

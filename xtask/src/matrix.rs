@@ -238,6 +238,45 @@ pub fn render(columns: &[Column]) -> String {
     s
 }
 
+/// `doctor`'s findings as a Markdown table for the README: every hook, and the checks and
+/// metrics that are not plainly fine on some kernel; a closing line says the rest are.
+pub fn doctor_markdown(columns: &[Column]) -> String {
+    let plain = ["ok", "attached", "available"];
+    let mut rows: Vec<&String> = columns.iter().flat_map(|c| c.doctor.keys()).collect();
+    rows.sort();
+    rows.dedup();
+    let (shown, plain_rows): (Vec<&String>, Vec<&String>) = rows.into_iter().partition(|row| {
+        row.starts_with("hook: ")
+            || columns.iter().any(|c| {
+                c.doctor
+                    .get(*row)
+                    .is_some_and(|v| !plain.contains(&v.as_str()))
+            })
+    });
+    let mut s = String::from("| |");
+    for c in columns {
+        let _ = write!(s, " {} |", c.label);
+    }
+    s.push_str("\n| --- |");
+    for _ in columns {
+        s.push_str(" --- |");
+    }
+    s.push('\n');
+    for row in &shown {
+        let _ = write!(s, "| {} |", row.replace('|', "\\|"));
+        for c in columns {
+            let _ = write!(s, " {} |", c.doctor.get(*row).map_or("-", String::as_str));
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(
+        s,
+        "\n{} other checks and metrics: ok and available on every kernel here.",
+        plain_rows.len()
+    );
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,5 +355,53 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn the_markdown_table_shows_hooks_and_what_differs() {
+        let column = |label: &str, cells: &[(&str, &str)]| Column {
+            label: label.to_owned(),
+            doctor: cells
+                .iter()
+                .map(|(r, c)| ((*r).to_owned(), (*c).to_owned()))
+                .collect(),
+            ..Column::default()
+        };
+        let new = column(
+            "new",
+            &[
+                ("hook: tp_btf/a", "attached"),
+                ("metric: m", "available"),
+                ("metric: n", "available"),
+                ("doctor: kernel", "ok"),
+            ],
+        );
+        let old = column(
+            "old",
+            &[
+                ("hook: tp_btf/a", "older form"),
+                ("metric: m", "UNAVAILABLE"),
+                ("metric: n", "available"),
+                ("doctor: kernel", "ok"),
+            ],
+        );
+        let md = doctor_markdown(&[new, old]);
+        assert!(
+            md.starts_with("| | new | old |\n| --- | --- | --- |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| hook: tp_btf/a | attached | older form |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| metric: m | available | UNAVAILABLE |\n"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("metric: n") && !md.contains("doctor: kernel"),
+            "{md}"
+        );
+        assert!(md.contains("2 other checks and metrics"), "{md}");
     }
 }

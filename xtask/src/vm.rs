@@ -188,6 +188,11 @@ pub fn run(root: &Path, bin: &Path, kernels: &[String], executables: &[PathBuf])
     let text = matrix::render(&columns);
     print!("{text}");
     fs::write(root.join("target/vm/matrix.txt"), &text).ok();
+    fs::write(
+        root.join("target/vm/doctor.md"),
+        matrix::doctor_markdown(&columns),
+    )
+    .ok();
     let failed: usize = columns.iter().map(Column::not_passed).sum();
     if failed > 0 {
         bail!(
@@ -421,12 +426,25 @@ fn guest_test(
     ));
     let console = fs::File::create(dir.join("console.log"))?;
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048"])
+        // One host thread for both vCPUs: with a thread each (MTTCG), a 5.10 guest's CPU was
+        // seen spinning forever at an instruction the other CPU had just patched (a tracepoint's
+        // static key flipping as a probe attached), with RCU stalls and a dead guest.
+        .args([
+            "-accel",
+            "tcg,thread=single",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "2048",
+        ])
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        // Not quiet: a stall's or oops's stack trace lands in console.log.
+        .args(["-append", "console=ttyS0 panic=-1"])
         .arg("-virtfs")
         .arg("local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap")
         .arg("-virtfs")

@@ -63,9 +63,6 @@ pub struct Sample {
     pub live_io: TaskIo,
     /// Highest anonymous memory seen in the samples so far, where memory is sampled.
     pub anon_peak_bytes: Option<u64>,
-    /// Highest `memory.current` seen in the samples so far: the peak where the kernel keeps
-    /// none (cgroup v2 before 5.19 has no `memory.peak`).
-    pub current_peak_bytes: Option<u64>,
 }
 
 impl Sample {
@@ -98,16 +95,10 @@ impl Sample {
             Metric::TcpRetransmits => s.tcp_retransmits,
             Metric::ProcessesForked => s.processes_forked,
             Metric::ProcessesExited => s.processes_exited,
+            // Without the kernel's peak (cgroup v2 before 5.19) there is none to report: a
+            // sampled maximum can miss nearly all of a short spike (the run's notes say so).
             Metric::MemoryPeakBytes => match self.memory {
-                Some(MemoryStat {
-                    peak_bytes: Some(peak),
-                    ..
-                }) => peak,
-                // No kernel peak: the highest charge seen, a lower bound (the run says so). Not
-                // a process's RSS: that counts shared pages charged to other cgroups.
-                Some(m) => self
-                    .current_peak_bytes
-                    .map_or(m.current_bytes, |p| p.max(m.current_bytes)),
+                Some(m) => m.peak_bytes?,
                 None => self.max_rss_bytes?,
             },
             Metric::MemoryCurrentBytes => self.memory?.current_bytes,
@@ -295,8 +286,8 @@ mod tests {
     }
 
     #[test]
-    fn memory_peak_is_the_kernels_else_the_highest_charge_seen() {
-        let sample = |peak: Option<u64>, sampled: Option<u64>, rss: Option<u64>| Sample {
+    fn memory_peak_is_the_kernels_or_unavailable() {
+        let sample = |peak: Option<u64>, rss: Option<u64>| Sample {
             counted: Counted::default(),
             cpu: CpuStat::default(),
             memory: Some(MemoryStat {
@@ -307,18 +298,14 @@ mod tests {
             max_rss_bytes: rss,
             live_io: TaskIo::default(),
             anon_peak_bytes: None,
-            current_peak_bytes: sampled,
         };
         let peak = |s: Sample| s.value(Metric::MemoryPeakBytes);
-        assert_eq!(peak(sample(Some(500), Some(900), Some(700))), Some(500));
-        // No memory.peak (v2 before 5.19): the most of the samples and the end, never a
-        // process's RSS (shared pages it maps are charged elsewhere).
-        assert_eq!(peak(sample(None, Some(900), Some(700))), Some(900));
-        assert_eq!(peak(sample(None, Some(300), Some(700))), Some(300));
-        assert_eq!(peak(sample(None, Some(3), Some(700))), Some(10));
-        assert_eq!(peak(sample(None, None, Some(700))), Some(10));
+        assert_eq!(peak(sample(Some(500), Some(700))), Some(500));
+        // No memory.peak (v2 before 5.19): not the end's charge, not a process's RSS (it
+        // counts shared pages charged to other cgroups).
+        assert_eq!(peak(sample(None, Some(700))), None);
         // No memory controller at all: the largest process.
-        let mut none = sample(None, None, Some(700));
+        let mut none = sample(None, Some(700));
         none.memory = None;
         assert_eq!(peak(none), Some(700));
     }

@@ -145,6 +145,7 @@ pub fn diagnose() -> Diagnosis {
 
     let hierarchy = Hierarchy::detect();
     let mut memory_note: Option<String> = None;
+    let mut no_peak = false;
     match &hierarchy {
         Ok(h) => {
             let controllers = h.v2_controllers();
@@ -177,10 +178,12 @@ pub fn diagnose() -> Diagnosis {
                     "v2 memory controller: memory.peak / memory.current".to_owned(),
                 )
             } else if v2_memory {
+                no_peak = true;
                 (
                     Status::Note,
                     "v2 memory controller without memory.peak (before 5.19): memory_peak_bytes is \
-                     the highest memory.current sampled, a lower bound"
+                     unavailable; process_peak_rss_bytes and the sampled memory_current_bytes are \
+                     measured"
                         .to_owned(),
                 )
             } else if let Some(mount) = h.v1_mount("memory") {
@@ -252,6 +255,12 @@ pub fn diagnose() -> Diagnosis {
     );
 
     let mut hook_errors: Vec<(AnyMetric, String)> = Vec::new();
+    if no_peak {
+        hook_errors.push((
+            AnyMetric::Value(Metric::MemoryPeakBytes),
+            "this kernel keeps no memory.peak for a cgroup (cgroup v2 before Linux 5.19)".into(),
+        ));
+    }
     if memory_note.is_some() {
         hook_errors.push((
             AnyMetric::Value(Metric::MemoryCurrentBytes),

@@ -30,8 +30,6 @@ pub struct Monitor {
     pub events: Vec<Event>,
     /// Highest anonymous memory of the run in any sample so far (when memory is sampled).
     pub anon_peak_bytes: Option<u64>,
-    /// Highest `memory.current` of the run in any sample so far (when memory is sampled).
-    pub current_peak_bytes: Option<u64>,
     status_line: bool,
     line_shown: bool,
 }
@@ -53,7 +51,6 @@ impl Monitor {
             thresholds: ThresholdMonitor::new(specs),
             events: Vec::new(),
             anon_peak_bytes: None,
-            current_peak_bytes: None,
             status_line: status_line && std::io::stderr().is_terminal(),
             line_shown: false,
         }
@@ -95,10 +92,6 @@ impl Monitor {
         if let Some(anon) = memory.and_then(|m| m.anon_bytes) {
             self.anon_peak_bytes = Some(self.anon_peak_bytes.map_or(anon, |p| p.max(anon)));
         }
-        if let Some(current) = memory.map(|m| m.current_bytes) {
-            self.current_peak_bytes =
-                Some(self.current_peak_bytes.map_or(current, |p| p.max(current)));
-        }
         let sample = crate::collect::Sample {
             counted,
             cpu: Default::default(),
@@ -106,7 +99,6 @@ impl Monitor {
             max_rss_bytes: None,
             live_io: cgroup.live_io(),
             anon_peak_bytes: self.anon_peak_bytes,
-            current_peak_bytes: self.current_peak_bytes,
         };
         let reading = Reading {
             t_ns: self.elapsed_ns(),

@@ -22,7 +22,7 @@ use crate::{
     Error,
     analyze::{self, Event, Status, ThresholdResult},
     cgroup::{CgroupError, CpuStat, Hierarchy, RunCgroup, check_parent, subtree_ids},
-    collect::{self, Sample, Total},
+    collect::{self, Sample},
     config::CleanroomConfig,
     escape::EscapeWatch,
     host, limits,
@@ -287,7 +287,6 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         anon_peak_bytes: monitor
             .anon_peak_bytes
             .filter(|_| u128::from(wall_time_ns) >= pm.metrics_interval.as_nanos()),
-        current_peak_bytes: monitor.current_peak_bytes,
     };
     let drops = probes.drops()?;
     let (totals, unavailable) = sample.totals(&probes.unavailable());
@@ -330,9 +329,13 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     );
     let mut finals = whole_run.map(|p| p.values).unwrap_or_default();
     finals.insert("wall_time".to_owned(), wall_time_ns as f64);
-    // The kernel's peak, or where it keeps none (v2 before 5.19) the highest charge seen.
-    if let (Some(_), Some(Total::Value(peak))) = (memory, totals.get("memory_peak_bytes")) {
-        finals.insert("memory_current_bytes".into(), *peak as f64);
+    // The kernel's peak, or where it keeps none (v2 before 5.19) the charge now: an
+    // observation like any sample's.
+    if let Some(m) = memory {
+        finals.insert(
+            "memory_current_bytes".into(),
+            m.peak_bytes.unwrap_or(m.current_bytes) as f64,
+        );
     }
     if let Some(w) = written {
         finals.insert("io_write_bytes".into(), w as f64);
@@ -368,21 +371,12 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         );
     }
     if memory.is_some_and(|m| m.peak_bytes.is_none()) {
-        let interval = humantime::format_duration(pm.metrics_interval);
-        let figure = match monitor.current_peak_bytes {
-            Some(_) => format!(
-                "the highest memory.current sampled every \
-                 performance_monitoring.metrics_interval ({interval}) and at the end"
-            ),
-            None => format!(
-                "memory.current at the end (no sample was taken while the command ran: \
-                 performance_monitoring.metrics_interval is {interval})"
-            ),
-        };
-        notes.push(format!(
-            "this kernel keeps no memory.peak for a cgroup (cgroup v2 before Linux 5.19): \
-             memory_peak_bytes is {figure}, a lower bound that misses a spike between samples"
-        ));
+        notes.push(
+            "memory_peak_bytes is unavailable: this kernel keeps no memory.peak for a cgroup \
+             (cgroup v2 before Linux 5.19); process_peak_rss_bytes (the largest process's peak) \
+             and memory_current_bytes (sampled, in the series) are measured"
+                .to_owned(),
+        );
     }
     if memory.is_some() && sample.anon_peak_bytes.is_none() {
         notes.push(format!(

@@ -122,7 +122,7 @@ fn a_child_cloned_into_another_cgroup_is_named() {
             &workload(),
             "clone-into",
             dst.path().to_str().unwrap(),
-            "300",
+            "1000",
         ],
     );
     assert!(output.status.success(), "{output:?}");
@@ -161,9 +161,9 @@ fn a_child_cloned_into_another_cgroup_is_named() {
     eprintln!(
         "clone into another cgroup: run counted {counted} ns; the child's cgroup {outside} ns"
     );
-    assert!(outside >= 300_000_000, "{outside}");
+    assert!(outside >= 1_000_000_000, "{outside}");
     // Had the child been counted, the run would hold all of its time; the run's own (the
-    // parent's start and wait) is far less, though tens of ms in an emulated guest.
+    // parent's start and wait) is far less, though up to 160 ms seen in an emulated guest.
     assert!(counted < outside / 2, "counted {counted} ns of {outside}");
 }
 

@@ -1,6 +1,7 @@
 //! Cleanroom: measures what a command or a cgroup costs the machine, with eBPF.
 //!
-//! Data flows `probe` (BPF), `cgroup` (cgroupfs) and `taskio` (/proc) → `collect` (a sample) → `model` (series,
+//! Data flows `probe` (BPF, summed per group of cgroups by `tally`), `cgroup` (cgroupfs) and
+//! `taskio` (/proc) → `collect` (a sample) → `model` (series,
 //! aggregates, histograms) → `analyze` (thresholds, SLOs, anomalies, insights) → `report`.
 //! `run` drives one measured command, with `monitor` sampling it and `limits` enforcing
 //! `config`, and `escape` noting processes that leave the run's cgroup; `demo` and `doctor` are
@@ -30,6 +31,7 @@ pub mod render;
 pub mod report;
 pub mod run;
 pub mod store;
+pub mod tally;
 pub mod taskio;
 pub mod units;
 pub mod watchdog;

@@ -5,7 +5,8 @@
 //! aggregates, histograms) → `analyze` (thresholds, SLOs, anomalies, insights) → `report`.
 //! `run` drives one measured command, with `monitor` sampling it and `limits` enforcing
 //! `config`, and `escape` noting processes that leave the run's cgroup; `demo` and `doctor` are
-//! the commands a new user starts with.
+//! the commands a new user starts with. `watch` picks the cgroups the agent is to watch (glob
+//! rules over the v2 hierarchy).
 
 pub mod analyze;
 pub mod attach;
@@ -34,6 +35,7 @@ pub mod store;
 pub mod tally;
 pub mod taskio;
 pub mod units;
+pub mod watch;
 pub mod watchdog;
 
 pub use error::Error;

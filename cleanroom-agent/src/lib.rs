@@ -1,10 +1,12 @@
 //! Cleanroom: measures what a command or a cgroup costs the machine, with eBPF.
 //!
-//! Data flows `probe` (BPF), `cgroup` (cgroupfs) and `taskio` (/proc) → `collect` (a sample) → `model` (series,
+//! Data flows `probe` (BPF, summed per group of cgroups by `tally`), `cgroup` (cgroupfs) and
+//! `taskio` (/proc) → `collect` (a sample) → `model` (series,
 //! aggregates, histograms) → `analyze` (thresholds, SLOs, anomalies, insights) → `report`.
 //! `run` drives one measured command, with `monitor` sampling it and `limits` enforcing
 //! `config`, and `escape` noting processes that leave the run's cgroup; `demo` and `doctor` are
-//! the commands a new user starts with.
+//! the commands a new user starts with. `watch` picks the cgroups the agent is to watch (glob
+//! rules over the v2 hierarchy).
 
 pub mod analyze;
 pub mod attach;
@@ -30,8 +32,10 @@ pub mod render;
 pub mod report;
 pub mod run;
 pub mod store;
+pub mod tally;
 pub mod taskio;
 pub mod units;
+pub mod watch;
 pub mod watchdog;
 
 pub use error::Error;

@@ -22,10 +22,11 @@ use cleanroom_common::{
     escape_via, maps, programs,
 };
 
+pub use crate::tally::Counted;
 use crate::{
     btf::{BtfError, Offsets, VMLINUX_BTF},
     metric::{AnyMetric, Latency, Metric},
-    model,
+    tally::{self, Tally},
 };
 
 /// The object `cargo xtask build` made, embedded by `build.rs` (empty if there was none).
@@ -517,19 +518,6 @@ impl Escape {
     }
 }
 
-/// What the kernel counted for a set of cgroups.
-#[derive(Clone, Debug, Default)]
-pub struct Counted {
-    /// Counters summed over CPUs and cgroups.
-    pub stats: CgroupStats,
-    /// Block counters per device (kernel `dev_t` encoding).
-    pub block: BTreeMap<u32, BlockStats>,
-    /// Histograms per latency (all devices together).
-    pub latencies: BTreeMap<Latency, Histogram>,
-    /// Block latency histograms per device.
-    pub block_latencies: BTreeMap<(u32, Latency), Histogram>,
-}
-
 /// The loaded object with its programs attached. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
@@ -692,44 +680,59 @@ impl Probes {
     /// `root` and every cgroup below it that the kernel saw made or removed while loaded, so
     /// sub-cgroups a command removed itself still count.
     pub fn descendants(&self, root: u64) -> Result<BTreeSet<u64>, ProbeError> {
+        Ok(self.subtrees(&[root])?.pop().unwrap_or_default())
+    }
+
+    /// [`Probes::descendants`] of each of `roots`, in one pass over the kernel's record.
+    pub fn subtrees(&self, roots: &[u64]) -> Result<Vec<BTreeSet<u64>>, ProbeError> {
         let tree: HashMap<&MapData, u64, CgroupNode> =
             HashMap::try_from(self.map(maps::CGROUP_TREE)?).map_err(map_err(maps::CGROUP_TREE))?;
-        let mut children: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        for entry in tree.iter() {
-            let (id, node) = entry.map_err(map_err(maps::CGROUP_TREE))?;
-            children.entry(node.parent_id).or_default().push(id);
-        }
-        let mut out = BTreeSet::from([root]);
-        let mut pending = vec![root];
-        while let Some(id) = pending.pop() {
-            for child in children.get(&id).into_iter().flatten() {
-                if out.insert(*child) {
-                    pending.push(*child);
-                }
-            }
-        }
-        Ok(out)
+        let nodes = tree
+            .iter()
+            .map(|entry| entry.map(|(id, node)| (id, node.parent_id)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(maps::CGROUP_TREE))?;
+        Ok(tally::subtrees(nodes, roots))
     }
 
     /// Everything counted for `ids`, summed over CPUs and cgroups. A cgroup the programs have
     /// not seen counts as zero (it had no event).
     pub fn counted(&self, ids: &BTreeSet<u64>) -> Result<Counted, ProbeError> {
-        self.read_counts(ids, true)
+        Ok(self
+            .count(std::slice::from_ref(ids), true)?
+            .pop()
+            .unwrap_or_default())
     }
 
     /// The counters only, without the latency histograms: what each interval sample needs.
     pub fn counters(&self, ids: &BTreeSet<u64>) -> Result<Counted, ProbeError> {
-        self.read_counts(ids, false)
+        Ok(self
+            .count(std::slice::from_ref(ids), false)?
+            .pop()
+            .unwrap_or_default())
     }
 
-    fn read_counts(&self, ids: &BTreeSet<u64>, histograms: bool) -> Result<Counted, ProbeError> {
+    /// What was counted for each of `groups` (sets of cgroup ids), in one pass over each map
+    /// however many groups there are; the latency histograms only when `histograms`.
+    pub fn count(
+        &self,
+        groups: &[BTreeSet<u64>],
+        histograms: bool,
+    ) -> Result<Vec<Counted>, ProbeError> {
+        let mut tally = Tally::new(groups);
         let stats_map: PerCpuHashMap<&MapData, u64, CgroupStats> =
             PerCpuHashMap::try_from(self.map(maps::CGROUP_STATS)?)
                 .map_err(map_err(maps::CGROUP_STATS))?;
-        let mut stats = CgroupStats::default();
+        // Looked up by id: the map holds every cgroup that had an event, most not asked for.
+        let ids: Vec<u64> = tally.cgroups().collect();
         for id in ids {
-            match stats_map.get(id, 0) {
-                Ok(per_cpu) => stats = per_cpu.iter().fold(stats, |acc, v| acc.wrapping_add(*v)),
+            match stats_map.get(&id, 0) {
+                Ok(per_cpu) => tally.add_stats(
+                    id,
+                    per_cpu
+                        .iter()
+                        .fold(CgroupStats::default(), |acc, v| acc.wrapping_add(*v)),
+                ),
                 Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(maps::CGROUP_STATS)(e)),
             }
@@ -738,50 +741,24 @@ impl Probes {
         let block_map: PerCpuHashMap<&MapData, BlockKey, BlockStats> =
             PerCpuHashMap::try_from(self.map(maps::BLOCK_STATS)?)
                 .map_err(map_err(maps::BLOCK_STATS))?;
-        let mut block: BTreeMap<u32, BlockStats> = BTreeMap::new();
         for entry in block_map.iter() {
             let (key, per_cpu) = entry.map_err(map_err(maps::BLOCK_STATS))?;
-            if ids.contains(&key.cgroup_id) {
-                let sum = per_cpu
-                    .iter()
-                    .fold(BlockStats::default(), |acc, v| acc.wrapping_add(*v));
-                let slot = block.entry(key.dev).or_default();
-                *slot = slot.wrapping_add(sum);
-            }
+            let sum = per_cpu
+                .iter()
+                .fold(BlockStats::default(), |acc, v| acc.wrapping_add(*v));
+            tally.add_block(key, sum);
         }
 
-        let hist_map: HashMap<&MapData, HistKey, Histogram> =
-            HashMap::try_from(self.map(maps::HISTOGRAMS)?).map_err(map_err(maps::HISTOGRAMS))?;
-        let mut latencies: BTreeMap<Latency, Histogram> = Latency::ALL
-            .iter()
-            .map(|l| (*l, model::empty_histogram()))
-            .collect();
-        let mut block_latencies: BTreeMap<(u32, Latency), Histogram> = BTreeMap::new();
-        for entry in hist_map.iter().take_while(|_| histograms) {
-            let (key, h) = entry.map_err(map_err(maps::HISTOGRAMS))?;
-            if !ids.contains(&key.cgroup_id) {
-                continue;
-            }
-            let Some(latency) = Latency::ALL.iter().find(|l| l.kind() == key.kind) else {
-                continue;
-            };
-            let total = latencies
-                .entry(*latency)
-                .or_insert_with(model::empty_histogram);
-            *total = model::merge(total, &h);
-            if matches!(latency, Latency::BlockRead | Latency::BlockWrite) {
-                let per_dev = block_latencies
-                    .entry((key.dev, *latency))
-                    .or_insert_with(model::empty_histogram);
-                *per_dev = model::merge(per_dev, &h);
+        if histograms {
+            let hist_map: HashMap<&MapData, HistKey, Histogram> =
+                HashMap::try_from(self.map(maps::HISTOGRAMS)?)
+                    .map_err(map_err(maps::HISTOGRAMS))?;
+            for entry in hist_map.iter() {
+                let (key, h) = entry.map_err(map_err(maps::HISTOGRAMS))?;
+                tally.add_histogram(key, &h);
             }
         }
-        Ok(Counted {
-            stats,
-            block,
-            latencies,
-            block_latencies,
-        })
+        Ok(tally.finish())
     }
 
     /// Removes every trace of `ids` from the maps, so the bounded maps do not fill up with

@@ -4,7 +4,8 @@
 //! aggregates, histograms) → `analyze` (thresholds, SLOs, anomalies, insights) → `report`.
 //! `run` drives one measured command, with `monitor` sampling it and `limits` enforcing
 //! `config`, and `escape` noting processes that leave the run's cgroup; `demo` and `doctor` are
-//! the commands a new user starts with.
+//! the commands a new user starts with. `exposition` renders live per-cgroup measurements in the
+//! Prometheus text format, for an agent's `GET /metrics`.
 
 pub mod analyze;
 pub mod attach;
@@ -18,6 +19,7 @@ pub mod demo;
 pub mod doctor;
 pub mod error;
 pub mod escape;
+pub mod exposition;
 pub mod files;
 pub mod host;
 pub mod limits;

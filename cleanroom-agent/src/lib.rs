@@ -5,8 +5,9 @@
 //! aggregates, histograms) → `analyze` (thresholds, SLOs, anomalies, insights) → `report`.
 //! `run` drives one measured command, with `monitor` sampling it and `limits` enforcing
 //! `config`, and `escape` noting processes that leave the run's cgroup; `demo` and `doctor` are
-//! the commands a new user starts with. `watch` picks the cgroups the agent is to watch (glob
-//! rules over the v2 hierarchy).
+//! the commands a new user starts with. For the agent (being built): `watch` picks the cgroups
+//! to watch (glob rules over the v2 hierarchy), `exposition` renders live per-cgroup
+//! measurements in the Prometheus text format (`GET /metrics`).
 
 pub mod analyze;
 pub mod attach;
@@ -20,6 +21,7 @@ pub mod demo;
 pub mod doctor;
 pub mod error;
 pub mod escape;
+pub mod exposition;
 pub mod files;
 pub mod host;
 pub mod limits;

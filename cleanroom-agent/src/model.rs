@@ -64,8 +64,9 @@ pub fn empty_histogram() -> Histogram {
     }
 }
 
-/// Exclusive upper bound of bucket `i`.
-fn bucket_high(i: usize) -> u64 {
+/// Exclusive upper bound of bucket `i` (ns): the next bucket's lower bound, or `u64::MAX` for
+/// the last bucket, which also holds every larger value.
+pub fn bucket_high(i: usize) -> u64 {
     if i + 1 < HIST_BUCKETS {
         hist_bucket_low(i + 1)
     } else {

@@ -45,6 +45,17 @@ fn own_cpu_ns(stdout: &[u8]) -> u64 {
 
 /// The command moves itself to the root cgroup and spins there: the run's totals miss that
 /// CPU time, and the report says which process left and where to.
+/// The run's CPU time equals what the kernel charged the run's cgroup (`cpu.stat` of its
+/// parent, which holds nothing else) — to within 1% or 2 ms — and so leaves out the `outside`
+/// ns a process spent after leaving.
+fn assert_charged_only_the_run(counted: u64, run_cpu_stat: u64, outside: u64) {
+    assert!(
+        counted.abs_diff(run_cpu_stat) <= (run_cpu_stat / 100).max(2_000_000),
+        "counted {counted} ns, the kernel charged the run {run_cpu_stat} ns (and {outside} ns \
+         outside it)"
+    );
+}
+
 #[test]
 fn a_command_moving_itself_to_the_root_cgroup_is_named() {
     if !privileged("a_command_moving_itself_to_the_root_cgroup_is_named") {
@@ -102,9 +113,9 @@ fn a_command_moving_itself_to_the_root_cgroup_is_named() {
         cg.cpu_usage_ns()
     );
     assert!(outside >= 1_500_000_000, "the spin used only {outside} ns");
-    // Had the child been counted, the run would hold all of its time; the run's own (the
-    // parent's start and wait) is far less, though tens of ms in an emulated guest.
-    assert!(counted < outside / 2, "counted {counted} ns of {outside}");
+    // The run holds what the kernel charged the run's cgroup, and so not the spin: had the
+    // process been counted after leaving, the totals would exceed cpu.stat by its time.
+    assert_charged_only_the_run(counted, cg.cpu_usage_ns(), outside);
 }
 
 /// A child started straight in another cgroup (`clone3(CLONE_INTO_CGROUP)`) never joins the
@@ -162,9 +173,9 @@ fn a_child_cloned_into_another_cgroup_is_named() {
         "clone into another cgroup: run counted {counted} ns; the child's cgroup {outside} ns"
     );
     assert!(outside >= 1_000_000_000, "{outside}");
-    // Had the child been counted, the run would hold all of its time; the run's own (the
-    // parent's start and wait) is far less, though up to 160 ms seen in an emulated guest.
-    assert!(counted < outside / 2, "counted {counted} ns of {outside}");
+    // Not compared with the parent's own time: starting it took up to 389 ms in a loaded
+    // emulated guest.
+    assert_charged_only_the_run(counted, cg.cpu_usage_ns(), outside);
 }
 
 /// Moving into a sub-cgroup of the run's own — the command itself, or a child it forked — is

@@ -619,7 +619,7 @@ pub fn insights(report: &Report, cpus: usize) -> Vec<Insight> {
 }
 
 fn human(ns: u64) -> String {
-    crate::report::human_duration_ns(ns)
+    crate::units::human_duration_ns(ns)
 }
 
 /// Whether the run met everything it was judged on.

@@ -156,7 +156,7 @@ fn de_memory_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>
     match bytes {
         Some(b) if b < MIN_MEMORY_LIMIT => Err(serde::de::Error::custom(format!(
             "{} is too small a memory limit for any command to start; use at least 1MiB",
-            crate::report::human_bytes(b)
+            crate::units::human_bytes(b)
         ))),
         _ => Ok(bytes),
     }

@@ -14,7 +14,7 @@ use crate::{
     cgroup::RunCgroup,
     model::{self, Reading, SeriesPoint},
     probe::Probes,
-    report::{human_bytes, human_duration_ns},
+    units::{human_bytes, human_duration_ns},
 };
 
 /// The state of a run's monitoring.

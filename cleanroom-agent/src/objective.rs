@@ -12,8 +12,10 @@ use std::fmt;
 use crate::{
     collect::Total,
     metric::{Latency, Metric, Unit},
-    report::{Report, human_bytes, human_duration_ns},
-    units::{parse_bytes, parse_duration, parse_percent, truncate_quote},
+    report::Report,
+    units::{
+        human_bytes, human_duration_ns, parse_bytes, parse_duration, parse_percent, truncate_quote,
+    },
 };
 
 /// A comparison.

@@ -11,6 +11,7 @@ use crate::{
     collect::{BlockDevice, Total},
     metric::{Latency, Metric, Unit},
     model::{Aggregate, SeriesPoint},
+    units::{group_thousands, human_bytes, human_duration_ns},
 };
 
 /// Version of the JSON layout. Later versions add fields; they never rename one.
@@ -169,39 +170,6 @@ pub fn human(value: u64, unit: Unit) -> String {
         Unit::Nanoseconds => human_duration_ns(value),
         Unit::Bytes => human_bytes(value),
         Unit::Count => group_thousands(value),
-    }
-}
-
-/// Bytes as `512 B`, `1.5 KiB`, `16.0 MiB`, `2.00 GiB`.
-pub fn human_bytes(b: u64) -> String {
-    match b {
-        0..1024 => format!("{b} B"),
-        1024..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),
-        1_048_576..1_073_741_824 => format!("{:.1} MiB", b as f64 / 1_048_576.0),
-        _ => format!("{:.2} GiB", b as f64 / 1_073_741_824.0),
-    }
-}
-
-/// `1234567` → `1,234,567`.
-pub fn group_thousands(value: u64) -> String {
-    let digits = value.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Nanoseconds as `1.234 s`, `12.3 ms`, `45.6 µs` or `789 ns`.
-pub fn human_duration_ns(ns: u64) -> String {
-    match ns {
-        0..1_000 => format!("{ns} ns"),
-        1_000..1_000_000 => format!("{:.1} µs", ns as f64 / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.1} ms", ns as f64 / 1e6),
-        _ => format!("{:.3} s", ns as f64 / 1e9),
     }
 }
 
@@ -495,18 +463,6 @@ mod tests {
         assert_eq!(r.command_line(), "sh -c 'git clone x && sync'");
         r.command = vec!["cargo".into(), "test".into()];
         assert_eq!(r.command_line(), "cargo test");
-    }
-
-    #[test]
-    fn numbers_read_like_people_write_them() {
-        assert_eq!(group_thousands(0), "0");
-        assert_eq!(group_thousands(999), "999");
-        assert_eq!(group_thousands(1_000), "1,000");
-        assert_eq!(group_thousands(1_234_567), "1,234,567");
-        assert_eq!(human_duration_ns(999), "999 ns");
-        assert_eq!(human_duration_ns(1_500), "1.5 µs");
-        assert_eq!(human_duration_ns(2_500_000), "2.5 ms");
-        assert_eq!(human_duration_ns(3_000_000_000), "3.000 s");
     }
 
     #[test]

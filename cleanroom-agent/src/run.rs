@@ -29,8 +29,9 @@ use crate::{
     model::{self, Reading},
     monitor::Monitor,
     probe::Probes,
-    report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION, human_bytes},
+    report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION},
     taskio::TaskIo,
+    units::human_bytes,
     watchdog::Watchdog,
 };
 

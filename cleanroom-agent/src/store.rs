@@ -110,7 +110,7 @@ pub fn history_table(rows: &[RunRow]) -> String {
             r.id,
             r.started_at,
             r.name.as_deref().unwrap_or_default(),
-            crate::report::human_duration_ns(r.wall_time_ns.max(0) as u64),
+            crate::units::human_duration_ns(r.wall_time_ns.max(0) as u64),
             r.exit_code,
             r.verdict,
             r.command

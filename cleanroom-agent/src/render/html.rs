@@ -11,7 +11,8 @@ use crate::{
     metric::{Latency, Metric},
     model::LatencySummary,
     objective::Kind,
-    report::{Report, human, human_duration_ns},
+    report::{Report, human},
+    units::human_duration_ns,
 };
 
 use super::chart::{CHARTS, ChartSpec, Frame, extent, nice_max, plotted};
@@ -422,8 +423,8 @@ pub fn report(r: &Report) -> String {
                 "<tr><td>{} ({})</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
                 esc(d.name.as_deref().unwrap_or("?")),
                 esc(&d.device),
-                crate::report::human_bytes(d.read_bytes),
-                crate::report::human_bytes(d.write_bytes),
+                crate::units::human_bytes(d.read_bytes),
+                crate::units::human_bytes(d.write_bytes),
                 d.read_ops,
                 d.write_ops,
                 p99(&d.read_latency),

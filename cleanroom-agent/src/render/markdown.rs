@@ -8,7 +8,8 @@ use crate::{
     collect::Total,
     compare::{Comparison, Trend},
     metric::{Latency, Metric},
-    report::{Report, human, human_duration_ns},
+    report::{Report, human},
+    units::human_duration_ns,
 };
 
 fn mark(s: Status) -> &'static str {

@@ -11,7 +11,8 @@ use crate::{
     collect::Total,
     compare::{Comparison, Trend},
     metric::{Latency, Metric},
-    report::{Report, human, human_duration_ns},
+    report::{Report, human},
+    units::human_duration_ns,
 };
 
 use super::{

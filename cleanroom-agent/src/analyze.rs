@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     collect::Total,
     config::CleanroomConfig,
+    metric::Kind,
     model::{LatencySummary, SeriesPoint},
-    objective::{Kind, Objective},
+    objective::Objective,
     report::Report,
 };
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     analyze::{ANOMALIES_LISTED, Anomaly, Event, Insight, SloResult, Status, ThresholdResult},
     collect::{BlockDevice, Total},
-    metric::{Latency, Metric, Unit},
+    metric::{Latency, Metric, human},
     model::{Aggregate, SeriesPoint},
     units::{group_thousands, human_bytes, human_duration_ns},
 };
@@ -161,15 +161,6 @@ fn kernel_twin(metric: Metric) -> Option<(&'static str, &'static str)> {
         Metric::CpuTime => Some(("cpu_usage_ns", "cpu.stat usage_usec")),
         Metric::PageFaultsMajor => Some(("memory_stat_pgmajfault", "memory.stat pgmajfault")),
         _ => None,
-    }
-}
-
-/// Formats a value of `unit` for people.
-pub fn human(value: u64, unit: Unit) -> String {
-    match unit {
-        Unit::Nanoseconds => human_duration_ns(value),
-        Unit::Bytes => human_bytes(value),
-        Unit::Count => group_thousands(value),
     }
 }
 

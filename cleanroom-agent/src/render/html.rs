@@ -8,10 +8,9 @@ use crate::{
     analyze::Status,
     collect::Total,
     compare::{Comparison, Trend},
-    metric::{Latency, Metric},
+    metric::{Kind, Latency, Metric, human},
     model::LatencySummary,
-    objective::Kind,
-    report::{Report, human},
+    report::Report,
     units::human_duration_ns,
 };
 

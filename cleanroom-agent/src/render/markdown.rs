@@ -7,8 +7,8 @@ use crate::{
     analyze::Status,
     collect::Total,
     compare::{Comparison, Trend},
-    metric::{Latency, Metric},
-    report::{Report, human},
+    metric::{Latency, Metric, human},
+    report::Report,
     units::human_duration_ns,
 };
 

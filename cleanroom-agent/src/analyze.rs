@@ -53,7 +53,8 @@ pub fn judge_slos(config: &CleanroomConfig, report: &Report) -> Vec<SloResult> {
             let text = slo.objective.get_ref().clone();
             match Objective::parse(&text) {
                 Ok(o) => {
-                    let measured = o.measure(report);
+                    let measured =
+                        o.measure(&report.totals, report.wall_time_ns, &report.aggregates);
                     SloResult {
                         name: slo.name.clone(),
                         objective: text,

@@ -1,4 +1,4 @@
-//! SLO objectives: `"METRIC OP VALUE"`, parsed, and measured on a report.
+//! SLO objectives: `"METRIC OP VALUE"`, parsed, and measured on a run's figures.
 //!
 //! METRIC is any total (`cpu_time_ns`, or without its unit suffix: `cpu_time`, `memory_peak`),
 //! `wall_time`, a latency percentile (`block_write_latency_p99`, `_p50`, `_p90`, `_max`,
@@ -6,13 +6,16 @@
 //! (busiest interval), `<counter>_per_sec` (average rate over the run). OP is one of
 //! `< <= > >= ==`. VALUE is written in the metric's unit: `15s`, `20ms`, `100MB`, `1GiB`, `80%`,
 //! or a plain number (seconds for times, bytes for sizes).
+//!
+//! It does not know the report: [`Objective::measure`] takes the figures it reads, so that
+//! `config` can parse objectives without depending on `report`.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use crate::{
     collect::Total,
     metric::{Kind, Latency, Metric, Unit},
-    report::Report,
+    model::Aggregate,
     units::truncate_quote,
 };
 
@@ -163,22 +166,28 @@ impl Objective {
         })
     }
 
-    /// The metric's value in `report`, or `None` when it was not measured.
-    pub fn measure(&self, report: &Report) -> Option<f64> {
-        let total = |name: &str| match report.totals.get(name)? {
+    /// The metric's value among a run's figures (a report's `totals`, `wall_time_ns` and
+    /// `aggregates`), or `None` when it was not measured.
+    pub fn measure(
+        &self,
+        totals: &BTreeMap<String, Total>,
+        wall_time_ns: u64,
+        aggregates: &BTreeMap<String, Aggregate>,
+    ) -> Option<f64> {
+        let total = |name: &str| match totals.get(name)? {
             Total::Value(v) => Some(*v as f64),
             Total::Latency(_) => None,
         };
-        let wall_s = report.wall_time_ns as f64 / 1e9;
+        let wall_s = wall_time_ns as f64 / 1e9;
         match &self.source {
             Source::Total(name) => total(name),
-            Source::WallTime => Some(report.wall_time_ns as f64),
+            Source::WallTime => Some(wall_time_ns as f64),
             Source::CpuPercent => {
                 (wall_s > 0.0).then(|| total("cpu_time_ns").map(|c| c / 1e9 / wall_s * 100.0))?
             }
-            Source::CpuPercentPeak => report.aggregates.get("cpu_percent").map(|a| a.peak),
+            Source::CpuPercentPeak => aggregates.get("cpu_percent").map(|a| a.peak),
             Source::Rate(name) => (wall_s > 0.0).then(|| total(name).map(|v| v / wall_s))?,
-            Source::Latency(l, field) => match report.totals.get(l.name())? {
+            Source::Latency(l, field) => match totals.get(l.name())? {
                 Total::Latency(s) => Some(match *field {
                     "p50_ns" => s.p50_ns,
                     "p90_ns" => s.p90_ns,

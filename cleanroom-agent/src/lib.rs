@@ -5,6 +5,13 @@
 //! `run` drives one measured command, with `monitor` sampling it and `limits` enforcing
 //! `config`, and `escape` noting processes that leave the run's cgroup; `demo` and `doctor` are
 //! the commands a new user starts with.
+//!
+//! Dependencies point one way. `units` (numbers as people write and read them), `metric` (what
+//! is measured, in which unit; it uses `units`) and `verdict` (what judging a run produces; it
+//! uses `metric`) are leaves that know nothing else of the crate. `report` depends on `verdict`,
+//! never on `analyze`; `objective` measures a run's figures without knowing the report, so that
+//! `config` can parse objectives when it loads; `analyze` depends on `report`, `config` and
+//! `objective`.
 
 pub mod analyze;
 pub mod attach;
@@ -32,6 +39,7 @@ pub mod run;
 pub mod store;
 pub mod taskio;
 pub mod units;
+pub mod verdict;
 pub mod watchdog;
 
 pub use error::Error;

@@ -10,11 +10,12 @@ use std::{
 
 use crate::{
     Error,
-    analyze::{Event, ThresholdMonitor, ThresholdSpec},
+    analyze::{ThresholdMonitor, ThresholdSpec},
     cgroup::RunCgroup,
     model::{self, Reading, SeriesPoint},
     probe::Probes,
     units::{human_bytes, human_duration_ns},
+    verdict::Event,
 };
 
 /// The state of a run's monitoring.

@@ -1,17 +1,19 @@
 //! The run report: the JSON document (schema version 1) and the summary table printed at the end.
 //!
 //! Pure: builds and renders; writing files is the caller's business ([`write_json`] aside).
+//! It holds the judgement's results as [`crate::verdict`] types and does not depend on
+//! `analyze`, which produces them.
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    analyze::{ANOMALIES_LISTED, Anomaly, Event, Insight, SloResult, Status, ThresholdResult},
     collect::{BlockDevice, Total},
     metric::{Latency, Metric, human},
     model::{Aggregate, SeriesPoint},
     units::{group_thousands, human_bytes, human_duration_ns},
+    verdict::{ANOMALIES_LISTED, Anomaly, Event, Insight, SloResult, Status, ThresholdResult},
 };
 
 /// Version of the JSON layout. Later versions add fields; they never rename one.
@@ -82,7 +84,7 @@ pub struct Report {
     #[serde(default)]
     pub events: Vec<Event>,
     /// Intervals that stand out from the run's own history: the strongest
-    /// [`crate::analyze::ANOMALIES_KEPT`] at most, in time order.
+    /// [`crate::verdict::ANOMALIES_KEPT`] at most, in time order.
     #[serde(default)]
     pub anomalies: Vec<Anomaly>,
     /// How many anomalies were found, when more than `anomalies` keeps.
@@ -173,7 +175,7 @@ impl Report {
     /// The anomalies to list for people: the [`ANOMALIES_LISTED`] strongest, a line each with
     /// units, and how many more were found.
     pub fn listed_anomalies(&self) -> (Vec<String>, usize) {
-        let (listed, _) = crate::analyze::strongest(&self.anomalies, ANOMALIES_LISTED);
+        let (listed, _) = crate::verdict::strongest(&self.anomalies, ANOMALIES_LISTED);
         let more = self.anomaly_count() - listed.len();
         (listed.iter().map(|a| a.text()).collect(), more)
     }

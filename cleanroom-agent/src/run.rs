@@ -19,8 +19,7 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    Error,
-    analyze::{self, Event, Status, ThresholdResult},
+    Error, analyze,
     cgroup::{CgroupError, CpuStat, Hierarchy, RunCgroup, check_parent, subtree_ids},
     collect::{self, Sample},
     config::CleanroomConfig,
@@ -32,6 +31,7 @@ use crate::{
     report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION},
     taskio::TaskIo,
     units::human_bytes,
+    verdict::{Event, Status, ThresholdResult},
     watchdog::Watchdog,
 };
 

@@ -5,13 +5,13 @@
 use std::fmt::Write as _;
 
 use crate::{
-    analyze::Status,
     collect::Total,
     compare::{Comparison, Trend},
     metric::{Kind, Latency, Metric, human},
     model::LatencySummary,
     report::Report,
     units::human_duration_ns,
+    verdict::Status,
 };
 
 use super::chart::{CHARTS, ChartSpec, Frame, extent, nice_max, plotted};

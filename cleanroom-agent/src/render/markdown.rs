@@ -4,12 +4,12 @@
 use std::fmt::Write as _;
 
 use crate::{
-    analyze::Status,
     collect::Total,
     compare::{Comparison, Trend},
     metric::{Latency, Metric, human},
     report::Report,
     units::human_duration_ns,
+    verdict::Status,
 };
 
 fn mark(s: Status) -> &'static str {
@@ -292,7 +292,7 @@ mod tests {
     fn anomalies_are_the_strongest_five_with_units() {
         let mut r = Report::example();
         r.anomalies = (0..12u64)
-            .map(|i| crate::analyze::Anomaly {
+            .map(|i| crate::verdict::Anomaly {
                 t_ns: i * 1_000_000_000,
                 metric: "memory_current_bytes".into(),
                 value: 97_001_472.0,

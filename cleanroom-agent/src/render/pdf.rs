@@ -7,12 +7,12 @@ use printpdf::{
 };
 
 use crate::{
-    analyze::Status,
     collect::Total,
     compare::{Comparison, Trend},
     metric::{Latency, Metric, human},
     report::Report,
     units::human_duration_ns,
+    verdict::Status,
 };
 
 use super::{

@@ -12,7 +12,9 @@ use crate::{
     model::{LatencySummary, SeriesPoint},
     objective::Objective,
     report::Report,
-    verdict::{ANOMALIES_KEPT, Anomaly, Event, Insight, SloResult, Status, ThresholdResult},
+    verdict::{
+        ANOMALIES_KEPT, Anomaly, Event, EventKind, Insight, SloResult, Status, ThresholdResult,
+    },
 };
 
 /// Judges every SLO of `config` on `report`.
@@ -192,7 +194,7 @@ impl ThresholdMonitor {
                 self.breaches[i] += 1;
                 events.push(Event {
                     t_ns,
-                    kind: "threshold_breached".into(),
+                    kind: EventKind::ThresholdBreached,
                     subject: spec.name.clone(),
                     value: Some(v),
                     limit: Some(spec.limit),
@@ -208,7 +210,7 @@ impl ThresholdMonitor {
             } else if !over && self.breached[i] {
                 events.push(Event {
                     t_ns,
-                    kind: "threshold_cleared".into(),
+                    kind: EventKind::ThresholdCleared,
                     subject: spec.name.clone(),
                     value: Some(v),
                     limit: Some(spec.limit),
@@ -481,7 +483,7 @@ pub fn insights(report: &Report, cpus: usize) -> Vec<Insight> {
     }
 
     for e in &report.events {
-        if e.kind == "oom_kill" || e.kind == "timeout" {
+        if matches!(e.kind, EventKind::OomKill | EventKind::Timeout) {
             out.push(Insight {
                 text: e.message.clone(),
                 numbers: e
@@ -527,13 +529,13 @@ mod tests {
         assert!(m.observe(1, &values(&[("cpu_percent", 50.0)])).is_empty());
         let e = m.observe(2, &values(&[("cpu_percent", 95.0)]));
         assert_eq!(e.len(), 1);
-        assert_eq!(e[0].kind, "threshold_breached");
+        assert_eq!(e[0].kind, EventKind::ThresholdBreached);
         assert!(
             m.observe(3, &values(&[("cpu_percent", 99.0)])).is_empty(),
             "once per breach"
         );
         let e = m.observe(4, &values(&[("cpu_percent", 10.0)]));
-        assert_eq!(e[0].kind, "threshold_cleared");
+        assert_eq!(e[0].kind, EventKind::ThresholdCleared);
         let r = &m.results()[0];
         assert_eq!(
             (r.status, r.breaches, r.peak),

@@ -15,7 +15,7 @@ use crate::{
     model::{self, Reading, SeriesPoint},
     probe::Probes,
     units::{human_bytes, human_duration_ns},
-    verdict::Event,
+    verdict::{Event, EventKind},
 };
 
 /// The state of a run's monitoring.
@@ -128,7 +128,7 @@ impl Monitor {
     pub fn observe(&mut self, t_ns: u64, values: &BTreeMap<String, f64>) {
         for event in self.thresholds.observe(t_ns, values) {
             self.clear_line();
-            let verb = if event.kind == "threshold_breached" {
+            let verb = if event.kind == EventKind::ThresholdBreached {
                 "breached"
             } else {
                 "cleared"

@@ -31,7 +31,7 @@ use crate::{
     report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION},
     taskio::TaskIo,
     units::human_bytes,
-    verdict::{Event, Status, ThresholdResult},
+    verdict::{Event, EventKind, Status, ThresholdResult},
     watchdog::Watchdog,
 };
 
@@ -173,7 +173,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     for line in &limit_lines {
         monitor.events.push(Event {
             t_ns: 0,
-            kind: "limit".into(),
+            kind: EventKind::Limit,
             subject: line.split(':').next().unwrap_or_default().to_owned(),
             value: None,
             limit: None,
@@ -225,7 +225,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                 let signalled = cgroup.signal_all(libc::SIGTERM);
                 monitor.event(Event {
                     t_ns: monitor.elapsed_ns(),
-                    kind: "timeout".into(),
+                    kind: EventKind::Timeout,
                     subject: "resource_limits.max_test_execution_time".into(),
                     value: Some(monitor.elapsed_ns() as f64),
                     limit: Some(limit.as_nanos() as f64),
@@ -241,7 +241,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
             () = &mut kill_at, if timed_out => {
                 monitor.event(Event {
                     t_ns: monitor.elapsed_ns(),
-                    kind: "timeout_kill".into(),
+                    kind: EventKind::TimeoutKill,
                     subject: "resource_limits.resource_cleanup_timeout".into(),
                     value: None,
                     limit: None,
@@ -296,7 +296,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         let limit = rl.max_memory_usage_bytes;
         monitor.event(Event {
             t_ns: wall_time_ns,
-            kind: "oom_kill".into(),
+            kind: EventKind::OomKill,
             subject: "memory".into(),
             value: Some(kills as f64),
             limit: limit.map(|l| l as f64),

@@ -4,7 +4,7 @@
 //! A leaf: it imports nothing of the crate but `metric` (a series' unit, for [`Anomaly::text`]).
 //! `report` holds these types and `analyze` produces them; neither is known here.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
@@ -46,8 +46,8 @@ pub struct SloResult {
 pub struct Event {
     /// When, ns since the command started.
     pub t_ns: u64,
-    /// `threshold_breached`, `threshold_cleared`, `timeout`, `oom_kill`, `signal`, ...
-    pub kind: String,
+    /// What happened.
+    pub kind: EventKind,
     /// The threshold or metric concerned.
     pub subject: String,
     /// The value seen, in the metric's base unit.
@@ -58,6 +58,74 @@ pub struct Event {
     pub limit: Option<f64>,
     /// One line for people.
     pub message: String,
+}
+
+/// What kind of thing an [`Event`] is; written in the JSON report in snake case
+/// (`threshold_breached`).
+///
+/// Read back through a string ([`EventKind::from`]): a kind of the wrong type is refused with
+/// the same error as when the field was a `String`, and a kind this build does not know is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", from = "String")]
+pub enum EventKind {
+    /// A threshold was crossed.
+    ThresholdBreached,
+    /// A breached threshold is back within its limit.
+    ThresholdCleared,
+    /// A resource limit applied to the run.
+    Limit,
+    /// The run exceeded `max_test_execution_time`: SIGTERM sent.
+    Timeout,
+    /// The run did not stop after SIGTERM: every process killed.
+    TimeoutKill,
+    /// The kernel's OOM killer killed processes of the run.
+    OomKill,
+    /// A kind this build does not know, kept as written. Reports are read back (`cleanroom
+    /// report`, `compare`, `--baseline`, the history) and the schema allows any string here, so
+    /// a report of a newer Cleanroom (or one saying `signal`) still loads and renders its events
+    /// as written, as it did when the kind was a string.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl EventKind {
+    /// Every kind this build writes.
+    pub const KNOWN: [EventKind; 6] = [
+        EventKind::ThresholdBreached,
+        EventKind::ThresholdCleared,
+        EventKind::Limit,
+        EventKind::Timeout,
+        EventKind::TimeoutKill,
+        EventKind::OomKill,
+    ];
+
+    /// Its name in the JSON report.
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventKind::ThresholdBreached => "threshold_breached",
+            EventKind::ThresholdCleared => "threshold_cleared",
+            EventKind::Limit => "limit",
+            EventKind::Timeout => "timeout",
+            EventKind::TimeoutKill => "timeout_kill",
+            EventKind::OomKill => "oom_kill",
+            EventKind::Other(kind) => kind,
+        }
+    }
+}
+
+impl From<String> for EventKind {
+    fn from(name: String) -> Self {
+        Self::KNOWN
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .unwrap_or(EventKind::Other(name))
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Verdict on one threshold.
@@ -161,5 +229,26 @@ mod tests {
             assert!(text.contains(expect), "{text}");
             assert!(text.starts_with(&format!("{metric} at 1.5s: ")), "{text}");
         }
+    }
+
+    #[test]
+    fn event_kinds_are_written_as_before_and_unknown_ones_kept() {
+        for kind in EventKind::KNOWN
+            .into_iter()
+            .chain([EventKind::Other("signal".into())])
+        {
+            let json = serde_json::to_value(&kind).unwrap();
+            assert_eq!(json, kind.as_str(), "{kind:?}");
+            let back: EventKind = serde_json::from_value(json).unwrap();
+            assert_eq!(back, kind);
+        }
+        let known: EventKind = serde_json::from_str("\"oom_kill\"").unwrap();
+        assert_eq!(known, EventKind::OomKill, "a known name is never Other");
+        let e = serde_json::from_str::<EventKind>("5").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid type: integer `5`, expected a string at line 1 column 1",
+            "the error of a String field"
+        );
     }
 }

@@ -440,7 +440,7 @@ pub fn report(r: &Report) -> String {
                 body,
                 "<li><span class=\"muted\">{:.2}s {}</span> {}</li>",
                 e.t_ns as f64 / 1e9,
-                esc(&e.kind),
+                esc(e.kind.as_str()),
                 esc(&e.message)
             );
         }

@@ -515,7 +515,7 @@ mod tests {
             "kernel": {}, "unavailable": [], "dropped": {}
         }))
         .unwrap();
-        r.verdict = "none".into();
+        r.verdict = crate::verdict::Verdict::None;
         r
     }
 

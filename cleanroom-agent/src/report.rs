@@ -13,7 +13,9 @@ use crate::{
     metric::{Latency, Metric, human},
     model::{Aggregate, SeriesPoint},
     units::{group_thousands, human_bytes, human_duration_ns},
-    verdict::{ANOMALIES_LISTED, Anomaly, Event, Insight, SloResult, Status, ThresholdResult},
+    verdict::{
+        ANOMALIES_LISTED, Anomaly, Event, Insight, SloResult, Status, ThresholdResult, Verdict,
+    },
 };
 
 /// Version of the JSON layout. Later versions add fields; they never rename one.
@@ -98,7 +100,7 @@ pub struct Report {
     pub insights: Vec<Insight>,
     /// `pass` when every SLO and threshold held, else `fail`; `none` when nothing was judged.
     #[serde(default)]
-    pub verdict: String,
+    pub verdict: Verdict,
     /// The run's name (`--name`), used to group runs in history and trends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -344,8 +346,8 @@ impl Report {
                 let _ = writeln!(out, "  … and {more} more");
             }
         }
-        if self.verdict == "pass" || self.verdict == "fail" {
-            let _ = writeln!(out, "\n  verdict: {}", self.verdict.to_uppercase());
+        if matches!(self.verdict, Verdict::Pass | Verdict::Fail) {
+            let _ = writeln!(out, "\n  verdict: {}", self.verdict.as_str().to_uppercase());
         }
         for note in &self.notes {
             let _ = writeln!(out, "\n  note: {note}");
@@ -414,7 +416,7 @@ impl Report {
             anomalies_found: None,
             anomaly_method: String::new(),
             insights: vec![],
-            verdict: "none".into(),
+            verdict: Verdict::None,
             name: None,
             tags: BTreeMap::new(),
             host: HostInfo::default(),

@@ -31,7 +31,7 @@ use crate::{
     report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION},
     taskio::TaskIo,
     units::human_bytes,
-    verdict::{Event, EventKind, Status, ThresholdResult},
+    verdict::{Event, EventKind, Status, ThresholdResult, Verdict},
     watchdog::Watchdog,
 };
 
@@ -442,7 +442,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         thresholds: monitor.thresholds.results(),
         events: std::mem::take(&mut monitor.events),
         insights: Vec::new(),
-        verdict: String::new(),
+        verdict: Verdict::default(),
         name: opts.name.clone(),
         tags: opts.tags.clone(),
         host: {
@@ -471,11 +471,11 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     report.slos = analyze::judge_slos(config, &report);
     report.insights = analyze::insights(&report, host::cpus());
     report.verdict = if report.slos.is_empty() && report.thresholds.is_empty() {
-        "none".into()
+        Verdict::None
     } else if analyze::all_pass(&report.slos, &report.thresholds) {
-        "pass".into()
+        Verdict::Pass
     } else {
-        "fail".into()
+        Verdict::Fail
     };
 
     Ok(report)

@@ -256,7 +256,7 @@ impl Store {
                 report.host.git_commit,
                 report.host.git_branch,
                 report.exit_code,
-                report.verdict,
+                report.verdict.as_str(),
                 i64::try_from(report.wall_time_ns).unwrap_or(i64::MAX),
                 tags,
                 json

@@ -128,6 +128,63 @@ impl fmt::Display for EventKind {
     }
 }
 
+/// The verdict on a whole run, written `pass`, `fail` or `none` in the JSON report.
+///
+/// Read back through a string, like [`EventKind`]: a verdict of the wrong type is refused with
+/// the same error as when the field was a `String`; one this build does not know (a newer
+/// schema's) is kept as written, and so is a report's without any (the [`Default`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", from = "String")]
+pub enum Verdict {
+    /// Every SLO and threshold held.
+    Pass,
+    /// One did not, or the run regressed against its baseline.
+    Fail,
+    /// Nothing was judged.
+    None,
+    /// A verdict this build does not know, kept as written; rendered as no verdict.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl Verdict {
+    /// Every verdict this build writes.
+    pub const KNOWN: [Verdict; 3] = [Verdict::Pass, Verdict::Fail, Verdict::None];
+
+    /// Its name in the JSON report.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::None => "none",
+            Verdict::Other(verdict) => verdict,
+        }
+    }
+}
+
+/// An empty verdict: what a report written before verdicts existed reads back as, so that
+/// rendering it again as JSON gives the same bytes as when the field was a `String`.
+impl Default for Verdict {
+    fn default() -> Self {
+        Verdict::Other(String::new())
+    }
+}
+
+impl From<String> for Verdict {
+    fn from(name: String) -> Self {
+        Self::KNOWN
+            .into_iter()
+            .find(|v| v.as_str() == name)
+            .unwrap_or(Verdict::Other(name))
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Verdict on one threshold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ThresholdResult {
@@ -248,6 +305,26 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "invalid type: integer `5`, expected a string at line 1 column 1",
+            "the error of a String field"
+        );
+    }
+
+    #[test]
+    fn verdicts_are_written_as_before_and_unknown_ones_kept() {
+        for verdict in Verdict::KNOWN
+            .into_iter()
+            .chain([Verdict::Other("warn".into()), Verdict::default()])
+        {
+            let json = serde_json::to_value(&verdict).unwrap();
+            assert_eq!(json, verdict.as_str(), "{verdict:?}");
+            let back: Verdict = serde_json::from_value(json).unwrap();
+            assert_eq!(back, verdict);
+        }
+        assert_eq!(serde_json::to_string(&Verdict::None).unwrap(), "\"none\"");
+        let e = serde_json::from_str::<Verdict>("null").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid type: null, expected a string at line 1 column 4",
             "the error of a String field"
         );
     }

@@ -11,7 +11,7 @@ use crate::{
     model::LatencySummary,
     report::Report,
     units::human_duration_ns,
-    verdict::Status,
+    verdict::{Status, Verdict},
 };
 
 use super::chart::{CHARTS, ChartSpec, Frame, extent, nice_max, plotted};
@@ -272,15 +272,15 @@ fn histogram(name: &str, s: &LatencySummary) -> String {
 
 /// The page of one run.
 pub fn report(r: &Report) -> String {
-    let verdict_class = match r.verdict.as_str() {
-        "pass" => "pass",
-        "fail" => "fail",
-        _ => "none",
+    let verdict_class = match r.verdict {
+        Verdict::Pass => "pass",
+        Verdict::Fail => "fail",
+        Verdict::None | Verdict::Other(_) => "none",
     };
-    let verdict_text = match r.verdict.as_str() {
-        "pass" => "PASS",
-        "fail" => "FAIL",
-        _ => "MEASURED",
+    let verdict_text = match r.verdict {
+        Verdict::Pass => "PASS",
+        Verdict::Fail => "FAIL",
+        Verdict::None | Verdict::Other(_) => "MEASURED",
     };
     let header = format!(
         "<h1><span class=\"badge {verdict_class}\">{verdict_text}</span>Cleanroom report{}</h1>\

@@ -9,7 +9,7 @@ use crate::{
     metric::{Latency, Metric, human},
     report::Report,
     units::human_duration_ns,
-    verdict::Status,
+    verdict::{Status, Verdict},
 };
 
 fn mark(s: Status) -> &'static str {
@@ -28,10 +28,10 @@ fn cell(text: &str) -> String {
 /// The summary of a run.
 pub fn report(r: &Report) -> String {
     let mut out = String::new();
-    let verdict = match r.verdict.as_str() {
-        "pass" => "✅ PASS",
-        "fail" => "❌ FAIL",
-        _ => "ℹ️ measured",
+    let verdict = match r.verdict {
+        Verdict::Pass => "✅ PASS",
+        Verdict::Fail => "❌ FAIL",
+        Verdict::None | Verdict::Other(_) => "ℹ️ measured",
     };
     let _ = writeln!(
         out,

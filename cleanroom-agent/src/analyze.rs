@@ -10,21 +10,20 @@ use crate::{
     config::CleanroomConfig,
     metric::Kind,
     model::{LatencySummary, SeriesPoint},
-    objective::Objective,
     report::Report,
     verdict::{
         ANOMALIES_KEPT, Anomaly, Event, EventKind, Insight, SloResult, Status, ThresholdResult,
     },
 };
 
-/// Judges every SLO of `config` on `report`.
+/// Judges every SLO of `config` on `report`, with the objectives parsed when `config` was read.
 pub fn judge_slos(config: &CleanroomConfig, report: &Report) -> Vec<SloResult> {
     config
         .slos
         .iter()
         .map(|slo| {
             let text = slo.objective.get_ref().clone();
-            match Objective::parse(&text) {
+            match &slo.parsed {
                 Ok(o) => {
                     let measured =
                         o.measure(&report.totals, report.wall_time_ns, &report.aggregates);
@@ -46,7 +45,7 @@ pub fn judge_slos(config: &CleanroomConfig, report: &Report) -> Vec<SloResult> {
                     name: slo.name.clone(),
                     objective: text,
                     measured: None,
-                    measured_text: e,
+                    measured_text: e.clone(),
                     target_text: String::new(),
                     status: Status::Unmeasured,
                 },

@@ -10,8 +10,8 @@
 //! is measured, in which unit; it uses `units`) and `verdict` (what judging a run produces; it
 //! uses `metric`) are leaves that know nothing else of the crate. `report` depends on `verdict`,
 //! never on `analyze`; `objective` measures a run's figures without knowing the report, so that
-//! `config` can parse objectives when it loads; `analyze` depends on `report`, `config` and
-//! `objective`.
+//! `config` parses each objective once, when it loads; `analyze` depends on `report` and
+//! `config`.
 
 pub mod analyze;
 pub mod attach;

@@ -1,58 +1,32 @@
 //! Pure judgement of a run: thresholds (live and final), SLO verdicts, anomalies, insights.
+//!
+//! It reads a [`Report`] and produces the types of [`crate::verdict`], which the report holds;
+//! the report knows nothing of this module.
 
 use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
 
 use crate::{
     collect::Total,
     config::CleanroomConfig,
+    metric::Kind,
     model::{LatencySummary, SeriesPoint},
-    objective::{Kind, Objective},
     report::Report,
+    verdict::{
+        ANOMALIES_KEPT, Anomaly, Event, EventKind, Insight, SloResult, Status, ThresholdResult,
+    },
 };
 
-/// Pass, fail, or could not be measured on this host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// The objective or limit held.
-    Pass,
-    /// It did not.
-    Fail,
-    /// Its metric is unavailable here (counts as not met).
-    Unmeasured,
-    /// It does not apply to what Cleanroom runs (e.g. container start-up).
-    NotApplicable,
-}
-
-/// Verdict on one SLO.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SloResult {
-    /// Its name.
-    pub name: String,
-    /// The objective as written.
-    pub objective: String,
-    /// The measured value in the metric's base unit (ns, bytes, count, %), if measured.
-    pub measured: Option<f64>,
-    /// The measured value for people.
-    pub measured_text: String,
-    /// The target for people (`<= 15.000 s`).
-    pub target_text: String,
-    /// The verdict.
-    pub status: Status,
-}
-
-/// Judges every SLO of `config` on `report`.
+/// Judges every SLO of `config` on `report`, with the objectives parsed when `config` was read.
 pub fn judge_slos(config: &CleanroomConfig, report: &Report) -> Vec<SloResult> {
     config
         .slos
         .iter()
         .map(|slo| {
             let text = slo.objective.get_ref().clone();
-            match Objective::parse(&text) {
+            match &slo.parsed {
                 Ok(o) => {
-                    let measured = o.measure(report);
+                    let measured =
+                        o.measure(&report.totals, report.wall_time_ns, &report.aggregates);
                     SloResult {
                         name: slo.name.clone(),
                         objective: text,
@@ -71,7 +45,7 @@ pub fn judge_slos(config: &CleanroomConfig, report: &Report) -> Vec<SloResult> {
                     name: slo.name.clone(),
                     objective: text,
                     measured: None,
-                    measured_text: e,
+                    measured_text: e.clone(),
                     target_text: String::new(),
                     status: Status::Unmeasured,
                 },
@@ -184,25 +158,6 @@ pub fn threshold_specs(config: &CleanroomConfig) -> (Vec<ThresholdSpec>, Vec<Str
     (specs, not_applicable)
 }
 
-/// Something that happened during a run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// When, ns since the command started.
-    pub t_ns: u64,
-    /// `threshold_breached`, `threshold_cleared`, `timeout`, `oom_kill`, `signal`, ...
-    pub kind: String,
-    /// The threshold or metric concerned.
-    pub subject: String,
-    /// The value seen, in the metric's base unit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<f64>,
-    /// The limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<f64>,
-    /// One line for people.
-    pub message: String,
-}
-
 /// Checks thresholds as samples arrive, reporting each breach once and again when it clears.
 #[derive(Debug, Default)]
 pub struct ThresholdMonitor {
@@ -238,7 +193,7 @@ impl ThresholdMonitor {
                 self.breaches[i] += 1;
                 events.push(Event {
                     t_ns,
-                    kind: "threshold_breached".into(),
+                    kind: EventKind::ThresholdBreached,
                     subject: spec.name.clone(),
                     value: Some(v),
                     limit: Some(spec.limit),
@@ -254,7 +209,7 @@ impl ThresholdMonitor {
             } else if !over && self.breached[i] {
                 events.push(Event {
                     t_ns,
-                    kind: "threshold_cleared".into(),
+                    kind: EventKind::ThresholdCleared,
                     subject: spec.name.clone(),
                     value: Some(v),
                     limit: Some(spec.limit),
@@ -294,75 +249,6 @@ impl ThresholdMonitor {
             })
             .collect()
     }
-}
-
-/// Verdict on one threshold.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ThresholdResult {
-    /// Config key.
-    pub name: String,
-    /// What it watched.
-    pub metric: String,
-    /// The limit.
-    pub limit: f64,
-    /// The limit for people.
-    pub limit_text: String,
-    /// The highest value seen.
-    pub peak: Option<f64>,
-    /// The highest value for people.
-    pub peak_text: String,
-    /// How many times it went over.
-    pub breaches: u32,
-    /// The verdict.
-    pub status: Status,
-}
-
-/// An interval that stands out from the run's own history of that metric.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Anomaly {
-    /// End of the interval, ns since start.
-    pub t_ns: u64,
-    /// Series name.
-    pub metric: String,
-    /// Its value then.
-    pub value: f64,
-    /// The run's median of that series.
-    pub median: f64,
-    /// Modified z-score: 0.6745 × (value − median) / MAD.
-    pub score: f64,
-}
-
-impl Anomaly {
-    /// One line for people, in the series' unit: `memory_current_bytes at 12.0s: 92.5 MiB vs
-    /// median 80.8 MiB (score 4.2)`.
-    pub fn text(&self) -> String {
-        let kind = Kind::of_series(&self.metric);
-        format!(
-            "{} at {:.1}s: {} vs median {} (score {:.1})",
-            self.metric,
-            self.t_ns as f64 / 1e9,
-            kind.format(self.value),
-            kind.format(self.median),
-            self.score
-        )
-    }
-}
-
-/// How many anomalies a summary, Markdown, HTML or PDF report lists (the strongest).
-pub const ANOMALIES_LISTED: usize = 5;
-
-/// How many anomalies the JSON report keeps at most (the strongest); a long run with a shifting
-/// load can otherwise hold thousands. `anomalies_found` then says how many there were.
-pub const ANOMALIES_KEPT: usize = 100;
-
-/// The `n` strongest anomalies (largest |score|: the deviation in units of the series' own
-/// spread, comparable across series), strongest first, and how many more there are.
-pub fn strongest(anomalies: &[Anomaly], n: usize) -> (Vec<&Anomaly>, usize) {
-    let mut by_strength: Vec<&Anomaly> = anomalies.iter().collect();
-    by_strength.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
-    by_strength.truncate(n);
-    let more = anomalies.len() - by_strength.len();
-    (by_strength, more)
 }
 
 /// Bounds the anomalies a report keeps to the [`ANOMALIES_KEPT`] strongest, in time order;
@@ -430,15 +316,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn median_of_abs_dev(xs: &[(u64, f64)], m: f64) -> f64 {
     median(xs.iter().map(|(_, v)| (v - m).abs()).collect())
-}
-
-/// A finding in plain words, with the numbers it rests on.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Insight {
-    /// The sentence.
-    pub text: String,
-    /// The figures it rests on, by name.
-    pub numbers: BTreeMap<String, f64>,
 }
 
 fn latency(report: &Report, name: &str) -> Option<LatencySummary> {
@@ -605,7 +482,7 @@ pub fn insights(report: &Report, cpus: usize) -> Vec<Insight> {
     }
 
     for e in &report.events {
-        if e.kind == "oom_kill" || e.kind == "timeout" {
+        if matches!(e.kind, EventKind::OomKill | EventKind::Timeout) {
             out.push(Insight {
                 text: e.message.clone(),
                 numbers: e
@@ -619,7 +496,7 @@ pub fn insights(report: &Report, cpus: usize) -> Vec<Insight> {
 }
 
 fn human(ns: u64) -> String {
-    crate::report::human_duration_ns(ns)
+    crate::units::human_duration_ns(ns)
 }
 
 /// Whether the run met everything it was judged on.
@@ -631,7 +508,10 @@ pub fn all_pass(slos: &[SloResult], thresholds: &[ThresholdResult]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CleanroomConfig;
+    use crate::{
+        config::CleanroomConfig,
+        verdict::{ANOMALIES_LISTED, strongest},
+    };
 
     fn values(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
@@ -648,13 +528,13 @@ mod tests {
         assert!(m.observe(1, &values(&[("cpu_percent", 50.0)])).is_empty());
         let e = m.observe(2, &values(&[("cpu_percent", 95.0)]));
         assert_eq!(e.len(), 1);
-        assert_eq!(e[0].kind, "threshold_breached");
+        assert_eq!(e[0].kind, EventKind::ThresholdBreached);
         assert!(
             m.observe(3, &values(&[("cpu_percent", 99.0)])).is_empty(),
             "once per breach"
         );
         let e = m.observe(4, &values(&[("cpu_percent", 10.0)]));
-        assert_eq!(e[0].kind, "threshold_cleared");
+        assert_eq!(e[0].kind, EventKind::ThresholdCleared);
         let r = &m.results()[0];
         assert_eq!(
             (r.status, r.breaches, r.peak),
@@ -762,27 +642,6 @@ mod tests {
             keep_strongest(all[..10].to_vec()),
             (all[..10].to_vec(), None)
         );
-    }
-
-    #[test]
-    fn anomalies_read_in_their_series_unit() {
-        for (metric, value, expect) in [
-            ("memory_current_bytes", 97_001_472.0, "92.5 MiB vs median"),
-            ("cpu_percent", 181.25, "181.2% vs median"),
-            ("net_bytes_per_sec", 2_097_152.0, "2.0 MiB/s vs median"),
-            ("page_faults_user_per_sec", 1234.5, "1234.5/s vs median"),
-        ] {
-            let a = Anomaly {
-                t_ns: 1_500_000_000,
-                metric: metric.into(),
-                value,
-                median: 1.0,
-                score: 4.2,
-            };
-            let text = a.text();
-            assert!(text.contains(expect), "{text}");
-            assert!(text.starts_with(&format!("{metric} at 1.5s: ")), "{text}");
-        }
     }
 
     #[test]

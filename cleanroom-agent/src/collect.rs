@@ -228,8 +228,8 @@ pub fn write_note(totals: &BTreeMap<String, Total>, writeback: bool) -> Option<S
     Some(format!(
         "io_write_bytes ({}) is what the run wrote, as the kernel accounts each task; \
          block_write_bytes ({}) holds only the device writes charged to the run: {why}",
-        crate::report::human_bytes(written),
-        crate::report::human_bytes(block),
+        crate::units::human_bytes(written),
+        crate::units::human_bytes(block),
     ))
 }
 

@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     collect::Total,
-    metric::{Latency, Metric},
-    objective::Kind,
+    metric::{Kind, Latency, Metric},
     report::Report,
     units::{parse_percent, truncate_quote},
 };
@@ -516,7 +515,7 @@ mod tests {
             "kernel": {}, "unavailable": [], "dropped": {}
         }))
         .unwrap();
-        r.verdict = "none".into();
+        r.verdict = crate::verdict::Verdict::None;
         r
     }
 

@@ -156,7 +156,7 @@ fn de_memory_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>
     match bytes {
         Some(b) if b < MIN_MEMORY_LIMIT => Err(serde::de::Error::custom(format!(
             "{} is too small a memory limit for any command to start; use at least 1MiB",
-            crate::report::human_bytes(b)
+            crate::units::human_bytes(b)
         ))),
         _ => Ok(bytes),
     }
@@ -191,14 +191,43 @@ fn de_task_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, 
     Ok(count)
 }
 
-/// `[[slos]]`: a named objective.
+/// `[[slos]]`: a named objective, parsed once, when it is read.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "written::SloSpec")]
 pub struct SloSpec {
     /// Name shown in reports.
     pub name: String,
-    /// `"METRIC OP VALUE"`, e.g. `"wall_time <= 15s"`.
+    /// `"METRIC OP VALUE"`, e.g. `"wall_time <= 15s"`, as written, with its place in the file.
     pub objective: toml::Spanned<String>,
+    /// `objective` parsed. A file with an error here is refused when it loads, naming the file,
+    /// line and key ([`CleanroomConfig::from_toml`], [`CleanroomConfig::add_slo_file`]); an
+    /// error is kept only by a spec deserialized otherwise, and judged unmeasured.
+    pub parsed: Result<Objective, String>,
+}
+
+impl From<written::SloSpec> for SloSpec {
+    fn from(written: written::SloSpec) -> Self {
+        let parsed = Objective::parse(written.objective.get_ref());
+        Self {
+            name: written.name,
+            objective: written.objective,
+            parsed,
+        }
+    }
+}
+
+/// What is written in the file, before it is parsed.
+mod written {
+    use serde::Deserialize;
+
+    /// `[[slos]]` as written. Named as [`super::SloSpec`] was, for serde's error messages
+    /// ("expected struct SloSpec").
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SloSpec {
+        pub name: String,
+        pub objective: toml::Spanned<String>,
+    }
 }
 
 /// A file of SLOs alone (`--slo FILE`).
@@ -278,13 +307,14 @@ fn parse<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, Co
     })
 }
 
+/// Refuses the first objective that did not parse, where it is written.
 fn check_slos(slos: &[SloSpec], text: &str, file: &str) -> Result<(), ConfigError> {
     for slo in slos {
-        Objective::parse(slo.objective.get_ref()).map_err(|message| {
-            let mut e = ConfigError::at(file, text, Some(slo.objective.span()), message);
+        if let Err(message) = &slo.parsed {
+            let mut e = ConfigError::at(file, text, Some(slo.objective.span()), message.clone());
             e.key = Some(format!("slos.{}.objective", slo.name));
-            e
-        })?;
+            return Err(e);
+        }
     }
     Ok(())
 }
@@ -442,6 +472,11 @@ objective = "wall_time <= 15s"
         assert_eq!(rl.resource_cleanup_timeout, Duration::from_secs(60));
         assert_eq!(c.slos.len(), 1);
         assert_eq!(c.slos[0].objective.get_ref(), "wall_time <= 15s");
+        assert_eq!(
+            c.slos[0].parsed,
+            Objective::parse("wall_time <= 15s"),
+            "parsed when read"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::{
     render::{self, Format},
     report::{Report, SCHEMA_VERSION},
     store::Store,
+    verdict::Verdict,
 };
 
 /// What to do with a finished run.
@@ -158,7 +159,7 @@ pub fn deliver(report: &mut Report, outputs: &Outputs) -> Delivered {
             &outputs.tolerances,
         );
         if c.regressions > 0 {
-            report.verdict = "fail".into();
+            report.verdict = Verdict::Fail;
             report.notes.push(format!(
                 "{} regression(s) against baseline {}: {}",
                 c.regressions,
@@ -344,6 +345,6 @@ mod tests {
             .find(|ch| ch.metric == "cpu_time_ns")
             .unwrap();
         assert_eq!(cpu.tolerance_text(), "+17% (history of 3 runs)");
-        assert_ne!(r.verdict, "fail");
+        assert_ne!(r.verdict, Verdict::Fail);
     }
 }

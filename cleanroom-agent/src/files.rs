@@ -48,7 +48,7 @@ pub enum FileError {
     #[error(
         "{}: larger than the {} accepted for {what}",
         path.display(),
-        crate::report::human_bytes(*limit)
+        crate::units::human_bytes(*limit)
     )]
     TooLarge {
         /// The file.

@@ -8,6 +8,13 @@
 //! the commands a new user starts with. For the agent (being built): `watch` picks the cgroups
 //! to watch (glob rules over the v2 hierarchy), `exposition` renders live per-cgroup
 //! measurements in the Prometheus text format (`GET /metrics`).
+//!
+//! Dependencies point one way. `units` (numbers as people write and read them), `metric` (what
+//! is measured, in which unit; it uses `units`) and `verdict` (what judging a run produces; it
+//! uses `metric`) are leaves that know nothing else of the crate. `report` depends on `verdict`,
+//! never on `analyze`; `objective` measures a run's figures without knowing the report, so that
+//! `config` parses each objective once, when it loads; `analyze` depends on `report` and
+//! `config`.
 
 pub mod analyze;
 pub mod attach;
@@ -37,6 +44,7 @@ pub mod store;
 pub mod tally;
 pub mod taskio;
 pub mod units;
+pub mod verdict;
 pub mod watch;
 pub mod watchdog;
 

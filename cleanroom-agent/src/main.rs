@@ -14,6 +14,7 @@ use cleanroom::{
     demo, doctor,
     render::{self, Format},
     run, store,
+    verdict::Verdict,
 };
 
 /// Measures what a command costs the machine (CPU time, faults, memory, block I/O, network,
@@ -460,7 +461,7 @@ fn measure(opts: run::RunOptions, outputs: &Outputs) -> anyhow::Result<ExitCode>
     Ok(ExitCode::from(exit_code(
         report.exit_code,
         !delivered.failures.is_empty(),
-        report.verdict == "fail",
+        report.verdict == Verdict::Fail,
     )))
 }
 

@@ -1,8 +1,15 @@
-//! The metrics Cleanroom measures: their names in reports, units and meaning.
+//! The metrics Cleanroom measures: their names in reports, units and meaning; and the unit a
+//! figure is read in ([`Kind`]), with how its values read for people.
 //!
 //! One list, so that the report, the summary, `doctor` and the hooks agree on every name.
+//! Near the bottom of the crate: it imports only [`crate::units`].
 
 use cleanroom_common::hist_kind;
+
+use crate::units::{
+    group_thousands, human_bytes, human_duration_ns, parse_bytes, parse_duration, parse_percent,
+    truncate_quote,
+};
 
 /// What a number counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,6 +20,121 @@ pub enum Unit {
     Bytes,
     /// A count of events.
     Count,
+}
+
+/// Formats a value of `unit` for people.
+pub fn human(value: u64, unit: Unit) -> String {
+    match unit {
+        Unit::Nanoseconds => human_duration_ns(value),
+        Unit::Bytes => human_bytes(value),
+        Unit::Count => group_thousands(value),
+    }
+}
+
+/// The unit a figure is read and written in: an objective's metric, a time series, a compared
+/// figure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Nanoseconds.
+    Time,
+    /// Bytes.
+    Bytes,
+    /// Bytes per second.
+    BytesPerSec,
+    /// A count.
+    Count,
+    /// Events per second.
+    PerSec,
+    /// Percent of one core.
+    Percent,
+}
+
+impl Kind {
+    /// The kind of a metric's values.
+    pub fn of(unit: Unit) -> Kind {
+        match unit {
+            Unit::Nanoseconds => Kind::Time,
+            Unit::Bytes => Kind::Bytes,
+            Unit::Count => Kind::Count,
+        }
+    }
+
+    /// The kind of a time series' values, by its name in `series`: `cpu_percent`, a level
+    /// (`memory_current_bytes`), or a rate (`<counter>_per_sec`, `block_bytes_per_sec`); the
+    /// unit comes from the metric's declaration ([`Metric::unit`]) where there is one.
+    pub fn of_series(name: &str) -> Kind {
+        if name == "cpu_percent" {
+            return Kind::Percent;
+        }
+        let declared = |name: &str| {
+            Metric::ALL
+                .iter()
+                .find(|m| m.name() == name)
+                .map(|m| m.unit())
+        };
+        match name.strip_suffix("_per_sec") {
+            Some(counter)
+                if declared(counter) == Some(Unit::Bytes) || counter.ends_with("_bytes") =>
+            {
+                Kind::BytesPerSec
+            }
+            Some(_) => Kind::PerSec,
+            None => declared(name).map_or_else(
+                || {
+                    if name.ends_with("_bytes") {
+                        Kind::Bytes
+                    } else {
+                        Kind::Count
+                    }
+                },
+                Kind::of,
+            ),
+        }
+    }
+
+    /// Formats a value of this kind for people.
+    pub fn format(self, v: f64) -> String {
+        match self {
+            Kind::Time => human_duration_ns(v.max(0.0) as u64),
+            Kind::Bytes => human_bytes(v.max(0.0) as u64),
+            Kind::BytesPerSec => format!("{}/s", human_bytes(v.max(0.0) as u64)),
+            Kind::Count => format!("{v:.0}"),
+            Kind::PerSec => format!("{v:.1}/s"),
+            Kind::Percent => format!("{v:.1}%"),
+        }
+    }
+
+    /// Formats a change (a difference, a slope per run) of this kind, with its sign: `+1.2 MiB`,
+    /// `-3.4 ms`, `+0.5` (counts keep a decimal: a slope of less than one is still a slope).
+    pub fn format_change(self, v: f64) -> String {
+        match self {
+            Kind::Count => format!("{v:+.1}"),
+            _ if v < 0.0 => format!("-{}", self.format(-v)),
+            _ => format!("+{}", self.format(v)),
+        }
+    }
+
+    /// Parses a value of this kind as people write it: `15s`, `100MB`, `10MiB/s`, `3`, `80%`.
+    pub(crate) fn parse(self, text: &str) -> Result<f64, String> {
+        match self {
+            Kind::Time => parse_duration(text).map(|d| d.as_nanos() as f64),
+            Kind::Bytes => parse_bytes(text).map(|b| b as f64),
+            Kind::BytesPerSec => parse_bytes(text.trim().trim_end_matches("/s")).map(|b| b as f64),
+            Kind::Count | Kind::PerSec => text
+                .trim()
+                .trim_end_matches("/s")
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| {
+                    format!(
+                        "{} is not a count or rate (a number, at least 0)",
+                        truncate_quote(text, 60)
+                    )
+                }),
+            Kind::Percent => parse_percent(text),
+        }
+    }
 }
 
 macro_rules! metrics {

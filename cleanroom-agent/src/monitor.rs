@@ -10,11 +10,12 @@ use std::{
 
 use crate::{
     Error,
-    analyze::{Event, ThresholdMonitor, ThresholdSpec},
+    analyze::{ThresholdMonitor, ThresholdSpec},
     cgroup::RunCgroup,
     model::{self, Reading, SeriesPoint},
     probe::Probes,
-    report::{human_bytes, human_duration_ns},
+    units::{human_bytes, human_duration_ns},
+    verdict::{Event, EventKind},
 };
 
 /// The state of a run's monitoring.
@@ -127,7 +128,7 @@ impl Monitor {
     pub fn observe(&mut self, t_ns: u64, values: &BTreeMap<String, f64>) {
         for event in self.thresholds.observe(t_ns, values) {
             self.clear_line();
-            let verb = if event.kind == "threshold_breached" {
+            let verb = if event.kind == EventKind::ThresholdBreached {
                 "breached"
             } else {
                 "cleared"

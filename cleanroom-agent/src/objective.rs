@@ -1,4 +1,4 @@
-//! SLO objectives: `"METRIC OP VALUE"`, parsed, and measured on a report.
+//! SLO objectives: `"METRIC OP VALUE"`, parsed, and measured on a run's figures.
 //!
 //! METRIC is any total (`cpu_time_ns`, or without its unit suffix: `cpu_time`, `memory_peak`),
 //! `wall_time`, a latency percentile (`block_write_latency_p99`, `_p50`, `_p90`, `_max`,
@@ -6,14 +6,17 @@
 //! (busiest interval), `<counter>_per_sec` (average rate over the run). OP is one of
 //! `< <= > >= ==`. VALUE is written in the metric's unit: `15s`, `20ms`, `100MB`, `1GiB`, `80%`,
 //! or a plain number (seconds for times, bytes for sizes).
+//!
+//! It does not know the report: [`Objective::measure`] takes the figures it reads, so that
+//! `config` can parse objectives without depending on `report`.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use crate::{
     collect::Total,
-    metric::{Latency, Metric, Unit},
-    report::{Report, human_bytes, human_duration_ns},
-    units::{parse_bytes, parse_duration, parse_percent, truncate_quote},
+    metric::{Kind, Latency, Metric, Unit},
+    model::Aggregate,
+    units::truncate_quote,
 };
 
 /// A comparison.
@@ -49,110 +52,6 @@ impl Op {
             Op::Gt => ">",
             Op::Ge => ">=",
             Op::Eq => "==",
-        }
-    }
-}
-
-/// The unit an objective's metric is measured in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Nanoseconds.
-    Time,
-    /// Bytes.
-    Bytes,
-    /// Bytes per second.
-    BytesPerSec,
-    /// A count.
-    Count,
-    /// Events per second.
-    PerSec,
-    /// Percent of one core.
-    Percent,
-}
-
-impl Kind {
-    /// The kind of a metric's values.
-    pub fn of(unit: Unit) -> Kind {
-        match unit {
-            Unit::Nanoseconds => Kind::Time,
-            Unit::Bytes => Kind::Bytes,
-            Unit::Count => Kind::Count,
-        }
-    }
-
-    /// The kind of a time series' values, by its name in `series`: `cpu_percent`, a level
-    /// (`memory_current_bytes`), or a rate (`<counter>_per_sec`, `block_bytes_per_sec`); the
-    /// unit comes from the metric's declaration ([`Metric::unit`]) where there is one.
-    pub fn of_series(name: &str) -> Kind {
-        if name == "cpu_percent" {
-            return Kind::Percent;
-        }
-        let declared = |name: &str| {
-            Metric::ALL
-                .iter()
-                .find(|m| m.name() == name)
-                .map(|m| m.unit())
-        };
-        match name.strip_suffix("_per_sec") {
-            Some(counter)
-                if declared(counter) == Some(Unit::Bytes) || counter.ends_with("_bytes") =>
-            {
-                Kind::BytesPerSec
-            }
-            Some(_) => Kind::PerSec,
-            None => declared(name).map_or_else(
-                || {
-                    if name.ends_with("_bytes") {
-                        Kind::Bytes
-                    } else {
-                        Kind::Count
-                    }
-                },
-                Kind::of,
-            ),
-        }
-    }
-
-    /// Formats a value of this kind for people.
-    pub fn format(self, v: f64) -> String {
-        match self {
-            Kind::Time => human_duration_ns(v.max(0.0) as u64),
-            Kind::Bytes => human_bytes(v.max(0.0) as u64),
-            Kind::BytesPerSec => format!("{}/s", human_bytes(v.max(0.0) as u64)),
-            Kind::Count => format!("{v:.0}"),
-            Kind::PerSec => format!("{v:.1}/s"),
-            Kind::Percent => format!("{v:.1}%"),
-        }
-    }
-
-    /// Formats a change (a difference, a slope per run) of this kind, with its sign: `+1.2 MiB`,
-    /// `-3.4 ms`, `+0.5` (counts keep a decimal: a slope of less than one is still a slope).
-    pub fn format_change(self, v: f64) -> String {
-        match self {
-            Kind::Count => format!("{v:+.1}"),
-            _ if v < 0.0 => format!("-{}", self.format(-v)),
-            _ => format!("+{}", self.format(v)),
-        }
-    }
-
-    fn parse(self, text: &str) -> Result<f64, String> {
-        match self {
-            Kind::Time => parse_duration(text).map(|d| d.as_nanos() as f64),
-            Kind::Bytes => parse_bytes(text).map(|b| b as f64),
-            Kind::BytesPerSec => parse_bytes(text.trim().trim_end_matches("/s")).map(|b| b as f64),
-            Kind::Count | Kind::PerSec => text
-                .trim()
-                .trim_end_matches("/s")
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| {
-                    format!(
-                        "{} is not a count or rate (a number, at least 0)",
-                        truncate_quote(text, 60)
-                    )
-                }),
-            Kind::Percent => parse_percent(text),
         }
     }
 }
@@ -267,22 +166,28 @@ impl Objective {
         })
     }
 
-    /// The metric's value in `report`, or `None` when it was not measured.
-    pub fn measure(&self, report: &Report) -> Option<f64> {
-        let total = |name: &str| match report.totals.get(name)? {
+    /// The metric's value among a run's figures (a report's `totals`, `wall_time_ns` and
+    /// `aggregates`), or `None` when it was not measured.
+    pub fn measure(
+        &self,
+        totals: &BTreeMap<String, Total>,
+        wall_time_ns: u64,
+        aggregates: &BTreeMap<String, Aggregate>,
+    ) -> Option<f64> {
+        let total = |name: &str| match totals.get(name)? {
             Total::Value(v) => Some(*v as f64),
             Total::Latency(_) => None,
         };
-        let wall_s = report.wall_time_ns as f64 / 1e9;
+        let wall_s = wall_time_ns as f64 / 1e9;
         match &self.source {
             Source::Total(name) => total(name),
-            Source::WallTime => Some(report.wall_time_ns as f64),
+            Source::WallTime => Some(wall_time_ns as f64),
             Source::CpuPercent => {
                 (wall_s > 0.0).then(|| total("cpu_time_ns").map(|c| c / 1e9 / wall_s * 100.0))?
             }
-            Source::CpuPercentPeak => report.aggregates.get("cpu_percent").map(|a| a.peak),
+            Source::CpuPercentPeak => aggregates.get("cpu_percent").map(|a| a.peak),
             Source::Rate(name) => (wall_s > 0.0).then(|| total(name).map(|v| v / wall_s))?,
-            Source::Latency(l, field) => match report.totals.get(l.name())? {
+            Source::Latency(l, field) => match totals.get(l.name())? {
                 Total::Latency(s) => Some(match *field {
                     "p50_ns" => s.p50_ns,
                     "p90_ns" => s.p90_ns,

@@ -1,16 +1,21 @@
 //! The run report: the JSON document (schema version 1) and the summary table printed at the end.
 //!
 //! Pure: builds and renders; writing files is the caller's business ([`write_json`] aside).
+//! It holds the judgement's results as [`crate::verdict`] types and does not depend on
+//! `analyze`, which produces them.
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    analyze::{ANOMALIES_LISTED, Anomaly, Event, Insight, SloResult, Status, ThresholdResult},
     collect::{BlockDevice, Total},
-    metric::{Latency, Metric, Unit},
+    metric::{Latency, Metric, human},
     model::{Aggregate, SeriesPoint},
+    units::{group_thousands, human_bytes, human_duration_ns},
+    verdict::{
+        ANOMALIES_LISTED, Anomaly, Event, Insight, SloResult, Status, ThresholdResult, Verdict,
+    },
 };
 
 /// Version of the JSON layout. Later versions add fields; they never rename one.
@@ -81,7 +86,7 @@ pub struct Report {
     #[serde(default)]
     pub events: Vec<Event>,
     /// Intervals that stand out from the run's own history: the strongest
-    /// [`crate::analyze::ANOMALIES_KEPT`] at most, in time order.
+    /// [`crate::verdict::ANOMALIES_KEPT`] at most, in time order.
     #[serde(default)]
     pub anomalies: Vec<Anomaly>,
     /// How many anomalies were found, when more than `anomalies` keeps.
@@ -95,7 +100,7 @@ pub struct Report {
     pub insights: Vec<Insight>,
     /// `pass` when every SLO and threshold held, else `fail`; `none` when nothing was judged.
     #[serde(default)]
-    pub verdict: String,
+    pub verdict: Verdict,
     /// The run's name (`--name`), used to group runs in history and trends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -163,48 +168,6 @@ fn kernel_twin(metric: Metric) -> Option<(&'static str, &'static str)> {
     }
 }
 
-/// Formats a value of `unit` for people.
-pub fn human(value: u64, unit: Unit) -> String {
-    match unit {
-        Unit::Nanoseconds => human_duration_ns(value),
-        Unit::Bytes => human_bytes(value),
-        Unit::Count => group_thousands(value),
-    }
-}
-
-/// Bytes as `512 B`, `1.5 KiB`, `16.0 MiB`, `2.00 GiB`.
-pub fn human_bytes(b: u64) -> String {
-    match b {
-        0..1024 => format!("{b} B"),
-        1024..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),
-        1_048_576..1_073_741_824 => format!("{:.1} MiB", b as f64 / 1_048_576.0),
-        _ => format!("{:.2} GiB", b as f64 / 1_073_741_824.0),
-    }
-}
-
-/// `1234567` → `1,234,567`.
-pub fn group_thousands(value: u64) -> String {
-    let digits = value.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Nanoseconds as `1.234 s`, `12.3 ms`, `45.6 µs` or `789 ns`.
-pub fn human_duration_ns(ns: u64) -> String {
-    match ns {
-        0..1_000 => format!("{ns} ns"),
-        1_000..1_000_000 => format!("{:.1} µs", ns as f64 / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.1} ms", ns as f64 / 1e6),
-        _ => format!("{:.3} s", ns as f64 / 1e9),
-    }
-}
-
 impl Report {
     /// How many anomalies were found (more than `anomalies` holds when it was bounded).
     pub fn anomaly_count(&self) -> usize {
@@ -214,7 +177,7 @@ impl Report {
     /// The anomalies to list for people: the [`ANOMALIES_LISTED`] strongest, a line each with
     /// units, and how many more were found.
     pub fn listed_anomalies(&self) -> (Vec<String>, usize) {
-        let (listed, _) = crate::analyze::strongest(&self.anomalies, ANOMALIES_LISTED);
+        let (listed, _) = crate::verdict::strongest(&self.anomalies, ANOMALIES_LISTED);
         let more = self.anomaly_count() - listed.len();
         (listed.iter().map(|a| a.text()).collect(), more)
     }
@@ -383,8 +346,8 @@ impl Report {
                 let _ = writeln!(out, "  … and {more} more");
             }
         }
-        if self.verdict == "pass" || self.verdict == "fail" {
-            let _ = writeln!(out, "\n  verdict: {}", self.verdict.to_uppercase());
+        if matches!(self.verdict, Verdict::Pass | Verdict::Fail) {
+            let _ = writeln!(out, "\n  verdict: {}", self.verdict.as_str().to_uppercase());
         }
         for note in &self.notes {
             let _ = writeln!(out, "\n  note: {note}");
@@ -453,7 +416,7 @@ impl Report {
             anomalies_found: None,
             anomaly_method: String::new(),
             insights: vec![],
-            verdict: "none".into(),
+            verdict: Verdict::None,
             name: None,
             tags: BTreeMap::new(),
             host: HostInfo::default(),
@@ -495,18 +458,6 @@ mod tests {
         assert_eq!(r.command_line(), "sh -c 'git clone x && sync'");
         r.command = vec!["cargo".into(), "test".into()];
         assert_eq!(r.command_line(), "cargo test");
-    }
-
-    #[test]
-    fn numbers_read_like_people_write_them() {
-        assert_eq!(group_thousands(0), "0");
-        assert_eq!(group_thousands(999), "999");
-        assert_eq!(group_thousands(1_000), "1,000");
-        assert_eq!(group_thousands(1_234_567), "1,234,567");
-        assert_eq!(human_duration_ns(999), "999 ns");
-        assert_eq!(human_duration_ns(1_500), "1.5 µs");
-        assert_eq!(human_duration_ns(2_500_000), "2.5 ms");
-        assert_eq!(human_duration_ns(3_000_000_000), "3.000 s");
     }
 
     #[test]

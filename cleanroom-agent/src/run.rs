@@ -19,8 +19,7 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    Error,
-    analyze::{self, Event, Status, ThresholdResult},
+    Error, analyze,
     cgroup::{CgroupError, CpuStat, Hierarchy, RunCgroup, check_parent, subtree_ids},
     collect::{self, Sample},
     config::CleanroomConfig,
@@ -29,8 +28,10 @@ use crate::{
     model::{self, Reading},
     monitor::Monitor,
     probe::Probes,
-    report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION, human_bytes},
+    report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION},
     taskio::TaskIo,
+    units::human_bytes,
+    verdict::{Event, EventKind, Status, ThresholdResult, Verdict},
     watchdog::Watchdog,
 };
 
@@ -172,7 +173,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     for line in &limit_lines {
         monitor.events.push(Event {
             t_ns: 0,
-            kind: "limit".into(),
+            kind: EventKind::Limit,
             subject: line.split(':').next().unwrap_or_default().to_owned(),
             value: None,
             limit: None,
@@ -224,7 +225,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                 let signalled = cgroup.signal_all(libc::SIGTERM);
                 monitor.event(Event {
                     t_ns: monitor.elapsed_ns(),
-                    kind: "timeout".into(),
+                    kind: EventKind::Timeout,
                     subject: "resource_limits.max_test_execution_time".into(),
                     value: Some(monitor.elapsed_ns() as f64),
                     limit: Some(limit.as_nanos() as f64),
@@ -240,7 +241,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
             () = &mut kill_at, if timed_out => {
                 monitor.event(Event {
                     t_ns: monitor.elapsed_ns(),
-                    kind: "timeout_kill".into(),
+                    kind: EventKind::TimeoutKill,
                     subject: "resource_limits.resource_cleanup_timeout".into(),
                     value: None,
                     limit: None,
@@ -295,7 +296,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         let limit = rl.max_memory_usage_bytes;
         monitor.event(Event {
             t_ns: wall_time_ns,
-            kind: "oom_kill".into(),
+            kind: EventKind::OomKill,
             subject: "memory".into(),
             value: Some(kills as f64),
             limit: limit.map(|l| l as f64),
@@ -441,7 +442,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         thresholds: monitor.thresholds.results(),
         events: std::mem::take(&mut monitor.events),
         insights: Vec::new(),
-        verdict: String::new(),
+        verdict: Verdict::default(),
         name: opts.name.clone(),
         tags: opts.tags.clone(),
         host: {
@@ -470,11 +471,11 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     report.slos = analyze::judge_slos(config, &report);
     report.insights = analyze::insights(&report, host::cpus());
     report.verdict = if report.slos.is_empty() && report.thresholds.is_empty() {
-        "none".into()
+        Verdict::None
     } else if analyze::all_pass(&report.slos, &report.thresholds) {
-        "pass".into()
+        Verdict::Pass
     } else {
-        "fail".into()
+        Verdict::Fail
     };
 
     Ok(report)

@@ -110,7 +110,7 @@ pub fn history_table(rows: &[RunRow]) -> String {
             r.id,
             r.started_at,
             r.name.as_deref().unwrap_or_default(),
-            crate::report::human_duration_ns(r.wall_time_ns.max(0) as u64),
+            crate::units::human_duration_ns(r.wall_time_ns.max(0) as u64),
             r.exit_code,
             r.verdict,
             r.command
@@ -256,7 +256,7 @@ impl Store {
                 report.host.git_commit,
                 report.host.git_branch,
                 report.exit_code,
-                report.verdict,
+                report.verdict.as_str(),
                 i64::try_from(report.wall_time_ns).unwrap_or(i64::MAX),
                 tags,
                 json

@@ -1,5 +1,9 @@
 //! Durations and sizes as people write them: `"5s"`, `"1m 30s"`, `"250ms"`, `"100MiB"`,
-//! `"1.5GB"`, and plain numbers (seconds for durations, bytes for sizes).
+//! `"1.5GB"`, and plain numbers (seconds for durations, bytes for sizes); and numbers written
+//! back for people (`1.5 KiB`, `12.3 ms`, `1,234,567`).
+//!
+//! A leaf: it imports nothing of the crate, so that every module can format a number without
+//! depending on the report.
 
 use std::{fmt, time::Duration};
 
@@ -100,6 +104,39 @@ pub fn truncate_quote(text: &str, max: usize) -> String {
     }
     let head: String = text.chars().take(max).collect();
     format!("{head:?}… ({} more characters)", count - max)
+}
+
+/// Bytes as `512 B`, `1.5 KiB`, `16.0 MiB`, `2.00 GiB`.
+pub fn human_bytes(b: u64) -> String {
+    match b {
+        0..1024 => format!("{b} B"),
+        1024..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", b as f64 / 1_048_576.0),
+        _ => format!("{:.2} GiB", b as f64 / 1_073_741_824.0),
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn group_thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Nanoseconds as `1.234 s`, `12.3 ms`, `45.6 µs` or `789 ns`.
+pub fn human_duration_ns(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns} ns"),
+        1_000..1_000_000 => format!("{:.1} µs", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} ms", ns as f64 / 1e6),
+        _ => format!("{:.3} s", ns as f64 / 1e9),
+    }
 }
 
 struct DurationVisitor;
@@ -285,5 +322,17 @@ mod tests {
         assert!(parse_percent("most").is_err());
         assert!(parse_percent("inf").is_err());
         assert!(parse_percent("-5").is_err());
+    }
+
+    #[test]
+    fn numbers_read_like_people_write_them() {
+        assert_eq!(group_thousands(0), "0");
+        assert_eq!(group_thousands(999), "999");
+        assert_eq!(group_thousands(1_000), "1,000");
+        assert_eq!(group_thousands(1_234_567), "1,234,567");
+        assert_eq!(human_duration_ns(999), "999 ns");
+        assert_eq!(human_duration_ns(1_500), "1.5 µs");
+        assert_eq!(human_duration_ns(2_500_000), "2.5 ms");
+        assert_eq!(human_duration_ns(3_000_000_000), "3.000 s");
     }
 }

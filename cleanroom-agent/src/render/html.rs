@@ -5,13 +5,13 @@
 use std::fmt::Write as _;
 
 use crate::{
-    analyze::Status,
     collect::Total,
     compare::{Comparison, Trend},
-    metric::{Latency, Metric},
+    metric::{Kind, Latency, Metric, human},
     model::LatencySummary,
-    objective::Kind,
-    report::{Report, human, human_duration_ns},
+    report::Report,
+    units::human_duration_ns,
+    verdict::{Status, Verdict},
 };
 
 use super::chart::{CHARTS, ChartSpec, Frame, extent, nice_max, plotted};
@@ -272,15 +272,15 @@ fn histogram(name: &str, s: &LatencySummary) -> String {
 
 /// The page of one run.
 pub fn report(r: &Report) -> String {
-    let verdict_class = match r.verdict.as_str() {
-        "pass" => "pass",
-        "fail" => "fail",
-        _ => "none",
+    let verdict_class = match r.verdict {
+        Verdict::Pass => "pass",
+        Verdict::Fail => "fail",
+        Verdict::None | Verdict::Other(_) => "none",
     };
-    let verdict_text = match r.verdict.as_str() {
-        "pass" => "PASS",
-        "fail" => "FAIL",
-        _ => "MEASURED",
+    let verdict_text = match r.verdict {
+        Verdict::Pass => "PASS",
+        Verdict::Fail => "FAIL",
+        Verdict::None | Verdict::Other(_) => "MEASURED",
     };
     let header = format!(
         "<h1><span class=\"badge {verdict_class}\">{verdict_text}</span>Cleanroom report{}</h1>\
@@ -422,8 +422,8 @@ pub fn report(r: &Report) -> String {
                 "<tr><td>{} ({})</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
                 esc(d.name.as_deref().unwrap_or("?")),
                 esc(&d.device),
-                crate::report::human_bytes(d.read_bytes),
-                crate::report::human_bytes(d.write_bytes),
+                crate::units::human_bytes(d.read_bytes),
+                crate::units::human_bytes(d.write_bytes),
                 d.read_ops,
                 d.write_ops,
                 p99(&d.read_latency),
@@ -440,7 +440,7 @@ pub fn report(r: &Report) -> String {
                 body,
                 "<li><span class=\"muted\">{:.2}s {}</span> {}</li>",
                 e.t_ns as f64 / 1e9,
-                esc(&e.kind),
+                esc(e.kind.as_str()),
                 esc(&e.message)
             );
         }

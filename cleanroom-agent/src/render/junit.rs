@@ -6,7 +6,7 @@ use quick_xml::{
     events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event},
 };
 
-use crate::{analyze::Status, compare::Comparison, report::Report};
+use crate::{compare::Comparison, report::Report, verdict::Status};
 
 /// A test case: class, name, and `Some((message, detail))` when it failed, or skipped.
 struct Case {
@@ -193,7 +193,7 @@ pub fn comparison(c: &Comparison) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{analyze::SloResult, report::Interruption};
+    use crate::{report::Interruption, verdict::SloResult};
 
     #[test]
     fn the_commands_own_failure_is_a_case_even_beside_slos() {

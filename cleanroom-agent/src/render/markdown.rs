@@ -4,11 +4,12 @@
 use std::fmt::Write as _;
 
 use crate::{
-    analyze::Status,
     collect::Total,
     compare::{Comparison, Trend},
-    metric::{Latency, Metric},
-    report::{Report, human, human_duration_ns},
+    metric::{Latency, Metric, human},
+    report::Report,
+    units::human_duration_ns,
+    verdict::{Status, Verdict},
 };
 
 fn mark(s: Status) -> &'static str {
@@ -27,10 +28,10 @@ fn cell(text: &str) -> String {
 /// The summary of a run.
 pub fn report(r: &Report) -> String {
     let mut out = String::new();
-    let verdict = match r.verdict.as_str() {
-        "pass" => "✅ PASS",
-        "fail" => "❌ FAIL",
-        _ => "ℹ️ measured",
+    let verdict = match r.verdict {
+        Verdict::Pass => "✅ PASS",
+        Verdict::Fail => "❌ FAIL",
+        Verdict::None | Verdict::Other(_) => "ℹ️ measured",
     };
     let _ = writeln!(
         out,
@@ -291,7 +292,7 @@ mod tests {
     fn anomalies_are_the_strongest_five_with_units() {
         let mut r = Report::example();
         r.anomalies = (0..12u64)
-            .map(|i| crate::analyze::Anomaly {
+            .map(|i| crate::verdict::Anomaly {
                 t_ns: i * 1_000_000_000,
                 metric: "memory_current_bytes".into(),
                 value: 97_001_472.0,

@@ -7,11 +7,12 @@ use printpdf::{
 };
 
 use crate::{
-    analyze::Status,
     collect::Total,
     compare::{Comparison, Trend},
-    metric::{Latency, Metric},
-    report::{Report, human, human_duration_ns},
+    metric::{Latency, Metric, human},
+    report::Report,
+    units::human_duration_ns,
+    verdict::{Status, Verdict},
 };
 
 use super::{
@@ -225,10 +226,10 @@ fn status_text(s: Status) -> (&'static str, &'static str) {
 /// The report of one run.
 pub fn report(r: &Report) -> Result<Vec<u8>, RenderError> {
     let mut w = Writer::new(&format!("Cleanroom: {}", r.command_line()))?;
-    let verdict = match r.verdict.as_str() {
-        "pass" => "PASS",
-        "fail" => "FAIL",
-        _ => "MEASURED",
+    let verdict = match r.verdict {
+        Verdict::Pass => "PASS",
+        Verdict::Fail => "FAIL",
+        Verdict::None | Verdict::Other(_) => "MEASURED",
     };
     w.line(&format!("Cleanroom report - {verdict}"), 18.0, true);
     w.gap(2.0);

@@ -296,6 +296,73 @@ pub struct RunCgroup {
     watchdog: Option<crate::watchdog::Watchdog>,
 }
 
+/// A cgroup to measure, whoever made it: where its v2 directory is, its id, and on a hybrid host
+/// the v1 memory cgroup that holds the same processes. It only reads; it never makes, changes
+/// or removes anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Its v2 directory.
+    pub path: PathBuf,
+    /// Its v2 id, as the probes key their counts.
+    pub id: u64,
+    /// The v1 memory cgroup that accounts its memory, on a hybrid host.
+    pub v1_memory: Option<PathBuf>,
+}
+
+impl Target {
+    /// The v2 cgroup at `path`, measured by its v2 files alone.
+    pub fn at(path: &Path) -> Result<Self, CgroupError> {
+        Ok(Self {
+            path: path.to_owned(),
+            id: cgroup_id(path)?,
+            v1_memory: None,
+        })
+    }
+
+    /// The kernel's memory figures: v2 files where the memory controller is on, else the v1
+    /// memory cgroup's. `None` when neither exists.
+    pub fn memory(&self) -> Option<MemoryStat> {
+        MemoryStat::read_v2(&self.path)
+            .or_else(|| self.v1_memory.as_deref().and_then(MemoryStat::read_v1))
+    }
+
+    /// How many times the kernel's OOM killer killed a process here (v2 `memory.events` or v1
+    /// `memory.oom_control`).
+    pub fn oom_kills(&self) -> Option<u64> {
+        let v2 = fs::read_to_string(self.path.join("memory.events")).ok();
+        let v1 = self
+            .v1_memory
+            .as_ref()
+            .and_then(|p| fs::read_to_string(p.join("memory.oom_control")).ok());
+        v2.or(v1).and_then(|text| flat_keyed(&text, "oom_kill"))
+    }
+
+    /// The kernel's CPU accounting of the subtree (`cpu.stat`).
+    pub fn cpu(&self) -> Result<CpuStat, CgroupError> {
+        CpuStat::read(&self.path)
+    }
+
+    /// Ids of the cgroup and of every cgroup below it now.
+    pub fn subtree_ids(&self) -> Result<Vec<u64>, CgroupError> {
+        subtree_ids(&self.path)
+    }
+
+    /// Whether the kernel can charge buffered writes made here to this cgroup when they are
+    /// written back (cgroup writeback: the memory and io controllers both on v2 for it).
+    pub fn writeback_attributed(&self) -> bool {
+        let controllers =
+            fs::read_to_string(self.path.join("cgroup.controllers")).unwrap_or_default();
+        ["memory", "io"]
+            .iter()
+            .all(|c| controllers.split_whitespace().any(|w| w == *c))
+    }
+
+    /// Storage I/O of the subtree's live threads ([`crate::taskio`]).
+    pub fn live_io(&self) -> crate::taskio::TaskIo {
+        crate::taskio::live_threads(&subtree_pids(&self.path))
+    }
+}
+
 /// Controllers a run cgroup asks its parent to delegate on a pure v2 host: io beside memory lets
 /// the kernel charge buffered writes to the run when they are written back (cgroup writeback).
 const V2_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "io"];
@@ -369,21 +436,33 @@ impl RunCgroup {
             .map(|(_, p)| p.as_path())
     }
 
-    /// The kernel's memory figures for the run: v2 files where the memory controller is on,
-    /// else the v1 twin's. `None` when neither exists.
-    pub fn memory(&self) -> Option<MemoryStat> {
-        MemoryStat::read_v2(&self.path)
-            .or_else(|| self.v1_twin("memory").and_then(MemoryStat::read_v1))
+    /// The cgroup to measure: this one, read through its v1 memory twin where it has one.
+    pub fn target(&self) -> Target {
+        Target {
+            path: self.path.clone(),
+            id: self.id,
+            v1_memory: self.v1_twin("memory").map(Path::to_owned),
+        }
     }
 
-    /// How many times the kernel's OOM killer killed a process of the run (v2 `memory.events`
-    /// or v1 `memory.oom_control`).
+    /// The kernel's memory figures for the run ([`Target::memory`]).
+    pub fn memory(&self) -> Option<MemoryStat> {
+        self.target().memory()
+    }
+
+    /// OOM kills in the run ([`Target::oom_kills`]).
     pub fn oom_kills(&self) -> Option<u64> {
-        let v2 = fs::read_to_string(self.path.join("memory.events")).ok();
-        let v1 = self
-            .v1_twin("memory")
-            .and_then(|p| fs::read_to_string(p.join("memory.oom_control")).ok());
-        v2.or(v1).and_then(|text| flat_keyed(&text, "oom_kill"))
+        self.target().oom_kills()
+    }
+
+    /// Whether written-back writes are charged to the run ([`Target::writeback_attributed`]).
+    pub fn writeback_attributed(&self) -> bool {
+        self.target().writeback_attributed()
+    }
+
+    /// Storage I/O of the run's live threads ([`Target::live_io`]).
+    pub fn live_io(&self) -> crate::taskio::TaskIo {
+        self.target().live_io()
     }
 
     /// Where it is.
@@ -400,21 +479,6 @@ impl RunCgroup {
     /// processes were found there.
     pub fn kill_all(&self, timeout: Duration) -> Result<usize, CgroupError> {
         kill_tree(&self.path, timeout)
-    }
-
-    /// Whether the kernel can charge the run's buffered writes to it when they are written back
-    /// (cgroup writeback: the memory and io controllers both on v2 for the run).
-    pub fn writeback_attributed(&self) -> bool {
-        let controllers =
-            fs::read_to_string(self.path.join("cgroup.controllers")).unwrap_or_default();
-        ["memory", "io"]
-            .iter()
-            .all(|c| controllers.split_whitespace().any(|w| w == *c))
-    }
-
-    /// Storage I/O of the subtree's live threads ([`crate::taskio`]).
-    pub fn live_io(&self) -> crate::taskio::TaskIo {
-        crate::taskio::live_threads(&subtree_pids(&self.path))
     }
 
     /// The processes left in the subtree now: pid and command line (cut to 200 bytes).
@@ -814,6 +878,41 @@ mod tests {
         );
         assert_eq!(parse_own_v1_path(text, "cpuacct").as_deref(), Some("/x"));
         assert_eq!(parse_own_v1_path(text, "blkio"), None);
+    }
+
+    #[test]
+    fn a_target_reads_its_v2_files_else_its_v1_memory_cgroup() {
+        let v2 = tempfile::tempdir().unwrap();
+        let v1 = tempfile::tempdir().unwrap();
+        fs::write(v1.path().join("memory.usage_in_bytes"), "100\n").unwrap();
+        fs::write(
+            v1.path().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        let mut target = Target::at(v2.path()).unwrap();
+        assert_eq!(target.id, fs::metadata(v2.path()).unwrap().ino());
+        assert_eq!(target.subtree_ids().unwrap(), [target.id]);
+        assert_eq!(
+            (target.memory(), target.oom_kills()),
+            (None, None),
+            "no memory files, no memory figures"
+        );
+        assert!(!target.writeback_attributed());
+
+        target.v1_memory = Some(v1.path().to_owned());
+        assert_eq!(target.memory().map(|m| m.current_bytes), Some(100));
+        assert_eq!(target.oom_kills(), Some(2));
+
+        fs::write(v2.path().join("memory.current"), "4096\n").unwrap();
+        fs::write(v2.path().join("memory.events"), "oom 1\noom_kill 1\n").unwrap();
+        fs::write(v2.path().join("cgroup.controllers"), "cpu io memory pids\n").unwrap();
+        assert_eq!(
+            (target.memory().map(|m| m.current_bytes), target.oom_kills()),
+            (Some(4096), Some(1)),
+            "v2 files win over the v1 memory cgroup"
+        );
+        assert!(target.writeback_attributed());
     }
 
     #[test]

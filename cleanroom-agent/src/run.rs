@@ -5,19 +5,20 @@
 //! read, so the totals hold every process the command started, short-lived ones too. The cgroup
 //! is removed on every path out (a [`RunCgroup`] removes itself on drop).
 
+mod signals;
+mod spawn;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
-    ffi::{CString, OsString},
+    ffi::OsString,
     fs::File,
-    io,
     os::unix::{ffi::OsStrExt as _, process::ExitStatusExt as _},
     path::PathBuf,
     process::ExitStatus,
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::signal::unix::{SignalKind, signal};
-
+use self::{signals::Signals, spawn::spawn_in_cgroup};
 use crate::{
     Error, analyze,
     cgroup::{CgroupError, CpuStat, Hierarchy, RunCgroup, check_parent, subtree_ids},
@@ -496,118 +497,6 @@ fn children_max_rss() -> Option<u64> {
     // SAFETY: `ru` is valid and writable.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     (rc == 0 && ru.ru_maxrss > 0).then(|| ru.ru_maxrss as u64 * 1024)
-}
-
-/// Starts the command; the child moves itself into the cgroups before `exec`.
-fn spawn_in_cgroup(
-    command: &[OsString],
-    procs: &[PathBuf],
-) -> Result<tokio::process::Child, Error> {
-    let program = &command[0];
-    let procs: Vec<CString> = procs
-        .iter()
-        .map(|p| CString::new(p.as_os_str().as_bytes()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| Error::Spawn {
-            command: program.to_string_lossy().into_owned(),
-            source: io::Error::other(e),
-        })?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(&command[1..]);
-    let parent = std::process::id() as i32;
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe calls (prctl, getppid, open, write, close) on memory prepared before
-    // the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            die_with_parent(parent)?;
-            procs.iter().try_for_each(|p| join_cgroup(p))
-        });
-    }
-    cmd.spawn().map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => Error::CommandNotFound(program.to_string_lossy().into_owned()),
-        _ => Error::Spawn {
-            command: program.to_string_lossy().into_owned(),
-            source,
-        },
-    })
-}
-
-/// Asks the kernel to SIGKILL this (child) process when Cleanroom dies, and exits at once if
-/// it already has. Async-signal-safe: two system calls.
-fn die_with_parent(parent: i32) -> io::Result<()> {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: getppid(2) cannot fail and touches no memory.
-    if unsafe { libc::getppid() } != parent {
-        // SAFETY: _exit(2) ends this child without running any of the parent's handlers.
-        unsafe { libc::_exit(137) };
-    }
-    Ok(())
-}
-
-/// Writes "0" (this process) into `cgroup.procs`. Async-signal-safe: no allocation.
-fn join_cgroup(procs: &std::ffi::CStr) -> io::Result<()> {
-    // SAFETY: `procs` is a valid NUL-terminated string that outlives the call.
-    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: writes one byte from a static buffer to a descriptor we own.
-    let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-    let error = io::Error::last_os_error();
-    // SAFETY: closes the descriptor opened above, once.
-    unsafe { libc::close(fd) };
-    if written == 1 { Ok(()) } else { Err(error) }
-}
-
-/// The signals that end a run: received here, passed on to the command.
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-    quit: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> io::Result<Self> {
-        Ok(Self {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
-            quit: signal(SignalKind::quit())?,
-        })
-    }
-
-    /// A signal that already arrived, if any; does not wait.
-    async fn pending(&mut self) -> Option<(&'static str, i32)> {
-        tokio::select! {
-            biased;
-            sig = self.next() => Some(sig),
-            () = std::future::ready(()) => None,
-        }
-    }
-
-    async fn next(&mut self) -> (&'static str, i32) {
-        tokio::select! {
-            _ = self.int.recv() => ("SIGINT", libc::SIGINT),
-            _ = self.term.recv() => ("SIGTERM", libc::SIGTERM),
-            _ = self.hup.recv() => ("SIGHUP", libc::SIGHUP),
-            _ = self.quit.recv() => ("SIGQUIT", libc::SIGQUIT),
-        }
-    }
-
-    /// Ctrl-C and Ctrl-\ on a terminal go to the whole foreground process group, the command
-    /// included; passing them on again would deliver them twice.
-    fn delivered_by_terminal(&self, signal: i32) -> bool {
-        if signal != libc::SIGINT && signal != libc::SIGQUIT {
-            return false;
-        }
-        // SAFETY: plain queries on fd 0 and on this process; no memory is passed.
-        unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
-    }
 }
 
 #[cfg(test)]

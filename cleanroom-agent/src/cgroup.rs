@@ -445,26 +445,6 @@ impl RunCgroup {
         }
     }
 
-    /// The kernel's memory figures for the run ([`Target::memory`]).
-    pub fn memory(&self) -> Option<MemoryStat> {
-        self.target().memory()
-    }
-
-    /// OOM kills in the run ([`Target::oom_kills`]).
-    pub fn oom_kills(&self) -> Option<u64> {
-        self.target().oom_kills()
-    }
-
-    /// Whether written-back writes are charged to the run ([`Target::writeback_attributed`]).
-    pub fn writeback_attributed(&self) -> bool {
-        self.target().writeback_attributed()
-    }
-
-    /// Storage I/O of the run's live threads ([`Target::live_io`]).
-    pub fn live_io(&self) -> crate::taskio::TaskIo {
-        self.target().live_io()
-    }
-
     /// Where it is.
     pub fn path(&self) -> &Path {
         &self.path

@@ -3,7 +3,9 @@
 //! Data flows `probe` (BPF, summed per group of cgroups by `tally`), `cgroup` (cgroupfs) and
 //! `taskio` (/proc) → `collect` (a sample) → `model` (series,
 //! aggregates, histograms) → `analyze` (thresholds, SLOs, anomalies, insights) → `report`.
-//! `run` drives one measured command, with `monitor` sampling it and `limits` enforcing
+//! `session` measures one target cgroup (a `cgroup::Target`, whoever made it): a sample per
+//! tick, the figures at the end; it knows nothing of commands, signals or terminals. `run`
+//! drives one measured command with a session over the cgroup it makes, `limits` enforcing
 //! `config`, and `escape` noting processes that leave the run's cgroup; `demo` and `doctor` are
 //! the commands a new user starts with. For the agent (being built): `watch` picks the cgroups
 //! to watch (glob rules over the v2 hierarchy), `exposition` renders live per-cgroup
@@ -34,12 +36,12 @@ pub mod host;
 pub mod limits;
 pub mod metric;
 pub mod model;
-pub mod monitor;
 pub mod objective;
 pub mod probe;
 pub mod render;
 pub mod report;
 pub mod run;
+pub mod session;
 pub mod store;
 pub mod tally;
 pub mod taskio;

@@ -7,31 +7,29 @@
 
 mod signals;
 mod spawn;
+mod status;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     ffi::OsString,
     fs::File,
     os::unix::{ffi::OsStrExt as _, process::ExitStatusExt as _},
     path::PathBuf,
     process::ExitStatus,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
-use self::{signals::Signals, spawn::spawn_in_cgroup};
+use self::{signals::Signals, spawn::spawn_in_cgroup, status::Console};
 use crate::{
     Error, analyze,
-    cgroup::{CgroupError, CpuStat, Hierarchy, RunCgroup, check_parent, subtree_ids},
-    collect::{self, Sample},
+    cgroup::{CgroupError, Hierarchy, RunCgroup, check_parent},
+    collect,
     config::CleanroomConfig,
     escape::EscapeWatch,
     host, limits,
-    model::{self, Reading},
-    monitor::Monitor,
     probe::Probes,
     report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION},
-    taskio::TaskIo,
-    units::human_bytes,
+    session::{End, Session, SessionOptions},
     verdict::{Event, EventKind, Status, ThresholdResult, Verdict},
     watchdog::Watchdog,
 };
@@ -156,8 +154,18 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         log::warn!("{name} before the command started: nothing was run");
         return Err(Error::Interrupted { signal: number });
     }
-    let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let started = Instant::now();
+    let mut console = Console::new(opts.print_summary);
+    let sampling = pm.enable_monitoring && rl.enable_resource_monitoring;
+    let mut session = Session::start(
+        cgroup.target(),
+        specs,
+        SessionOptions {
+            sampling,
+            memory: pm.enable_memory_tracking,
+            interval: pm.metrics_interval,
+            memory_limit: rl.max_memory_usage_bytes,
+        },
+    );
     // The command's process starts as a copy of this one, and the kernel's peak RSS of a
     // process (process_peak_rss_bytes, ru_maxrss) counts what it held before its exec: give
     // back the heap freed since start-up (parsing the kernel's BTF) first.
@@ -165,14 +173,8 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     unsafe { libc::malloc_trim(0) };
     let mut child = spawn_in_cgroup(&opts.command, &cgroup.procs_files())?;
     let pid = child.id().map(|p| p as i32);
-    let mut monitor = Monitor::new(
-        started,
-        specs,
-        pm.enable_memory_tracking,
-        opts.print_summary,
-    );
     for line in &limit_lines {
-        monitor.events.push(Event {
+        session.record(Event {
             t_ns: 0,
             kind: EventKind::Limit,
             subject: line.split(':').next().unwrap_or_default().to_owned(),
@@ -181,9 +183,8 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
             message: line.clone(),
         });
     }
-    let sampling = pm.enable_monitoring && rl.enable_resource_monitoring;
     if sampling {
-        monitor.sample(&probes, &cgroup)?;
+        console.tick(&session.tick(&probes)?);
     }
     let mut ticker = tokio::time::interval_at(
         tokio::time::Instant::now() + pm.metrics_interval,
@@ -214,21 +215,22 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                         // still get it), within the run.
                         cgroup.signal_group(nix::unistd::getpgrp().as_raw(), number);
                     }
-                    monitor.clear_line();
+                    console.clear_line();
                     log::warn!("{name}: passed to the command; waiting for it to exit (again to kill)");
                 }
                 interrupted.get_or_insert(name);
             }
-            _ = ticker.tick(), if sampling => monitor.sample(&probes, &cgroup)?,
+            _ = ticker.tick(), if sampling => console.tick(&session.tick(&probes)?),
             () = &mut timeout, if !timed_out && rl.max_test_execution_time.is_some() => {
                 timed_out = true;
                 let limit = rl.max_test_execution_time.unwrap_or_default();
                 let signalled = cgroup.signal_all(libc::SIGTERM);
-                monitor.event(Event {
-                    t_ns: monitor.elapsed_ns(),
+                let t_ns = session.elapsed_ns();
+                let event = Event {
+                    t_ns,
                     kind: EventKind::Timeout,
                     subject: "resource_limits.max_test_execution_time".into(),
-                    value: Some(monitor.elapsed_ns() as f64),
+                    value: Some(t_ns as f64),
                     limit: Some(limit.as_nanos() as f64),
                     message: format!(
                         "the run exceeded resource_limits.max_test_execution_time ({}): sent SIGTERM \
@@ -236,28 +238,32 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                         humantime::format_duration(limit),
                         humantime::format_duration(rl.resource_cleanup_timeout)
                     ),
-                });
+                };
+                console.event(&event);
+                session.record(event);
                 kill_at.as_mut().reset(tokio::time::Instant::now() + rl.resource_cleanup_timeout);
             }
             () = &mut kill_at, if timed_out => {
-                monitor.event(Event {
-                    t_ns: monitor.elapsed_ns(),
+                let event = Event {
+                    t_ns: session.elapsed_ns(),
                     kind: EventKind::TimeoutKill,
                     subject: "resource_limits.resource_cleanup_timeout".into(),
                     value: None,
                     limit: None,
                     message: "the run did not stop after SIGTERM: killing every process".into(),
-                });
+                };
+                console.event(&event);
+                session.record(event);
                 let _ = cgroup.kill_all(Duration::from_secs(5));
                 kill_at.as_mut().reset(tokio::time::Instant::now() + far);
             }
         }
     };
-    let wall_time_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let wall_time_ns = session.elapsed_ns();
     if sampling {
-        monitor.final_sample(&probes, &cgroup, pm.metrics_interval)?;
+        console.tick(&session.last_tick(&probes)?);
     }
-    monitor.clear_line();
+    console.clear_line();
 
     // Whatever the command left behind ends now, so that its CPU time is charged before the
     // counters are read. Named first: a daemon left running is worth knowing about.
@@ -274,78 +280,18 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     // A task that just exited may still be finishing its last scheduler tick on another CPU.
     tokio::time::sleep(Duration::from_millis(20)).await;
 
-    // Sub-cgroups still there, and those the kernel saw made (and maybe removed) meanwhile.
-    let mut ids: BTreeSet<u64> = subtree_ids(cgroup.path())?.into_iter().collect();
-    ids.extend(probes.descendants(cgroup.id())?);
-    let memory = cgroup.memory();
-    let sample = Sample {
-        counted: probes.counted(&ids)?,
-        cpu: CpuStat::read(cgroup.path())?,
-        memory,
-        max_rss_bytes: children_max_rss(),
-        // Everything was killed above: the probes have every thread's figures.
-        live_io: TaskIo::default(),
-        // Sampled: only a run that lasted at least one interval has a sample taken while it ran.
-        anon_peak_bytes: monitor
-            .anon_peak_bytes
-            .filter(|_| u128::from(wall_time_ns) >= pm.metrics_interval.as_nanos()),
-    };
-    let drops = probes.drops()?;
-    let (totals, unavailable) = sample.totals(&probes.unavailable());
-    probes.forget(&ids)?;
-    if let Some(kills) = cgroup.oom_kills().filter(|k| *k > 0) {
-        let limit = rl.max_memory_usage_bytes;
-        monitor.event(Event {
-            t_ns: wall_time_ns,
-            kind: EventKind::OomKill,
-            subject: "memory".into(),
-            value: Some(kills as f64),
-            limit: limit.map(|l| l as f64),
-            message: match limit {
-                Some(l) => format!(
-                    "the memory limit ({}) was reached: the kernel's OOM killer killed {kills} \
-                     process(es) of the run",
-                    human_bytes(l)
-                ),
-                None => format!("the kernel's OOM killer killed {kills} process(es) of the run"),
-            },
-        });
-    }
-    // Cumulative figures judged at the end: wall time, the peak memory charge (which can
-    // exceed every sample), bytes written.
-    // Rates over the whole run too: never above the busiest interval, and the only figure a
-    // run shorter than one interval has.
-    let totals_now = sample.counters();
-    let written = totals_now.get("io_write_bytes").copied();
-    let whole_run = model::interval(
-        &Reading {
-            t_ns: 0,
-            counters: totals_now.keys().map(|k| (k.clone(), 0)).collect(),
-            memory_current_bytes: None,
+    let figures = session.finish(
+        &mut probes,
+        End {
+            wall_time_ns,
+            max_rss_bytes: children_max_rss(),
         },
-        &Reading {
-            t_ns: wall_time_ns,
-            counters: totals_now,
-            memory_current_bytes: None,
-        },
-    );
-    let mut finals = whole_run.map(|p| p.values).unwrap_or_default();
-    finals.insert("wall_time".to_owned(), wall_time_ns as f64);
-    // The kernel's peak, or where it keeps none (v2 before 5.19) the charge now: an
-    // observation like any sample's.
-    if let Some(m) = memory {
-        finals.insert(
-            "memory_current_bytes".into(),
-            m.peak_bytes.unwrap_or(m.current_bytes) as f64,
-        );
+    )?;
+    for event in figures.raised_at_end() {
+        console.event(event);
     }
-    if let Some(w) = written {
-        finals.insert("io_write_bytes".into(), w as f64);
-    }
-    monitor.observe(wall_time_ns, &finals);
-
-    let (escaped, escape_notes) = escape_watch.finish(&mut probes, &hierarchy.v2_mount, &drops);
-    let writeback = cgroup.writeback_attributed();
+    let (escaped, escape_notes) =
+        escape_watch.finish(&mut probes, &hierarchy.v2_mount, &figures.drops);
     let cgroup_ref = CgroupRef {
         path: cgroup.path().display().to_string(),
         id: cgroup.id(),
@@ -365,6 +311,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                 .join(", ")
         ));
     }
+    let memory = figures.memory;
     if memory.is_none() {
         notes.push(
             "no cgroup accounts memory for this run (no memory controller): memory_peak_bytes is \
@@ -380,7 +327,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                 .to_owned(),
         );
     }
-    if memory.is_some() && sample.anon_peak_bytes.is_none() {
+    if memory.is_some() && figures.anon_peak_bytes.is_none() {
         notes.push(format!(
             "memory_anon_peak_bytes is unavailable: anonymous memory is sampled every \
              performance_monitoring.metrics_interval ({}), and {}",
@@ -399,12 +346,9 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                 .to_owned(),
         );
     }
-    notes.extend(collect::write_note(&totals, writeback));
-    let kernel = sample.kernel();
-    notes.extend(collect::fault_note(&totals, &kernel));
+    notes.extend(collect::write_note(&figures.totals, figures.writeback));
+    notes.extend(collect::fault_note(&figures.totals, &figures.kernel));
     notes.extend(escape_notes);
-    let (anomalies, anomalies_found) =
-        analyze::keep_strongest(analyze::anomalies(monitor.series.points()));
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
         command: opts.label.clone().unwrap_or_else(|| {
@@ -414,14 +358,15 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                 .collect()
         }),
         exit_code: exit_code(status),
-        started_at,
+        started_at: humantime::format_rfc3339_seconds(figures.started_at).to_string(),
         wall_time_ns,
         cgroup: cgroup_ref,
-        totals,
-        block_devices: sample.block_devices(),
-        kernel,
-        unavailable,
-        dropped: drops
+        totals: figures.totals,
+        block_devices: figures.block_devices,
+        kernel: figures.kernel,
+        unavailable: figures.unavailable,
+        dropped: figures
+            .drops
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect::<BTreeMap<_, _>>(),
@@ -433,15 +378,15 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         leftovers: left_behind,
         comparison: None,
         escaped,
-        aggregates: model::aggregate(monitor.series.points()),
-        anomalies,
-        anomalies_found,
+        aggregates: figures.aggregates,
+        anomalies: figures.anomalies,
+        anomalies_found: figures.anomalies_found,
         anomaly_method: analyze::ANOMALY_METHOD.to_owned(),
-        series_resolution: sampling.then(|| monitor.series.resolution()),
-        series: std::mem::take(&mut monitor.series).into_points(),
+        series_resolution: figures.series_resolution,
+        series: figures.series,
         slos: Vec::new(),
-        thresholds: monitor.thresholds.results(),
-        events: std::mem::take(&mut monitor.events),
+        thresholds: figures.thresholds,
+        events: figures.events,
         insights: Vec::new(),
         verdict: Verdict::default(),
         name: opts.name.clone(),

@@ -1,0 +1,336 @@
+//! One measuring session over one target cgroup: a sample per tick (the time series, thresholds
+//! checked, events raised), and at the end the session's figures.
+//!
+//! It knows what to read, never why: not the command that runs in the cgroup, nor who made the
+//! cgroup, nor signals, limits or terminals. It prints nothing; each tick hands its point and
+//! events to the front end, which says what it wants to ([`crate::run`] draws a status line).
+//! `cleanroom run` measures the cgroup it made for its command; the agent can measure a cgroup
+//! someone else made.
+//!
+//! Between ticks the kernel's record of made cgroups finds the target's sub-cgroups, so one made
+//! before the probes were loaded is only found at [`Session::finish`], which also walks the
+//! directory tree.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant, SystemTime},
+};
+
+use crate::{
+    Error,
+    analyze::{self, ThresholdMonitor, ThresholdSpec},
+    cgroup::{MemoryStat, Target},
+    collect::{BlockDevice, Sample, Total},
+    model::{self, Aggregate, Reading, SeriesPoint, SeriesResolution},
+    probe::{Drops, Probes},
+    units::human_bytes,
+    verdict::{Anomaly, Event, EventKind, ThresholdResult},
+};
+
+/// How a session measures.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionOptions {
+    /// Whether the front end ticks every `interval` (the time series and thresholds).
+    pub sampling: bool,
+    /// Whether each tick reads memory too.
+    pub memory: bool,
+    /// The time between ticks.
+    pub interval: Duration,
+    /// The memory limit set on the target, when known: an OOM kill event names it.
+    pub memory_limit: Option<u64>,
+}
+
+/// The end of a session, as the front end saw it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct End {
+    /// From the start to the end of what was measured.
+    pub wall_time_ns: u64,
+    /// The largest peak RSS of a single process of the target, where the front end knows it
+    /// (the last-resort memory figure when no cgroup accounts memory).
+    pub max_rss_bytes: Option<u64>,
+}
+
+/// What one tick produced.
+#[derive(Clone, Debug, Default)]
+pub struct Tick {
+    /// The interval since the previous tick; none on the first.
+    pub point: Option<SeriesPoint>,
+    /// The events the interval raised (thresholds breached or cleared), already recorded.
+    pub events: Vec<Event>,
+}
+
+/// A session's figures at its end.
+#[derive(Clone, Debug)]
+pub struct Figures {
+    /// When the session started.
+    pub started_at: SystemTime,
+    /// From the start to the end.
+    pub wall_time_ns: u64,
+    /// What the probes and cgroupfs measured, by metric name.
+    pub totals: BTreeMap<String, Total>,
+    /// Metrics that could not be measured.
+    pub unavailable: Vec<String>,
+    /// Block I/O per device, busiest first.
+    pub block_devices: Vec<BlockDevice>,
+    /// The kernel's own cgroupfs figures, for cross-checking.
+    pub kernel: BTreeMap<String, u64>,
+    /// Events the kernel programs could not count, by reason.
+    pub drops: Drops,
+    /// The kernel's memory accounting at the end, where a cgroup accounts the target's memory.
+    pub memory: Option<MemoryStat>,
+    /// The highest anonymous memory of any tick, when the session lasted at least one interval.
+    pub anon_peak_bytes: Option<u64>,
+    /// Whether buffered writes are charged to the target when written back.
+    pub writeback: bool,
+    /// One point per interval, bounded.
+    pub series: Vec<SeriesPoint>,
+    /// How the series was kept, when the session ticked.
+    pub series_resolution: Option<SeriesResolution>,
+    /// Per series name: average, peak, percentiles, trend.
+    pub aggregates: BTreeMap<String, Aggregate>,
+    /// The strongest anomalous intervals.
+    pub anomalies: Vec<Anomaly>,
+    /// How many anomalies were found, when more than `anomalies` keeps.
+    pub anomalies_found: Option<usize>,
+    /// The verdict on each threshold watched.
+    pub thresholds: Vec<ThresholdResult>,
+    /// Every event of the session, in the order raised.
+    pub events: Vec<Event>,
+    /// Where in `events` those the end itself raised begin.
+    end_events: usize,
+}
+
+impl Figures {
+    /// The events the end itself raised (an OOM kill, thresholds breached by the whole
+    /// session's figures), for a front end to say.
+    pub fn raised_at_end(&self) -> &[Event] {
+        &self.events[self.end_events..]
+    }
+}
+
+/// Measuring one target cgroup.
+#[derive(Debug)]
+pub struct Session {
+    target: Target,
+    options: SessionOptions,
+    started_at: SystemTime,
+    started: Instant,
+    prev: Option<Reading>,
+    series: model::Series,
+    thresholds: ThresholdMonitor,
+    events: Vec<Event>,
+    anon_peak_bytes: Option<u64>,
+}
+
+impl Session {
+    /// Starts measuring `target` now, watching `specs`.
+    pub fn start(target: Target, specs: Vec<ThresholdSpec>, options: SessionOptions) -> Self {
+        Self {
+            target,
+            options,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            prev: None,
+            series: model::Series::default(),
+            thresholds: ThresholdMonitor::new(specs),
+            events: Vec::new(),
+            anon_peak_bytes: None,
+        }
+    }
+
+    /// Whether the front end should tick every [`SessionOptions::interval`].
+    pub fn samples(&self) -> bool {
+        self.options.sampling
+    }
+
+    /// The time between ticks.
+    pub fn interval(&self) -> Duration {
+        self.options.interval
+    }
+
+    /// ns since the session started.
+    pub fn elapsed_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Records an event the front end raised (a limit applied, a timeout).
+    pub fn record(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    /// Takes a sample now: records the interval since the last one and checks thresholds.
+    pub fn tick(&mut self, probes: &Probes) -> Result<Tick, Error> {
+        let ids: BTreeSet<u64> = probes.descendants(self.target.id)?;
+        // The probes first, then the live threads: a thread exiting in between is missed by this
+        // sample only (never counted twice), and the next one has it.
+        let counted = probes.counters(&ids)?;
+        let memory = if self.options.memory {
+            self.target.memory()
+        } else {
+            None
+        };
+        if let Some(anon) = memory.and_then(|m| m.anon_bytes) {
+            self.anon_peak_bytes = Some(self.anon_peak_bytes.map_or(anon, |p| p.max(anon)));
+        }
+        let sample = Sample {
+            counted,
+            cpu: Default::default(),
+            memory,
+            max_rss_bytes: None,
+            live_io: self.target.live_io(),
+            anon_peak_bytes: self.anon_peak_bytes,
+        };
+        let reading = Reading {
+            t_ns: self.elapsed_ns(),
+            counters: sample.counters(),
+            memory_current_bytes: sample.memory.map(|m| m.current_bytes),
+        };
+        let mut tick = Tick::default();
+        if let Some(point) = self
+            .prev
+            .as_ref()
+            .and_then(|prev| model::interval(prev, &reading))
+        {
+            let mut values = point.values.clone();
+            values.insert("wall_time".into(), reading.t_ns as f64);
+            if let Some(w) = reading.counters.get("io_write_bytes") {
+                values.insert("io_write_bytes".into(), *w as f64);
+            }
+            tick.events = self.observe(reading.t_ns, &values);
+            self.series.push(point.clone());
+            tick.point = Some(point);
+        }
+        self.prev = Some(reading);
+        Ok(tick)
+    }
+
+    /// The last, partial interval when what is measured ends: taken only if it is at least half
+    /// an interval long. CPU time is charged in scheduler ticks, so a rate over a sliver of time
+    /// (a tick's 4 ms over 1 ms of wall time is "400%") would say nothing true.
+    pub fn last_tick(&mut self, probes: &Probes) -> Result<Tick, Error> {
+        let since = self
+            .prev
+            .as_ref()
+            .map_or(u64::MAX, |p| self.elapsed_ns().saturating_sub(p.t_ns));
+        if u128::from(since) * 2 >= self.options.interval.as_nanos() {
+            self.tick(probes)
+        } else {
+            Ok(Tick::default())
+        }
+    }
+
+    /// Ends the session: reads everything counted for the target's subtree, then forgets it in
+    /// the probes' maps. Call it once nothing runs in the target any more, so that every
+    /// thread's figures are the probes'.
+    pub fn finish(mut self, probes: &mut Probes, end: End) -> Result<Figures, Error> {
+        // Sub-cgroups still there, and those the kernel saw made (and maybe removed) meanwhile.
+        let mut ids: BTreeSet<u64> = self.target.subtree_ids()?.into_iter().collect();
+        ids.extend(probes.descendants(self.target.id)?);
+        let memory = self.target.memory();
+        let sample = Sample {
+            counted: probes.counted(&ids)?,
+            cpu: self.target.cpu()?,
+            memory,
+            max_rss_bytes: end.max_rss_bytes,
+            live_io: self.target.live_io(),
+            // Sampled: only a session that lasted at least one interval has a sample taken
+            // while it ran.
+            anon_peak_bytes: self
+                .anon_peak_bytes
+                .filter(|_| u128::from(end.wall_time_ns) >= self.options.interval.as_nanos()),
+        };
+        let drops = probes.drops()?;
+        let (totals, unavailable) = sample.totals(&probes.unavailable());
+        probes.forget(&ids)?;
+        let end_events = self.events.len();
+        if let Some(event) = self.oom_event(end.wall_time_ns) {
+            self.events.push(event);
+        }
+        let finals = final_values(&sample, end.wall_time_ns);
+        self.observe(end.wall_time_ns, &finals);
+        let (anomalies, anomalies_found) =
+            analyze::keep_strongest(analyze::anomalies(self.series.points()));
+        Ok(Figures {
+            started_at: self.started_at,
+            wall_time_ns: end.wall_time_ns,
+            block_devices: sample.block_devices(),
+            kernel: sample.kernel(),
+            drops,
+            memory: sample.memory,
+            anon_peak_bytes: sample.anon_peak_bytes,
+            writeback: self.target.writeback_attributed(),
+            aggregates: model::aggregate(self.series.points()),
+            anomalies,
+            anomalies_found,
+            series_resolution: self.options.sampling.then(|| self.series.resolution()),
+            series: self.series.into_points(),
+            thresholds: self.thresholds.results(),
+            events: self.events,
+            end_events,
+            totals,
+            unavailable,
+        })
+    }
+
+    /// Checks thresholds against `values`; records and returns the events it raises.
+    fn observe(&mut self, t_ns: u64, values: &BTreeMap<String, f64>) -> Vec<Event> {
+        let events = self.thresholds.observe(t_ns, values);
+        self.events.extend(events.iter().cloned());
+        events
+    }
+
+    /// The event for the kernel's OOM kills in the target, if there were any.
+    fn oom_event(&self, t_ns: u64) -> Option<Event> {
+        let kills = self.target.oom_kills().filter(|k| *k > 0)?;
+        let limit = self.options.memory_limit;
+        Some(Event {
+            t_ns,
+            kind: EventKind::OomKill,
+            subject: "memory".into(),
+            value: Some(kills as f64),
+            limit: limit.map(|l| l as f64),
+            message: match limit {
+                Some(l) => format!(
+                    "the memory limit ({}) was reached: the kernel's OOM killer killed {kills} \
+                     process(es) of the run",
+                    human_bytes(l)
+                ),
+                None => format!("the kernel's OOM killer killed {kills} process(es) of the run"),
+            },
+        })
+    }
+}
+
+/// The cumulative figures judged at the end: wall time, the peak memory charge (which can
+/// exceed every sample), bytes written; and rates over the whole session, never above the
+/// busiest interval and the only figure a session shorter than one interval has.
+fn final_values(sample: &Sample, wall_time_ns: u64) -> BTreeMap<String, f64> {
+    let totals_now = sample.counters();
+    let written = totals_now.get("io_write_bytes").copied();
+    let whole = model::interval(
+        &Reading {
+            t_ns: 0,
+            counters: totals_now.keys().map(|k| (k.clone(), 0)).collect(),
+            memory_current_bytes: None,
+        },
+        &Reading {
+            t_ns: wall_time_ns,
+            counters: totals_now,
+            memory_current_bytes: None,
+        },
+    );
+    let mut finals = whole.map(|p| p.values).unwrap_or_default();
+    finals.insert("wall_time".to_owned(), wall_time_ns as f64);
+    // The kernel's peak, or where it keeps none (v2 before 5.19) the charge now: an
+    // observation like any sample's.
+    if let Some(m) = sample.memory {
+        finals.insert(
+            "memory_current_bytes".into(),
+            m.peak_bytes.unwrap_or(m.current_bytes) as f64,
+        );
+    }
+    if let Some(w) = written {
+        finals.insert("io_write_bytes".into(), w as f64);
+    }
+    finals
+}

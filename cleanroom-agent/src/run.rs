@@ -4,6 +4,14 @@
 //! before `exec`, and at the end everything left in the cgroup is killed before the counters are
 //! read, so the totals hold every process the command started, short-lived ones too. The cgroup
 //! is removed on every path out (a [`RunCgroup`] removes itself on drop).
+//!
+//! [`run`] is the composition of these steps, in this order: `prepare` (privileges, the
+//! program, the hierarchy, stale runs, the probes, then the cgroup, its watchdog, limits and
+//! escape watch), `launch` (a [`Session`] over the cgroup, then the command in it),
+//! `supervise` (signals, ticks, the time limit, until the command exits), `wind_down`
+//! (leftovers named and killed), [`Session::finish`] (the figures), `assemble` (the report
+//! and its notes) and `judge` (thresholds, SLOs, insights, the verdict). The measuring is the
+//! session's; this module only knows the command, its signals and its terminal.
 
 mod signals;
 mod spawn;
@@ -14,22 +22,24 @@ use std::{
     ffi::OsString,
     fs::File,
     os::unix::{ffi::OsStrExt as _, process::ExitStatusExt as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitStatus,
     time::{Duration, SystemTime},
 };
+
+use tokio::process::Child;
 
 use self::{signals::Signals, spawn::spawn_in_cgroup, status::Console};
 use crate::{
     Error, analyze,
     cgroup::{CgroupError, Hierarchy, RunCgroup, check_parent},
     collect,
-    config::CleanroomConfig,
-    escape::EscapeWatch,
+    config::{CleanroomConfig, ResourceLimits},
+    escape::{EscapeWatch, EscapedProcess},
     host, limits,
     probe::Probes,
     report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION},
-    session::{End, Session, SessionOptions},
+    session::{End, Figures, Session, SessionOptions},
     verdict::{Event, EventKind, Status, ThresholdResult, Verdict},
     watchdog::Watchdog,
 };
@@ -101,16 +111,56 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     // First of all: from here on a signal is noted, never the end of this process while
     // something it made is still in place.
     let mut signals = Signals::new().map_err(Error::Wait)?;
+    let config = &opts.config;
+    let prepared = prepare(opts)?;
+    let (specs, not_applicable) = analyze::threshold_specs(config);
+    refuse_if_signalled(&mut signals).await?;
+    let mut console = Console::new(opts.print_summary);
+    let options = session_options(config);
+    let (mut session, child) = launch(&opts.command, &prepared, specs, options)?;
+    let ended = supervise(
+        child,
+        &mut signals,
+        &prepared,
+        &mut session,
+        &mut console,
+        &config.resource_limits,
+    )
+    .await?;
+    let wound_down = wind_down(&prepared.cgroup).await?;
+    let (figures, outcome) = conclude(prepared, session, &mut console, ended, wound_down)?;
+    Ok(judge(
+        config,
+        assemble(opts, outcome, figures),
+        not_applicable,
+    ))
+}
+
+/// What `prepare` puts in place before the command starts. Dropped on a way out with an error,
+/// the cgroup is removed first, then the probes are detached.
+struct Prepared {
+    /// Where the v2 hierarchy is mounted.
+    v2_mount: PathBuf,
+    /// The run's own cgroup, limited and guarded.
+    cgroup: RunCgroup,
+    /// Attached before the cgroup exists, so the kernel's record of made cgroups has it.
+    probes: Probes,
+    /// The limits applied, as the report's notes and events say them.
+    limit_lines: Vec<String>,
+    /// Watching the cgroup for processes that leave it.
+    escape_watch: EscapeWatch,
+}
+
+/// Checks that the run can be made and sets it up: privileges, the program, the hierarchy and
+/// parent, stale runs removed, the probes attached, then the cgroup with its watchdog, limits
+/// and escape watch. Nothing is running yet.
+fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
     require_privileges("cleanroom run")?;
     let program = opts
         .command
         .first()
         .ok_or_else(|| Error::CommandNotFound(String::new()))?;
     resolve_program(program)?;
-    let config = &opts.config;
-    let pm = &config.performance_monitoring;
-    let rl = &config.resource_limits;
-
     let hierarchy = Hierarchy::detect()?;
     let parent = match &opts.cgroup_parent {
         Some(requested) => check_parent(requested, &hierarchy)?,
@@ -123,6 +173,27 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         source,
     })?;
     let mut probes = Probes::load(Some(&v2_root))?;
+    let resource_limits = &opts.config.resource_limits;
+    let cgroup = make_cgroup(&parent, &hierarchy, resource_limits)?;
+    let limit_lines = limits::apply(&cgroup, resource_limits)?;
+    // Before the command starts: it joins the cgroup between fork and exec.
+    let escape_watch = EscapeWatch::start(&mut probes, cgroup.id());
+    Ok(Prepared {
+        v2_mount: hierarchy.v2_mount,
+        cgroup,
+        probes,
+        limit_lines,
+        escape_watch,
+    })
+}
+
+/// Makes the run's cgroup under `parent`, named after the time and this process, with the v1
+/// twins its limits need, and hands it to a watchdog that removes it if Cleanroom is killed.
+fn make_cgroup(
+    parent: &Path,
+    hierarchy: &Hierarchy,
+    resource_limits: &ResourceLimits,
+) -> Result<RunCgroup, Error> {
     let run_id = format!(
         "run-{}-{}",
         SystemTime::now()
@@ -132,10 +203,10 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         std::process::id()
     );
     let mut cgroup = RunCgroup::create(
-        &parent,
+        parent,
         &run_id,
-        &hierarchy,
-        &limits::v1_controllers_needed(rl),
+        hierarchy,
+        &limits::v1_controllers_needed(resource_limits),
     )?;
     match Watchdog::start(&cgroup.dirs()) {
         Ok(w) => cgroup.guard(w),
@@ -144,36 +215,50 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
              ({e}); the next run removes them instead"
         ),
     }
-    let limit_lines = limits::apply(&cgroup, rl)?;
-    // Before the command starts: it joins the cgroup between fork and exec.
-    let escape_watch = EscapeWatch::start(&mut probes, cgroup.id());
+    Ok(cgroup)
+}
 
-    let (specs, not_applicable) = analyze::threshold_specs(config);
-    if let Some((name, number)) = signals.pending().await {
-        // Set-up took a moment (loading the probes); the command has not started yet.
-        log::warn!("{name} before the command started: nothing was run");
-        return Err(Error::Interrupted { signal: number });
+/// Refuses to start the command when a signal came during set-up (loading the probes takes a
+/// moment): nothing was run.
+async fn refuse_if_signalled(signals: &mut Signals) -> Result<(), Error> {
+    match signals.pending().await {
+        Some((name, number)) => {
+            log::warn!("{name} before the command started: nothing was run");
+            Err(Error::Interrupted { signal: number })
+        }
+        None => Ok(()),
     }
-    let mut console = Console::new(opts.print_summary);
-    let sampling = pm.enable_monitoring && rl.enable_resource_monitoring;
-    let mut session = Session::start(
-        cgroup.target(),
-        specs,
-        SessionOptions {
-            sampling,
-            memory: pm.enable_memory_tracking,
-            interval: pm.metrics_interval,
-            memory_limit: rl.max_memory_usage_bytes,
-        },
-    );
+}
+
+/// How the run's session measures, from the config.
+fn session_options(config: &CleanroomConfig) -> SessionOptions {
+    let pm = &config.performance_monitoring;
+    let rl = &config.resource_limits;
+    SessionOptions {
+        sampling: pm.enable_monitoring && rl.enable_resource_monitoring,
+        memory: pm.enable_memory_tracking,
+        interval: pm.metrics_interval,
+        memory_limit: rl.max_memory_usage_bytes,
+    }
+}
+
+/// Starts measuring the run cgroup, then the command in it; the limits applied are the
+/// session's first events.
+fn launch(
+    command: &[OsString],
+    prepared: &Prepared,
+    specs: Vec<analyze::ThresholdSpec>,
+    options: SessionOptions,
+) -> Result<(Session, Child), Error> {
+    let cgroup = &prepared.cgroup;
+    let mut session = Session::start(cgroup.target(), specs, options);
     // The command's process starts as a copy of this one, and the kernel's peak RSS of a
     // process (process_peak_rss_bytes, ru_maxrss) counts what it held before its exec: give
     // back the heap freed since start-up (parsing the kernel's BTF) first.
     // SAFETY: malloc_trim only returns free heap memory to the system.
     unsafe { libc::malloc_trim(0) };
-    let mut child = spawn_in_cgroup(&opts.command, &cgroup.procs_files())?;
-    let pid = child.id().map(|p| p as i32);
-    for line in &limit_lines {
+    let child = spawn_in_cgroup(command, &cgroup.procs_files())?;
+    for line in &prepared.limit_lines {
         session.record(Event {
             t_ns: 0,
             kind: EventKind::Limit,
@@ -183,122 +268,286 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
             message: line.clone(),
         });
     }
-    if sampling {
-        console.tick(&session.tick(&probes)?);
+    Ok((session, child))
+}
+
+/// How the command's supervision ended.
+struct Ended {
+    /// The command's exit status.
+    status: ExitStatus,
+    /// The first signal Cleanroom received while the command ran.
+    interrupted: Option<&'static str>,
+    /// From the session's start to the command's exit.
+    wall_time_ns: u64,
+}
+
+/// Waits for the command to exit: ticks the session every interval, passes signals on and
+/// enforces the time limit (SIGTERM, then SIGKILL after the clean-up time); then takes the
+/// last, partial interval.
+async fn supervise(
+    mut child: Child,
+    signals: &mut Signals,
+    prepared: &Prepared,
+    session: &mut Session,
+    console: &mut Console,
+    rl: &ResourceLimits,
+) -> Result<Ended, Error> {
+    let (cgroup, probes) = (&prepared.cgroup, &prepared.probes);
+    let has_pid = child.id().is_some();
+    if session.samples() {
+        console.tick(&session.tick(probes)?);
     }
-    let mut ticker = tokio::time::interval_at(
-        tokio::time::Instant::now() + pm.metrics_interval,
-        pm.metrics_interval,
-    );
+    let interval = session.interval();
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let far = Duration::from_secs(86_400 * 365);
-    let timeout = tokio::time::sleep(rl.max_test_execution_time.unwrap_or(far));
+    let timeout = tokio::time::sleep(rl.max_test_execution_time.unwrap_or(FAR));
     tokio::pin!(timeout);
     let mut timed_out = false;
-    let kill_at = tokio::time::sleep(far);
+    let kill_at = tokio::time::sleep(FAR);
     tokio::pin!(kill_at);
-
     let mut interrupted: Option<&'static str> = None;
     let status: ExitStatus = loop {
         tokio::select! {
             status = child.wait() => break status.map_err(Error::Wait)?,
-            sig = signals.next() => {
-                let (name, number) = sig;
-                if interrupted.is_some() {
-                    // A second signal: stop waiting for the command to wind down.
-                    log::warn!("{name} again: killing every process of the run");
-                    let _ = cgroup.kill_all(Duration::from_secs(5));
-                } else if pid.is_some() {
-                    if !signals.delivered_by_terminal(number) {
-                        // As a shell does to its foreground job: every process of the command's
-                        // process group (a wrapper like GNU time ignores SIGINT; its child must
-                        // still get it), within the run.
-                        cgroup.signal_group(nix::unistd::getpgrp().as_raw(), number);
-                    }
-                    console.clear_line();
-                    log::warn!("{name}: passed to the command; waiting for it to exit (again to kill)");
-                }
+            (name, number) = signals.next() => {
+                let again = interrupted.is_some();
+                pass_on(name, number, again, has_pid, signals, cgroup, console);
                 interrupted.get_or_insert(name);
             }
-            _ = ticker.tick(), if sampling => console.tick(&session.tick(&probes)?),
+            _ = ticker.tick(), if session.samples() => console.tick(&session.tick(probes)?),
             () = &mut timeout, if !timed_out && rl.max_test_execution_time.is_some() => {
                 timed_out = true;
-                let limit = rl.max_test_execution_time.unwrap_or_default();
-                let signalled = cgroup.signal_all(libc::SIGTERM);
-                let t_ns = session.elapsed_ns();
-                let event = Event {
-                    t_ns,
-                    kind: EventKind::Timeout,
-                    subject: "resource_limits.max_test_execution_time".into(),
-                    value: Some(t_ns as f64),
-                    limit: Some(limit.as_nanos() as f64),
-                    message: format!(
-                        "the run exceeded resource_limits.max_test_execution_time ({}): sent SIGTERM \
-                         to {signalled} processes, SIGKILL follows in {}",
-                        humantime::format_duration(limit),
-                        humantime::format_duration(rl.resource_cleanup_timeout)
-                    ),
-                };
+                let event = time_out(cgroup, session.elapsed_ns(), rl);
                 console.event(&event);
                 session.record(event);
                 kill_at.as_mut().reset(tokio::time::Instant::now() + rl.resource_cleanup_timeout);
             }
             () = &mut kill_at, if timed_out => {
-                let event = Event {
-                    t_ns: session.elapsed_ns(),
-                    kind: EventKind::TimeoutKill,
-                    subject: "resource_limits.resource_cleanup_timeout".into(),
-                    value: None,
-                    limit: None,
-                    message: "the run did not stop after SIGTERM: killing every process".into(),
-                };
+                let event = kill_after_timeout(session.elapsed_ns());
                 console.event(&event);
                 session.record(event);
                 let _ = cgroup.kill_all(Duration::from_secs(5));
-                kill_at.as_mut().reset(tokio::time::Instant::now() + far);
+                kill_at.as_mut().reset(tokio::time::Instant::now() + FAR);
             }
         }
     };
     let wall_time_ns = session.elapsed_ns();
-    if sampling {
-        console.tick(&session.last_tick(&probes)?);
+    if session.samples() {
+        console.tick(&session.last_tick(probes)?);
     }
     console.clear_line();
+    Ok(Ended {
+        status,
+        interrupted,
+        wall_time_ns,
+    })
+}
 
-    // Whatever the command left behind ends now, so that its CPU time is charged before the
-    // counters are read. Named first: a daemon left running is worth knowing about.
+/// A deadline that never comes.
+const FAR: Duration = Duration::from_secs(86_400 * 365);
+
+/// Passes a signal Cleanroom received on to the command. The first goes, as a shell sends it
+/// to its foreground job, to every process of the command's process group within the run (a
+/// wrapper like GNU time ignores SIGINT; its child must still get it); a second kills every
+/// process of the run.
+fn pass_on(
+    name: &'static str,
+    number: i32,
+    again: bool,
+    has_pid: bool,
+    signals: &Signals,
+    cgroup: &RunCgroup,
+    console: &mut Console,
+) {
+    if again {
+        // A second signal: stop waiting for the command to wind down.
+        log::warn!("{name} again: killing every process of the run");
+        let _ = cgroup.kill_all(Duration::from_secs(5));
+    } else if has_pid {
+        if !signals.delivered_by_terminal(number) {
+            cgroup.signal_group(nix::unistd::getpgrp().as_raw(), number);
+        }
+        console.clear_line();
+        log::warn!("{name}: passed to the command; waiting for it to exit (again to kill)");
+    }
+}
+
+/// The time limit is reached at `t_ns`: SIGTERM to every process of the run, and the event
+/// that says so.
+fn time_out(cgroup: &RunCgroup, t_ns: u64, rl: &ResourceLimits) -> Event {
+    let limit = rl.max_test_execution_time.unwrap_or_default();
+    let signalled = cgroup.signal_all(libc::SIGTERM);
+    Event {
+        t_ns,
+        kind: EventKind::Timeout,
+        subject: "resource_limits.max_test_execution_time".into(),
+        value: Some(t_ns as f64),
+        limit: Some(limit.as_nanos() as f64),
+        message: format!(
+            "the run exceeded resource_limits.max_test_execution_time ({}): sent SIGTERM \
+             to {signalled} processes, SIGKILL follows in {}",
+            humantime::format_duration(limit),
+            humantime::format_duration(rl.resource_cleanup_timeout)
+        ),
+    }
+}
+
+/// The event for killing what still runs after the clean-up time, at `t_ns`.
+fn kill_after_timeout(t_ns: u64) -> Event {
+    Event {
+        t_ns,
+        kind: EventKind::TimeoutKill,
+        subject: "resource_limits.resource_cleanup_timeout".into(),
+        value: None,
+        limit: None,
+        message: "the run did not stop after SIGTERM: killing every process".into(),
+    }
+}
+
+/// What winding down found.
+struct WoundDown {
+    /// The processes the command left running, named before they were killed.
+    left_behind: Vec<Leftover>,
+    /// How many processes were killed (at least those named).
+    killed: usize,
+}
+
+/// Ends whatever the command left behind, so that its CPU time is charged before the counters
+/// are read. Named first: a daemon left running is worth knowing about.
+async fn wind_down(cgroup: &RunCgroup) -> Result<WoundDown, Error> {
     let left_behind: Vec<Leftover> = cgroup
         .processes()
         .into_iter()
         .map(|(pid, command)| Leftover { pid, command })
         .collect();
-    let killed = cgroup.kill_all(Duration::from_secs(10))?;
-    let leftovers = killed.max(left_behind.len());
-    if leftovers > 0 {
-        log::info!("killed {leftovers} processes the command left in its cgroup");
+    let killed = cgroup
+        .kill_all(Duration::from_secs(10))?
+        .max(left_behind.len());
+    if killed > 0 {
+        log::info!("killed {killed} processes the command left in its cgroup");
     }
     // A task that just exited may still be finishing its last scheduler tick on another CPU.
     tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(WoundDown {
+        left_behind,
+        killed,
+    })
+}
 
-    let figures = session.finish(
-        &mut probes,
-        End {
-            wall_time_ns,
-            max_rss_bytes: children_max_rss(),
-        },
-    )?;
+/// Ends the measuring: the session's figures read (and the events the end raised said), the
+/// escape watch ended, the cgroup removed.
+fn conclude(
+    prepared: Prepared,
+    session: Session,
+    console: &mut Console,
+    ended: Ended,
+    wound_down: WoundDown,
+) -> Result<(Figures, Outcome), Error> {
+    // Bound in this order, dropped in the reverse: on an error the cgroup goes first, as in
+    // `Prepared`.
+    let Prepared {
+        v2_mount,
+        mut probes,
+        cgroup,
+        limit_lines,
+        escape_watch,
+    } = prepared;
+    let end = End {
+        wall_time_ns: ended.wall_time_ns,
+        max_rss_bytes: children_max_rss(),
+    };
+    let figures = session.finish(&mut probes, end)?;
     for event in figures.raised_at_end() {
         console.event(event);
     }
-    let (escaped, escape_notes) =
-        escape_watch.finish(&mut probes, &hierarchy.v2_mount, &figures.drops);
+    let (escaped, escape_notes) = escape_watch.finish(&mut probes, &v2_mount, &figures.drops);
     let cgroup_ref = CgroupRef {
         path: cgroup.path().display().to_string(),
         id: cgroup.id(),
     };
     cgroup.remove()?;
+    let outcome = Outcome {
+        ended,
+        wound_down,
+        cgroup: cgroup_ref,
+        escaped,
+        escape_notes,
+        limit_lines,
+    };
+    Ok((figures, outcome))
+}
 
-    let mut notes = limit_lines;
+/// What the run front end saw of the run, beside the session's figures.
+struct Outcome {
+    ended: Ended,
+    wound_down: WoundDown,
+    /// Where the run was measured.
+    cgroup: CgroupRef,
+    /// Processes that left the cgroup.
+    escaped: Vec<EscapedProcess>,
+    /// What the report must say about them.
+    escape_notes: Vec<String>,
+    /// The limits applied.
+    limit_lines: Vec<String>,
+}
+
+/// The report of a run, not yet judged.
+fn assemble(opts: &RunOptions, outcome: Outcome, figures: Figures) -> Report {
+    let notes = notes(&opts.config, &outcome, &figures);
+    let Outcome {
+        ended, wound_down, ..
+    } = outcome;
+    Report {
+        schema_version: SCHEMA_VERSION,
+        command: opts.label.clone().unwrap_or_else(|| {
+            opts.command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        }),
+        exit_code: exit_code(ended.status),
+        started_at: humantime::format_rfc3339_seconds(figures.started_at).to_string(),
+        wall_time_ns: figures.wall_time_ns,
+        cgroup: outcome.cgroup,
+        totals: figures.totals,
+        block_devices: figures.block_devices,
+        kernel: figures.kernel,
+        unavailable: figures.unavailable,
+        dropped: figures
+            .drops
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect::<BTreeMap<_, _>>(),
+        notes,
+        interrupted: ended.interrupted.map(|signal| Interruption {
+            signal: signal.to_owned(),
+            killed_leftovers: wound_down.killed,
+        }),
+        leftovers: wound_down.left_behind,
+        comparison: None,
+        escaped: outcome.escaped,
+        aggregates: figures.aggregates,
+        anomalies: figures.anomalies,
+        anomalies_found: figures.anomalies_found,
+        anomaly_method: analyze::ANOMALY_METHOD.to_owned(),
+        series_resolution: figures.series_resolution,
+        series: figures.series,
+        slos: Vec::new(),
+        thresholds: figures.thresholds,
+        events: figures.events,
+        insights: Vec::new(),
+        verdict: Verdict::default(),
+        name: opts.name.clone(),
+        tags: opts.tags.clone(),
+        host: host_info(),
+    }
+}
+
+/// The report's notes, in this order: limits applied, leftovers, how memory was measured,
+/// profiling, writes and faults the kernel counts differently, processes that left.
+fn notes(config: &CleanroomConfig, outcome: &Outcome, figures: &Figures) -> Vec<String> {
+    let mut notes = outcome.limit_lines.clone();
+    let left_behind = &outcome.wound_down.left_behind;
     if !left_behind.is_empty() {
         notes.push(format!(
             "{} process(es) the command left running were killed at the end: {}",
@@ -311,7 +560,24 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
                 .join(", ")
         ));
     }
+    notes.extend(memory_notes(&session_options(config), figures));
+    if config.performance_monitoring.enable_profiling {
+        notes.push(
+            "performance_monitoring.enable_profiling is set, but CPU profiling is not implemented \
+             in this version: no profile was taken"
+                .to_owned(),
+        );
+    }
+    notes.extend(collect::write_note(&figures.totals, figures.writeback));
+    notes.extend(collect::fault_note(&figures.totals, &figures.kernel));
+    notes.extend(outcome.escape_notes.iter().cloned());
+    notes
+}
+
+/// What the report must say where memory could not be measured the usual way.
+fn memory_notes(options: &SessionOptions, figures: &Figures) -> Vec<String> {
     let memory = figures.memory;
+    let mut notes = Vec::new();
     if memory.is_none() {
         notes.push(
             "no cgroup accounts memory for this run (no memory controller): memory_peak_bytes is \
@@ -331,77 +597,31 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         notes.push(format!(
             "memory_anon_peak_bytes is unavailable: anonymous memory is sampled every \
              performance_monitoring.metrics_interval ({}), and {}",
-            humantime::format_duration(pm.metrics_interval),
-            if sampling && pm.enable_memory_tracking {
+            humantime::format_duration(options.interval),
+            if options.sampling && options.memory {
                 "the run was shorter than that"
             } else {
                 "sampling or memory tracking is off"
             }
         ));
     }
-    if pm.enable_profiling {
-        notes.push(
-            "performance_monitoring.enable_profiling is set, but CPU profiling is not implemented \
-             in this version: no profile was taken"
-                .to_owned(),
-        );
+    notes
+}
+
+/// The machine and source tree the run was made on.
+fn host_info() -> report::HostInfo {
+    let (git_commit, git_branch) = host::git_revision();
+    report::HostInfo {
+        hostname: host::hostname(),
+        kernel: host::kernel_release(),
+        cpus: host::cpus(),
+        git_commit,
+        git_branch,
     }
-    notes.extend(collect::write_note(&figures.totals, figures.writeback));
-    notes.extend(collect::fault_note(&figures.totals, &figures.kernel));
-    notes.extend(escape_notes);
-    let mut report = Report {
-        schema_version: SCHEMA_VERSION,
-        command: opts.label.clone().unwrap_or_else(|| {
-            opts.command
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect()
-        }),
-        exit_code: exit_code(status),
-        started_at: humantime::format_rfc3339_seconds(figures.started_at).to_string(),
-        wall_time_ns,
-        cgroup: cgroup_ref,
-        totals: figures.totals,
-        block_devices: figures.block_devices,
-        kernel: figures.kernel,
-        unavailable: figures.unavailable,
-        dropped: figures
-            .drops
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect::<BTreeMap<_, _>>(),
-        notes,
-        interrupted: interrupted.map(|signal| Interruption {
-            signal: signal.to_owned(),
-            killed_leftovers: leftovers,
-        }),
-        leftovers: left_behind,
-        comparison: None,
-        escaped,
-        aggregates: figures.aggregates,
-        anomalies: figures.anomalies,
-        anomalies_found: figures.anomalies_found,
-        anomaly_method: analyze::ANOMALY_METHOD.to_owned(),
-        series_resolution: figures.series_resolution,
-        series: figures.series,
-        slos: Vec::new(),
-        thresholds: figures.thresholds,
-        events: figures.events,
-        insights: Vec::new(),
-        verdict: Verdict::default(),
-        name: opts.name.clone(),
-        tags: opts.tags.clone(),
-        host: {
-            let (git_commit, git_branch) = host::git_revision();
-            report::HostInfo {
-                hostname: host::hostname(),
-                kernel: host::kernel_release(),
-                cpus: host::cpus(),
-                git_commit,
-                git_branch,
-            }
-        },
-    };
+}
+
+/// Judges the report: thresholds that cannot apply to a run, SLOs, insights, the verdict.
+fn judge(config: &CleanroomConfig, mut report: Report, not_applicable: Vec<String>) -> Report {
     report
         .thresholds
         .extend(not_applicable.into_iter().map(|name| ThresholdResult {
@@ -423,8 +643,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     } else {
         Verdict::Fail
     };
-
-    Ok(report)
+    report
 }
 
 /// The exit code a shell would show: the code, or 128 + the signal that killed it.

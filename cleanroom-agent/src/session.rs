@@ -334,3 +334,49 @@ fn final_values(sample: &Sample, wall_time_ns: u64) -> BTreeMap<String, f64> {
     }
     finals
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{cgroup::CpuStat, probe::Counted, taskio::TaskIo};
+
+    fn sample(peak_bytes: Option<u64>) -> Sample {
+        let mut counted = Counted::default();
+        counted.stats.cpu_time_ns = 1_000_000_000;
+        counted.stats.io_write_bytes = 4096;
+        Sample {
+            counted,
+            cpu: CpuStat::default(),
+            memory: Some(MemoryStat {
+                current_bytes: 10,
+                peak_bytes,
+                ..MemoryStat::default()
+            }),
+            max_rss_bytes: None,
+            live_io: TaskIo::default(),
+            anon_peak_bytes: None,
+        }
+    }
+
+    #[test]
+    fn the_end_judges_wall_time_the_memory_peak_bytes_written_and_whole_session_rates() {
+        let finals = final_values(&sample(Some(500)), 2_000_000_000);
+        assert_eq!(finals["wall_time"], 2e9, "{finals:?}");
+        assert_eq!(finals["memory_current_bytes"], 500.0, "the kernel's peak");
+        assert_eq!(finals["io_write_bytes"], 4096.0, "{finals:?}");
+        assert_eq!(finals["io_write_bytes_per_sec"], 2048.0, "{finals:?}");
+        assert_eq!(finals["cpu_percent"], 50.0, "one second of CPU over two");
+        assert_eq!(
+            final_values(&sample(None), 2_000_000_000)["memory_current_bytes"],
+            10.0,
+            "without a kernel peak, the charge now"
+        );
+    }
+
+    #[test]
+    fn a_session_of_no_measurable_length_has_no_rates_but_its_wall_time() {
+        let finals = final_values(&sample(None), 0);
+        assert_eq!(finals.get("cpu_percent"), None, "{finals:?}");
+        assert_eq!(finals["wall_time"], 0.0);
+    }
+}

@@ -2,7 +2,7 @@
 //! checked, events raised), and at the end the session's figures.
 //!
 //! It knows what to read, never why: not the command that runs in the cgroup, nor who made the
-//! cgroup, nor signals, limits or terminals. It prints nothing; each tick hands its point and
+//! cgroup, nor signals or terminals. It prints nothing; each tick hands its point and
 //! events to the front end, which says what it wants to ([`crate::run`] draws a status line).
 //! `cleanroom run` measures the cgroup it made for its command; the agent can measure a cgroup
 //! someone else made.
@@ -219,9 +219,10 @@ impl Session {
         }
     }
 
-    /// Ends the session: reads everything counted for the target's subtree, then forgets it in
-    /// the probes' maps. Call it once nothing runs in the target any more, so that every
-    /// thread's figures are the probes'.
+    /// Ends the session: reads everything counted for the target's subtree (the probes', then
+    /// the live threads' I/O), then forgets the subtree in the probes' maps. A front end that
+    /// wants a task's last scheduler tick charged ends the target's processes first, as
+    /// `cleanroom run` does.
     pub fn finish(mut self, probes: &mut Probes, end: End) -> Result<Figures, Error> {
         // Sub-cgroups still there, and those the kernel saw made (and maybe removed) meanwhile.
         let mut ids: BTreeSet<u64> = self.target.subtree_ids()?.into_iter().collect();

@@ -80,13 +80,13 @@ fn answer<T: IntoResponse>(result: Result<Option<T>, String>, what: &str) -> Res
 }
 
 /// An id in a path: a number, else a 400 naming what was given.
-fn parse_id<T: std::str::FromStr>(raw: &str) -> Result<T, Response> {
+fn parse_id<T: std::str::FromStr>(raw: &str) -> Result<T, Box<Response>> {
     raw.parse().map_err(|_| {
         let shown: String = raw.chars().take(40).collect();
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             format!("`{shown}` is not an id: ids are numbers"),
-        )
+        ))
     })
 }
 
@@ -167,7 +167,7 @@ async fn cgroups(State(view): State<Arc<dyn View>>) -> Response {
 async fn cgroup(State(view): State<Arc<dyn View>>, Path(raw): Path<String>) -> Response {
     match parse_id::<u64>(&raw) {
         Ok(id) => answer(view.cgroup(id).map(|v| v.map(Json)), "cgroup"),
-        Err(response) => response,
+        Err(response) => *response,
     }
 }
 
@@ -178,14 +178,14 @@ async fn runs(State(view): State<Arc<dyn View>>) -> Response {
 async fn run(State(view): State<Arc<dyn View>>, Path(raw): Path<String>) -> Response {
     match parse_id::<i64>(&raw) {
         Ok(id) => answer(view.run(id).map(|v| v.map(Json)), "run"),
-        Err(response) => response,
+        Err(response) => *response,
     }
 }
 
 async fn run_html(State(view): State<Arc<dyn View>>, Path(raw): Path<String>) -> Response {
     match parse_id::<i64>(&raw) {
         Ok(id) => answer(view.run_html(id).map(|v| v.map(Html)), "run"),
-        Err(response) => response,
+        Err(response) => *response,
     }
 }
 

@@ -9,7 +9,8 @@
 //! `config`, and `escape` noting processes that leave the run's cgroup; `demo` and `doctor` are
 //! the commands a new user starts with. For the agent (being built): `watch` picks the cgroups
 //! to watch (glob rules over the v2 hierarchy), `exposition` renders live per-cgroup
-//! measurements in the Prometheus text format (`GET /metrics`).
+//! measurements in the Prometheus text format (`GET /metrics`), `serve` routes the HTTP
+//! interface over what the agent shows (token, JSON errors).
 //!
 //! Dependencies point one way. `units` (numbers as people write and read them), `metric` (what
 //! is measured, in which unit; it uses `units`) and `verdict` (what judging a run produces; it
@@ -41,6 +42,7 @@ pub mod probe;
 pub mod render;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod session;
 pub mod store;
 pub mod tally;

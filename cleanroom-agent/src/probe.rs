@@ -132,6 +132,16 @@ const RQ_ISSUE_BI_DISK: &[&str] = &[
     "OFF_GENDISK_FIRST_MINOR",
 ];
 
+/// What `block_split` reads, in either form: a bio's owner (see `bio_owner` in the programs).
+const BLOCK_SPLIT_NEEDS: &[&str] = &[
+    "OFF_TASK_FLAGS",
+    "OFF_BIO_BLKG",
+    "OFF_BLKG_BLKCG",
+    "OFF_BLKCG_CGROUP",
+    "OFF_CGROUP_ROOT",
+    "OFF_CGROUP_ROOT_HIERARCHY_ID",
+];
+
 const TASK_CGROUP: &[&str] = &[
     "OFF_TASK_CGROUPS",
     "OFF_CSS_SET_DFL_CGRP",
@@ -275,24 +285,10 @@ pub const HOOKS: &[Hook] = &[
         program: programs::BLOCK_SPLIT,
         attach: Attach::TpBtf("block_split"),
         metrics: &[L(Latency::BlockRead), L(Latency::BlockWrite)],
-        needs: &[
-            "OFF_TASK_FLAGS",
-            "OFF_BIO_BLKG",
-            "OFF_BLKG_BLKCG",
-            "OFF_BLKCG_CGROUP",
-            "OFF_CGROUP_ROOT",
-            "OFF_CGROUP_ROOT_HIERARCHY_ID",
-        ],
+        needs: BLOCK_SPLIT_NEEDS,
         fallbacks: &[Fallback {
             program: programs::BLOCK_SPLIT_Q,
-            needs: &[
-                "OFF_TASK_FLAGS",
-                "OFF_BIO_BLKG",
-                "OFF_BLKG_BLKCG",
-                "OFF_BLKCG_CGROUP",
-                "OFF_CGROUP_ROOT",
-                "OFF_CGROUP_ROOT_HIERARCHY_ID",
-            ],
+            needs: BLOCK_SPLIT_NEEDS,
             why: "the form of kernels before 5.11: a request_queue first",
         }],
     },

@@ -52,8 +52,9 @@ pub struct BlockDevice {
 pub struct Sample {
     /// What the probes counted.
     pub counted: Counted,
-    /// The kernel's CPU accounting of the run cgroup.
-    pub cpu: CpuStat,
+    /// The kernel's CPU accounting of the run cgroup; none when the cgroup was gone before it
+    /// could be read (the agent finishing a removed cgroup).
+    pub cpu: Option<CpuStat>,
     /// The kernel's memory accounting, where the host has one for the run.
     pub memory: Option<MemoryStat>,
     /// Largest peak RSS of a single process of the run (getrusage), the last-resort memory
@@ -67,7 +68,7 @@ pub struct Sample {
 
 impl Sample {
     /// The value of a one-number metric, or `None` when it cannot be told here.
-    fn value(&self, metric: Metric) -> Option<u64> {
+    pub fn value(&self, metric: Metric) -> Option<u64> {
         let s = &self.counted.stats;
         let block = |f: fn(&cleanroom_common::BlockStats) -> u64| {
             self.counted.block.values().map(f).sum::<u64>()
@@ -153,11 +154,12 @@ impl Sample {
 
     /// The kernel's own figures, for cross-checking.
     pub fn kernel(&self) -> BTreeMap<String, u64> {
-        let mut k = BTreeMap::from([
-            ("cpu_usage_ns".to_owned(), self.cpu.usage_usec * 1_000),
-            ("cpu_user_ns".to_owned(), self.cpu.user_usec * 1_000),
-            ("cpu_system_ns".to_owned(), self.cpu.system_usec * 1_000),
-        ]);
+        let mut k = BTreeMap::new();
+        if let Some(cpu) = self.cpu {
+            k.insert("cpu_usage_ns".to_owned(), cpu.usage_usec * 1_000);
+            k.insert("cpu_user_ns".to_owned(), cpu.user_usec * 1_000);
+            k.insert("cpu_system_ns".to_owned(), cpu.system_usec * 1_000);
+        }
         if let Some(m) = self.memory {
             if let Some(v) = m.pgfault {
                 k.insert("memory_stat_pgfault".to_owned(), v);
@@ -289,7 +291,7 @@ mod tests {
     fn memory_peak_is_the_kernels_or_unavailable() {
         let sample = |peak: Option<u64>, rss: Option<u64>| Sample {
             counted: Counted::default(),
-            cpu: CpuStat::default(),
+            cpu: Some(CpuStat::default()),
             memory: Some(MemoryStat {
                 current_bytes: 10,
                 peak_bytes: peak,

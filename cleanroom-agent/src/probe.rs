@@ -681,14 +681,56 @@ impl Probes {
 
     /// [`Probes::descendants`] of each of `roots`, in one pass over the kernel's record.
     pub fn subtrees(&self, roots: &[u64]) -> Result<Vec<BTreeSet<u64>>, ProbeError> {
+        let nodes = self.tree()?;
+        Ok(tally::subtrees(
+            nodes.iter().map(|(id, node)| (*id, node.parent_id)),
+            roots,
+        ))
+    }
+
+    /// The kernel's record of cgroups made or removed while the probes are loaded: each id with
+    /// its parent and whether it is gone.
+    pub fn tree(&self) -> Result<Vec<(u64, CgroupNode)>, ProbeError> {
         let tree: HashMap<&MapData, u64, CgroupNode> =
             HashMap::try_from(self.map(maps::CGROUP_TREE)?).map_err(map_err(maps::CGROUP_TREE))?;
-        let nodes = tree
-            .iter()
-            .map(|entry| entry.map(|(id, node)| (id, node.parent_id)))
+        tree.iter()
             .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(maps::CGROUP_TREE))?;
-        Ok(tally::subtrees(nodes, roots))
+            .map_err(map_err(maps::CGROUP_TREE))
+    }
+
+    /// How many entries each map keyed by cgroup holds now (cgroup counters, block counters,
+    /// histograms, the record of made cgroups): what freeing gone cgroups keeps flat.
+    pub fn map_entries(&self) -> Result<BTreeMap<&'static str, usize>, ProbeError> {
+        fn keys<K: aya::Pod, V: aya::Pod>(
+            map: &aya::maps::Map,
+            name: &'static str,
+            per_cpu: bool,
+        ) -> Result<usize, ProbeError> {
+            Ok(if per_cpu {
+                PerCpuHashMap::<&MapData, K, V>::try_from(map)
+                    .map_err(map_err(name))?
+                    .keys()
+                    .count()
+            } else {
+                HashMap::<&MapData, K, V>::try_from(map)
+                    .map_err(map_err(name))?
+                    .keys()
+                    .count()
+            })
+        }
+        let mut counts = BTreeMap::new();
+        let stats =
+            keys::<u64, CgroupStats>(self.map(maps::CGROUP_STATS)?, maps::CGROUP_STATS, true)?;
+        counts.insert(maps::CGROUP_STATS, stats);
+        let block =
+            keys::<BlockKey, BlockStats>(self.map(maps::BLOCK_STATS)?, maps::BLOCK_STATS, true)?;
+        counts.insert(maps::BLOCK_STATS, block);
+        let hists =
+            keys::<HistKey, Histogram>(self.map(maps::HISTOGRAMS)?, maps::HISTOGRAMS, false)?;
+        counts.insert(maps::HISTOGRAMS, hists);
+        let tree = keys::<u64, CgroupNode>(self.map(maps::CGROUP_TREE)?, maps::CGROUP_TREE, false)?;
+        counts.insert(maps::CGROUP_TREE, tree);
+        Ok(counts)
     }
 
     /// Everything counted for `ids`, summed over CPUs and cgroups. A cgroup the programs have

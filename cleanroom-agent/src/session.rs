@@ -21,8 +21,9 @@ use crate::{
     analyze::{self, ThresholdMonitor, ThresholdSpec},
     cgroup::{MemoryStat, Target},
     collect::{BlockDevice, Sample, Total},
+    metric::AnyMetric,
     model::{self, Aggregate, Reading, SeriesPoint, SeriesResolution},
-    probe::{Drops, Probes},
+    probe::{Counted, Drops, Probes},
     units::human_bytes,
     verdict::{Anomaly, Event, EventKind, ThresholdResult},
 };
@@ -120,6 +121,7 @@ pub struct Session {
     thresholds: ThresholdMonitor,
     events: Vec<Event>,
     anon_peak_bytes: Option<u64>,
+    last: Option<Sample>,
 }
 
 impl Session {
@@ -135,6 +137,7 @@ impl Session {
             thresholds: ThresholdMonitor::new(specs),
             events: Vec::new(),
             anon_peak_bytes: None,
+            last: None,
         }
     }
 
@@ -164,6 +167,12 @@ impl Session {
         // The probes first, then the live threads: a thread exiting in between is missed by this
         // sample only (never counted twice), and the next one has it.
         let counted = probes.counters(&ids)?;
+        Ok(self.tick_counted(counted))
+    }
+
+    /// [`Session::tick`] with what the probes counted for the target's subtree read already,
+    /// just now (a front end measuring many targets reads them all in one pass).
+    pub fn tick_counted(&mut self, counted: Counted) -> Tick {
         let memory = if self.options.memory {
             self.target.memory()
         } else {
@@ -201,7 +210,33 @@ impl Session {
             tick.point = Some(point);
         }
         self.prev = Some(reading);
-        Ok(tick)
+        self.last = Some(sample);
+        tick
+    }
+
+    /// The last tick's sample: what was counted until then, for a live view.
+    pub fn last_sample(&self) -> Option<&Sample> {
+        self.last.as_ref()
+    }
+
+    /// The last interval's point, if there was one.
+    pub fn last_point(&self) -> Option<&SeriesPoint> {
+        self.series.points().last()
+    }
+
+    /// The target measured.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// When the session started.
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// The events so far.
+    pub fn events(&self) -> &[Event] {
+        &self.events
     }
 
     /// The last, partial interval when what is measured ends: taken only if it is at least half
@@ -223,14 +258,31 @@ impl Session {
     /// the live threads' I/O), then forgets the subtree in the probes' maps. A front end that
     /// wants a task's last scheduler tick charged ends the target's processes first, as
     /// `cleanroom run` does.
-    pub fn finish(mut self, probes: &mut Probes, end: End) -> Result<Figures, Error> {
+    pub fn finish(self, probes: &mut Probes, end: End) -> Result<Figures, Error> {
         // Sub-cgroups still there, and those the kernel saw made (and maybe removed) meanwhile.
         let mut ids: BTreeSet<u64> = self.target.subtree_ids()?.into_iter().collect();
         ids.extend(probes.descendants(self.target.id)?);
+        let counted = probes.counted(&ids)?;
+        let drops = probes.drops()?;
+        let unavailable = probes.unavailable();
+        probes.forget(&ids)?;
+        Ok(self.conclude(counted, &unavailable, drops, end))
+    }
+
+    /// [`Session::finish`] with the target's subtree read already: `counted` (histograms
+    /// included), the metrics whose hooks are missing, the drops so far. The target may be gone
+    /// (the agent finishing a removed cgroup): then the kernel's own figures are left out.
+    pub fn conclude(
+        mut self,
+        counted: Counted,
+        hook_unavailable: &BTreeSet<AnyMetric>,
+        drops: Drops,
+        end: End,
+    ) -> Figures {
         let memory = self.target.memory();
         let sample = Sample {
-            counted: probes.counted(&ids)?,
-            cpu: self.target.cpu()?,
+            counted,
+            cpu: self.target.cpu().ok(),
             memory,
             max_rss_bytes: end.max_rss_bytes,
             live_io: self.target.live_io(),
@@ -240,9 +292,7 @@ impl Session {
                 .anon_peak_bytes
                 .filter(|_| u128::from(end.wall_time_ns) >= self.options.interval.as_nanos()),
         };
-        let drops = probes.drops()?;
-        let (totals, unavailable) = sample.totals(&probes.unavailable());
-        probes.forget(&ids)?;
+        let (totals, unavailable) = sample.totals(hook_unavailable);
         let end_events = self.events.len();
         if let Some(event) = self.oom_event(end.wall_time_ns) {
             self.events.push(event);
@@ -251,7 +301,7 @@ impl Session {
         self.observe(end.wall_time_ns, &finals);
         let (anomalies, anomalies_found) =
             analyze::keep_strongest(analyze::anomalies(self.series.points()));
-        Ok(Figures {
+        Figures {
             started_at: self.started_at,
             wall_time_ns: end.wall_time_ns,
             block_devices: sample.block_devices(),
@@ -270,7 +320,7 @@ impl Session {
             end_events,
             totals,
             unavailable,
-        })
+        }
     }
 
     /// Checks thresholds against `values`; records and returns the events it raises.
@@ -339,7 +389,7 @@ fn final_values(sample: &Sample, wall_time_ns: u64) -> BTreeMap<String, f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{cgroup::CpuStat, probe::Counted, taskio::TaskIo};
+    use crate::{cgroup::CpuStat, taskio::TaskIo};
 
     fn sample(peak_bytes: Option<u64>) -> Sample {
         let mut counted = Counted::default();
@@ -347,7 +397,7 @@ mod tests {
         counted.stats.io_write_bytes = 4096;
         Sample {
             counted,
-            cpu: CpuStat::default(),
+            cpu: Some(CpuStat::default()),
             memory: Some(MemoryStat {
                 current_bytes: 10,
                 peak_bytes,

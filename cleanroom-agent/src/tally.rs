@@ -35,6 +35,30 @@ impl Counted {
             ..Self::default()
         }
     }
+
+    /// Adds what `other` counted: the figures of cgroups that are gone, kept by whoever still
+    /// measures the group they belonged to after their map entries are freed.
+    pub fn absorb(&mut self, other: &Counted) {
+        self.stats = self.stats.wrapping_add(other.stats);
+        for (dev, b) in &other.block {
+            let slot = self.block.entry(*dev).or_default();
+            *slot = slot.wrapping_add(*b);
+        }
+        for (latency, h) in &other.latencies {
+            let total = self
+                .latencies
+                .entry(*latency)
+                .or_insert_with(model::empty_histogram);
+            *total = model::merge(total, h);
+        }
+        for (key, h) in &other.block_latencies {
+            let total = self
+                .block_latencies
+                .entry(*key)
+                .or_insert_with(model::empty_histogram);
+            *total = model::merge(total, h);
+        }
+    }
 }
 
 /// Sums map entries into the groups their cgroup belongs to.
@@ -223,6 +247,42 @@ mod tests {
         assert_eq!(sums[0].latencies[&Latency::BlockRead].count, 6);
         assert_eq!(sums[0].block_latencies[&(7, Latency::BlockRead)].count, 6);
         assert_eq!(sums[0].latencies[&Latency::Runqueue].count, 0);
+    }
+
+    #[test]
+    fn absorbing_adds_counters_blocks_and_histograms() {
+        let mut tally = Tally::new(&[BTreeSet::from([1]), BTreeSet::from([2])]);
+        tally.add_stats(1, stats(10));
+        tally.add_stats(2, stats(5));
+        tally.add_block(
+            BlockKey {
+                cgroup_id: 1,
+                dev: 7,
+                _pad: 0,
+            },
+            block(100),
+        );
+        tally.add_block(
+            BlockKey {
+                cgroup_id: 2,
+                dev: 7,
+                _pad: 0,
+            },
+            block(1),
+        );
+        tally.add_block(
+            BlockKey {
+                cgroup_id: 2,
+                dev: 8,
+                _pad: 0,
+            },
+            block(2),
+        );
+        let [mut a, b]: [Counted; 2] = tally.finish().try_into().unwrap();
+        a.absorb(&b);
+        assert_eq!(a.stats.cpu_time_ns, 15);
+        assert_eq!(a.block[&7].read_bytes, 101);
+        assert_eq!(a.block[&8].read_bytes, 2);
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Helpers of the privileged integration tests: finding the binary, owning a cgroup, running
-//! `cleanroom` and reading ground truth from cgroupfs.
+//! `cleanroom` and reading ground truth from cgroupfs, and a Prometheus of the test's own that
+//! scrapes an HTTP endpoint.
 //!
 //! Ground truth is read here, independently of the agent's own code.
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
 };
 
 /// Whether the tests run in CI, where a missing privilege or kernel feature is a failure.
@@ -435,4 +438,262 @@ pub fn assert_matches_schema(report: &serde_json::Value) {
         errors.is_empty(),
         "report does not match its schema: {errors:#?}"
     );
+}
+
+/// One element of a Prometheus instant vector: its labels and its value.
+pub type Sample = (BTreeMap<String, String>, f64);
+
+/// A Prometheus server of the test's own, on a free loopback port, with its configuration, data
+/// and log in a temporary directory. It scrapes one target every second as job `cleanroom`.
+/// Killed on drop.
+///
+/// It is ready about 0.1 s after it starts, but its first scrape comes some 5 s later
+/// (Prometheus hands new targets to its scrapers on a fixed 5 s tick): wait for samples with
+/// [`Prometheus::wait_for`] and a timeout of tens of seconds.
+pub struct Prometheus {
+    child: Child,
+    url: String,
+    agent: ureq::Agent,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// How long [`Prometheus::start`] waits for `/-/ready`.
+    pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Starts `prometheus` scraping `http://<target>/metrics` (`target` is `host:port`) every
+    /// second, sending `Authorization: Bearer <token>` when `bearer_token` is given, and waits
+    /// until it is ready. Panics with the tail of its log when it exits or is not ready in
+    /// [`Prometheus::READY_TIMEOUT`].
+    pub fn start(target: &str, bearer_token: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // JSON strings are YAML double-quoted scalars: any target or token is quoted safely.
+        let quote = |s: &str| serde_json::Value::from(s).to_string();
+        let mut config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: cleanroom\n    metrics_path: /metrics\n    \
+             static_configs:\n      - targets: [{}]\n",
+            quote(target)
+        );
+        if let Some(token) = bearer_token {
+            config += &format!(
+                "    authorization:\n      type: Bearer\n      credentials: {}\n",
+                quote(token)
+            );
+        }
+        let config_path = dir.path().join("prometheus.yml");
+        fs::write(&config_path, config).expect("writing prometheus.yml");
+        let log_path = dir.path().join("prometheus.log");
+        let log = fs::File::create(&log_path).expect("creating the Prometheus log");
+        let port = free_loopback_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning the log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting prometheus: {e}"));
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut prometheus = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            agent,
+            dir,
+        };
+        prometheus.wait_ready();
+        prometheus
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Self::READY_TIMEOUT;
+        let ready = format!("{}/-/ready", self.url);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for prometheus") {
+                panic!(
+                    "prometheus exited ({status}) before it was ready; its log ends:\n{}",
+                    self.log_tail()
+                );
+            }
+            if self
+                .agent
+                .get(&ready)
+                .call()
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "prometheus was not ready at {ready} after {:?}; its log ends:\n{}",
+                    Self::READY_TIMEOUT,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The last 40 lines of its log (stdout and stderr).
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// `GET path` of its HTTP API, parsed as JSON; panics with the body unless `status` is
+    /// `success`.
+    fn api(&self, path: &str, query: &[(&str, &str)]) -> serde_json::Value {
+        let url = format!("{}{path}", self.url);
+        let mut request = self.agent.get(&url);
+        for (key, value) in query {
+            request = request.query(key, value);
+        }
+        let mut response = request
+            .call()
+            .unwrap_or_else(|e| panic!("GET {url} {query:?}: {e}"));
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("reading the answer of GET {url} {query:?}: {e}"));
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| {
+            panic!(
+                "GET {url} {query:?} answered {} with no JSON ({e}):\n{body}",
+                response.status()
+            )
+        });
+        assert!(
+            json["status"] == "success",
+            "GET {url} {query:?} answered {}:\n{body}",
+            response.status()
+        );
+        json
+    }
+
+    /// Evaluates `promql` now (`/api/v1/query`): the samples of the resulting vector, or the one
+    /// of a scalar (with no labels). Panics with Prometheus's answer when the query fails.
+    pub fn query(&self, promql: &str) -> Vec<Sample> {
+        let json = self.api("/api/v1/query", &[("query", promql)]);
+        let data = &json["data"];
+        let value = |v: &serde_json::Value| -> f64 {
+            let text = v[1]
+                .as_str()
+                .unwrap_or_else(|| panic!("no value in {v} of query {promql:?}"));
+            text.parse()
+                .unwrap_or_else(|e| panic!("value {text:?} of query {promql:?}: {e}"))
+        };
+        match data["resultType"].as_str() {
+            Some("vector") => data["result"]
+                .as_array()
+                .expect("a vector's result is an array")
+                .iter()
+                .map(|s| {
+                    let labels = s["metric"]
+                        .as_object()
+                        .expect("a sample's metric is an object")
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect();
+                    (labels, value(&s["value"]))
+                })
+                .collect(),
+            Some("scalar") => vec![(BTreeMap::new(), value(&data["result"]))],
+            other => panic!("query {promql:?} gave a {other:?}, not a vector or scalar: {json}"),
+        }
+    }
+
+    /// Polls [`Prometheus::query`] until `done` holds for its result, and returns that result.
+    /// Panics after `timeout` with the last result and the state of the scrape target.
+    pub fn wait_for(
+        &self,
+        promql: &str,
+        timeout: Duration,
+        done: impl Fn(&[Sample]) -> bool,
+    ) -> Vec<Sample> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let result = self.query(promql);
+            if done(&result) {
+                return result;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "query {promql:?} did not give what was awaited in {timeout:?}; last result: \
+                     {result:?}; scrape targets: {}",
+                    self.targets()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Whether the last scrape of the target succeeded (`up{job="cleanroom"} == 1`).
+    pub fn targets_up(&self) -> bool {
+        let up = self.query(r#"up{job="cleanroom"}"#);
+        !up.is_empty() && up.iter().all(|(_, v)| *v == 1.0)
+    }
+
+    /// The active scrape targets (`/api/v1/targets`), for messages: each one's URL, health and
+    /// last error.
+    pub fn targets(&self) -> String {
+        let json = self.api("/api/v1/targets", &[]);
+        let targets = json["data"]["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let described: Vec<String> = targets
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {} {:?}",
+                    t["scrapeUrl"].as_str().unwrap_or("?"),
+                    t["health"].as_str().unwrap_or("?"),
+                    t["lastError"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        format!("[{}]", described.join(", "))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let Ok(pid) = libc::pid_t::try_from(self.child.id()) else {
+            return;
+        };
+        // SAFETY: kill has no memory preconditions; the child is ours and not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback TCP port that was free a moment ago (bound to port 0, read and released).
+pub fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
 }

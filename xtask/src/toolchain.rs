@@ -203,7 +203,8 @@ impl Installer {
 }
 
 /// Debian packages the tests drive (command → package): a browser for the HTML report, poppler
-/// for the PDF, and the tools that build the tests' own loop devices and network namespaces.
+/// for the PDF, the tools that build the tests' own loop devices and network namespaces, and a
+/// Prometheus that scrapes the agent's `/metrics`.
 const TEST_TOOLS: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     ("pdftoppm", "poppler-utils"),
@@ -211,6 +212,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("losetup", "util-linux"),
     ("mkfs.ext4", "e2fsprogs"),
     ("sysctl", "procps"),
+    ("prometheus", "prometheus"),
 ];
 
 /// Debian packages the benchmark drives: workloads and the bpftrace peer.

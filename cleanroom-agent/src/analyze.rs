@@ -13,6 +13,7 @@ use crate::{
     report::Report,
     verdict::{
         ANOMALIES_KEPT, Anomaly, Event, EventKind, Insight, SloResult, Status, ThresholdResult,
+        Verdict,
     },
 };
 
@@ -497,6 +498,32 @@ pub fn insights(report: &Report, cpus: usize) -> Vec<Insight> {
 
 fn human(ns: u64) -> String {
     crate::units::human_duration_ns(ns)
+}
+
+/// Judges the report: thresholds that cannot apply to a run, SLOs, insights, the verdict.
+pub fn judge(config: &CleanroomConfig, mut report: Report, not_applicable: Vec<String>) -> Report {
+    report
+        .thresholds
+        .extend(not_applicable.into_iter().map(|name| ThresholdResult {
+            name,
+            metric: "container_startup_time".into(),
+            limit: 0.0,
+            limit_text: "-".into(),
+            peak: None,
+            peak_text: "n/a (no containers)".into(),
+            breaches: 0,
+            status: Status::NotApplicable,
+        }));
+    report.slos = judge_slos(config, &report);
+    report.insights = insights(&report, crate::host::cpus());
+    report.verdict = if report.slos.is_empty() && report.thresholds.is_empty() {
+        Verdict::None
+    } else if all_pass(&report.slos, &report.thresholds) {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    };
+    report
 }
 
 /// Whether the run met everything it was judged on.

@@ -337,6 +337,20 @@ impl Target {
         v2.or(v1).and_then(|text| flat_keyed(&text, "oom_kill"))
     }
 
+    /// The memory limit set on it (`memory.max`, or the v1 `memory.limit_in_bytes` of its
+    /// memory cgroup), when there is one.
+    pub fn memory_limit(&self) -> Option<u64> {
+        let v2 = fs::read_to_string(self.path.join("memory.max")).ok();
+        let v1 = || {
+            let dir = self.v1_memory.as_ref()?;
+            fs::read_to_string(dir.join("memory.limit_in_bytes")).ok()
+        };
+        // v1 says "no limit" with a huge number rounded to pages.
+        v2.or_else(v1)
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .filter(|l| *l < (1 << 62))
+    }
+
     /// The kernel's CPU accounting of the subtree (`cpu.stat`).
     pub fn cpu(&self) -> Result<CpuStat, CgroupError> {
         CpuStat::read(&self.path)

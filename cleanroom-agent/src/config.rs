@@ -301,14 +301,17 @@ fn truncate(text: &str, max: usize) -> String {
     format!("{head}… (cut)")
 }
 
-fn parse<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e: toml::de::Error| {
         ConfigError::at(file, text, e.span(), e.message().trim().to_owned())
     })
 }
 
 /// Refuses the first objective that did not parse, where it is written.
-fn check_slos(slos: &[SloSpec], text: &str, file: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_slos(slos: &[SloSpec], text: &str, file: &str) -> Result<(), ConfigError> {
     for slo in slos {
         if let Err(message) = &slo.parsed {
             let mut e = ConfigError::at(file, text, Some(slo.objective.span()), message.clone());
@@ -352,7 +355,7 @@ fn check_comparison(c: &mut ComparisonConfig, text: &str, file: &str) -> Result<
 }
 
 /// Reads a configuration or SLO file, bounded: its name for errors, and its text.
-fn read_config(path: &Path) -> Result<(String, String), ConfigError> {
+pub(crate) fn read_config(path: &Path) -> Result<(String, String), ConfigError> {
     let file = path.display().to_string();
     let text = read_text(path, MAX_CONFIG_BYTES, "a configuration").map_err(|e| ConfigError {
         file: file.clone(),

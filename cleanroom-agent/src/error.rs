@@ -4,8 +4,8 @@
 use std::{io, path::PathBuf};
 
 use crate::{
-    cgroup::CgroupError, config::ConfigError, limits::LimitError, probe::ProbeError,
-    render::RenderError, store::StoreError,
+    agent::AgentError, cgroup::CgroupError, config::ConfigError, limits::LimitError,
+    probe::ProbeError, render::RenderError, store::StoreError,
 };
 
 /// Cleanroom's own failures (never the measured command's).
@@ -60,6 +60,9 @@ pub enum Error {
     /// A report could not be rendered or written.
     #[error(transparent)]
     Render(#[from] RenderError),
+    /// The agent cannot start as configured.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
     /// A saved report could not be read.
     #[error("cannot read report {}: {detail}", path.display())]
     ReadReport {

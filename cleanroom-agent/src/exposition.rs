@@ -15,8 +15,9 @@
 //! (e.g. `cleanroom_block_read_latency_seconds`) with [`Latency::description`] as `HELP`. Every
 //! cgroup's series carries the labels `cgroup` and `rule`; a family no cgroup has is left out.
 //! The agent's own figures are `cleanroom_dropped_events_total{reason}`,
-//! `cleanroom_samples_total`, `cleanroom_sample_duration_seconds` and
-//! `cleanroom_scrape_duration_seconds`.
+//! `cleanroom_samples_total`, `cleanroom_sample_duration_seconds`,
+//! `cleanroom_scrape_duration_seconds`, `cleanroom_watched_cgroups` and
+//! `cleanroom_map_entries{map}`.
 //!
 //! **Buckets**: the kernel's log-linear histogram has [`HIST_BUCKETS`] buckets, too many to expose
 //! per cgroup, so they are merged under one `le` per power of two in [`LE_OCTAVES`]:
@@ -78,6 +79,10 @@ pub struct AgentFigures {
     pub last_sample_seconds: f64,
     /// How long the last scrape took to answer, seconds.
     pub last_scrape_seconds: f64,
+    /// Entries in each BPF map keyed by cgroup (e.g. `CGROUP_STATS`), where known.
+    pub map_entries: BTreeMap<&'static str, u64>,
+    /// Cgroups watched now.
+    pub watched: u64,
 }
 
 /// What one scrape exposes. Each (`cgroup`, `rule`) pair must appear once: it names one series.
@@ -291,7 +296,28 @@ fn encode_agent(agent: &AgentFigures, encoder: &mut DescriptorEncoder) -> Result
         Some(&PromUnit::Seconds),
         MetricType::Gauge,
     )?;
-    ConstGauge::new(agent.last_scrape_seconds).encode(scrape)
+    ConstGauge::new(agent.last_scrape_seconds).encode(scrape)?;
+    let watched = encoder.encode_descriptor(
+        "watched_cgroups",
+        "cgroups the agent watches now",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(agent.watched as i64).encode(watched)?;
+    if !agent.map_entries.is_empty() {
+        let mut family = encoder.encode_descriptor(
+            "map_entries",
+            "entries in each BPF map keyed by cgroup: those of removed cgroups are freed, so \
+             this stays flat while cgroups come and go",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (map, n) in &agent.map_entries {
+            let labels = [("map", *map)];
+            ConstGauge::new(*n as i64).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -343,6 +369,8 @@ mod tests {
                 samples: 42,
                 last_sample_seconds: 0.0125,
                 last_scrape_seconds: 0.002,
+                map_entries: BTreeMap::from([("CGROUP_STATS", 7)]),
+                watched: 2,
             },
         }
     }
@@ -584,6 +612,10 @@ mod tests {
             "cleanroom_sample_duration_seconds 0.0125".to_owned(),
             "# TYPE cleanroom_scrape_duration_seconds gauge".to_owned(),
             "cleanroom_scrape_duration_seconds 0.002".to_owned(),
+            "# TYPE cleanroom_watched_cgroups gauge".to_owned(),
+            "cleanroom_watched_cgroups 2".to_owned(),
+            "# TYPE cleanroom_map_entries gauge".to_owned(),
+            "cleanroom_map_entries{map=\"CGROUP_STATS\"} 7".to_owned(),
         ];
         for line in &expect {
             assert!(
@@ -658,6 +690,8 @@ mod tests {
                 "cleanroom_samples_total",
                 "cleanroom_sample_duration_seconds",
                 "cleanroom_scrape_duration_seconds",
+                "cleanroom_watched_cgroups",
+                "cleanroom_map_entries",
             ];
             for s in &f.samples {
                 let labelled = s.label("cgroup").is_some() && s.label("rule").is_some();

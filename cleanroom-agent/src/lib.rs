@@ -19,6 +19,7 @@
 //! `config` parses each objective once, when it loads; `analyze` depends on `report` and
 //! `config`.
 
+pub mod agent;
 pub mod analyze;
 pub mod attach;
 pub mod btf;

@@ -101,6 +101,40 @@ enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
         interval: Option<std::time::Duration>,
     },
+    /// Watch cgroups as a privileged sidecar: live figures for Prometheus (/metrics), a JSON
+    /// API and a web page; a stored report for each watched cgroup when it is removed.
+    ///
+    /// Rules pick cgroups by glob, relative to the cgroup v2 mount (`docker/*`,
+    /// `system.slice/*.scope`, `ci/job-*`; `*` stays within one path component, `**` crosses
+    /// them): the cgroups there at start and those made later, found within one interval.
+    /// Runs in the foreground; SIGTERM or SIGINT stores the report of every live watch and
+    /// exits 0; SIGHUP re-reads --config. Exit code 2 when it cannot start.
+    #[command(
+        after_help = "Examples:\n  cleanroom agent --watch 'system.slice/docker-*.scope'\n  \
+                            cleanroom agent --config /etc/cleanroom/agent.toml\n\n\
+                            The bearer token for a non-loopback --listen comes from `token` in \
+                            the config or $CLEANROOM_AGENT_TOKEN."
+    )]
+    Agent {
+        /// Read listen, token, interval, store and [[watch]] rules from this TOML file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Watch the cgroups matching GLOB (repeatable; after the config's rules).
+        #[arg(long, value_name = "GLOB")]
+        watch: Vec<String>,
+        /// Serve HTTP on ADDR (default 127.0.0.1:9464; anything but loopback needs a token).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Sample every DURATION (default 1s, at least 100ms).
+        #[arg(long, value_name = "DURATION", value_parser = parse_agent_interval)]
+        interval: Option<std::time::Duration>,
+        /// History database for the reports (default: $CLEANROOM_STORE, else as `run`'s).
+        #[arg(long, value_name = "FILE", env = "CLEANROOM_STORE")]
+        store: Option<PathBuf>,
+        /// Do not store reports.
+        #[arg(long, conflicts_with = "store")]
+        no_store: bool,
+    },
     /// Render a saved run (a JSON report, or a run id in the history) in another format.
     Report {
         /// The run: a JSON report file or a run id.
@@ -335,6 +369,28 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 &outputs(out, true),
             )
         }
+        Command::Agent {
+            config,
+            watch,
+            listen,
+            interval,
+            store,
+            no_store,
+        } => {
+            let opts = cleanroom::agent::AgentOptions {
+                config_path: config,
+                watch,
+                listen,
+                interval,
+                store,
+                no_store,
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(cleanroom::agent::agent(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Report {
             run,
             format,
@@ -480,6 +536,14 @@ fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
     let d = cleanroom::units::parse_duration(text)?;
     if d < std::time::Duration::from_millis(10) {
         return Err("the interval must be at least 10ms".into());
+    }
+    Ok(d)
+}
+
+fn parse_agent_interval(text: &str) -> Result<std::time::Duration, String> {
+    let d = cleanroom::units::parse_duration(text)?;
+    if d < cleanroom::agent::config::MIN_INTERVAL {
+        return Err("the interval must be at least 100ms".into());
     }
     Ok(d)
 }

@@ -132,6 +132,20 @@ pub struct HostInfo {
     pub git_branch: Option<String>,
 }
 
+impl HostInfo {
+    /// This machine, and the source tree of the working directory.
+    pub fn current() -> Self {
+        let (git_commit, git_branch) = crate::host::git_revision();
+        Self {
+            hostname: crate::host::hostname(),
+            kernel: crate::host::kernel_release(),
+            cpus: crate::host::cpus(),
+            git_commit,
+            git_branch,
+        }
+    }
+}
+
 /// The cgroup a run was measured in.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CgroupRef {

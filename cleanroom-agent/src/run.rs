@@ -40,7 +40,7 @@ use crate::{
     probe::Probes,
     report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION},
     session::{End, Figures, Session, SessionOptions},
-    verdict::{Event, EventKind, Status, ThresholdResult, Verdict},
+    verdict::{Event, EventKind, Verdict},
     watchdog::Watchdog,
 };
 
@@ -129,7 +129,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     .await?;
     let wound_down = wind_down(&prepared.cgroup).await?;
     let (figures, outcome) = conclude(prepared, session, &mut console, ended, wound_down)?;
-    Ok(judge(
+    Ok(analyze::judge(
         config,
         assemble(opts, outcome, figures),
         not_applicable,
@@ -539,7 +539,7 @@ fn assemble(opts: &RunOptions, outcome: Outcome, figures: Figures) -> Report {
         verdict: Verdict::default(),
         name: opts.name.clone(),
         tags: opts.tags.clone(),
-        host: host_info(),
+        host: report::HostInfo::current(),
     }
 }
 
@@ -606,44 +606,6 @@ fn memory_notes(options: &SessionOptions, figures: &Figures) -> Vec<String> {
         ));
     }
     notes
-}
-
-/// The machine and source tree the run was made on.
-fn host_info() -> report::HostInfo {
-    let (git_commit, git_branch) = host::git_revision();
-    report::HostInfo {
-        hostname: host::hostname(),
-        kernel: host::kernel_release(),
-        cpus: host::cpus(),
-        git_commit,
-        git_branch,
-    }
-}
-
-/// Judges the report: thresholds that cannot apply to a run, SLOs, insights, the verdict.
-fn judge(config: &CleanroomConfig, mut report: Report, not_applicable: Vec<String>) -> Report {
-    report
-        .thresholds
-        .extend(not_applicable.into_iter().map(|name| ThresholdResult {
-            name,
-            metric: "container_startup_time".into(),
-            limit: 0.0,
-            limit_text: "-".into(),
-            peak: None,
-            peak_text: "n/a (no containers)".into(),
-            breaches: 0,
-            status: Status::NotApplicable,
-        }));
-    report.slos = analyze::judge_slos(config, &report);
-    report.insights = analyze::insights(&report, host::cpus());
-    report.verdict = if report.slos.is_empty() && report.thresholds.is_empty() {
-        Verdict::None
-    } else if analyze::all_pass(&report.slos, &report.thresholds) {
-        Verdict::Pass
-    } else {
-        Verdict::Fail
-    };
-    report
 }
 
 /// The exit code a shell would show: the code, or 128 + the signal that killed it.

@@ -80,6 +80,9 @@ pub enum EventKind {
     TimeoutKill,
     /// The kernel's OOM killer killed processes of the run.
     OomKill,
+    /// The agent stopped watching a cgroup: its subject says why (`removed`, `agent_stopped`,
+    /// `unwatched`).
+    WatchEnded,
     /// A kind this build does not know, kept as written. Reports are read back (`cleanroom
     /// report`, `compare`, `--baseline`, the history) and the schema allows any string here, so
     /// a report of a newer Cleanroom (or one saying `signal`) still loads and renders its events
@@ -90,13 +93,14 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind this build writes.
-    pub const KNOWN: [EventKind; 6] = [
+    pub const KNOWN: [EventKind; 7] = [
         EventKind::ThresholdBreached,
         EventKind::ThresholdCleared,
         EventKind::Limit,
         EventKind::Timeout,
         EventKind::TimeoutKill,
         EventKind::OomKill,
+        EventKind::WatchEnded,
     ];
 
     /// Its name in the JSON report.
@@ -108,6 +112,7 @@ impl EventKind {
             EventKind::Timeout => "timeout",
             EventKind::TimeoutKill => "timeout_kill",
             EventKind::OomKill => "oom_kill",
+            EventKind::WatchEnded => "watch_ended",
             EventKind::Other(kind) => kind,
         }
     }

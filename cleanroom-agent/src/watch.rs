@@ -14,6 +14,8 @@ use std::{
 use globset::{GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 
+use crate::config::{SloSpec, Thresholds};
+
 /// A bad rule.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -41,7 +43,7 @@ pub enum WatchError {
 }
 
 /// One `[[watch]]` rule.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WatchRule {
     /// Cgroup paths relative to the v2 mount.
@@ -52,6 +54,13 @@ pub struct WatchRule {
     /// Tags stored with each run.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Checked on every sample of each matching cgroup (`[watch.thresholds]`, the keys of
+    /// `[performance_monitoring.thresholds]`).
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    /// Judged on each matching cgroup's report (`[[watch.slos]]`).
+    #[serde(default)]
+    pub slos: Vec<SloSpec>,
 }
 
 impl WatchRule {

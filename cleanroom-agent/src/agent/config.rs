@@ -1,0 +1,160 @@
+//! The agent's configuration file (`cleanroom agent --config agent.toml`): where it listens,
+//! its token, how often it samples, where reports are stored, and the `[[watch]]` rules with
+//! their names, tags, thresholds and SLOs. A bad file is an error naming the file, line and key,
+//! as for `cleanroom run`'s configuration.
+//!
+//! ```toml
+//! listen = "127.0.0.1:9464"
+//! interval = "1s"
+//!
+//! [[watch]]
+//! glob = "ci/job-*"
+//! name = "ci-jobs"
+//! tags = { team = "infra" }
+//! thresholds = { max_memory_usage_bytes = "2GiB" }
+//! slos = [{ name = "cpu", objective = "cpu_time <= 10m" }]
+//! ```
+
+use std::{net::SocketAddr, path::Path, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use crate::{
+    config::{ConfigError, check_slos, parse, read_config},
+    serve::DEFAULT_LISTEN,
+    units::de_opt_duration,
+    watch::WatchRule,
+};
+
+/// The shortest interval the agent samples at: every watched cgroup is read each time.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The whole file. Every key has a default; command-line flags override it.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Address of the HTTP interface (default 127.0.0.1:9464). Anything but loopback needs a
+    /// `token`.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Bearer token every HTTP request must carry, when set. `$CLEANROOM_AGENT_TOKEN` overrides
+    /// it (so it need not be written in the file).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// How often each watched cgroup is sampled and new cgroups are looked for (default 1s).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub interval: Option<Duration>,
+    /// History database the reports of finished cgroups go to (default: as `cleanroom run`'s).
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+    /// Which cgroups to watch; the first rule a cgroup matches is its rule.
+    #[serde(default)]
+    pub watch: Vec<WatchRule>,
+}
+
+impl AgentConfig {
+    /// Parses the file's text; `file` names it in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let config: Self = parse(text, file)?;
+        for rule in &config.watch {
+            check_slos(&rule.slos, text, file)?;
+        }
+        if config.interval.is_some_and(|i| i < MIN_INTERVAL) {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: None,
+                key: Some("interval".into()),
+                message: format!(
+                    "must be at least {}",
+                    humantime::format_duration(MIN_INTERVAL)
+                ),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Reads the file (a regular file of at most 1 MiB).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let (file, text) = read_config(path)?;
+        Self::from_toml(&text, &file)
+    }
+
+    /// The address to listen on.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or_else(|| {
+            DEFAULT_LISTEN
+                .parse()
+                .expect("the default listen address parses")
+        })
+    }
+
+    /// The sampling interval.
+    pub fn interval(&self) -> Duration {
+        self.interval.unwrap_or(Duration::from_secs(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_parses_with_rules_thresholds_and_slos() {
+        let c = AgentConfig::from_toml(
+            r#"
+listen = "0.0.0.0:9500"
+token = "s3cret"
+interval = "500ms"
+store = "/var/lib/cleanroom/agent.db"
+
+[[watch]]
+glob = "ci/job-*"
+name = "ci-jobs"
+tags = { team = "infra" }
+thresholds = { max_memory_usage_bytes = "1GiB" }
+slos = [{ name = "cpu", objective = "cpu_time <= 10m" }]
+
+[[watch]]
+glob = "docker/*"
+"#,
+            "agent.toml",
+        )
+        .unwrap();
+        assert_eq!(c.listen().to_string(), "0.0.0.0:9500");
+        assert_eq!(c.interval(), Duration::from_millis(500));
+        assert_eq!(c.watch.len(), 2);
+        assert_eq!(c.watch[0].run_name(), "ci-jobs");
+        assert_eq!(c.watch[0].tags["team"], "infra");
+        assert_eq!(c.watch[0].thresholds.max_memory_usage_bytes, Some(1 << 30));
+        assert!(c.watch[0].slos[0].parsed.is_ok());
+        assert_eq!(c.watch[1].run_name(), "docker/*");
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = AgentConfig::from_toml("", "agent.toml").unwrap();
+        assert_eq!(c.listen().to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.interval(), Duration::from_secs(1));
+        assert!(c.watch.is_empty() && c.token.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_line_and_key() {
+        let e = AgentConfig::from_toml(
+            "interval = \"1s\"\n[[watch]]\nglob = \"a/*\"\nnmae = \"x\"\n",
+            "agent.toml",
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("nmae")), "{e}");
+        let e = AgentConfig::from_toml(
+            "[[watch]]\nglob = \"a/*\"\nslos = [{ name = \"x\", objective = \"cpu_time <= lots\" }]\n",
+            "agent.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = AgentConfig::from_toml("listen = \"nowhere\"\n", "agent.toml").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+        let e = AgentConfig::from_toml("interval = \"1ms\"\n", "agent.toml").unwrap_err();
+        assert!(e.to_string().contains("at least 100ms"), "{e}");
+    }
+}

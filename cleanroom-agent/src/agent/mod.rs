@@ -1,0 +1,328 @@
+//! `cleanroom agent`: the privileged sidecar. It loads the probes once, watches the cgroups its
+//! rules pick (those there at start and those made later, found within one interval), keeps
+//! live figures of each for Prometheus, a JSON API and a web page, and when a watched cgroup is
+//! removed (or the agent stops) finishes its report — the same schema and verdict rules as
+//! `cleanroom run` — and stores it in the history.
+//!
+//! [`agent`] is the composition of these steps: `prepare` (the configuration, privileges, the
+//! hierarchy, the rules, the listening socket, the store, the probes), `serve` (the HTTP
+//! interface, in the background), the watch loop (a [`Watched::tick`] every interval, the board
+//! updated, finished watches reported; SIGHUP reloads the rules) and `stop` (every live watch
+//! finished and stored).
+
+pub mod board;
+pub mod config;
+mod report;
+pub mod watched;
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use self::{
+    board::Board,
+    config::AgentConfig,
+    watched::{Finished, Watched},
+};
+use crate::{
+    Error,
+    cgroup::{CgroupError, Hierarchy},
+    probe::Probes,
+    serve::{self, ServeError},
+    store::Store,
+    watch::{WatchError, WatchRule, Watcher},
+};
+
+/// The environment variable that holds the bearer token (rather than the config file).
+pub const TOKEN_ENV: &str = "CLEANROOM_AGENT_TOKEN";
+
+/// How the agent was started: a configuration file and the flags that override it.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// `--config FILE`, re-read on SIGHUP.
+    pub config_path: Option<PathBuf>,
+    /// `--watch GLOB`: rules after the file's.
+    pub watch: Vec<String>,
+    /// `--listen ADDR`.
+    pub listen: Option<SocketAddr>,
+    /// `--interval DURATION`.
+    pub interval: Option<Duration>,
+    /// `--store FILE`.
+    pub store: Option<PathBuf>,
+    /// `--no-store`.
+    pub no_store: bool,
+}
+
+/// Why the agent cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No rule at all.
+    #[error(
+        "nothing to watch: give --watch GLOB (e.g. --watch 'system.slice/*.scope') or [[watch]] \
+         rules in --config FILE"
+    )]
+    NoRules,
+    /// A rule is wrong.
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    /// The listen address and token do not go together.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// The address cannot be listened on.
+    #[error(
+        "cannot listen on {addr}: {source}; choose another with --listen ADDR (or `listen` in the config)"
+    )]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl AgentOptions {
+    /// The configuration: the file's, then the flags over it.
+    fn config(&self) -> Result<AgentConfig, Error> {
+        let mut config = match &self.config_path {
+            Some(path) => AgentConfig::from_file(path)?,
+            None => AgentConfig::default(),
+        };
+        config
+            .watch
+            .extend(self.watch.iter().map(|g| WatchRule::from_glob(g)));
+        if let Some(listen) = self.listen {
+            config.listen = Some(listen);
+        }
+        if let Some(interval) = self.interval {
+            config.interval = Some(interval);
+        }
+        if let Ok(token) = std::env::var(TOKEN_ENV) {
+            config.token = Some(token);
+        }
+        Ok(config)
+    }
+
+    /// The rules compiled, refusing none at all.
+    fn watcher(config: &AgentConfig) -> Result<Watcher, Error> {
+        if config.watch.is_empty() {
+            return Err(AgentError::NoRules.into());
+        }
+        Ok(Watcher::new(config.watch.clone()).map_err(AgentError::from)?)
+    }
+}
+
+/// What `prepare` puts in place.
+struct Prepared {
+    config: AgentConfig,
+    v2_mount: PathBuf,
+    watcher: Watcher,
+    listener: std::net::TcpListener,
+    store: Option<Store>,
+    probes: Probes,
+}
+
+/// Runs the agent until SIGTERM or SIGINT; then every live watch's report is stored.
+pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
+    let mut signals = Signals::new().map_err(Error::Wait)?;
+    let prepared = prepare(&opts)?;
+    let Prepared {
+        config,
+        v2_mount,
+        watcher,
+        listener,
+        store,
+        mut probes,
+    } = prepared;
+    let listen = config.listen();
+    let board = Arc::new(Board::new(store, config.interval(), listen.to_string()));
+    serve(listener, Arc::clone(&board), config.token.clone())?;
+    log::info!(
+        "watching {} rule(s) every {}; http://{listen}/ (metrics at /metrics)",
+        watcher.rules().len(),
+        humantime::format_duration(config.interval()),
+    );
+    let mut watched = Watched::new(v2_mount, watcher, config.interval());
+    let mut ticker = tokio::time::interval(config.interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => tick(&mut watched, &mut probes, &board),
+            signal = signals.next() => match signal {
+                Signal::Reload => reload(&opts, &mut watched),
+                Signal::Stop(name) => {
+                    log::info!("{name}: finishing {} live watch(es)", watched.watches().len());
+                    break;
+                }
+            },
+        }
+    }
+    stop(&mut watched, &mut probes, &board)
+}
+
+/// Reads the configuration and checks everything before anything is watched: privileges, the
+/// v2 hierarchy, the rules, the address (bound now, so a port in use stops the start), the
+/// store, then the probes.
+fn prepare(opts: &AgentOptions) -> Result<Prepared, Error> {
+    let config = opts.config()?;
+    let watcher = AgentOptions::watcher(&config)?;
+    let listen = config.listen();
+    serve::check_listen(listen, config.token.as_deref()).map_err(AgentError::from)?;
+    crate::run::require_privileges("cleanroom agent")?;
+    let hierarchy = Hierarchy::detect()?;
+    let listener = std::net::TcpListener::bind(listen).map_err(|source| AgentError::Listen {
+        addr: listen,
+        source,
+    })?;
+    let store = match (opts.no_store, &opts.store, &config.store) {
+        (true, _, _) => None,
+        (false, Some(path), _) | (false, None, Some(path)) => Some(Store::open(path)?),
+        (false, None, None) => Some(Store::open(&crate::store::default_path())?),
+    };
+    let v2_root = File::open(&hierarchy.v2_mount).map_err(|source| CgroupError::Io {
+        action: "opening",
+        path: hierarchy.v2_mount.clone(),
+        source,
+    })?;
+    let probes = Probes::load(Some(&v2_root))?;
+    Ok(Prepared {
+        config,
+        v2_mount: hierarchy.v2_mount,
+        watcher,
+        listener,
+        store,
+        probes,
+    })
+}
+
+/// Serves the HTTP interface on `listener` in the background.
+fn serve(
+    listener: std::net::TcpListener,
+    board: Arc<Board>,
+    token: Option<String>,
+) -> Result<(), Error> {
+    let addr = listener.local_addr().map_err(Error::Wait)?;
+    let listen_err = |source| AgentError::Listen { addr, source };
+    listener.set_nonblocking(true).map_err(listen_err)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_err)?;
+    let router = serve::router(board, token);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            log::error!("the HTTP interface stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// One tick: the watches sampled, the board updated, finished watches reported and stored. A
+/// failure is logged and the next tick tries again: a sidecar keeps watching.
+fn tick(watched: &mut Watched, probes: &mut Probes, board: &Board) {
+    let began = Instant::now();
+    let report = match watched.tick(probes) {
+        Ok(report) => report,
+        Err(e) => {
+            log::error!("sampling the watched cgroups failed: {e}");
+            return;
+        }
+    };
+    for id in &report.started {
+        if let Some(w) = watched.watches().get(id) {
+            log::info!(
+                "watching {} (rule `{}`)",
+                w.relative.display(),
+                w.rule.run_name()
+            );
+        }
+    }
+    let drops = probes.drops().unwrap_or_default();
+    let took = began.elapsed();
+    let map_entries = probes
+        .map_entries()
+        .map(|m| m.into_iter().map(|(k, v)| (k, v as u64)).collect())
+        .unwrap_or_default();
+    board.update(watched, drops, map_entries, took);
+    conclude(report.finished, board);
+}
+
+/// Reports and stores finished watches, saying where each went.
+fn conclude(finished: Vec<Finished>, board: &Board) {
+    for f in finished {
+        let cgroup = f.relative.display().to_string();
+        let ended = f.ended.as_str();
+        let report = report::report(f, board.host());
+        match board.store(&report) {
+            Ok(Some(id)) => log::info!(
+                "{cgroup} ({ended}): run {id} stored, verdict {}",
+                report.verdict.as_str()
+            ),
+            Ok(None) => log::info!(
+                "{cgroup} ({ended}): verdict {} (not stored: --no-store)",
+                report.verdict.as_str()
+            ),
+            Err(e) => log::error!("{cgroup} ({ended}): its report could not be stored: {e}"),
+        }
+    }
+}
+
+/// Re-reads the configuration (SIGHUP): new rules apply from the next tick; a bad file keeps
+/// the rules in force.
+fn reload(opts: &AgentOptions, watched: &mut Watched) {
+    let watcher = opts.config().and_then(|c| AgentOptions::watcher(&c));
+    match watcher {
+        Ok(w) => {
+            log::info!(
+                "SIGHUP: configuration reloaded, {} rule(s)",
+                w.rules().len()
+            );
+            watched.set_watcher(w);
+        }
+        Err(e) => log::warn!("SIGHUP: the configuration was not reloaded, the old one stays: {e}"),
+    }
+}
+
+/// Finishes and stores every live watch.
+fn stop(watched: &mut Watched, probes: &mut Probes, board: &Board) -> Result<(), Error> {
+    let finished = watched.stop(probes)?;
+    conclude(finished, board);
+    board.update(watched, BTreeMap::new(), BTreeMap::new(), Duration::ZERO);
+    Ok(())
+}
+
+/// What a signal asks of the agent.
+enum Signal {
+    /// SIGHUP.
+    Reload,
+    /// SIGTERM or SIGINT, by name.
+    Stop(&'static str),
+}
+
+/// The signals the agent handles instead of dying of them.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The report of a watched cgroup whose watch ended: the same JSON schema and verdict rules as
+//! `cleanroom run`'s, named after its rule and tagged with its cgroup, its rule and why the
+//! watch ended.
+
+use std::collections::BTreeMap;
+
+use super::watched::{Ended, Finished};
+use crate::{
+    analyze, collect,
+    report::{CgroupRef, HostInfo, Interruption, Report, SCHEMA_VERSION},
+    verdict::{Event, EventKind, Verdict},
+};
+
+/// The judged report of `finished`.
+pub fn report(finished: Finished, host: &HostInfo) -> Report {
+    let Finished {
+        id,
+        path,
+        relative,
+        rule,
+        config,
+        not_applicable,
+        ended,
+        mut figures,
+    } = finished;
+    let cgroup = relative.display().to_string();
+    figures.events.push(Event {
+        t_ns: figures.wall_time_ns,
+        kind: EventKind::WatchEnded,
+        subject: ended.as_str().to_owned(),
+        value: None,
+        limit: None,
+        message: match ended {
+            Ended::Removed => format!("cgroup {cgroup} was removed"),
+            Ended::AgentStopped => format!("the agent stopped while watching {cgroup}"),
+            Ended::Unwatched => {
+                format!("the reloaded configuration no longer watches {cgroup}")
+            }
+        },
+    });
+    let mut notes = vec![format!(
+        "measured by `cleanroom agent`: cgroup {cgroup}, watched by rule `{}` from when it was \
+         found (within one interval of its creation, or the agent's start) until it was {}",
+        rule.glob,
+        match ended {
+            Ended::Removed => "removed",
+            Ended::AgentStopped => "the agent stopped",
+            Ended::Unwatched => "no longer matched by a rule",
+        }
+    )];
+    if figures.kernel.is_empty() {
+        notes.push(
+            "the cgroup was gone when its report was made: the kernel's own figures (cpu.stat, \
+             memory) could not be read, and `kernel` is empty"
+                .to_owned(),
+        );
+    }
+    notes.extend(collect::write_note(&figures.totals, figures.writeback));
+    notes.extend(collect::fault_note(&figures.totals, &figures.kernel));
+    let mut tags = rule.tags.clone();
+    tags.insert("cgroup".into(), cgroup.clone());
+    tags.insert("rule".into(), rule.run_name().to_owned());
+    tags.insert("ended".into(), ended.as_str().to_owned());
+    let report = Report {
+        schema_version: SCHEMA_VERSION,
+        command: vec![cgroup],
+        exit_code: 0,
+        started_at: humantime::format_rfc3339_seconds(figures.started_at).to_string(),
+        wall_time_ns: figures.wall_time_ns,
+        cgroup: CgroupRef {
+            path: path.display().to_string(),
+            id: id.0,
+        },
+        totals: figures.totals,
+        block_devices: figures.block_devices,
+        kernel: figures.kernel,
+        unavailable: figures.unavailable,
+        dropped: figures
+            .drops
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect::<BTreeMap<_, _>>(),
+        notes,
+        interrupted: (ended == Ended::AgentStopped).then(|| Interruption {
+            signal: Ended::AgentStopped.as_str().to_owned(),
+            killed_leftovers: 0,
+        }),
+        leftovers: Vec::new(),
+        comparison: None,
+        escaped: Vec::new(),
+        aggregates: figures.aggregates,
+        anomalies: figures.anomalies,
+        anomalies_found: figures.anomalies_found,
+        anomaly_method: analyze::ANOMALY_METHOD.to_owned(),
+        series_resolution: figures.series_resolution,
+        series: figures.series,
+        slos: Vec::new(),
+        thresholds: figures.thresholds,
+        events: figures.events,
+        insights: Vec::new(),
+        verdict: Verdict::default(),
+        name: Some(rule.run_name().to_owned()),
+        tags,
+        host: host.clone(),
+    };
+    analyze::judge(&config, report, not_applicable)
+}

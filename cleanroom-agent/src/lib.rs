@@ -10,7 +10,9 @@
 //! the commands a new user starts with. For the agent (being built): `watch` picks the cgroups
 //! to watch (glob rules over the v2 hierarchy), `exposition` renders live per-cgroup
 //! measurements in the Prometheus text format (`GET /metrics`), `serve` routes the HTTP
-//! interface over what the agent shows (token, JSON errors).
+//! interface over what the agent shows (token, JSON errors), and `page` renders its front page
+//! (`GET /`: the live cgroups and the recent runs with their verdicts, one HTML document
+//! without scripts).
 //!
 //! Dependencies point one way. `units` (numbers as people write and read them), `metric` (what
 //! is measured, in which unit; it uses `units`) and `verdict` (what judging a run produces; it
@@ -39,6 +41,7 @@ pub mod limits;
 pub mod metric;
 pub mod model;
 pub mod objective;
+pub mod page;
 pub mod probe;
 pub mod render;
 pub mod report;

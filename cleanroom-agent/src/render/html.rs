@@ -17,7 +17,7 @@ use crate::{
 use super::chart::{CHARTS, ChartSpec, Frame, extent, nice_max, plotted};
 
 /// Escapes text for HTML.
-fn esc(text: &str) -> String {
+pub(crate) fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -32,7 +32,9 @@ fn esc(text: &str) -> String {
     out
 }
 
-const STYLE: &str = r#"
+/// The look every page shares: a run's report and its kin here, and the agent's front page
+/// ([`crate::page`]).
+pub(crate) const STYLE: &str = r#"
 :root { --fg:#111827; --muted:#6b7280; --line:#e5e7eb; --bg:#f9fafb; --pass:#15803d; --fail:#b91c1c; --warn:#b45309; }
 * { box-sizing: border-box; }
 body { margin:0; font:14px/1.45 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color:var(--fg); background:var(--bg); }

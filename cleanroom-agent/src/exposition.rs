@@ -675,7 +675,7 @@ mod tests {
     fn output_parses_back() {
         let text = render(two_cgroups()).expect("renders");
         let families = parse(&text).unwrap_or_else(|e| panic!("{e} in:\n{text}"));
-        assert_eq!(families.len(), 10, "families:\n{text}");
+        assert_eq!(families.len(), 12, "families:\n{text}");
         for f in &families {
             assert!(f.name.starts_with("cleanroom_"), "{} unprefixed", f.name);
             assert!(f.help.is_some(), "{} without HELP", f.name);

@@ -5,13 +5,18 @@
 //! 2. Workload slowdown: none vs Cleanroom vs bpftrace, median of alternated repetitions.
 //! 3. The agent itself: CPU, RSS/PSS, start-up and map sizes, polling 1 s and 100 ms over 10
 //!    and 500 live cgroups.
+//! 4. The agent as a sidecar (`cleanroom agent`, 1 s): CPU, RSS/PSS over 10 and 500 watched
+//!    cgroups, the time a `/metrics` scrape takes, and how long a new cgroup waits for its
+//!    first sample.
 //!
 //! Writes `target/bench/results.json` and prints the tables. Goals are reported, never asserted.
+//! `--only agent-sidecar` runs section 4 alone and writes `results-agent-sidecar.json`.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, hash_map::RandomState},
     fs,
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -22,6 +27,13 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use crate::step;
+
+/// A section `--only` runs alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// 4: `cleanroom agent` as a sidecar.
+    AgentSidecar,
+}
 
 /// Who is attached while a workload runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -161,10 +173,27 @@ fn median(xs: &[f64]) -> f64 {
 }
 
 impl Bench {
-    /// Prepares the host (BPF stats, tracefs, a loop device) and returns the bench.
-    pub fn run(root: &Path, cleanroom: PathBuf, workload: PathBuf, reps: usize) -> Result<()> {
+    /// Prepares the host (BPF stats, tracefs, a loop device) and runs every section, or only
+    /// `only` (which needs none of that).
+    pub fn run(
+        root: &Path,
+        cleanroom: PathBuf,
+        workload: PathBuf,
+        reps: usize,
+        only: Option<Section>,
+    ) -> Result<()> {
         let out = root.join("target/bench");
         fs::create_dir_all(&out)?;
+        if only == Some(Section::AgentSidecar) {
+            let bench = Bench {
+                cleanroom,
+                workload,
+                out,
+                loop_dev: String::new(),
+                reps,
+            };
+            return bench.only_agent_sidecar();
+        }
         let stats = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
             .unwrap_or_else(|_| "0".into())
             .trim()
@@ -203,13 +232,15 @@ impl Bench {
         };
         let started = Instant::now();
         let machine = machine();
-        step("phase 1/3: per-event cost of every program (BPF stats on)");
+        step("phase 1/4: per-event cost of every program (BPF stats on)");
         let per_event = bench.per_event_cost()?;
-        step("phase 2/3: workload slowdown, modes alternated");
+        step("phase 2/4: workload slowdown, modes alternated");
         let slowdown = bench.slowdown()?;
-        step("phase 3/3: the agent itself");
+        step("phase 3/4: the agent itself");
         let agent = bench.agent_cost()?;
-        let goals = goals(&per_event, &slowdown, &agent);
+        step("phase 4/4: the agent as a sidecar (cleanroom agent)");
+        let agent_sidecar = bench.agent_sidecar()?;
+        let goals = goals(&per_event, &slowdown, &agent, &agent_sidecar);
         let results = json!({
             "machine": machine,
             "duration_s": started.elapsed().as_secs_f64(),
@@ -217,6 +248,7 @@ impl Bench {
             "per_event": per_event,
             "slowdown": slowdown,
             "agent": agent,
+            "agent_sidecar": agent_sidecar,
             "goals": goals,
         });
         let path = bench.out.join("results.json");
@@ -516,6 +548,295 @@ impl Bench {
         }
         Ok(Value::Array(rows))
     }
+
+    /// Section 4 alone: its results, tables and goals.
+    fn only_agent_sidecar(&self) -> Result<()> {
+        let started = Instant::now();
+        step("the agent as a sidecar (cleanroom agent), alone");
+        let agent_sidecar = self.agent_sidecar()?;
+        let goals = goals(&Value::Null, &Value::Null, &Value::Null, &agent_sidecar);
+        let results = json!({
+            "machine": machine(),
+            "duration_s": started.elapsed().as_secs_f64(),
+            "agent_sidecar": agent_sidecar,
+            "goals": goals,
+        });
+        let path = self.out.join("results-agent-sidecar.json");
+        fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+        print_agent_sidecar(&results);
+        print_goals(&results);
+        step(&format!(
+            "results written to {} ({:.0} s)",
+            path.display(),
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
+    /// `cleanroom agent --interval 1s` watching 10, then 500 cgroups of the bench's own.
+    fn agent_sidecar(&self) -> Result<Value> {
+        let mut rows = Vec::new();
+        for cgroups in [10, 500] {
+            rows.push(self.sidecar(cgroups)?);
+        }
+        Ok(Value::Array(rows))
+    }
+
+    /// One agent over `cgroups` children of a parent cgroup, each with a sleeping process: once
+    /// it lists them all, its CPU over a quiet 5 s window, its memory, 20 timed scrapes of
+    /// `/metrics`, then new cgroups made at a random phase of its ticks, each timed until it is
+    /// listed and until it has a sample.
+    fn sidecar(&self, cgroups: usize) -> Result<Value> {
+        let mount = v2_mount()?;
+        let rel = format!("cleanroom-bench-agent-{}", std::process::id());
+        let mut host = SidecarHost::new(mount.join(&rel))?;
+        for i in 0..cgroups {
+            host.add(&format!("c{i}"))?;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log_path = self.out.join(format!("agent-sidecar-{cgroups}.log"));
+        let t0 = Instant::now();
+        let agent = Command::new(&self.cleanroom)
+            .args(["agent", "--watch", &format!("{rel}/*"), "--no-store"])
+            .args(["--interval", "1s", "--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log_path)?)
+            .spawn()
+            .context("starting cleanroom agent")?;
+        let pid = agent.id();
+        let agent = host.agent.insert(agent);
+        // Every cgroup listed: the agent is up and its first tick has picked them all.
+        let all_watched_ms = loop {
+            if let Some(status) = agent.try_wait()? {
+                bail!(
+                    "cleanroom agent exited ({status}); see {}",
+                    log_path.display()
+                );
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "cleanroom agent did not list {cgroups} cgroups within 60 s; see {}",
+                    log_path.display()
+                );
+            }
+            let listed = http_get(port, "/api/v1/cgroups")
+                .ok()
+                .and_then(|body| serde_json::from_str::<Value>(&body).ok())
+                .map_or(0, |v| rows_under(&v, &rel).count());
+            if listed >= cgroups {
+                break t0.elapsed().as_secs_f64() * 1e3;
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        // A quiet window: nothing but the agent's own ticks.
+        thread::sleep(Duration::from_secs(2));
+        let (rss0_kb, _) = memory_kb(pid);
+        let cpu0 = cpu_ns(pid);
+        let w0 = Instant::now();
+        thread::sleep(Duration::from_secs(5));
+        let cpu1 = cpu_ns(pid);
+        let window = w0.elapsed().as_nanos() as f64;
+        let cpu_percent = cpu1.saturating_sub(cpu0) as f64 / window * 100.0;
+        let (rss_kb, pss_kb) = memory_kb(pid);
+        // Memory still growing tick by tick (each watch keeps its time series).
+        let rss_growth = (rss_kb as f64 - rss0_kb as f64) / (window / 1e9);
+        let map_bytes = map_bytes();
+
+        // Scrapes, each on a connection of its own (as the client side sees it).
+        let mut scrape_ms = Vec::new();
+        let mut metrics = String::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            metrics = http_get(port, "/metrics")?;
+            scrape_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            thread::sleep(Duration::from_millis(50));
+        }
+        // The agent's own view: the previous scrape's rendering and the last tick.
+        let own_scrape_ms =
+            prom_value(&metrics, "cleanroom_scrape_duration_seconds").map(|s| s * 1e3);
+        let own_sample_ms =
+            prom_value(&metrics, "cleanroom_sample_duration_seconds").map(|s| s * 1e3);
+        let watched = prom_value(&metrics, "cleanroom_watched_cgroups");
+
+        // A new cgroup at a random phase of the ticks: listed ("picked up"), then sampled.
+        let mut picked_up_ms = Vec::new();
+        let mut first_sample_ms = Vec::new();
+        for k in 0..5 {
+            // The last trial ended just after a tick: wait a random part of the interval.
+            let random = std::hash::BuildHasher::hash_one(&RandomState::new(), k);
+            thread::sleep(Duration::from_nanos(random % 1_000_000_000));
+            let name = format!("new{k}");
+            let want = format!("{rel}/{name}");
+            let t = Instant::now();
+            host.add(&name)?;
+            let (mut picked, mut sampled) = (None, None);
+            while sampled.is_none() && t.elapsed() < Duration::from_secs(10) {
+                let v: Value = serde_json::from_str(&http_get(port, "/api/v1/cgroups")?)?;
+                let elapsed = t.elapsed().as_secs_f64() * 1e3;
+                if let Some(row) = rows_under(&v, &rel).find(|r| r["cgroup"] == want.as_str()) {
+                    picked.get_or_insert(elapsed);
+                    if !row["cpu_time_ns"].is_null() {
+                        sampled = Some(elapsed);
+                    }
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            picked_up_ms.push(picked.context("a new cgroup was not listed within 10 s")?);
+            first_sample_ms.push(sampled.context("a new cgroup had no sample within 10 s")?);
+        }
+        drop(host);
+        eprintln!(
+            "xtask: cleanroom agent over {cgroups} cgroups: {cpu_percent:.3}% CPU, RSS {rss_kb} kB, \
+             /metrics {:.1} ms, first sample {:.0} ms",
+            median(&scrape_ms),
+            median(&first_sample_ms)
+        );
+        Ok(json!({
+            "interval": "1s",
+            "cgroups": cgroups,
+            "all_watched_ms": all_watched_ms,
+            "cpu_percent_of_one_core": cpu_percent,
+            "rss_kb": rss_kb,
+            "pss_kb": pss_kb,
+            "rss_growth_kb_per_s": rss_growth,
+            "bpf_map_bytes": map_bytes,
+            "metrics_bytes": metrics.len(),
+            "metrics_watched_cgroups": watched,
+            "scrape_ms": spread(&scrape_ms),
+            "own_scrape_ms": own_scrape_ms,
+            "own_sample_ms": own_sample_ms,
+            "picked_up_ms": spread(&picked_up_ms),
+            "first_sample_ms": spread(&first_sample_ms),
+        }))
+    }
+}
+
+/// The cgroup v2 mount: `/sys/fs/cgroup` (unified) or `/sys/fs/cgroup/unified` (hybrid).
+fn v2_mount() -> Result<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|m| m.join("cgroup.controllers").exists())
+        .context("no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified")
+}
+
+/// A parent cgroup of the bench's, its children with a sleeping process each, and the agent
+/// watching them: all undone when dropped, error or not.
+struct SidecarHost {
+    parent: PathBuf,
+    children: Vec<PathBuf>,
+    sleepers: Vec<Child>,
+    agent: Option<Child>,
+}
+
+impl SidecarHost {
+    fn new(parent: PathBuf) -> Result<Self> {
+        fs::create_dir(&parent).with_context(|| format!("making {}", parent.display()))?;
+        Ok(Self {
+            parent,
+            children: Vec::new(),
+            sleepers: Vec::new(),
+            agent: None,
+        })
+    }
+
+    /// Makes the child cgroup `name` and moves a new `sleep` into it.
+    fn add(&mut self, name: &str) -> Result<()> {
+        let dir = self.parent.join(name);
+        fs::create_dir(&dir).with_context(|| format!("making {}", dir.display()))?;
+        self.children.push(dir.clone());
+        let sleeper = Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?;
+        let pid = sleeper.id();
+        self.sleepers.push(sleeper);
+        fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving {pid} into {}", dir.display()))
+    }
+}
+
+impl Drop for SidecarHost {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(agent.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+        for sleeper in &mut self.sleepers {
+            let _ = sleeper.kill();
+            let _ = sleeper.wait();
+        }
+        // A cgroup whose last process was just reaped can be busy for a moment.
+        for dir in self.children.iter().chain([&self.parent]) {
+            let started = Instant::now();
+            while fs::remove_dir(dir).is_err()
+                && dir.exists()
+                && started.elapsed() < Duration::from_secs(5)
+            {
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// `GET path` from the agent on `127.0.0.1:port`, a connection of its own: the body.
+fn http_get(port: u16, path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").context("no HTTP header")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Ok(body.to_owned());
+    }
+    let (mut rest, mut out) = (body, String::new());
+    loop {
+        let (size, data) = rest.split_once("\r\n").context("a chunk's size")?;
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.push_str(data.get(..n).context("a short chunk")?);
+        rest = data.get(n + 2..).context("a chunk's end")?;
+    }
+}
+
+/// The rows of `/api/v1/cgroups` below the cgroup `parent`.
+fn rows_under<'a>(v: &'a Value, parent: &'a str) -> impl Iterator<Item = &'a Value> {
+    v["cgroups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(move |r| {
+            r["cgroup"]
+                .as_str()
+                .and_then(|c| c.strip_prefix(parent))
+                .is_some_and(|c| c.starts_with('/'))
+        })
+}
+
+/// An unlabelled sample of the Prometheus text `text`.
+fn prom_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// (name, unit, higher is better).
@@ -621,7 +942,7 @@ fn machine() -> Value {
     })
 }
 
-fn goals(per_event: &Value, slowdown: &Value, agent: &Value) -> Value {
+fn goals(per_event: &Value, slowdown: &Value, agent: &Value, agent_sidecar: &Value) -> Value {
     let mut out = Vec::new();
     for h in per_event.as_array().into_iter().flatten() {
         let hook = h["hook"].as_str().unwrap_or("?");
@@ -647,6 +968,18 @@ fn goals(per_event: &Value, slowdown: &Value, agent: &Value) -> Value {
             let rss_mb = a["rss_kb"].as_f64().unwrap_or(f64::NAN) / 1024.0;
             out.push(json!({"goal": "agent under 0.5% of one core at 1 s over 500 cgroups", "met": cpu < 0.5, "value": cpu}));
             out.push(json!({"goal": "agent under 25 MB RSS at 1 s over 500 cgroups", "met": rss_mb < 25.0, "value": rss_mb}));
+        }
+    }
+    for a in agent_sidecar.as_array().into_iter().flatten() {
+        if a["cgroups"] == 500 {
+            let cpu = a["cpu_percent_of_one_core"].as_f64().unwrap_or(f64::NAN);
+            let rss_mib = a["rss_kb"].as_f64().unwrap_or(f64::NAN) / 1024.0;
+            let scrape = a["scrape_ms"]["max"].as_f64().unwrap_or(f64::NAN);
+            let first = a["first_sample_ms"]["max"].as_f64().unwrap_or(f64::NAN);
+            out.push(json!({"goal": "cleanroom agent under 0.5% of one core at 1 s over 500 cgroups", "met": cpu < 0.5, "value": cpu}));
+            out.push(json!({"goal": "cleanroom agent under 30 MiB RSS over 500 cgroups", "met": rss_mib < 30.0, "value": rss_mib}));
+            out.push(json!({"goal": "every /metrics scrape (of 20) under 50 ms at 500 cgroups", "met": scrape < 50.0, "value": scrape}));
+            out.push(json!({"goal": "a new cgroup sampled within one interval (1 s, ms, max of 5)", "met": first <= 1000.0, "value": first}));
         }
     }
     Value::Array(out)
@@ -730,6 +1063,48 @@ fn print_tables(r: &Value) {
             a["bpf_map_bytes"]
         );
     }
+    print_agent_sidecar(r);
+    print_goals(r);
+}
+
+fn print_agent_sidecar(r: &Value) {
+    println!(
+        "\nThe agent as a sidecar (cleanroom agent at 1 s, a sleeping process per cgroup; ms)"
+    );
+    println!(
+        "{:<8} {:>10} {:>9} {:>9} {:>10} {:>9} {:>17} {:>11} {:>11} {:>15} {:>15}",
+        "cgroups",
+        "CPU % core",
+        "RSS kB",
+        "PSS kB",
+        "RSS +kB/s",
+        "all seen",
+        "/metrics med/max",
+        "own scrape",
+        "own sample",
+        "listed med/max",
+        "sample med/max"
+    );
+    for a in r["agent_sidecar"].as_array().into_iter().flatten() {
+        let pair = |s: &Value| format!("{}/{}", num(&s["median"], 1), num(&s["max"], 1));
+        println!(
+            "{:<8} {:>10} {:>9} {:>9} {:>10} {:>9} {:>17} {:>11} {:>11} {:>15} {:>15}",
+            a["cgroups"],
+            num(&a["cpu_percent_of_one_core"], 3),
+            a["rss_kb"],
+            a["pss_kb"],
+            num(&a["rss_growth_kb_per_s"], 0),
+            num(&a["all_watched_ms"], 0),
+            pair(&a["scrape_ms"]),
+            num(&a["own_scrape_ms"], 2),
+            num(&a["own_sample_ms"], 2),
+            pair(&a["picked_up_ms"]),
+            pair(&a["first_sample_ms"])
+        );
+    }
+}
+
+fn print_goals(r: &Value) {
     println!("\nGoals (reported, not asserted)");
     for g in r["goals"].as_array().into_iter().flatten() {
         println!(

@@ -45,6 +45,9 @@ enum Task {
         /// Alternated repetitions of each workload per mode.
         #[arg(long, default_value_t = 10)]
         reps: usize,
+        /// Run one section alone (its results go to target/bench/results-SECTION.json).
+        #[arg(long, hide = true)]
+        only: Option<bench::Section>,
     },
     /// Fuzz the parsers of untrusted text with libFuzzer (see fuzz/): every target, or one.
     Fuzz {
@@ -99,13 +102,15 @@ fn run(task: Task) -> Result<()> {
             let status = cmd.status().context("starting cleanroom")?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Task::Bench { reps } => {
+        Task::Bench { reps, only } => {
             anyhow::ensure!(
                 toolchain::is_root(),
                 "the benchmark loads BPF programs: run it as root"
             );
             let bin = build(&root)?;
-            toolchain::ensure_tools(toolchain::BENCH_TOOLS)?;
+            if only.is_none() {
+                toolchain::ensure_tools(toolchain::BENCH_TOOLS)?;
+            }
             step("building the benchmark's workload program");
             let mut cmd = cargo();
             cmd.current_dir(&root).args([
@@ -121,6 +126,7 @@ fn run(task: Task) -> Result<()> {
                 bin,
                 root.join("target/release/cleanroom-test-workload"),
                 reps,
+                only,
             )
         }
         Task::VmTest { kernels } => {

@@ -287,27 +287,47 @@ pub struct SeriesResolution {
     pub method: String,
 }
 
-/// How older points are merged, as reports state it.
-pub const SERIES_METHOD: &str = "every interval is kept until the series holds 2048 points; \
-     then the older half is merged pairwise (values: time-weighted average; min and max: the \
-     extremes of the merged intervals), so recent intervals keep full resolution and memory \
-     stays bounded however long the run";
+/// How older points are merged, as reports state it, for a series of at most `max_points`.
+pub fn series_method(max_points: usize) -> String {
+    format!(
+        "every interval is kept until the series holds {max_points} points; then the older half \
+         is merged pairwise (values: time-weighted average; min and max: the extremes of the \
+         merged intervals), so recent intervals keep full resolution and memory stays bounded \
+         however long the run"
+    )
+}
 
 /// A run's time series with bounded memory: at most [`MAX_SERIES_POINTS`] points. Once full,
 /// the older half is merged pairwise, so resolution falls with age and the newest intervals
 /// stay as sampled.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Series {
     points: Vec<SeriesPoint>,
     intervals: u64,
+    max_points: usize,
+}
+
+impl Default for Series {
+    fn default() -> Self {
+        Self::with_max_points(MAX_SERIES_POINTS)
+    }
 }
 
 impl Series {
+    /// An empty series that keeps at most `max_points` (at least 2).
+    pub fn with_max_points(max_points: usize) -> Self {
+        Self {
+            points: Vec::new(),
+            intervals: 0,
+            max_points: max_points.max(2),
+        }
+    }
+
     /// Adds the newest interval.
     pub fn push(&mut self, point: SeriesPoint) {
         self.intervals += 1;
         self.points.push(point);
-        if self.points.len() > MAX_SERIES_POINTS {
+        if self.points.len() > self.max_points {
             let half = self.points.len() / 2;
             let older: Vec<SeriesPoint> = self.points.drain(..half).collect();
             let merged: Vec<SeriesPoint> = older
@@ -332,9 +352,9 @@ impl Series {
         SeriesResolution {
             intervals: self.intervals,
             points: self.points.len() as u64,
-            max_points: MAX_SERIES_POINTS as u64,
+            max_points: self.max_points as u64,
             coarsest_interval_ns: self.points.iter().map(|p| p.interval_ns).max().unwrap_or(0),
-            method: SERIES_METHOD.to_owned(),
+            method: series_method(self.max_points),
         }
     }
 

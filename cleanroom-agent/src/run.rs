@@ -239,6 +239,8 @@ fn session_options(config: &CleanroomConfig) -> SessionOptions {
         memory: pm.enable_memory_tracking,
         interval: pm.metrics_interval,
         memory_limit: rl.max_memory_usage_bytes,
+        live_io: true,
+        max_points: crate::model::MAX_SERIES_POINTS,
     }
 }
 

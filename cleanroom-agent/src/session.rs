@@ -39,6 +39,12 @@ pub struct SessionOptions {
     pub interval: Duration,
     /// The memory limit set on the target, when known: an OOM kill event names it.
     pub memory_limit: Option<u64>,
+    /// Whether each tick reads the storage I/O of the target's live threads (`/proc`, a file
+    /// per thread): else a tick's io_* figures hold the exited threads' alone, and only the end
+    /// adds the live ones.
+    pub live_io: bool,
+    /// The most points the series keeps ([`model::MAX_SERIES_POINTS`] for a run).
+    pub max_points: usize,
 }
 
 /// The end of a session, as the front end saw it.
@@ -133,7 +139,7 @@ impl Session {
             started_at: SystemTime::now(),
             started: Instant::now(),
             prev: None,
-            series: model::Series::default(),
+            series: model::Series::with_max_points(options.max_points),
             thresholds: ThresholdMonitor::new(specs),
             events: Vec::new(),
             anon_peak_bytes: None,
@@ -186,7 +192,11 @@ impl Session {
             cpu: Default::default(),
             memory,
             max_rss_bytes: None,
-            live_io: self.target.live_io(),
+            live_io: if self.options.live_io {
+                self.target.live_io()
+            } else {
+                Default::default()
+            },
             anon_peak_bytes: self.anon_peak_bytes,
         };
         let reading = Reading {

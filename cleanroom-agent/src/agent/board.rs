@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// Recent interval points kept per live cgroup for the API.
-pub const RECENT_POINTS: usize = 120;
+pub const RECENT_POINTS: usize = 30;
 /// Recent events kept per live cgroup for the API.
 pub const RECENT_EVENTS: usize = 50;
 /// Stored runs listed by the API and the front page.

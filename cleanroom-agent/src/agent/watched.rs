@@ -25,6 +25,10 @@ use crate::{
     watch::{RuleId, WatchRule, Watcher},
 };
 
+/// The most points a watched cgroup's series keeps: a watch can last for days, and hundreds
+/// run at once.
+pub const MAX_POINTS: usize = 64;
+
 /// A cgroup's v2 id (its inode number in cgroupfs): how the kernel programs key it, and how the
 /// agent's API names a live cgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -284,6 +288,10 @@ impl Watched {
             memory: true,
             interval: self.interval,
             memory_limit: target.memory_limit(),
+            // Reading every live thread's /proc file on every tick is most of what watching
+            // hundreds of cgroups would cost; the end reads them.
+            live_io: false,
+            max_points: MAX_POINTS,
         };
         Watch {
             relative,

@@ -475,6 +475,65 @@ fn sigterm_stores_the_report_of_every_live_watch() {
     }
 }
 
+/// SIGHUP re-reads the configuration: new rules pick their cgroups, a cgroup no rule matches
+/// any more ends (`unwatched`, its report stored); a bad file keeps the rules in force.
+#[test]
+fn sighup_reloads_the_rules_and_a_bad_file_keeps_the_old_ones() {
+    if !privileged("sighup_reloads_the_rules_and_a_bad_file_keeps_the_old_ones") {
+        return;
+    }
+    let parent = TestCgroup::new("agent-reload");
+    let rel = relative(parent.path());
+    for name in ["a-1", "b-1"] {
+        fs::create_dir(parent.path().join(name)).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let rule = |glob: &str| format!("interval = \"200ms\"\n[[watch]]\nglob = \"{rel}/{glob}\"\n");
+    fs::write(&config, rule("a-*")).unwrap();
+    let mut agent = Agent::start(&["--config", config.to_str().unwrap()], None);
+    let listed = |v: &serde_json::Value| -> Vec<String> {
+        v["cgroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["cgroup"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let a = format!("{rel}/a-1");
+    let b = format!("{rel}/b-1");
+    agent.wait_json("/api/v1/cgroups", Duration::from_secs(10), |v| {
+        listed(v) == [a.clone()]
+    });
+
+    fs::write(&config, rule("b-*")).unwrap();
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    agent.wait_json("/api/v1/cgroups", Duration::from_secs(10), |v| {
+        listed(v) == [b.clone()]
+    });
+    let report = agent.stored_report(&a);
+    assert_eq!(report["tags"]["ended"], "unwatched", "{report:#}");
+
+    fs::write(&config, "[[watch]]\nglob = \"x/[\"\n").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains("not reloaded") {
+        assert!(
+            Instant::now() < deadline,
+            "no word of the bad file: {}",
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(agent.log().contains("not a glob"), "{}", agent.log());
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(listed(&agent.json("/api/v1/cgroups")), [b.clone()]);
+    let (status, _) = agent.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
 /// A malformed id, an unknown id, a missing or wrong token: each its documented status, with a
 /// JSON error.
 #[test]

@@ -189,7 +189,13 @@ impl Board {
             started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
             interval_ns: u64::try_from(self.interval.as_nanos()).unwrap_or(u64::MAX),
             samples: agent.samples,
-            dropped: agent.dropped.values().sum(),
+            // A latency whose start came before the probes is a note in reports, not a loss.
+            dropped: agent
+                .dropped
+                .iter()
+                .filter(|(reason, _)| **reason != crate::report::LATENCY_START_UNSEEN)
+                .map(|(_, n)| n)
+                .sum(),
             listen: self.listen.clone(),
         }
     }

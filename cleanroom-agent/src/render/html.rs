@@ -88,7 +88,7 @@ fn line_chart(r: &Report, spec: &ChartSpec) -> Option<String> {
     let (w, h) = (560.0, 200.0);
     let (x_max, y_max) = extent(r, spec);
     let f = Frame {
-        left: 64.0,
+        left: 84.0, // room for "256.0 MiB/s" at 11 px
         right: w - 12.0,
         top: 12.0,
         bottom: h - 28.0,

@@ -529,7 +529,7 @@ fn sighup_reloads_the_rules_and_a_bad_file_keeps_the_old_ones() {
     }
     assert!(agent.log().contains("not a glob"), "{}", agent.log());
     thread::sleep(Duration::from_millis(500));
-    assert_eq!(listed(&agent.json("/api/v1/cgroups")), [b.clone()]);
+    assert_eq!(listed(&agent.json("/api/v1/cgroups")), [b]);
     let (status, _) = agent.terminate();
     assert!(status.success(), "{status:?}");
 }

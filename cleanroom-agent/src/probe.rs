@@ -468,13 +468,16 @@ const DROP_NAMES: &[(u32, &str)] = &[
     (drop_reason::TREE_MAP_FULL, "cgroup_tree_map_full"),
     (
         drop_reason::LATENCY_UNMATCHED,
-        crate::report::LATENCY_START_UNSEEN,
+        LATENCY_START_UNSEEN,
     ),
     (drop_reason::WATCHED_MAP_FULL, WATCHED_MAP_FULL),
     (drop_reason::RUN_PROCS_MAP_FULL, RUN_PROCS_MAP_FULL),
     (drop_reason::ESCAPES_MAP_FULL, ESCAPES_MAP_FULL),
 ];
 
+/// Drop name: a latency whose start was not seen (already under way when the probes attached):
+/// reports say it in a note, not as a loss.
+pub const LATENCY_START_UNSEEN: &str = "latency_start_unseen";
 /// Drop name: a sub-cgroup of a run was not marked as inside it.
 pub const WATCHED_MAP_FULL: &str = "watched_map_full";
 /// Drop name: a process of a run was not tracked (its leaving would go unseen).

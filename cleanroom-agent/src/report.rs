@@ -21,8 +21,7 @@ use crate::{
 /// Version of the JSON layout. Later versions add fields; they never rename one.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// The `dropped` reason of a latency whose start was not seen.
-pub const LATENCY_START_UNSEEN: &str = "latency_start_unseen";
+pub use crate::probe::LATENCY_START_UNSEEN;
 
 /// Everything known about one run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

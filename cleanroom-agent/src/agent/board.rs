@@ -193,7 +193,7 @@ impl Board {
             dropped: agent
                 .dropped
                 .iter()
-                .filter(|(reason, _)| **reason != crate::report::LATENCY_START_UNSEEN)
+                .filter(|(reason, _)| **reason != crate::probe::LATENCY_START_UNSEEN)
                 .map(|(_, n)| n)
                 .sum(),
             listen: self.listen.clone(),

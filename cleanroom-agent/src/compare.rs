@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::verdict::{Change, Comparison, RunLabel, ToleranceSource};
 use crate::{
     collect::Total,
     metric::{Kind, Latency, Metric},
@@ -149,34 +150,6 @@ pub fn noise_floor(name: &str, kind: Kind) -> f64 {
     }
 }
 
-/// Where a figure's tolerance came from. Precedence, highest first: `--tolerance`, the
-/// configuration's `[comparison]`, the history of the run's name, the static default.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ToleranceSource {
-    /// The static default ([`default_tolerance`]).
-    #[default]
-    Default,
-    /// Widened by the spread of earlier runs of the same name ([`history_spread`]).
-    History,
-    /// The configuration file's `[comparison]` table.
-    Config,
-    /// `--tolerance` on the command line.
-    Flag,
-}
-
-impl ToleranceSource {
-    /// Its name in the JSON report and the CSV.
-    pub fn name(self) -> &'static str {
-        match self {
-            ToleranceSource::Default => "default",
-            ToleranceSource::History => "history",
-            ToleranceSource::Config => "config",
-            ToleranceSource::Flag => "flag",
-        }
-    }
-}
-
 /// How the spread of earlier runs widens a figure's default tolerance.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Spread {
@@ -275,65 +248,6 @@ pub fn history_tolerances(runs: &[Report]) -> BTreeMap<String, Spread> {
         .collect()
 }
 
-/// One figure compared.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Change {
-    /// Figure name.
-    pub metric: String,
-    /// Value in the base run.
-    pub base: f64,
-    /// Value in the new run.
-    pub new: f64,
-    /// `new - base`.
-    pub absolute: f64,
-    /// `(new - base) / base`; absent when the base is 0.
-    pub relative: Option<f64>,
-    /// Increase allowed before it counts as a regression.
-    pub tolerance: f64,
-    /// Where the tolerance came from (absent in comparisons made before it was recorded).
-    #[serde(default)]
-    pub tolerance_source: ToleranceSource,
-    /// How many earlier runs a tolerance from the history rests on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tolerance_runs: Option<usize>,
-    /// Smallest absolute increase that can count (below it, differences are noise).
-    pub noise_floor: f64,
-    /// Whether it grew beyond the tolerance.
-    pub regression: bool,
-    /// Base value for people.
-    pub base_text: String,
-    /// New value for people.
-    pub new_text: String,
-}
-
-impl Change {
-    /// The tolerance and where it came from, for people: `+25% (config)`,
-    /// `+17% (history of 5 runs)`.
-    pub fn tolerance_text(&self) -> String {
-        let source = match (self.tolerance_source, self.tolerance_runs) {
-            (ToleranceSource::Flag, _) => "--tolerance".to_owned(),
-            (ToleranceSource::Config, _) => "config".to_owned(),
-            (ToleranceSource::History, Some(n)) => format!("history of {n} runs"),
-            (ToleranceSource::History, None) => "history".to_owned(),
-            (ToleranceSource::Default, _) => "default".to_owned(),
-        };
-        format!("+{:.0}% ({source})", self.tolerance * 100.0)
-    }
-}
-
-/// Which run is which.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunLabel {
-    /// How it was named on the command line (run id or file).
-    pub label: String,
-    /// Its command.
-    pub command: String,
-    /// When it started.
-    pub started_at: String,
-    /// Git commit, when known.
-    pub git_commit: Option<String>,
-}
-
 impl RunLabel {
     /// Labels `report` as `label`.
     pub fn of(label: &str, report: &Report) -> Self {
@@ -344,19 +258,6 @@ impl RunLabel {
             git_commit: report.host.git_commit.clone(),
         }
     }
-}
-
-/// A comparison of two runs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Comparison {
-    /// The base run.
-    pub base: RunLabel,
-    /// The new run.
-    pub new: RunLabel,
-    /// Every figure present in both.
-    pub changes: Vec<Change>,
-    /// How many are regressions.
-    pub regressions: usize,
 }
 
 /// Compares `new` against `base`, each figure with the tolerance [`Tolerances::pick`] gives it.

@@ -466,10 +466,7 @@ const DROP_NAMES: &[(u32, &str)] = &[
     (drop_reason::BLOCK_MAP_FULL, "block_map_full"),
     (drop_reason::HIST_MAP_FULL, "histogram_map_full"),
     (drop_reason::TREE_MAP_FULL, "cgroup_tree_map_full"),
-    (
-        drop_reason::LATENCY_UNMATCHED,
-        LATENCY_START_UNSEEN,
-    ),
+    (drop_reason::LATENCY_UNMATCHED, LATENCY_START_UNSEEN),
     (drop_reason::WATCHED_MAP_FULL, WATCHED_MAP_FULL),
     (drop_reason::RUN_PROCS_MAP_FULL, RUN_PROCS_MAP_FULL),
     (drop_reason::ESCAPES_MAP_FULL, ESCAPES_MAP_FULL),

@@ -59,7 +59,7 @@ pub struct Report {
     /// The comparison with `--baseline`, when one was asked for: every figure, base and new,
     /// change, tolerance, and whether it regressed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comparison: Option<crate::compare::Comparison>,
+    pub comparison: Option<crate::verdict::Comparison>,
     /// Processes the command left running in its cgroup, killed at the end.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leftovers: Vec<Leftover>,

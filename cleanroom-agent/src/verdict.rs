@@ -1,8 +1,9 @@
 //! What judging a run produces, as the report keeps it: the status of each SLO and threshold,
-//! the events of the run, its anomalies and the insights drawn from it.
+//! the events of the run, its anomalies and the insights drawn from it, and its comparison with
+//! a baseline (made by `compare`).
 //!
 //! A leaf: it imports nothing of the crate but `metric` (a series' unit, for [`Anomaly::text`]).
-//! `report` holds these types and `analyze` produces them; neither is known here.
+//! `report` holds these types and `analyze` and `compare` produce them; none is known here.
 
 use std::{collections::BTreeMap, fmt};
 
@@ -266,6 +267,106 @@ pub struct Insight {
     pub text: String,
     /// The figures it rests on, by name.
     pub numbers: BTreeMap<String, f64>,
+}
+
+/// Where a figure's tolerance came from. Precedence, highest first: `--tolerance`, the
+/// configuration's `[comparison]`, the history of the run's name, the static default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToleranceSource {
+    /// The static default ([`default_tolerance`](crate::compare::default_tolerance)).
+    #[default]
+    Default,
+    /// Widened by the spread of earlier runs of the same name ([`history_spread`](crate::compare::history_spread)).
+    History,
+    /// The configuration file's `[comparison]` table.
+    Config,
+    /// `--tolerance` on the command line.
+    Flag,
+}
+
+impl ToleranceSource {
+    /// Its name in the JSON report and the CSV.
+    pub fn name(self) -> &'static str {
+        match self {
+            ToleranceSource::Default => "default",
+            ToleranceSource::History => "history",
+            ToleranceSource::Config => "config",
+            ToleranceSource::Flag => "flag",
+        }
+    }
+}
+
+/// One figure compared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// Figure name.
+    pub metric: String,
+    /// Value in the base run.
+    pub base: f64,
+    /// Value in the new run.
+    pub new: f64,
+    /// `new - base`.
+    pub absolute: f64,
+    /// `(new - base) / base`; absent when the base is 0.
+    pub relative: Option<f64>,
+    /// Increase allowed before it counts as a regression.
+    pub tolerance: f64,
+    /// Where the tolerance came from (absent in comparisons made before it was recorded).
+    #[serde(default)]
+    pub tolerance_source: ToleranceSource,
+    /// How many earlier runs a tolerance from the history rests on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance_runs: Option<usize>,
+    /// Smallest absolute increase that can count (below it, differences are noise).
+    pub noise_floor: f64,
+    /// Whether it grew beyond the tolerance.
+    pub regression: bool,
+    /// Base value for people.
+    pub base_text: String,
+    /// New value for people.
+    pub new_text: String,
+}
+
+impl Change {
+    /// The tolerance and where it came from, for people: `+25% (config)`,
+    /// `+17% (history of 5 runs)`.
+    pub fn tolerance_text(&self) -> String {
+        let source = match (self.tolerance_source, self.tolerance_runs) {
+            (ToleranceSource::Flag, _) => "--tolerance".to_owned(),
+            (ToleranceSource::Config, _) => "config".to_owned(),
+            (ToleranceSource::History, Some(n)) => format!("history of {n} runs"),
+            (ToleranceSource::History, None) => "history".to_owned(),
+            (ToleranceSource::Default, _) => "default".to_owned(),
+        };
+        format!("+{:.0}% ({source})", self.tolerance * 100.0)
+    }
+}
+
+/// Which run is which.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunLabel {
+    /// How it was named on the command line (run id or file).
+    pub label: String,
+    /// Its command.
+    pub command: String,
+    /// When it started.
+    pub started_at: String,
+    /// Git commit, when known.
+    pub git_commit: Option<String>,
+}
+
+/// A comparison of two runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The base run.
+    pub base: RunLabel,
+    /// The new run.
+    pub new: RunLabel,
+    /// Every figure present in both.
+    pub changes: Vec<Change>,
+    /// How many are regressions.
+    pub regressions: usize,
 }
 
 #[cfg(test)]

@@ -227,7 +227,9 @@ impl SeriesPoint {
     }
 
     /// One point for two consecutive ones: ends when `later` ends, averages weighted by
-    /// interval length, min and max kept.
+    /// interval length, min and max kept. [`Series`] merges its packed points the same way,
+    /// bit for bit (`Packed::merge`); the tests hold it to this.
+    #[cfg(test)]
     fn merge(earlier: &Self, later: &Self) -> Self {
         let interval_ns = earlier.interval_ns.saturating_add(later.interval_ns);
         let (we, wl) = if interval_ns == 0 {
@@ -300,12 +302,108 @@ pub fn series_method(max_points: usize) -> String {
 /// A run's time series with bounded memory: at most [`MAX_SERIES_POINTS`] points. Once full,
 /// the older half is merged pairwise, so resolution falls with age and the newest intervals
 /// stay as sampled.
+///
+/// Points are kept packed: the names once per series (`names`, in the order first seen), and
+/// per point only its figures, each in its name's slot. A [`SeriesPoint`] is made again when
+/// asked for ([`Series::points`], [`Series::last`]), with exactly the names it had.
 #[derive(Clone, Debug)]
 pub struct Series {
-    points: Vec<SeriesPoint>,
+    names: Vec<String>,
+    points: Vec<Packed>,
     intervals: u64,
     max_points: usize,
 }
+
+/// A [`SeriesPoint`] as a [`Series`] keeps it: each figure in the slot of its name in the
+/// series' `names` ([`ABSENT`] where the point has no such name; slots past the end are absent
+/// too). `min` and `max` are `None` where the point's are empty.
+#[derive(Clone, Debug)]
+struct Packed {
+    t_ns: u64,
+    interval_ns: u64,
+    values: Box<[f64]>,
+    min: Option<Box<[f64]>>,
+    max: Option<Box<[f64]>>,
+}
+
+impl Packed {
+    /// [`SeriesPoint::merge`] on packed points, slot by slot: the same figures, bit for bit.
+    fn merge(earlier: &Self, later: &Self) -> Self {
+        let interval_ns = earlier.interval_ns.saturating_add(later.interval_ns);
+        let (we, wl) = if interval_ns == 0 {
+            (0.5, 0.5)
+        } else {
+            (
+                earlier.interval_ns as f64 / interval_ns as f64,
+                later.interval_ns as f64 / interval_ns as f64,
+            )
+        };
+        let get = |slots: &[f64], i: usize| slots.get(i).copied().filter(|v| !is_absent(*v));
+        let low = |p: &Self, i: usize| {
+            p.min
+                .as_deref()
+                .and_then(|m| get(m, i))
+                .or_else(|| get(&p.values, i))
+        };
+        let high = |p: &Self, i: usize| {
+            p.max
+                .as_deref()
+                .and_then(|m| get(m, i))
+                .or_else(|| get(&p.values, i))
+        };
+        let len = earlier.values.len().max(later.values.len());
+        let absent = f64::from_bits(ABSENT);
+        let (mut values, mut min, mut max) =
+            (vec![absent; len], vec![absent; len], vec![absent; len]);
+        for i in 0..len {
+            let avg = match (get(&earlier.values, i), get(&later.values, i)) {
+                (Some(e), Some(l)) => e * we + l * wl,
+                (Some(v), None) | (None, Some(v)) => v,
+                (None, None) => continue,
+            };
+            let lows = [low(earlier, i), low(later, i)];
+            let highs = [high(earlier, i), high(later, i)];
+            values[i] = figure(avg);
+            min[i] = figure(lows.into_iter().flatten().fold(f64::INFINITY, f64::min));
+            max[i] = figure(
+                highs
+                    .into_iter()
+                    .flatten()
+                    .fold(f64::NEG_INFINITY, f64::max),
+            );
+        }
+        // As packing a point would: no slots past the last figure, and empty min and max as
+        // none.
+        let used = values
+            .iter()
+            .rposition(|v| !is_absent(*v))
+            .map_or(0, |i| i + 1);
+        for column in [&mut values, &mut min, &mut max] {
+            column.truncate(used);
+        }
+        Self {
+            t_ns: later.t_ns,
+            interval_ns,
+            values: values.into_boxed_slice(),
+            min: (used > 0).then(|| min.into_boxed_slice()),
+            max: (used > 0).then(|| max.into_boxed_slice()),
+        }
+    }
+}
+
+/// Whether a slot holds no figure.
+fn is_absent(slot: f64) -> bool {
+    slot.to_bits() == ABSENT
+}
+
+/// `value` as a slot holds it: [`ABSENT`]'s bits as `f64::NAN`.
+fn figure(value: f64) -> f64 {
+    if is_absent(value) { f64::NAN } else { value }
+}
+
+/// The bits of a slot whose name the point does not have: a quiet NaN with a payload no
+/// arithmetic makes. A figure that happens to have exactly these bits is kept as `f64::NAN`.
+const ABSENT: u64 = 0x7ff8_a85e_47ab_5e47;
 
 impl Default for Series {
     fn default() -> Self {
@@ -317,6 +415,7 @@ impl Series {
     /// An empty series that keeps at most `max_points` (at least 2).
     pub fn with_max_points(max_points: usize) -> Self {
         Self {
+            names: Vec::new(),
             points: Vec::new(),
             intervals: 0,
             max_points: max_points.max(2),
@@ -326,14 +425,24 @@ impl Series {
     /// Adds the newest interval.
     pub fn push(&mut self, point: SeriesPoint) {
         self.intervals += 1;
-        self.points.push(point);
+        let packed = self.pack(&point);
+        if self.points.len() == self.points.capacity() {
+            // Grow as a Vec would, but not past what the series holds at most (just before a
+            // merge) where that can be helped.
+            let want = (self.points.capacity() * 2)
+                .max(4)
+                .min(self.max_points + 1)
+                .max(self.points.len() + 1);
+            self.points.reserve_exact(want - self.points.len());
+        }
+        self.points.push(packed);
         if self.points.len() > self.max_points {
             let half = self.points.len() / 2;
-            let older: Vec<SeriesPoint> = self.points.drain(..half).collect();
-            let merged: Vec<SeriesPoint> = older
+            let older: Vec<Packed> = self.points.drain(..half).collect();
+            let merged: Vec<Packed> = older
                 .chunks(2)
                 .map(|pair| match pair {
-                    [a, b] => SeriesPoint::merge(a, b),
+                    [a, b] => Packed::merge(a, b),
                     [a] => a.clone(),
                     _ => unreachable!("chunks(2) yields one or two"),
                 })
@@ -343,8 +452,23 @@ impl Series {
     }
 
     /// The points, oldest first.
-    pub fn points(&self) -> &[SeriesPoint] {
-        &self.points
+    pub fn points(&self) -> Vec<SeriesPoint> {
+        self.points.iter().map(|p| self.unpack(p)).collect()
+    }
+
+    /// The newest point.
+    pub fn last(&self) -> Option<SeriesPoint> {
+        self.points.last().map(|p| self.unpack(p))
+    }
+
+    /// How many points the series holds.
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    /// Whether the series holds no point.
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
     }
 
     /// How the series was kept.
@@ -360,7 +484,77 @@ impl Series {
 
     /// The points, for the report.
     pub fn into_points(self) -> Vec<SeriesPoint> {
-        self.points
+        self.points()
+    }
+
+    fn pack(&mut self, point: &SeriesPoint) -> Packed {
+        Packed {
+            t_ns: point.t_ns,
+            interval_ns: point.interval_ns,
+            values: self.pack_figures(&point.values),
+            min: (!point.min.is_empty()).then(|| self.pack_figures(&point.min)),
+            max: (!point.max.is_empty()).then(|| self.pack_figures(&point.max)),
+        }
+    }
+
+    /// `figures` in their names' slots, the names not seen before added to `names`. The slice
+    /// ends at the last slot `figures` fills.
+    fn pack_figures(&mut self, figures: &std::collections::BTreeMap<String, f64>) -> Box<[f64]> {
+        // Points mostly have the names of the one before, in the same order: try the slot after
+        // the last one first.
+        let mut next = 0;
+        let slots: Vec<usize> = figures
+            .keys()
+            .map(|name| {
+                let slot = if self.names.get(next) == Some(name) {
+                    next
+                } else if let Some(slot) = self.names.iter().position(|n| n == name) {
+                    slot
+                } else {
+                    self.names.push(name.clone());
+                    self.names.len() - 1
+                };
+                next = slot + 1;
+                slot
+            })
+            .collect();
+        if self.names.len() < self.names.capacity() {
+            // New names came (rarely, mostly with the first point): hold no spare room.
+            self.names.shrink_to_fit();
+        }
+        let len = slots.iter().max().map_or(0, |s| s + 1);
+        let mut packed = vec![f64::from_bits(ABSENT); len].into_boxed_slice();
+        for (slot, value) in slots.into_iter().zip(figures.values()) {
+            packed[slot] = figure(*value);
+        }
+        packed
+    }
+
+    fn unpack(&self, packed: &Packed) -> SeriesPoint {
+        SeriesPoint {
+            t_ns: packed.t_ns,
+            interval_ns: packed.interval_ns,
+            values: self.unpack_figures(&packed.values),
+            min: packed
+                .min
+                .as_deref()
+                .map(|m| self.unpack_figures(m))
+                .unwrap_or_default(),
+            max: packed
+                .max
+                .as_deref()
+                .map(|m| self.unpack_figures(m))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn unpack_figures(&self, slots: &[f64]) -> std::collections::BTreeMap<String, f64> {
+        self.names
+            .iter()
+            .zip(slots)
+            .filter(|(_, v)| !is_absent(**v))
+            .map(|(name, v)| (name.clone(), *v))
+            .collect()
     }
 }
 
@@ -608,11 +802,7 @@ mod bounded_series_tests {
             // One spike early on, long since merged.
             let cpu = if i == 10 { 900.0 } else { (i % 7) as f64 };
             s.push(point(i, cpu));
-            assert!(
-                s.points().len() <= MAX_SERIES_POINTS,
-                "{} points",
-                s.points().len()
-            );
+            assert!(s.len() <= MAX_SERIES_POINTS, "{} points", s.len());
         }
         let r = s.resolution();
         assert_eq!(r.intervals, n);
@@ -624,7 +814,7 @@ mod bounded_series_tests {
         assert!(pts.windows(2).all(|w| w[0].t_ns < w[1].t_ns));
         // The newest intervals are as sampled.
         assert_eq!(pts.last().unwrap(), &point(n - 1, ((n - 1) % 7) as f64));
-        let agg = aggregate(pts);
+        let agg = aggregate(&pts);
         let cpu = &agg["cpu_percent"];
         assert_eq!(cpu.peak, 900.0, "the spike survives merging");
         assert_eq!(cpu.min, 0.0);
@@ -639,5 +829,177 @@ mod bounded_series_tests {
             .sum::<f64>()
             / covered as f64;
         assert!((weighted - exact).abs() < 1e-9, "{weighted} vs {exact}");
+    }
+
+    /// A point whose names depend on `i`: some come and go, one is new late on.
+    fn varied(i: u64) -> SeriesPoint {
+        let mut values: std::collections::BTreeMap<String, f64> = Default::default();
+        values.insert("cpu_percent".into(), (i % 5) as f64 * 10.0 + 0.25);
+        if !i.is_multiple_of(3) {
+            values.insert("memory_current_bytes".into(), (1000 + i * 7) as f64);
+        }
+        if i % 4 == 1 {
+            values.insert("block_bytes_per_sec".into(), (i * 4096) as f64);
+        }
+        if i > 20 {
+            values.insert("a_late_name_per_sec".into(), i as f64 / 3.0);
+        }
+        SeriesPoint {
+            t_ns: (i + 1) * 10_000_000,
+            // Uneven intervals, so merging weights them.
+            interval_ns: 10_000_000 + (i % 3) * 1_000_000,
+            values,
+            min: Default::default(),
+            max: Default::default(),
+        }
+    }
+
+    #[test]
+    fn packed_points_come_back_with_exactly_their_names_and_figures() {
+        let mut originals = vec![
+            // No figures at all.
+            SeriesPoint {
+                t_ns: 1,
+                interval_ns: 1,
+                values: Default::default(),
+                min: Default::default(),
+                max: Default::default(),
+            },
+            // A NaN and infinities are figures like any other.
+            SeriesPoint {
+                t_ns: 2,
+                interval_ns: 1,
+                values: [
+                    ("z_nan".to_owned(), f64::NAN),
+                    ("a_inf".to_owned(), f64::INFINITY),
+                    ("m_neg".to_owned(), -0.0),
+                ]
+                .into(),
+                min: Default::default(),
+                max: Default::default(),
+            },
+            // min and max with names of their own, apart from the values'.
+            SeriesPoint {
+                t_ns: 3,
+                interval_ns: 1,
+                values: [("cpu_percent".to_owned(), 5.0)].into(),
+                min: [("only_min".to_owned(), 1.0)].into(),
+                max: [
+                    ("cpu_percent".to_owned(), 9.0),
+                    ("only_max".to_owned(), 2.0),
+                ]
+                .into(),
+            },
+        ];
+        originals.extend((0..30).map(varied));
+        // Merged points, of pairs with differing names, and of merged points.
+        let m1 = SeriesPoint::merge(&varied(3), &varied(4));
+        let m2 = SeriesPoint::merge(&varied(21), &varied(22));
+        let m3 = SeriesPoint::merge(&m1, &SeriesPoint::merge(&varied(5), &varied(6)));
+        assert!(!m1.min.is_empty() && !m1.max.is_empty());
+        originals.extend([m1, m2, m3]);
+        for (i, p) in originals.iter_mut().enumerate() {
+            p.t_ns = i as u64 + 1;
+        }
+        let mut s = Series::with_max_points(originals.len());
+        assert!(s.is_empty() && s.last().is_none());
+        for p in &originals {
+            s.push(p.clone());
+            assert_eq!(
+                s.last().as_ref().map(|l| format!("{l:?}")),
+                Some(format!("{p:?}"))
+            );
+        }
+        assert_eq!(s.len(), originals.len());
+        // Debug output, as NaN is not equal to itself; the bits of every figure besides.
+        let bits = |p: &SeriesPoint| {
+            [&p.values, &p.min, &p.max].map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.to_bits()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let back = s.points();
+        assert_eq!(back.len(), originals.len());
+        for (b, o) in back.iter().zip(&originals) {
+            assert_eq!(format!("{b:?}"), format!("{o:?}"));
+            assert_eq!(bits(b), bits(o));
+            assert_eq!((b.t_ns, b.interval_ns), (o.t_ns, o.interval_ns));
+        }
+        assert_eq!(format!("{:?}", s.into_points()), format!("{originals:?}"));
+    }
+
+    /// The series as it was kept before points were packed.
+    struct Unpacked {
+        points: Vec<SeriesPoint>,
+        max_points: usize,
+    }
+
+    impl Unpacked {
+        fn push(&mut self, point: SeriesPoint) {
+            self.points.push(point);
+            if self.points.len() > self.max_points {
+                let half = self.points.len() / 2;
+                let older: Vec<SeriesPoint> = self.points.drain(..half).collect();
+                let merged: Vec<SeriesPoint> = older
+                    .chunks(2)
+                    .map(|pair| match pair {
+                        [a, b] => SeriesPoint::merge(a, b),
+                        [a] => a.clone(),
+                        _ => unreachable!(),
+                    })
+                    .collect();
+                self.points.splice(0..0, merged);
+            }
+        }
+    }
+
+    /// [`varied`], some points merged already, some with min or max names of their own.
+    fn varied_more(i: u64) -> SeriesPoint {
+        let mut p = if i % 10 == 7 {
+            let mut m = SeriesPoint::merge(&varied(i + 1000), &varied(i + 1001));
+            m.t_ns = varied(i).t_ns;
+            m
+        } else {
+            varied(i)
+        };
+        if i % 13 == 5 {
+            p.min.insert("only_min".into(), -(i as f64));
+            p.max.insert("cpu_percent".into(), 1e9);
+        }
+        if i == 40 {
+            p.values.clear();
+        }
+        p
+    }
+
+    #[test]
+    fn packed_merging_gives_what_merging_whole_points_gave() {
+        for max_points in [2, 3, 5, 8, 64] {
+            let mut s = Series::with_max_points(max_points);
+            let mut reference = Unpacked {
+                points: Vec::new(),
+                max_points,
+            };
+            for i in 0..500 {
+                s.push(varied_more(i));
+                reference.push(varied_more(i));
+                assert_eq!(s.points(), reference.points, "max {max_points}, push {i}");
+                assert_eq!(s.last().as_ref(), reference.points.last());
+                assert_eq!(s.len(), reference.points.len());
+                assert!(s.points.capacity() <= (max_points + 1).max(4));
+            }
+            let r = s.resolution();
+            assert_eq!(r.points as usize, reference.points.len());
+            assert_eq!(
+                r.coarsest_interval_ns,
+                reference
+                    .points
+                    .iter()
+                    .map(|p| p.interval_ns)
+                    .max()
+                    .unwrap()
+            );
+        }
     }
 }

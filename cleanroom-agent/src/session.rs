@@ -230,8 +230,8 @@ impl Session {
     }
 
     /// The last interval's point, if there was one.
-    pub fn last_point(&self) -> Option<&SeriesPoint> {
-        self.series.points().last()
+    pub fn last_point(&self) -> Option<SeriesPoint> {
+        self.series.last()
     }
 
     /// The target measured.
@@ -309,8 +309,9 @@ impl Session {
         }
         let finals = final_values(&sample, end.wall_time_ns);
         self.observe(end.wall_time_ns, &finals);
-        let (anomalies, anomalies_found) =
-            analyze::keep_strongest(analyze::anomalies(self.series.points()));
+        // The series is kept packed: made whole once, for the analysis and the report.
+        let points = self.series.points();
+        let (anomalies, anomalies_found) = analyze::keep_strongest(analyze::anomalies(&points));
         Figures {
             started_at: self.started_at,
             wall_time_ns: end.wall_time_ns,
@@ -320,11 +321,11 @@ impl Session {
             memory: sample.memory,
             anon_peak_bytes: sample.anon_peak_bytes,
             writeback: self.target.writeback_attributed(),
-            aggregates: model::aggregate(self.series.points()),
+            aggregates: model::aggregate(&points),
             anomalies,
             anomalies_found,
             series_resolution: self.options.sampling.then(|| self.series.resolution()),
-            series: self.series.into_points(),
+            series: points,
             thresholds: self.thresholds.results(),
             events: self.events,
             end_events,

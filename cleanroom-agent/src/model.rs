@@ -482,6 +482,11 @@ impl Series {
         }
     }
 
+    /// How many intervals were pushed, merged ones included.
+    pub fn intervals(&self) -> u64 {
+        self.intervals
+    }
+
     /// The points, for the report.
     pub fn into_points(self) -> Vec<SeriesPoint> {
         self.points()

@@ -229,6 +229,11 @@ impl Session {
         self.last.as_ref()
     }
 
+    /// How many intervals the series has had.
+    pub fn intervals(&self) -> u64 {
+        self.series.intervals()
+    }
+
     /// The last interval's point, if there was one.
     pub fn last_point(&self) -> Option<SeriesPoint> {
         self.series.last()

@@ -17,7 +17,7 @@ use super::watched::{CgroupId, Watched};
 use crate::{
     exposition::{self, AgentFigures, CgroupSnapshot, Snapshot},
     metric::{Latency, Metric},
-    model::{self, SeriesPoint},
+    model::{self, Series},
     page::{self, AgentLine, LiveRow},
     render,
     report::{HostInfo, Report},
@@ -26,7 +26,7 @@ use crate::{
     verdict::{Event, EventKind},
 };
 
-/// Recent interval points kept per live cgroup for the API.
+/// Recent interval points kept per live cgroup for the API (older ones merged pairwise).
 pub const RECENT_POINTS: usize = 30;
 /// Recent events kept per live cgroup for the API.
 pub const RECENT_EVENTS: usize = 50;
@@ -38,7 +38,7 @@ pub const RUNS_LISTED: usize = 100;
 struct Live {
     row: LiveRow,
     snapshot: CgroupSnapshot,
-    series: VecDeque<SeriesPoint>,
+    series: Series,
     events: VecDeque<Event>,
     tags: BTreeMap<String, String>,
 }
@@ -124,7 +124,7 @@ impl Board {
                     totals: BTreeMap::new(),
                     latencies: BTreeMap::new(),
                 },
-                series: VecDeque::new(),
+                series: Series::with_max_points(RECENT_POINTS),
                 events: VecDeque::new(),
                 tags: watch.rule.tags.clone(),
             });
@@ -150,14 +150,11 @@ impl Board {
                 entry.row.net_rx_bytes = value(Metric::NetRxBytes);
                 entry.row.net_tx_bytes = value(Metric::NetTxBytes);
             }
-            if let Some(point) = session.last_point()
-                && entry.series.back().is_none_or(|p| p.t_ns != point.t_ns)
+            if session.intervals() > entry.series.intervals()
+                && let Some(point) = session.last_point()
             {
                 entry.row.cpu_percent = point.values.get("cpu_percent").copied();
-                entry.series.push_back(point.clone());
-                if entry.series.len() > RECENT_POINTS {
-                    entry.series.pop_front();
-                }
+                entry.series.push(point);
             }
             let seen = entry.events.back().map(|e| e.t_ns);
             for event in session
@@ -272,7 +269,7 @@ impl View for Board {
             "tags": live.tags,
             "totals": totals,
             "latencies": latencies,
-            "series": live.series,
+            "series": live.series.points(),
             "events": live.events,
         })))
     }

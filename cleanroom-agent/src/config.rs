@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::{
     files::{FileError, MAX_CONFIG_BYTES, read_text},
-    objective::Objective,
+    judge::objective::Objective,
     units::{de_duration, de_opt_bytes, de_opt_duration, de_opt_percent, parse_percent},
 };
 
@@ -331,7 +331,7 @@ fn check_comparison(c: &mut ComparisonConfig, text: &str, file: &str) -> Result<
             e.key = Some(truncate(&format!("comparison.tolerance.{key}"), 80));
             e
         };
-        let figure = crate::compare::figure_name(key).map_err(error)?;
+        let figure = crate::judge::compare::figure_name(key).map_err(error)?;
         let percent = match value.get_ref() {
             toml::Value::String(s) => parse_percent(s),
             toml::Value::Integer(i) if *i >= 0 => Ok(*i as f64),

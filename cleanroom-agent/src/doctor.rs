@@ -4,11 +4,11 @@
 use std::{fmt::Write as _, fs::File, path::Path};
 
 use crate::{
-    btf::{Offsets, VMLINUX_BTF},
-    cgroup::{Hierarchy, Layout},
+    cgroupfs::cgroup::{Hierarchy, Layout},
     host,
+    kernel::btf::{Offsets, VMLINUX_BTF},
+    kernel::probe::{HOOKS, Probes},
     metric::{AnyMetric, Metric},
-    probe::{HOOKS, Probes},
 };
 
 /// How a check came out.
@@ -202,7 +202,7 @@ pub fn diagnose() -> Diagnosis {
                 )
             };
             check("memory", memory.0, memory.1);
-            let stale = crate::cgroup::stale_runs(&h.v2_mount.join("cleanroom"), h);
+            let stale = crate::cgroupfs::cgroup::stale_runs(&h.v2_mount.join("cleanroom"), h);
             if stale.is_empty() {
                 check(
                     "stale runs",
@@ -316,7 +316,7 @@ pub fn diagnose() -> Diagnosis {
                                 .iter()
                                 // The verifier's log once, on the hook's line above.
                                 .map(|m| {
-                                    let e = crate::probe::without_verifier_log(e);
+                                    let e = crate::kernel::probe::without_verifier_log(e);
                                     (*m, format!("{}: {e}", s.hook.attach))
                                 }),
                         );

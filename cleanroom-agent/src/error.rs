@@ -4,8 +4,8 @@
 use std::{io, path::PathBuf};
 
 use crate::{
-    agent::AgentError, cgroup::CgroupError, config::ConfigError, limits::LimitError,
-    probe::ProbeError, render::RenderError, store::StoreError,
+    agent::AgentError, cgroupfs::cgroup::CgroupError, cgroupfs::limits::LimitError,
+    config::ConfigError, kernel::probe::ProbeError, output::render::RenderError, store::StoreError,
 };
 
 /// Cleanroom's own failures (never the measured command's).

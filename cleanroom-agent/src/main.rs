@@ -8,13 +8,13 @@ use std::{collections::BTreeMap, ffi::OsString, io::Write as _, path::PathBuf, p
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use cleanroom::{
-    compare,
     config::CleanroomConfig,
-    deliver::{self, Outputs},
     demo, doctor,
-    render::{self, Format},
+    judge::compare,
+    judge::verdict::Verdict,
+    output::deliver::{self, Outputs},
+    output::render::{self, Format},
     run, store,
-    verdict::Verdict,
 };
 
 /// Measures what a command costs the machine (CPU time, faults, memory, block I/O, network,
@@ -475,11 +475,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(cleanroom::attach::attach(floor, limit))?;
+                .block_on(cleanroom::kernel::attach::attach(floor, limit))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Watchdog { dirs } => {
-            cleanroom::watchdog::serve(&dirs);
+            cleanroom::cgroupfs::watchdog::serve(&dirs);
             Ok(ExitCode::SUCCESS)
         }
         Command::DemoWorkload => {

@@ -31,17 +31,19 @@ use tokio::process::Child;
 
 use self::{signals::Signals, spawn::spawn_in_cgroup, status::Console};
 use crate::{
-    Error, analyze,
-    cgroup::{CgroupError, Hierarchy, RunCgroup, check_parent},
-    collect,
+    Error,
+    cgroupfs::cgroup::{CgroupError, Hierarchy, RunCgroup, check_parent},
+    cgroupfs::limits,
+    cgroupfs::watchdog::Watchdog,
     config::{CleanroomConfig, ResourceLimits},
-    escape::{EscapeWatch, EscapedProcess},
-    host, limits,
-    probe::Probes,
-    report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION},
-    session::{End, Figures, Session, SessionOptions},
-    verdict::{Event, EventKind, Verdict},
-    watchdog::Watchdog,
+    host,
+    judge::analyze,
+    judge::verdict::{Event, EventKind, Verdict},
+    kernel::probe::Probes,
+    measure::collect,
+    measure::escape::{EscapeWatch, EscapedProcess},
+    measure::session::{End, Figures, Session, SessionOptions},
+    output::report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION},
 };
 
 /// What to run and where results go.
@@ -90,10 +92,10 @@ pub fn resolve_program(program: &OsString) -> Result<PathBuf, Error> {
 /// Removes the run cgroups of Cleanroom processes that died without cleaning up (killed with
 /// SIGKILL before their watchdog could act, or with it), saying so.
 fn remove_stale_runs(parent: &std::path::Path, hierarchy: &Hierarchy) {
-    let stale = crate::cgroup::stale_runs(parent, hierarchy);
+    let stale = crate::cgroupfs::cgroup::stale_runs(parent, hierarchy);
     let removed: Vec<String> = stale
         .iter()
-        .filter(|d| crate::cgroup::kill_and_remove(d, Duration::from_secs(5)).is_ok())
+        .filter(|d| crate::cgroupfs::cgroup::kill_and_remove(d, Duration::from_secs(5)).is_ok())
         .map(|d| d.display().to_string())
         .collect();
     if !removed.is_empty() {
@@ -240,7 +242,7 @@ fn session_options(config: &CleanroomConfig) -> SessionOptions {
         interval: pm.metrics_interval,
         memory_limit: rl.max_memory_usage_bytes,
         live_io: true,
-        max_points: crate::model::MAX_SERIES_POINTS,
+        max_points: crate::measure::model::MAX_SERIES_POINTS,
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use crate::report::Report;
+use crate::output::report::Report;
 
 /// Errors of the history store.
 #[derive(Debug, thiserror::Error)]

@@ -7,9 +7,9 @@
 use std::sync::LazyLock;
 
 use cleanroom::{
-    compare,
-    render::{self, Format},
-    report::Report,
+    judge::compare,
+    output::render::{self, Format},
+    output::report::Report,
 };
 use libfuzzer_sys::fuzz_target;
 

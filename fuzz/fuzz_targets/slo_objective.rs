@@ -2,7 +2,7 @@
 
 #![no_main]
 
-use cleanroom::objective::Objective;
+use cleanroom::judge::objective::Objective;
 use libfuzzer_sys::fuzz_target;
 
 cleanroom_fuzz::bounded_allocations!();

@@ -15,15 +15,15 @@ use serde_json::{Value, json};
 
 use super::watched::{CgroupId, Watched};
 use crate::{
-    exposition::{self, AgentFigures, CgroupSnapshot, Snapshot},
+    judge::verdict::{Event, EventKind},
+    measure::model::{self, Series},
     metric::{Latency, Metric},
-    model::{self, Series},
-    page::{self, AgentLine, LiveRow},
-    render,
-    report::{HostInfo, Report},
-    serve::View,
+    output::exposition::{self, AgentFigures, CgroupSnapshot, Snapshot},
+    output::page::{self, AgentLine, LiveRow},
+    output::render,
+    output::report::{HostInfo, Report},
+    output::serve::View,
     store::{Store, StoreError},
-    verdict::{Event, EventKind},
 };
 
 /// Recent interval points kept per live cgroup for the API (older ones merged pairwise).
@@ -190,7 +190,7 @@ impl Board {
             dropped: agent
                 .dropped
                 .iter()
-                .filter(|(reason, _)| **reason != crate::probe::LATENCY_START_UNSEEN)
+                .filter(|(reason, _)| **reason != crate::kernel::probe::LATENCY_START_UNSEEN)
                 .map(|(_, n)| n)
                 .sum(),
             listen: self.listen.clone(),

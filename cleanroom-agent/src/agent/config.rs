@@ -20,10 +20,10 @@ use std::{net::SocketAddr, path::Path, path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 use crate::{
+    cgroupfs::watch::WatchRule,
     config::{ConfigError, check_slos, parse, read_config},
-    serve::DEFAULT_LISTEN,
+    output::serve::DEFAULT_LISTEN,
     units::de_opt_duration,
-    watch::WatchRule,
 };
 
 /// The shortest interval the agent samples at: every watched cgroup is read each time.

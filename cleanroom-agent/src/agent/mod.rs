@@ -33,11 +33,11 @@ use self::{
 };
 use crate::{
     Error,
-    cgroup::{CgroupError, Hierarchy},
-    probe::Probes,
-    serve::{self, ServeError},
+    cgroupfs::cgroup::{CgroupError, Hierarchy},
+    cgroupfs::watch::{WatchError, WatchRule, Watcher},
+    kernel::probe::Probes,
+    output::serve::{self, ServeError},
     store::Store,
-    watch::{WatchError, WatchRule, Watcher},
 };
 
 /// The environment variable that holds the bearer token (rather than the config file).

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use super::watched::{Ended, Finished};
 use crate::{
-    analyze, collect,
-    report::{CgroupRef, HostInfo, Interruption, Report, SCHEMA_VERSION},
-    verdict::{Event, EventKind, Verdict},
+    judge::analyze,
+    judge::verdict::{Event, EventKind, Verdict},
+    measure::collect,
+    output::report::{CgroupRef, HostInfo, Interruption, Report, SCHEMA_VERSION},
 };
 
 /// The judged report of `finished`.

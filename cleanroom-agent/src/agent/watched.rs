@@ -16,13 +16,13 @@ use std::{
 
 use crate::{
     Error,
-    analyze::{self, ThresholdSpec},
-    cgroup::Target,
+    cgroupfs::cgroup::Target,
+    cgroupfs::watch::{RuleId, WatchRule, Watcher},
     config::{CleanroomConfig, PerformanceMonitoring},
-    probe::{Counted, Probes},
-    session::{End, Figures, Session, SessionOptions, Tick},
-    tally,
-    watch::{RuleId, WatchRule, Watcher},
+    judge::analyze::{self, ThresholdSpec},
+    kernel::probe::{Counted, Probes},
+    kernel::tally,
+    measure::session::{End, Figures, Session, SessionOptions, Tick},
 };
 
 /// The most points a watched cgroup's series keeps: a watch can last for days, and hundreds

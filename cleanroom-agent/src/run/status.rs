@@ -7,10 +7,10 @@
 use std::io::{IsTerminal as _, Write as _};
 
 use crate::{
-    model::SeriesPoint,
-    session::Tick,
+    judge::verdict::{Event, EventKind},
+    measure::model::SeriesPoint,
+    measure::session::Tick,
     units::{human_bytes, human_duration_ns},
-    verdict::{Event, EventKind},
 };
 
 /// The run's stderr while the command runs.

@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::probe::{self, Drops, Escape, Probes};
+use crate::kernel::probe::{self, Drops, Escape, Probes};
 
 /// A process that left the run's cgroup, as the report lists it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

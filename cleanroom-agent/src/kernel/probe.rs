@@ -22,11 +22,11 @@ use cleanroom_common::{
     escape_via, maps, programs,
 };
 
-pub use crate::tally::Counted;
+pub use crate::kernel::tally::Counted;
 use crate::{
-    btf::{BtfError, Offsets, VMLINUX_BTF},
+    kernel::btf::{BtfError, Offsets, VMLINUX_BTF},
+    kernel::tally::{self, Tally},
     metric::{AnyMetric, Latency, Metric},
-    tally::{self, Tally},
 };
 
 /// The object `cargo xtask build` made, embedded by `build.rs` (empty if there was none).

@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cgroup::{CpuStat, MemoryStat},
+    cgroupfs::cgroup::{CpuStat, MemoryStat},
+    cgroupfs::taskio::TaskIo,
+    kernel::probe::Counted,
+    measure::model::{self, LatencySummary},
     metric::{AnyMetric, Latency, Metric},
-    model::{self, LatencySummary},
-    probe::Counted,
-    taskio::TaskIo,
 };
 
 /// One total in a report: a number, or a latency distribution.

@@ -1,7 +1,7 @@
 //! Summing what the kernel counted into groups of cgroups — a run's subtree, or each watched
 //! cgroup's — in one pass over each map, however many groups are read at once.
 //!
-//! Pure: map entries in, sums out ([`crate::probe`] does the reading). A cgroup may belong to
+//! Pure: map entries in, sums out ([`crate::kernel::probe`] does the reading). A cgroup may belong to
 //! several groups (a watched cgroup inside another one's subtree); its figures then count in
 //! each.
 
@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use cleanroom_common::{BlockKey, BlockStats, CgroupStats, HistKey, Histogram};
 
-use crate::{metric::Latency, model};
+use crate::{measure::model, metric::Latency};
 
 /// What the kernel counted for a set of cgroups.
 #[derive(Clone, Debug, Default)]

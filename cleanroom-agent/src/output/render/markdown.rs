@@ -4,12 +4,12 @@
 use std::fmt::Write as _;
 
 use crate::{
-    collect::Total,
-    compare::{Comparison, Trend},
+    judge::compare::{Comparison, Trend},
+    judge::verdict::{Status, Verdict},
+    measure::collect::Total,
     metric::{Latency, Metric, human},
-    report::Report,
+    output::report::Report,
     units::human_duration_ns,
-    verdict::{Status, Verdict},
 };
 
 fn mark(s: Status) -> &'static str {
@@ -94,7 +94,7 @@ pub fn report(r: &Report) -> String {
         let _ = writeln!(out, "| `{}` | {v} |", m.name());
     }
     out.push('\n');
-    let latencies: Vec<(&str, &crate::model::LatencySummary)> = Latency::ALL
+    let latencies: Vec<(&str, &crate::measure::model::LatencySummary)> = Latency::ALL
         .iter()
         .filter_map(|l| match r.totals.get(l.name()) {
             Some(Total::Latency(s)) if s.count > 0 => Some((l.name(), s)),
@@ -223,7 +223,7 @@ pub fn trend(t: &Trend) -> String {
     );
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | --- |");
     for l in &t.lines {
-        let kind = crate::compare::figure_kind(&l.metric);
+        let kind = crate::judge::compare::figure_kind(&l.metric);
         let first = l.values.first().map_or(0.0, |v| v.1);
         let last = l.values.last().map_or(0.0, |v| v.1);
         let _ = writeln!(
@@ -252,9 +252,13 @@ mod tests {
         let mut new = Report::example();
         new.totals.insert(
             "cpu_time_ns".into(),
-            crate::collect::Total::Value(9_000_000_000),
+            crate::measure::collect::Total::Value(9_000_000_000),
         );
-        let c = crate::compare::compare(("run 6", &base), ("this run", &new), &Default::default());
+        let c = crate::judge::compare::compare(
+            ("run 6", &base),
+            ("this run", &new),
+            &Default::default(),
+        );
         assert_eq!(c.regressions, 1);
         new.comparison = Some(c);
         let md = report(&new);
@@ -264,7 +268,7 @@ mod tests {
             .find(|l| l.starts_with("| `cpu_time_ns`") && l.contains("regression"))
             .unwrap_or_else(|| panic!("no regression row: {md}"));
         assert!(row.contains("+350.0%") && row.contains("+10%"), "{row}");
-        let xml = crate::render::junit::report(&new);
+        let xml = crate::output::render::junit::report(&new);
         assert!(
             xml.contains("classname=\"cleanroom.compare\" name=\"cpu_time_ns\""),
             "{xml}"
@@ -277,7 +281,7 @@ mod tests {
         let mut r = Report::example();
         assert!(!report(&r).contains("interrupted"));
         r.exit_code = 130;
-        r.interrupted = Some(crate::report::Interruption {
+        r.interrupted = Some(crate::output::report::Interruption {
             signal: "SIGINT".into(),
             killed_leftovers: 0,
         });
@@ -292,7 +296,7 @@ mod tests {
     fn anomalies_are_the_strongest_five_with_units() {
         let mut r = Report::example();
         r.anomalies = (0..12u64)
-            .map(|i| crate::verdict::Anomaly {
+            .map(|i| crate::judge::verdict::Anomaly {
                 t_ns: i * 1_000_000_000,
                 metric: "memory_current_bytes".into(),
                 value: 97_001_472.0,
@@ -301,7 +305,7 @@ mod tests {
             })
             .collect();
         r.anomalies_found = Some(175);
-        for text in [report(&r), crate::render::html::report(&r)] {
+        for text in [report(&r), crate::output::render::html::report(&r)] {
             assert!(!text.contains("97001472"), "a raw float in:\n{text}");
             assert_eq!(
                 text.matches("92.5 MiB vs median 80.8 MiB").count(),
@@ -326,20 +330,20 @@ mod tests {
                 r.wall_time_ns = s * 1_500_000_000;
                 r.totals.insert(
                     "cpu_time_ns".into(),
-                    crate::collect::Total::Value(s * 1_000_000_000),
+                    crate::measure::collect::Total::Value(s * 1_000_000_000),
                 );
                 r.totals.insert(
                     "block_write_bytes".into(),
-                    crate::collect::Total::Value(s << 20),
+                    crate::measure::collect::Total::Value(s << 20),
                 );
                 r.totals.insert(
                     "page_faults_user".into(),
-                    crate::collect::Total::Value(s * 100),
+                    crate::measure::collect::Total::Value(s * 100),
                 );
                 (*s as i64, r)
             })
             .collect();
-        let md = trend(&crate::compare::trend("suite", &runs));
+        let md = trend(&crate::judge::compare::trend("suite", &runs));
         let row = |metric: &str| {
             md.lines()
                 .find(|l| l.starts_with(&format!("| `{metric}`")))
@@ -359,7 +363,8 @@ mod tests {
             "{md}"
         );
         assert!(row("wall_time").contains("| 1.500 s | 15.000 s |"), "{md}");
-        let html = crate::render::html::trend(&crate::compare::trend("suite", &runs));
+        let html =
+            crate::output::render::html::trend(&crate::judge::compare::trend("suite", &runs));
         assert!(
             html.contains("+2.800 s") && html.contains("10.0 MiB"),
             "{html}"

@@ -7,12 +7,12 @@ use printpdf::{
 };
 
 use crate::{
-    collect::Total,
-    compare::{Comparison, Trend},
+    judge::compare::{Comparison, Trend},
+    judge::verdict::{Status, Verdict},
+    measure::collect::Total,
     metric::{Latency, Metric, human},
-    report::Report,
+    output::report::Report,
     units::human_duration_ns,
-    verdict::{Status, Verdict},
 };
 
 use super::{
@@ -461,7 +461,7 @@ pub fn trend(t: &Trend) -> Result<Vec<u8>, RenderError> {
     for l in &t.lines {
         let first = l.values.first().map_or(0.0, |v| v.1);
         let last = l.values.last().map_or(0.0, |v| v.1);
-        let kind = crate::compare::figure_kind(&l.metric);
+        let kind = crate::judge::compare::figure_kind(&l.metric);
         let cells = [
             l.metric.clone(),
             kind.format(first),

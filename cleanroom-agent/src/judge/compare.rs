@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::verdict::{Change, Comparison, RunLabel, ToleranceSource};
+pub use crate::judge::verdict::{Change, Comparison, RunLabel, ToleranceSource};
 use crate::{
-    collect::Total,
+    measure::collect::Total,
     metric::{Kind, Latency, Metric},
-    report::Report,
+    output::report::Report,
     units::{parse_percent, truncate_quote},
 };
 
@@ -382,7 +382,7 @@ pub fn trend(name: &str, runs: &[(i64, Report)]) -> Trend {
                 .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()));
             TrendLine {
                 metric,
-                slope_per_run: crate::model::slope(&xs),
+                slope_per_run: crate::measure::model::slope(&xs),
                 biggest_change,
                 values,
             }
@@ -416,7 +416,7 @@ mod tests {
             "kernel": {}, "unavailable": [], "dropped": {}
         }))
         .unwrap();
-        r.verdict = crate::verdict::Verdict::None;
+        r.verdict = crate::judge::verdict::Verdict::None;
         r
     }
 

@@ -1,20 +1,20 @@
 //! Pure judgement of a run: thresholds (live and final), SLO verdicts, anomalies, insights.
 //!
-//! It reads a [`Report`] and produces the types of [`crate::verdict`], which the report holds;
+//! It reads a [`Report`] and produces the types of [`crate::judge::verdict`], which the report holds;
 //! the report knows nothing of this module.
 
 use std::collections::BTreeMap;
 
 use crate::{
-    collect::Total,
     config::CleanroomConfig,
-    metric::Kind,
-    model::{LatencySummary, SeriesPoint},
-    report::Report,
-    verdict::{
+    judge::verdict::{
         ANOMALIES_KEPT, Anomaly, Event, EventKind, Insight, SloResult, Status, ThresholdResult,
         Verdict,
     },
+    measure::collect::Total,
+    measure::model::{LatencySummary, SeriesPoint},
+    metric::Kind,
+    output::report::Report,
 };
 
 /// Judges every SLO of `config` on `report`, with the objectives parsed when `config` was read.
@@ -537,7 +537,7 @@ mod tests {
     use super::*;
     use crate::{
         config::CleanroomConfig,
-        verdict::{ANOMALIES_LISTED, strongest},
+        judge::verdict::{ANOMALIES_LISTED, strongest},
     };
 
     fn values(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
@@ -702,7 +702,7 @@ mod tests {
                 .iter()
                 .all(|i| !i.text.contains("left the run"))
         );
-        r.escaped.push(crate::escape::EscapedProcess {
+        r.escaped.push(crate::measure::escape::EscapedProcess {
             pid: 42,
             thread: None,
             comm: "sh".into(),

@@ -41,8 +41,8 @@ use prometheus_client::{
 };
 
 use crate::{
+    measure::model::bucket_high,
     metric::{Latency, Metric, Unit},
-    model::bucket_high,
 };
 
 /// Prefix of every name.
@@ -325,7 +325,7 @@ mod tests {
     use cleanroom_common::hist_bucket;
 
     use super::*;
-    use crate::model::empty_histogram;
+    use crate::measure::model::empty_histogram;
 
     fn histogram_of(values: &[u64]) -> Histogram {
         let mut h = empty_histogram();

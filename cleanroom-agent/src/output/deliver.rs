@@ -14,11 +14,11 @@ use std::{
 
 use crate::{
     Error,
-    compare::{self, Comparison, Spread, Tolerances},
-    render::{self, Format},
-    report::{Report, SCHEMA_VERSION},
+    judge::compare::{self, Comparison, Spread, Tolerances},
+    judge::verdict::Verdict,
+    output::render::{self, Format},
+    output::report::{Report, SCHEMA_VERSION},
     store::Store,
-    verdict::Verdict,
 };
 
 /// What to do with a finished run.
@@ -99,7 +99,7 @@ pub struct Delivered {
 pub fn check_outputs(outputs: &Outputs) -> Result<(), Error> {
     for path in &outputs.reports {
         Format::from_path(path)?;
-        crate::files::check_writable(path).map_err(crate::render::RenderError::from)?;
+        crate::files::check_writable(path).map_err(crate::output::render::RenderError::from)?;
     }
     Ok(())
 }
@@ -296,8 +296,10 @@ mod tests {
             let mut r = Report::example();
             r.name = Some(name.into());
             r.exit_code = exit_code;
-            r.totals
-                .insert("cpu_time_ns".into(), crate::collect::Total::Value(cpu));
+            r.totals.insert(
+                "cpu_time_ns".into(),
+                crate::measure::collect::Total::Value(cpu),
+            );
             r
         };
         let mut store = Store::open(&path).unwrap();

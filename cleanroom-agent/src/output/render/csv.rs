@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    collect::Total,
-    compare::{Comparison, Trend},
-    report::Report,
+    judge::compare::{Comparison, Trend},
+    measure::collect::Total,
+    output::report::Report,
 };
 
 use super::series_unit;

@@ -18,14 +18,14 @@ use std::{
 
 use crate::{
     Error,
-    analyze::{self, ThresholdMonitor, ThresholdSpec},
-    cgroup::{MemoryStat, Target},
-    collect::{BlockDevice, Sample, Total},
+    cgroupfs::cgroup::{MemoryStat, Target},
+    judge::analyze::{self, ThresholdMonitor, ThresholdSpec},
+    judge::verdict::{Anomaly, Event, EventKind, ThresholdResult},
+    kernel::probe::{Counted, Drops, Probes},
+    measure::collect::{BlockDevice, Sample, Total},
+    measure::model::{self, Aggregate, Reading, SeriesPoint, SeriesResolution},
     metric::AnyMetric,
-    model::{self, Aggregate, Reading, SeriesPoint, SeriesResolution},
-    probe::{Counted, Drops, Probes},
     units::human_bytes,
-    verdict::{Anomaly, Event, EventKind, ThresholdResult},
 };
 
 /// How a session measures.
@@ -405,7 +405,7 @@ fn final_values(sample: &Sample, wall_time_ns: u64) -> BTreeMap<String, f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{cgroup::CpuStat, taskio::TaskIo};
+    use crate::{cgroupfs::cgroup::CpuStat, cgroupfs::taskio::TaskIo};
 
     fn sample(peak_bytes: Option<u64>) -> Sample {
         let mut counted = Counted::default();

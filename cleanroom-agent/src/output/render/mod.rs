@@ -12,8 +12,8 @@ mod pdf;
 use std::path::Path;
 
 use crate::{
-    compare::{Comparison, Trend},
-    report::Report,
+    judge::compare::{Comparison, Trend},
+    output::report::Report,
 };
 
 /// An output format.

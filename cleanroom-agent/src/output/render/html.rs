@@ -5,13 +5,13 @@
 use std::fmt::Write as _;
 
 use crate::{
-    collect::Total,
-    compare::{Comparison, Trend},
+    judge::compare::{Comparison, Trend},
+    judge::verdict::{Status, Verdict},
+    measure::collect::Total,
+    measure::model::LatencySummary,
     metric::{Kind, Latency, Metric, human},
-    model::LatencySummary,
-    report::Report,
+    output::report::Report,
     units::human_duration_ns,
-    verdict::{Status, Verdict},
 };
 
 use super::chart::{CHARTS, ChartSpec, Frame, extent, nice_max, plotted};
@@ -33,7 +33,7 @@ pub(crate) fn esc(text: &str) -> String {
 }
 
 /// The look every page shares: a run's report and its kin here, and the agent's front page
-/// ([`crate::page`]).
+/// ([`crate::output::page`]).
 pub(crate) const STYLE: &str = r#"
 :root { --fg:#111827; --muted:#6b7280; --line:#e5e7eb; --bg:#f9fafb; --pass:#15803d; --fail:#b91c1c; --warn:#b45309; }
 * { box-sizing: border-box; }
@@ -528,7 +528,7 @@ pub fn trend(t: &Trend) -> String {
         "<section><h2>Each figure across runs</h2><table><tr><th>metric</th><th class=\"num\">first</th><th>runs</th><th class=\"num\">last</th><th class=\"num\">slope per run</th><th>biggest change</th></tr>",
     );
     for l in &t.lines {
-        let kind = crate::compare::figure_kind(&l.metric);
+        let kind = crate::judge::compare::figure_kind(&l.metric);
         let max = l
             .values
             .iter()

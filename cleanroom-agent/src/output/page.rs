@@ -2,7 +2,7 @@
 //! the runs stored most recently, with their verdicts.
 //!
 //! One self-contained HTML document, rendered from plain rows (the agent gathers them; this
-//! module reads nothing): inline CSS, the look of a run's report ([`crate::render`]), no script
+//! module reads nothing): inline CSS, the look of a run's report ([`crate::output::render`]), no script
 //! and nothing fetched from elsewhere. It reloads itself every [`REFRESH_SECS`] seconds. Its only
 //! links are the agent's own paths: `/api/v1/cgroups/{id}` for a live cgroup, `/runs/{id}` for a
 //! stored run. Every piece of text is escaped: cgroup paths, rule and run names and commands are
@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use crate::{
     metric::{Metric, human},
-    render::html::{STYLE, esc},
+    output::render::html::{STYLE, esc},
     store::RunRow,
     units::{group_thousands, human_duration_ns},
 };

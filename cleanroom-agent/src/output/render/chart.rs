@@ -1,7 +1,7 @@
 //! Chart geometry shared by the HTML (SVG) and PDF renderers: which series go in which chart,
 //! axis ranges with round numbers, and points mapped to a plot area.
 
-use crate::{metric::Kind, report::Report};
+use crate::{metric::Kind, output::report::Report};
 
 /// A chart of the time series.
 pub struct ChartSpec {

@@ -4,7 +4,7 @@
 
 use std::{fs, path::Path};
 
-use crate::{cgroup::RunCgroup, config::ResourceLimits};
+use crate::{cgroupfs::cgroup::RunCgroup, config::ResourceLimits};
 
 /// A limit that could not be put in place.
 #[derive(Debug, thiserror::Error)]

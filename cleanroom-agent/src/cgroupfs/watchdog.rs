@@ -94,6 +94,6 @@ pub fn reap(dir: &Path) -> bool {
     if !dir.exists() {
         return false;
     }
-    let _ = crate::cgroup::kill_and_remove(dir, Duration::from_secs(10));
+    let _ = crate::cgroupfs::cgroup::kill_and_remove(dir, Duration::from_secs(10));
     true
 }

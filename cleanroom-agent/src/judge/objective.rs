@@ -13,9 +13,9 @@
 use std::{collections::BTreeMap, fmt};
 
 use crate::{
-    collect::Total,
+    measure::collect::Total,
+    measure::model::Aggregate,
     metric::{Kind, Latency, Metric, Unit},
-    model::Aggregate,
     units::truncate_quote,
 };
 

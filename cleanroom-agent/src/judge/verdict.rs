@@ -274,10 +274,10 @@ pub struct Insight {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToleranceSource {
-    /// The static default ([`default_tolerance`](crate::compare::default_tolerance)).
+    /// The static default ([`default_tolerance`](crate::judge::compare::default_tolerance)).
     #[default]
     Default,
-    /// Widened by the spread of earlier runs of the same name ([`history_spread`](crate::compare::history_spread)).
+    /// Widened by the spread of earlier runs of the same name ([`history_spread`](crate::judge::compare::history_spread)).
     History,
     /// The configuration file's `[comparison]` table.
     Config,

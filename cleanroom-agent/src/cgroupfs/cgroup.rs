@@ -293,7 +293,7 @@ pub struct RunCgroup {
     v1: Vec<(String, PathBuf)>,
     removed: bool,
     /// Removes the directories if this process dies first; dropped after they are removed.
-    watchdog: Option<crate::watchdog::Watchdog>,
+    watchdog: Option<crate::cgroupfs::watchdog::Watchdog>,
 }
 
 /// A cgroup to measure, whoever made it: where its v2 directory is, its id, and on a hybrid host
@@ -371,9 +371,9 @@ impl Target {
             .all(|c| controllers.split_whitespace().any(|w| w == *c))
     }
 
-    /// Storage I/O of the subtree's live threads ([`crate::taskio`]).
-    pub fn live_io(&self) -> crate::taskio::TaskIo {
-        crate::taskio::live_threads(&subtree_pids(&self.path))
+    /// Storage I/O of the subtree's live threads ([`crate::cgroupfs::taskio`]).
+    pub fn live_io(&self) -> crate::cgroupfs::taskio::TaskIo {
+        crate::cgroupfs::taskio::live_threads(&subtree_pids(&self.path))
     }
 }
 
@@ -430,7 +430,7 @@ impl RunCgroup {
     }
 
     /// Hands the directories to a watchdog that removes them if this process dies first.
-    pub fn guard(&mut self, watchdog: crate::watchdog::Watchdog) {
+    pub fn guard(&mut self, watchdog: crate::cgroupfs::watchdog::Watchdog) {
         self.watchdog = Some(watchdog);
     }
 

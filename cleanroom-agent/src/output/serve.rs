@@ -152,7 +152,7 @@ async fn metrics(State(view): State<Arc<dyn View>>) -> Response {
             let mut headers = HeaderMap::new();
             headers.insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static(crate::exposition::CONTENT_TYPE),
+                HeaderValue::from_static(crate::output::exposition::CONTENT_TYPE),
             );
             (headers, text).into_response()
         }

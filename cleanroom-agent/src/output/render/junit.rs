@@ -6,7 +6,7 @@ use quick_xml::{
     events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event},
 };
 
-use crate::{compare::Comparison, report::Report, verdict::Status};
+use crate::{judge::compare::Comparison, judge::verdict::Status, output::report::Report};
 
 /// A test case: class, name, and `Some((message, detail))` when it failed, or skipped.
 struct Case {
@@ -193,7 +193,7 @@ pub fn comparison(c: &Comparison) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{report::Interruption, verdict::SloResult};
+    use crate::{judge::verdict::SloResult, output::report::Interruption};
 
     #[test]
     fn the_commands_own_failure_is_a_case_even_beside_slos() {

@@ -6,7 +6,7 @@ use std::{fs::File, time::Duration};
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{Error, cgroup::Hierarchy, probe::Probes, run::require_privileges};
+use crate::{Error, cgroupfs::cgroup::Hierarchy, kernel::probe::Probes, run::require_privileges};
 
 /// Attaches, prints one JSON line (`{"programs": [{"name", "hook", "id"}]}`) on stdout, and
 /// waits for SIGINT/SIGTERM or `limit`.

@@ -1,7 +1,7 @@
 //! The run report: the JSON document (schema version 1) and the summary table printed at the end.
 //!
 //! Pure: builds and renders; writing files is the caller's business ([`write_json`] aside).
-//! It holds the judgement's results as [`crate::verdict`] types and does not depend on
+//! It holds the judgement's results as [`crate::judge::verdict`] types and does not depend on
 //! `analyze`, which produces them.
 
 use std::{collections::BTreeMap, fmt::Write as _};
@@ -9,19 +9,19 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    collect::{BlockDevice, Total},
-    metric::{Latency, Metric, human},
-    model::{Aggregate, SeriesPoint},
-    units::{group_thousands, human_bytes, human_duration_ns},
-    verdict::{
+    judge::verdict::{
         ANOMALIES_LISTED, Anomaly, Event, Insight, SloResult, Status, ThresholdResult, Verdict,
     },
+    measure::collect::{BlockDevice, Total},
+    measure::model::{Aggregate, SeriesPoint},
+    metric::{Latency, Metric, human},
+    units::{group_thousands, human_bytes, human_duration_ns},
 };
 
 /// Version of the JSON layout. Later versions add fields; they never rename one.
 pub const SCHEMA_VERSION: u32 = 1;
 
-pub use crate::probe::LATENCY_START_UNSEEN;
+pub use crate::kernel::probe::LATENCY_START_UNSEEN;
 
 /// Everything known about one run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -59,19 +59,19 @@ pub struct Report {
     /// The comparison with `--baseline`, when one was asked for: every figure, base and new,
     /// change, tolerance, and whether it regressed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comparison: Option<crate::verdict::Comparison>,
+    pub comparison: Option<crate::judge::verdict::Comparison>,
     /// Processes the command left running in its cgroup, killed at the end.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leftovers: Vec<Leftover>,
     /// Processes that left the run's cgroup: what they did afterwards is not in the totals.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub escaped: Vec<crate::escape::EscapedProcess>,
+    pub escaped: Vec<crate::measure::escape::EscapedProcess>,
     /// One point per `metrics_interval`: rates and levels over that interval.
     #[serde(default)]
     pub series: Vec<SeriesPoint>,
     /// How the series was kept: every interval, or older intervals merged (long runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub series_resolution: Option<crate::model::SeriesResolution>,
+    pub series_resolution: Option<crate::measure::model::SeriesResolution>,
     /// Per series name: average, peak (and when), minimum, percentiles, trend.
     #[serde(default)]
     pub aggregates: BTreeMap<String, Aggregate>,
@@ -85,7 +85,7 @@ pub struct Report {
     #[serde(default)]
     pub events: Vec<Event>,
     /// Intervals that stand out from the run's own history: the strongest
-    /// [`crate::verdict::ANOMALIES_KEPT`] at most, in time order.
+    /// [`crate::judge::verdict::ANOMALIES_KEPT`] at most, in time order.
     #[serde(default)]
     pub anomalies: Vec<Anomaly>,
     /// How many anomalies were found, when more than `anomalies` keeps.
@@ -190,7 +190,7 @@ impl Report {
     /// The anomalies to list for people: the [`ANOMALIES_LISTED`] strongest, a line each with
     /// units, and how many more were found.
     pub fn listed_anomalies(&self) -> (Vec<String>, usize) {
-        let (listed, _) = crate::verdict::strongest(&self.anomalies, ANOMALIES_LISTED);
+        let (listed, _) = crate::judge::verdict::strongest(&self.anomalies, ANOMALIES_LISTED);
         let more = self.anomaly_count() - listed.len();
         (listed.iter().map(|a| a.text()).collect(), more)
     }
@@ -273,7 +273,7 @@ impl Report {
         let _ = writeln!(
             out,
             "  (percentiles are bucket upper bounds: at most {:.1}% above the true value)",
-            crate::model::RELATIVE_ERROR * 100.0
+            crate::measure::model::RELATIVE_ERROR * 100.0
         );
         if !self.block_devices.is_empty() {
             let _ = writeln!(

@@ -1,0 +1,8 @@
+//! Measuring: `session` measures one target cgroup (a sample per tick, its figures at the end);
+//! `collect` turns what was counted into metrics; `model` keeps series, aggregates and
+//! histograms; `escape` notes processes that leave a run's cgroup.
+
+pub mod collect;
+pub mod escape;
+pub mod model;
+pub mod session;

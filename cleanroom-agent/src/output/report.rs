@@ -1,6 +1,6 @@
 //! The run report: the JSON document (schema version 1) and the summary table printed at the end.
 //!
-//! Pure: builds and renders; writing files is the caller's business ([`write_json`] aside).
+//! Pure: builds and renders; writing files is the caller's business (`output::deliver`).
 //! It holds the judgement's results as [`crate::judge::verdict`] types and does not depend on
 //! `analyze`, which produces them.
 

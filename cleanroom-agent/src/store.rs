@@ -236,36 +236,50 @@ impl Store {
         })
     }
 
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Stores a run, after checking the file is sound; returns its id.
     pub fn insert(&mut self, report: &Report) -> Result<i64, StoreError> {
+        Ok(self.insert_all(std::slice::from_ref(report))?[0])
+    }
+
+    /// Stores `reports` in one transaction (all or none): what the agent stopping with many
+    /// live watches needs to be quick. Their ids, in order.
+    pub fn insert_all(&mut self, reports: &[Report]) -> Result<Vec<i64>, StoreError> {
         self.check()?;
-        let json = serde_json::to_string(report).expect("a report always serializes");
-        let tags = serde_json::to_string(&report.tags).expect("tags always serialize");
         let path = self.path.clone();
         let sqlite = |source| sqlite_error(&path, source);
         let tx = self.conn.transaction().map_err(sqlite)?;
-        tx.execute(
-            "INSERT INTO runs (name, started_at, command, host, git_commit, git_branch, exit_code,
-                               verdict, wall_time_ns, tags, report)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                report.name,
-                report.started_at,
-                report.command_line(),
-                report.host.hostname,
-                report.host.git_commit,
-                report.host.git_branch,
-                report.exit_code,
-                report.verdict.as_str(),
-                i64::try_from(report.wall_time_ns).unwrap_or(i64::MAX),
-                tags,
-                json
-            ],
-        )
-        .map_err(sqlite)?;
-        let id = tx.last_insert_rowid();
+        let mut ids = Vec::with_capacity(reports.len());
+        for report in reports {
+            let json = serde_json::to_string(report).expect("a report always serializes");
+            let tags = serde_json::to_string(&report.tags).expect("tags always serialize");
+            tx.execute(
+                "INSERT INTO runs (name, started_at, command, host, git_commit, git_branch, exit_code,
+                                   verdict, wall_time_ns, tags, report)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    report.name,
+                    report.started_at,
+                    report.command_line(),
+                    report.host.hostname,
+                    report.host.git_commit,
+                    report.host.git_branch,
+                    report.exit_code,
+                    report.verdict.as_str(),
+                    i64::try_from(report.wall_time_ns).unwrap_or(i64::MAX),
+                    tags,
+                    json
+                ],
+            )
+            .map_err(sqlite)?;
+            ids.push(tx.last_insert_rowid());
+        }
         tx.commit().map_err(sqlite)?;
-        Ok(id)
+        Ok(ids)
     }
 
     /// Past runs, newest first, optionally of one name, at most `last`.

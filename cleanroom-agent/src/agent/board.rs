@@ -7,6 +7,7 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
+    path::PathBuf,
     sync::{Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime},
 };
@@ -83,15 +84,23 @@ impl Board {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stores a finished watch's report; its id in the store, or `None` without a store.
-    pub fn store(&self, report: &Report) -> Result<Option<i64>, StoreError> {
+    /// Stores finished watches' reports, in one transaction; their ids in the store, or
+    /// `None` without a store.
+    pub fn store(&self, reports: &[Report]) -> Result<Option<Vec<i64>>, StoreError> {
         match &self.store {
             Some(store) => {
                 let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
-                store.insert(report).map(Some)
+                store.insert_all(reports).map(Some)
             }
             None => Ok(None),
         }
+    }
+
+    /// Where reports go that the store could not take: beside the store's file.
+    pub fn unstored_dir(&self) -> Option<PathBuf> {
+        let store = self.store.as_ref()?;
+        let store = store.lock().unwrap_or_else(|e| e.into_inner());
+        Some(store.path().parent()?.join("unstored"))
     }
 
     /// Takes what the tick just read: every live watch's figures and its newest point and

@@ -36,6 +36,7 @@ use crate::{
     cgroupfs::cgroup::{CgroupError, Hierarchy},
     cgroupfs::watch::{WatchError, WatchRule, Watcher},
     kernel::probe::Probes,
+    output::report::Report,
     output::serve::{self, ServeError},
     store::Store,
 };
@@ -250,22 +251,68 @@ fn tick(watched: &mut Watched, probes: &mut Probes, board: &Board) {
     conclude(report.finished, board);
 }
 
-/// Reports and stores finished watches, saying where each went.
+/// Reports and stores finished watches (in one transaction), saying where each went. When the
+/// store fails, each report is written as JSON beside it instead, so none is lost.
 fn conclude(finished: Vec<Finished>, board: &Board) {
-    for f in finished {
-        let cgroup = f.relative.display().to_string();
-        let ended = f.ended.as_str();
-        let report = report::report(f, board.host());
-        match board.store(&report) {
-            Ok(Some(id)) => log::info!(
-                "{cgroup} ({ended}): run {id} stored, verdict {}",
-                report.verdict.as_str()
+    if finished.is_empty() {
+        return;
+    }
+    let names: Vec<String> = finished
+        .iter()
+        .map(|f| format!("{} ({})", f.relative.display(), f.ended.as_str()))
+        .collect();
+    let reports: Vec<Report> = finished
+        .into_iter()
+        .map(|f| report::report(f, board.host()))
+        .collect();
+    match board.store(&reports) {
+        Ok(Some(ids)) => {
+            for ((name, report), id) in names.iter().zip(&reports).zip(ids) {
+                log::info!(
+                    "{name}: run {id} stored, verdict {}",
+                    report.verdict.as_str()
+                );
+            }
+        }
+        Ok(None) => {
+            for (name, report) in names.iter().zip(&reports) {
+                log::info!(
+                    "{name}: verdict {} (not stored: --no-store)",
+                    report.verdict.as_str()
+                );
+            }
+        }
+        Err(e) => {
+            log::error!("{} report(s) could not be stored: {e}", reports.len());
+            keep_unstored(&reports, &names, board);
+        }
+    }
+}
+
+/// Writes reports the store did not take as JSON files beside it, saying where.
+fn keep_unstored(reports: &[Report], names: &[String], board: &Board) {
+    let dir = board
+        .unstored_dir()
+        .unwrap_or_else(|| std::env::temp_dir().join("cleanroom-unstored"));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        log::error!("cannot make {}: {e}; the reports are lost", dir.display());
+        return;
+    }
+    for (report, name) in reports.iter().zip(names) {
+        let path = dir.join(format!(
+            "{}-{}.json",
+            report.cgroup.id,
+            report.started_at.replace(':', "")
+        ));
+        let written = serde_json::to_vec_pretty(report)
+            .map_err(|e| e.to_string())
+            .and_then(|json| crate::output::render::write(&path, &json).map_err(|e| e.to_string()));
+        match written {
+            Ok(()) => log::warn!(
+                "{name}: report kept in {} (`cleanroom report FILE` reads it)",
+                path.display()
             ),
-            Ok(None) => log::info!(
-                "{cgroup} ({ended}): verdict {} (not stored: --no-store)",
-                report.verdict.as_str()
-            ),
-            Err(e) => log::error!("{cgroup} ({ended}): its report could not be stored: {e}"),
+            Err(e) => log::error!("{name}: the report could not be kept either: {e}"),
         }
     }
 }

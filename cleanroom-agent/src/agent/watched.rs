@@ -150,14 +150,30 @@ impl Watched {
     /// entries of every removed cgroup.
     pub fn tick(&mut self, probes: &mut Probes) -> Result<TickReport, Error> {
         let mut report = TickReport::default();
+        let tree = probes.tree()?;
+        let removed: BTreeSet<u64> = tree
+            .iter()
+            .filter(|(_, node)| node.removed != 0)
+            .map(|(id, _)| *id)
+            .collect();
         let found = self.watcher.scan(&self.mount);
         let matched: BTreeSet<&Path> = found.iter().map(|(p, _)| p.as_path()).collect();
         let mut ending: Vec<(CgroupId, Ended)> = Vec::new();
         for (id, watch) in &self.watches {
-            if !self.mount.join(&watch.relative).is_dir() {
+            // The kernel's record says it went (even if a new cgroup took its name since);
+            // else a path the scan no longer matches went or is no longer watched.
+            if removed.contains(&id.0) {
                 ending.push((*id, Ended::Removed));
             } else if !matched.contains(watch.relative.as_path()) {
-                ending.push((*id, Ended::Unwatched));
+                let gone = !self.mount.join(&watch.relative).is_dir();
+                ending.push((
+                    *id,
+                    if gone {
+                        Ended::Removed
+                    } else {
+                        Ended::Unwatched
+                    },
+                ));
             }
         }
         let known: BTreeSet<&Path> = self
@@ -181,12 +197,6 @@ impl Watched {
             report.started.push(id);
         }
 
-        let tree = probes.tree()?;
-        let removed: BTreeSet<u64> = tree
-            .iter()
-            .filter(|(_, node)| node.removed != 0)
-            .map(|(id, _)| *id)
-            .collect();
         let ids: Vec<CgroupId> = self.watches.keys().copied().collect();
         let roots: Vec<u64> = ids.iter().map(|id| id.0).collect();
         let subtrees = tally::subtrees(tree.iter().map(|(id, n)| (*id, n.parent_id)), &roots);
@@ -285,7 +295,8 @@ impl Watched {
             analyze::threshold_specs(&config);
         let options = SessionOptions {
             sampling: true,
-            memory: true,
+            // Where no cgroup accounts its memory (a hybrid host's v2 hierarchy), no tick tries.
+            memory: target.memory().is_some(),
             interval: self.interval,
             memory_limit: target.memory_limit(),
             // Reading every live thread's /proc file on every tick is most of what watching

@@ -340,24 +340,20 @@ fn cgroups_made_and_removed_by_the_thousand_leave_flat_maps() {
     let maps = ["CGROUP_STATS", "CGROUP_TREE", "HISTOGRAMS", "BLOCK_STATS"];
     let before: Vec<f64> = maps.iter().map(|m| entries(&agent, m)).collect();
     let began = Instant::now();
-    let mut rss_mid = 0;
-    for i in 0..n {
-        let dir = parent.path().join(format!("c{i}"));
-        fs::create_dir(&dir).unwrap();
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "echo $$ > {}/cgroup.procs && /bin/true",
-                dir.display()
-            ))
-            .status()
+    // A quarter first, to see the agent's memory with the churn under way.
+    let churn = |from: &str, count: usize| {
+        let sub = parent.path().join(from);
+        fs::create_dir(&sub).unwrap();
+        let output = Command::new(workload())
+            .args(["churn", sub.to_str().unwrap(), &count.to_string()])
+            .output()
             .unwrap();
-        assert!(status.success());
-        fs::remove_dir(&dir).unwrap();
-        if i == n / 4 {
-            rss_mid = agent.rss();
-        }
-    }
+        assert!(output.status.success(), "{output:?}");
+        fs::remove_dir(&sub).unwrap();
+    };
+    churn("first", n / 4);
+    let rss_mid = agent.rss();
+    churn("rest", n - n / 4);
     eprintln!("{n} cgroups made and removed in {:?}", began.elapsed());
     // Two ticks: the last ones removed are seen and freed.
     thread::sleep(Duration::from_millis(800));
@@ -400,7 +396,7 @@ fn cgroups_made_and_removed_by_the_thousand_leave_flat_maps() {
     let history = String::from_utf8_lossy(&output.stdout);
     assert!(history.contains(&rel), "{history}");
     let report = stored_reports(&agent.store).pop().unwrap();
-    // Each shell forked /bin/true inside its cgroup, and both exited there.
+    // Each process forked one child inside its cgroup, and both exited there.
     assert_eq!(u64_at(&report, "/totals/processes_forked"), n as u64);
     assert_eq!(u64_at(&report, "/totals/processes_exited"), 2 * n as u64);
 }

@@ -25,6 +25,8 @@
 //! `clone-into DIR MS`             clone3(CLONE_INTO_CGROUP) a child into cgroup DIR that spins
 //!                                 MS ms; prints `{"child":PID}` on a line of its own first
 //! `cgroups N SECS`                N sub-cgroups of its own, a sleeping process in each, for SECS
+//! `churn DIR N`                  N times: make DIR/cI, a process in it forks one child there
+//!                                 (both exit), remove it
 //! `monotonic`                     print CLOCK_MONOTONIC in ns (when the command started)
 //!
 //! `--netns NAME` before the workload runs it in network namespace NAME (/run/netns/NAME).
@@ -471,6 +473,40 @@ fn main() {
                 let started = Instant::now();
                 while fs::remove_dir(dir).is_err() && started.elapsed() < Duration::from_secs(5) {
                     std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        Some("churn") => {
+            // N times: make DIR/cI, start a process in it that forks one child there (both
+            // exit), remove it. Without an exec, so thousands take seconds even when emulated.
+            let dir = &args[1];
+            for i in 0..num(2) {
+                let sub = format!("{dir}/c{i}");
+                fs::create_dir(&sub).expect("mkdir churn cgroup");
+                // SAFETY: the child only joins the cgroup, forks once, waits and exits.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    let joined = fs::write(format!("{sub}/cgroup.procs"), "0").is_ok();
+                    // SAFETY: the grandchild exits at once.
+                    let grandchild = unsafe { libc::fork() };
+                    if grandchild == 0 {
+                        // SAFETY: _exit ends the process without running anything else.
+                        unsafe { libc::_exit(0) };
+                    }
+                    let mut status = 0;
+                    // SAFETY: our own child.
+                    unsafe { libc::waitpid(grandchild, &mut status, 0) };
+                    // SAFETY: as above.
+                    unsafe { libc::_exit(if joined { 0 } else { 1 }) };
+                }
+                let mut status = 0;
+                // SAFETY: our own child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "joining {sub}");
+                let started = Instant::now();
+                while let Err(e) = fs::remove_dir(&sub) {
+                    assert!(started.elapsed() < Duration::from_secs(5), "rmdir {sub}: {e}");
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
         }

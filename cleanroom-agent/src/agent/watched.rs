@@ -9,7 +9,8 @@
 //! keeps flat map use.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
+    ffi::OsStr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -157,14 +158,14 @@ impl Watched {
             .map(|(id, _)| *id)
             .collect();
         let found = self.watcher.scan(&self.mount);
-        let matched: BTreeSet<&Path> = found.iter().map(|(p, _)| p.as_path()).collect();
+        let matched: HashSet<&OsStr> = found.iter().map(|(p, _)| p.as_os_str()).collect();
         let mut ending: Vec<(CgroupId, Ended)> = Vec::new();
         for (id, watch) in &self.watches {
             // The kernel's record says it went (even if a new cgroup took its name since);
             // else a path the scan no longer matches went or is no longer watched.
             if removed.contains(&id.0) {
                 ending.push((*id, Ended::Removed));
-            } else if !matched.contains(watch.relative.as_path()) {
+            } else if !matched.contains(watch.relative.as_os_str()) {
                 let gone = !self.mount.join(&watch.relative).is_dir();
                 ending.push((
                     *id,
@@ -176,14 +177,14 @@ impl Watched {
                 ));
             }
         }
-        let known: BTreeSet<&Path> = self
+        let known: HashSet<&OsStr> = self
             .watches
             .values()
-            .map(|w| w.relative.as_path())
+            .map(|w| w.relative.as_os_str())
             .collect();
         let new: Vec<(PathBuf, RuleId)> = found
             .iter()
-            .filter(|(p, _)| !known.contains(p.as_path()))
+            .filter(|(p, _)| !known.contains(p.as_os_str()))
             .cloned()
             .collect();
         for (relative, rule) in new {

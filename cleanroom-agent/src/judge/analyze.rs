@@ -170,6 +170,12 @@ pub struct ThresholdMonitor {
 
 impl ThresholdMonitor {
     /// Watches `specs`.
+    /// Whether there is anything to watch.
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
+    /// Watches `specs`.
     pub fn new(specs: Vec<ThresholdSpec>) -> Self {
         let n = specs.len();
         Self {

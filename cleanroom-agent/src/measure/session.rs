@@ -210,12 +210,14 @@ impl Session {
             .as_ref()
             .and_then(|prev| model::interval(prev, &reading))
         {
-            let mut values = point.values.clone();
-            values.insert("wall_time".into(), reading.t_ns as f64);
-            if let Some(w) = reading.counters.get("io_write_bytes") {
-                values.insert("io_write_bytes".into(), *w as f64);
+            if !self.thresholds.is_empty() {
+                let mut values = point.values.clone();
+                values.insert("wall_time".into(), reading.t_ns as f64);
+                if let Some(w) = reading.counters.get("io_write_bytes") {
+                    values.insert("io_write_bytes".into(), *w as f64);
+                }
+                tick.events = self.observe(reading.t_ns, &values);
             }
-            tick.events = self.observe(reading.t_ns, &values);
             self.series.push(point.clone());
             tick.point = Some(point);
         }

@@ -502,10 +502,16 @@ fn main() {
                 let mut status = 0;
                 // SAFETY: our own child.
                 unsafe { libc::waitpid(pid, &mut status, 0) };
-                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "joining {sub}");
+                assert!(
+                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                    "joining {sub}"
+                );
                 let started = Instant::now();
                 while let Err(e) = fs::remove_dir(&sub) {
-                    assert!(started.elapsed() < Duration::from_secs(5), "rmdir {sub}: {e}");
+                    assert!(
+                        started.elapsed() < Duration::from_secs(5),
+                        "rmdir {sub}: {e}"
+                    );
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }

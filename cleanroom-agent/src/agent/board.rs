@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// Recent interval points kept per live cgroup for the API (older ones merged pairwise).
-pub const RECENT_POINTS: usize = 30;
+pub const RECENT_POINTS: usize = 20;
 /// Recent events kept per live cgroup for the API.
 pub const RECENT_EVENTS: usize = 50;
 /// Stored runs listed by the API and the front page.

@@ -28,7 +28,7 @@ use crate::{
 
 /// The most points a watched cgroup's series keeps: a watch can last for days, and hundreds
 /// run at once.
-pub const MAX_POINTS: usize = 64;
+pub const MAX_POINTS: usize = 48;
 
 /// A cgroup's v2 id (its inode number in cgroupfs): how the kernel programs key it, and how the
 /// agent's API names a live cgroup.

@@ -145,8 +145,9 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
     let board = Arc::new(Board::new(store, config.interval(), listen.to_string()));
     serve(listener, Arc::clone(&board), config.token.clone())?;
     log::info!(
-        "watching {} rule(s) every {}; http://{listen}/ (metrics at /metrics)",
+        "watching {} rule(s) below {} every {}; http://{listen}/ (metrics at /metrics)",
         watcher.rules().len(),
+        v2_mount.display(),
         humantime::format_duration(config.interval()),
     );
     let mut watched = Watched::new(v2_mount, watcher, config.interval());

@@ -41,8 +41,11 @@ use crate::{
     judge::verdict::{Event, EventKind, Verdict},
     kernel::probe::Probes,
     measure::collect,
-    measure::escape::{EscapeWatch, EscapedProcess},
     measure::session::{End, Figures, Session, SessionOptions},
+    measure::{
+        escape::{EscapeWatch, EscapedProcess},
+        processes::{ProcessRecord, ProcessWatch},
+    },
     output::report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION},
 };
 
@@ -114,7 +117,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     // something it made is still in place.
     let mut signals = Signals::new().map_err(Error::Wait)?;
     let config = &opts.config;
-    let prepared = prepare(opts)?;
+    let mut prepared = prepare(opts)?;
     let (specs, not_applicable) = analyze::threshold_specs(config);
     refuse_if_signalled(&mut signals).await?;
     let mut console = Console::new(opts.print_summary);
@@ -123,7 +126,7 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     let ended = supervise(
         child,
         &mut signals,
-        &prepared,
+        &mut prepared,
         &mut session,
         &mut console,
         &config.resource_limits,
@@ -151,6 +154,8 @@ struct Prepared {
     limit_lines: Vec<String>,
     /// Watching the cgroup for processes that leave it.
     escape_watch: EscapeWatch,
+    /// Collecting each process's record as it ends.
+    process_watch: ProcessWatch,
 }
 
 /// Checks that the run can be made and sets it up: privileges, the program, the hierarchy and
@@ -180,12 +185,14 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
     let limit_lines = limits::apply(&cgroup, resource_limits)?;
     // Before the command starts: it joins the cgroup between fork and exec.
     let escape_watch = EscapeWatch::start(&mut probes, cgroup.id());
+    let process_watch = ProcessWatch::start(cgroup.id());
     Ok(Prepared {
         v2_mount: hierarchy.v2_mount,
         cgroup,
         probes,
         limit_lines,
         escape_watch,
+        process_watch,
     })
 }
 
@@ -291,12 +298,18 @@ struct Ended {
 async fn supervise(
     mut child: Child,
     signals: &mut Signals,
-    prepared: &Prepared,
+    prepared: &mut Prepared,
     session: &mut Session,
     console: &mut Console,
     rl: &ResourceLimits,
 ) -> Result<Ended, Error> {
-    let (cgroup, probes) = (&prepared.cgroup, &prepared.probes);
+    let Prepared {
+        cgroup,
+        probes,
+        process_watch,
+        ..
+    } = prepared;
+    let cgroup = &*cgroup;
     let has_pid = child.id().is_some();
     if session.samples() {
         console.tick(&session.tick(probes)?);
@@ -318,7 +331,10 @@ async fn supervise(
                 pass_on(name, number, again, has_pid, signals, cgroup, console);
                 interrupted.get_or_insert(name);
             }
-            _ = ticker.tick(), if session.samples() => console.tick(&session.tick(probes)?),
+            _ = ticker.tick(), if session.samples() => {
+                console.tick(&session.tick(probes)?);
+                process_watch.collect(probes)?;
+            }
             () = &mut timeout, if !timed_out && rl.max_test_execution_time.is_some() => {
                 timed_out = true;
                 let event = time_out(cgroup, session.elapsed_ns(), rl);
@@ -455,6 +471,7 @@ fn conclude(
         cgroup,
         limit_lines,
         escape_watch,
+        process_watch,
     } = prepared;
     let end = End {
         wall_time_ns: ended.wall_time_ns,
@@ -465,6 +482,7 @@ fn conclude(
         console.event(event);
     }
     let (escaped, escape_notes) = escape_watch.finish(&mut probes, &v2_mount, &figures.drops);
+    let (processes, process_notes) = process_watch.finish(&mut probes)?;
     let cgroup_ref = CgroupRef {
         path: cgroup.path().display().to_string(),
         id: cgroup.id(),
@@ -476,6 +494,8 @@ fn conclude(
         cgroup: cgroup_ref,
         escaped,
         escape_notes,
+        processes,
+        process_notes,
         limit_lines,
     };
     Ok((figures, outcome))
@@ -491,6 +511,10 @@ struct Outcome {
     escaped: Vec<EscapedProcess>,
     /// What the report must say about them.
     escape_notes: Vec<String>,
+    /// Each process of the run, as it ended.
+    processes: Vec<ProcessRecord>,
+    /// What the report must say about them.
+    process_notes: Vec<String>,
     /// The limits applied.
     limit_lines: Vec<String>,
 }
@@ -530,6 +554,7 @@ fn assemble(opts: &RunOptions, outcome: Outcome, figures: Figures) -> Report {
         leftovers: wound_down.left_behind,
         comparison: None,
         escaped: outcome.escaped,
+        processes: outcome.processes,
         aggregates: figures.aggregates,
         anomalies: figures.anomalies,
         anomalies_found: figures.anomalies_found,
@@ -575,6 +600,7 @@ fn notes(config: &CleanroomConfig, outcome: &Outcome, figures: &Figures) -> Vec<
     notes.extend(collect::write_note(&figures.totals, figures.writeback));
     notes.extend(collect::fault_note(&figures.totals, &figures.kernel));
     notes.extend(outcome.escape_notes.iter().cloned());
+    notes.extend(outcome.process_notes.iter().cloned());
     notes
 }
 

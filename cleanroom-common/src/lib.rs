@@ -24,6 +24,12 @@ pub mod maps {
     pub const RUN_PROCS: &str = "RUN_PROCS";
     /// Hash: tgid (`u32`) → [`crate::Escape`]: processes that left their run's cgroups.
     pub const ESCAPES: &str = "ESCAPES";
+    /// Hash: pid (`u32`) of a watched run's process's last thread, between its
+    /// `sched_process_exit` and its last switch → [`crate::Exiting`].
+    pub const EXITING: &str = "EXITING";
+    /// Ring buffer of [`crate::ProcessExit`] records, one per process of a watched run, sent
+    /// at its last thread's last context switch (when its CPU time is final).
+    pub const PROCESS_RECORDS: &str = "PROCESS_RECORDS";
 }
 
 /// Names of the programs of the BPF object (the Rust function names in `cleanroom-ebpf`).
@@ -133,6 +139,33 @@ pub const OFFSETS: &[(&str, &str, &str)] = &[
     ("OFF_BIO_PARTNO", "bio", "bi_partno"),
     ("OFF_GENDISK_MAJOR", "gendisk", "major"),
     ("OFF_GENDISK_FIRST_MINOR", "gendisk", "first_minor"),
+    // A process's figures at its end (read where present; else the run says per-process
+    // figures are unavailable).
+    (
+        "OFF_TASK_SUM_EXEC_RUNTIME",
+        "task_struct",
+        "se.sum_exec_runtime",
+    ),
+    ("OFF_TASK_MIN_FLT", "task_struct", "min_flt"),
+    ("OFF_TASK_EXIT_CODE", "task_struct", "exit_code"),
+    ("OFF_TASK_REAL_PARENT", "task_struct", "real_parent"),
+    (
+        "OFF_SIGNAL_SUM_SCHED_RUNTIME",
+        "signal_struct",
+        "sum_sched_runtime",
+    ),
+    ("OFF_SIGNAL_MIN_FLT", "signal_struct", "min_flt"),
+    ("OFF_SIGNAL_MAJ_FLT", "signal_struct", "maj_flt"),
+    (
+        "OFF_SIGNAL_IOAC_READ_BYTES",
+        "signal_struct",
+        "ioac.read_bytes",
+    ),
+    (
+        "OFF_SIGNAL_IOAC_WRITE_BYTES",
+        "signal_struct",
+        "ioac.write_bytes",
+    ),
 ];
 
 /// Offsets of another kernel generation's layout: a kernel has either `bio.bi_bdev` (5.12 on) or
@@ -427,6 +460,71 @@ pub struct Escape {
 
 const _: () = assert!(core::mem::size_of::<Escape>() == 48);
 
+/// A process of a watched run that ended ([`maps::PROCESS_RECORDS`]): what the kernel accounted
+/// to it, as `getrusage(RUSAGE_SELF)` would say it (its threads together, children apart).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessExit {
+    /// The run (the v2 id of the run's own cgroup).
+    pub run_id: u64,
+    /// Start of the process (its leader's `start_time`, ns since boot, CLOCK_MONOTONIC).
+    pub start_ns: u64,
+    /// Its last thread's last switch (ns since boot, CLOCK_MONOTONIC).
+    pub end_ns: u64,
+    /// CPU time of every thread (`signal->sum_sched_runtime` + the last thread's own).
+    pub cpu_ns: u64,
+    /// Minor faults of every thread.
+    pub minor_faults: u64,
+    /// Major faults of every thread.
+    pub major_faults: u64,
+    /// Storage bytes read, every thread (`ioac.read_bytes`).
+    pub io_read_bytes: u64,
+    /// Storage bytes written, every thread (`ioac.write_bytes`).
+    pub io_write_bytes: u64,
+    /// Process id.
+    pub tgid: u32,
+    /// Its parent's process id.
+    pub ppid: u32,
+    /// `task->exit_code` of the last thread (wait status: code << 8, or the signal).
+    pub exit_code: u32,
+    /// Zero.
+    pub _pad: u32,
+    /// `task->comm` at the end, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<ProcessExit>() == 96);
+
+/// A process's last thread between its exit and its last switch ([`maps::EXITING`]): its run,
+/// and the figures of its other threads as they were at the exit. They are taken then because
+/// once the process is reaped (its parent may do so before the last switch) the kernel adds
+/// the last thread's own figures to them too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exiting {
+    /// The run.
+    pub run_id: u64,
+    /// `signal->sum_sched_runtime`.
+    pub cpu_ns: u64,
+    /// `signal->min_flt`.
+    pub minor_faults: u64,
+    /// `signal->maj_flt`.
+    pub major_faults: u64,
+    /// `signal->ioac.read_bytes`.
+    pub io_read_bytes: u64,
+    /// `signal->ioac.write_bytes`.
+    pub io_write_bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Exiting>() == 48);
+
+/// Size of [`maps::PROCESS_RECORDS`], bytes (a power of two): about 10,000 records between two
+/// reads.
+pub const PROCESS_RECORDS_BYTES: u32 = 1 << 20;
+
+/// Capacity of [`maps::EXITING`].
+pub const MAX_EXITING: u32 = 4_096;
+
 /// Capacities of the other maps.
 pub const MAX_BLOCK_KEYS: u32 = 16_384;
 /// Histograms: a few per cgroup that does I/O, wakes up or connects.
@@ -463,8 +561,11 @@ pub mod drop_reason {
     pub const RUN_PROCS_MAP_FULL: u32 = 7;
     /// [`crate::maps::ESCAPES`] was full: a process left its run's cgroups unrecorded.
     pub const ESCAPES_MAP_FULL: u32 = 8;
+    /// A process of a run ended unrecorded ([`crate::maps::EXITING`] or
+    /// [`crate::maps::PROCESS_RECORDS`] was full).
+    pub const PROCESS_RECORD_LOST: u32 = 9;
     /// Number of reasons (size of the drops array).
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 #[cfg(feature = "user")]
@@ -473,6 +574,8 @@ mod pod {
     // explicit padding fields, and every bit pattern is a valid value.
     // SAFETY: see above.
     unsafe impl aya::Pod for super::CgroupStats {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::ProcessExit {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::BlockKey {}
     // SAFETY: see above.

@@ -35,7 +35,7 @@ const E2BIG: i32 = -7;
 
 /// The run that cgroup `id` belongs to, if it is watched.
 #[inline(always)]
-fn run_of_cgroup(id: u64) -> Option<u64> {
+pub fn run_of_cgroup(id: u64) -> Option<u64> {
     // SAFETY: a plain u64 value, copied out at once.
     WATCHED.get_ptr(&id).map(|p| unsafe { *p })
 }

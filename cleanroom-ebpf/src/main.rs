@@ -4,8 +4,9 @@
 //! [`maps`]; nothing per event crosses to user space. Each hook family has its own module, named
 //! after the events it handles. Offsets of kernel structures are never compiled in: the agent
 //! reads them from the running kernel's BTF and sets them as load-time globals ([`task`]).
-//! The one record per process is [`escape`]'s: a process that leaves a watched run's cgroup,
-//! written when it leaves (a rare event) and read by the agent at the end of the run.
+//! Two records are per process: [`escape`]'s, a process that leaves a watched run's cgroup,
+//! written when it leaves (a rare event) and read by the agent at the end of the run; and
+//! [`process`]'s, each process of a watched run with its own figures, sent when it ends.
 #![no_std]
 #![no_main]
 // Atomic adds on shared histograms (see maps::atomic_add).
@@ -18,6 +19,7 @@ mod escape;
 mod fault;
 mod maps;
 mod net;
+mod process;
 mod sched;
 mod task;
 

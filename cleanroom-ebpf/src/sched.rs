@@ -104,6 +104,7 @@ pub fn sched_switch_v1(ctx: BtfTracePointContext) -> u32 {
 /// A switch from `prev` (in `prev_state`) to `next`.
 #[inline(always)]
 fn on_switch(preempt: u64, prev: *const u8, next: *const u8, prev_state: u64) {
+    crate::process::on_switch_away(prev, prev_state);
     let runnable = prev_state & 0xffff_ffff == 0;
     if let Some(stats) = stats_of(current_cgroup_id()) {
         if preempt & 0xff == 0 && !runnable {
@@ -225,6 +226,7 @@ fn on_task_exit(task: *const u8, group_dead: bool) {
         }
     }
     if group_dead {
+        crate::process::on_group_dead(cgroup, task);
         escape::on_exit(cgroup);
     }
 }

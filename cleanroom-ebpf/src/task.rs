@@ -64,6 +64,15 @@ offsets!(
     OFF_BIO_PARTNO,
     OFF_GENDISK_MAJOR,
     OFF_GENDISK_FIRST_MINOR,
+    OFF_TASK_SUM_EXEC_RUNTIME,
+    OFF_TASK_MIN_FLT,
+    OFF_TASK_EXIT_CODE,
+    OFF_TASK_REAL_PARENT,
+    OFF_SIGNAL_SUM_SCHED_RUNTIME,
+    OFF_SIGNAL_MIN_FLT,
+    OFF_SIGNAL_MAJ_FLT,
+    OFF_SIGNAL_IOAC_READ_BYTES,
+    OFF_SIGNAL_IOAC_WRITE_BYTES,
 );
 
 /// 1 where the kernel has `bpf_get_current_task_btf` (5.11 on), set by the agent from the

@@ -89,6 +89,7 @@ pub fn report(finished: Finished, host: &HostInfo) -> Report {
         leftovers: Vec::new(),
         comparison: None,
         escaped: Vec::new(),
+        processes: Vec::new(),
         aggregates: figures.aggregates,
         anomalies: figures.anomalies,
         anomalies_found: figures.anomalies_found,

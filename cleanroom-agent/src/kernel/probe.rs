@@ -14,13 +14,15 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use cleanroom_common::{
     BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, RunProc, drop_reason,
     escape_via, maps, programs,
 };
+
+pub use cleanroom_common::ProcessExit;
 
 pub use crate::kernel::tally::Counted;
 use crate::{
@@ -414,6 +416,9 @@ const TASK_IDENTITY: &[&str] = &[
     "OFF_KERNFS_NODE_ID",
 ];
 
+/// Hooks a process's record needs: the last thread's exit marks it, its last switch sends it.
+const PROCESS_HOOKS: &[&str] = &[programs::SCHED_SWITCH, programs::SCHED_PROCESS_EXIT];
+
 /// Hooks without which a process leaving a run's cgroups could go unseen: moves, new processes,
 /// and sub-cgroups (a move into one must not look like leaving).
 const ESCAPE_HOOKS: &[&str] = &[
@@ -470,7 +475,11 @@ const DROP_NAMES: &[(u32, &str)] = &[
     (drop_reason::WATCHED_MAP_FULL, WATCHED_MAP_FULL),
     (drop_reason::RUN_PROCS_MAP_FULL, RUN_PROCS_MAP_FULL),
     (drop_reason::ESCAPES_MAP_FULL, ESCAPES_MAP_FULL),
+    (drop_reason::PROCESS_RECORD_LOST, PROCESS_RECORDS_LOST),
 ];
+
+/// Drop name: a process of a run ended without its record (the kernel's buffer was full).
+pub const PROCESS_RECORDS_LOST: &str = "process_records_lost";
 
 /// Drop name: a latency whose start was not seen (already under way when the probes attached):
 /// reports say it in a note, not as a loss.
@@ -911,6 +920,39 @@ impl Probes {
             ok_if_absent(procs.remove(&tgid), maps::RUN_PROCS)?;
         }
         Ok(())
+    }
+
+    /// Why each process of a run cannot be recorded here (a hook it needs is not attached), or
+    /// `None` when it can.
+    pub fn processes_unavailable(&self) -> Option<String> {
+        let reasons: Vec<String> = self
+            .status
+            .iter()
+            .filter(|s| PROCESS_HOOKS.contains(&s.hook.program))
+            .filter_map(|s| Some(format!("{}: {}", s.hook.attach, s.error.as_ref()?)))
+            .chain(self.escapes_unavailable())
+            .collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    /// The records of run `run_id`'s processes that ended since the last call, taken out of the
+    /// kernel's ring buffer (another run's are dropped: each run loads its own probes).
+    pub fn process_exits(&mut self, run_id: u64) -> Result<Vec<ProcessExit>, ProbeError> {
+        let mut ring = RingBuf::try_from(self.map_mut(maps::PROCESS_RECORDS)?)
+            .map_err(map_err(maps::PROCESS_RECORDS))?;
+        let mut found = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<ProcessExit>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole `ProcessExit` (repr(C), every bit pattern
+            // valid); read unaligned from the ring's bytes.
+            let record = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ProcessExit>()) };
+            if record.run_id == run_id {
+                found.push(record);
+            }
+        }
+        Ok(found)
     }
 
     /// Events lost so far, summed over CPUs.

@@ -1,8 +1,10 @@
 //! Measuring: `session` measures one target cgroup (a sample per tick, its figures at the end);
 //! `collect` turns what was counted into metrics; `model` keeps series, aggregates and
-//! histograms; `escape` notes processes that leave a run's cgroup.
+//! histograms; `escape` notes processes that leave a run's cgroup; `processes` lists each
+//! process of a run with its own figures.
 
 pub mod collect;
 pub mod escape;
 pub mod model;
+pub mod processes;
 pub mod session;

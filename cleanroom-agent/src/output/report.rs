@@ -66,6 +66,9 @@ pub struct Report {
     /// Processes that left the run's cgroup: what they did afterwards is not in the totals.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub escaped: Vec<crate::measure::escape::EscapedProcess>,
+    /// Each process of the run, in the order they ended, with what the kernel accounted to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<crate::measure::processes::ProcessRecord>,
     /// One point per `metrics_interval`: rates and levels over that interval.
     #[serde(default)]
     pub series: Vec<SeriesPoint>,
@@ -441,6 +444,7 @@ impl Report {
             series_resolution: None,
             comparison: None,
             escaped: vec![],
+            processes: vec![],
         }
     }
 }

@@ -2,6 +2,7 @@
 //! says it cost (`getrusage`) as one JSON line on stdout.
 //!
 //! `spin SECS`                     busy loop for SECS of wall time
+//! `spin-ms MS`                    spin MS ms of CPU time
 //! `sleepy N MS`                   sleep N times for MS milliseconds
 //! `touch PAGES`                   touch PAGES fresh 4 KiB pages (no huge pages)
 //! `fork K MS`                     fork K children that each spin MS ms of CPU, then wait
@@ -62,7 +63,8 @@ fn rusage_json() -> String {
             .unwrap_or(0)
     };
     format!(
-        r#"{{"nvcsw":{},"nivcsw":{},"minflt":{},"majflt":{},"children_majflt":{},"utime_us":{},"stime_us":{},"maxrss_kib":{},"children_maxrss_kib":{},"oublock":{},"inblock":{},"children_nvcsw":{},"children_nivcsw":{},"io_read_bytes":{},"io_write_bytes":{},"io_cancelled_write_bytes":{}}}"#,
+        r#"{{"pid":{},"nvcsw":{},"nivcsw":{},"minflt":{},"majflt":{},"children_majflt":{},"utime_us":{},"stime_us":{},"maxrss_kib":{},"children_maxrss_kib":{},"oublock":{},"inblock":{},"children_nvcsw":{},"children_nivcsw":{},"io_read_bytes":{},"io_write_bytes":{},"io_cancelled_write_bytes":{}}}"#,
+        std::process::id(),
         ru.ru_nvcsw,
         ru.ru_nivcsw,
         ru.ru_minflt,
@@ -225,6 +227,7 @@ fn main() {
                 }
             }
         }
+        Some("spin-ms") => spin_cpu(Duration::from_millis(num(1))),
         Some("sleepy") => {
             for _ in 0..num(1) {
                 std::thread::sleep(Duration::from_millis(num(2)));

@@ -1,0 +1,64 @@
+//! Each process of a run in the report's `processes`, against the kernel's own per-process
+//! accounting as each process read it itself (`getrusage`).
+
+use std::collections::BTreeMap;
+
+use cleanroom_tests::{TestCgroup, privileged, rel_diff, run_measured, u64_at, workload_bin};
+
+/// 20 processes of 50 ms of CPU and one of 500 ms, one after the other: each is listed with
+/// its CPU time within 2% of what its getrusage said just before it exited, and the processes'
+/// CPU adds up to the run's within 1%.
+#[test]
+fn every_process_is_listed_with_its_own_cpu_time() {
+    if !privileged("every_process_is_listed_with_its_own_cpu_time") {
+        return;
+    }
+    let w = workload_bin!().to_str().unwrap().to_owned();
+    let cg = TestCgroup::new("processes");
+    let script = format!("for i in $(seq 20); do {w} spin-ms 50; done; {w} spin-ms 500");
+    let (output, report) = run_measured(&cg, &["sh", "-c", &script]);
+    assert!(output.status.success(), "{output:?}");
+    cleanroom_tests::assert_matches_schema(&report);
+    // Each workload process printed its pid and getrusage.
+    let own: BTreeMap<u64, u64> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            let cpu_us = u64_at(&v, "/utime_us") + u64_at(&v, "/stime_us");
+            (u64_at(&v, "/pid"), cpu_us * 1000)
+        })
+        .collect();
+    assert_eq!(own.len(), 21, "{own:?}");
+    let processes = report["processes"]
+        .as_array()
+        .expect("processes in the report");
+    let by_pid: BTreeMap<u64, &serde_json::Value> =
+        processes.iter().map(|p| (u64_at(p, "/pid"), p)).collect();
+    for (pid, getrusage_ns) in &own {
+        let p = by_pid
+            .get(pid)
+            .unwrap_or_else(|| panic!("process {pid} is not listed: {processes:#?}"));
+        let listed = u64_at(p, "/cpu_time_ns");
+        assert!(
+            rel_diff(listed, *getrusage_ns) < 0.02,
+            "process {pid}: listed {listed} ns, getrusage {getrusage_ns} ns"
+        );
+        assert_eq!(p["exit_code"], 0);
+        assert!(u64_at(p, "/end_ns") > u64_at(p, "/start_ns"), "{p:#}");
+    }
+    let sum: u64 = processes.iter().map(|p| u64_at(p, "/cpu_time_ns")).sum();
+    let run = u64_at(&report, "/totals/cpu_time_ns");
+    eprintln!(
+        "{} processes listed, their CPU {sum} ns, the run's {run} ns",
+        processes.len()
+    );
+    assert!(
+        rel_diff(sum, run) < 0.01,
+        "processes {sum} ns vs run {run} ns"
+    );
+    assert_eq!(
+        processes.len() as u64,
+        u64_at(&report, "/totals/processes_exited"),
+        "every process that ended is listed"
+    );
+}

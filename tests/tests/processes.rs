@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use cleanroom_tests::{TestCgroup, privileged, rel_diff, run_measured, u64_at, workload_bin};
+use cleanroom_tests::{
+    TestCgroup, cleanroom, privileged, rel_diff, run_measured, u64_at, workload_bin,
+};
 
 /// 20 processes of 50 ms of CPU and one of 500 ms, one after the other: each is listed with
 /// its CPU time within 2% of what its getrusage said just before it exited, and the processes'
@@ -61,4 +63,26 @@ fn every_process_is_listed_with_its_own_cpu_time() {
         u64_at(&report, "/totals/processes_exited"),
         "every process that ended is listed"
     );
+
+    // The Markdown lists the busiest and groups them by command.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    std::fs::write(&json, report.to_string()).unwrap();
+    let md = cleanroom(
+        &dir.path().join("history.db"),
+        &["report", json.to_str().unwrap(), "--format", "md"],
+    );
+    let md = String::from_utf8_lossy(&md.stdout);
+    assert!(
+        md.contains(&format!(
+            "**Processes** ({}): the most CPU",
+            processes.len()
+        )),
+        "{md}"
+    );
+    let group = md
+        .lines()
+        .find(|l| l.starts_with("| `cleanroom-test-` |"))
+        .unwrap_or_else(|| panic!("no group of the workload in:\n{md}"));
+    assert!(group.starts_with("| `cleanroom-test-` | 21 |"), "{group}");
 }

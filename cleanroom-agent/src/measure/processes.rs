@@ -74,6 +74,58 @@ impl ProcessRecord {
     }
 }
 
+/// The processes of one command name, together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandGroup {
+    /// The command name.
+    pub command: String,
+    /// How many processes.
+    pub count: usize,
+    /// Their CPU time, ns.
+    pub cpu_time_ns: u64,
+    /// Their wall times added, ns.
+    pub wall_time_ns: u64,
+    /// Their storage bytes written.
+    pub io_write_bytes: u64,
+}
+
+/// The `n` processes with the most CPU time, most first.
+pub fn top_by_cpu(processes: &[ProcessRecord], n: usize) -> Vec<&ProcessRecord> {
+    let mut sorted: Vec<&ProcessRecord> = processes.iter().collect();
+    sorted.sort_by_key(|p| std::cmp::Reverse(p.cpu_time_ns));
+    sorted.truncate(n);
+    sorted
+}
+
+/// The `n` processes that lasted longest, longest first.
+pub fn top_by_wall(processes: &[ProcessRecord], n: usize) -> Vec<&ProcessRecord> {
+    let mut sorted: Vec<&ProcessRecord> = processes.iter().collect();
+    sorted.sort_by_key(|p| std::cmp::Reverse(p.wall_time_ns()));
+    sorted.truncate(n);
+    sorted
+}
+
+/// The processes grouped by command name, the most CPU first.
+pub fn by_command(processes: &[ProcessRecord]) -> Vec<CommandGroup> {
+    let mut groups: std::collections::BTreeMap<&str, CommandGroup> = Default::default();
+    for p in processes {
+        let g = groups.entry(&p.command).or_insert_with(|| CommandGroup {
+            command: p.command.clone(),
+            count: 0,
+            cpu_time_ns: 0,
+            wall_time_ns: 0,
+            io_write_bytes: 0,
+        });
+        g.count += 1;
+        g.cpu_time_ns += p.cpu_time_ns;
+        g.wall_time_ns += p.wall_time_ns();
+        g.io_write_bytes += p.io_write_bytes;
+    }
+    let mut out: Vec<CommandGroup> = groups.into_values().collect();
+    out.sort_by_key(|g| std::cmp::Reverse(g.cpu_time_ns));
+    out
+}
+
 /// Collecting a run's process records.
 #[derive(Debug)]
 pub struct ProcessWatch {
@@ -143,6 +195,49 @@ impl ProcessWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn process(pid: u32, command: &str, cpu: u64, start: u64, end: u64) -> ProcessRecord {
+        ProcessRecord {
+            pid,
+            ppid: 1,
+            command: command.into(),
+            start_ns: start,
+            end_ns: end,
+            cpu_time_ns: cpu,
+            page_faults_minor: 0,
+            page_faults_major: 0,
+            io_read_bytes: 0,
+            io_write_bytes: 10,
+            exit_code: 0,
+        }
+    }
+
+    #[test]
+    fn tops_and_groups_rank_by_cpu_and_wall_time() {
+        let ps = [
+            process(1, "rustc", 50, 0, 100),
+            process(2, "rustc", 70, 0, 10),
+            process(3, "sh", 5, 0, 1_000),
+        ];
+        let cpu: Vec<u32> = top_by_cpu(&ps, 2).iter().map(|p| p.pid).collect();
+        assert_eq!(cpu, [2, 1]);
+        let wall: Vec<u32> = top_by_wall(&ps, 5).iter().map(|p| p.pid).collect();
+        assert_eq!(wall, [3, 1, 2]);
+        let groups = by_command(&ps);
+        assert_eq!(
+            (
+                groups[0].command.as_str(),
+                groups[0].count,
+                groups[0].cpu_time_ns
+            ),
+            ("rustc", 2, 120)
+        );
+        assert_eq!(
+            (groups[0].wall_time_ns, groups[0].io_write_bytes),
+            (110, 20)
+        );
+        assert_eq!(groups[1].command, "sh");
+    }
 
     #[test]
     fn a_record_names_its_process_and_tells_codes_from_signals() {

@@ -205,6 +205,46 @@ impl Report {
             .unwrap_or_else(|_| self.command.join(" "))
     }
 
+    /// The processes in the summary: the busiest by CPU and the commands that cost most.
+    fn process_summary(&self) -> String {
+        use crate::measure::processes::{by_command, top_by_cpu};
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n  {:<34} {:>8} {:>12} {:>12} {:>5}",
+            format!("processes ({}), most CPU first", self.processes.len()),
+            "pid",
+            "cpu",
+            "wall",
+            "exit"
+        );
+        for p in top_by_cpu(&self.processes, 5) {
+            let _ = writeln!(
+                out,
+                "  {:<34} {:>8} {:>12} {:>12} {:>5}",
+                p.command,
+                p.pid,
+                human_duration_ns(p.cpu_time_ns),
+                human_duration_ns(p.wall_time_ns()),
+                p.exit_code
+            );
+        }
+        let groups: Vec<String> = by_command(&self.processes)
+            .iter()
+            .take(5)
+            .map(|g| {
+                format!(
+                    "{} ×{} {}",
+                    g.command,
+                    g.count,
+                    human_duration_ns(g.cpu_time_ns)
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  by command: {}", groups.join(", "));
+        out
+    }
+
     /// The summary table printed at the end of a run.
     pub fn summary(&self) -> String {
         let mut out = String::new();
@@ -295,6 +335,9 @@ impl Report {
                     group_thousands(d.write_ops)
                 );
             }
+        }
+        if !self.processes.is_empty() {
+            out.push_str(&self.process_summary());
         }
         if !self.slos.is_empty() || !self.thresholds.is_empty() {
             let _ = writeln!(

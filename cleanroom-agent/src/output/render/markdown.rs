@@ -116,6 +116,9 @@ pub fn report(r: &Report) -> String {
         }
         out.push('\n');
     }
+    if !r.processes.is_empty() {
+        out.push_str(&processes(r));
+    }
     if let Some(c) = &r.comparison {
         let _ = writeln!(
             out,
@@ -161,6 +164,57 @@ pub fn report(r: &Report) -> String {
             r.unavailable.join(", ")
         );
     }
+    out
+}
+
+/// The processes: the ten with the most CPU, the ten that lasted longest, and the commands
+/// that cost most.
+fn processes(r: &Report) -> String {
+    use crate::measure::processes::{ProcessRecord, by_command, top_by_cpu, top_by_wall};
+    let mut out = String::new();
+    let table = |out: &mut String, title: &str, rows: Vec<&ProcessRecord>| {
+        let _ = writeln!(out, "{title}\n");
+        let _ = writeln!(out, "| pid | parent | command | CPU | wall | exit |");
+        let _ = writeln!(out, "| ---: | ---: | --- | ---: | ---: | ---: |");
+        for p in rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | `{}` | {} | {} | {} |",
+                p.pid,
+                p.ppid,
+                cell(&p.command),
+                human_duration_ns(p.cpu_time_ns),
+                human_duration_ns(p.wall_time_ns()),
+                p.exit_code
+            );
+        }
+        out.push('\n');
+    };
+    let n = r.processes.len();
+    table(
+        &mut out,
+        &format!("**Processes** ({n}): the most CPU"),
+        top_by_cpu(&r.processes, 10),
+    );
+    table(&mut out, "The longest", top_by_wall(&r.processes, 10));
+    let _ = writeln!(out, "By command\n");
+    let _ = writeln!(
+        out,
+        "| command | processes | CPU | wall (added) | written |"
+    );
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: |");
+    for g in by_command(&r.processes).iter().take(10) {
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} | {} |",
+            cell(&g.command),
+            g.count,
+            human_duration_ns(g.cpu_time_ns),
+            human_duration_ns(g.wall_time_ns),
+            crate::units::human_bytes(g.io_write_bytes)
+        );
+    }
+    out.push('\n');
     out
 }
 

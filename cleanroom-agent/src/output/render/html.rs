@@ -79,6 +79,97 @@ fn status_cell(s: Status) -> &'static str {
     }
 }
 
+/// The processes: a timeline of the longest, the ones with the most CPU, and by command.
+fn processes(r: &Report) -> String {
+    use crate::measure::processes::{by_command, top_by_cpu, top_by_wall};
+    let mut out = format!("<section><h2>Processes ({})</h2>", r.processes.len());
+    // The timeline: one bar per process from its start to its end, the 20 longest, in the
+    // order they started.
+    let mut longest = top_by_wall(&r.processes, 20);
+    longest.sort_by_key(|p| p.start_ns);
+    let span = r
+        .processes
+        .iter()
+        .map(|p| p.end_ns)
+        .chain([r.wall_time_ns])
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let (w, row, left) = (1180.0, 16.0, 240.0);
+    let h = row * longest.len() as f64 + 24.0;
+    let _ = write!(
+        out,
+        "<h3 class=\"small\">The {} longest, over the run's {}</h3><svg viewBox=\"0 0 {w} {h}\" width=\"100%\" role=\"img\" aria-label=\"process timeline\">",
+        longest.len(),
+        human_duration_ns(r.wall_time_ns)
+    );
+    for (i, p) in longest.iter().enumerate() {
+        let y = i as f64 * row;
+        let x0 = left + p.start_ns as f64 / span * (w - left - 10.0);
+        let x1 = left + p.end_ns as f64 / span * (w - left - 10.0);
+        let busy = if p.wall_time_ns() > 0 {
+            (p.cpu_time_ns as f64 / p.wall_time_ns() as f64).min(1.0)
+        } else {
+            0.0
+        };
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{} ({})</text>\
+             <rect x=\"{x0:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#2563eb\" fill-opacity=\"{:.2}\"><title>{} (pid {}): {} of CPU over {}</title></rect>",
+            left - 6.0,
+            y + 12.0,
+            esc(&p.command),
+            p.pid,
+            y + 3.0,
+            (x1 - x0).max(1.0),
+            row - 5.0,
+            0.25 + 0.75 * busy,
+            esc(&p.command),
+            p.pid,
+            human_duration_ns(p.cpu_time_ns),
+            human_duration_ns(p.wall_time_ns())
+        );
+    }
+    let _ = write!(
+        out,
+        "<text x=\"{left}\" y=\"{:.1}\">0 s</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text></svg>\
+         <p class=\"small muted\">A bar is darker the more of its time the process was on a CPU.</p>",
+        h - 4.0,
+        w - 10.0,
+        h - 4.0,
+        human_duration_ns(span as u64)
+    );
+    out.push_str("<h3 class=\"small\">The most CPU</h3><table><tr><th class=\"num\">pid</th><th class=\"num\">parent</th><th>command</th><th class=\"num\">CPU</th><th class=\"num\">wall</th><th class=\"num\">faults</th><th class=\"num\">written</th><th class=\"num\">exit</th></tr>");
+    for p in top_by_cpu(&r.processes, 20) {
+        let _ = write!(
+            out,
+            "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            p.pid,
+            p.ppid,
+            esc(&p.command),
+            human_duration_ns(p.cpu_time_ns),
+            human_duration_ns(p.wall_time_ns()),
+            p.page_faults_minor + p.page_faults_major,
+            human(p.io_write_bytes, crate::metric::Unit::Bytes),
+            p.exit_code
+        );
+    }
+    out.push_str("</table><h3 class=\"small\">By command</h3><table><tr><th>command</th><th class=\"num\">processes</th><th class=\"num\">CPU</th><th class=\"num\">wall (added)</th><th class=\"num\">written</th></tr>");
+    for g in by_command(&r.processes).iter().take(20) {
+        let _ = write!(
+            out,
+            "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            esc(&g.command),
+            g.count,
+            human_duration_ns(g.cpu_time_ns),
+            human_duration_ns(g.wall_time_ns),
+            human(g.io_write_bytes, crate::metric::Unit::Bytes)
+        );
+    }
+    out.push_str("</table></section>");
+    out
+}
+
 /// An SVG line chart of some series of the report, anomalies marked in red.
 fn line_chart(r: &Report, spec: &ChartSpec) -> Option<String> {
     let lines = plotted(r, spec);
@@ -381,6 +472,10 @@ pub fn report(r: &Report) -> String {
             "<section><h2>Latency</h2><div class=\"grid\">{}</div></section>",
             hists.join("")
         );
+    }
+
+    if !r.processes.is_empty() {
+        body.push_str(&processes(r));
     }
 
     body.push_str("<section><h2>Totals</h2><table><tr><th>metric</th><th class=\"num\">measured</th><th>meaning</th></tr>");

@@ -3,6 +3,9 @@
 //!
 //! `spin SECS`                     busy loop for SECS of wall time
 //! `spin-ms MS`                    spin MS ms of CPU time
+//! `children N MS LAST`            one at a time, N children spinning MS ms of CPU, then one
+//!                                 LAST ms; for each, a line `{"child":PID,"cpu_ns":N}` with
+//!                                 its CPU time as the parent's RUSAGE_CHILDREN grew by it
 //! `sleepy N MS`                   sleep N times for MS milliseconds
 //! `touch PAGES`                   touch PAGES fresh 4 KiB pages (no huge pages)
 //! `fork K MS`                     fork K children that each spin MS ms of CPU, then wait
@@ -228,6 +231,33 @@ fn main() {
             }
         }
         Some("spin-ms") => spin_cpu(Duration::from_millis(num(1))),
+        Some("children") => {
+            // One child at a time: N spinning MS ms of CPU, then one spinning LAST ms. The
+            // kernel adds each child's final CPU time to the parent's RUSAGE_CHILDREN when it is
+            // reaped, so the difference across one wait is that child's own, exit included.
+            let mut budgets = vec![num(2); num(1) as usize];
+            budgets.push(num(3));
+            let cpu_ns = |ru: libc::rusage| {
+                let us = |tv: libc::timeval| (tv.tv_sec * 1_000_000 + tv.tv_usec) as u64;
+                (us(ru.ru_utime) + us(ru.ru_stime)) * 1_000
+            };
+            for ms in budgets {
+                let before = cpu_ns(rusage(libc::RUSAGE_CHILDREN));
+                // SAFETY: the child only spins and calls _exit.
+                let pid = unsafe { libc::fork() };
+                assert!(pid >= 0, "fork failed");
+                if pid == 0 {
+                    spin_cpu(Duration::from_millis(ms));
+                    // SAFETY: leaves the child without running the parent's destructors.
+                    unsafe { libc::_exit(0) };
+                }
+                let mut status = 0;
+                // SAFETY: waits for our own child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                let after = cpu_ns(rusage(libc::RUSAGE_CHILDREN));
+                println!(r#"{{"child":{pid},"cpu_ns":{}}}"#, after - before);
+            }
+        }
         Some("sleepy") => {
             for _ in 0..num(1) {
                 std::thread::sleep(Duration::from_millis(num(2)));

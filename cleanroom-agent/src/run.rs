@@ -38,7 +38,7 @@ use crate::{
     config::{CleanroomConfig, ResourceLimits},
     host,
     judge::analyze,
-    judge::verdict::{Event, EventKind, Verdict},
+    judge::verdict::{Event, EventKind},
     kernel::probe::Probes,
     measure::collect,
     measure::session::{End, Figures, Session, SessionOptions},
@@ -46,7 +46,7 @@ use crate::{
         escape::{EscapeWatch, EscapedProcess},
         processes::{ProcessRecord, ProcessWatch},
     },
-    output::report::{self, CgroupRef, Interruption, Leftover, Report, SCHEMA_VERSION},
+    output::report::{self, CgroupRef, Interruption, Leftover, Report},
 };
 
 /// What to run and where results go.
@@ -525,50 +525,30 @@ fn assemble(opts: &RunOptions, outcome: Outcome, figures: Figures) -> Report {
     let Outcome {
         ended, wound_down, ..
     } = outcome;
+    let command = opts.label.clone().unwrap_or_else(|| {
+        opts.command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    });
     Report {
-        schema_version: SCHEMA_VERSION,
-        command: opts.label.clone().unwrap_or_else(|| {
-            opts.command
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect()
-        }),
         exit_code: exit_code(ended.status),
-        started_at: humantime::format_rfc3339_seconds(figures.started_at).to_string(),
-        wall_time_ns: figures.wall_time_ns,
-        cgroup: outcome.cgroup,
-        totals: figures.totals,
-        block_devices: figures.block_devices,
-        kernel: figures.kernel,
-        unavailable: figures.unavailable,
-        dropped: figures
-            .drops
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect::<BTreeMap<_, _>>(),
         notes,
         interrupted: ended.interrupted.map(|signal| Interruption {
             signal: signal.to_owned(),
             killed_leftovers: wound_down.killed,
         }),
         leftovers: wound_down.left_behind,
-        comparison: None,
         escaped: outcome.escaped,
         processes: outcome.processes,
-        aggregates: figures.aggregates,
-        anomalies: figures.anomalies,
-        anomalies_found: figures.anomalies_found,
-        anomaly_method: analyze::ANOMALY_METHOD.to_owned(),
-        series_resolution: figures.series_resolution,
-        series: figures.series,
-        slos: Vec::new(),
-        thresholds: figures.thresholds,
-        events: figures.events,
-        insights: Vec::new(),
-        verdict: Verdict::default(),
         name: opts.name.clone(),
         tags: opts.tags.clone(),
-        host: report::HostInfo::current(),
+        ..Report::unjudged(
+            figures,
+            command,
+            outcome.cgroup,
+            report::HostInfo::current(),
+        )
     }
 }
 

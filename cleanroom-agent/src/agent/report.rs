@@ -2,14 +2,12 @@
 //! `cleanroom run`'s, named after its rule and tagged with its cgroup, its rule and why the
 //! watch ended.
 
-use std::collections::BTreeMap;
-
 use super::watched::{Ended, Finished};
 use crate::{
     judge::analyze,
-    judge::verdict::{Event, EventKind, Verdict},
+    judge::verdict::{Event, EventKind},
     measure::collect,
-    output::report::{CgroupRef, HostInfo, Interruption, Report, SCHEMA_VERSION},
+    output::report::{CgroupRef, HostInfo, Interruption, Report},
 };
 
 /// The judged report of `finished`.
@@ -62,48 +60,19 @@ pub fn report(finished: Finished, host: &HostInfo) -> Report {
     tags.insert("cgroup".into(), cgroup.clone());
     tags.insert("rule".into(), rule.run_name().to_owned());
     tags.insert("ended".into(), ended.as_str().to_owned());
+    let cgroup_ref = CgroupRef {
+        path: path.display().to_string(),
+        id: id.0,
+    };
     let report = Report {
-        schema_version: SCHEMA_VERSION,
-        command: vec![cgroup],
-        exit_code: 0,
-        started_at: humantime::format_rfc3339_seconds(figures.started_at).to_string(),
-        wall_time_ns: figures.wall_time_ns,
-        cgroup: CgroupRef {
-            path: path.display().to_string(),
-            id: id.0,
-        },
-        totals: figures.totals,
-        block_devices: figures.block_devices,
-        kernel: figures.kernel,
-        unavailable: figures.unavailable,
-        dropped: figures
-            .drops
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect::<BTreeMap<_, _>>(),
         notes,
         interrupted: (ended == Ended::AgentStopped).then(|| Interruption {
             signal: Ended::AgentStopped.as_str().to_owned(),
             killed_leftovers: 0,
         }),
-        leftovers: Vec::new(),
-        comparison: None,
-        escaped: Vec::new(),
-        processes: Vec::new(),
-        aggregates: figures.aggregates,
-        anomalies: figures.anomalies,
-        anomalies_found: figures.anomalies_found,
-        anomaly_method: analyze::ANOMALY_METHOD.to_owned(),
-        series_resolution: figures.series_resolution,
-        series: figures.series,
-        slos: Vec::new(),
-        thresholds: figures.thresholds,
-        events: figures.events,
-        insights: Vec::new(),
-        verdict: Verdict::default(),
         name: Some(rule.run_name().to_owned()),
         tags,
-        host: host.clone(),
+        ..Report::unjudged(figures, vec![cgroup], cgroup_ref, host.clone())
     };
     analyze::judge(&config, report, not_applicable)
 }

@@ -134,6 +134,56 @@ pub struct HostInfo {
     pub git_branch: Option<String>,
 }
 
+impl Report {
+    /// The report of a session's `figures`, not yet judged: measured in `cgroup`, by `command`,
+    /// on `host`. What only a front end knows (exit code, notes, interruption, leftovers,
+    /// escaped and listed processes, name, tags) is left empty for it to set.
+    pub fn unjudged(
+        figures: crate::measure::session::Figures,
+        command: Vec<String>,
+        cgroup: CgroupRef,
+        host: HostInfo,
+    ) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            command,
+            exit_code: 0,
+            started_at: humantime::format_rfc3339_seconds(figures.started_at).to_string(),
+            wall_time_ns: figures.wall_time_ns,
+            cgroup,
+            totals: figures.totals,
+            block_devices: figures.block_devices,
+            kernel: figures.kernel,
+            unavailable: figures.unavailable,
+            dropped: figures
+                .drops
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            notes: Vec::new(),
+            interrupted: None,
+            leftovers: Vec::new(),
+            comparison: None,
+            escaped: Vec::new(),
+            processes: Vec::new(),
+            aggregates: figures.aggregates,
+            anomalies: figures.anomalies,
+            anomalies_found: figures.anomalies_found,
+            anomaly_method: crate::judge::analyze::ANOMALY_METHOD.to_owned(),
+            series_resolution: figures.series_resolution,
+            series: figures.series,
+            slos: Vec::new(),
+            thresholds: figures.thresholds,
+            events: figures.events,
+            insights: Vec::new(),
+            verdict: Verdict::default(),
+            name: None,
+            tags: BTreeMap::new(),
+            host,
+        }
+    }
+}
+
 impl HostInfo {
     /// This machine, and the source tree of the working directory.
     pub fn current() -> Self {

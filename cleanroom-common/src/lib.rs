@@ -30,6 +30,9 @@ pub mod maps {
     /// Ring buffer of [`crate::ProcessExit`] records, one per process of a watched run, sent
     /// at its last thread's last context switch (when its CPU time is final).
     pub const PROCESS_RECORDS: &str = "PROCESS_RECORDS";
+    /// Hash: tgid (`u32`) of a watched run's process → [`crate::CommandLine`], taken at its
+    /// `exec` (or inherited at its fork) and sent with its [`crate::ProcessExit`].
+    pub const COMMAND_LINES: &str = "COMMAND_LINES";
 }
 
 /// Names of the programs of the BPF object (the Rust function names in `cleanroom-ebpf`).
@@ -48,6 +51,8 @@ pub mod programs {
     pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
     /// The same, for kernels whose tracepoint has no `group_dead` argument (before 6.16).
     pub const SCHED_PROCESS_EXIT_V1: &str = "sched_process_exit_v1";
+    /// `tp_btf/sched_process_exec`: a watched run's process's command line, after `exec`.
+    pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
     /// `tp_btf/page_fault_user`: faults taken in user mode.
     pub const PAGE_FAULT_USER: &str = "page_fault_user";
     /// `tp_btf/page_fault_kernel`: faults taken in kernel mode.
@@ -166,6 +171,10 @@ pub const OFFSETS: &[(&str, &str, &str)] = &[
         "signal_struct",
         "ioac.write_bytes",
     ),
+    // A process's command line, read at its exec.
+    ("OFF_TASK_MM", "task_struct", "mm"),
+    ("OFF_MM_ARG_START", "mm_struct", "arg_start"),
+    ("OFF_MM_ARG_END", "mm_struct", "arg_end"),
 ];
 
 /// Offsets of another kernel generation's layout: a kernel has either `bio.bi_bdev` (5.12 on) or
@@ -463,7 +472,7 @@ const _: () = assert!(core::mem::size_of::<Escape>() == 48);
 /// A process of a watched run that ended ([`maps::PROCESS_RECORDS`]): what the kernel accounted
 /// to it, as `getrusage(RUSAGE_SELF)` would say it (its threads together, children apart).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessExit {
     /// The run (the v2 id of the run's own cgroup).
     pub run_id: u64,
@@ -487,13 +496,56 @@ pub struct ProcessExit {
     pub ppid: u32,
     /// `task->exit_code` of the last thread (wait status: code << 8, or the signal).
     pub exit_code: u32,
-    /// Zero.
-    pub _pad: u32,
+    /// Length of its whole command line (may exceed [`COMMAND_LINE_BYTES`]); 0 when none was
+    /// taken.
+    pub command_line_len: u32,
     /// `task->comm` at the end, NUL-padded.
     pub comm: [u8; 16],
+    /// The first `min(command_line_len, COMMAND_LINE_BYTES)` bytes of its command line: the
+    /// arguments, each NUL-terminated, as `/proc/PID/cmdline` has them.
+    pub command_line: [u8; COMMAND_LINE_BYTES],
 }
 
-const _: () = assert!(core::mem::size_of::<ProcessExit>() == 96);
+impl Default for ProcessExit {
+    fn default() -> Self {
+        Self {
+            run_id: 0,
+            start_ns: 0,
+            end_ns: 0,
+            cpu_ns: 0,
+            minor_faults: 0,
+            major_faults: 0,
+            io_read_bytes: 0,
+            io_write_bytes: 0,
+            tgid: 0,
+            ppid: 0,
+            exit_code: 0,
+            command_line_len: 0,
+            comm: [0; 16],
+            command_line: [0; COMMAND_LINE_BYTES],
+        }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<ProcessExit>() == 96 + COMMAND_LINE_BYTES);
+
+/// Bytes of a process's command line kept ([`ProcessExit::command_line`]).
+pub const COMMAND_LINE_BYTES: usize = 256;
+
+/// A watched run's process's command line ([`maps::COMMAND_LINES`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandLine {
+    /// Length of the whole command line (`mm->arg_end - mm->arg_start`).
+    pub len: u32,
+    /// Zero.
+    pub _pad: u32,
+    /// Its first `min(len, COMMAND_LINE_BYTES)` bytes; the rest is undefined.
+    pub bytes: [u8; COMMAND_LINE_BYTES],
+}
+
+/// Capacity of [`maps::COMMAND_LINES`]: processes of watched runs alive at once.
+pub const MAX_COMMAND_LINES: u32 = 8_192;
 
 /// A process's last thread between its exit and its last switch ([`maps::EXITING`]): its run,
 /// and the figures of its other threads as they were at the exit. They are taken then because
@@ -564,8 +616,11 @@ pub mod drop_reason {
     /// A process of a run ended unrecorded ([`crate::maps::EXITING`] or
     /// [`crate::maps::PROCESS_RECORDS`] was full).
     pub const PROCESS_RECORD_LOST: u32 = 9;
+    /// [`crate::maps::COMMAND_LINES`] was full: a process's record goes without its command
+    /// line.
+    pub const COMMAND_LINES_MAP_FULL: u32 = 10;
     /// Number of reasons (size of the drops array).
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 #[cfg(feature = "user")]
@@ -576,6 +631,8 @@ mod pod {
     unsafe impl aya::Pod for super::CgroupStats {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::ProcessExit {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::CommandLine {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::BlockKey {}
     // SAFETY: see above.

@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// `-E2BIG`: what a map update returns when the map is full.
-const E2BIG: i32 = -7;
+pub const E2BIG: i32 = -7;
 
 /// The run that cgroup `id` belongs to, if it is watched.
 #[inline(always)]
@@ -101,6 +101,7 @@ pub fn on_fork(parent: *const u8, parent_cgroup: u64, child: *const u8, tgid: u3
         }
     }
     track(tgid, run_id, start_time);
+    crate::process::on_fork(read::<u32>(parent, &OFF_TASK_TGID).unwrap_or(0), tgid);
 }
 
 /// `sched_process_exit` of the last thread of the current process, in cgroup `cgroup`. Only a

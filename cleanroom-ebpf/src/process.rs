@@ -2,25 +2,34 @@
 //! its last thread's `sched_process_exit`, sent at that thread's last context switch, when its
 //! CPU time is final (the exit path after the tracepoint runs for a few hundred µs more).
 //!
+//! A process's command line is taken at its `exec` (its new arguments are in its memory
+//! then) or inherited from its parent at its fork, kept by tgid, and sent with its record.
+//!
 //! Nothing here runs on a hot path but a test of the switched-out task's state: the record is
 //! built only for a dead task that was marked.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::map,
-    maps::{HashMap, RingBuf},
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user_buf},
+    macros::{btf_tracepoint, map},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::BtfTracePointContext,
 };
-use cleanroom_common::{Exiting, MAX_EXITING, PROCESS_RECORDS_BYTES, ProcessExit, drop_reason};
+use cleanroom_common::{
+    COMMAND_LINE_BYTES, CommandLine, Exiting, MAX_COMMAND_LINES, MAX_EXITING,
+    PROCESS_RECORDS_BYTES, ProcessExit, drop_reason,
+};
 
 use crate::{
-    escape::run_of_cgroup,
+    escape::{E2BIG, run_of_cgroup},
     maps::count_drop,
     task::{
-        OFF_SIGNAL_IOAC_READ_BYTES, OFF_SIGNAL_IOAC_WRITE_BYTES, OFF_SIGNAL_MAJ_FLT,
-        OFF_SIGNAL_MIN_FLT, OFF_SIGNAL_SUM_SCHED_RUNTIME, OFF_TASK_EXIT_CODE,
+        OFF_MM_ARG_END, OFF_MM_ARG_START, OFF_SIGNAL_IOAC_READ_BYTES, OFF_SIGNAL_IOAC_WRITE_BYTES,
+        OFF_SIGNAL_MAJ_FLT, OFF_SIGNAL_MIN_FLT, OFF_SIGNAL_SUM_SCHED_RUNTIME, OFF_TASK_EXIT_CODE,
         OFF_TASK_IOAC_READ_BYTES, OFF_TASK_IOAC_WRITE_BYTES, OFF_TASK_MAJ_FLT, OFF_TASK_MIN_FLT,
-        OFF_TASK_PID, OFF_TASK_REAL_PARENT, OFF_TASK_SIGNAL, OFF_TASK_SUM_EXEC_RUNTIME,
-        OFF_TASK_TGID, comm_of, leader_start_time, read, read_optional,
+        OFF_TASK_MM, OFF_TASK_PID, OFF_TASK_REAL_PARENT, OFF_TASK_SIGNAL,
+        OFF_TASK_SUM_EXEC_RUNTIME, OFF_TASK_TGID, comm_of, current_cgroup_id, leader_start_time,
+        read, read_optional, read_ptr,
     },
 };
 
@@ -35,12 +44,81 @@ pub static EXITING: HashMap<u32, Exiting> = HashMap::with_max_entries(MAX_EXITIN
 #[map]
 pub static PROCESS_RECORDS: RingBuf = RingBuf::with_byte_size(PROCESS_RECORDS_BYTES, 0);
 
+/// tgid of a watched run's process → its command line, from its exec or fork to its record.
+#[map]
+pub static COMMAND_LINES: HashMap<u32, CommandLine> =
+    HashMap::with_max_entries(MAX_COMMAND_LINES, 0);
+
+/// Room to read a command line into before it goes into [`COMMAND_LINES`] (too big for the
+/// stack).
+#[map]
+static COMMAND_LINE_SCRATCH: PerCpuArray<CommandLine> = PerCpuArray::with_max_entries(1, 0);
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`: runs
+/// in `p` once its new program is loaded, its arguments in its memory.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> u32 {
+    on_exec(ctx.arg(0));
+    0
+}
+
+/// A process of a watched run ran a new program: its command line, kept.
+#[inline(always)]
+fn on_exec(task: *const u8) {
+    if run_of_cgroup(current_cgroup_id()).is_none() {
+        return;
+    }
+    let Some(mm) = read_ptr(task, &OFF_TASK_MM) else {
+        return;
+    };
+    let start = read::<u64>(mm, &OFF_MM_ARG_START).unwrap_or(0);
+    let len = read::<u64>(mm, &OFF_MM_ARG_END)
+        .unwrap_or(0)
+        .saturating_sub(start);
+    let tgid = read::<u32>(task, &OFF_TASK_TGID).unwrap_or(0);
+    let Some(scratch) = COMMAND_LINE_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch value, not shared while the program runs.
+    let line = unsafe { &mut *scratch };
+    let n = if len > COMMAND_LINE_BYTES as u64 {
+        COMMAND_LINE_BYTES
+    } else {
+        len as usize
+    };
+    line.len = len.min(u64::from(u32::MAX)) as u32;
+    // SAFETY: the helper checks the user address and fails instead of faulting.
+    if n > 0
+        && unsafe { bpf_probe_read_user_buf(start as *const u8, &mut line.bytes[..n]) }.is_err()
+    {
+        line.len = 0;
+    }
+    if COMMAND_LINES.insert(&tgid, line, 0) == Err(E2BIG) {
+        count_drop(drop_reason::COMMAND_LINES_MAP_FULL);
+    }
+}
+
+/// A watched run's process `parent_tgid` forked `child_tgid`: the child has its parent's command
+/// line until it runs a program of its own.
+#[inline(always)]
+pub fn on_fork(parent_tgid: u32, child_tgid: u32) {
+    // A pointer, not an `Option` of the value (see `on_switch_away`).
+    let Some(line) = COMMAND_LINES.get_ptr(&parent_tgid) else {
+        return;
+    };
+    // SAFETY: a map value, handed straight to the update helper.
+    if COMMAND_LINES.insert(&child_tgid, unsafe { &*line }, u64::from(BPF_NOEXIST)) == Err(E2BIG) {
+        count_drop(drop_reason::COMMAND_LINES_MAP_FULL);
+    }
+}
+
 /// `task`, the last thread of a process in cgroup `cgroup`, is exiting: marked if the process
-/// belongs to a watched run.
+/// belongs to a watched run. One that left its run forgets its command line now.
 #[inline(always)]
 pub fn on_group_dead(cgroup: u64, task: *const u8) {
     let run = run_of_cgroup(cgroup).unwrap_or(0);
     if run == 0 {
+        let _ = COMMAND_LINES.remove(&read::<u32>(task, &OFF_TASK_TGID).unwrap_or(0));
         return;
     }
     let pid = read::<u32>(task, &OFF_TASK_PID).unwrap_or(0);
@@ -77,23 +155,41 @@ pub fn on_switch_away(prev: *const u8, prev_state: u64) {
     let own = |off| read_optional::<u64>(prev, off).unwrap_or(0);
     let parent =
         read_optional::<*const u8>(prev, &OFF_TASK_REAL_PARENT).unwrap_or(core::ptr::null());
-    let record = ProcessExit {
-        run_id: group.run_id,
-        start_ns: leader_start_time(prev).unwrap_or(0),
-        // SAFETY: helper without preconditions.
-        end_ns: unsafe { bpf_ktime_get_ns() },
-        cpu_ns: own(&OFF_TASK_SUM_EXEC_RUNTIME) + group.cpu_ns,
-        minor_faults: own(&OFF_TASK_MIN_FLT) + group.minor_faults,
-        major_faults: own(&OFF_TASK_MAJ_FLT) + group.major_faults,
-        io_read_bytes: own(&OFF_TASK_IOAC_READ_BYTES) + group.io_read_bytes,
-        io_write_bytes: own(&OFF_TASK_IOAC_WRITE_BYTES) + group.io_write_bytes,
-        tgid: read::<u32>(prev, &OFF_TASK_TGID).unwrap_or(0),
-        ppid: read_optional::<u32>(parent, &OFF_TASK_TGID).unwrap_or(0),
-        exit_code: read_optional::<u32>(prev, &OFF_TASK_EXIT_CODE).unwrap_or(0),
-        _pad: 0,
-        comm: comm_of(prev),
-    };
-    if PROCESS_RECORDS.output::<ProcessExit>(&record, 0).is_err() {
+    let tgid = read::<u32>(prev, &OFF_TASK_TGID).unwrap_or(0);
+    // Written in place: with its command line the record is too big for the stack.
+    let Some(mut entry) = PROCESS_RECORDS.reserve::<ProcessExit>(0) else {
         count_drop(drop_reason::PROCESS_RECORD_LOST);
+        let _ = COMMAND_LINES.remove(&tgid);
+        return;
+    };
+    let out = entry.as_mut_ptr();
+    // SAFETY: `out` is the reserved record, ours until submitted; `line` is a map value read
+    // before its entry is removed.
+    unsafe {
+        (*out).run_id = group.run_id;
+        (*out).start_ns = leader_start_time(prev).unwrap_or(0);
+        // SAFETY: helper without preconditions.
+        (*out).end_ns = bpf_ktime_get_ns();
+        (*out).cpu_ns = own(&OFF_TASK_SUM_EXEC_RUNTIME) + group.cpu_ns;
+        (*out).minor_faults = own(&OFF_TASK_MIN_FLT) + group.minor_faults;
+        (*out).major_faults = own(&OFF_TASK_MAJ_FLT) + group.major_faults;
+        (*out).io_read_bytes = own(&OFF_TASK_IOAC_READ_BYTES) + group.io_read_bytes;
+        (*out).io_write_bytes = own(&OFF_TASK_IOAC_WRITE_BYTES) + group.io_write_bytes;
+        (*out).tgid = tgid;
+        (*out).ppid = read_optional::<u32>(parent, &OFF_TASK_TGID).unwrap_or(0);
+        (*out).exit_code = read_optional::<u32>(prev, &OFF_TASK_EXIT_CODE).unwrap_or(0);
+        (*out).comm = comm_of(prev);
+        match COMMAND_LINES.get_ptr(&tgid) {
+            Some(line) => {
+                (*out).command_line_len = (*line).len;
+                (*out).command_line = (*line).bytes;
+            }
+            None => {
+                (*out).command_line_len = 0;
+                (*out).command_line = [0; COMMAND_LINE_BYTES];
+            }
+        }
     }
+    let _ = COMMAND_LINES.remove(&tgid);
+    entry.submit(0);
 }

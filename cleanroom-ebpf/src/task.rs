@@ -73,6 +73,9 @@ offsets!(
     OFF_SIGNAL_MAJ_FLT,
     OFF_SIGNAL_IOAC_READ_BYTES,
     OFF_SIGNAL_IOAC_WRITE_BYTES,
+    OFF_TASK_MM,
+    OFF_MM_ARG_START,
+    OFF_MM_ARG_END,
 );
 
 /// 1 where the kernel has `bpf_get_current_task_btf` (5.11 on), set by the agent from the

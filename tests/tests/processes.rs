@@ -45,6 +45,12 @@ fn every_process_is_listed_with_its_own_cpu_time() {
         );
         assert_eq!(p["exit_code"], 0);
         assert!(u64_at(p, "/end_ns") > u64_at(p, "/start_ns"), "{p:#}");
+        // A child forked without exec has its parent's command line.
+        assert_eq!(
+            p["command_line"].as_str(),
+            Some(format!("{w} children 20 50 500").as_str()),
+            "{p:#}"
+        );
     }
     let sum: u64 = processes.iter().map(|p| u64_at(p, "/cpu_time_ns")).sum();
     let run = u64_at(&report, "/totals/cpu_time_ns");
@@ -62,7 +68,7 @@ fn every_process_is_listed_with_its_own_cpu_time() {
         "every process that ended is listed"
     );
 
-    // The Markdown lists the busiest and groups them by command.
+    // The Markdown lists the busiest and groups them by program.
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("run.json");
     std::fs::write(&json, report.to_string()).unwrap();
@@ -80,7 +86,90 @@ fn every_process_is_listed_with_its_own_cpu_time() {
     );
     let group = md
         .lines()
-        .find(|l| l.starts_with("| `cleanroom-test-` |"))
+        .find(|l| l.starts_with("| `cleanroom-test-workload` |"))
         .unwrap_or_else(|| panic!("no group of the workload in:\n{md}"));
-    assert!(group.starts_with("| `cleanroom-test-` | 22 |"), "{group}");
+    assert!(
+        group.starts_with("| `cleanroom-test-workload` | 22 |"),
+        "{group}"
+    );
+}
+
+/// A shell running programs: each program's command line as it was given (quoted where an
+/// argument holds a space, cut at 256 bytes and marked so), its parent the shell, and the
+/// shell's own exit code; against `/proc/PID/cmdline` of the same commands read by the
+/// programs themselves.
+#[test]
+fn command_lines_and_parents_are_the_processes_own() {
+    if !privileged("command_lines_and_parents_are_the_processes_own") {
+        return;
+    }
+    let w = workload_bin!().to_str().unwrap().to_owned();
+    let long = "x".repeat(300);
+    let script = format!(
+        "for i in 1 2 3; do {w} cmdline \"marker $i\" plain-$i; done; {w} cmdline {long}; exit 3"
+    );
+    let cg = TestCgroup::new("cmdlines");
+    let (output, report) = run_measured(&cg, &["sh", "-c", &script]);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    cleanroom_tests::assert_matches_schema(&report);
+    // Each program printed its pid, its parent and its /proc/self/cmdline.
+    let own: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("cmdline").is_some())
+        .collect();
+    assert_eq!(own.len(), 4, "{own:?}");
+    let processes = report["processes"].as_array().unwrap();
+    let by_pid: BTreeMap<u64, &serde_json::Value> =
+        processes.iter().map(|p| (u64_at(p, "/pid"), p)).collect();
+    let shell = processes
+        .iter()
+        .find(|p| p["command"] == "sh")
+        .unwrap_or_else(|| panic!("no shell in {processes:#?}"));
+    assert_eq!(shell["exit_code"], 3, "{shell:#}");
+    // The script is longer than what is kept: its start, quoted, and the cut marked.
+    let shell_line = shell["command_line"].as_str().unwrap();
+    let kept = &script[..256 - "sh\0-c\0".len()];
+    assert_eq!(shell_line, format!("sh -c '{kept}'"), "{shell:#}");
+    assert_eq!(shell["command_line_truncated"], true, "{shell:#}");
+    for (i, o) in own.iter().enumerate() {
+        let p = by_pid
+            .get(&u64_at(o, "/pid"))
+            .unwrap_or_else(|| panic!("{o} not listed: {processes:#?}"));
+        assert_eq!(p["ppid"], o["ppid"], "{p:#}");
+        assert_eq!(p["ppid"], shell["pid"], "{p:#}");
+        let args: Vec<&str> = o["cmdline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let line = p["command_line"].as_str().unwrap();
+        if i < 3 {
+            assert_eq!(
+                args,
+                [
+                    w.as_str(),
+                    "cmdline",
+                    &format!("marker {}", i + 1),
+                    &format!("plain-{}", i + 1)
+                ]
+            );
+            assert_eq!(
+                line,
+                format!("{w} cmdline 'marker {}' plain-{}", i + 1, i + 1),
+                "{p:#}"
+            );
+            assert!(p.get("command_line_truncated").is_none(), "{p:#}");
+        } else {
+            let whole = args.join(" ");
+            assert!(whole.len() > 256, "{whole}");
+            assert_eq!(p["command_line_truncated"], true, "{p:#}");
+            assert!(
+                whole.starts_with(line),
+                "{line} is not the start of {whole}"
+            );
+            assert!(line.len() >= 250, "{line}");
+        }
+    }
 }

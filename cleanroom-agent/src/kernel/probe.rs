@@ -240,6 +240,18 @@ pub const HOOKS: &[Hook] = &[
         }],
     },
     Hook {
+        program: programs::SCHED_PROCESS_EXEC,
+        attach: Attach::TpBtf("sched_process_exec"),
+        metrics: &[],
+        needs: &[
+            "OFF_TASK_MM",
+            "OFF_MM_ARG_START",
+            "OFF_MM_ARG_END",
+            "OFF_TASK_TGID",
+        ],
+        fallbacks: &[],
+    },
+    Hook {
         program: programs::PAGE_FAULT_USER,
         attach: Attach::TpBtf("page_fault_user"),
         metrics: &[V(Metric::PageFaultsUser)],
@@ -476,7 +488,11 @@ const DROP_NAMES: &[(u32, &str)] = &[
     (drop_reason::RUN_PROCS_MAP_FULL, RUN_PROCS_MAP_FULL),
     (drop_reason::ESCAPES_MAP_FULL, ESCAPES_MAP_FULL),
     (drop_reason::PROCESS_RECORD_LOST, PROCESS_RECORDS_LOST),
+    (drop_reason::COMMAND_LINES_MAP_FULL, COMMAND_LINES_MAP_FULL),
 ];
+
+/// Drop name: a process's record went without its command line (the kernel's map was full).
+pub const COMMAND_LINES_MAP_FULL: &str = "command_lines_map_full";
 
 /// Drop name: a process of a run ended without its record (the kernel's buffer was full).
 pub const PROCESS_RECORDS_LOST: &str = "process_records_lost";
@@ -933,6 +949,14 @@ impl Probes {
             .chain(self.escapes_unavailable())
             .collect();
         (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    /// Why processes' command lines cannot be taken here, if they cannot.
+    pub fn command_lines_unavailable(&self) -> Option<String> {
+        self.status
+            .iter()
+            .find(|s| s.hook.program == programs::SCHED_PROCESS_EXEC)
+            .and_then(|s| Some(format!("{}: {}", s.hook.attach, s.error.as_ref()?)))
     }
 
     /// The records of run `run_id`'s processes that ended since the last call, taken out of the

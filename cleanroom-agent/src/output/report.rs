@@ -272,7 +272,7 @@ impl Report {
             let _ = writeln!(
                 out,
                 "  {:<34} {:>8} {:>12} {:>12} {:>5}",
-                p.command,
+                p.brief(34),
                 p.pid,
                 human_duration_ns(p.cpu_time_ns),
                 human_duration_ns(p.wall_time_ns()),
@@ -291,7 +291,7 @@ impl Report {
                 )
             })
             .collect();
-        let _ = writeln!(out, "  by command: {}", groups.join(", "));
+        let _ = writeln!(out, "  by program: {}", groups.join(", "));
         out
     }
 

@@ -3,6 +3,7 @@
 //!
 //! `spin SECS`                     busy loop for SECS of wall time
 //! `spin-ms MS`                    spin MS ms of CPU time
+//! `cmdline ARGS...`              print `{"pid","ppid","cmdline"}`: its own from /proc
 //! `children N MS LAST`            one at a time, N children spinning MS ms of CPU, then one
 //!                                 LAST ms; for each, a line `{"child":PID,"cpu_ns":N}` with
 //!                                 its CPU time as the parent's RUSAGE_CHILDREN grew by it
@@ -231,6 +232,24 @@ fn main() {
             }
         }
         Some("spin-ms") => spin_cpu(Duration::from_millis(num(1))),
+        Some("cmdline") => {
+            // Its own pid, parent and arguments as /proc has them.
+            let raw = std::fs::read("/proc/self/cmdline").expect("reading /proc/self/cmdline");
+            let args: Vec<String> = raw
+                .strip_suffix(&[0])
+                .unwrap_or(&raw)
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "pid": std::process::id(),
+                    "ppid": std::os::unix::process::parent_id(),
+                    "cmdline": args,
+                })
+            );
+        }
         Some("children") => {
             // One child at a time: N spinning MS ms of CPU, then one spinning LAST ms. The
             // kernel adds each child's final CPU time to the parent's RUSAGE_CHILDREN when it is

@@ -1,4 +1,5 @@
-//! One self-contained HTML page (inline CSS and SVG, no scripts, nothing fetched at view time):
+//! One self-contained HTML page (inline CSS and SVG, no scripts, nothing fetched at view time;
+//! tables sort by radio buttons and CSS):
 //! verdict, SLO table, insights, a chart of every time series with anomalies marked, latency
 //! histograms, totals, devices, events.
 
@@ -9,6 +10,7 @@ use crate::{
     judge::verdict::{Status, Verdict},
     measure::collect::Total,
     measure::model::LatencySummary,
+    measure::processes::ProcessRecord,
     metric::{Kind, Latency, Metric, human},
     output::report::Report,
     units::human_duration_ns,
@@ -49,7 +51,7 @@ section { background:#fff; border:1px solid var(--line); border-radius:10px; pad
 section h2 { margin:0 0 12px; font-size:16px; }
 table { border-collapse:collapse; width:100%; font-size:13px; }
 th, td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line); }
-th { color:var(--muted); font-weight:600; } td.num { text-align:right; font-variant-numeric:tabular-nums; }
+th { color:var(--muted); font-weight:600; } td.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
 .status.pass { color:var(--pass); font-weight:600; } .status.fail { color:var(--fail); font-weight:700; }
 .status.unmeasured { color:var(--warn); font-weight:600; } .status.na { color:var(--muted); }
 .grid { display:grid; grid-template-columns:repeat(auto-fill, minmax(560px, 1fr)); gap:16px; }
@@ -59,6 +61,15 @@ th { color:var(--muted); font-weight:600; } td.num { text-align:right; font-vari
 ul.insights { margin:0; padding-left:20px; } ul.insights li { margin:4px 0; }
 .muted { color:var(--muted); } .small { font-size:12px; }
 svg text { font:11px -apple-system, "Segoe UI", Roboto, Arial, sans-serif; fill:#6b7280; }
+.sortable > input { position:absolute; opacity:0; pointer-events:none; } .sortable tbody { display:none; }
+.sortable label { cursor:pointer; text-decoration:underline dotted; }
+#order-start:checked ~ table tbody.order-start, #order-cpu:checked ~ table tbody.order-cpu, #order-wall:checked ~ table tbody.order-wall,
+#order-faults:checked ~ table tbody.order-faults, #order-read:checked ~ table tbody.order-read, #order-written:checked ~ table tbody.order-written { display:table-row-group; }
+#order-start:checked ~ table label[for=order-start], #order-cpu:checked ~ table label[for=order-cpu], #order-wall:checked ~ table label[for=order-wall],
+#order-faults:checked ~ table label[for=order-faults], #order-read:checked ~ table label[for=order-read], #order-written:checked ~ table label[for=order-written] { color:var(--fg); text-decoration:none; }
+#order-start:checked ~ table label[for=order-start]::after { content:" ▴"; }
+#order-cpu:checked ~ table label[for=order-cpu]::after, #order-wall:checked ~ table label[for=order-wall]::after, #order-faults:checked ~ table label[for=order-faults]::after,
+#order-read:checked ~ table label[for=order-read]::after, #order-written:checked ~ table label[for=order-written]::after { content:" ▾"; }
 "#;
 
 fn page(title: &str, header: &str, body: &str) -> String {
@@ -79,9 +90,10 @@ fn status_cell(s: Status) -> &'static str {
     }
 }
 
-/// The processes: a timeline of the longest, the ones with the most CPU, and by command.
+/// The processes: a timeline of the longest, every process in a sortable table, the process
+/// tree, and by program.
 fn processes(r: &Report) -> String {
-    use crate::measure::processes::{by_command, top_by_cpu, top_by_wall};
+    use crate::measure::processes::{by_command, top_by_wall};
     let mut out = format!("<section><h2>Processes ({})</h2>", r.processes.len());
     // The timeline: one bar per process from its start to its end, the 20 longest, in the
     // order they started.
@@ -118,13 +130,13 @@ fn processes(r: &Report) -> String {
              <rect x=\"{x0:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#2563eb\" fill-opacity=\"{:.2}\"><title>{} (pid {}): {} of CPU over {}</title></rect>",
             left - 6.0,
             y + 12.0,
-            esc(&p.command),
+            esc(&p.brief(26)),
             p.pid,
             y + 3.0,
             (x1 - x0).max(1.0),
             row - 5.0,
             0.25 + 0.75 * busy,
-            esc(&p.command),
+            esc(&p.shown(400)),
             p.pid,
             human_duration_ns(p.cpu_time_ns),
             human_duration_ns(p.wall_time_ns())
@@ -139,22 +151,9 @@ fn processes(r: &Report) -> String {
         h - 4.0,
         human_duration_ns(span as u64)
     );
-    out.push_str("<h3 class=\"small\">The most CPU</h3><table><tr><th class=\"num\">pid</th><th class=\"num\">parent</th><th>command</th><th class=\"num\">CPU</th><th class=\"num\">wall</th><th class=\"num\">faults</th><th class=\"num\">written</th><th class=\"num\">exit</th></tr>");
-    for p in top_by_cpu(&r.processes, 20) {
-        let _ = write!(
-            out,
-            "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-            p.pid,
-            p.ppid,
-            esc(&p.command),
-            human_duration_ns(p.cpu_time_ns),
-            human_duration_ns(p.wall_time_ns()),
-            p.page_faults_minor + p.page_faults_major,
-            human(p.io_write_bytes, crate::metric::Unit::Bytes),
-            p.exit_code
-        );
-    }
-    out.push_str("</table><h3 class=\"small\">By command</h3><table><tr><th>command</th><th class=\"num\">processes</th><th class=\"num\">CPU</th><th class=\"num\">wall (added)</th><th class=\"num\">written</th></tr>");
+    out.push_str(&process_table(&r.processes));
+    out.push_str(&process_tree(&r.processes));
+    out.push_str("<h3 class=\"small\">By program</h3><table><tr><th>program</th><th class=\"num\">processes</th><th class=\"num\">CPU</th><th class=\"num\">wall (added)</th><th class=\"num\">written</th></tr>");
     for g in by_command(&r.processes).iter().take(20) {
         let _ = write!(
             out,
@@ -167,6 +166,109 @@ fn processes(r: &Report) -> String {
         );
     }
     out.push_str("</table></section>");
+    out
+}
+
+/// Rows a process table or tree shows, in each order.
+const PROCESS_ROWS: usize = 100;
+
+/// The orders of [`process_table`]: id, heading, and the key (larger first, but for start).
+type SortKey = fn(&ProcessRecord) -> u64;
+const PROCESS_ORDERS: &[(&str, &str, SortKey)] = &[
+    ("start", "start", |p| u64::MAX - p.start_ns),
+    ("cpu", "CPU", |p| p.cpu_time_ns),
+    ("wall", "wall", |p| p.wall_time_ns()),
+    ("faults", "faults", |p| {
+        p.page_faults_minor + p.page_faults_major
+    }),
+    ("read", "read", |p| p.io_read_bytes),
+    ("written", "written", |p| p.io_write_bytes),
+];
+
+/// Every process (the first [`PROCESS_ROWS`] in each order), sortable by clicking a heading
+/// without a script: one hidden radio button per order, each showing its own pre-sorted body.
+fn process_table(processes: &[ProcessRecord]) -> String {
+    let mut out = String::from("<h3 class=\"small\">Every process</h3><div class=\"sortable\">");
+    for (i, (id, _, _)) in PROCESS_ORDERS.iter().enumerate() {
+        let checked = if *id == "cpu" { " checked" } else { "" };
+        let _ = write!(
+            out,
+            "<input type=\"radio\" name=\"process-order\" id=\"order-{id}\" aria-label=\"sort by {}\"{checked}>",
+            PROCESS_ORDERS[i].1
+        );
+    }
+    out.push_str("<table><thead><tr><th class=\"num\">pid</th><th class=\"num\">parent</th><th>command line</th>");
+    for (id, heading, _) in PROCESS_ORDERS {
+        let _ = write!(
+            out,
+            "<th class=\"num\"><label for=\"order-{id}\" title=\"sort by {heading}\">{heading}</label></th>"
+        );
+    }
+    out.push_str("<th class=\"num\">exit</th></tr></thead>");
+    for (id, _, key) in PROCESS_ORDERS {
+        let mut sorted: Vec<&ProcessRecord> = processes.iter().collect();
+        sorted.sort_by_key(|p| std::cmp::Reverse(key(p)));
+        let _ = write!(out, "<tbody class=\"order-{id}\">");
+        for p in sorted.into_iter().take(PROCESS_ROWS) {
+            let _ = write!(
+                out,
+                "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td><code title=\"{}\">{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                p.pid,
+                p.ppid,
+                esc(&p.shown(2_000)),
+                esc(&p.brief(90)),
+                human_duration_ns(p.start_ns),
+                human_duration_ns(p.cpu_time_ns),
+                human_duration_ns(p.wall_time_ns()),
+                p.page_faults_minor + p.page_faults_major,
+                human(p.io_read_bytes, crate::metric::Unit::Bytes),
+                human(p.io_write_bytes, crate::metric::Unit::Bytes),
+                p.exit_code
+            );
+        }
+        out.push_str("</tbody>");
+    }
+    out.push_str("</table></div>");
+    if processes.len() > PROCESS_ROWS {
+        let _ = write!(
+            out,
+            "<p class=\"small muted\">The first {PROCESS_ROWS} of {} in each order; the report's JSON lists them all.</p>",
+            processes.len()
+        );
+    }
+    out
+}
+
+/// The processes as a tree (the first [`PROCESS_ROWS`], depth first), each with its own CPU
+/// and its descendants'.
+fn process_tree(processes: &[ProcessRecord]) -> String {
+    let nodes = crate::measure::processes::tree(processes);
+    let mut out = String::from(
+        "<h3 class=\"small\">Process tree</h3><table><tr><th>process</th><th class=\"num\">pid</th><th class=\"num\">CPU</th><th class=\"num\">with descendants</th><th class=\"num\">descendants</th><th class=\"num\">wall</th></tr>",
+    );
+    for n in nodes.iter().take(PROCESS_ROWS) {
+        let p = n.process;
+        let _ = write!(
+            out,
+            "<tr><td style=\"padding-left:{}px\"><code title=\"{}\">{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            10 + 16 * n.depth.min(30),
+            esc(&p.shown(2_000)),
+            esc(&p.brief(70)),
+            p.pid,
+            human_duration_ns(p.cpu_time_ns),
+            human_duration_ns(n.subtree_cpu_ns),
+            n.descendants,
+            human_duration_ns(p.wall_time_ns())
+        );
+    }
+    out.push_str("</table>");
+    if nodes.len() > PROCESS_ROWS {
+        let _ = write!(
+            out,
+            "<p class=\"small muted\">The first {PROCESS_ROWS} of {} processes, depth first.</p>",
+            nodes.len()
+        );
+    }
     out
 }
 

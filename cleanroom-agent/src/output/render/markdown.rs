@@ -174,7 +174,7 @@ fn processes(r: &Report) -> String {
     let mut out = String::new();
     let table = |out: &mut String, title: &str, rows: Vec<&ProcessRecord>| {
         let _ = writeln!(out, "{title}\n");
-        let _ = writeln!(out, "| pid | parent | command | CPU | wall | exit |");
+        let _ = writeln!(out, "| pid | parent | command line | CPU | wall | exit |");
         let _ = writeln!(out, "| ---: | ---: | --- | ---: | ---: | ---: |");
         for p in rows {
             let _ = writeln!(
@@ -182,7 +182,7 @@ fn processes(r: &Report) -> String {
                 "| {} | {} | `{}` | {} | {} | {} |",
                 p.pid,
                 p.ppid,
-                cell(&p.command),
+                cell(&p.brief(80)),
                 human_duration_ns(p.cpu_time_ns),
                 human_duration_ns(p.wall_time_ns()),
                 p.exit_code
@@ -197,10 +197,10 @@ fn processes(r: &Report) -> String {
         top_by_cpu(&r.processes, 10),
     );
     table(&mut out, "The longest", top_by_wall(&r.processes, 10));
-    let _ = writeln!(out, "By command\n");
+    let _ = writeln!(out, "By program\n");
     let _ = writeln!(
         out,
-        "| command | processes | CPU | wall (added) | written |"
+        "| program | processes | CPU | wall (added) | written |"
     );
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: |");
     for g in by_command(&r.processes).iter().take(10) {

@@ -43,6 +43,7 @@ use crate::{
     measure::collect,
     measure::session::{End, Figures, Session, SessionOptions},
     measure::{
+        connections::{self, Connection},
         escape::{EscapeWatch, EscapedProcess},
         processes::{ProcessRecord, ProcessWatch},
     },
@@ -482,7 +483,9 @@ fn conclude(
         console.event(event);
     }
     let (escaped, escape_notes) = escape_watch.finish(&mut probes, &v2_mount, &figures.drops);
-    let (processes, process_notes) = process_watch.finish(&mut probes)?;
+    let (processes, mut process_notes) = process_watch.finish(&mut probes)?;
+    let (connections, connection_notes) = connections::read(&probes, cgroup.id())?;
+    process_notes.extend(connection_notes);
     let cgroup_ref = CgroupRef {
         path: cgroup.path().display().to_string(),
         id: cgroup.id(),
@@ -496,6 +499,7 @@ fn conclude(
         escape_notes,
         processes,
         process_notes,
+        connections,
         limit_lines,
     };
     Ok((figures, outcome))
@@ -513,8 +517,10 @@ struct Outcome {
     escape_notes: Vec<String>,
     /// Each process of the run, as it ended.
     processes: Vec<ProcessRecord>,
-    /// What the report must say about them.
+    /// What the report must say about them (and about connections).
     process_notes: Vec<String>,
+    /// The run's traffic by remote endpoint.
+    connections: Vec<Connection>,
     /// The limits applied.
     limit_lines: Vec<String>,
 }
@@ -541,6 +547,7 @@ fn assemble(opts: &RunOptions, outcome: Outcome, figures: Figures) -> Report {
         leftovers: wound_down.left_behind,
         escaped: outcome.escaped,
         processes: outcome.processes,
+        connections: outcome.connections,
         name: opts.name.clone(),
         tags: opts.tags.clone(),
         ..Report::unjudged(

@@ -33,6 +33,9 @@ pub mod maps {
     /// Hash: tgid (`u32`) of a watched run's process → [`crate::CommandLine`], taken at its
     /// `exec` (or inherited at its fork) and sent with its [`crate::ProcessExit`].
     pub const COMMAND_LINES: &str = "COMMAND_LINES";
+    /// Hash: [`crate::ConnKey`] → [`crate::ConnStats`]: the traffic of each watched run's
+    /// sockets by remote endpoint, updated with atomic adds.
+    pub const CONNECTIONS: &str = "CONNECTIONS";
 }
 
 /// Names of the programs of the BPF object (the Rust function names in `cleanroom-ebpf`).
@@ -171,6 +174,13 @@ pub const OFFSETS: &[(&str, &str, &str)] = &[
         "signal_struct",
         "ioac.write_bytes",
     ),
+    // A socket's endpoints, for its retransmits and connects per connection (read where
+    // present).
+    ("OFF_SOCK_FAMILY", "sock_common", "skc_family"),
+    ("OFF_SOCK_DADDR", "sock_common", "skc_daddr"),
+    ("OFF_SOCK_V6_DADDR", "sock_common", "skc_v6_daddr"),
+    ("OFF_SOCK_DPORT", "sock_common", "skc_dport"),
+    ("OFF_SOCK_NUM", "sock_common", "skc_num"),
     // A process's command line, read at its exec.
     ("OFF_TASK_MM", "task_struct", "mm"),
     ("OFF_MM_ARG_START", "mm_struct", "arg_start"),
@@ -544,6 +554,54 @@ pub struct CommandLine {
     pub bytes: [u8; COMMAND_LINE_BYTES],
 }
 
+/// A watched run's socket's remote endpoint ([`maps::CONNECTIONS`]): one entry per run, remote
+/// address and port, local port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey {
+    /// The run.
+    pub run_id: u64,
+    /// The remote address: IPv4 in the first 4 bytes (network order), or IPv6.
+    pub remote_addr: [u8; 16],
+    /// The remote port (host order; 0 for a protocol without ports).
+    pub remote_port: u16,
+    /// The local port (host order).
+    pub local_port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub protocol: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 32);
+
+/// The traffic of a [`ConnKey`], from the IP header on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// TCP segments retransmitted.
+    pub retransmits: u64,
+    /// TCP connects completed (SYN_SENT → ESTABLISHED).
+    pub connects: u64,
+    /// Their latencies added, ns.
+    pub connect_ns_sum: u64,
+    /// The longest, ns.
+    pub connect_ns_max: u64,
+}
+
+/// Capacity of [`maps::CONNECTIONS`].
+pub const MAX_CONNECTIONS: u32 = 16_384;
+
 /// Capacity of [`maps::COMMAND_LINES`]: processes of watched runs alive at once.
 pub const MAX_COMMAND_LINES: u32 = 8_192;
 
@@ -619,8 +677,11 @@ pub mod drop_reason {
     /// [`crate::maps::COMMAND_LINES`] was full: a process's record goes without its command
     /// line.
     pub const COMMAND_LINES_MAP_FULL: u32 = 10;
+    /// [`crate::maps::CONNECTIONS`] was full: a run's packets to a new endpoint were counted in
+    /// its totals only.
+    pub const CONNECTIONS_MAP_FULL: u32 = 11;
     /// Number of reasons (size of the drops array).
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 #[cfg(feature = "user")]
@@ -633,6 +694,10 @@ mod pod {
     unsafe impl aya::Pod for super::ProcessExit {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::CommandLine {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::ConnKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::ConnStats {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::BlockKey {}
     // SAFETY: see above.

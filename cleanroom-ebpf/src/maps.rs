@@ -11,9 +11,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use cleanroom_common::{
-    BlockKey, BlockStats, CgroupNode, CgroupStats, Escape, HistKey, Histogram, MAX_BLOCK_KEYS,
-    MAX_CGROUP_TREE, MAX_CGROUPS, MAX_ESCAPES, MAX_HISTOGRAMS, MAX_IN_FLIGHT, MAX_RUN_PROCS,
-    MAX_WATCHED, RunProc, drop_reason, hist_bucket,
+    BlockKey, BlockStats, CgroupNode, CgroupStats, ConnKey, ConnStats, Escape, HistKey, Histogram,
+    MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS, MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS,
+    MAX_IN_FLIGHT, MAX_RUN_PROCS, MAX_WATCHED, RunProc, drop_reason, hist_bucket,
 };
 
 /// cgroup v2 id → counters, one copy per CPU.
@@ -122,6 +122,30 @@ pub const RUNQ_SLOTS: u32 = 1 << 16;
 #[map]
 pub static RUNQ_START: Array<RunqSlot> = Array::with_max_entries(RUNQ_SLOTS, 0);
 
+/// A watched run's traffic by remote endpoint. Shared (updated with atomic adds) and allocated
+/// on first use: only runs' sockets have entries.
+#[map]
+pub static CONNECTIONS: HashMap<ConnKey, ConnStats> =
+    HashMap::with_max_entries(MAX_CONNECTIONS, BPF_F_NO_PREALLOC);
+
+/// The counters of `key`, creating them at zero on first use.
+#[inline(always)]
+pub fn connection_of(key: &ConnKey) -> Option<&'static mut ConnStats> {
+    if let Some(v) = CONNECTIONS.get_ptr_mut(key) {
+        // SAFETY: a live map element, only updated with atomic adds.
+        return Some(unsafe { &mut *v });
+    }
+    let _ = CONNECTIONS.insert(key, &ConnStats::default(), u64::from(BPF_NOEXIST));
+    match CONNECTIONS.get_ptr_mut(key) {
+        // SAFETY: as above.
+        Some(v) => Some(unsafe { &mut *v }),
+        None => {
+            count_drop(drop_reason::CONNECTIONS_MAP_FULL);
+            None
+        }
+    }
+}
+
 /// sock → when it entered SYN_SENT.
 #[map]
 pub static CONNECT_START: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
@@ -173,7 +197,7 @@ fn per_cpu_entry<K, V: Default>(
 
 /// Adds `value` to `target` atomically.
 #[inline(always)]
-fn atomic_add(target: &mut u64, value: u64) {
+pub fn atomic_add(target: &mut u64, value: u64) {
     // SAFETY: `target` is a valid, aligned u64 in a map value shared between CPUs. The BPF
     // target offers no `AtomicU64::fetch_add`; the intrinsic compiles to BPF's atomic add.
     unsafe {

@@ -1,17 +1,33 @@
 //! Network hooks: bytes and packets per socket cgroup (`cgroup_skb` on the v2 root), TCP
 //! retransmits and connect latency (charged to the socket's cgroup, never to softirq's current).
+//!
+//! For a watched run's sockets the same events are also kept per remote endpoint
+//! ([`CONNECTIONS`]): a packet's endpoints come from its own IP and TCP/UDP headers (so an
+//! unconnected UDP socket's datagrams go to each destination), a retransmit's or connect's from
+//! the socket.
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_skb_cgroup_id},
     macros::{btf_tracepoint, cgroup_skb},
     programs::{BtfTracePointContext, SkBuffContext},
 };
-use cleanroom_common::hist_kind;
+use cleanroom_common::{ConnKey, hist_kind};
 
 use crate::{
-    maps::{CONNECT_START, record_latency, stats_of},
-    task::{OFF_SOCK_CGROUP, id_of_cgroup, read_ptr},
+    escape::run_of_cgroup,
+    maps::{CONNECT_START, atomic_add, connection_of, record_latency, stats_of},
+    task::{
+        OFF_SOCK_CGROUP, OFF_SOCK_DADDR, OFF_SOCK_DPORT, OFF_SOCK_FAMILY, OFF_SOCK_NUM,
+        OFF_SOCK_V6_DADDR, id_of_cgroup, read_optional, read_ptr,
+    },
 };
+
+/// `AF_INET` and `AF_INET6`.
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP` and `IPPROTO_UDP`.
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 
 /// `TCP_ESTABLISHED` and `TCP_SYN_SENT` (include/net/tcp_states.h).
 const TCP_ESTABLISHED: i32 = 1;
@@ -30,21 +46,128 @@ fn skb_cgroup(ctx: &SkBuffContext) -> u64 {
 /// `cgroup_skb/ingress`: a packet delivered to a socket. `len` is from the IP header on.
 #[cgroup_skb(ingress)]
 pub fn cgroup_skb_ingress(ctx: SkBuffContext) -> i32 {
-    if let Some(stats) = stats_of(skb_cgroup(&ctx)) {
+    let cgroup = skb_cgroup(&ctx);
+    if let Some(stats) = stats_of(cgroup) {
         stats.net_rx_bytes += u64::from(ctx.len());
         stats.net_rx_packets += 1;
     }
+    count_connection(&ctx, cgroup, false);
     ALLOW
 }
 
 /// `cgroup_skb/egress`: a packet sent by a socket.
 #[cgroup_skb(egress)]
 pub fn cgroup_skb_egress(ctx: SkBuffContext) -> i32 {
-    if let Some(stats) = stats_of(skb_cgroup(&ctx)) {
+    let cgroup = skb_cgroup(&ctx);
+    if let Some(stats) = stats_of(cgroup) {
         stats.net_tx_bytes += u64::from(ctx.len());
         stats.net_tx_packets += 1;
     }
+    count_connection(&ctx, cgroup, true);
     ALLOW
+}
+
+/// A packet of a socket in `cgroup`: counted to its remote endpoint if the socket belongs to a
+/// watched run.
+#[inline(always)]
+fn count_connection(ctx: &SkBuffContext, cgroup: u64, egress: bool) {
+    let Some(run_id) = run_of_cgroup(cgroup) else {
+        return;
+    };
+    let Some(key) = packet_endpoint(ctx, run_id, egress) else {
+        return;
+    };
+    if let Some(conn) = connection_of(&key) {
+        let len = u64::from(ctx.len());
+        if egress {
+            atomic_add(&mut conn.tx_bytes, len);
+            atomic_add(&mut conn.tx_packets, 1);
+        } else {
+            atomic_add(&mut conn.rx_bytes, len);
+            atomic_add(&mut conn.rx_packets, 1);
+        }
+    }
+}
+
+/// The remote endpoint of a packet (the destination of one sent, the source of one received),
+/// from its IP header and, for TCP and UDP, its ports. `None` for what is not IP.
+#[inline(always)]
+fn packet_endpoint(ctx: &SkBuffContext, run_id: u64, egress: bool) -> Option<ConnKey> {
+    let first: u8 = ctx.load(0).ok()?;
+    let mut key = ConnKey {
+        run_id,
+        ..ConnKey::default()
+    };
+    let l4 = match first >> 4 {
+        4 => {
+            let header: [u8; 20] = ctx.load(0).ok()?;
+            key.family = 4;
+            key.protocol = header[9];
+            let at = if egress { 16 } else { 12 };
+            key.remote_addr[0] = header[at];
+            key.remote_addr[1] = header[at + 1];
+            key.remote_addr[2] = header[at + 2];
+            key.remote_addr[3] = header[at + 3];
+            usize::from(first & 0x0f) * 4
+        }
+        6 => {
+            key.family = 6;
+            key.protocol = ctx.load::<u8>(6).ok()?;
+            key.remote_addr = ctx.load(if egress { 24 } else { 8 }).ok()?;
+            40
+        }
+        _ => return None,
+    };
+    if key.protocol == IPPROTO_TCP || key.protocol == IPPROTO_UDP {
+        let ports: [u8; 4] = ctx.load(l4).unwrap_or([0; 4]);
+        let src = u16::from_be_bytes([ports[0], ports[1]]);
+        let dst = u16::from_be_bytes([ports[2], ports[3]]);
+        (key.remote_port, key.local_port) = if egress { (dst, src) } else { (src, dst) };
+    }
+    Some(key)
+}
+
+/// The remote endpoint of a TCP socket of run `run_id`, as its packets name it (an IPv6
+/// socket talking to an IPv4-mapped address sends IPv4).
+#[inline(always)]
+fn socket_endpoint(sk: *const u8, run_id: u64) -> Option<ConnKey> {
+    let mut key = ConnKey {
+        run_id,
+        protocol: IPPROTO_TCP,
+        ..ConnKey::default()
+    };
+    match read_optional::<u16>(sk, &OFF_SOCK_FAMILY)? {
+        AF_INET => {
+            key.family = 4;
+            let addr = read_optional::<[u8; 4]>(sk, &OFF_SOCK_DADDR)?;
+            key.remote_addr[..4].copy_from_slice(&addr);
+        }
+        AF_INET6 => {
+            let addr = read_optional::<[u8; 16]>(sk, &OFF_SOCK_V6_DADDR)?;
+            let mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
+            if mapped {
+                key.family = 4;
+                key.remote_addr[..4].copy_from_slice(&addr[12..]);
+            } else {
+                key.family = 6;
+                key.remote_addr = addr;
+            }
+        }
+        _ => return None,
+    }
+    key.remote_port = u16::from_be(read_optional::<u16>(sk, &OFF_SOCK_DPORT)?);
+    key.local_port = read_optional::<u16>(sk, &OFF_SOCK_NUM)?;
+    Some(key)
+}
+
+/// The per-endpoint counters of socket `sk` in cgroup `cgroup`, if it belongs to a watched run.
+#[inline(always)]
+fn socket_connection(
+    sk: *const u8,
+    cgroup: u64,
+) -> Option<&'static mut cleanroom_common::ConnStats> {
+    let run_id = run_of_cgroup(cgroup)?;
+    connection_of(&socket_endpoint(sk, run_id)?)
 }
 
 /// The v2 id of a `struct sock *`'s cgroup.
@@ -56,8 +179,15 @@ fn sock_cgroup(sk: *const u8) -> Option<u64> {
 /// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, int err)`.
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> u32 {
-    if let Some(stats) = sock_cgroup(ctx.arg(0)).and_then(stats_of) {
+    let sk: *const u8 = ctx.arg(0);
+    let Some(cgroup) = sock_cgroup(sk) else {
+        return 0;
+    };
+    if let Some(stats) = stats_of(cgroup) {
         stats.tcp_retransmits += 1;
+    }
+    if let Some(conn) = socket_connection(sk, cgroup) {
+        atomic_add(&mut conn.retransmits, 1);
     }
     0
 }
@@ -79,7 +209,15 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
             let _ = CONNECT_START.remove(sk as u64);
             if new == TCP_ESTABLISHED {
                 if let Some(id) = sock_cgroup(sk) {
-                    record_latency(id, hist_kind::TCP_CONNECT, 0, now.saturating_sub(start));
+                    let took = now.saturating_sub(start);
+                    record_latency(id, hist_kind::TCP_CONNECT, 0, took);
+                    if let Some(conn) = socket_connection(sk, id) {
+                        atomic_add(&mut conn.connects, 1);
+                        atomic_add(&mut conn.connect_ns_sum, took);
+                        if took > conn.connect_ns_max {
+                            conn.connect_ns_max = took;
+                        }
+                    }
                 }
             }
         }

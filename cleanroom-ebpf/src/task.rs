@@ -76,6 +76,11 @@ offsets!(
     OFF_TASK_MM,
     OFF_MM_ARG_START,
     OFF_MM_ARG_END,
+    OFF_SOCK_FAMILY,
+    OFF_SOCK_DADDR,
+    OFF_SOCK_V6_DADDR,
+    OFF_SOCK_DPORT,
+    OFF_SOCK_NUM,
 );
 
 /// 1 where the kernel has `bpf_get_current_task_btf` (5.11 on), set by the agent from the

@@ -333,6 +333,106 @@ impl Drop for Netns {
     }
 }
 
+/// A network namespace reached from the root one over a veth pair of its own: the host end
+/// `host_if` has `host_addr`, the peer end `peer_addr` (a /30 of 169.254.`subnet`.0), with
+/// static neighbour entries and no IPv6, so that nothing but the test's own traffic crosses it.
+pub struct VethPeer {
+    /// The peer's namespace (deleted on drop, which deletes the pair).
+    pub netns: Netns,
+    /// The host end's name.
+    pub host_if: String,
+    /// The host end's address.
+    pub host_addr: String,
+    /// The peer end's address.
+    pub peer_addr: String,
+}
+
+impl VethPeer {
+    /// Makes the namespace `name-PID` and the pair; `subnet` tells pairs of one test apart.
+    pub fn new(name: &str, subnet: u8) -> Self {
+        let netns = Netns::new(name);
+        let id = std::process::id() % 100_000;
+        let (a, b) = (format!("cr{subnet}a{id}"), format!("cr{subnet}b{id}"));
+        let host_addr = format!("169.254.{subnet}.1");
+        let peer_addr = format!("169.254.{subnet}.2");
+        sh(&[
+            "ip", "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &netns.0,
+        ]);
+        fs::write(format!("/proc/sys/net/ipv6/conf/{a}/disable_ipv6"), "1").unwrap();
+        let ns = netns.0.as_str();
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{b}.disable_ipv6=1"),
+        ]);
+        sh(&["ip", "addr", "add", &format!("{host_addr}/30"), "dev", &a]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{peer_addr}/30"),
+            "dev",
+            &b,
+        ]);
+        let mac_a = fs::read_to_string(format!("/sys/class/net/{a}/address")).unwrap();
+        let mac_b = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "cat",
+            &format!("/sys/class/net/{b}/address"),
+        ]);
+        sh(&[
+            "ip",
+            "neigh",
+            "replace",
+            &peer_addr,
+            "lladdr",
+            mac_b.trim(),
+            "dev",
+            &a,
+            "nud",
+            "permanent",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "neigh",
+            "replace",
+            &host_addr,
+            "lladdr",
+            mac_a.trim(),
+            "dev",
+            &b,
+            "nud",
+            "permanent",
+        ]);
+        sh(&["ip", "link", "set", &a, "up"]);
+        sh(&["ip", "-n", ns, "link", "set", &b, "up"]);
+        Self {
+            netns,
+            host_if: a,
+            host_addr,
+            peer_addr,
+        }
+    }
+
+    /// The host end's IP-level counters: (rx_bytes, rx_packets, tx_bytes, tx_packets), each
+    /// frame's 14-byte Ethernet header taken off the bytes.
+    pub fn ip_counters(&self) -> [u64; 4] {
+        let [rxb, rxp, txb, txp] = iface_counters(None, &self.host_if);
+        [rxb - 14 * rxp, rxp, txb - 14 * txp, txp]
+    }
+}
+
 /// Interface counters: (rx_bytes, rx_packets, tx_bytes, tx_packets), in `netns` or the root
 /// namespace.
 pub fn iface_counters(netns: Option<&str>, iface: &str) -> [u64; 4] {

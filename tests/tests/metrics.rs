@@ -9,8 +9,8 @@ use std::{
 };
 
 use cleanroom_tests::{
-    LoopDevice, Netns, TestCgroup, block_device, cleanroom_bin, iface_counters, kernel_at_least,
-    privileged, rel_diff, run_measured, sh, u64_at, workload_bin,
+    LoopDevice, Netns, TestCgroup, VethPeer, block_device, cleanroom_bin, iface_counters,
+    kernel_at_least, privileged, rel_diff, run_measured, sh, u64_at, workload_bin,
 };
 
 const MIB: u64 = 1 << 20;
@@ -215,73 +215,14 @@ fn veth_traffic_matches_interface_counters_and_spares_bystanders() {
     if !privileged("veth_traffic_matches_interface_counters_and_spares_bystanders") {
         return;
     }
-    let peer = Netns::new("crpeer");
-    let id = std::process::id() % 100_000;
-    let (a, b) = (format!("cra{id}"), format!("crb{id}"));
-    sh(&[
-        "ip", "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &peer.0,
-    ]);
-    fs::write(format!("/proc/sys/net/ipv6/conf/{a}/disable_ipv6"), "1").unwrap();
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &peer.0,
-        "sysctl",
-        "-qw",
-        &format!("net.ipv6.conf.{b}.disable_ipv6=1"),
-    ]);
-    sh(&["ip", "addr", "add", "169.254.77.1/30", "dev", &a]);
-    sh(&[
-        "ip",
-        "-n",
-        &peer.0,
-        "addr",
-        "add",
-        "169.254.77.2/30",
-        "dev",
-        &b,
-    ]);
-    let mac_a = fs::read_to_string(format!("/sys/class/net/{a}/address")).unwrap();
-    let mac_b = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &peer.0,
-        "cat",
-        &format!("/sys/class/net/{b}/address"),
-    ]);
-    sh(&[
-        "ip",
-        "neigh",
-        "replace",
-        "169.254.77.2",
-        "lladdr",
-        mac_b.trim(),
-        "dev",
-        &a,
-        "nud",
-        "permanent",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &peer.0,
-        "neigh",
-        "replace",
-        "169.254.77.1",
-        "lladdr",
-        mac_a.trim(),
-        "dev",
-        &b,
-        "nud",
-        "permanent",
-    ]);
-    sh(&["ip", "link", "set", &a, "up"]);
-    sh(&["ip", "-n", &peer.0, "link", "set", &b, "up"]);
-
+    let peer = VethPeer::new("crpeer", 77);
     let mut server = Command::new(workload_bin!())
-        .args(["--netns", &peer.0, "tcp-echo-serve", "169.254.77.2:5001"])
+        .args([
+            "--netns",
+            &peer.netns.0,
+            "tcp-echo-serve",
+            &format!("{}:5001", peer.peer_addr),
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -306,23 +247,23 @@ fn veth_traffic_matches_interface_counters_and_spares_bystanders() {
         .unwrap();
 
     let cg = TestCgroup::new("veth");
-    let before = iface_counters(None, &a);
+    let before = peer.ip_counters();
     let bytes = 8 * MIB;
     let (output, report) = run_measured(
         &cg,
         &[
             &workload(),
             "tcp-send",
-            "169.254.77.2:5001",
+            &format!("{}:5001", peer.peer_addr),
             &bytes.to_string(),
         ],
     );
     assert!(output.status.success(), "{output:?}");
-    let after = iface_counters(None, &a);
+    let after = peer.ip_counters();
     assert!(server.wait().unwrap().success(), "the peer failed");
     let d: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
-    // veth counts the 14-byte Ethernet header of every frame; we count from the IP header on.
-    let (if_rx, if_tx) = (d[0] - 14 * d[1], d[2] - 14 * d[3]);
+    let (if_rx, if_tx) = (d[0], d[2]);
+    let a = &peer.host_if;
 
     let tx = u64_at(&report, "/totals/net_tx_bytes");
     let rx = u64_at(&report, "/totals/net_rx_bytes");

@@ -22,7 +22,7 @@ use cleanroom_common::{
     escape_via, maps, programs,
 };
 
-pub use cleanroom_common::ProcessExit;
+pub use cleanroom_common::{ConnKey, ConnStats, ProcessExit};
 
 pub use crate::kernel::tally::Counted;
 use crate::{
@@ -489,7 +489,11 @@ const DROP_NAMES: &[(u32, &str)] = &[
     (drop_reason::ESCAPES_MAP_FULL, ESCAPES_MAP_FULL),
     (drop_reason::PROCESS_RECORD_LOST, PROCESS_RECORDS_LOST),
     (drop_reason::COMMAND_LINES_MAP_FULL, COMMAND_LINES_MAP_FULL),
+    (drop_reason::CONNECTIONS_MAP_FULL, CONNECTIONS_MAP_FULL),
 ];
+
+/// Drop name: a run's packets to a new endpoint were counted in its totals only.
+pub const CONNECTIONS_MAP_FULL: &str = "connections_map_full";
 
 /// Drop name: a process's record went without its command line (the kernel's map was full).
 pub const COMMAND_LINES_MAP_FULL: &str = "command_lines_map_full";
@@ -977,6 +981,35 @@ impl Probes {
             }
         }
         Ok(found)
+    }
+
+    /// Run `run_id`'s traffic by remote endpoint, so far.
+    pub fn connections(&self, run_id: u64) -> Result<Vec<(ConnKey, ConnStats)>, ProbeError> {
+        let map: HashMap<&MapData, ConnKey, ConnStats> =
+            HashMap::try_from(self.map(maps::CONNECTIONS)?).map_err(map_err(maps::CONNECTIONS))?;
+        let mut found = Vec::new();
+        for entry in map.iter() {
+            // An entry removed between listing and reading is skipped, not fatal.
+            let Ok((key, stats)) = entry else { continue };
+            if key.run_id == run_id {
+                found.push((key, stats));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Why traffic cannot be told apart by endpoint here, if it cannot.
+    pub fn connections_unavailable(&self) -> Option<String> {
+        let reasons: Vec<String> = self
+            .status
+            .iter()
+            .filter(|s| {
+                [programs::CGROUP_SKB_INGRESS, programs::CGROUP_SKB_EGRESS]
+                    .contains(&s.hook.program)
+            })
+            .filter_map(|s| Some(format!("{}: {}", s.hook.attach, s.error.as_ref()?)))
+            .collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     /// Events lost so far, summed over CPUs.

@@ -1,9 +1,10 @@
 //! Measuring: `session` measures one target cgroup (a sample per tick, its figures at the end);
 //! `collect` turns what was counted into metrics; `model` keeps series, aggregates and
 //! histograms; `escape` notes processes that leave a run's cgroup; `processes` lists each
-//! process of a run with its own figures.
+//! process of a run with its own figures; `connections` its traffic by remote endpoint.
 
 pub mod collect;
+pub mod connections;
 pub mod escape;
 pub mod model;
 pub mod processes;

@@ -69,6 +69,9 @@ pub struct Report {
     /// Each process of the run, in the order they ended, with what the kernel accounted to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<crate::measure::processes::ProcessRecord>,
+    /// The run's traffic by remote endpoint, the most bytes first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connections: Vec<crate::measure::connections::Connection>,
     /// One point per `metrics_interval`: rates and levels over that interval.
     #[serde(default)]
     pub series: Vec<SeriesPoint>,
@@ -166,6 +169,7 @@ impl Report {
             comparison: None,
             escaped: Vec::new(),
             processes: Vec::new(),
+            connections: Vec::new(),
             aggregates: figures.aggregates,
             anomalies: figures.anomalies,
             anomalies_found: figures.anomalies_found,
@@ -253,6 +257,48 @@ impl Report {
     pub fn command_line(&self) -> String {
         shlex::try_join(self.command.iter().map(String::as_str))
             .unwrap_or_else(|_| self.command.join(" "))
+    }
+
+    /// The connections in the summary: the remote endpoints that moved the most bytes, and
+    /// loopback traffic in one line apart.
+    fn connection_summary(&self) -> String {
+        use crate::{measure::connections::talkers, units::human_bytes};
+        let mut out = String::new();
+        let remote = talkers(&self.connections, false);
+        let _ = writeln!(
+            out,
+            "\n  {:<34} {:>10} {:>10} {:>8} {:>12}",
+            format!("remote endpoints ({}), most bytes first", remote.len()),
+            "sent",
+            "received",
+            "retrans",
+            "connect max"
+        );
+        for t in remote.iter().take(5) {
+            let _ = writeln!(
+                out,
+                "  {:<34} {:>10} {:>10} {:>8} {:>12}",
+                format!("{} {}", t.protocol, t.remote),
+                human_bytes(t.tx_bytes),
+                human_bytes(t.rx_bytes),
+                t.retransmits,
+                t.connect_max_ns.map_or("-".to_owned(), human_duration_ns)
+            );
+        }
+        let loopback = talkers(&self.connections, true);
+        if !loopback.is_empty() {
+            let (tx, rx): (u64, u64) = loopback
+                .iter()
+                .fold((0, 0), |(tx, rx), t| (tx + t.tx_bytes, rx + t.rx_bytes));
+            let _ = writeln!(
+                out,
+                "  loopback: {} endpoints, {} sent, {} received",
+                loopback.len(),
+                human_bytes(tx),
+                human_bytes(rx)
+            );
+        }
+        out
     }
 
     /// The processes in the summary: the busiest by CPU and the commands that cost most.
@@ -385,6 +431,9 @@ impl Report {
                     group_thousands(d.write_ops)
                 );
             }
+        }
+        if !self.connections.is_empty() {
+            out.push_str(&self.connection_summary());
         }
         if !self.processes.is_empty() {
             out.push_str(&self.process_summary());
@@ -538,6 +587,7 @@ impl Report {
             comparison: None,
             escaped: vec![],
             processes: vec![],
+            connections: vec![],
         }
     }
 }

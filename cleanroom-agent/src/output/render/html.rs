@@ -90,6 +90,58 @@ fn status_cell(s: Status) -> &'static str {
     }
 }
 
+/// The connections: every one (the first [`PROCESS_ROWS`]), remote endpoints first, loopback
+/// apart.
+fn connections(r: &Report) -> String {
+    let mut out = format!("<section><h2>Connections ({})</h2>", r.connections.len());
+    for (loopback, title) in [(false, "Remote endpoints"), (true, "Loopback")] {
+        let rows: Vec<_> = r
+            .connections
+            .iter()
+            .filter(|c| c.loopback == loopback)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = write!(
+            out,
+            "<h3 class=\"small\">{title} ({})</h3><table><tr><th>protocol</th><th>remote</th><th class=\"num\">local port</th><th class=\"num\">sent</th><th class=\"num\">packets</th><th class=\"num\">received</th><th class=\"num\">packets</th><th class=\"num\">retransmits</th><th class=\"num\">connect (mean / max)</th></tr>",
+            rows.len()
+        );
+        for c in rows.iter().take(PROCESS_ROWS) {
+            let connect = match (c.connect_mean_ns, c.connect_max_ns) {
+                (Some(mean), Some(max)) => {
+                    format!("{} / {}", human_duration_ns(mean), human_duration_ns(max))
+                }
+                _ => "–".to_owned(),
+            };
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                c.protocol,
+                esc(&c.remote()),
+                c.local_port,
+                human(c.tx_bytes, crate::metric::Unit::Bytes),
+                c.tx_packets,
+                human(c.rx_bytes, crate::metric::Unit::Bytes),
+                c.rx_packets,
+                c.retransmits,
+                connect
+            );
+        }
+        out.push_str("</table>");
+        if rows.len() > PROCESS_ROWS {
+            let _ = write!(
+                out,
+                "<p class=\"small muted\">The {PROCESS_ROWS} with the most bytes of {}; the report's JSON lists them all.</p>",
+                rows.len()
+            );
+        }
+    }
+    out.push_str("</section>");
+    out
+}
+
 /// The processes: a timeline of the longest, every process in a sortable table, the process
 /// tree, and by program.
 fn processes(r: &Report) -> String {
@@ -576,6 +628,9 @@ pub fn report(r: &Report) -> String {
         );
     }
 
+    if !r.connections.is_empty() {
+        body.push_str(&connections(r));
+    }
     if !r.processes.is_empty() {
         body.push_str(&processes(r));
     }

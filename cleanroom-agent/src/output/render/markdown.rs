@@ -116,6 +116,9 @@ pub fn report(r: &Report) -> String {
         }
         out.push('\n');
     }
+    if !r.connections.is_empty() {
+        out.push_str(&connections(r));
+    }
     if !r.processes.is_empty() {
         out.push_str(&processes(r));
     }
@@ -163,6 +166,39 @@ pub fn report(r: &Report) -> String {
             "Not measured on this host: {}.\n",
             r.unavailable.join(", ")
         );
+    }
+    out
+}
+
+/// The connections: the ten remote endpoints with the most bytes, then loopback apart.
+fn connections(r: &Report) -> String {
+    use crate::{measure::connections::talkers, units::human_bytes};
+    let mut out = String::new();
+    for (loopback, title) in [(false, "**Remote endpoints**"), (true, "Loopback")] {
+        let all = talkers(&r.connections, loopback);
+        if all.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "{title} ({}): the most bytes\n", all.len());
+        let _ = writeln!(
+            out,
+            "| endpoint | connections | sent | received | retransmits | connect (max) |"
+        );
+        let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
+        for t in all.iter().take(10) {
+            let _ = writeln!(
+                out,
+                "| `{} {}` | {} | {} | {} | {} | {} |",
+                t.protocol,
+                cell(&t.remote),
+                t.connections,
+                human_bytes(t.tx_bytes),
+                human_bytes(t.rx_bytes),
+                t.retransmits,
+                t.connect_max_ns.map_or("–".to_owned(), human_duration_ns)
+            );
+        }
+        out.push('\n');
     }
     out
 }

@@ -1,0 +1,163 @@
+//! The run's traffic by remote endpoint in the report's `connections`, against the interface
+//! counters of a veth pair to each endpoint (traffic nobody else sends over them).
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+};
+
+use cleanroom_tests::{
+    TestCgroup, VethPeer, cleanroom, privileged, rel_diff, run_measured, u64_at, workload_bin,
+};
+
+const MIB: u64 = 1 << 20;
+
+/// A one-connection echo server in `peer`'s namespace on port 5001, listening once this returns.
+fn echo_server(peer: &VethPeer) -> Child {
+    let mut server = Command::new(workload_bin!())
+        .args([
+            "--netns",
+            &peer.netns.0,
+            "tcp-echo-serve",
+            &format!("{}:5001", peer.peer_addr),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "listening");
+    server
+}
+
+/// A run sends 8 MiB to one peer and 2 MiB to another (each echoed back), and talks over
+/// loopback: both peers are listed with bytes and packets each way within 1% of their veth's
+/// IP-level counters, one connect each, and loopback apart; the connections add up to the run's
+/// network totals.
+#[test]
+fn each_remote_endpoint_is_listed_with_its_own_traffic() {
+    if !privileged("each_remote_endpoint_is_listed_with_its_own_traffic") {
+        return;
+    }
+    let w = workload_bin!().to_str().unwrap().to_owned();
+    let (big, small) = (VethPeer::new("crbig", 78), VethPeer::new("crsmall", 79));
+    let servers = [echo_server(&big), echo_server(&small)];
+    let before = [big.ip_counters(), small.ip_counters()];
+    let script = format!(
+        "{w} tcp-send {}:5001 {} && {w} tcp-send {}:5001 {} && {w} tcp-loop {}",
+        big.peer_addr,
+        8 * MIB,
+        small.peer_addr,
+        2 * MIB,
+        MIB
+    );
+    let cg = TestCgroup::new("connections");
+    let (output, report) = run_measured(&cg, &["sh", "-c", &script]);
+    assert!(output.status.success(), "{output:?}");
+    let after = [big.ip_counters(), small.ip_counters()];
+    for mut server in servers {
+        assert!(server.wait().unwrap().success(), "a peer failed");
+    }
+    cleanroom_tests::assert_matches_schema(&report);
+    let connections = report["connections"]
+        .as_array()
+        .expect("connections in the report");
+
+    for (i, (peer, bytes)) in [(&big, 8 * MIB), (&small, 2 * MIB)].into_iter().enumerate() {
+        let d: Vec<u64> = after[i].iter().zip(before[i]).map(|(a, b)| a - b).collect();
+        let (if_rx, if_rx_packets, if_tx, if_tx_packets) = (d[0], d[1], d[2], d[3]);
+        let listed: Vec<&serde_json::Value> = connections
+            .iter()
+            .filter(|c| c["remote_addr"] == peer.peer_addr.as_str())
+            .collect();
+        assert_eq!(listed.len(), 1, "{}: {connections:#?}", peer.peer_addr);
+        let c = listed[0];
+        assert_eq!(
+            (
+                c["protocol"].as_str(),
+                c["remote_port"].as_u64(),
+                c["loopback"].as_bool()
+            ),
+            (Some("tcp"), Some(5001), Some(false)),
+            "{c:#}"
+        );
+        let (tx, rx) = (u64_at(c, "/tx_bytes"), u64_at(c, "/rx_bytes"));
+        eprintln!(
+            "{}: sent {tx} B ({} packets), veth {if_tx} B ({if_tx_packets}); received {rx} B ({} \
+             packets), veth {if_rx} B ({if_rx_packets})",
+            peer.peer_addr,
+            u64_at(c, "/tx_packets"),
+            u64_at(c, "/rx_packets")
+        );
+        assert!(tx >= bytes && rx >= bytes, "{c:#}");
+        assert!(
+            rel_diff(tx, if_tx) < 0.01,
+            "sent {tx} B, the veth {if_tx} B"
+        );
+        assert!(
+            rel_diff(rx, if_rx) < 0.01,
+            "received {rx} B, the veth {if_rx} B"
+        );
+        assert!(
+            rel_diff(u64_at(c, "/tx_packets"), if_tx_packets) < 0.01,
+            "{c:#}"
+        );
+        assert!(
+            rel_diff(u64_at(c, "/rx_packets"), if_rx_packets) < 0.01,
+            "{c:#}"
+        );
+        assert_eq!(u64_at(c, "/connects"), 1, "{c:#}");
+        assert!(u64_at(c, "/connect_max_ns") > 0, "{c:#}");
+        assert!(u64_at(c, "/local_port") > 0, "{c:#}");
+    }
+
+    // Loopback: both ends of the loopback connection are the run's, each listed.
+    let loopback: Vec<&serde_json::Value> = connections
+        .iter()
+        .filter(|c| c["loopback"] == true)
+        .collect();
+    assert!(loopback.len() >= 2, "{connections:#?}");
+    assert!(
+        loopback.iter().all(|c| c["remote_addr"] == "127.0.0.1"),
+        "{loopback:#?}"
+    );
+    let loop_tx: u64 = loopback.iter().map(|c| u64_at(c, "/tx_bytes")).sum();
+    assert!(loop_tx >= 2 * MIB, "{loopback:#?}");
+
+    // Every packet of the run's sockets is in some connection.
+    for (total, field) in [("net_tx_bytes", "tx_bytes"), ("net_rx_bytes", "rx_bytes")] {
+        let sum: u64 = connections
+            .iter()
+            .map(|c| u64_at(c, &format!("/{field}")))
+            .sum();
+        assert_eq!(sum, u64_at(&report, &format!("/totals/{total}")), "{field}");
+    }
+
+    // The Markdown names the peers, the most bytes first, and loopback apart.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    std::fs::write(&json, report.to_string()).unwrap();
+    let md = cleanroom(
+        &dir.path().join("history.db"),
+        &["report", json.to_str().unwrap(), "--format", "md"],
+    );
+    let md = String::from_utf8_lossy(&md.stdout);
+    let endpoints: Vec<&str> = md
+        .lines()
+        .skip_while(|l| !l.starts_with("**Remote endpoints** (2)"))
+        .filter(|l| l.starts_with("| `tcp "))
+        .take(2)
+        .collect();
+    assert_eq!(endpoints.len(), 2, "{md}");
+    assert!(
+        endpoints[0].contains(&format!("{}:5001", big.peer_addr)),
+        "{md}"
+    );
+    assert!(
+        endpoints[1].contains(&format!("{}:5001", small.peer_addr)),
+        "{md}"
+    );
+    assert!(md.contains("Loopback ("), "{md}");
+}

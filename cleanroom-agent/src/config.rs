@@ -83,7 +83,8 @@ pub struct Thresholds {
     /// Wall time of the command.
     #[serde(deserialize_with = "de_opt_duration")]
     pub max_test_execution_time: Option<Duration>,
-    /// Container start-up time. Cleanroom starts no containers: reported as not applicable.
+    /// Container start-up time (created → running), judged on each Docker container the run
+    /// started; not applicable when it started none.
     #[serde(deserialize_with = "de_opt_duration")]
     pub max_container_startup_time: Option<Duration>,
     /// Block reads in an interval, bytes/s.

@@ -48,6 +48,9 @@ pub enum Error {
     /// The BPF layer failed.
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    /// The Docker engine could not be followed.
+    #[error(transparent)]
+    Docker(#[from] crate::docker::client::DockerError),
     /// A configuration file is wrong.
     #[error(transparent)]
     Config(#[from] ConfigError),

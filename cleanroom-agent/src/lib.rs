@@ -14,6 +14,7 @@
 //! - `output`: the `report` and its formats (`render`), written and stored (`deliver`), the
 //!   Prometheus exposition, the agent's HTTP routes (`serve`) and front page (`page`);
 //! - `store`: the history (SQLite);
+//! - `docker`: the Docker engine's events and inspections, over its Unix socket;
 //! - the front ends: `run` (one command in a cgroup of its own), `agent` (the sidecar watching
 //!   cgroups others make), `demo` and `doctor` (where a new user starts).
 //!
@@ -27,6 +28,7 @@ pub mod agent;
 pub mod cgroupfs;
 pub mod config;
 pub mod demo;
+pub mod docker;
 pub mod doctor;
 pub mod error;
 pub mod files;

@@ -82,6 +82,18 @@ enum Command {
         /// that delegate a subtree, e.g. under systemd).
         #[arg(long, value_name = "DIR")]
         cgroup_parent: Option<PathBuf>,
+        /// Follow the Docker containers the command starts, as part of the run (their figures
+        /// in the totals and, apart, in the report's containers). On by default when the
+        /// engine's socket ($DOCKER_HOST, else /var/run/docker.sock) exists.
+        #[arg(long, overrides_with = "no_follow_containers")]
+        follow_containers: bool,
+        /// Do not follow Docker containers.
+        #[arg(long)]
+        no_follow_containers: bool,
+        /// Follow only containers with this label (KEY or KEY=VALUE; repeatable: all must
+        /// match).
+        #[arg(long, value_name = "LABEL")]
+        container_label: Vec<String>,
         /// Do not print the summary table.
         #[arg(long, short)]
         quiet: bool,
@@ -302,6 +314,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             baseline,
             tolerance,
             cgroup_parent,
+            follow_containers,
+            no_follow_containers,
+            container_label,
             quiet,
             command,
         } => {
@@ -342,6 +357,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     name,
                     tags: tag.into_iter().collect(),
                     label: None,
+                    containers: run::FollowContainers {
+                        when: match (follow_containers, no_follow_containers) {
+                            (_, true) => run::Follow::Never,
+                            (true, _) => run::Follow::Always,
+                            _ => run::Follow::IfEngine,
+                        },
+                        labels: container_label,
+                    },
                 },
                 &outputs,
             )
@@ -365,6 +388,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     tags: BTreeMap::new(),
                     // The demo runs this very binary: name it, not where it happens to live.
                     label: Some(vec!["cleanroom".into(), "demo-workload".into()]),
+                    containers: run::FollowContainers {
+                        when: run::Follow::Never,
+                        labels: Vec::new(),
+                    },
                 },
                 &outputs(out, true),
             )

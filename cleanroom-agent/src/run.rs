@@ -44,6 +44,7 @@ use crate::{
     measure::session::{End, Figures, Session, SessionOptions},
     measure::{
         connections::{self, Connection},
+        containers::{ContainerRecord, ContainerWatch, Notice},
         escape::{EscapeWatch, EscapedProcess},
         processes::{ProcessRecord, ProcessWatch},
     },
@@ -67,6 +68,29 @@ pub struct RunOptions {
     pub tags: BTreeMap<String, String>,
     /// How the report names the command, when not by its arguments.
     pub label: Option<Vec<String>>,
+    /// Whether and which Docker containers are followed.
+    pub containers: FollowContainers,
+}
+
+/// When Docker containers the command starts are followed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Follow {
+    /// When the engine's socket exists (the default).
+    #[default]
+    IfEngine,
+    /// Always: no engine is an error.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Which Docker containers the command starts are followed.
+#[derive(Clone, Debug, Default)]
+pub struct FollowContainers {
+    /// When.
+    pub when: Follow,
+    /// Only those with every one of these labels (`key` or `key=value`).
+    pub labels: Vec<String>,
 }
 
 /// Refuses early, with the missing capabilities named, when this process cannot measure.
@@ -157,6 +181,10 @@ struct Prepared {
     escape_watch: EscapeWatch,
     /// Collecting each process's record as it ends.
     process_watch: ProcessWatch,
+    /// Following the Docker containers the command starts, when the engine is there.
+    containers: Option<ContainerWatch>,
+    /// Why containers are not followed, when they could have been.
+    container_notes: Vec<String>,
 }
 
 /// Checks that the run can be made and sets it up: privileges, the program, the hierarchy and
@@ -187,6 +215,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
     // Before the command starts: it joins the cgroup between fork and exec.
     let escape_watch = EscapeWatch::start(&mut probes, cgroup.id());
     let process_watch = ProcessWatch::start(cgroup.id());
+    let (containers, container_notes) = follow_containers(&opts.containers, &hierarchy.v2_mount)?;
     Ok(Prepared {
         v2_mount: hierarchy.v2_mount,
         cgroup,
@@ -194,7 +223,45 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
         limit_lines,
         escape_watch,
         process_watch,
+        containers,
+        container_notes,
     })
+}
+
+/// Starts following the engine's containers as `how` asks: none when it says never, or when
+/// the engine's socket is missing and it was not asked for (an engine that fails then is a
+/// note); an error when it was asked for and cannot be followed.
+fn follow_containers(
+    how: &FollowContainers,
+    v2_mount: &Path,
+) -> Result<(Option<ContainerWatch>, Vec<String>), Error> {
+    let socket = crate::docker::socket_path();
+    match how.when {
+        Follow::Never => Ok((None, Vec::new())),
+        Follow::IfEngine if !socket.exists() => Ok((None, Vec::new())),
+        Follow::IfEngine => match ContainerWatch::start(&socket, &how.labels, v2_mount) {
+            Ok(watch) => Ok((Some(watch), Vec::new())),
+            Err(e) => Ok((
+                None,
+                vec![format!(
+                    "Docker containers are not followed: {e} (--no-follow-containers says \
+                     not to try)"
+                )],
+            )),
+        },
+        Follow::Always => Ok((
+            Some(ContainerWatch::start(&socket, &how.labels, v2_mount)?),
+            Vec::new(),
+        )),
+    }
+}
+
+/// The next notice of the containers followed; never, when none are.
+async fn next_notice(containers: &mut Option<ContainerWatch>) -> Notice {
+    match containers {
+        Some(watch) => watch.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Makes the run's cgroup under `parent`, named after the time and this process, with the v1
@@ -308,9 +375,18 @@ async fn supervise(
         cgroup,
         probes,
         process_watch,
+        containers,
         ..
     } = prepared;
     let cgroup = &*cgroup;
+    let container_options = SessionOptions {
+        sampling: false,
+        memory: false,
+        interval: session.interval(),
+        memory_limit: None,
+        live_io: false,
+        max_points: 0,
+    };
     let has_pid = child.id().is_some();
     if session.samples() {
         console.tick(&session.tick(probes)?);
@@ -335,6 +411,15 @@ async fn supervise(
             _ = ticker.tick(), if session.samples() => {
                 console.tick(&session.tick(probes)?);
                 process_watch.collect(probes)?;
+            }
+            notice = next_notice(containers) => {
+                if let Some(watch) = containers.as_mut()
+                    && let Some(event) =
+                        watch.handle(notice, probes, cgroup.id(), session, container_options)?
+                {
+                    console.event(&event);
+                    session.record(event);
+                }
             }
             () = &mut timeout, if !timed_out && rl.max_test_execution_time.is_some() => {
                 timed_out = true;
@@ -473,10 +558,26 @@ fn conclude(
         limit_lines,
         escape_watch,
         process_watch,
+        containers,
+        container_notes,
     } = prepared;
     let end = End {
         wall_time_ns: ended.wall_time_ns,
         max_rss_bytes: children_max_rss(),
+    };
+    // Each container's figures before the run's, whose end forgets their map entries.
+    let (containers, container_notes) = match containers {
+        Some(watch) => {
+            let (records, mut notes) = watch.finish(
+                &probes,
+                &probes.unavailable(),
+                &probes.drops()?,
+                ended.wall_time_ns,
+            )?;
+            notes.splice(0..0, container_notes);
+            (records, notes)
+        }
+        None => (Vec::new(), container_notes),
     };
     let figures = session.finish(&mut probes, end)?;
     for event in figures.raised_at_end() {
@@ -486,6 +587,7 @@ fn conclude(
     let (processes, mut process_notes) = process_watch.finish(&mut probes)?;
     let (connections, connection_notes) = connections::read(&probes, cgroup.id())?;
     process_notes.extend(connection_notes);
+    process_notes.extend(container_notes);
     let cgroup_ref = CgroupRef {
         path: cgroup.path().display().to_string(),
         id: cgroup.id(),
@@ -500,6 +602,7 @@ fn conclude(
         processes,
         process_notes,
         connections,
+        containers,
         limit_lines,
     };
     Ok((figures, outcome))
@@ -521,6 +624,8 @@ struct Outcome {
     process_notes: Vec<String>,
     /// The run's traffic by remote endpoint.
     connections: Vec<Connection>,
+    /// The Docker containers it started.
+    containers: Vec<ContainerRecord>,
     /// The limits applied.
     limit_lines: Vec<String>,
 }
@@ -548,6 +653,7 @@ fn assemble(opts: &RunOptions, outcome: Outcome, figures: Figures) -> Report {
         escaped: outcome.escaped,
         processes: outcome.processes,
         connections: outcome.connections,
+        containers: outcome.containers,
         name: opts.name.clone(),
         tags: opts.tags.clone(),
         ..Report::unjudged(

@@ -161,6 +161,34 @@ pub fn run_measured_with(
     (output, serde_json::from_str(&text).expect("report is JSON"))
 }
 
+/// The image `cargo xtask test` builds for the container tests (busybox alone).
+pub const TEST_IMAGE: &str = "cleanroom-test-busybox";
+
+/// Returns `true` when a Docker engine answers and has [`TEST_IMAGE`]. Otherwise panics in
+/// CI, or prints why the test skips and returns `false`.
+#[must_use]
+pub fn docker_ready(test: &str) -> bool {
+    let has_image = Command::new("docker")
+        .args(["image", "inspect", "-f", "{{.Id}}", TEST_IMAGE])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    match has_image {
+        true => true,
+        false if in_ci() => panic!(
+            "{test}: no Docker engine with the image {TEST_IMAGE}, and CI=true forbids skipping"
+        ),
+        false => {
+            eprintln!(
+                "SKIPPED {test}: no Docker engine with the image {TEST_IMAGE} (cargo xtask test \
+                 starts one and builds it)"
+            );
+            false
+        }
+    }
+}
+
 /// A `u64` at `pointer` (JSON pointer) of `value`, with a message naming it when absent.
 pub fn u64_at(value: &serde_json::Value, pointer: &str) -> u64 {
     value

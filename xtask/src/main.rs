@@ -6,6 +6,7 @@
 //! are printed instead.
 
 mod bench;
+mod docker;
 mod fuzz;
 mod matrix;
 mod toolchain;
@@ -145,6 +146,12 @@ fn run(task: Task) -> Result<()> {
         Task::Test { no_vm, args } => {
             let bin = build(&root)?;
             toolchain::ensure_test_tools()?;
+            // Stopped (when started here) once the host's tests are done.
+            let engine = if toolchain::is_root() {
+                Some(docker::Engine::ensure(&root.join("target/docker"))?)
+            } else {
+                None
+            };
             step("running every test (unit, integration, accuracy)");
             let mut cmd = cargo();
             cmd.current_dir(&root)
@@ -164,7 +171,9 @@ fn run(task: Task) -> Result<()> {
                 // The privileged tests measure CPU time on a two-core machine: one at a time.
                 .args(["--", "--test-threads=1"])
                 .args(&args);
-            check(cmd, "tests failed")?;
+            let tested = check(cmd, "tests failed");
+            drop(engine);
+            tested?;
             fuzz::smoke(&root)?;
             if no_vm || !args.is_empty() {
                 return Ok(());

@@ -213,6 +213,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("mkfs.ext4", "e2fsprogs"),
     ("sysctl", "procps"),
     ("prometheus", "prometheus"),
+    ("dockerd", "docker.io"),
+    ("busybox", "busybox-static"),
 ];
 
 /// Debian packages the benchmark drives: workloads and the bpftrace peer.

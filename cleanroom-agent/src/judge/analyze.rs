@@ -3,7 +3,7 @@
 //! It reads a [`Report`] and produces the types of [`crate::judge::verdict`], which the report holds;
 //! the report knows nothing of this module.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use crate::{
     config::CleanroomConfig,
@@ -69,8 +69,8 @@ pub struct ThresholdSpec {
     pub kind: Kind,
 }
 
-/// The thresholds `config` asks for. `max_container_startup_time` is not applicable and comes
-/// back in the second list.
+/// The thresholds `config` asks for. `max_container_startup_time` is judged on the whole run,
+/// not on samples, and comes back in the second list (see [`judge`]).
 pub fn threshold_specs(config: &CleanroomConfig) -> (Vec<ThresholdSpec>, Vec<String>) {
     let t = &config.performance_monitoring.thresholds;
     let rl = &config.resource_limits;
@@ -157,6 +157,30 @@ pub fn threshold_specs(config: &CleanroomConfig) -> (Vec<ThresholdSpec>, Vec<Str
         .into_iter()
         .collect();
     (specs, not_applicable)
+}
+
+/// `max_container_startup_time` (`limit`) judged on the start-up times of the run's containers
+/// (create → running); not applicable without any.
+fn container_startup(name: String, limit: Option<Duration>, startups: &[u64]) -> ThresholdResult {
+    let limit_ns = limit.map_or(0, |l| u64::try_from(l.as_nanos()).unwrap_or(u64::MAX));
+    let peak = startups.iter().copied().max();
+    let breaches = startups.iter().filter(|s| **s > limit_ns).count();
+    ThresholdResult {
+        name,
+        metric: "container_startup_time".into(),
+        limit: limit_ns as f64,
+        limit_text: limit.map_or("-".into(), |_| human(limit_ns)),
+        peak: peak.map(|p| p as f64),
+        peak_text: peak.map_or("n/a (no containers)".into(), |p| {
+            format!("{} (slowest of {})", human(p), startups.len())
+        }),
+        breaches: u32::try_from(breaches).unwrap_or(u32::MAX),
+        status: match peak {
+            None => Status::NotApplicable,
+            Some(_) if breaches > 0 => Status::Fail,
+            Some(_) => Status::Pass,
+        },
+    }
 }
 
 /// Checks thresholds as samples arrive, reporting each breach once and again when it clears.
@@ -506,20 +530,23 @@ fn human(ns: u64) -> String {
     crate::units::human_duration_ns(ns)
 }
 
-/// Judges the report: thresholds that cannot apply to a run, SLOs, insights, the verdict.
+/// Judges the report: thresholds judged on the whole run (the containers' start-up times, n/a
+/// without containers), SLOs, insights, the verdict.
 pub fn judge(config: &CleanroomConfig, mut report: Report, not_applicable: Vec<String>) -> Report {
-    report
+    let limit = config
+        .performance_monitoring
         .thresholds
-        .extend(not_applicable.into_iter().map(|name| ThresholdResult {
-            name,
-            metric: "container_startup_time".into(),
-            limit: 0.0,
-            limit_text: "-".into(),
-            peak: None,
-            peak_text: "n/a (no containers)".into(),
-            breaches: 0,
-            status: Status::NotApplicable,
-        }));
+        .max_container_startup_time;
+    let startups: Vec<u64> = report
+        .containers
+        .iter()
+        .filter_map(|c| c.startup_ns)
+        .collect();
+    let results: Vec<ThresholdResult> = not_applicable
+        .into_iter()
+        .map(|name| container_startup(name, limit, &startups))
+        .collect();
+    report.thresholds.extend(results);
     report.slos = judge_slos(config, &report);
     report.insights = insights(&report, crate::host::cpus());
     report.verdict = if report.slos.is_empty() && report.thresholds.is_empty() {

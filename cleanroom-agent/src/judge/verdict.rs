@@ -84,6 +84,8 @@ pub enum EventKind {
     /// The agent stopped watching a cgroup: its subject says why (`removed`, `agent_stopped`,
     /// `unwatched`).
     WatchEnded,
+    /// A Docker container the run started was found and followed (or could not be).
+    Container,
     /// A kind this build does not know, kept as written. Reports are read back (`cleanroom
     /// report`, `compare`, `--baseline`, the history) and the schema allows any string here, so
     /// a report of a newer Cleanroom (or one saying `signal`) still loads and renders its events
@@ -94,7 +96,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind this build writes.
-    pub const KNOWN: [EventKind; 7] = [
+    pub const KNOWN: [EventKind; 8] = [
         EventKind::ThresholdBreached,
         EventKind::ThresholdCleared,
         EventKind::Limit,
@@ -102,6 +104,7 @@ impl EventKind {
         EventKind::TimeoutKill,
         EventKind::OomKill,
         EventKind::WatchEnded,
+        EventKind::Container,
     ];
 
     /// Its name in the JSON report.
@@ -114,6 +117,7 @@ impl EventKind {
             EventKind::TimeoutKill => "timeout_kill",
             EventKind::OomKill => "oom_kill",
             EventKind::WatchEnded => "watch_ended",
+            EventKind::Container => "container",
             EventKind::Other(kind) => kind,
         }
     }

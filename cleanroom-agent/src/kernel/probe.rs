@@ -879,6 +879,17 @@ impl Probes {
             .map_err(map_err(maps::WATCHED))
     }
 
+    /// Counts cgroup `cgroup_id` (made elsewhere: a container the run started) as one of run
+    /// `run_id`'s from now on: its processes' records and connections are the run's. Its
+    /// sub-cgroups made from now on are the run's too.
+    pub fn watch_in_run(&mut self, cgroup_id: u64, run_id: u64) -> Result<(), ProbeError> {
+        let mut watched: HashMap<&mut MapData, u64, u64> =
+            HashMap::try_from(self.map_mut(maps::WATCHED)?).map_err(map_err(maps::WATCHED))?;
+        watched
+            .insert(cgroup_id, run_id, 0)
+            .map_err(map_err(maps::WATCHED))
+    }
+
     /// Why processes leaving a run's cgroups cannot be seen here (a hook they need is not
     /// attached), or `None` when they can.
     pub fn escapes_unavailable(&self) -> Option<String> {

@@ -125,6 +125,11 @@ impl ProcessRecord {
     }
 }
 
+/// `text` in at most `max` characters, cut with "…".
+pub fn cut_to(text: &str, max: usize) -> String {
+    cut(text, max, false)
+}
+
 /// `line` in at most `max` characters, cut with "…" (also when it was cut before).
 fn cut(line: &str, max: usize, truncated: bool) -> String {
     if line.chars().count() <= max && !truncated {

@@ -128,6 +128,8 @@ pub struct Session {
     events: Vec<Event>,
     anon_peak_bytes: Option<u64>,
     last: Option<Sample>,
+    /// Other cgroups whose subtrees count as part of the target (containers a run started).
+    included: Vec<u64>,
 }
 
 impl Session {
@@ -144,6 +146,7 @@ impl Session {
             events: Vec::new(),
             anon_peak_bytes: None,
             last: None,
+            included: Vec::new(),
         }
     }
 
@@ -169,11 +172,27 @@ impl Session {
 
     /// Takes a sample now: records the interval since the last one and checks thresholds.
     pub fn tick(&mut self, probes: &Probes) -> Result<Tick, Error> {
-        let ids: BTreeSet<u64> = probes.descendants(self.target.id)?;
+        let ids = self.probed_ids(probes)?;
         // The probes first, then the live threads: a thread exiting in between is missed by this
         // sample only (never counted twice), and the next one has it.
         let counted = probes.counters(&ids)?;
         Ok(self.tick_counted(counted))
+    }
+
+    /// Counts cgroup `root` and its subtree as part of the target from now on (the kernel's
+    /// counts from its making on): a container the target's command started elsewhere. The
+    /// target's own cgroupfs figures (memory, `cpu.stat`) stay the target's alone.
+    pub fn include(&mut self, root: u64) {
+        if root != self.target.id && !self.included.contains(&root) {
+            self.included.push(root);
+        }
+    }
+
+    /// The target's subtree and every included one's, as the probes' record has them.
+    fn probed_ids(&self, probes: &Probes) -> Result<BTreeSet<u64>, Error> {
+        let mut roots = vec![self.target.id];
+        roots.extend(&self.included);
+        Ok(probes.subtrees(&roots)?.into_iter().flatten().collect())
     }
 
     /// [`Session::tick`] with what the probes counted for the target's subtree read already,
@@ -278,7 +297,7 @@ impl Session {
     pub fn finish(self, probes: &mut Probes, end: End) -> Result<Figures, Error> {
         // Sub-cgroups still there, and those the kernel saw made (and maybe removed) meanwhile.
         let mut ids: BTreeSet<u64> = self.target.subtree_ids()?.into_iter().collect();
-        ids.extend(probes.descendants(self.target.id)?);
+        ids.extend(self.probed_ids(probes)?);
         let counted = probes.counted(&ids)?;
         let drops = probes.drops()?;
         let unavailable = probes.unavailable();

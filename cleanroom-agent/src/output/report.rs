@@ -72,6 +72,10 @@ pub struct Report {
     /// The run's traffic by remote endpoint, the most bytes first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connections: Vec<crate::measure::connections::Connection>,
+    /// The Docker containers the run started, each measured apart (their figures are in the
+    /// totals too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<crate::measure::containers::ContainerRecord>,
     /// One point per `metrics_interval`: rates and levels over that interval.
     #[serde(default)]
     pub series: Vec<SeriesPoint>,
@@ -170,6 +174,7 @@ impl Report {
             escaped: Vec::new(),
             processes: Vec::new(),
             connections: Vec::new(),
+            containers: Vec::new(),
             aggregates: figures.aggregates,
             anomalies: figures.anomalies,
             anomalies_found: figures.anomalies_found,
@@ -257,6 +262,39 @@ impl Report {
     pub fn command_line(&self) -> String {
         shlex::try_join(self.command.iter().map(String::as_str))
             .unwrap_or_else(|_| self.command.join(" "))
+    }
+
+    /// The containers in the summary: each with its start-up time and what it cost.
+    fn container_summary(&self) -> String {
+        use crate::units::human_bytes;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n  {:<34} {:>10} {:>10} {:>10} {:>10} {:>5}",
+            format!("containers ({})", self.containers.len()),
+            "start-up",
+            "cpu",
+            "read",
+            "written",
+            "exit"
+        );
+        for c in &self.containers {
+            let dash = || "-".to_owned();
+            let _ = writeln!(
+                out,
+                "  {:<34} {:>10} {:>10} {:>10} {:>10} {:>5}",
+                crate::measure::processes::cut_to(&format!("{} ({})", c.name, c.image), 34),
+                c.startup_ns.map_or_else(dash, human_duration_ns),
+                c.value("cpu_time_ns").map_or_else(dash, human_duration_ns),
+                c.value("block_read_bytes").map_or_else(dash, human_bytes),
+                c.value("block_write_bytes").map_or_else(dash, human_bytes),
+                c.exit_code.map_or_else(dash, |e| e.to_string())
+            );
+            if let Some(why) = &c.unmeasured {
+                let _ = writeln!(out, "    not measured: {why}");
+            }
+        }
+        out
     }
 
     /// The connections in the summary: the remote endpoints that moved the most bytes, and
@@ -432,6 +470,9 @@ impl Report {
                 );
             }
         }
+        if !self.containers.is_empty() {
+            out.push_str(&self.container_summary());
+        }
         if !self.connections.is_empty() {
             out.push_str(&self.connection_summary());
         }
@@ -588,6 +629,7 @@ impl Report {
             escaped: vec![],
             processes: vec![],
             connections: vec![],
+            containers: vec![],
         }
     }
 }

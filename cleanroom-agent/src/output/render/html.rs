@@ -90,6 +90,42 @@ fn status_cell(s: Status) -> &'static str {
     }
 }
 
+/// The containers the run started: start-up time and what each cost.
+fn containers(r: &Report) -> String {
+    let mut out = format!(
+        "<section><h2>Containers ({})</h2><table><tr><th>container</th><th>image</th><th class=\"num\">start-up</th><th class=\"num\">ran</th><th class=\"num\">CPU</th><th class=\"num\">read</th><th class=\"num\">written</th><th class=\"num\">sent</th><th class=\"num\">received</th><th class=\"num\">exit</th></tr>",
+        r.containers.len()
+    );
+    let dash = || "–".to_owned();
+    let bytes = |v: Option<u64>| v.map_or_else(dash, |b| human(b, crate::metric::Unit::Bytes));
+    for c in &r.containers {
+        let _ = write!(
+            out,
+            "<tr><td><code title=\"{}\">{}</code></td><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            esc(&c.id),
+            esc(&c.name),
+            esc(&c.image),
+            c.startup_ns.map_or_else(dash, human_duration_ns),
+            c.lifetime_ns().map_or_else(dash, human_duration_ns),
+            c.value("cpu_time_ns").map_or_else(dash, human_duration_ns),
+            bytes(c.value("block_read_bytes")),
+            bytes(c.value("block_write_bytes")),
+            bytes(c.value("net_tx_bytes")),
+            bytes(c.value("net_rx_bytes")),
+            c.exit_code.map_or_else(dash, |e| e.to_string())
+        );
+        if let Some(why) = &c.unmeasured {
+            let _ = write!(
+                out,
+                "<tr><td colspan=\"10\" class=\"small muted\">not measured: {}</td></tr>",
+                esc(why)
+            );
+        }
+    }
+    out.push_str("</table></section>");
+    out
+}
+
 /// The connections: every one (the first [`PROCESS_ROWS`]), remote endpoints first, loopback
 /// apart.
 fn connections(r: &Report) -> String {
@@ -628,6 +664,9 @@ pub fn report(r: &Report) -> String {
         );
     }
 
+    if !r.containers.is_empty() {
+        body.push_str(&containers(r));
+    }
     if !r.connections.is_empty() {
         body.push_str(&connections(r));
     }

@@ -116,6 +116,9 @@ pub fn report(r: &Report) -> String {
         }
         out.push('\n');
     }
+    if !r.containers.is_empty() {
+        out.push_str(&containers(r));
+    }
     if !r.connections.is_empty() {
         out.push_str(&connections(r));
     }
@@ -167,6 +170,37 @@ pub fn report(r: &Report) -> String {
             r.unavailable.join(", ")
         );
     }
+    out
+}
+
+/// The containers the run started: start-up time and what each cost.
+fn containers(r: &Report) -> String {
+    use crate::units::human_bytes;
+    let mut out = format!("**Containers** ({})\n\n", r.containers.len());
+    let _ = writeln!(
+        out,
+        "| container | image | start-up | ran | CPU | read | written | exit |"
+    );
+    let _ = writeln!(
+        out,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let dash = || "–".to_owned();
+    for c in &r.containers {
+        let _ = writeln!(
+            out,
+            "| `{}` | `{}` | {} | {} | {} | {} | {} | {} |",
+            cell(&c.name),
+            cell(&c.image),
+            c.startup_ns.map_or_else(dash, human_duration_ns),
+            c.lifetime_ns().map_or_else(dash, human_duration_ns),
+            c.value("cpu_time_ns").map_or_else(dash, human_duration_ns),
+            c.value("block_read_bytes").map_or_else(dash, human_bytes),
+            c.value("block_write_bytes").map_or_else(dash, human_bytes),
+            c.exit_code.map_or_else(dash, |e| e.to_string())
+        );
+    }
+    out.push('\n');
     out
 }
 

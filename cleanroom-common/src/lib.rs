@@ -36,6 +36,9 @@ pub mod maps {
     /// Hash: [`crate::ConnKey`] → [`crate::ConnStats`]: the traffic of each watched run's
     /// sockets by remote endpoint, updated with atomic adds.
     pub const CONNECTIONS: &str = "CONNECTIONS";
+    /// LRU hash: cgroup v2 id (`u64`) → when a TCP socket of it first listened (ns since boot,
+    /// CLOCK_MONOTONIC).
+    pub const FIRST_LISTEN: &str = "FIRST_LISTEN";
 }
 
 /// Names of the programs of the BPF object (the Rust function names in `cleanroom-ebpf`).

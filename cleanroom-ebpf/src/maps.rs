@@ -146,6 +146,12 @@ pub fn connection_of(key: &ConnKey) -> Option<&'static mut ConnStats> {
     }
 }
 
+/// cgroup → when a TCP socket of it first listened. Every cgroup's, not only watched runs': a
+/// container may listen before the run has found its cgroup. LRU: listens are rare, and the
+/// ones a run asks for are recent.
+#[map]
+pub static FIRST_LISTEN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4_096, 0);
+
 /// sock → when it entered SYN_SENT.
 #[map]
 pub static CONNECT_START: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);

@@ -7,6 +7,7 @@
 //! the socket.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_skb_cgroup_id},
     macros::{btf_tracepoint, cgroup_skb},
     programs::{BtfTracePointContext, SkBuffContext},
@@ -15,7 +16,7 @@ use cleanroom_common::{ConnKey, hist_kind};
 
 use crate::{
     escape::run_of_cgroup,
-    maps::{CONNECT_START, atomic_add, connection_of, record_latency, stats_of},
+    maps::{CONNECT_START, FIRST_LISTEN, atomic_add, connection_of, record_latency, stats_of},
     task::{
         OFF_SOCK_CGROUP, OFF_SOCK_DADDR, OFF_SOCK_DPORT, OFF_SOCK_FAMILY, OFF_SOCK_NUM,
         OFF_SOCK_V6_DADDR, id_of_cgroup, read_optional, read_ptr,
@@ -29,9 +30,10 @@ const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
-/// `TCP_ESTABLISHED` and `TCP_SYN_SENT` (include/net/tcp_states.h).
+/// `TCP_ESTABLISHED`, `TCP_SYN_SENT` and `TCP_LISTEN` (include/net/tcp_states.h).
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_LISTEN: i32 = 10;
 
 /// Lets every packet through: these programs only count.
 const ALLOW: i32 = 1;
@@ -193,7 +195,8 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> u32 {
 }
 
 /// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`: connect latency is
-/// the time from `SYN_SENT` to `ESTABLISHED`.
+/// the time from `SYN_SENT` to `ESTABLISHED`; each cgroup's first `LISTEN` is kept (when a
+/// container a run started began to serve).
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
@@ -203,6 +206,10 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     if new == TCP_SYN_SENT {
         let _ = CONNECT_START.insert(sk as u64, now, 0);
+    } else if new == TCP_LISTEN {
+        if let Some(id) = sock_cgroup(sk) {
+            let _ = FIRST_LISTEN.insert(&id, &now, u64::from(BPF_NOEXIST));
+        }
     } else if old == TCP_SYN_SENT {
         // SAFETY: a map value read once, right away.
         if let Some(start) = unsafe { CONNECT_START.get(sk as u64) }.copied() {

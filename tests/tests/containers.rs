@@ -12,7 +12,7 @@ use cleanroom_tests::{
 
 const MIB: u64 = 1 << 20;
 
-/// One container spins about 500 ms of CPU, then sleeps until the script has read its cgroup's
+/// One container listens on a TCP port and spins about 500 ms of CPU, then sleeps until the script has read its cgroup's
 /// `cpu.stat` and removes it; another writes 8 MiB with O_DIRECT to a loop device passed in.
 /// With `max_container_startup_time = "1ms"` the run fails (exit 3) on that threshold.
 #[test]
@@ -34,7 +34,7 @@ fn containers_the_run_starts_are_measured_as_part_of_it() {
     let id = std::process::id();
     let script = format!(
         r#"set -e
-spin=$(docker run -d --name crt-spin-{id} {TEST_IMAGE} sh -c 'while :; do :; done & p=$!; sleep 0.5; kill $p; wait $p || true; echo spun; sleep 60')
+spin=$(docker run -d --name crt-spin-{id} {TEST_IMAGE} sh -c 'nc -l -p 7777 & while :; do :; done & p=$!; sleep 0.5; kill $p; wait $p || true; echo spun; sleep 60')
 until docker logs "$spin" 2>&1 | grep -q spun; do sleep 0.05; done
 pid=$(docker inspect -f '{{{{.State.Pid}}}}' "$spin")
 cg=$(sed -n 's/^0:://p' /proc/$pid/cgroup)
@@ -76,6 +76,16 @@ docker run --rm --name crt-io-{id} --device {dev} {TEST_IMAGE} dd if=/dev/zero o
         );
     }
     assert_eq!(io["exit_code"], 0, "{io:#}");
+    // The spinning one listened first thing: from created to listening, at least its start-up.
+    assert!(
+        u64_at(spin, "/listening_ns") >= u64_at(spin, "/started_ns"),
+        "{spin:#}"
+    );
+    assert!(
+        u64_at(spin, "/startup_to_listen_ns") >= u64_at(spin, "/startup_ns"),
+        "{spin:#}"
+    );
+    assert!(io.get("listening_ns").is_none(), "{io:#}");
 
     // CPU: the spinning container against its own cgroup's cpu.stat, read after the spin.
     let stat = fs::read_to_string(&truth).expect("the script read the container's cpu.stat");

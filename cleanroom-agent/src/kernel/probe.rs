@@ -1009,6 +1009,23 @@ impl Probes {
         Ok(found)
     }
 
+    /// When a TCP socket of any of `ids` first listened, ns since boot (CLOCK_MONOTONIC);
+    /// `None` if none did.
+    pub fn first_listen(&self, ids: &BTreeSet<u64>) -> Result<Option<u64>, ProbeError> {
+        // aya reads an LRU hash as a hash.
+        let map: HashMap<&MapData, u64, u64> = HashMap::try_from(self.map(maps::FIRST_LISTEN)?)
+            .map_err(map_err(maps::FIRST_LISTEN))?;
+        let mut first: Option<u64> = None;
+        for id in ids {
+            match map.get(id, 0) {
+                Ok(t) => first = Some(first.map_or(t, |f| f.min(t))),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(maps::FIRST_LISTEN)(e)),
+            }
+        }
+        Ok(first)
+    }
+
     /// Why traffic cannot be told apart by endpoint here, if it cannot.
     pub fn connections_unavailable(&self) -> Option<String> {
         let reasons: Vec<String> = self

@@ -52,6 +52,12 @@ pub struct ContainerRecord {
     /// From created to running, ns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_ns: Option<u64>,
+    /// When a TCP socket of it first listened, ns since the run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listening_ns: Option<u64>,
+    /// From created to its first listening socket, ns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_to_listen_ns: Option<u64>,
     /// When its main process ended, ns since the run started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_ns: Option<u64>,
@@ -75,6 +81,16 @@ impl ContainerRecord {
         match self.totals.get(name)? {
             Total::Value(v) => Some(*v),
             Total::Latency(_) => None,
+        }
+    }
+
+    /// Its start-up for people: created → running, and → listening when it listened.
+    pub fn startup_text(&self) -> String {
+        let human = crate::units::human_duration_ns;
+        match (self.startup_ns, self.startup_to_listen_ns) {
+            (Some(s), Some(l)) => format!("{} ({} to listen)", human(s), human(l)),
+            (Some(s), None) => human(s),
+            (None, _) => "-".into(),
         }
     }
 
@@ -111,6 +127,18 @@ pub struct ContainerWatch {
     run_start_ns: u64,
     followed: BTreeMap<ContainerId, Followed>,
     notes: Vec<String>,
+}
+
+/// CLOCK_REALTIME minus CLOCK_MONOTONIC, ns: what turns the kernel's times into the engine's.
+fn epoch_minus_monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is valid and writable.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let monotonic = (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64;
+    epoch_ns().saturating_sub(monotonic)
 }
 
 /// ns since the epoch, now.
@@ -214,6 +242,8 @@ impl ContainerWatch {
                     created_ns: None,
                     started_ns: None,
                     startup_ns: None,
+                    listening_ns: None,
+                    startup_to_listen_ns: None,
                     ended_ns: None,
                     exit_code: None,
                     cgroup: None,
@@ -305,6 +335,14 @@ impl ContainerWatch {
                     .collect();
                 ids.extend(probes.descendants(target.id)?);
                 let counted = probes.counted(&ids)?;
+                if let Some(listen) = probes.first_listen(&ids)? {
+                    let since_run =
+                        (listen + epoch_minus_monotonic_ns()).saturating_sub(self.run_start_ns);
+                    record.listening_ns = Some(since_run);
+                    record.startup_to_listen_ns = record
+                        .created_ns
+                        .map(|created| since_run.saturating_sub(created));
+                }
                 let lived = match (record.started_ns, record.ended_ns) {
                     (Some(s), Some(e)) => e.saturating_sub(s),
                     (Some(s), None) => wall_time_ns.saturating_sub(s),

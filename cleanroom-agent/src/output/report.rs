@@ -270,7 +270,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\n  {:<34} {:>10} {:>10} {:>10} {:>10} {:>5}",
+            "\n  {:<34} {:>24} {:>10} {:>10} {:>10} {:>5}",
             format!("containers ({})", self.containers.len()),
             "start-up",
             "cpu",
@@ -282,9 +282,9 @@ impl Report {
             let dash = || "-".to_owned();
             let _ = writeln!(
                 out,
-                "  {:<34} {:>10} {:>10} {:>10} {:>10} {:>5}",
+                "  {:<34} {:>24} {:>10} {:>10} {:>10} {:>5}",
                 crate::measure::processes::cut_to(&format!("{} ({})", c.name, c.image), 34),
-                c.startup_ns.map_or_else(dash, human_duration_ns),
+                c.startup_text(),
                 c.value("cpu_time_ns").map_or_else(dash, human_duration_ns),
                 c.value("block_read_bytes").map_or_else(dash, human_bytes),
                 c.value("block_write_bytes").map_or_else(dash, human_bytes),

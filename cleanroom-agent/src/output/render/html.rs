@@ -105,7 +105,7 @@ fn containers(r: &Report) -> String {
             esc(&c.id),
             esc(&c.name),
             esc(&c.image),
-            c.startup_ns.map_or_else(dash, human_duration_ns),
+            esc(&c.startup_text()),
             c.lifetime_ns().map_or_else(dash, human_duration_ns),
             c.value("cpu_time_ns").map_or_else(dash, human_duration_ns),
             bytes(c.value("block_read_bytes")),

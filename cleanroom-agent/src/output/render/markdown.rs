@@ -192,7 +192,7 @@ fn containers(r: &Report) -> String {
             "| `{}` | `{}` | {} | {} | {} | {} | {} | {} |",
             cell(&c.name),
             cell(&c.image),
-            c.startup_ns.map_or_else(dash, human_duration_ns),
+            c.startup_text(),
             c.lifetime_ns().map_or_else(dash, human_duration_ns),
             c.value("cpu_time_ns").map_or_else(dash, human_duration_ns),
             c.value("block_read_bytes").map_or_else(dash, human_bytes),

@@ -115,9 +115,8 @@ pub struct ResourceLimits {
     /// Network bandwidth. No cgroup controller limits it: monitored only.
     #[serde(deserialize_with = "de_opt_bytes")]
     pub max_network_bandwidth_bytes_per_sec: Option<u64>,
-    /// Processes and threads of the run at once (`pids.max`); Cleanroom runs no containers, so
-    /// this caps tasks instead. At least 1.
-    #[serde(deserialize_with = "de_task_limit")]
+    /// How many Docker containers the run may start: judged at its end on the containers it
+    /// followed (exceeding it fails the run).
     pub max_container_count: Option<u64>,
     /// Wall time after which the command is stopped: SIGTERM, then SIGKILL after
     /// `resource_cleanup_timeout`.
@@ -179,17 +178,6 @@ fn de_cpu_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D
         ))),
         _ => Ok(percent),
     }
-}
-
-/// At least one task: the command itself.
-fn de_task_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let count = Option::<u64>::deserialize(d)?;
-    if count == Some(0) {
-        return Err(serde::de::Error::custom(
-            "0 tasks would not let the command fork anything; use at least 1",
-        ));
-    }
-    Ok(count)
 }
 
 /// `[[slos]]`: a named objective, parsed once, when it is read.
@@ -570,7 +558,6 @@ objective = "wall_time <= 15s"
             ),
             ("max_cpu_usage_percent = 0", "below the smallest CPU quota"),
             ("max_cpu_usage_percent = 100000", "limit nothing"),
-            ("max_container_count = 0", "at least 1"),
         ] {
             let text = format!("[resource_limits]\n\n{line}\n");
             let e = CleanroomConfig::from_toml(&text, "l.toml").unwrap_err();

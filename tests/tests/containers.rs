@@ -14,7 +14,8 @@ const MIB: u64 = 1 << 20;
 
 /// One container listens on a TCP port and spins about 500 ms of CPU, then sleeps until the script has read its cgroup's
 /// `cpu.stat` and removes it; another writes 8 MiB with O_DIRECT to a loop device passed in.
-/// With `max_container_startup_time = "1ms"` the run fails (exit 3) on that threshold.
+/// With `max_container_startup_time = "1ms"` and `max_container_count = 1` the run fails
+/// (exit 3) on both.
 #[test]
 fn containers_the_run_starts_are_measured_as_part_of_it() {
     if !privileged("containers_the_run_starts_are_measured_as_part_of_it")
@@ -28,7 +29,8 @@ fn containers_the_run_starts_are_measured_as_part_of_it() {
     let config = dir.path().join("slo.toml");
     fs::write(
         &config,
-        "[performance_monitoring.thresholds]\nmax_container_startup_time = \"1ms\"\n",
+        "[performance_monitoring.thresholds]\nmax_container_startup_time = \"1ms\"\n\
+         [resource_limits]\nmax_container_count = 1\n",
     )
     .unwrap();
     let id = std::process::id();
@@ -76,13 +78,15 @@ docker run --rm --name crt-io-{id} --device {dev} {TEST_IMAGE} dd if=/dev/zero o
         );
     }
     assert_eq!(io["exit_code"], 0, "{io:#}");
-    // The spinning one listened first thing: from created to listening, at least its start-up.
+    // The spinning one listened first thing: after it was created (the engine's start event
+    // comes after the container's process started, so a listen can come before it).
     assert!(
-        u64_at(spin, "/listening_ns") >= u64_at(spin, "/started_ns"),
+        u64_at(spin, "/listening_ns") > u64_at(spin, "/created_ns"),
         "{spin:#}"
     );
-    assert!(
-        u64_at(spin, "/startup_to_listen_ns") >= u64_at(spin, "/startup_ns"),
+    assert_eq!(
+        u64_at(spin, "/startup_to_listen_ns"),
+        u64_at(spin, "/listening_ns") - u64_at(spin, "/created_ns"),
         "{spin:#}"
     );
     assert!(io.get("listening_ns").is_none(), "{io:#}");
@@ -127,6 +131,16 @@ docker run --rm --name crt-io-{id} --device {dev} {TEST_IMAGE} dd if=/dev/zero o
         .unwrap_or_else(|| panic!("no start-up threshold: {:#}", report["thresholds"]));
     assert_eq!(threshold["status"], "fail", "{threshold:#}");
     assert_eq!(threshold["breaches"], 2, "{threshold:#}");
+    let count = report["thresholds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["metric"] == "container_count")
+        .unwrap_or_else(|| panic!("no container count: {:#}", report["thresholds"]));
+    assert_eq!(
+        (count["status"].as_str(), count["peak"].as_f64()),
+        (Some("fail"), Some(2.0))
+    );
     assert_eq!(output.status.code(), Some(3), "stderr:\n{stderr}");
     let starts = report["events"]
         .as_array()
@@ -135,4 +149,82 @@ docker run --rm --name crt-io-{id} --device {dev} {TEST_IMAGE} dd if=/dev/zero o
         .filter(|e| e["kind"] == "container")
         .count();
     assert_eq!(starts, 2, "each start is an event: {:#}", report["events"]);
+}
+
+/// `cleanroom agent` watching `docker/*` names a container's cgroup by the container: its
+/// name and image, as the engine has them, in the list of live cgroups.
+#[test]
+fn the_agent_names_the_containers_it_watches() {
+    if !privileged("the_agent_names_the_containers_it_watches")
+        || !docker_ready("the_agent_names_the_containers_it_watches")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", cleanroom_tests::free_loopback_port());
+    let mut agent = std::process::Command::new(cleanroom_tests::cleanroom_bin())
+        .args([
+            "agent",
+            "--watch",
+            "docker/*",
+            "--no-store",
+            "--listen",
+            &listen,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(dir.path().join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let name = format!("crt-agent-{}", std::process::id());
+    let started = std::process::Command::new("docker")
+        .args([
+            "run", "-d", "--rm", "--name", &name, TEST_IMAGE, "sleep", "30",
+        ])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(5)))
+        .build()
+        .into();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let found = loop {
+        let cgroups: Option<serde_json::Value> = http
+            .get(format!("http://{listen}/api/v1/cgroups"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .and_then(|body| serde_json::from_str(&body).ok());
+        let tagged = cgroups.as_ref().and_then(|v| {
+            v["cgroups"]
+                .as_array()?
+                .iter()
+                .find(|c| {
+                    c["container"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with(&format!("{name} (")))
+                })
+                .cloned()
+        });
+        if let Some(c) = tagged {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container was not named: {cgroups:#?}\n{}",
+            fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &name])
+        .output();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(
+        found["container"].as_str(),
+        Some(format!("{name} ({TEST_IMAGE})").as_str()),
+        "{found:#}"
+    );
 }

@@ -124,6 +124,12 @@ impl Board {
                     id: id.0,
                     cgroup: cgroup.clone(),
                     rule: watch.rule.run_name().to_owned(),
+                    container: watch.rule.tags.get("container").map(|name| {
+                        match watch.rule.tags.get("image") {
+                            Some(image) => format!("{name} ({image})"),
+                            None => name.clone(),
+                        }
+                    }),
                     started_at: humantime::format_rfc3339_seconds(session.started_at()).to_string(),
                     ..LiveRow::default()
                 },

@@ -282,7 +282,12 @@ impl Watched {
 
     /// A watch of `target` under rule `rule`, starting now.
     fn start(&self, target: Target, relative: PathBuf, rule: RuleId) -> Watch {
-        let rule = self.watcher.rules()[rule.0].clone();
+        let mut rule = self.watcher.rules()[rule.0].clone();
+        // A container's cgroup is named as `cleanroom run` names the containers it follows.
+        if let Some((name, image)) = crate::docker::describe_cgroup(&relative) {
+            rule.tags.entry("container".into()).or_insert(name);
+            rule.tags.entry("image".into()).or_insert(image);
+        }
         let config = CleanroomConfig {
             performance_monitoring: PerformanceMonitoring {
                 metrics_interval: self.interval,

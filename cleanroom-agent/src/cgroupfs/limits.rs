@@ -38,9 +38,6 @@ pub fn v1_controllers_needed(limits: &ResourceLimits) -> Vec<&'static str> {
     if limits.max_cpu_usage_percent.is_some() {
         out.push("cpu");
     }
-    if limits.max_container_count.is_some() {
-        out.push("pids");
-    }
     out
 }
 
@@ -110,23 +107,6 @@ pub fn apply(run: &RunCgroup, limits: &ResourceLimits) -> Result<Vec<String>, Li
             ));
         } else {
             unenforceable(key, "no cpu controller".into())?;
-        }
-    }
-    if let Some(count) = limits.max_container_count {
-        let key = "max_container_count";
-        let file = if v2.join("pids.max").exists() {
-            Some(v2.join("pids.max"))
-        } else {
-            run.v1_twin("pids").map(|t| t.join("pids.max"))
-        };
-        match file {
-            Some(file) => {
-                write(key, &file, &count.to_string())?;
-                done.push(format!(
-                    "resource_limits.{key}: pids.max = {count} (tasks of the run)"
-                ));
-            }
-            None => unenforceable(key, "no pids controller".into())?,
         }
     }
     if limits.max_disk_usage_bytes.is_some() {

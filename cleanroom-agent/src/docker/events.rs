@@ -105,6 +105,32 @@ pub fn parse_event(event: &Value) -> Option<ContainerEvent> {
     })
 }
 
+/// The container a cgroup belongs to, by the names engines give their cgroups: `…/<id>`
+/// (Docker's cgroupfs driver, `docker/<id>`) or `…/docker-<id>.scope` (its systemd driver), an
+/// id being 64 hexadecimal digits.
+pub fn container_of_cgroup(relative: &std::path::Path) -> Option<ContainerId> {
+    let last = relative.file_name()?.to_str()?;
+    let id = last
+        .strip_prefix("docker-")
+        .and_then(|rest| rest.strip_suffix(".scope"))
+        .unwrap_or(last);
+    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| ContainerId(id.to_ascii_lowercase()))
+}
+
+/// A container's name and image, from its inspection.
+pub fn name_and_image(inspection: &Value) -> Option<(String, String)> {
+    let name = inspection["Name"]
+        .as_str()?
+        .trim_start_matches('/')
+        .to_owned();
+    let image = inspection["Config"]["Image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Some((name, image))
+}
+
 /// What an inspection says of a running container: its main process, if it runs.
 pub fn main_pid(inspection: &Value) -> Option<u32> {
     inspection["State"]["Pid"]
@@ -145,6 +171,24 @@ mod tests {
         assert_eq!(
             parse_event(&old).unwrap().time_ns,
             1_764_390_000_000_000_000
+        );
+    }
+
+    #[test]
+    fn container_cgroups_are_told_by_their_names() {
+        let id = "41343c817d78f03025cbbb55896b09646551e6845741dcf2698cc00072d3ba02";
+        let of = |p: &str| container_of_cgroup(std::path::Path::new(p)).map(|c| c.0);
+        assert_eq!(of(&format!("docker/{id}")).as_deref(), Some(id));
+        assert_eq!(
+            of(&format!("system.slice/docker-{id}.scope")).as_deref(),
+            Some(id)
+        );
+        assert_eq!(of("system.slice/docker.service"), None);
+        assert_eq!(of(&format!("docker/{}", &id[1..])), None);
+        let inspection = serde_json::json!({"Name": "/web", "Config": {"Image": "nginx:1"}});
+        assert_eq!(
+            name_and_image(&inspection),
+            Some(("web".to_owned(), "nginx:1".to_owned()))
         );
     }
 

@@ -16,3 +16,20 @@ pub fn socket_path() -> std::path::PathBuf {
         .and_then(|h| h.strip_prefix("unix://").map(std::path::PathBuf::from))
         .unwrap_or_else(|| DEFAULT_SOCKET.into())
 }
+
+/// The name and image of the container whose cgroup is `relative` (to the v2 mount), when the
+/// path names one and the engine answers.
+pub fn describe_cgroup(relative: &std::path::Path) -> Option<(String, String)> {
+    let id = events::container_of_cgroup(relative)?;
+    let socket = socket_path();
+    if !socket.exists() {
+        return None;
+    }
+    match client::get_json(&socket, &format!("/containers/{}/json", id.0)) {
+        Ok(inspection) => events::name_and_image(&inspection),
+        Err(e) => {
+            log::debug!("naming container {}: {e}", id.short());
+            None
+        }
+    }
+}

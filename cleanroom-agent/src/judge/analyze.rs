@@ -69,8 +69,9 @@ pub struct ThresholdSpec {
     pub kind: Kind,
 }
 
-/// The thresholds `config` asks for. `max_container_startup_time` is judged on the whole run,
-/// not on samples, and comes back in the second list (see [`judge`]).
+/// The thresholds `config` asks for. `max_container_startup_time` and `max_container_count`
+/// are judged on the whole run's containers, not on samples, and come back in the second list
+/// (see [`judge`]).
 pub fn threshold_specs(config: &CleanroomConfig) -> (Vec<ThresholdSpec>, Vec<String>) {
     let t = &config.performance_monitoring.thresholds;
     let rl = &config.resource_limits;
@@ -155,6 +156,10 @@ pub fn threshold_specs(config: &CleanroomConfig) -> (Vec<ThresholdSpec>, Vec<Str
         .max_container_startup_time
         .map(|_| format!("{pt}.max_container_startup_time"))
         .into_iter()
+        .chain(
+            rl.max_container_count
+                .map(|_| "resource_limits.max_container_count".to_owned()),
+        )
         .collect();
     (specs, not_applicable)
 }
@@ -179,6 +184,30 @@ fn container_startup(name: String, limit: Option<Duration>, startups: &[u64]) ->
             None => Status::NotApplicable,
             Some(_) if breaches > 0 => Status::Fail,
             Some(_) => Status::Pass,
+        },
+    }
+}
+
+/// `max_container_count` (`limit`) judged on how many containers the run started; not
+/// applicable without any (none started, or none could be followed).
+fn container_count(name: String, limit: u64, count: usize) -> ThresholdResult {
+    let over = count as u64 > limit;
+    ThresholdResult {
+        name,
+        metric: "container_count".into(),
+        limit: limit as f64,
+        limit_text: limit.to_string(),
+        peak: (count > 0).then_some(count as f64),
+        peak_text: if count > 0 {
+            count.to_string()
+        } else {
+            "n/a (no containers)".into()
+        },
+        breaches: u32::from(over),
+        status: match (count, over) {
+            (0, _) => Status::NotApplicable,
+            (_, true) => Status::Fail,
+            _ => Status::Pass,
         },
     }
 }
@@ -542,9 +571,17 @@ pub fn judge(config: &CleanroomConfig, mut report: Report, not_applicable: Vec<S
         .iter()
         .filter_map(|c| c.startup_ns)
         .collect();
+    let count_limit = config.resource_limits.max_container_count;
+    let count = report.containers.len();
     let results: Vec<ThresholdResult> = not_applicable
         .into_iter()
-        .map(|name| container_startup(name, limit, &startups))
+        .map(|name| {
+            if name.ends_with("max_container_count") {
+                container_count(name, count_limit.unwrap_or(u64::MAX), count)
+            } else {
+                container_startup(name, limit, &startups)
+            }
+        })
         .collect();
     report.thresholds.extend(results);
     report.slos = judge_slos(config, &report);

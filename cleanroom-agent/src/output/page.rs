@@ -29,6 +29,9 @@ pub struct LiveRow {
     pub cgroup: String,
     /// The watch rule's name.
     pub rule: String,
+    /// The container whose cgroup it is, `name (image)`, when it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     /// When watching began (RFC 3339).
     pub started_at: String,
     /// How long it has been watched, ns.
@@ -176,10 +179,14 @@ fn live_section(live: &[LiveRow]) -> String {
     for r in live {
         let _ = write!(
             out,
-            "<tr><td class=\"path\"><a href=\"/api/v1/cgroups/{}\" title=\"live figures (JSON)\"><code>{}</code></a></td>\
+            "<tr><td class=\"path\"><a href=\"/api/v1/cgroups/{}\" title=\"live figures (JSON)\"><code>{}</code></a>{}</td>\
              <td>{}</td><td class=\"num\" title=\"since {}\">{}</td>{}{}{}{}{}{}{}<td class=\"num{}\">{}</td></tr>",
             r.id,
             esc(&r.cgroup),
+            r.container.as_ref().map_or_else(String::new, |c| format!(
+                "<br><span class=\"small muted\">container {}</span>",
+                esc(c)
+            )),
             esc(&r.rule),
             esc(&r.started_at),
             esc(&span(r.watched_ns)),
@@ -268,6 +275,7 @@ mod tests {
             id,
             cgroup: cgroup.into(),
             rule: "ci".into(),
+            container: None,
             started_at: "2026-11-29T01:02:03Z".into(),
             watched_ns: 3_723_000_000_000,
             cpu_time_ns: Some(81_500_000_000),

@@ -9,8 +9,14 @@
 //!    cgroups, the time a `/metrics` scrape takes, and how long a new cgroup waits for its
 //!    first sample.
 //!
+//! 5. The command measured (`in_run`): many short processes and a small crate's build, bare
+//!    and inside `cleanroom run`, with the slowdown's 95% confidence interval.
+//!
 //! Writes `target/bench/results.json` and prints the tables. Goals are reported, never asserted.
-//! `--only agent-sidecar` runs section 4 alone and writes `results-agent-sidecar.json`.
+//! `--only agent-sidecar` runs section 4 alone and writes `results-agent-sidecar.json`;
+//! `--only in-run` section 5 alone, into `results-in-run.json`.
+
+mod in_run;
 
 use std::{
     collections::{BTreeMap, hash_map::RandomState},
@@ -33,6 +39,8 @@ use crate::step;
 pub enum Section {
     /// 4: `cleanroom agent` as a sidecar.
     AgentSidecar,
+    /// 5: the command measured, bare vs inside `cleanroom run`.
+    InRun,
 }
 
 /// Who is attached while a workload runs.
@@ -194,6 +202,22 @@ impl Bench {
             };
             return bench.only_agent_sidecar();
         }
+        if only == Some(Section::InRun) {
+            let started = Instant::now();
+            step("the command measured: bare vs inside cleanroom run, alone");
+            let rows = in_run::measure(&cleanroom, &out, reps)?;
+            let results = json!({
+                "machine": machine(),
+                "duration_s": started.elapsed().as_secs_f64(),
+                "repetitions": reps,
+                "in_run": rows,
+            });
+            let path = out.join("results-in-run.json");
+            fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+            in_run::print(&results["in_run"]);
+            step(&format!("results written to {}", path.display()));
+            return Ok(());
+        }
         let stats = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
             .unwrap_or_else(|_| "0".into())
             .trim()
@@ -232,14 +256,16 @@ impl Bench {
         };
         let started = Instant::now();
         let machine = machine();
-        step("phase 1/4: per-event cost of every program (BPF stats on)");
+        step("phase 1/5: per-event cost of every program (BPF stats on)");
         let per_event = bench.per_event_cost()?;
-        step("phase 2/4: workload slowdown, modes alternated");
+        step("phase 2/5: workload slowdown, modes alternated");
         let slowdown = bench.slowdown()?;
-        step("phase 3/4: the agent itself");
+        step("phase 3/5: the agent itself");
         let agent = bench.agent_cost()?;
-        step("phase 4/4: the agent as a sidecar (cleanroom agent)");
+        step("phase 4/5: the agent as a sidecar (cleanroom agent)");
         let agent_sidecar = bench.agent_sidecar()?;
+        step("phase 5/5: the command measured, bare vs inside cleanroom run");
+        let in_run = in_run::measure(&bench.cleanroom, &bench.out, bench.reps)?;
         let goals = goals(&per_event, &slowdown, &agent, &agent_sidecar);
         let results = json!({
             "machine": machine,
@@ -249,11 +275,13 @@ impl Bench {
             "slowdown": slowdown,
             "agent": agent,
             "agent_sidecar": agent_sidecar,
+            "in_run": in_run,
             "goals": goals,
         });
         let path = bench.out.join("results.json");
         fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
         print_tables(&results);
+        in_run::print(&results["in_run"]);
         step(&format!(
             "results written to {} ({:.0} s)",
             path.display(),

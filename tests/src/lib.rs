@@ -453,6 +453,28 @@ impl VethPeer {
         }
     }
 
+    /// A one-connection echo server of `workload` (the crate's workload program) in the
+    /// peer's namespace on port 5001, listening once this returns.
+    pub fn echo_server(&self, workload: &Path) -> std::process::Child {
+        use std::io::BufRead as _;
+        let mut server = Command::new(workload)
+            .args([
+                "--netns",
+                &self.netns.0,
+                "tcp-echo-serve",
+                &format!("{}:5001", self.peer_addr),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting the echo server");
+        let mut line = String::new();
+        std::io::BufReader::new(server.stdout.as_mut().expect("its stdout"))
+            .read_line(&mut line)
+            .expect("reading the echo server's first line");
+        assert_eq!(line.trim(), "listening");
+        server
+    }
+
     /// The host end's IP-level counters: (rx_bytes, rx_packets, tx_bytes, tx_packets), each
     /// frame's 14-byte Ethernet header taken off the bytes.
     pub fn ip_counters(&self) -> [u64; 4] {
@@ -511,6 +533,24 @@ pub fn cleanroom(store: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("starting cleanroom")
+}
+
+/// `report` rendered by `cleanroom report --format md`.
+pub fn markdown_of(report: &serde_json::Value) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("run.json");
+    fs::write(&json, report.to_string()).expect("writing the report");
+    let out = cleanroom(
+        &dir.path().join("history.db"),
+        &[
+            "report",
+            json.to_str().expect("a UTF-8 path"),
+            "--format",
+            "md",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Fraction of pixels that are not near-white in a binary PPM (P6) image.

@@ -1,36 +1,11 @@
 //! The run's traffic by remote endpoint in the report's `connections`, against the interface
 //! counters of a veth pair to each endpoint (traffic nobody else sends over them).
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Command, Stdio},
-};
-
 use cleanroom_tests::{
-    TestCgroup, VethPeer, cleanroom, privileged, rel_diff, run_measured, u64_at, workload_bin,
+    TestCgroup, VethPeer, privileged, rel_diff, run_measured, u64_at, workload_bin,
 };
 
 const MIB: u64 = 1 << 20;
-
-/// A one-connection echo server in `peer`'s namespace on port 5001, listening once this returns.
-fn echo_server(peer: &VethPeer) -> Child {
-    let mut server = Command::new(workload_bin!())
-        .args([
-            "--netns",
-            &peer.netns.0,
-            "tcp-echo-serve",
-            &format!("{}:5001", peer.peer_addr),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "listening");
-    server
-}
 
 /// A run sends 8 MiB to one peer and 2 MiB to another (each echoed back), and talks over
 /// loopback: both peers are listed with bytes and packets each way within 1% of their veth's
@@ -43,7 +18,10 @@ fn each_remote_endpoint_is_listed_with_its_own_traffic() {
     }
     let w = workload_bin!().to_str().unwrap().to_owned();
     let (big, small) = (VethPeer::new("crbig", 78), VethPeer::new("crsmall", 79));
-    let servers = [echo_server(&big), echo_server(&small)];
+    let servers = [
+        big.echo_server(&workload_bin!()),
+        small.echo_server(&workload_bin!()),
+    ];
     let before = [big.ip_counters(), small.ip_counters()];
     let script = format!(
         "{w} tcp-send {}:5001 {} && {w} tcp-send {}:5001 {} && {w} tcp-loop {}",
@@ -136,14 +114,7 @@ fn each_remote_endpoint_is_listed_with_its_own_traffic() {
     }
 
     // The Markdown names the peers, the most bytes first, and loopback apart.
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("run.json");
-    std::fs::write(&json, report.to_string()).unwrap();
-    let md = cleanroom(
-        &dir.path().join("history.db"),
-        &["report", json.to_str().unwrap(), "--format", "md"],
-    );
-    let md = String::from_utf8_lossy(&md.stdout);
+    let md = cleanroom_tests::markdown_of(&report);
     let endpoints: Vec<&str> = md
         .lines()
         .skip_while(|l| !l.starts_with("**Remote endpoints** (2)"))

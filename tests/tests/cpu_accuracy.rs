@@ -60,19 +60,29 @@ fn sleeping_run_is_not_charged_the_sleep() {
         wall >= 2_000_000_000,
         "100 sleeps of 20 ms took only {wall} ns"
     );
-    assert!(
-        cpu < wall / 10,
-        "charged {cpu} ns of CPU for a {wall} ns sleeping run"
-    );
     // Small figures: cpu.stat has µs resolution, so allow 1% or 1 ms.
     let slack = (kernel / 100).max(1_000_000);
     assert!(
         cpu.abs_diff(kernel) <= slack,
         "probes measured {cpu} ns, cpu.stat says {kernel} ns"
     );
-
     let rusage: serde_json::Value =
         serde_json::from_slice(output.stdout.trim_ascii()).expect("workload prints its rusage");
+    // The sleep is not CPU: the run is charged what the process itself was (its getrusage
+    // covers it from joining the cgroup, before its exec, to its last call), plus its exit.
+    // The bound is this, not a tenth of the wall time, which failed once in an emulated 5.10
+    // guest (375 ms over a 2.5 s run; a stalled vCPU thread's gap is charged to whatever ran,
+    // the likely cause, not confirmed): getrusage is charged the same way, so this holds there
+    // too, and a sleep wrongly charged would still break it.
+    let own = (u64_at(&rusage, "/utime_us") + u64_at(&rusage, "/stime_us")) * 1_000;
+    assert!(
+        cpu + 2_000_000 >= own && cpu <= own + (own / 20).max(20_000_000),
+        "charged {cpu} ns of CPU for a {wall} ns sleeping run whose own getrusage says {own} ns"
+    );
+    assert!(
+        cpu < wall / 2,
+        "charged {cpu} ns of CPU for a {wall} ns sleeping run"
+    );
     let nvcsw = u64_at(&rusage, "/nvcsw");
     let voluntary = u64_at(&report, "/totals/context_switches_voluntary");
     assert!(

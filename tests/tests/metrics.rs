@@ -4,7 +4,6 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader},
     process::{Command, Stdio},
 };
 
@@ -216,21 +215,7 @@ fn veth_traffic_matches_interface_counters_and_spares_bystanders() {
         return;
     }
     let peer = VethPeer::new("crpeer", 77);
-    let mut server = Command::new(workload_bin!())
-        .args([
-            "--netns",
-            &peer.netns.0,
-            "tcp-echo-serve",
-            &format!("{}:5001", peer.peer_addr),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "listening");
+    let mut server = peer.echo_server(&workload_bin!());
 
     // The bystander spins (so it is often the task a softirq interrupts) and has no sockets.
     let bystander_cg = TestCgroup::new("bystander");

@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use cleanroom_tests::{
-    TestCgroup, cleanroom, privileged, rel_diff, run_measured, u64_at, workload_bin,
-};
+use cleanroom_tests::{TestCgroup, privileged, rel_diff, run_measured, u64_at, workload_bin};
 
 /// 20 processes of 50 ms of CPU and one of 500 ms, one after the other: each is listed with
 /// its CPU time within 2% of what the kernel gave its parent's `getrusage(RUSAGE_CHILDREN)`
@@ -69,14 +67,7 @@ fn every_process_is_listed_with_its_own_cpu_time() {
     );
 
     // The Markdown lists the busiest and groups them by program.
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("run.json");
-    std::fs::write(&json, report.to_string()).unwrap();
-    let md = cleanroom(
-        &dir.path().join("history.db"),
-        &["report", json.to_str().unwrap(), "--format", "md"],
-    );
-    let md = String::from_utf8_lossy(&md.stdout);
+    let md = cleanroom_tests::markdown_of(&report);
     assert!(
         md.contains(&format!(
             "**Processes** ({}): the most CPU",

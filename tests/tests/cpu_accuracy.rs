@@ -70,13 +70,15 @@ fn sleeping_run_is_not_charged_the_sleep() {
         serde_json::from_slice(output.stdout.trim_ascii()).expect("workload prints its rusage");
     // The sleep is not CPU: the run is charged what the process itself was (its getrusage
     // covers it from joining the cgroup, before its exec, to its last call), plus its exit.
-    // The bound is this, not a tenth of the wall time, which failed once in an emulated 5.10
-    // guest (375 ms over a 2.5 s run; a stalled vCPU thread's gap is charged to whatever ran,
-    // the likely cause, not confirmed): getrusage is charged the same way, so this holds there
-    // too, and a sleep wrongly charged would still break it.
+    // The bound is this, not a tenth of the wall time, which failed in the emulated 5.10 guest
+    // (375 ms over a 2.5 s run): there the process itself is charged that much (getrusage said
+    // 260 ms of a later 293 ms run), so this holds there too, and a sleep wrongly charged would
+    // still break it.
     let own = (u64_at(&rusage, "/utime_us") + u64_at(&rusage, "/stime_us")) * 1_000;
+    // Its exit path after the last getrusage comes on top: 33 ms was seen in the emulated 5.10
+    // guest (293 ms charged, 260 ms by getrusage); 100 ms is still a twentieth of the sleep.
     assert!(
-        cpu + 2_000_000 >= own && cpu <= own + (own / 20).max(20_000_000),
+        cpu + 2_000_000 >= own && cpu <= own + 100_000_000,
         "charged {cpu} ns of CPU for a {wall} ns sleeping run whose own getrusage says {own} ns"
     );
     assert!(

@@ -270,8 +270,24 @@ fn main() {
                     // SAFETY: leaves the child without running the parent's destructors.
                     unsafe { libc::_exit(0) };
                 }
+                // Reaped only once it has surely switched away for the last time: a reap adds
+                // the child's CPU time as it stands, and a child reaped before its last switch
+                // (seen in an emulated guest) would keep running its exit path after.
+                // SAFETY: a zeroed siginfo_t (plain integers) is a valid value.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: waits for our own child, leaving it unreaped (WNOWAIT); `info` is
+                // valid and writable.
+                unsafe {
+                    libc::waitid(
+                        libc::P_PID,
+                        pid as libc::id_t,
+                        &mut info,
+                        libc::WEXITED | libc::WNOWAIT,
+                    )
+                };
+                std::thread::sleep(Duration::from_millis(50));
                 let mut status = 0;
-                // SAFETY: waits for our own child.
+                // SAFETY: reaps our own child.
                 unsafe { libc::waitpid(pid, &mut status, 0) };
                 let after = cpu_ns(rusage(libc::RUSAGE_CHILDREN));
                 println!(r#"{{"child":{pid},"cpu_ns":{}}}"#, after - before);

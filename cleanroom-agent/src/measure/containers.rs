@@ -131,14 +131,7 @@ pub struct ContainerWatch {
 
 /// CLOCK_REALTIME minus CLOCK_MONOTONIC, ns: what turns the kernel's times into the engine's.
 fn epoch_minus_monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is valid and writable.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let monotonic = (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64;
-    epoch_ns().saturating_sub(monotonic)
+    epoch_ns().saturating_sub(crate::measure::processes::monotonic_ns())
 }
 
 /// ns since the epoch, now.

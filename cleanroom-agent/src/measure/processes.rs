@@ -304,8 +304,8 @@ pub struct ProcessWatch {
     beyond: u64,
 }
 
-/// CLOCK_MONOTONIC now, ns: the clock of the kernel's task start times.
-fn monotonic_ns() -> u64 {
+/// CLOCK_MONOTONIC now, ns: the clock of the kernel's task start times and `bpf_ktime_get_ns`.
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -46,8 +46,9 @@ use crate::{
         connections::{self, Connection},
         containers::{ContainerRecord, ContainerWatch, Notice},
         escape::{EscapeWatch, EscapedProcess},
-        processes::{ProcessRecord, ProcessWatch},
+        processes::{self, ProcessRecord, ProcessWatch},
     },
+    metric::Metric,
     output::report::{self, CgroupRef, Interruption, Leftover, Report},
 };
 
@@ -694,6 +695,15 @@ fn notes(config: &CleanroomConfig, outcome: &Outcome, figures: &Figures) -> Vec<
     notes.extend(collect::fault_note(&figures.totals, &figures.kernel));
     notes.extend(outcome.escape_notes.iter().cloned());
     notes.extend(outcome.process_notes.iter().cloned());
+    let net = |m: Metric| match figures.totals.get(m.name()) {
+        Some(collect::Total::Value(v)) => Some(*v),
+        _ => None,
+    };
+    let run_bytes = net(Metric::NetTxBytes).zip(net(Metric::NetRxBytes));
+    notes.extend(processes::net_note(
+        &outcome.processes,
+        run_bytes.map(|(tx, rx)| tx + rx),
+    ));
     notes
 }
 

@@ -39,6 +39,10 @@ pub mod maps {
     /// LRU hash: cgroup v2 id (`u64`) → when a TCP socket of it first listened (ns since boot,
     /// CLOCK_MONOTONIC).
     pub const FIRST_LISTEN: &str = "FIRST_LISTEN";
+    /// Sockets of watched runs → the process they belong to.
+    pub const SOCKETS: &str = "SOCKETS";
+    /// Processes of watched runs → their network traffic.
+    pub const PROCESS_NET: &str = "PROCESS_NET";
 }
 
 /// Names of the programs of the BPF object (the Rust function names in `cleanroom-ebpf`).
@@ -96,6 +100,10 @@ pub mod programs {
     pub const CGROUP_RMDIR: &str = "cgroup_rmdir";
     /// `tp_btf/cgroup_attach_task`: processes joining or leaving a watched run's cgroups.
     pub const CGROUP_ATTACH_TASK: &str = "cgroup_attach_task";
+    /// `tp_btf/sock_send_length`: a process sent on a socket (6.4 on).
+    pub const SOCK_SEND_LENGTH: &str = "sock_send_length";
+    /// `tp_btf/sock_recv_length`: a process received from a socket (6.4 on).
+    pub const SOCK_RECV_LENGTH: &str = "sock_recv_length";
 }
 
 /// Kernel structure offsets the programs read at, set as load-time globals (`.rodata`) from
@@ -503,6 +511,8 @@ pub struct ProcessExit {
     pub io_read_bytes: u64,
     /// Storage bytes written, every thread (`ioac.write_bytes`).
     pub io_write_bytes: u64,
+    /// Network traffic of the sockets it owned ([`maps::PROCESS_NET`]).
+    pub net: ProcessNet,
     /// Process id.
     pub tgid: u32,
     /// Its parent's process id.
@@ -530,6 +540,7 @@ impl Default for ProcessExit {
             major_faults: 0,
             io_read_bytes: 0,
             io_write_bytes: 0,
+            net: ProcessNet::default(),
             tgid: 0,
             ppid: 0,
             exit_code: 0,
@@ -540,7 +551,7 @@ impl Default for ProcessExit {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<ProcessExit>() == 96 + COMMAND_LINE_BYTES);
+const _: () = assert!(core::mem::size_of::<ProcessExit>() == 128 + COMMAND_LINE_BYTES);
 
 /// Bytes of a process's command line kept ([`ProcessExit::command_line`]).
 pub const COMMAND_LINE_BYTES: usize = 256;
@@ -604,6 +615,40 @@ pub struct ConnStats {
 
 /// Capacity of [`maps::CONNECTIONS`].
 pub const MAX_CONNECTIONS: u32 = 16_384;
+
+/// A process's network traffic, from the IP header on ([`maps::PROCESS_NET`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessNet {
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+}
+
+/// A watched run's socket ([`maps::SOCKETS`]): the process it belongs to, and the traffic it
+/// had before one was known (a connection accepted in softirq, its first data before
+/// `accept`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketOwner {
+    /// The owning process's tgid; 0 until a process of the run uses the socket.
+    pub tgid: u32,
+    /// Zero.
+    pub _pad: u32,
+    /// Traffic while [`Self::tgid`] was 0, handed to the owner when it is known.
+    pub pending: ProcessNet,
+}
+
+/// Capacity of [`maps::SOCKETS`] (least recently used go first): sockets of watched runs.
+pub const MAX_SOCKETS: u32 = 16_384;
+
+/// Capacity of [`maps::PROCESS_NET`]: processes of watched runs with traffic, alive at once.
+pub const MAX_PROCESS_NET: u32 = 8_192;
 
 /// Capacity of [`maps::COMMAND_LINES`]: processes of watched runs alive at once.
 pub const MAX_COMMAND_LINES: u32 = 8_192;
@@ -683,8 +728,11 @@ pub mod drop_reason {
     /// [`crate::maps::CONNECTIONS`] was full: a run's packets to a new endpoint were counted in
     /// its totals only.
     pub const CONNECTIONS_MAP_FULL: u32 = 11;
+    /// [`crate::maps::PROCESS_NET`] was full: a run's packets were counted in its totals, not
+    /// to a process.
+    pub const SOCKETS_MAP_FULL: u32 = 12;
     /// Number of reasons (size of the drops array).
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 #[cfg(feature = "user")]
@@ -701,6 +749,10 @@ mod pod {
     unsafe impl aya::Pod for super::ConnKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::ConnStats {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::ProcessNet {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::SocketOwner {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::BlockKey {}
     // SAFETY: see above.

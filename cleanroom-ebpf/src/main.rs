@@ -6,7 +6,8 @@
 //! reads them from the running kernel's BTF and sets them as load-time globals ([`task`]).
 //! Two records are per process: [`escape`]'s, a process that leaves a watched run's cgroup,
 //! written when it leaves (a rare event) and read by the agent at the end of the run; and
-//! [`process`]'s, each process of a watched run with its own figures, sent when it ends.
+//! [`process`]'s, each process of a watched run with its own figures, sent when it ends
+//! (its network traffic counted by [`sockets`], which knows each socket's process).
 #![no_std]
 #![no_main]
 // Atomic adds on shared histograms (see maps::atomic_add).
@@ -21,6 +22,7 @@ mod maps;
 mod net;
 mod process;
 mod sched;
+mod sockets;
 mod task;
 
 #[cfg(not(test))]

@@ -17,6 +17,7 @@ use cleanroom_common::{ConnKey, hist_kind};
 use crate::{
     escape::run_of_cgroup,
     maps::{CONNECT_START, FIRST_LISTEN, atomic_add, connection_of, record_latency, stats_of},
+    sockets::{count_to_process, on_tcp_state},
     task::{
         OFF_SOCK_CGROUP, OFF_SOCK_DADDR, OFF_SOCK_DPORT, OFF_SOCK_FAMILY, OFF_SOCK_NUM,
         OFF_SOCK_V6_DADDR, id_of_cgroup, read_optional, read_ptr,
@@ -30,10 +31,14 @@ const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
-/// `TCP_ESTABLISHED`, `TCP_SYN_SENT` and `TCP_LISTEN` (include/net/tcp_states.h).
-const TCP_ESTABLISHED: i32 = 1;
-const TCP_SYN_SENT: i32 = 2;
-const TCP_LISTEN: i32 = 10;
+/// TCP states (include/net/tcp_states.h).
+pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_SYN_SENT: i32 = 2;
+pub const TCP_SYN_RECV: i32 = 3;
+pub const TCP_FIN_WAIT1: i32 = 4;
+pub const TCP_CLOSE: i32 = 7;
+pub const TCP_LAST_ACK: i32 = 9;
+pub const TCP_LISTEN: i32 = 10;
 
 /// Lets every packet through: these programs only count.
 const ALLOW: i32 = 1;
@@ -70,17 +75,21 @@ pub fn cgroup_skb_egress(ctx: SkBuffContext) -> i32 {
 }
 
 /// A packet of a socket in `cgroup`: counted to its remote endpoint if the socket belongs to a
-/// watched run.
+/// watched run, and to its process.
 #[inline(always)]
 fn count_connection(ctx: &SkBuffContext, cgroup: u64, egress: bool) {
     let Some(run_id) = run_of_cgroup(cgroup) else {
         return;
     };
+    let len = u64::from(ctx.len());
+    // SAFETY: the context's own `__sk_buff`; the verifier turns this load into one of
+    // `skb->sk`, the socket (or null).
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk } as u64;
+    count_to_process(sk, len, egress);
     let Some(key) = packet_endpoint(ctx, run_id, egress) else {
         return;
     };
     if let Some(conn) = connection_of(&key) {
-        let len = u64::from(ctx.len());
         if egress {
             atomic_add(&mut conn.tx_bytes, len);
             atomic_add(&mut conn.tx_packets, 1);
@@ -202,6 +211,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    on_tcp_state(sk, old, new);
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if new == TCP_SYN_SENT {

@@ -23,6 +23,7 @@ use cleanroom_common::{
 use crate::{
     escape::{E2BIG, run_of_cgroup},
     maps::count_drop,
+    sockets::take_process,
     task::{
         OFF_MM_ARG_END, OFF_MM_ARG_START, OFF_SIGNAL_IOAC_READ_BYTES, OFF_SIGNAL_IOAC_WRITE_BYTES,
         OFF_SIGNAL_MAJ_FLT, OFF_SIGNAL_MIN_FLT, OFF_SIGNAL_SUM_SCHED_RUNTIME, OFF_TASK_EXIT_CODE,
@@ -118,7 +119,9 @@ pub fn on_fork(parent_tgid: u32, child_tgid: u32) {
 pub fn on_group_dead(cgroup: u64, task: *const u8) {
     let run = run_of_cgroup(cgroup).unwrap_or(0);
     if run == 0 {
-        let _ = COMMAND_LINES.remove(&read::<u32>(task, &OFF_TASK_TGID).unwrap_or(0));
+        let tgid = read::<u32>(task, &OFF_TASK_TGID).unwrap_or(0);
+        let _ = COMMAND_LINES.remove(&tgid);
+        let _ = take_process(tgid);
         return;
     }
     let pid = read::<u32>(task, &OFF_TASK_PID).unwrap_or(0);
@@ -160,6 +163,7 @@ pub fn on_switch_away(prev: *const u8, prev_state: u64) {
     let Some(mut entry) = PROCESS_RECORDS.reserve::<ProcessExit>(0) else {
         count_drop(drop_reason::PROCESS_RECORD_LOST);
         let _ = COMMAND_LINES.remove(&tgid);
+        let _ = take_process(tgid);
         return;
     };
     let out = entry.as_mut_ptr();
@@ -175,6 +179,7 @@ pub fn on_switch_away(prev: *const u8, prev_state: u64) {
         (*out).major_faults = own(&OFF_TASK_MAJ_FLT) + group.major_faults;
         (*out).io_read_bytes = own(&OFF_TASK_IOAC_READ_BYTES) + group.io_read_bytes;
         (*out).io_write_bytes = own(&OFF_TASK_IOAC_WRITE_BYTES) + group.io_write_bytes;
+        (*out).net = take_process(tgid);
         (*out).tgid = tgid;
         (*out).ppid = read_optional::<u32>(parent, &OFF_TASK_TGID).unwrap_or(0);
         (*out).exit_code = read_optional::<u32>(prev, &OFF_TASK_EXIT_CODE).unwrap_or(0);

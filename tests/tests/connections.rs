@@ -10,7 +10,8 @@ const MIB: u64 = 1 << 20;
 /// A run sends 8 MiB to one peer and 2 MiB to another (each echoed back), and talks over
 /// loopback: both peers are listed with bytes and packets each way within 1% of their veth's
 /// IP-level counters, one connect each, and loopback apart; the connections add up to the run's
-/// network totals.
+/// network totals. Each process is charged its own sockets' traffic: each sender within 1% of
+/// its peer's veth counters, and over loopback the accepting process what its client sent.
 #[test]
 fn each_remote_endpoint_is_listed_with_its_own_traffic() {
     if !privileged("each_remote_endpoint_is_listed_with_its_own_traffic") {
@@ -104,6 +105,60 @@ fn each_remote_endpoint_is_listed_with_its_own_traffic() {
     let loop_tx: u64 = loopback.iter().map(|c| u64_at(c, "/tx_bytes")).sum();
     assert!(loop_tx >= 2 * MIB, "{loopback:#?}");
 
+    // Each process is charged its own sockets' traffic.
+    let processes = report["processes"].as_array().expect("processes");
+    let net = |p: &serde_json::Value, field: &str| u64_at(p, &format!("/net/{field}"));
+    for (i, peer) in [&big, &small].into_iter().enumerate() {
+        let d: Vec<u64> = after[i].iter().zip(before[i]).map(|(a, b)| a - b).collect();
+        let sender = find_process(processes, &format!("tcp-send {}:5001", peer.peer_addr));
+        let (tx, rx) = (net(sender, "tx_bytes"), net(sender, "rx_bytes"));
+        eprintln!(
+            "{}: the sending process sent {tx} B, received {rx} B",
+            peer.peer_addr
+        );
+        assert!(rel_diff(tx, d[2]) < 0.01, "{sender:#}: veth sent {}", d[2]);
+        assert!(
+            rel_diff(rx, d[0]) < 0.01,
+            "{sender:#}: veth received {}",
+            d[0]
+        );
+    }
+    let looping: Vec<&serde_json::Value> = processes
+        .iter()
+        .filter(|p| {
+            p["command_line"]
+                .as_str()
+                .is_some_and(|l| l.contains("tcp-loop") && !l.starts_with("sh "))
+        })
+        .collect();
+    assert_eq!(looping.len(), 2, "{processes:#?}");
+    let (server, client) = if looping[1]["ppid"] == looping[0]["pid"] {
+        (looping[0], looping[1])
+    } else {
+        (looping[1], looping[0])
+    };
+    eprintln!(
+        "loopback: the accepting process received {} B and sent {} B; its client sent {} B and \
+         received {} B",
+        net(server, "rx_bytes"),
+        net(server, "tx_bytes"),
+        net(client, "tx_bytes"),
+        net(client, "rx_bytes")
+    );
+    for (a, b) in [("rx_bytes", "tx_bytes"), ("tx_bytes", "rx_bytes")] {
+        assert!(net(server, a) >= MIB, "{server:#}");
+        assert!(
+            rel_diff(net(server, a), net(client, b)) < 0.01,
+            "{server:#} {client:#}"
+        );
+    }
+    let loop_both: u64 = loopback.iter().map(|c| u64_at(c, "/tx_bytes")).sum();
+    let by_processes = net(server, "tx_bytes") + net(client, "tx_bytes");
+    assert!(
+        rel_diff(by_processes, loop_both) < 0.01,
+        "loopback sent {loop_both} B, its processes {by_processes} B"
+    );
+
     // Every packet of the run's sockets is in some connection.
     for (total, field) in [("net_tx_bytes", "tx_bytes"), ("net_rx_bytes", "rx_bytes")] {
         let sum: u64 = connections
@@ -131,4 +186,18 @@ fn each_remote_endpoint_is_listed_with_its_own_traffic() {
         "{md}"
     );
     assert!(md.contains("Loopback ("), "{md}");
+}
+
+/// The one process whose command line holds `words` (not the shell running the script).
+fn find_process<'a>(processes: &'a [serde_json::Value], words: &str) -> &'a serde_json::Value {
+    let found: Vec<&serde_json::Value> = processes
+        .iter()
+        .filter(|p| {
+            p["command_line"]
+                .as_str()
+                .is_some_and(|l| l.contains(words) && !l.starts_with("sh "))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{words}: {processes:#?}");
+    found[0]
 }

@@ -367,6 +367,20 @@ pub const HOOKS: &[Hook] = &[
         fallbacks: &[],
     },
     Hook {
+        program: programs::SOCK_SEND_LENGTH,
+        attach: Attach::TpBtf("sock_send_length"),
+        metrics: &[],
+        needs: &[],
+        fallbacks: &[],
+    },
+    Hook {
+        program: programs::SOCK_RECV_LENGTH,
+        attach: Attach::TpBtf("sock_recv_length"),
+        metrics: &[],
+        needs: &[],
+        fallbacks: &[],
+    },
+    Hook {
         program: programs::CGROUP_MKDIR,
         attach: Attach::TpBtf("cgroup_mkdir"),
         metrics: &[],
@@ -427,6 +441,18 @@ const TASK_IDENTITY: &[&str] = &[
     "OFF_CGROUP_ROOT_HIERARCHY_ID",
     "OFF_KERNFS_NODE_ID",
 ];
+
+/// Hooks without which a process's network traffic is unknown: the packets, and the TCP
+/// states that name a socket's process on any kernel.
+const SOCKET_OWNER_HOOKS: &[&str] = &[
+    programs::CGROUP_SKB_INGRESS,
+    programs::CGROUP_SKB_EGRESS,
+    programs::INET_SOCK_SET_STATE,
+];
+
+/// Hooks (6.4 on) that name a socket's process at each send and receive: without them an
+/// accepted connection is its closer's, and an unconnected UDP socket no process's.
+const SOCKET_USE_HOOKS: &[&str] = &[programs::SOCK_SEND_LENGTH, programs::SOCK_RECV_LENGTH];
 
 /// Hooks a process's record needs: the last thread's exit marks it, its last switch sends it.
 const PROCESS_HOOKS: &[&str] = &[programs::SCHED_SWITCH, programs::SCHED_PROCESS_EXIT];
@@ -490,7 +516,12 @@ const DROP_NAMES: &[(u32, &str)] = &[
     (drop_reason::PROCESS_RECORD_LOST, PROCESS_RECORDS_LOST),
     (drop_reason::COMMAND_LINES_MAP_FULL, COMMAND_LINES_MAP_FULL),
     (drop_reason::CONNECTIONS_MAP_FULL, CONNECTIONS_MAP_FULL),
+    (drop_reason::SOCKETS_MAP_FULL, SOCKETS_MAP_FULL),
 ];
+
+/// Drop name: a run's packets were counted in its totals, not to a process (the kernel's maps
+/// of sockets or processes were full).
+pub const SOCKETS_MAP_FULL: &str = "sockets_map_full";
 
 /// Drop name: a run's packets to a new endpoint were counted in its totals only.
 pub const CONNECTIONS_MAP_FULL: &str = "connections_map_full";
@@ -620,7 +651,12 @@ impl Probes {
                     Some(e2) => error = Some(format!("{e}; {}: {e2}", fb.why)),
                 }
             }
-            if let Some(e) = &error {
+            if let Some(e) = &error
+                && SOCKET_USE_HOOKS.contains(&hook.program)
+            {
+                // Not on kernels before 6.4; the report's note says what that changes.
+                log::debug!("{} unavailable ({})", hook.attach, without_verifier_log(e));
+            } else if let Some(e) = &error {
                 let names: Vec<&str> = hook.metrics.iter().map(|m| m.name()).collect();
                 // The verifier's log is for `doctor` and -v: a run says why in one line.
                 log::warn!(
@@ -964,6 +1000,33 @@ impl Probes {
             .chain(self.escapes_unavailable())
             .collect();
         (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    /// Why processes' network traffic cannot be told apart here, if it cannot.
+    pub fn process_net_unavailable(&self) -> Option<String> {
+        let reasons: Vec<String> = self
+            .status
+            .iter()
+            .filter(|s| SOCKET_OWNER_HOOKS.contains(&s.hook.program))
+            .filter_map(|s| Some(format!("{}: {}", s.hook.attach, s.error.as_ref()?)))
+            .collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    /// What processes' network traffic misses here, if the kernel lacks the tracepoints that
+    /// name a socket's process at each send and receive.
+    pub fn process_net_partial(&self) -> Option<String> {
+        self.status
+            .iter()
+            .find(|s| SOCKET_USE_HOOKS.contains(&s.hook.program) && s.error.is_some())
+            .map(|s| {
+                format!(
+                    "{} is not available on this kernel (6.4 on): a socket is the process's that \
+                     connected, listened or closed it, so an accepted connection's traffic is \
+                     its closer's and an unconnected UDP socket's is no process's",
+                    s.hook.attach
+                )
+            })
     }
 
     /// Why processes' command lines cannot be taken here, if they cannot.

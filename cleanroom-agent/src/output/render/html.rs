@@ -64,12 +64,15 @@ svg text { font:11px -apple-system, "Segoe UI", Roboto, Arial, sans-serif; fill:
 .sortable > input { position:absolute; opacity:0; pointer-events:none; } .sortable tbody { display:none; }
 .sortable label { cursor:pointer; text-decoration:underline dotted; }
 #order-start:checked ~ table tbody.order-start, #order-cpu:checked ~ table tbody.order-cpu, #order-wall:checked ~ table tbody.order-wall,
-#order-faults:checked ~ table tbody.order-faults, #order-read:checked ~ table tbody.order-read, #order-written:checked ~ table tbody.order-written { display:table-row-group; }
+#order-faults:checked ~ table tbody.order-faults, #order-read:checked ~ table tbody.order-read, #order-written:checked ~ table tbody.order-written,
+#order-net:checked ~ table tbody.order-net { display:table-row-group; }
 #order-start:checked ~ table label[for=order-start], #order-cpu:checked ~ table label[for=order-cpu], #order-wall:checked ~ table label[for=order-wall],
-#order-faults:checked ~ table label[for=order-faults], #order-read:checked ~ table label[for=order-read], #order-written:checked ~ table label[for=order-written] { color:var(--fg); text-decoration:none; }
+#order-faults:checked ~ table label[for=order-faults], #order-read:checked ~ table label[for=order-read], #order-written:checked ~ table label[for=order-written],
+#order-net:checked ~ table label[for=order-net] { color:var(--fg); text-decoration:none; }
 #order-start:checked ~ table label[for=order-start]::after { content:" ▴"; }
 #order-cpu:checked ~ table label[for=order-cpu]::after, #order-wall:checked ~ table label[for=order-wall]::after, #order-faults:checked ~ table label[for=order-faults]::after,
-#order-read:checked ~ table label[for=order-read]::after, #order-written:checked ~ table label[for=order-written]::after { content:" ▾"; }
+#order-read:checked ~ table label[for=order-read]::after, #order-written:checked ~ table label[for=order-written]::after,
+#order-net:checked ~ table label[for=order-net]::after { content:" ▾"; }
 "#;
 
 fn page(title: &str, header: &str, body: &str) -> String {
@@ -241,16 +244,18 @@ fn processes(r: &Report) -> String {
     );
     out.push_str(&process_table(&r.processes));
     out.push_str(&process_tree(&r.processes));
-    out.push_str("<h3 class=\"small\">By program</h3><table><tr><th>program</th><th class=\"num\">processes</th><th class=\"num\">CPU</th><th class=\"num\">wall (added)</th><th class=\"num\">written</th></tr>");
+    out.push_str("<h3 class=\"small\">By program</h3><table><tr><th>program</th><th class=\"num\">processes</th><th class=\"num\">CPU</th><th class=\"num\">wall (added)</th><th class=\"num\">written</th><th class=\"num\">network</th></tr>");
     for g in by_command(&r.processes).iter().take(20) {
         let _ = write!(
             out,
-            "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
             esc(&g.command),
             g.count,
             human_duration_ns(g.cpu_time_ns),
             human_duration_ns(g.wall_time_ns),
-            human(g.io_write_bytes, crate::metric::Unit::Bytes)
+            human(g.io_write_bytes, crate::metric::Unit::Bytes),
+            g.net_bytes
+                .map_or("—".to_owned(), |b| human(b, crate::metric::Unit::Bytes))
         );
     }
     out.push_str("</table></section>");
@@ -271,6 +276,7 @@ const PROCESS_ORDERS: &[(&str, &str, SortKey)] = &[
     }),
     ("read", "read", |p| p.io_read_bytes),
     ("written", "written", |p| p.io_write_bytes),
+    ("net", "network", |p| p.net.map_or(0, |n| n.bytes())),
 ];
 
 /// Every process (the first [`PROCESS_ROWS`] in each order), sortable by clicking a heading
@@ -300,7 +306,7 @@ fn process_table(processes: &[ProcessRecord]) -> String {
         for p in sorted.into_iter().take(PROCESS_ROWS) {
             let _ = write!(
                 out,
-                "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td><code title=\"{}\">{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td><code title=\"{}\">{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\" title=\"{}\">{}</td><td class=\"num\">{}</td></tr>",
                 p.pid,
                 p.ppid,
                 esc(&p.shown(2_000)),
@@ -311,6 +317,16 @@ fn process_table(processes: &[ProcessRecord]) -> String {
                 p.page_faults_minor + p.page_faults_major,
                 human(p.io_read_bytes, crate::metric::Unit::Bytes),
                 human(p.io_write_bytes, crate::metric::Unit::Bytes),
+                p.net
+                    .map_or("unknown on this kernel".to_owned(), |n| format!(
+                        "sent {}, received {}",
+                        human(n.tx_bytes, crate::metric::Unit::Bytes),
+                        human(n.rx_bytes, crate::metric::Unit::Bytes)
+                    )),
+                p.net.map_or("—".to_owned(), |n| human(
+                    n.bytes(),
+                    crate::metric::Unit::Bytes
+                )),
                 p.exit_code
             );
         }

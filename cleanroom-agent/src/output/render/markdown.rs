@@ -270,18 +270,20 @@ fn processes(r: &Report) -> String {
     let _ = writeln!(out, "By program\n");
     let _ = writeln!(
         out,
-        "| program | processes | CPU | wall (added) | written |"
+        "| program | processes | CPU | wall (added) | written | network |"
     );
-    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
     for g in by_command(&r.processes).iter().take(10) {
         let _ = writeln!(
             out,
-            "| `{}` | {} | {} | {} | {} |",
+            "| `{}` | {} | {} | {} | {} | {} |",
             cell(&g.command),
             g.count,
             human_duration_ns(g.cpu_time_ns),
             human_duration_ns(g.wall_time_ns),
-            crate::units::human_bytes(g.io_write_bytes)
+            crate::units::human_bytes(g.io_write_bytes),
+            g.net_bytes
+                .map_or("—".to_owned(), crate::units::human_bytes)
         );
     }
     out.push('\n');

@@ -213,6 +213,41 @@ fn demo_shows_every_metric_beside_the_kernel() {
     );
 }
 
+/// The benchmark's floor (`cleanroom attach --floor`) has an empty program on every hook the
+/// probes attach here: without one, `cargo xtask bench` cannot tell what a hook costs.
+#[test]
+fn the_benchmark_floor_covers_every_hook() {
+    if !privileged("the_benchmark_floor_covers_every_hook") {
+        return;
+    }
+    let hooks = |floor: bool| -> std::collections::BTreeSet<String> {
+        let mut cmd = Command::new(cleanroom_bin());
+        cmd.args(["attach", "--limit", "1s"]);
+        if floor {
+            cmd.arg("--floor");
+        }
+        let output = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "attach (floor: {floor}) failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line: serde_json::Value =
+            serde_json::from_str(stdout.lines().next().unwrap_or("")).expect("one JSON line");
+        line["programs"]
+            .as_array()
+            .expect("programs")
+            .iter()
+            .map(|p| p["hook"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (probes, floor) = (hooks(false), hooks(true));
+    assert!(probes.len() > 10, "{probes:?}");
+    let uncovered: Vec<&String> = probes.difference(&floor).collect();
+    assert!(uncovered.is_empty(), "no floor program on {uncovered:?}");
+}
+
 #[test]
 fn doctor_attaches_every_hook() {
     if !privileged("doctor_attaches_every_hook") {

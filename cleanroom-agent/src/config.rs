@@ -50,8 +50,10 @@ pub struct PerformanceMonitoring {
     /// Time between samples (default 1 s; sub-second works).
     #[serde(deserialize_with = "de_duration")]
     pub metrics_interval: Duration,
-    /// CPU profiling (stack sampling). Not implemented yet: a note in the report says so.
+    /// CPU profiling: the run's stacks sampled on every CPU (`--profile`).
     pub enable_profiling: bool,
+    /// Samples a second on each CPU when profiling (default 99).
+    pub profiling_frequency_hz: u64,
     /// Sample memory each interval.
     pub enable_memory_tracking: bool,
     /// Thresholds, checked at every sample.
@@ -64,6 +66,7 @@ impl Default for PerformanceMonitoring {
             enable_monitoring: true,
             metrics_interval: Duration::from_secs(1),
             enable_profiling: false,
+            profiling_frequency_hz: crate::profile::DEFAULT_FREQUENCY_HZ,
             enable_memory_tracking: true,
             thresholds: Thresholds::default(),
         }
@@ -358,6 +361,9 @@ pub(crate) fn read_config(path: &Path) -> Result<(String, String), ConfigError> 
     Ok((file, text))
 }
 
+/// The highest profiling frequency accepted: more costs the run more than a profile is worth.
+pub const MAX_PROFILING_FREQUENCY_HZ: u64 = 1_000;
+
 impl CleanroomConfig {
     /// Parses a configuration; `file` names it in errors.
     pub fn from_toml(text: &str, file: &str) -> Result<Self, ConfigError> {
@@ -370,6 +376,18 @@ impl CleanroomConfig {
                 line: None,
                 key: Some("performance_monitoring.metrics_interval".into()),
                 message: "must be at least 10ms".into(),
+            });
+        }
+        let hz = config.performance_monitoring.profiling_frequency_hz;
+        if !(1..=MAX_PROFILING_FREQUENCY_HZ).contains(&hz) {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: text
+                    .lines()
+                    .position(|l| l.trim_start().starts_with("profiling_frequency_hz"))
+                    .map(|i| i + 1),
+                key: Some("performance_monitoring.profiling_frequency_hz".into()),
+                message: format!("must be 1 to {MAX_PROFILING_FREQUENCY_HZ} (samples a second)"),
             });
         }
         Ok(config)
@@ -542,6 +560,25 @@ objective = "wall_time <= 15s"
         )
         .unwrap_err();
         assert!(e.to_string().contains("metrics_interval"), "{e}");
+    }
+
+    #[test]
+    fn a_profiling_frequency_out_of_range_is_refused_on_its_line() {
+        for hz in [0, 5_000] {
+            let e = CleanroomConfig::from_toml(
+                &format!("[performance_monitoring]\nenable_profiling = true\nprofiling_frequency_hz = {hz}\n"),
+                "p.toml",
+            )
+            .unwrap_err();
+            assert_eq!(e.line, Some(3), "{e}");
+            assert!(e.to_string().contains("profiling_frequency_hz"), "{e}");
+        }
+        let ok = CleanroomConfig::from_toml(
+            "[performance_monitoring]\nprofiling_frequency_hz = 499\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.performance_monitoring.profiling_frequency_hz, 499);
     }
 
     #[test]

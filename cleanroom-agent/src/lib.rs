@@ -13,6 +13,8 @@
 //!   comparisons with a baseline (`compare`), all producing the types of `verdict`;
 //! - `output`: the `report` and its formats (`render`), written and stored (`deliver`), the
 //!   Prometheus exposition, the agent's HTTP routes (`serve`) and front page (`page`);
+//! - `profile`: the CPU profile — stack samples unwound with each binary's `.eh_frame`,
+//!   counted by stack, named at the end;
 //! - `store`: the history (SQLite);
 //! - `docker`: the Docker engine's events and inspections, over its Unix socket;
 //! - the front ends: `run` (one command in a cgroup of its own), `agent` (the sidecar watching
@@ -38,6 +40,7 @@ pub mod kernel;
 pub mod measure;
 pub mod metric;
 pub mod output;
+pub mod profile;
 pub mod run;
 pub mod store;
 pub mod units;

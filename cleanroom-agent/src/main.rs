@@ -90,6 +90,15 @@ enum Command {
         /// Do not follow Docker containers.
         #[arg(long)]
         no_follow_containers: bool,
+        /// Take a CPU profile: every CPU samples the run's stacks (99 times a second), unwound
+        /// with each binary's .eh_frame, so binaries built without frame pointers get whole
+        /// stacks. The summary and report get the top functions; `--report cpu.folded` writes
+        /// the folded stacks for flame graph tools.
+        #[arg(long)]
+        profile: bool,
+        /// Samples a second on each CPU when profiling (1 to 1000; implies --profile).
+        #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u64).range(1..=1000))]
+        profile_frequency: Option<u64>,
         /// Follow only containers with this label (KEY or KEY=VALUE; repeatable: all must
         /// match).
         #[arg(long, value_name = "LABEL")]
@@ -316,6 +325,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             cgroup_parent,
             follow_containers,
             no_follow_containers,
+            profile,
+            profile_frequency,
             container_label,
             quiet,
             command,
@@ -329,6 +340,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             if let Some(interval) = interval {
                 cfg.performance_monitoring.metrics_interval = interval;
+            }
+            if profile || profile_frequency.is_some() {
+                cfg.performance_monitoring.enable_profiling = true;
+            }
+            if let Some(hz) = profile_frequency {
+                cfg.performance_monitoring.profiling_frequency_hz = hz;
             }
             let mut outputs = outputs(out, !quiet);
             // Checked before the command runs: a bad baseline must not cost a run.

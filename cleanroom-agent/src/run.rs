@@ -50,6 +50,7 @@ use crate::{
     },
     metric::Metric,
     output::report::{self, CgroupRef, Interruption, Leftover, Report},
+    profile::Sampler,
 };
 
 /// What to run and where results go.
@@ -186,6 +187,10 @@ struct Prepared {
     containers: Option<ContainerWatch>,
     /// Why containers are not followed, when they could have been.
     container_notes: Vec<String>,
+    /// Taking the run's stack samples, when profiling.
+    sampler: Option<Sampler>,
+    /// Why no profile is taken, when one was asked for.
+    profile_notes: Vec<String>,
 }
 
 /// Checks that the run can be made and sets it up: privileges, the program, the hierarchy and
@@ -217,6 +222,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
     let escape_watch = EscapeWatch::start(&mut probes, cgroup.id());
     let process_watch = ProcessWatch::start(cgroup.id());
     let (containers, container_notes) = follow_containers(&opts.containers, &hierarchy.v2_mount)?;
+    let (sampler, profile_notes) = start_profiling(&mut probes, &opts.config, cgroup.id());
     Ok(Prepared {
         v2_mount: hierarchy.v2_mount,
         cgroup,
@@ -226,7 +232,32 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
         process_watch,
         containers,
         container_notes,
+        sampler,
+        profile_notes,
     })
+}
+
+/// Starts sampling the run's stacks when the configuration asks for a profile; a host that
+/// cannot is a note, not a failed run.
+fn start_profiling(
+    probes: &mut Probes,
+    config: &CleanroomConfig,
+    run_id: u64,
+) -> (Option<Sampler>, Vec<String>) {
+    let pm = &config.performance_monitoring;
+    if !pm.enable_profiling {
+        return (None, Vec::new());
+    }
+    let started = probes
+        .start_profiling(pm.profiling_frequency_hz)
+        .map_err(|e| e.to_string())
+        .and_then(|source| {
+            Sampler::start(source, run_id, pm.profiling_frequency_hz).map_err(|e| e.to_string())
+        });
+    match started {
+        Ok(sampler) => (Some(sampler), Vec::new()),
+        Err(e) => (None, vec![format!("no profile was taken: {e}")]),
+    }
 }
 
 /// Starts following the engine's containers as `how` asks: none when it says never, or when
@@ -561,6 +592,8 @@ fn conclude(
         process_watch,
         containers,
         container_notes,
+        sampler,
+        profile_notes,
     } = prepared;
     let end = End {
         wall_time_ns: ended.wall_time_ns,
@@ -584,11 +617,18 @@ fn conclude(
     for event in figures.raised_at_end() {
         console.event(event);
     }
+    let lost = figures
+        .drops
+        .get(crate::kernel::probe::STACK_SAMPLES_LOST)
+        .copied()
+        .unwrap_or(0);
+    let profile = sampler.and_then(|s| s.finish(lost));
     let (escaped, escape_notes) = escape_watch.finish(&mut probes, &v2_mount, &figures.drops);
     let (processes, mut process_notes) = process_watch.finish(&mut probes)?;
     let (connections, connection_notes) = connections::read(&probes, cgroup.id())?;
     process_notes.extend(connection_notes);
     process_notes.extend(container_notes);
+    process_notes.extend(profile_notes);
     let cgroup_ref = CgroupRef {
         path: cgroup.path().display().to_string(),
         id: cgroup.id(),
@@ -604,6 +644,7 @@ fn conclude(
         process_notes,
         connections,
         containers,
+        profile,
         limit_lines,
     };
     Ok((figures, outcome))
@@ -627,6 +668,8 @@ struct Outcome {
     connections: Vec<Connection>,
     /// The Docker containers it started.
     containers: Vec<ContainerRecord>,
+    /// Its CPU profile, when one was taken.
+    profile: Option<crate::profile::Profile>,
     /// The limits applied.
     limit_lines: Vec<String>,
 }
@@ -655,6 +698,7 @@ fn assemble(opts: &RunOptions, outcome: Outcome, figures: Figures) -> Report {
         processes: outcome.processes,
         connections: outcome.connections,
         containers: outcome.containers,
+        profile: outcome.profile,
         name: opts.name.clone(),
         tags: opts.tags.clone(),
         ..Report::unjudged(
@@ -684,13 +728,6 @@ fn notes(config: &CleanroomConfig, outcome: &Outcome, figures: &Figures) -> Vec<
         ));
     }
     notes.extend(memory_notes(&session_options(config), figures));
-    if config.performance_monitoring.enable_profiling {
-        notes.push(
-            "performance_monitoring.enable_profiling is set, but CPU profiling is not implemented \
-             in this version: no profile was taken"
-                .to_owned(),
-        );
-    }
     notes.extend(collect::write_note(&figures.totals, figures.writeback));
     notes.extend(collect::fault_note(&figures.totals, &figures.kernel));
     notes.extend(outcome.escape_notes.iter().cloned());

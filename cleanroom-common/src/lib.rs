@@ -43,6 +43,8 @@ pub mod maps {
     pub const SOCKETS: &str = "SOCKETS";
     /// Processes of watched runs → their network traffic.
     pub const PROCESS_NET: &str = "PROCESS_NET";
+    /// Stack samples of watched runs' tasks, for the profile.
+    pub const STACK_SAMPLES: &str = "STACK_SAMPLES";
 }
 
 /// Names of the programs of the BPF object (the Rust function names in `cleanroom-ebpf`).
@@ -100,6 +102,8 @@ pub mod programs {
     pub const CGROUP_RMDIR: &str = "cgroup_rmdir";
     /// `tp_btf/cgroup_attach_task`: processes joining or leaving a watched run's cgroups.
     pub const CGROUP_ATTACH_TASK: &str = "cgroup_attach_task";
+    /// `perf_event` (cpu-clock or cycles, on each CPU): a stack sample of a watched run's task.
+    pub const PROFILE_CPU: &str = "profile_cpu";
     /// `tp_btf/sock_send_length`: a process sent on a socket (6.4 on).
     pub const SOCK_SEND_LENGTH: &str = "sock_send_length";
     /// `tp_btf/sock_recv_length`: a process received from a socket (6.4 on).
@@ -196,6 +200,8 @@ pub const OFFSETS: &[(&str, &str, &str)] = &[
     ("OFF_TASK_MM", "task_struct", "mm"),
     ("OFF_MM_ARG_START", "mm_struct", "arg_start"),
     ("OFF_MM_ARG_END", "mm_struct", "arg_end"),
+    // A task's user registers, below the top of its kernel stack (profiling).
+    ("OFF_TASK_STACK", "task_struct", "stack"),
 ];
 
 /// Offsets of another kernel generation's layout: a kernel has either `bio.bi_bdev` (5.12 on) or
@@ -644,6 +650,52 @@ pub struct SocketOwner {
     pub pending: ProcessNet,
 }
 
+/// Bytes of a task's user stack a sample copies at most: from its stack pointer, a first part
+/// up to the next page boundary and then whole pages, so a read never crosses into the unmapped
+/// page above the stack's top.
+pub const USER_STACK_BYTES: usize = 16_384;
+
+/// Room for [`USER_STACK_BYTES`] and the first part's variable length.
+pub const USER_STACK_ROOM: usize = USER_STACK_BYTES + 4_096;
+
+/// Kernel frames a sample keeps at most.
+pub const KERNEL_FRAMES: usize = 64;
+
+/// Bytes of the ring buffer of stack samples ([`maps::STACK_SAMPLES`]): about 400 samples.
+pub const STACK_SAMPLES_BYTES: u32 = 8 << 20;
+
+/// One stack sample of a watched run's task ([`maps::STACK_SAMPLES`]): where it was in the
+/// kernel, and what user space needs to unwind its user stack (registers and a copy of the
+/// top of the stack).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackSample {
+    /// The run.
+    pub run_id: u64,
+    /// When (ns since boot, CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    /// Its process.
+    pub tgid: u32,
+    /// Its thread.
+    pub pid: u32,
+    /// Bytes of [`Self::kernel_stack`] filled (8 per frame); 0 in user mode.
+    pub kernel_stack_bytes: u32,
+    /// Bytes of [`Self::user_stack`] filled, from [`Self::user_sp`] on.
+    pub user_stack_bytes: u32,
+    /// User registers: instruction, stack and frame pointer (0 when unknown: a kernel thread).
+    pub user_ip: u64,
+    /// See [`Self::user_ip`].
+    pub user_sp: u64,
+    /// See [`Self::user_ip`].
+    pub user_bp: u64,
+    /// The task's `comm`, NUL-padded.
+    pub comm: [u8; 16],
+    /// Kernel return addresses, innermost first.
+    pub kernel_stack: [u64; KERNEL_FRAMES],
+    /// The user stack from `user_sp` up.
+    pub user_stack: [u8; USER_STACK_ROOM],
+}
+
 /// Capacity of [`maps::SOCKETS`] (least recently used go first): sockets of watched runs.
 pub const MAX_SOCKETS: u32 = 16_384;
 
@@ -731,8 +783,10 @@ pub mod drop_reason {
     /// [`crate::maps::PROCESS_NET`] was full: a run's packets were counted in its totals, not
     /// to a process.
     pub const SOCKETS_MAP_FULL: u32 = 12;
+    /// A stack sample was lost: [`crate::maps::STACK_SAMPLES`] was full.
+    pub const STACK_SAMPLE_LOST: u32 = 13;
     /// Number of reasons (size of the drops array).
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 #[cfg(feature = "user")]
@@ -751,6 +805,8 @@ mod pod {
     unsafe impl aya::Pod for super::ConnStats {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::ProcessNet {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::StackSample {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::SocketOwner {}
     // SAFETY: see above.

@@ -21,6 +21,7 @@ mod fault;
 mod maps;
 mod net;
 mod process;
+mod profile;
 mod sched;
 mod sockets;
 mod task;

@@ -81,6 +81,7 @@ offsets!(
     OFF_SOCK_V6_DADDR,
     OFF_SOCK_DPORT,
     OFF_SOCK_NUM,
+    OFF_TASK_STACK,
 );
 
 /// 1 where the kernel has `bpf_get_current_task_btf` (5.11 on), set by the agent from the

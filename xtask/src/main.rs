@@ -74,6 +74,10 @@ enum Task {
         /// A kernel of the matrix (repeatable; default: debian12).
         #[arg(long = "kernel")]
         kernels: Vec<String>,
+        /// Only this integration test program (the file name in tests/tests, without `.rs`;
+        /// repeatable; default: every one).
+        #[arg(long = "program")]
+        programs: Vec<String>,
     },
 }
 
@@ -130,7 +134,7 @@ fn run(task: Task) -> Result<()> {
                 only,
             )
         }
-        Task::VmTest { kernels } => {
+        Task::VmTest { kernels, programs } => {
             anyhow::ensure!(
                 toolchain::is_root(),
                 "the guests are run as root (qemu, loop devices): run it as root"
@@ -141,7 +145,15 @@ fn run(task: Task) -> Result<()> {
             } else {
                 kernels
             };
-            vm::run(&root, &bin, &kernels, &test_executables(&root)?)
+            let mut executables = test_executables(&root)?;
+            if !programs.is_empty() {
+                executables.retain(|e| programs.contains(&vm::log_name(e)));
+                anyhow::ensure!(
+                    !executables.is_empty(),
+                    "no test program named {programs:?}"
+                );
+            }
+            vm::run(&root, &bin, &kernels, &executables)
         }
         Task::Test { no_vm, args } => {
             let bin = build(&root)?;

@@ -215,6 +215,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("dockerd", "docker.io"),
     ("busybox", "busybox-static"),
+    // The profile tests build a C program without frame pointers.
+    ("gcc", "gcc"),
 ];
 
 /// Debian packages the benchmark drives: workloads and the bpftrace peer.

@@ -604,7 +604,7 @@ fn run_script(root: &Path, bin: &Path, executables: &[PathBuf]) -> String {
 }
 
 /// A test program's log name: its file name without cargo's hash.
-fn log_name(exe: &Path) -> String {
+pub fn log_name(exe: &Path) -> String {
     let name = exe
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

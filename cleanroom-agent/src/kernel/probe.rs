@@ -22,7 +22,7 @@ use cleanroom_common::{
     escape_via, maps, programs,
 };
 
-pub use cleanroom_common::{ConnKey, ConnStats, ProcessExit};
+pub use cleanroom_common::{ConnKey, ConnStats, ProcessExit, StackSample};
 
 pub use crate::kernel::tally::Counted;
 use crate::{
@@ -55,6 +55,9 @@ pub enum ProbeError {
     /// The object lacks a program or map this agent expects (agent and object out of step).
     #[error("the BPF object has no {0}; rebuild with `cargo xtask build`")]
     Missing(String),
+    /// Stack sampling could not start.
+    #[error("stack sampling could not start: {0}")]
+    Profiling(String),
     /// A map could not be read.
     #[error("reading map {map}: {source}")]
     Map {
@@ -481,6 +484,59 @@ const OPTIONAL: &[(Metric, &[&str])] = &[
     ),
 ];
 
+/// Where stack samples arrive, once profiling started ([`Probes::start_profiling`]).
+pub struct ProfileSource {
+    ring: RingBuf<aya::maps::MapData>,
+    /// The event sampled: `cycles` or `cpu-clock`.
+    pub clock: &'static str,
+    /// CPUs sampled.
+    pub cpus: usize,
+}
+
+impl std::fmt::Debug for ProfileSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileSource")
+            .field("clock", &self.clock)
+            .field("cpus", &self.cpus)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProfileSource {
+    /// Hands each sample that arrived since the last call to `each`.
+    pub fn drain(&mut self, mut each: impl FnMut(&StackSample)) {
+        while let Some(item) = self.ring.next() {
+            if item.len() < std::mem::size_of::<StackSample>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole `StackSample` (repr(C), every bit pattern
+            // valid); read unaligned from the ring's bytes, into the heap (20 KiB).
+            let sample: Box<StackSample> = unsafe {
+                let mut b = Box::<StackSample>::new_uninit();
+                std::ptr::copy_nonoverlapping(
+                    item.as_ptr(),
+                    b.as_mut_ptr().cast::<u8>(),
+                    std::mem::size_of::<StackSample>(),
+                );
+                b.assume_init()
+            };
+            each(&sample);
+        }
+    }
+
+    /// Waits until samples may have arrived, at most `timeout`.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        use std::os::fd::AsRawFd as _;
+        let mut fd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut fd, 1, timeout.as_millis().min(60_000) as i32) };
+    }
+}
+
 /// Whether a hook could be attached.
 #[derive(Clone, Debug)]
 pub struct HookStatus {
@@ -517,7 +573,11 @@ const DROP_NAMES: &[(u32, &str)] = &[
     (drop_reason::COMMAND_LINES_MAP_FULL, COMMAND_LINES_MAP_FULL),
     (drop_reason::CONNECTIONS_MAP_FULL, CONNECTIONS_MAP_FULL),
     (drop_reason::SOCKETS_MAP_FULL, SOCKETS_MAP_FULL),
+    (drop_reason::STACK_SAMPLE_LOST, STACK_SAMPLES_LOST),
 ];
+
+/// Drop name: a stack sample for the profile was lost (the kernel's buffer was full).
+pub const STACK_SAMPLES_LOST: &str = "stack_samples_lost";
 
 /// Drop name: a run's packets were counted in its totals, not to a process (the kernel's maps
 /// of sockets or processes were full).
@@ -724,6 +784,73 @@ impl Probes {
                     .map(|(m, _)| AnyMetric::Value(*m)),
             )
             .collect()
+    }
+
+    /// Starts sampling the stacks of watched runs' tasks `frequency` times a second on every
+    /// CPU (hardware cycles where there is a PMU, else the cpu-clock), and hands over the
+    /// buffer the samples arrive in. The samples stop when the probes are dropped.
+    pub fn start_profiling(&mut self, frequency: u64) -> Result<ProfileSource, ProbeError> {
+        use aya::programs::{
+            PerfEvent,
+            perf_event::{
+                HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
+            },
+        };
+        let cpus = aya::util::online_cpus()
+            .map_err(|(_, e)| ProbeError::Missing(format!("the online CPUs: {e}")))?;
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(programs::PROFILE_CPU)
+            .ok_or_else(|| ProbeError::Missing(format!("program {}", programs::PROFILE_CPU)))?
+            .try_into()
+            .map_err(|_| {
+                ProbeError::Missing(format!("perf_event program {}", programs::PROFILE_CPU))
+            })?;
+        program
+            .load()
+            .map_err(|e| ProbeError::Profiling(error_chain(&e)))?;
+        let clocks = [
+            (
+                PerfEventConfig::Hardware(HardwareEvent::CpuCycles),
+                "cycles",
+            ),
+            (
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                "cpu-clock",
+            ),
+        ];
+        let mut last_error = String::new();
+        'clock: for (config, clock) in clocks {
+            let mut links = Vec::new();
+            for &cpu in &cpus {
+                match program.attach(
+                    config,
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(frequency),
+                    false,
+                ) {
+                    Ok(link) => links.push(link),
+                    Err(e) => {
+                        last_error = format!("{clock}: {}", error_chain(&e));
+                        for link in links {
+                            let _ = program.detach(link);
+                        }
+                        continue 'clock;
+                    }
+                }
+            }
+            let ring = self
+                .ebpf
+                .take_map(maps::STACK_SAMPLES)
+                .ok_or_else(|| ProbeError::Missing(format!("map {}", maps::STACK_SAMPLES)))?;
+            let ring = RingBuf::try_from(ring).map_err(map_err(maps::STACK_SAMPLES))?;
+            return Ok(ProfileSource {
+                ring,
+                clock,
+                cpus: cpus.len(),
+            });
+        }
+        Err(ProbeError::Profiling(last_error))
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, ProbeError> {

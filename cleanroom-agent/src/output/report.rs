@@ -76,6 +76,9 @@ pub struct Report {
     /// totals too).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<crate::measure::containers::ContainerRecord>,
+    /// The CPU profile, when one was taken (`--profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::profile::Profile>,
     /// One point per `metrics_interval`: rates and levels over that interval.
     #[serde(default)]
     pub series: Vec<SeriesPoint>,
@@ -175,6 +178,7 @@ impl Report {
             processes: Vec::new(),
             connections: Vec::new(),
             containers: Vec::new(),
+            profile: None,
             aggregates: figures.aggregates,
             anomalies: figures.anomalies,
             anomalies_found: figures.anomalies_found,
@@ -479,6 +483,9 @@ impl Report {
         if !self.processes.is_empty() {
             out.push_str(&self.process_summary());
         }
+        if let Some(profile) = &self.profile {
+            out.push_str(&profile_summary(profile));
+        }
         if !self.slos.is_empty() || !self.thresholds.is_empty() {
             let _ = writeln!(
                 out,
@@ -589,6 +596,38 @@ impl Report {
     }
 }
 
+/// The profile in the summary: how it was taken and the ten functions with the most samples
+/// of their own.
+fn profile_summary(p: &crate::profile::Profile) -> String {
+    let mut out = String::new();
+    let unwound = p.unwound_share().map_or(String::new(), |s| {
+        format!(", {:.0}% of user stacks unwound to the end", s * 100.0)
+    });
+    let _ = writeln!(
+        out,
+        "\n  profile: {} samples ({} at {} Hz{}{unwound})",
+        p.samples,
+        p.clock,
+        p.frequency_hz,
+        if p.lost > 0 {
+            format!(", {} lost", p.lost)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(out, "  {:<56} {:>7} {:>7}", "function", "self", "total");
+    for f in p.top_functions.iter().take(10) {
+        let _ = writeln!(
+            out,
+            "  {:<56} {:>6.1}% {:>6.1}%",
+            crate::measure::processes::cut_to(&f.function, 56),
+            f.self_share * 100.0,
+            f.total_share * 100.0
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 impl Report {
     /// A small report for tests.
@@ -630,6 +669,7 @@ impl Report {
             processes: vec![],
             connections: vec![],
             containers: vec![],
+            profile: None,
         }
     }
 }

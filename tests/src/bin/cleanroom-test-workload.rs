@@ -3,6 +3,8 @@
 //!
 //! `spin SECS`                     busy loop for SECS of wall time
 //! `spin-ms MS`                    spin MS ms of CPU time
+//! `hot-chain MS`                  main → outer → hot_a for 70% of MS ms of CPU, hot_b for
+//!                                 30% (in ten rounds); no frame pointers (a release build)
 //! `cmdline ARGS...`              print `{"pid","ppid","cmdline"}`: its own from /proc
 //! `children N MS LAST`            one at a time, N children spinning MS ms of CPU, then one
 //!                                 LAST ms; for each, a line `{"child":PID,"cpu_ns":N}` with
@@ -96,6 +98,42 @@ fn spin_cpu(budget: Duration) {
             x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
         }
     }
+}
+
+/// Spins `budget` of CPU time, inlined into each caller so each has a loop of its own.
+#[inline(always)]
+fn spin_inline(budget: Duration, mul: u64, add: u64) -> u64 {
+    let start = cpu_time();
+    let mut x = add;
+    while cpu_time() - start < budget {
+        for _ in 0..200_000 {
+            x = black_box(x.wrapping_mul(mul).wrapping_add(add));
+        }
+    }
+    x
+}
+
+/// A function of its own that spins `budget` of CPU time.
+#[inline(never)]
+fn hot_a(budget: Duration) -> u64 {
+    spin_inline(budget, 6_364_136_223_846_793_005, 1)
+}
+
+/// Another (its constants differ, so it is not merged with `hot_a`).
+#[inline(never)]
+fn hot_b(budget: Duration) -> u64 {
+    spin_inline(budget, 2_862_933_555_777_941_757, 3)
+}
+
+/// Calls `hot_a` for 70% of `total` and `hot_b` for 30%, in ten rounds.
+#[inline(never)]
+fn outer(total: Duration) -> u64 {
+    let mut x = 0;
+    for _ in 0..10 {
+        x ^= hot_a(total * 7 / 100);
+        x ^= hot_b(total * 3 / 100);
+    }
+    x
 }
 
 fn cpu_time() -> Duration {
@@ -232,6 +270,9 @@ fn main() {
             }
         }
         Some("spin-ms") => spin_cpu(Duration::from_millis(num(1))),
+        Some("hot-chain") => {
+            black_box(outer(Duration::from_millis(num(1))));
+        }
         Some("cmdline") => {
             // Its own pid, parent and arguments as /proc has them.
             let raw = std::fs::read("/proc/self/cmdline").expect("reading /proc/self/cmdline");

@@ -33,6 +33,8 @@ pub enum Format {
     Html,
     /// The same content on real pages.
     Pdf,
+    /// The CPU profile's stacks, folded (`frames count` lines), for flame graph tools.
+    Folded,
 }
 
 /// A format that could not be told or produced.
@@ -40,9 +42,12 @@ pub enum Format {
 pub enum RenderError {
     /// Unknown format name or extension.
     #[error(
-        "unknown report format `{0}`; use json, csv, csv-totals, md (markdown), xml (junit), html or pdf"
+        "unknown report format `{0}`; use json, csv, csv-totals, md (markdown), xml (junit), html, pdf or folded (the profile's stacks)"
     )]
     UnknownFormat(String),
+    /// A format only a run's report has.
+    #[error("{0} are only written for a run (`cleanroom run --profile --report FILE.folded`)")]
+    OnlyForRuns(&'static str),
     /// The PDF library failed.
     #[error("rendering PDF: {0}")]
     Pdf(String),
@@ -52,7 +57,7 @@ pub enum RenderError {
 }
 
 impl Format {
-    /// By name: `json`, `csv`, `csv-totals`, `md`/`markdown`, `xml`/`junit`, `html`, `pdf`.
+    /// By name: `json`, `csv`, `csv-totals`, `md`/`markdown`, `xml`/`junit`, `html`, `pdf`, `folded`.
     pub fn from_name(name: &str) -> Result<Self, RenderError> {
         Ok(match name.to_ascii_lowercase().as_str() {
             "json" => Format::Json,
@@ -62,11 +67,12 @@ impl Format {
             "xml" | "junit" => Format::Junit,
             "html" | "htm" => Format::Html,
             "pdf" => Format::Pdf,
+            "folded" => Format::Folded,
             other => return Err(RenderError::UnknownFormat(other.to_owned())),
         })
     }
 
-    /// By file name: `.json`, `.csv` (`.totals.csv` for totals), `.md`, `.xml`, `.html`, `.pdf`.
+    /// By file name: `.json`, `.csv` (`.totals.csv` for totals), `.md`, `.xml`, `.html`, `.pdf`, `.folded`.
     pub fn from_path(path: &Path) -> Result<Self, RenderError> {
         let name = path
             .file_name()
@@ -94,6 +100,12 @@ pub fn report(report: &Report, format: Format) -> Result<Vec<u8>, RenderError> {
         Format::Junit => junit::report(report).into_bytes(),
         Format::Html => html::report(report).into_bytes(),
         Format::Pdf => pdf::report(report)?,
+        Format::Folded => report
+            .profile
+            .as_ref()
+            .map(|p| p.folded())
+            .unwrap_or_default()
+            .into_bytes(),
     })
 }
 
@@ -106,6 +118,7 @@ pub fn comparison(c: &Comparison, format: Format) -> Result<Vec<u8>, RenderError
         Format::Junit => junit::comparison(c).into_bytes(),
         Format::Html => html::comparison(c).into_bytes(),
         Format::Pdf => pdf::comparison(c)?,
+        Format::Folded => return Err(RenderError::OnlyForRuns("folded stacks")),
     })
 }
 
@@ -117,6 +130,7 @@ pub fn trend(t: &Trend, format: Format) -> Result<Vec<u8>, RenderError> {
         Format::Markdown | Format::Junit => markdown::trend(t).into_bytes(),
         Format::Html => html::trend(t).into_bytes(),
         Format::Pdf => pdf::trend(t)?,
+        Format::Folded => return Err(RenderError::OnlyForRuns("folded stacks")),
     })
 }
 

@@ -163,19 +163,6 @@ pub fn count_to_process(sk: u64, len: u64, egress: bool) {
     if sk == 0 {
         return;
     }
-    let packet = if egress {
-        ProcessNet {
-            tx_bytes: len,
-            tx_packets: 1,
-            ..ProcessNet::default()
-        }
-    } else {
-        ProcessNet {
-            rx_bytes: len,
-            rx_packets: 1,
-            ..ProcessNet::default()
-        }
-    };
     let Some(entry) = socket_of(sk) else {
         return;
     };
@@ -183,12 +170,25 @@ pub fn count_to_process(sk: u64, len: u64, egress: bool) {
     let entry = unsafe { &mut *entry };
     let tgid = entry.tgid;
     if tgid == 0 {
-        add(&mut entry.pending, &packet);
+        count_packet(&mut entry.pending, len, egress);
     } else if let Some(process) = PROCESS_NET.get_ptr_mut(&tgid) {
         // SAFETY: a live map element, only updated with atomic adds.
-        add(unsafe { &mut *process }, &packet);
+        count_packet(unsafe { &mut *process }, len, egress);
     }
     // Else its owner has ended: the packet is in the run's totals only.
+}
+
+/// Counts one packet of `len` bytes into `to`. Only the two counters it changes: an atomic add
+/// of a constant 0 may be compiled to an atomic `or`, which kernels before 5.12 refuse.
+#[inline(always)]
+fn count_packet(to: &mut ProcessNet, len: u64, egress: bool) {
+    let (bytes, packets) = if egress {
+        (&mut to.tx_bytes, &mut to.tx_packets)
+    } else {
+        (&mut to.rx_bytes, &mut to.rx_packets)
+    };
+    atomic_add(bytes, len);
+    atomic_add(packets, 1);
 }
 
 /// Process `tgid` ended or left its run: its counters, taken out.

@@ -171,21 +171,26 @@ fn stacks_without_frame_pointers_are_whole_and_split_as_the_programs_do() {
 }
 
 /// `--report FILE.folded` writes the folded stacks, one `frames count` line each, adding up to
-/// the profile's samples.
+/// the profile's samples; `FILE.svg` the flame graph, which the HTML report holds too, without
+/// a script.
 #[test]
-fn folded_stacks_add_up_to_the_samples() {
-    if !privileged("folded_stacks_add_up_to_the_samples") {
+fn folded_stacks_and_flame_graphs_are_written() {
+    if !privileged("folded_stacks_and_flame_graphs_are_written") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let folded = dir.path().join("cpu.folded");
+    let (folded, svg, html) = (
+        dir.path().join("cpu.folded"),
+        dir.path().join("flame.svg"),
+        dir.path().join("report.html"),
+    );
     let w = workload_bin!().to_str().unwrap().to_owned();
     let cg = TestCgroup::new("folded");
-    let (output, report) = run_measured_with(
-        &cg,
-        &["--profile", "--report", folded.to_str().unwrap()],
-        &[&w, "hot-chain", "500"],
-    );
+    let mut options = vec!["--profile"];
+    for path in [&folded, &svg, &html] {
+        options.extend(["--report", path.to_str().unwrap()]);
+    }
+    let (output, report) = run_measured_with(&cg, &options, &[&w, "hot-chain", "500"]);
     assert!(output.status.success(), "{output:?}");
     let text = fs::read_to_string(&folded).unwrap();
     let mut sum = 0;
@@ -196,4 +201,17 @@ fn folded_stacks_add_up_to_the_samples() {
     }
     assert_eq!(sum, u64_at(&report, "/profile/samples"), "{text}");
     assert_eq!(report["profile"]["frequency_hz"], 99);
+
+    let svg = fs::read_to_string(&svg).unwrap();
+    let html = fs::read_to_string(&html).unwrap();
+    for text in [&svg, &html] {
+        assert!(text.contains("cleanroom_test_workload::hot_a"), "{text}");
+    }
+    // The file is inferno's interactive one; the page has no script at all.
+    assert!(svg.starts_with("<?xml") && svg.contains("<script"), "{svg}");
+    assert!(html.contains("CPU profile</h2>"), "{html}");
+    assert!(
+        !html.contains("<script") && !html.contains("onload"),
+        "{html}"
+    );
 }

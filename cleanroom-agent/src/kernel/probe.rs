@@ -687,7 +687,12 @@ impl Probes {
         let mut status = Vec::with_capacity(HOOKS.len());
         for hook in HOOKS {
             let mut try_program = |program: &'static str, needs: &[&str]| {
-                let missing: Vec<&str> = needs.iter().filter_map(|g| offsets.missing(g)).collect();
+                // The floor's empty programs read nothing: no offset can be missing for them.
+                let missing: Vec<&str> = needs
+                    .iter()
+                    .filter(|_| set_offsets)
+                    .filter_map(|g| offsets.missing(g))
+                    .collect();
                 if missing.is_empty() {
                     let error = attach(&mut ebpf, program, hook.attach, &btf, v2_root)?;
                     Ok::<_, ProbeError>(error.map(|e| {

@@ -217,10 +217,11 @@ fn fold(key: &StackKey, symbols: &Symbols, paths: &HashMap<FileId, String>) -> S
         match f {
             UserFrame::InFile { file, svma } => match symbols.user(*file, *svma) {
                 Some(names) => parts.extend(names.iter().map(|n| clean(n))),
+                // No symbol (a stripped file): its file, so its frames add up together.
                 None => {
                     let path = paths.get(file).map_or("?", String::as_str);
                     let name = path.rsplit('/').next().unwrap_or(path);
-                    parts.push(format!("[{}+{svma:#x}]", clean(name)));
+                    parts.push(format!("[{}]", clean(name)));
                 }
             },
             // By address, each would be a stack of its own.

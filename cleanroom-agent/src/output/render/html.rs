@@ -60,6 +60,7 @@ th { color:var(--muted); font-weight:600; } td.num { text-align:right; font-vari
 .legend { font-size:12px; color:var(--muted); } .legend span { margin-right:12px; } .legend i { display:inline-block; width:10px; height:10px; border-radius:2px; margin-right:4px; vertical-align:-1px; }
 ul.insights { margin:0; padding-left:20px; } ul.insights li { margin:4px 0; }
 .muted { color:var(--muted); } .small { font-size:12px; }
+.flame svg { width:100%; height:auto; }
 svg text { font:11px -apple-system, "Segoe UI", Roboto, Arial, sans-serif; fill:#6b7280; }
 .sortable > input { position:absolute; opacity:0; pointer-events:none; } .sortable tbody { display:none; }
 .sortable label { cursor:pointer; text-decoration:underline dotted; }
@@ -256,6 +257,44 @@ fn processes(r: &Report) -> String {
             human(g.io_write_bytes, crate::metric::Unit::Bytes),
             g.net_bytes
                 .map_or("—".to_owned(), |b| human(b, crate::metric::Unit::Bytes))
+        );
+    }
+    out.push_str("</table></section>");
+    out
+}
+
+/// The CPU profile: how it was taken, the functions with the most samples, the flame graph.
+fn profile(p: &crate::profile::Profile, command: &str) -> String {
+    let mut out = format!(
+        "<section><h2>CPU profile</h2><p class=\"small muted\">{} samples ({} at {} Hz on each CPU){}{}.</p>",
+        p.samples,
+        esc(&p.clock),
+        p.frequency_hz,
+        p.unwound_share().map_or(String::new(), |s| format!(
+            "; {:.0}% of user stacks unwound to their outermost frame",
+            s * 100.0
+        )),
+        if p.lost > 0 {
+            format!("; {} lost (the kernel's buffer was full)", p.lost)
+        } else {
+            String::new()
+        }
+    );
+    if let Some(svg) = super::flame::svg(p, &format!("CPU profile of `{command}`"), false) {
+        out.push_str("<div class=\"flame\">");
+        out.push_str(&super::flame::inline(&svg));
+        out.push_str("</div><p class=\"small muted\">Each box a function, as wide as its share of the samples, above the one that called it; hover for its name and samples.</p>");
+    }
+    out.push_str(
+        "<table><tr><th>function</th><th class=\"num\">self</th><th class=\"num\">total</th></tr>",
+    );
+    for f in p.top_functions.iter().take(15) {
+        let _ = write!(
+            out,
+            "<tr><td><code>{}</code></td><td class=\"num\">{:.1}%</td><td class=\"num\">{:.1}%</td></tr>",
+            esc(&crate::measure::processes::cut_to(&f.function, 120)),
+            f.self_share * 100.0,
+            f.total_share * 100.0
         );
     }
     out.push_str("</table></section>");
@@ -688,6 +727,9 @@ pub fn report(r: &Report) -> String {
     }
     if !r.processes.is_empty() {
         body.push_str(&processes(r));
+    }
+    if let Some(p) = &r.profile {
+        body.push_str(&profile(p, &r.command_line()));
     }
 
     body.push_str("<section><h2>Totals</h2><table><tr><th>metric</th><th class=\"num\">measured</th><th>meaning</th></tr>");

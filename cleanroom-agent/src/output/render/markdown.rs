@@ -125,6 +125,9 @@ pub fn report(r: &Report) -> String {
     if !r.processes.is_empty() {
         out.push_str(&processes(r));
     }
+    if let Some(p) = &r.profile {
+        out.push_str(&profile(p));
+    }
     if let Some(c) = &r.comparison {
         let _ = writeln!(
             out,
@@ -365,6 +368,25 @@ pub fn trend(t: &Trend) -> String {
             ))
         );
     }
+    out
+}
+
+/// The CPU profile: the ten functions with the most samples of their own.
+fn profile(p: &crate::profile::Profile) -> String {
+    let mut out = format!(
+        "**CPU profile**: {} samples ({} at {} Hz)\n\n| function | self | total |\n| --- | ---: | ---: |\n",
+        p.samples, p.clock, p.frequency_hz
+    );
+    for f in p.top_functions.iter().take(10) {
+        let _ = writeln!(
+            out,
+            "| `{}` | {:.1}% | {:.1}% |",
+            cell(&crate::measure::processes::cut_to(&f.function, 80)),
+            f.self_share * 100.0,
+            f.total_share * 100.0
+        );
+    }
+    out.push('\n');
     out
 }
 

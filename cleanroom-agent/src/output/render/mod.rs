@@ -4,6 +4,7 @@
 
 mod chart;
 mod csv;
+pub mod flame;
 pub(crate) mod html;
 mod junit;
 mod markdown;
@@ -35,6 +36,8 @@ pub enum Format {
     Pdf,
     /// The CPU profile's stacks, folded (`frames count` lines), for flame graph tools.
     Folded,
+    /// The CPU profile as a flame graph (SVG).
+    FlameSvg,
 }
 
 /// A format that could not be told or produced.
@@ -42,12 +45,17 @@ pub enum Format {
 pub enum RenderError {
     /// Unknown format name or extension.
     #[error(
-        "unknown report format `{0}`; use json, csv, csv-totals, md (markdown), xml (junit), html, pdf or folded (the profile's stacks)"
+        "unknown report format `{0}`; use json, csv, csv-totals, md (markdown), xml (junit), html, pdf, folded (the profile's stacks) or svg (its flame graph)"
     )]
     UnknownFormat(String),
     /// A format only a run's report has.
     #[error("{0} are only written for a run (`cleanroom run --profile --report FILE.folded`)")]
     OnlyForRuns(&'static str),
+    /// A flame graph of a run without a profile, or with no samples.
+    #[error(
+        "no flame graph: the run has no profile samples (take one with `cleanroom run --profile`)"
+    )]
+    NoProfile,
     /// The PDF library failed.
     #[error("rendering PDF: {0}")]
     Pdf(String),
@@ -57,7 +65,7 @@ pub enum RenderError {
 }
 
 impl Format {
-    /// By name: `json`, `csv`, `csv-totals`, `md`/`markdown`, `xml`/`junit`, `html`, `pdf`, `folded`.
+    /// By name: `json`, `csv`, `csv-totals`, `md`/`markdown`, `xml`/`junit`, `html`, `pdf`, `folded`, `svg`.
     pub fn from_name(name: &str) -> Result<Self, RenderError> {
         Ok(match name.to_ascii_lowercase().as_str() {
             "json" => Format::Json,
@@ -68,11 +76,12 @@ impl Format {
             "html" | "htm" => Format::Html,
             "pdf" => Format::Pdf,
             "folded" => Format::Folded,
+            "svg" => Format::FlameSvg,
             other => return Err(RenderError::UnknownFormat(other.to_owned())),
         })
     }
 
-    /// By file name: `.json`, `.csv` (`.totals.csv` for totals), `.md`, `.xml`, `.html`, `.pdf`, `.folded`.
+    /// By file name: `.json`, `.csv` (`.totals.csv` for totals), `.md`, `.xml`, `.html`, `.pdf`, `.folded`, `.svg` (the flame graph).
     pub fn from_path(path: &Path) -> Result<Self, RenderError> {
         let name = path
             .file_name()
@@ -106,6 +115,18 @@ pub fn report(report: &Report, format: Format) -> Result<Vec<u8>, RenderError> {
             .map(|p| p.folded())
             .unwrap_or_default()
             .into_bytes(),
+        Format::FlameSvg => report
+            .profile
+            .as_ref()
+            .and_then(|p| {
+                flame::svg(
+                    p,
+                    &format!("CPU profile of `{}`", report.command_line()),
+                    true,
+                )
+            })
+            .ok_or(RenderError::NoProfile)?
+            .into_bytes(),
     })
 }
 
@@ -119,6 +140,7 @@ pub fn comparison(c: &Comparison, format: Format) -> Result<Vec<u8>, RenderError
         Format::Html => html::comparison(c).into_bytes(),
         Format::Pdf => pdf::comparison(c)?,
         Format::Folded => return Err(RenderError::OnlyForRuns("folded stacks")),
+        Format::FlameSvg => return Err(RenderError::OnlyForRuns("flame graphs")),
     })
 }
 
@@ -131,6 +153,7 @@ pub fn trend(t: &Trend, format: Format) -> Result<Vec<u8>, RenderError> {
         Format::Html => html::trend(t).into_bytes(),
         Format::Pdf => pdf::trend(t)?,
         Format::Folded => return Err(RenderError::OnlyForRuns("folded stacks")),
+        Format::FlameSvg => return Err(RenderError::OnlyForRuns("flame graphs")),
     })
 }
 

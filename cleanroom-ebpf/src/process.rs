@@ -119,8 +119,12 @@ pub fn on_fork(parent_tgid: u32, child_tgid: u32) {
 pub fn on_group_dead(cgroup: u64, task: *const u8) {
     let run = run_of_cgroup(cgroup).unwrap_or(0);
     if run == 0 {
+        // Looked up before removing: a removal takes the bucket's lock, and almost every
+        // process ending on the host was never a run's.
         let tgid = read::<u32>(task, &OFF_TASK_TGID).unwrap_or(0);
-        let _ = COMMAND_LINES.remove(&tgid);
+        if COMMAND_LINES.get_ptr(&tgid).is_some() {
+            let _ = COMMAND_LINES.remove(&tgid);
+        }
         let _ = take_process(tgid);
         return;
     }

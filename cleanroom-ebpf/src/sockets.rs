@@ -68,12 +68,13 @@ pub fn on_tcp_state(sk: *const u8, old: i32, new: i32) {
         TCP_SYN_SENT | TCP_LISTEN | TCP_LAST_ACK => claim(sk),
         TCP_FIN_WAIT1 if old == TCP_ESTABLISHED || old == TCP_SYN_RECV => claim(sk),
         // A connection a listener accepted, made in softirq: no owner until one uses it (its
-        // memory may be an old socket's).
-        TCP_SYN_RECV => {
-            let _ = SOCKETS.remove(&(sk as u64));
-        }
-        TCP_CLOSE => {
-            let _ = SOCKETS.remove(&(sk as u64));
+        // memory may be an old socket's). A closed socket's entry goes too. Looked up first:
+        // a removal takes the bucket's lock, and most sockets are not a run's.
+        TCP_SYN_RECV | TCP_CLOSE => {
+            let key = sk as u64;
+            if SOCKETS.get_ptr(&key).is_some() {
+                let _ = SOCKETS.remove(&key);
+            }
         }
         _ => {}
     }

@@ -215,3 +215,40 @@ fn folded_stacks_and_flame_graphs_are_written() {
         "{html}"
     );
 }
+
+/// A `python3` run: the interpreter's own C frames are named (Python-level frames are not
+/// unwound: the README says so).
+#[test]
+fn cpython_frames_are_named() {
+    if !privileged("cpython_frames_are_named") {
+        return;
+    }
+    let cg = TestCgroup::new("cpython");
+    let (output, report) = run_measured_with(
+        &cg,
+        &["--profile-frequency", &HZ.to_string()],
+        &["python3", "-c", "sum(i * i for i in range(10_000_000))"],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stacks = report["profile"]["stacks"]
+        .as_array()
+        .expect("profile stacks");
+    let (mut all, mut in_eval) = (0, 0);
+    for s in stacks
+        .iter()
+        .filter(|s| s["stack"].as_str().unwrap().starts_with("python3"))
+    {
+        let n = u64_at(s, "/samples");
+        all += n;
+        if s["stack"]
+            .as_str()
+            .unwrap()
+            .contains("_PyEval_EvalFrameDefault")
+        {
+            in_eval += n;
+        }
+    }
+    eprintln!("python3: {in_eval} of {all} samples under _PyEval_EvalFrameDefault");
+    assert!(all > 20, "{:#}", report["profile"]);
+    assert!(in_eval * 2 > all, "{:#}", report["profile"]);
+}

@@ -685,6 +685,7 @@ impl Probes {
         let mut ebpf = loader.load(object)?;
 
         let mut status = Vec::with_capacity(HOOKS.len());
+        let in_object: BTreeSet<String> = ebpf.programs().map(|(n, _)| n.to_owned()).collect();
         for hook in HOOKS {
             let mut try_program = |program: &'static str, needs: &[&str]| {
                 // The floor's empty programs read nothing: no offset can be missing for them.
@@ -707,6 +708,10 @@ impl Probes {
             let mut error = try_program(hook.program, hook.needs)?;
             for fb in hook.fallbacks {
                 let Some(e) = &error else { break };
+                // The floor has no older forms: its empty programs load on every kernel.
+                if !set_offsets && !in_object.contains(fb.program) {
+                    break;
+                }
                 match try_program(fb.program, fb.needs)? {
                     None => {
                         log::debug!("{}: {e}; loaded {} instead", hook.attach, fb.why);

@@ -46,6 +46,21 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// The C program built into `dir`, without frame pointers.
+fn build_hot_c(dir: &std::path::Path) -> std::path::PathBuf {
+    let source = dir.join("hot.c");
+    let hot = dir.join("hotc");
+    fs::write(&source, HOT_C).unwrap();
+    let built = Command::new("gcc")
+        .args(["-O2", "-fomit-frame-pointer", "-o"])
+        .arg(&hot)
+        .arg(&source)
+        .output()
+        .expect("gcc (cargo xtask test installs it)");
+    assert!(built.status.success(), "{built:?}");
+    hot
+}
+
 /// Samples a second on each CPU in these tests.
 const HZ: u64 = 199;
 
@@ -88,16 +103,7 @@ fn stacks_without_frame_pointers_are_whole_and_split_as_the_programs_do() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("hot.c");
-    let hot = dir.path().join("hotc");
-    fs::write(&source, HOT_C).unwrap();
-    let built = Command::new("gcc")
-        .args(["-O2", "-fomit-frame-pointer", "-o"])
-        .arg(&hot)
-        .arg(&source)
-        .output()
-        .expect("gcc (cargo xtask test installs it)");
-    assert!(built.status.success(), "{built:?}");
+    let hot = build_hot_c(dir.path());
     let w = workload_bin!().to_str().unwrap().to_owned();
     let script = format!("{} 1500 && {w} hot-chain 1500", hot.display());
     let cg = TestCgroup::new("profile");
@@ -251,4 +257,53 @@ fn cpython_frames_are_named() {
     eprintln!("python3: {in_eval} of {all} samples under _PyEval_EvalFrameDefault");
     assert!(all > 20, "{:#}", report["profile"]);
     assert!(in_eval * 2 > all, "{:#}", report["profile"]);
+}
+
+/// `cleanroom compare` of two profiled runs names the functions whose share moved: the Rust
+/// program's hot functions in the base, the C program's in the new run.
+#[test]
+fn a_comparison_names_the_functions_that_moved() {
+    if !privileged("a_comparison_names_the_functions_that_moved") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hot = build_hot_c(dir.path());
+    let w = workload_bin!().to_str().unwrap().to_owned();
+    let cg = TestCgroup::new("profile-compare");
+    let hz = HZ.to_string();
+    let options = ["--profile-frequency", hz.as_str()];
+    let (base_out, base) = run_measured_with(&cg, &options, &[&w, "hot-chain", "1000"]);
+    let (new_out, new) = run_measured_with(&cg, &options, &[hot.to_str().unwrap(), "1000"]);
+    assert!(base_out.status.success() && new_out.status.success());
+    let (a, b) = (dir.path().join("base.json"), dir.path().join("new.json"));
+    fs::write(&a, base.to_string()).unwrap();
+    fs::write(&b, new.to_string()).unwrap();
+    let out = Command::new(cleanroom_tests::cleanroom_bin())
+        .args(["compare", "--format", "json"])
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .unwrap();
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let moved: Vec<(&str, f64)> = c["functions"]
+        .as_array()
+        .expect("functions in the comparison")
+        .iter()
+        .map(|f| {
+            (
+                f["function"].as_str().unwrap(),
+                f["new_share"].as_f64().unwrap() - f["base_share"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    eprintln!("{moved:?}");
+    let change = |name: &str| moved.iter().find(|(f, _)| *f == name).map(|(_, d)| *d);
+    // hot_a: about 0 → 70% of the samples; the Rust one 70% → 0.
+    assert!(change("hot_a").is_some_and(|d| d > 0.5), "{moved:?}");
+    assert!(
+        change("cleanroom_test_workload::hot_a").is_some_and(|d| d < -0.5),
+        "{moved:?}"
+    );
+    assert!(moved[0].1 > 0.0, "the grown first: {moved:?}");
 }

@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::judge::verdict::{Change, Comparison, RunLabel, ToleranceSource};
+pub use crate::judge::verdict::{Change, Comparison, FunctionShift, RunLabel, ToleranceSource};
 use crate::{
     measure::collect::Total,
     metric::{Kind, Latency, Metric},
     output::report::Report,
+    profile::Profile,
     units::{parse_percent, truncate_quote},
 };
 
@@ -287,12 +288,73 @@ pub fn compare(base: (&str, &Report), new: (&str, &Report), tolerances: &Toleran
             })
         })
         .collect();
+    let functions = match (&base.1.profile, &new.1.profile) {
+        (Some(b), Some(n)) => function_shifts(b, n, FUNCTION_SHIFTS),
+        _ => Vec::new(),
+    };
     Comparison {
         base: RunLabel::of(base.0, base.1),
         new: RunLabel::of(new.0, new.1),
         regressions: changes.iter().filter(|c| c.regression).count(),
         changes,
+        functions,
     }
+}
+
+/// Whether `shift` is more than [`MIN_SHIFT_Z`] standard errors, with `n1` and `n2` samples.
+fn beyond_chance(shift: &FunctionShift, n1: u64, n2: u64) -> bool {
+    let (n1, n2) = (n1 as f64, n2 as f64);
+    if n1 == 0.0 || n2 == 0.0 {
+        return false;
+    }
+    let pooled = (shift.base_share * n1 + shift.new_share * n2) / (n1 + n2);
+    let se = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
+    se > 0.0 && (shift.new_share - shift.base_share).abs() / se >= MIN_SHIFT_Z
+}
+
+/// Functions a comparison names at most.
+const FUNCTION_SHIFTS: usize = 10;
+
+/// A change of a function's share smaller than this (percentage points) is not named.
+const MIN_SHIFT_POINTS: f64 = 1.0;
+
+/// How many standard errors a change of share must be to be named: with few samples, a
+/// function's share moves by chance (a two-proportion z-test, the shares pooled).
+const MIN_SHIFT_Z: f64 = 3.0;
+
+/// The `n` functions whose own share of the samples changed most between two profiles, by at
+/// least [`MIN_SHIFT_POINTS`] and beyond chance ([`MIN_SHIFT_Z`]): those that grew first, the
+/// most grown first, then those that shrank.
+pub fn function_shifts(base: &Profile, new: &Profile, n: usize) -> Vec<FunctionShift> {
+    let shares = |p: &Profile| -> BTreeMap<String, f64> {
+        crate::profile::top_functions(&p.stacks, p.samples, usize::MAX)
+            .into_iter()
+            .filter(|f| f.self_samples > 0)
+            .map(|f| (f.function, f.self_share))
+            .collect()
+    };
+    let (b, nw) = (shares(base), shares(new));
+    let mut shifts: Vec<FunctionShift> = b
+        .keys()
+        .chain(nw.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|f| FunctionShift {
+            function: f.clone(),
+            base_share: b.get(f).copied().unwrap_or(0.0),
+            new_share: nw.get(f).copied().unwrap_or(0.0),
+        })
+        .filter(|s| s.change_points().abs() >= MIN_SHIFT_POINTS)
+        .filter(|s| beyond_chance(s, base.samples, new.samples))
+        .collect();
+    shifts.sort_by(|x, y| y.change_points().total_cmp(&x.change_points()));
+    let grown = shifts.iter().filter(|s| s.change_points() > 0.0).count();
+    // The grown ones first (most first), then the shrunk ones (most first).
+    let (up, down) = shifts.split_at(grown);
+    let mut out: Vec<FunctionShift> = up.to_vec();
+    out.extend(down.iter().rev().cloned());
+    out.truncate(n);
+    out
 }
 
 impl Comparison {
@@ -398,6 +460,61 @@ pub fn trend(name: &str, runs: &[(i64, Report)]) -> Trend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn profile(stacks: &[(&str, u64)]) -> Profile {
+        let stacks: Vec<crate::profile::FoldedStack> = stacks
+            .iter()
+            .map(|(s, n)| crate::profile::FoldedStack {
+                stack: (*s).to_owned(),
+                samples: *n,
+            })
+            .collect();
+        Profile {
+            clock: "cpu-clock".into(),
+            frequency_hz: 99,
+            samples: stacks.iter().map(|s| s.samples).sum(),
+            lost: 0,
+            stacks_not_kept: 0,
+            unwinding: Default::default(),
+            top_functions: Vec::new(),
+            stacks,
+        }
+    }
+
+    #[test]
+    fn the_functions_that_grew_come_first_and_small_moves_are_left_out() {
+        let base = profile(&[("p;main;a", 700), ("p;main;b", 300)]);
+        let new = profile(&[
+            ("p;main;a", 400),
+            ("p;main;b", 300),
+            ("p;main;c", 250),
+            ("p;main;d", 45),
+            ("p;main;e", 5),
+        ]);
+        let shifts = function_shifts(&base, &new, 10);
+        let names: Vec<&str> = shifts.iter().map(|s| s.function.as_str()).collect();
+        // c grew 25 points, d 4.5 (beyond chance with 1,000 samples each), a shrank 30; b did
+        // not move; e's 0.5 point is too small to name.
+        assert_eq!(names, ["c", "d", "a"], "{shifts:#?}");
+        assert!((shifts[0].change_points() - 25.0).abs() < 1e-9);
+        assert!((shifts[2].change_points() + 30.0).abs() < 1e-9);
+        assert_eq!(function_shifts(&base, &base, 10), vec![]);
+        // With ten times fewer samples, d's 4 points are within chance.
+        let small = |p: &Profile| {
+            let stacks: Vec<(String, u64)> = p
+                .stacks
+                .iter()
+                .map(|s| (s.stack.clone(), s.samples / 10))
+                .collect();
+            let refs: Vec<(&str, u64)> = stacks.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+            profile(&refs)
+        };
+        let names: Vec<String> = function_shifts(&small(&base), &small(&new), 10)
+            .into_iter()
+            .map(|s| s.function)
+            .collect();
+        assert_eq!(names, ["c", "a"]);
+    }
 
     #[test]
     fn noise_below_the_floor_is_not_a_regression() {

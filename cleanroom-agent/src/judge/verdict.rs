@@ -371,6 +371,28 @@ pub struct Comparison {
     pub changes: Vec<Change>,
     /// How many are regressions.
     pub regressions: usize,
+    /// When both runs have a CPU profile: the functions whose share of the samples (their
+    /// own) changed most, the most grown first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<FunctionShift>,
+}
+
+/// A function's share of a profile's samples (its own, as the leaf) in two runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FunctionShift {
+    /// Its name, as the profiles have it.
+    pub function: String,
+    /// Its share in the base run (0 to 1; 0 when it had no samples there).
+    pub base_share: f64,
+    /// Its share in the new run.
+    pub new_share: f64,
+}
+
+impl FunctionShift {
+    /// New minus base, in percentage points.
+    pub fn change_points(&self) -> f64 {
+        (self.new_share - self.base_share) * 100.0
+    }
 }
 
 #[cfg(test)]

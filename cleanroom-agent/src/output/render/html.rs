@@ -858,6 +858,20 @@ pub fn comparison(c: &Comparison) -> String {
         );
     }
     body.push_str("</table></section>");
+    if !c.functions.is_empty() {
+        body.push_str("<section><h2>CPU profile: what moved</h2><p class=\"small muted\">Each function's own share of the profile's samples, base and new; the ones that grew first.</p><table><tr><th>function</th><th class=\"num\">base</th><th class=\"num\">new</th><th class=\"num\">change</th></tr>");
+        for f in &c.functions {
+            let _ = write!(
+                body,
+                "<tr><td><code>{}</code></td><td class=\"num\">{:.1}%</td><td class=\"num\">{:.1}%</td><td class=\"num\">{:+.1} points</td></tr>",
+                esc(&crate::measure::processes::cut_to(&f.function, 120)),
+                f.base_share * 100.0,
+                f.new_share * 100.0,
+                f.change_points()
+            );
+        }
+        body.push_str("</table></section>");
+    }
     page("Cleanroom comparison", &header, &body)
 }
 

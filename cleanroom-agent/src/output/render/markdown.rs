@@ -334,6 +334,23 @@ fn comparison_table(c: &Comparison) -> String {
             if ch.regression { "❌ regression" } else { "" }
         );
     }
+    if !c.functions.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n**CPU profile: what moved** (each function's own share of the samples)\n\n\
+             | function | base | new | change |\n| --- | ---: | ---: | ---: |"
+        );
+        for f in &c.functions {
+            let _ = writeln!(
+                out,
+                "| `{}` | {:.1}% | {:.1}% | {:+.1} points |",
+                cell(&crate::measure::processes::cut_to(&f.function, 80)),
+                f.base_share * 100.0,
+                f.new_share * 100.0,
+                f.change_points()
+            );
+        }
+    }
     out
 }
 

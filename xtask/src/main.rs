@@ -113,8 +113,12 @@ fn run(task: Task) -> Result<()> {
                 "the benchmark loads BPF programs: run it as root"
             );
             let bin = build(&root)?;
-            if only.is_none() {
-                toolchain::ensure_tools(toolchain::BENCH_TOOLS)?;
+            match only {
+                None => toolchain::ensure_tools(toolchain::BENCH_TOOLS)?,
+                Some(bench::Section::Profiling) => {
+                    toolchain::ensure_tools(&[("bpftool", "bpftool"), ("gzip", "gzip")])?
+                }
+                Some(_) => {}
             }
             step("building the benchmark's workload program");
             let mut cmd = cargo();

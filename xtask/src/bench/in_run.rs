@@ -109,7 +109,7 @@ fn timed(cleanroom: Option<&Path>, script: &str) -> Result<f64> {
 }
 
 /// The 95% bootstrap confidence interval of the median of `xs` (deterministic resampling).
-fn median_ci(xs: &[f64]) -> (f64, f64) {
+pub(super) fn median_ci(xs: &[f64]) -> (f64, f64) {
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = || {
         state ^= state << 13;

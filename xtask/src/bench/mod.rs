@@ -11,12 +11,16 @@
 //!
 //! 5. The command measured (`in_run`): many short processes and a small crate's build, bare
 //!    and inside `cleanroom run`, with the slowdown's 95% confidence interval.
+//! 6. The CPU profile (`profiling`): a CPU-bound job bare, in `cleanroom run` and in `cleanroom
+//!    run --profile` at 99 Hz; ns per sample and Cleanroom's own CPU while profiling.
 //!
 //! Writes `target/bench/results.json` and prints the tables. Goals are reported, never asserted.
 //! `--only agent-sidecar` runs section 4 alone and writes `results-agent-sidecar.json`;
-//! `--only in-run` section 5 alone, into `results-in-run.json`.
+//! `--only in-run` section 5 alone, into `results-in-run.json`; `--only profiling` section 6,
+//! into `results-profiling.json`.
 
 mod in_run;
+mod profiling;
 
 use std::{
     collections::{BTreeMap, hash_map::RandomState},
@@ -41,6 +45,8 @@ pub enum Section {
     AgentSidecar,
     /// 5: the command measured, bare vs inside `cleanroom run`.
     InRun,
+    /// 6: the CPU profile's cost.
+    Profiling,
 }
 
 /// Who is attached while a workload runs.
@@ -202,6 +208,22 @@ impl Bench {
             };
             return bench.only_agent_sidecar();
         }
+        if only == Some(Section::Profiling) {
+            let started = Instant::now();
+            step("the CPU profile's cost, alone");
+            let r = profiling::measure(&cleanroom, &out, reps)?;
+            let results = json!({
+                "machine": machine(),
+                "duration_s": started.elapsed().as_secs_f64(),
+                "repetitions": reps,
+                "profiling": r,
+            });
+            let path = out.join("results-profiling.json");
+            fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+            profiling::print(&results["profiling"]);
+            step(&format!("results written to {}", path.display()));
+            return Ok(());
+        }
         if only == Some(Section::InRun) {
             let started = Instant::now();
             step("the command measured: bare vs inside cleanroom run, alone");
@@ -256,16 +278,18 @@ impl Bench {
         };
         let started = Instant::now();
         let machine = machine();
-        step("phase 1/5: per-event cost of every program (BPF stats on)");
+        step("phase 1/6: per-event cost of every program (BPF stats on)");
         let per_event = bench.per_event_cost()?;
-        step("phase 2/5: workload slowdown, modes alternated");
+        step("phase 2/6: workload slowdown, modes alternated");
         let slowdown = bench.slowdown()?;
-        step("phase 3/5: the agent itself");
+        step("phase 3/6: the agent itself");
         let agent = bench.agent_cost()?;
-        step("phase 4/5: the agent as a sidecar (cleanroom agent)");
+        step("phase 4/6: the agent as a sidecar (cleanroom agent)");
         let agent_sidecar = bench.agent_sidecar()?;
-        step("phase 5/5: the command measured, bare vs inside cleanroom run");
+        step("phase 5/6: the command measured, bare vs inside cleanroom run");
         let in_run = in_run::measure(&bench.cleanroom, &bench.out, bench.reps)?;
+        step("phase 6/6: the CPU profile's cost");
+        let profile = profiling::measure(&bench.cleanroom, &bench.out, bench.reps)?;
         let goals = goals(&per_event, &slowdown, &agent, &agent_sidecar);
         let results = json!({
             "machine": machine,
@@ -276,12 +300,14 @@ impl Bench {
             "agent": agent,
             "agent_sidecar": agent_sidecar,
             "in_run": in_run,
+            "profiling": profile,
             "goals": goals,
         });
         let path = bench.out.join("results.json");
         fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
         print_tables(&results);
         in_run::print(&results["in_run"]);
+        profiling::print(&results["profiling"]);
         step(&format!(
             "results written to {} ({:.0} s)",
             path.display(),

@@ -1,0 +1,226 @@
+//! Section 6: what the CPU profile costs. Two `gzip -9` of the same 24 MiB (two busy CPUs, a
+//! fixed amount of work) timed bare, inside `cleanroom run`, and inside `cleanroom run
+//! --profile` at 99 Hz, alternated; the slowdown of profiling over the plain run is the median
+//! of the paired ratios with its 95% bootstrap interval. During each profiled run, with BPF
+//! stats on: the sampling program's ns per sample (`run_time_ns / run_cnt` from bpftool) and
+//! the CPU of `cleanroom` itself (its threads' schedstat) once the probes are loaded, as a
+//! share of one core.
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use super::{in_run::median_ci, output, spread};
+
+/// Bytes each `gzip` compresses.
+const INPUT_BYTES: usize = 24 << 20;
+
+/// The input: shared libraries of this host, concatenated (compressible like real files).
+fn input(work: &Path) -> Result<PathBuf> {
+    let path = work.join("profile-input.bin");
+    if fs::metadata(&path).is_ok_and(|m| m.len() as usize == INPUT_BYTES) {
+        return Ok(path);
+    }
+    let mut data = Vec::with_capacity(INPUT_BYTES);
+    let mut libs: Vec<PathBuf> = fs::read_dir("/usr/lib/x86_64-linux-gnu")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "so" || e == "a"))
+        .collect();
+    libs.sort();
+    for lib in libs {
+        if data.len() >= INPUT_BYTES {
+            break;
+        }
+        if let Ok(bytes) = fs::read(&lib) {
+            data.extend_from_slice(&bytes);
+        }
+    }
+    if data.len() < INPUT_BYTES {
+        bail!("not enough library bytes for the profile workload");
+    }
+    data.truncate(INPUT_BYTES);
+    fs::File::create(&path)?.write_all(&data)?;
+    Ok(path)
+}
+
+/// How a repetition runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Bare,
+    Run,
+    Profiled,
+}
+
+/// The workload's own elapsed ns; for a profiled run also (ns per sample, cleanroom's share of
+/// one core) as seen just before it ended.
+fn timed(cleanroom: &Path, mode: Mode, script: &str) -> Result<(f64, Option<(f64, f64)>)> {
+    let mut cmd = if mode == Mode::Bare {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    } else {
+        let mut c = Command::new(cleanroom);
+        c.args(["run", "--no-store", "-q", "--no-follow-containers"]);
+        if mode == Mode::Profiled {
+            c.args(["--profile-frequency", "99"]);
+        }
+        c.args(["--", "sh", "-c", script]);
+        c
+    };
+    if mode != Mode::Profiled {
+        let out = output(&mut cmd)?;
+        return Ok((last_number(&out)?, None));
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let pid = child.id();
+    // Cleanroom's CPU over the window from the first sight of the loaded program to the last
+    // look before the end: its steady state while profiling, not its start-up (loading the
+    // probes is most of a short run's CPU).
+    let (mut first, mut last) = (None, None);
+    while child.try_wait()?.is_none() {
+        if let Some(stats) = program_stats("profile_cpu")? {
+            let now = (super::cpu_ns(pid) as f64, Instant::now());
+            first.get_or_insert(now);
+            last = Some((stats, now));
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let seen = match (first, last) {
+        (Some((cpu0, t0)), Some((stats, (cpu1, t1)))) if t1 > t0 => {
+            Some((stats, (cpu1 - cpu0) / (t1 - t0).as_nanos() as f64 * 100.0))
+        }
+        _ => None,
+    };
+    let mut out = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        use std::io::Read as _;
+        s.read_to_string(&mut out)?;
+    }
+    let ((ns, cnt), cpu_pct) = seen.context("the profiling program was never seen")?;
+    Ok((last_number(&out)?, Some((ns / cnt.max(1.0), cpu_pct))))
+}
+
+fn last_number(out: &str) -> Result<f64> {
+    out.lines()
+        .last()
+        .and_then(|l| l.trim().parse::<f64>().ok())
+        .with_context(|| format!("the workload printed no elapsed time: {out:?}"))
+}
+
+/// `(run_time_ns, run_cnt)` of the loaded program named `name`, if there is one.
+fn program_stats(name: &str) -> Result<Option<(f64, f64)>> {
+    let progs: Value = serde_json::from_str(&output(
+        Command::new("bpftool").args(["prog", "show", "-j"]),
+    )?)?;
+    Ok(progs.as_array().into_iter().flatten().find_map(|p| {
+        (p["name"].as_str()? == name).then(|| {
+            (
+                p["run_time_ns"].as_f64().unwrap_or(0.0),
+                p["run_cnt"].as_f64().unwrap_or(0.0),
+            )
+        })
+    }))
+}
+
+/// Section 6's results.
+pub fn measure(cleanroom: &Path, work: &Path, reps: usize) -> Result<Value> {
+    if reps < 3 {
+        bail!("the profiling section needs at least 3 repetitions");
+    }
+    let input = input(work)?;
+    let script = format!(
+        "s=$(date +%s%N); gzip -9 -c {i} > /dev/null & gzip -9 -c {i} > /dev/null; wait; \
+         e=$(date +%s%N); echo $((e - s))",
+        i = input.display()
+    );
+    let stats_before =
+        fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_else(|_| "0".into());
+    fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+    let result = (|| -> Result<Value> {
+        timed(cleanroom, Mode::Bare, &script)?;
+        let modes = [Mode::Bare, Mode::Run, Mode::Profiled];
+        let (mut bare, mut run, mut profiled) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut per_sample, mut agent_cpu) = (Vec::new(), Vec::new());
+        for rep in 0..reps {
+            eprint!("\rxtask: profiling {}/{reps}", rep + 1);
+            for i in 0..modes.len() {
+                let mode = modes[(i + rep) % modes.len()];
+                let (ns, stats) = timed(cleanroom, mode, &script)?;
+                match mode {
+                    Mode::Bare => bare.push(ns),
+                    Mode::Run => run.push(ns),
+                    Mode::Profiled => profiled.push(ns),
+                }
+                if let Some((sample_ns, cpu)) = stats {
+                    per_sample.push(sample_ns);
+                    agent_cpu.push(cpu);
+                }
+            }
+        }
+        eprintln!();
+        let slowdown = |over: &[f64]| {
+            let ratios: Vec<f64> = profiled.iter().zip(over).map(|(p, b)| p / b).collect();
+            let mut sorted = ratios.clone();
+            sorted.sort_by(f64::total_cmp);
+            let (lo, hi) = median_ci(&ratios);
+            json!({
+                "slowdown_pct": (sorted[sorted.len() / 2] - 1.0) * 100.0,
+                "ci95_pct": [(lo - 1.0) * 100.0, (hi - 1.0) * 100.0],
+            })
+        };
+        Ok(json!({
+            "workload": "two gzip -9 of 24 MiB at once (two busy CPUs), ns",
+            "bare": spread(&bare),
+            "in_run": spread(&run),
+            "profiled": spread(&profiled),
+            "profiling_over_run": slowdown(&run),
+            "profiled_over_bare": slowdown(&bare),
+            "ns_per_sample": spread(&per_sample),
+            "cleanroom_cpu_pct_of_one_core": spread(&agent_cpu),
+        }))
+    })();
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before);
+    result
+}
+
+/// Prints section 6.
+pub fn print(r: &Value) {
+    let pct = |v: &Value| {
+        format!(
+            "{:+.2}% [{:+.2}%, {:+.2}%]",
+            v["slowdown_pct"].as_f64().unwrap_or(f64::NAN),
+            v["ci95_pct"][0].as_f64().unwrap_or(f64::NAN),
+            v["ci95_pct"][1].as_f64().unwrap_or(f64::NAN)
+        )
+    };
+    println!("\n6. The CPU profile at 99 Hz (two busy CPUs)");
+    println!(
+        "  workload median: bare {:.0} ms, in run {:.0} ms, profiled {:.0} ms",
+        r["bare"]["median"].as_f64().unwrap_or(f64::NAN) / 1e6,
+        r["in_run"]["median"].as_f64().unwrap_or(f64::NAN) / 1e6,
+        r["profiled"]["median"].as_f64().unwrap_or(f64::NAN) / 1e6
+    );
+    println!(
+        "  profiling over the plain run: {}",
+        pct(&r["profiling_over_run"])
+    );
+    println!(
+        "  profiled over bare:           {}",
+        pct(&r["profiled_over_bare"])
+    );
+    println!(
+        "  BPF ns per sample: {:.0} (median); cleanroom's CPU while profiling: {:.3}% of one core",
+        r["ns_per_sample"]["median"].as_f64().unwrap_or(f64::NAN),
+        r["cleanroom_cpu_pct_of_one_core"]["median"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    );
+}

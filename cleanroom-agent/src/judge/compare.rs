@@ -347,14 +347,15 @@ pub fn function_shifts(base: &Profile, new: &Profile, n: usize) -> Vec<FunctionS
         .filter(|s| s.change_points().abs() >= MIN_SHIFT_POINTS)
         .filter(|s| beyond_chance(s, base.samples, new.samples))
         .collect();
-    shifts.sort_by(|x, y| y.change_points().total_cmp(&x.change_points()));
-    let grown = shifts.iter().filter(|s| s.change_points() > 0.0).count();
-    // The grown ones first (most first), then the shrunk ones (most first).
-    let (up, down) = shifts.split_at(grown);
-    let mut out: Vec<FunctionShift> = up.to_vec();
-    out.extend(down.iter().rev().cloned());
-    out.truncate(n);
-    out
+    // The grown ones first, then the shrunk ones; each the largest move first.
+    shifts.sort_by(|x, y| {
+        let (dx, dy) = (x.change_points(), y.change_points());
+        (dx < 0.0)
+            .cmp(&(dy < 0.0))
+            .then(dy.abs().total_cmp(&dx.abs()))
+    });
+    shifts.truncate(n);
+    shifts
 }
 
 impl Comparison {

@@ -537,6 +537,12 @@ impl ProfileSource {
     }
 }
 
+/// `reasons` joined with `; `, or `None` when there are none.
+fn joined(reasons: impl Iterator<Item = String>) -> Option<String> {
+    let reasons: Vec<String> = reasons.collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
 /// Whether a hook could be attached.
 #[derive(Clone, Debug)]
 pub struct HookStatus {
@@ -1063,16 +1069,18 @@ impl Probes {
             .map_err(map_err(maps::WATCHED))
     }
 
+    /// `hook: why` for each of `programs`' hooks that is not attached.
+    fn hook_errors<'a>(&'a self, programs: &'a [&str]) -> impl Iterator<Item = String> + 'a {
+        self.status
+            .iter()
+            .filter(|s| programs.contains(&s.hook.program))
+            .filter_map(|s| Some(format!("{}: {}", s.hook.attach, s.error.as_ref()?)))
+    }
+
     /// Why processes leaving a run's cgroups cannot be seen here (a hook they need is not
     /// attached), or `None` when they can.
     pub fn escapes_unavailable(&self) -> Option<String> {
-        let reasons: Vec<String> = self
-            .status
-            .iter()
-            .filter(|s| ESCAPE_HOOKS.contains(&s.hook.program))
-            .filter_map(|s| Some(format!("{}: {}", s.hook.attach, s.error.as_ref()?)))
-            .collect();
-        (!reasons.is_empty()).then(|| reasons.join("; "))
+        joined(self.hook_errors(ESCAPE_HOOKS))
     }
 
     /// The processes that left run `run_id`'s cgroups so far (each once, the first time it
@@ -1129,25 +1137,15 @@ impl Probes {
     /// Why each process of a run cannot be recorded here (a hook it needs is not attached), or
     /// `None` when it can.
     pub fn processes_unavailable(&self) -> Option<String> {
-        let reasons: Vec<String> = self
-            .status
-            .iter()
-            .filter(|s| PROCESS_HOOKS.contains(&s.hook.program))
-            .filter_map(|s| Some(format!("{}: {}", s.hook.attach, s.error.as_ref()?)))
-            .chain(self.escapes_unavailable())
-            .collect();
-        (!reasons.is_empty()).then(|| reasons.join("; "))
+        joined(
+            self.hook_errors(PROCESS_HOOKS)
+                .chain(self.escapes_unavailable()),
+        )
     }
 
     /// Why processes' network traffic cannot be told apart here, if it cannot.
     pub fn process_net_unavailable(&self) -> Option<String> {
-        let reasons: Vec<String> = self
-            .status
-            .iter()
-            .filter(|s| SOCKET_OWNER_HOOKS.contains(&s.hook.program))
-            .filter_map(|s| Some(format!("{}: {}", s.hook.attach, s.error.as_ref()?)))
-            .collect();
-        (!reasons.is_empty()).then(|| reasons.join("; "))
+        joined(self.hook_errors(SOCKET_OWNER_HOOKS))
     }
 
     /// What processes' network traffic misses here, if the kernel lacks the tracepoints that

@@ -616,12 +616,7 @@ fn profile_summary(p: &crate::profile::Profile) -> String {
         }
     );
     let _ = writeln!(out, "  {:<56} {:>7} {:>7}", "function", "self", "total");
-    for f in p
-        .top_functions
-        .iter()
-        .filter(|f| f.self_samples > 0)
-        .take(10)
-    {
+    for f in p.own_top(10) {
         let _ = writeln!(
             out,
             "  {:<56} {:>6.1}% {:>6.1}%",

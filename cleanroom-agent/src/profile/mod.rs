@@ -318,6 +318,15 @@ impl Profile {
         (with_user > 0).then(|| u.complete as f64 / with_user as f64)
     }
 
+    /// The first `n` of the top functions with samples of their own (the list goes on with
+    /// callers ranked by their totals).
+    pub fn own_top(&self, n: usize) -> impl Iterator<Item = &FunctionShare> {
+        self.top_functions
+            .iter()
+            .filter(|f| f.self_samples > 0)
+            .take(n)
+    }
+
     /// The stacks in the folded format flame graph tools read: one `frames count` per line.
     pub fn folded(&self) -> String {
         let mut out = String::new();

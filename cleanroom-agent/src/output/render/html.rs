@@ -288,12 +288,7 @@ fn profile(p: &crate::profile::Profile, command: &str) -> String {
     out.push_str(
         "<table><tr><th>function</th><th class=\"num\">self</th><th class=\"num\">total</th></tr>",
     );
-    for f in p
-        .top_functions
-        .iter()
-        .filter(|f| f.self_samples > 0)
-        .take(15)
-    {
+    for f in p.own_top(15) {
         let _ = write!(
             out,
             "<tr><td><code>{}</code></td><td class=\"num\">{:.1}%</td><td class=\"num\">{:.1}%</td></tr>",

@@ -394,12 +394,7 @@ fn profile(p: &crate::profile::Profile) -> String {
         "**CPU profile**: {} samples ({} at {} Hz)\n\n| function | self | total |\n| --- | ---: | ---: |\n",
         p.samples, p.clock, p.frequency_hz
     );
-    for f in p
-        .top_functions
-        .iter()
-        .filter(|f| f.self_samples > 0)
-        .take(10)
-    {
+    for f in p.own_top(10) {
         let _ = writeln!(
             out,
             "| `{}` | {:.1}% | {:.1}% |",

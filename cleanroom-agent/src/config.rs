@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::{
     files::{FileError, MAX_CONFIG_BYTES, read_text},
     judge::objective::Objective,
-    units::{de_duration, de_opt_bytes, de_opt_duration, de_opt_percent, parse_percent},
+    units::{de_bytes, de_duration, de_opt_bytes, de_opt_duration, de_opt_percent, parse_percent},
 };
 
 /// The whole configuration.
@@ -50,10 +50,17 @@ pub struct PerformanceMonitoring {
     /// Time between samples (default 1 s; sub-second works).
     #[serde(deserialize_with = "de_duration")]
     pub metrics_interval: Duration,
-    /// CPU profiling: the run's stacks sampled on every CPU (`--profile`).
+    /// Profiling (`--profile`): the run's stacks sampled on every CPU, at its waits, its page
+    /// faults and its block I/O.
     pub enable_profiling: bool,
     /// Samples a second on each CPU when profiling (default 99).
     pub profiling_frequency_hz: u64,
+    /// User-mode page faults per fault sample when profiling (default 256).
+    pub profiling_fault_period: u64,
+    /// Bytes submitted to block devices per block sample when profiling (default 1 MiB; a size
+    /// such as "64KiB").
+    #[serde(deserialize_with = "de_bytes")]
+    pub profiling_block_period: u64,
     /// Sample memory each interval.
     pub enable_memory_tracking: bool,
     /// Thresholds, checked at every sample.
@@ -67,6 +74,8 @@ impl Default for PerformanceMonitoring {
             metrics_interval: Duration::from_secs(1),
             enable_profiling: false,
             profiling_frequency_hz: crate::profile::DEFAULT_FREQUENCY_HZ,
+            profiling_fault_period: crate::profile::DEFAULT_FAULT_PERIOD,
+            profiling_block_period: crate::profile::DEFAULT_BLOCK_PERIOD_BYTES,
             enable_memory_tracking: true,
             thresholds: Thresholds::default(),
         }
@@ -378,17 +387,33 @@ impl CleanroomConfig {
                 message: "must be at least 10ms".into(),
             });
         }
-        let hz = config.performance_monitoring.profiling_frequency_hz;
-        if !(1..=MAX_PROFILING_FREQUENCY_HZ).contains(&hz) {
-            return Err(ConfigError {
-                file: file.to_owned(),
-                line: text
-                    .lines()
-                    .position(|l| l.trim_start().starts_with("profiling_frequency_hz"))
-                    .map(|i| i + 1),
-                key: Some("performance_monitoring.profiling_frequency_hz".into()),
-                message: format!("must be 1 to {MAX_PROFILING_FREQUENCY_HZ} (samples a second)"),
-            });
+        let pm = &config.performance_monitoring;
+        let out_of_range = |key: &str, message: String| ConfigError {
+            file: file.to_owned(),
+            line: text
+                .lines()
+                .position(|l| l.trim_start().starts_with(key))
+                .map(|i| i + 1),
+            key: Some(format!("performance_monitoring.{key}")),
+            message,
+        };
+        if !(1..=MAX_PROFILING_FREQUENCY_HZ).contains(&pm.profiling_frequency_hz) {
+            return Err(out_of_range(
+                "profiling_frequency_hz",
+                format!("must be 1 to {MAX_PROFILING_FREQUENCY_HZ} (samples a second)"),
+            ));
+        }
+        if pm.profiling_fault_period == 0 {
+            return Err(out_of_range(
+                "profiling_fault_period",
+                "must be at least 1 (faults per sample)".into(),
+            ));
+        }
+        if pm.profiling_block_period < 512 {
+            return Err(out_of_range(
+                "profiling_block_period",
+                "must be at least 512 bytes (one sector per sample)".into(),
+            ));
         }
         Ok(config)
     }

@@ -39,7 +39,7 @@ use crate::{
     host,
     judge::analyze,
     judge::verdict::{Event, EventKind},
-    kernel::probe::Probes,
+    kernel::probe::{Probes, SamplingRates},
     measure::collect,
     measure::session::{End, Figures, Session, SessionOptions},
     measure::{
@@ -248,14 +248,26 @@ fn start_profiling(
     if !pm.enable_profiling {
         return (None, Vec::new());
     }
+    let rates = SamplingRates {
+        frequency_hz: pm.profiling_frequency_hz,
+        fault_period: pm.profiling_fault_period,
+        block_period_bytes: pm.profiling_block_period,
+    };
     let started = probes
-        .start_profiling(pm.profiling_frequency_hz)
+        .start_profiling(rates)
         .map_err(|e| e.to_string())
         .and_then(|source| {
-            Sampler::start(source, run_id, pm.profiling_frequency_hz).map_err(|e| e.to_string())
+            let notes = source
+                .unavailable
+                .iter()
+                .map(|(_, why)| format!("a profile could not be taken: {why}"))
+                .collect();
+            Sampler::start(source, run_id, rates)
+                .map(|s| (s, notes))
+                .map_err(|e| e.to_string())
         });
     match started {
-        Ok(sampler) => (Some(sampler), Vec::new()),
+        Ok((sampler, notes)) => (Some(sampler), notes),
         Err(e) => (None, vec![format!("no profile was taken: {e}")]),
     }
 }

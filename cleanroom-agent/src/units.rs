@@ -214,6 +214,11 @@ pub fn de_opt_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
     d.deserialize_any(BytesVisitor).map(Some)
 }
 
+/// A size: bytes as a number, or a string such as `"64KiB"`.
+pub fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    d.deserialize_any(BytesVisitor)
+}
+
 /// A number that is a percentage: `80`, `80.5` or `"80%"`.
 pub fn de_opt_percent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     #[derive(Deserialize)]

@@ -45,6 +45,11 @@ pub mod maps {
     pub const PROCESS_NET: &str = "PROCESS_NET";
     /// Stack samples of watched runs' tasks, for the profile.
     pub const STACK_SAMPLES: &str = "STACK_SAMPLES";
+    /// Array: [`crate::profile_period`] slot → events between two samples of its kind, set by
+    /// the agent when it starts profiling.
+    pub const PROFILE_PERIODS: &str = "PROFILE_PERIODS";
+    /// LRU hash: pid → a task's off-CPU wait in progress and its budget of stack copies.
+    pub const OFF_CPU: &str = "OFF_CPU";
 }
 
 /// Names of the programs of the BPF object (the Rust function names in `cleanroom-ebpf`).
@@ -104,6 +109,16 @@ pub mod programs {
     pub const CGROUP_ATTACH_TASK: &str = "cgroup_attach_task";
     /// `perf_event` (cpu-clock or cycles, on each CPU): a stack sample of a watched run's task.
     pub const PROFILE_CPU: &str = "profile_cpu";
+    /// `tp_btf/sched_switch`, while profiling: off-CPU waits of watched runs' tasks.
+    pub const PROFILE_SWITCH: &str = "profile_switch";
+    /// The same, for the three-argument `sched_switch` (before 5.18).
+    pub const PROFILE_SWITCH_V1: &str = "profile_switch_v1";
+    /// `tp_btf/page_fault_user`, while profiling: one fault sample in every N.
+    pub const PROFILE_FAULT: &str = "profile_fault";
+    /// `tp_btf/block_bio_queue`, while profiling: one block sample per N bytes submitted.
+    pub const PROFILE_BLOCK: &str = "profile_block";
+    /// The same, for the two-argument `block_bio_queue` (before 5.11).
+    pub const PROFILE_BLOCK_Q: &str = "profile_block_q";
     /// `tp_btf/sock_send_length`: a process sent on a socket (6.4 on).
     pub const SOCK_SEND_LENGTH: &str = "sock_send_length";
     /// `tp_btf/sock_recv_length`: a process received from a socket (6.4 on).
@@ -688,6 +703,15 @@ pub struct StackSample {
     pub user_sp: u64,
     /// See [`Self::user_ip`].
     pub user_bp: u64,
+    /// What the sample is of ([`sample_kind`]).
+    pub kind: u32,
+    /// Off-CPU: the task's state as it switched out (`TASK_INTERRUPTIBLE` 1,
+    /// `TASK_UNINTERRUPTIBLE` 2, ...); 0 otherwise.
+    pub state: u32,
+    /// What the sample stands for, in its kind's unit: 1 for a CPU sample, the faults or block
+    /// bytes since the last sample on this CPU, 0 for an off-CPU sample (its time comes in the
+    /// [`OffCpuEnd`] of the task's switch back in).
+    pub weight: u64,
     /// The task's `comm`, NUL-padded.
     pub comm: [u8; 16],
     /// Kernel return addresses, innermost first.
@@ -695,6 +719,55 @@ pub struct StackSample {
     /// The user stack from `user_sp` up.
     pub user_stack: [u8; USER_STACK_ROOM],
 }
+
+/// Kinds of [`StackSample`].
+pub mod sample_kind {
+    /// On CPU: the sampling event fired (`profile_cpu`).
+    pub const CPU: u32 = 0;
+    /// A voluntary switch-out: where the task went to wait (`profile_switch`).
+    pub const OFF_CPU: u32 = 1;
+    /// A page fault in user mode, one in every N (`profile_fault`).
+    pub const FAULT: u32 = 2;
+    /// A bio the task submitted, one per N bytes (`profile_block`).
+    pub const BLOCK: u32 = 3;
+}
+
+/// The end of an off-CPU wait of a watched run's task: sent at its switch back in, to be joined
+/// with the [`StackSample`] of its switch-out when one was sent (the same `pid` and `out_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuEnd {
+    /// The run.
+    pub run_id: u64,
+    /// When it switched out (ns since boot): the [`StackSample::time_ns`] of its stacks.
+    pub out_ns: u64,
+    /// When it switched back in.
+    pub in_ns: u64,
+    /// Its thread.
+    pub pid: u32,
+    /// Its process.
+    pub tgid: u32,
+    /// 1 when its stacks were sent at the switch-out; 0 when not (the task's budget of stack
+    /// copies was spent, or the buffer was half full).
+    pub captured: u32,
+    /// Its state as it switched out.
+    pub state: u32,
+}
+
+/// Which [`maps::PROFILE_PERIODS`] slot holds what: faults between two fault samples, and
+/// block bytes between two block samples.
+pub mod profile_period {
+    /// User-mode page faults per fault sample.
+    pub const FAULTS: u32 = 0;
+    /// Bytes submitted per block sample.
+    pub const BLOCK_BYTES: u32 = 1;
+    /// Slots.
+    pub const COUNT: u32 = 2;
+}
+
+/// Capacity of [`maps::OFF_CPU`]: tasks of watched runs switched out at once, with their budget
+/// of stack copies (least recently used go first).
+pub const MAX_OFF_CPU_TASKS: u32 = 16_384;
 
 /// Capacity of [`maps::SOCKETS`] (least recently used go first): sockets of watched runs.
 pub const MAX_SOCKETS: u32 = 16_384;
@@ -785,8 +858,11 @@ pub mod drop_reason {
     pub const SOCKETS_MAP_FULL: u32 = 12;
     /// A stack sample was lost: [`crate::maps::STACK_SAMPLES`] was full.
     pub const STACK_SAMPLE_LOST: u32 = 13;
+    /// The end of an off-CPU wait was lost ([`crate::maps::STACK_SAMPLES`] was full): its
+    /// time is missing from the off-CPU profile.
+    pub const OFF_CPU_END_LOST: u32 = 14;
     /// Number of reasons (size of the drops array).
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 #[cfg(feature = "user")]
@@ -807,6 +883,8 @@ mod pod {
     unsafe impl aya::Pod for super::ProcessNet {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::StackSample {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::OffCpuEnd {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::SocketOwner {}
     // SAFETY: see above.

@@ -1,36 +1,100 @@
-//! Stack samples of watched runs' tasks, for the CPU profile.
+//! Stack samples of watched runs' tasks, for the profiles: on CPU, off CPU, page faults and
+//! block I/O.
 //!
-//! The agent opens a sampling event on each CPU (cpu-clock, or cycles where there is a PMU) and
-//! attaches [`profile_cpu`] to it. A sample of a task of a watched run sends, through a ring
-//! buffer, its kernel stack and what user space needs to unwind its user stack with the
-//! binaries' `.eh_frame`: the user registers and a copy of the top of the user stack (frame
-//! pointers alone give junk for binaries built without them, the usual release build).
-//! Samples the buffer had no room for are counted.
+//! Each sample sends, through a ring buffer, the task's kernel stack and what user space needs
+//! to unwind its user stack with the binaries' `.eh_frame`: the user registers and a copy of the
+//! top of the user stack (frame pointers alone give junk for binaries built without them, the
+//! usual release build).
+//!
+//! - On CPU: the agent opens a sampling event on each CPU (cpu-clock, or cycles where there is
+//!   a PMU) and attaches [`profile_cpu`] to it.
+//! - Off CPU: [`profile_switch`] sends a task's stacks as it switches out voluntarily, and at
+//!   its switch back in a small [`OffCpuEnd`] with the time it was out; user space joins the
+//!   two. Stacks are copied within a budget per task (a token bucket: [`COPY_COST_NS`],
+//!   [`COPY_BURST_NS`]) and only while the buffer is less than half full, so a task switching
+//!   100,000 times a second cannot flood it; every wait's time is still sent, marked as
+//!   without stacks.
+//! - Page faults and block I/O: [`profile_fault`] and [`profile_block`] send one sample per
+//!   period (faults, bytes) of the watched runs' events on each CPU, weighted by the events
+//!   since the last (as `perf record -c N` does).
+//!
+//! Samples and wait ends the buffer had no room for are counted.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::pt_regs,
+    bindings::{BPF_RB_AVAIL_DATA, pt_regs},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_stack,
         bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_probe_read_user,
     },
-    macros::{map, perf_event},
-    maps::RingBuf,
-    programs::PerfEventContext,
+    macros::{btf_tracepoint, map, perf_event},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, PerfEventContext},
 };
 use cleanroom_common::{
-    KERNEL_FRAMES, STACK_SAMPLES_BYTES, StackSample, USER_STACK_BYTES, drop_reason,
+    KERNEL_FRAMES, MAX_OFF_CPU_TASKS, OffCpuEnd, STACK_SAMPLES_BYTES, StackSample,
+    USER_STACK_BYTES, drop_reason, profile_period, sample_kind,
 };
 
 use crate::{
     escape::run_of_cgroup,
     maps::count_drop,
-    task::{OFF_TASK_STACK, current_cgroup_id, read_optional},
+    task::{
+        OFF_BIO_OPF, OFF_BIO_SIZE, OFF_TASK_PID, OFF_TASK_STACK, OFF_TASK_STATE, OFF_TASK_TGID,
+        current_cgroup_id, current_is_kthread, read, read_optional,
+    },
 };
 
-/// The samples, for the agent to read.
+/// The samples and off-CPU wait ends, for the agent to read.
 #[map]
 pub static STACK_SAMPLES: RingBuf = RingBuf::with_byte_size(STACK_SAMPLES_BYTES, 0);
+
+/// [`profile_period`] slot → events per sample; 0 (never set) means every event.
+#[map]
+pub static PROFILE_PERIODS: Array<u64> = Array::with_max_entries(profile_period::COUNT, 0);
+
+/// [`profile_period`] slot → this CPU's events since its last sample.
+#[map]
+static PERIOD_PROGRESS: PerCpuArray<u64> = PerCpuArray::with_max_entries(profile_period::COUNT, 0);
+
+/// A task of a watched run: its off-CPU wait in progress, and its budget of stack copies.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OffCpuTask {
+    /// Its run.
+    pub run_id: u64,
+    /// When it switched out; 0 while it is on a CPU.
+    pub out_ns: u64,
+    /// Its budget, in ns of [`COPY_COST_NS`], at [`Self::credit_at`].
+    pub credit_ns: u64,
+    /// When the budget was last brought up to date.
+    pub credit_at: u64,
+    /// Its state as it switched out.
+    pub state: u32,
+    /// Whether its stacks were sent at the switch-out.
+    pub captured: u32,
+}
+
+/// pid → its [`OffCpuTask`].
+#[map]
+pub static OFF_CPU: LruHashMap<u32, OffCpuTask> =
+    LruHashMap::with_max_entries(MAX_OFF_CPU_TASKS, 0);
+
+/// A stack copy at a switch-out costs this much of a task's budget, which grows by the time
+/// that passes: at most 1,000 copies a second per task, on average.
+pub const COPY_COST_NS: u64 = 1_000_000;
+
+/// The most a task's budget holds: 16 copies in a row.
+pub const COPY_BURST_NS: u64 = 16 * COPY_COST_NS;
+
+/// `TASK_DEAD`: the state of a task's very last switch.
+const TASK_DEAD: u64 = 0x80;
+
+/// `REQ_OP_READ` and `REQ_OP_WRITE`, the low 8 bits of `bi_opf`.
+const REQ_OP_MASK: u32 = 0xff;
+const REQ_OP_WRITE: u32 = 1;
 
 /// x86_64's `THREAD_SIZE`: a task's user registers are the `pt_regs` at the top of its kernel
 /// stack (`task_pt_regs`).
@@ -43,37 +107,288 @@ const PAGE: u64 = 4_096;
 #[perf_event]
 pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
     if let Some(run_id) = run_of_cgroup(current_cgroup_id()) {
-        sample(&ctx, run_id);
+        // SAFETY: the context's own `bpf_perf_event_data`, whose first field is the registers.
+        let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
+        let head = Head {
+            run_id,
+            kind: sample_kind::CPU,
+            state: 0,
+            weight: 1,
+        };
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if regs.cs & 3 == 3 {
+            send(
+                ctx.as_ptr(),
+                head,
+                now,
+                Some((regs.rip, regs.rsp, regs.rbp)),
+                false,
+            );
+        } else {
+            send(ctx.as_ptr(), head, now, user_regs(), true);
+        }
     }
     0
 }
 
-/// The current task's sample, for run `run_id`.
+/// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+/// unsigned int prev_state)`: `prev` (current) switching out, `next` switching in.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn profile_switch(ctx: BtfTracePointContext) -> u32 {
+    on_switch(&ctx, ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3));
+    0
+}
+
+/// The same, before 5.18: `prev`'s state is read from the task.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn profile_switch_v1(ctx: BtfTracePointContext) -> u32 {
+    let prev: *const u8 = ctx.arg(1);
+    let state = read::<u32>(prev, &OFF_TASK_STATE).unwrap_or(0);
+    on_switch(&ctx, ctx.arg(0), prev, ctx.arg(2), u64::from(state));
+    0
+}
+
+/// A switch from `prev` (in `prev_state`) to `next`: a watched task that blocks starts a wait
+/// (its stacks sent when its budget allows), and `next`'s wait, if it had one, ends.
 #[inline(always)]
-fn sample(ctx: &PerfEventContext, run_id: u64) {
-    let Some(mut entry) = STACK_SAMPLES.reserve::<StackSample>(0) else {
-        count_drop(drop_reason::STACK_SAMPLE_LOST);
+fn on_switch(
+    ctx: &BtfTracePointContext,
+    preempt: u64,
+    prev: *const u8,
+    next: *const u8,
+    prev_state: u64,
+) {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let state = prev_state & 0xffff_ffff;
+    if preempt & 0xff == 0
+        && state != 0
+        && state & TASK_DEAD == 0
+        && let Some(run_id) = run_of_cgroup(current_cgroup_id())
+        && let Some(pid) = read::<u32>(prev, &OFF_TASK_PID)
+    {
+        switch_out(ctx, run_id, pid, state as u32, now);
+    }
+    if let Some(pid) = read::<u32>(next, &OFF_TASK_PID).filter(|p| *p != 0) {
+        switch_in(next, pid, now);
+    }
+}
+
+/// Task `pid` of run `run_id` blocks in `state` at `now`.
+#[inline(always)]
+fn switch_out(ctx: &BtfTracePointContext, run_id: u64, pid: u32, state: u32, now: u64) {
+    let mut task = match OFF_CPU.get_ptr(&pid) {
+        // SAFETY: a value of the map, copied out at once.
+        Some(t) => unsafe { *t },
+        None => OffCpuTask {
+            run_id,
+            out_ns: 0,
+            credit_ns: COPY_BURST_NS,
+            credit_at: now,
+            state: 0,
+            captured: 0,
+        },
+    };
+    let credit = task
+        .credit_ns
+        .saturating_add(now.saturating_sub(task.credit_at))
+        .min(COPY_BURST_NS);
+    let room =
+        STACK_SAMPLES.query(u64::from(BPF_RB_AVAIL_DATA)) < u64::from(STACK_SAMPLES_BYTES) / 2;
+    let copy = credit >= COPY_COST_NS && room;
+    let head = Head {
+        run_id,
+        kind: sample_kind::OFF_CPU,
+        state,
+        weight: 0,
+    };
+    let captured = copy && send(ctx.as_ptr(), head, now, user_regs(), true);
+    task.run_id = run_id;
+    task.out_ns = now;
+    task.credit_ns = if captured {
+        credit - COPY_COST_NS
+    } else {
+        credit
+    };
+    task.credit_at = now;
+    task.state = state;
+    task.captured = u32::from(captured);
+    let _ = OFF_CPU.insert(&pid, &task, 0);
+}
+
+/// Task `pid` switches back in at `now`: the end of its wait, if it had one.
+#[inline(always)]
+fn switch_in(next: *const u8, pid: u32, now: u64) {
+    let Some(task) = OFF_CPU.get_ptr_mut(&pid) else {
         return;
     };
+    // SAFETY: a value of the map; a wait ends only here, on the CPU the task switches in on.
+    let (run_id, out_ns, captured, state) = unsafe {
+        (
+            (*task).run_id,
+            (*task).out_ns,
+            (*task).captured,
+            (*task).state,
+        )
+    };
+    if out_ns == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*task).out_ns = 0 };
+    let end = OffCpuEnd {
+        run_id,
+        out_ns,
+        in_ns: now,
+        pid,
+        tgid: read::<u32>(next, &OFF_TASK_TGID).unwrap_or(pid),
+        captured,
+        state,
+    };
+    if STACK_SAMPLES.output::<OffCpuEnd>(&end, 0).is_err() {
+        count_drop(drop_reason::OFF_CPU_END_LOST);
+    }
+}
+
+/// `page_fault_user(unsigned long address, struct pt_regs *regs, unsigned long error_code)`:
+/// one sample per period of a watched run's faults on this CPU, with the user registers of
+/// the fault.
+#[btf_tracepoint(function = "page_fault_user")]
+pub fn profile_fault(ctx: BtfTracePointContext) -> u32 {
+    let Some(run_id) = run_of_cgroup(current_cgroup_id()) else {
+        return 0;
+    };
+    let Some(weight) = period_due(profile_period::FAULTS, 1) else {
+        return 0;
+    };
+    let regs: *const pt_regs = ctx.arg(1);
+    // SAFETY: the helper checks the address and fails instead of faulting.
+    let user = unsafe { bpf_probe_read_kernel(regs) }
+        .ok()
+        .filter(|r| r.rsp != 0)
+        .map(|r| (r.rip, r.rsp, r.rbp));
+    let head = Head {
+        run_id,
+        kind: sample_kind::FAULT,
+        state: 0,
+        weight,
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    send(ctx.as_ptr(), head, now, user, false);
+    0
+}
+
+/// `block_bio_queue(struct bio *bio)`: runs in the submitter.
+#[btf_tracepoint(function = "block_bio_queue")]
+pub fn profile_block(ctx: BtfTracePointContext) -> u32 {
+    on_bio(&ctx, ctx.arg(0));
+    0
+}
+
+/// `block_bio_queue(struct request_queue *q, struct bio *bio)`, before 5.11.
+#[btf_tracepoint(function = "block_bio_queue")]
+pub fn profile_block_q(ctx: BtfTracePointContext) -> u32 {
+    on_bio(&ctx, ctx.arg(1));
+    0
+}
+
+/// A bio a watched run's task submits itself (not a kernel thread writing back for it): one
+/// sample per period of such bytes on this CPU, with the submitter's stacks. The state says
+/// whether it reads (0) or writes (1).
+#[inline(always)]
+fn on_bio(ctx: &BtfTracePointContext, bio: *const u8) {
+    if current_is_kthread() {
+        return;
+    }
+    let Some(run_id) = run_of_cgroup(current_cgroup_id()) else {
+        return;
+    };
+    let (Some(opf), Some(size)) = (
+        read::<u32>(bio, &OFF_BIO_OPF),
+        read::<u32>(bio, &OFF_BIO_SIZE),
+    ) else {
+        return;
+    };
+    let op = opf & REQ_OP_MASK;
+    if op > REQ_OP_WRITE || size == 0 {
+        return;
+    }
+    let Some(weight) = period_due(profile_period::BLOCK_BYTES, u64::from(size)) else {
+        return;
+    };
+    let head = Head {
+        run_id,
+        kind: sample_kind::BLOCK,
+        state: op,
+        weight,
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    send(ctx.as_ptr(), head, now, user_regs(), true);
+}
+
+/// Adds `events` to this CPU's progress in `slot`'s period; when a period is complete, resets
+/// it and gives the events it held (the weight of a sample).
+#[inline(always)]
+fn period_due(slot: u32, events: u64) -> Option<u64> {
+    // SAFETY: a plain u64 value, copied out at once.
+    let period = PROFILE_PERIODS.get_ptr(slot).map_or(0, |p| unsafe { *p });
+    let progress = PERIOD_PROGRESS.get_ptr_mut(slot)?;
+    // SAFETY: a per-CPU slot, and programs do not nest on one CPU.
+    unsafe {
+        let total = *progress + events;
+        if total < period {
+            *progress = total;
+            return None;
+        }
+        *progress = 0;
+        Some(total)
+    }
+}
+
+/// What a sample is, apart from its stacks.
+#[derive(Clone, Copy)]
+struct Head {
+    run_id: u64,
+    kind: u32,
+    state: u32,
+    weight: u64,
+}
+
+/// Sends the current task's sample: `head`, its user stack from `user` (ip, sp, bp), and its
+/// kernel stack if `kernel` (from the context `ctx`). False when the buffer had no room (the
+/// sample is counted as lost).
+#[inline(always)]
+fn send(
+    ctx: *mut c_void,
+    head: Head,
+    now: u64,
+    user: Option<(u64, u64, u64)>,
+    kernel: bool,
+) -> bool {
+    let Some(mut entry) = STACK_SAMPLES.reserve::<StackSample>(0) else {
+        count_drop(drop_reason::STACK_SAMPLE_LOST);
+        return false;
+    };
     let out = entry.as_mut_ptr();
-    // SAFETY: the context's own `bpf_perf_event_data`, whose first field is the registers.
-    let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
-    let in_user_mode = regs.cs & 3 == 3;
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `out` is the reserved record, ours until submitted; every helper below writes
     // inside it, at most the sizes of its fields.
     unsafe {
-        (*out).run_id = run_id;
-        (*out).time_ns = bpf_ktime_get_ns();
+        (*out).run_id = head.run_id;
+        (*out).time_ns = now;
         (*out).tgid = (pid_tgid >> 32) as u32;
         (*out).pid = pid_tgid as u32;
+        (*out).kind = head.kind;
+        (*out).state = head.state;
+        (*out).weight = head.weight;
         (*out).kernel_stack_bytes = 0;
         (*out).user_stack_bytes = 0;
-        let user = if in_user_mode {
-            Some((regs.rip, regs.rsp, regs.rbp))
-        } else {
+        if kernel {
             let n = bpf_get_stack(
-                ctx.as_ptr(),
+                ctx,
                 (*out).kernel_stack.as_mut_ptr().cast(),
                 (KERNEL_FRAMES * 8) as u32,
                 0,
@@ -81,8 +396,7 @@ fn sample(ctx: &PerfEventContext, run_id: u64) {
             if n > 0 {
                 (*out).kernel_stack_bytes = n as u32;
             }
-            user_regs()
-        };
+        }
         let (ip, sp, bp) = user.unwrap_or((0, 0, 0));
         (*out).user_ip = ip;
         (*out).user_sp = sp;
@@ -93,6 +407,7 @@ fn sample(ctx: &PerfEventContext, run_id: u64) {
         }
     }
     entry.submit(0);
+    true
 }
 
 /// The current task's user registers (ip, sp, bp), from the `pt_regs` at the top of its

@@ -1,11 +1,16 @@
-//! The CPU profile (`cleanroom run --profile`): programs built without frame pointers — a C
-//! program and a Rust release build, each main → outer → {hot_a 70% of its CPU, hot_b 30%} —
-//! get whole stacks from their `.eh_frame`, the split the programs make themselves, and as many
-//! samples as their CPU time (getrusage) at the frequency asked for.
+//! The profiles (`cleanroom run --profile`). On CPU: programs built without frame pointers —
+//! a C program and a Rust release build, each main → outer → {hot_a 70% of its CPU, hot_b 30%}
+//! — get whole stacks from their `.eh_frame`, the split the programs make themselves, and as
+//! many samples as their CPU time (getrusage) at the frequency asked for. Off CPU, at page
+//! faults and at block I/O: a C program that sleeps, waits on a pipe, touches pages and reads a
+//! loop device with O_DIRECT gets each in the function that did it, with the time, faults and
+//! bytes it did.
 
 use std::{fs, process::Command};
 
-use cleanroom_tests::{TestCgroup, privileged, run_measured_with, u64_at, workload_bin};
+use cleanroom_tests::{
+    LoopDevice, TestCgroup, block_device, privileged, run_measured_with, u64_at, workload_bin,
+};
 
 /// The C program: the same shape as the workload's `hot-chain`, built by the test with
 /// `-O2 -fomit-frame-pointer`.
@@ -46,11 +51,79 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// The C program that waits, touches pages and reads: nap() sleeps 300 ms; wait_pipe() blocks
+/// on a pipe its child (in feed_pipe()) writes after 200 ms; touch_pages() writes one byte in
+/// each 4 KiB page of 256 MiB (no huge pages); read_direct() reads 64 MiB of the device in its
+/// first argument with O_DIRECT, 1 MiB at a time.
+const WAITS_C: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static void sleep_ms(long ms) {
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&t, &t) != 0) {}
+}
+
+__attribute__((noinline)) void nap(void) { sleep_ms(300); }
+
+__attribute__((noinline)) void feed_pipe(int fd) {
+    sleep_ms(200);
+    if (write(fd, "x", 1) != 1) _exit(1);
+    _exit(0);
+}
+
+__attribute__((noinline)) void wait_pipe(void) {
+    int p[2];
+    if (pipe(p) != 0) exit(1);
+    pid_t child = fork();
+    if (child == 0) feed_pipe(p[1]);
+    char b;
+    if (read(p[0], &b, 1) != 1) exit(1);
+    waitpid(child, 0, 0);
+}
+
+__attribute__((noinline)) void touch_pages(size_t bytes) {
+    char *m = mmap(0, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) exit(1);
+    madvise(m, bytes, MADV_NOHUGEPAGE);
+    for (size_t i = 0; i < bytes; i += 4096) m[i] = 1;
+    munmap(m, bytes);
+}
+
+__attribute__((noinline)) void read_direct(const char *path, size_t bytes) {
+    int fd = open(path, O_RDONLY | O_DIRECT);
+    if (fd < 0) exit(2);
+    void *buf;
+    if (posix_memalign(&buf, 4096, 1 << 20) != 0) exit(1);
+    for (size_t at = 0; at < bytes; at += 1 << 20)
+        if (pread(fd, buf, 1 << 20, at) != 1 << 20) exit(3);
+    close(fd);
+}
+
+int main(int argc, char **argv) {
+    nap();
+    wait_pipe();
+    touch_pages((size_t)256 << 20);
+    read_direct(argv[1], (size_t)64 << 20);
+    return 0;
+}
+"#;
+
 /// The C program built into `dir`, without frame pointers.
 fn build_hot_c(dir: &std::path::Path) -> std::path::PathBuf {
-    let source = dir.join("hot.c");
-    let hot = dir.join("hotc");
-    fs::write(&source, HOT_C).unwrap();
+    build_c(dir, "hotc", HOT_C)
+}
+
+/// `source` built into `dir` as `name`, with `-O2 -fomit-frame-pointer`.
+fn build_c(dir: &std::path::Path, name: &str, source_text: &str) -> std::path::PathBuf {
+    let source = dir.join(format!("{name}.c"));
+    let hot = dir.join(name);
+    fs::write(&source, source_text).unwrap();
     let built = Command::new("gcc")
         .args(["-O2", "-fomit-frame-pointer", "-o"])
         .arg(&hot)
@@ -306,4 +379,148 @@ fn a_comparison_names_the_functions_that_moved() {
         "{moved:?}"
     );
     assert!(moved[0].1 > 0.0, "the grown first: {moved:?}");
+}
+
+/// The weight of the stacks of `profile` (a weighted one) whose frames include each of `all`
+/// and none of `none`.
+fn weight_through(profile: &serde_json::Value, all: &[&str], none: &[&str]) -> u64 {
+    profile["stacks"]
+        .as_array()
+        .expect("stacks")
+        .iter()
+        .filter(|s| {
+            let frames: Vec<&str> = s["stack"].as_str().unwrap().split(';').collect();
+            all.iter().all(|f| frames.contains(f)) && !none.iter().any(|f| frames.contains(f))
+        })
+        .map(|s| u64_at(s, "/samples"))
+        .sum()
+}
+
+/// Off CPU, nap()'s 300 ms sleep and wait_pipe()'s 200 ms on the pipe are in their stacks,
+/// each of its kind; at page faults, touch_pages() has its 65,536 faults; at block I/O,
+/// read_direct() its 64 MiB, as the device's own counters in the report have them.
+#[test]
+fn waits_faults_and_block_io_are_in_the_functions_that_did_them() {
+    if !privileged("waits_faults_and_block_io_are_in_the_functions_that_did_them") {
+        return;
+    }
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let waits = build_c(dir.path(), "waits", WAITS_C);
+    let dev = LoopDevice::new(80 * MIB);
+    let cg = TestCgroup::new("profile-waits");
+    let (folded, svg) = (
+        dir.path().join("offcpu.folded"),
+        dir.path().join("block.svg"),
+    );
+    let (output, report) = run_measured_with(
+        &cg,
+        &[
+            "--profile",
+            "--report",
+            folded.to_str().unwrap(),
+            "--report",
+            svg.to_str().unwrap(),
+        ],
+        &[waits.to_str().unwrap(), &dev.path],
+    );
+    assert!(output.status.success(), "{output:?}");
+    cleanroom_tests::assert_matches_schema(&report);
+    let profile = &report["profile"];
+    assert!(
+        profile.get("unavailable").is_none(),
+        "{:#}",
+        profile["unavailable"]
+    );
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+
+    let off = &profile["off_cpu"];
+    assert_eq!(off["unit"], "ns", "{off:#}");
+    let nap = weight_through(off, &["[sleep]", "nap"], &[]);
+    let pipe = weight_through(off, &["[pipe/socket]", "wait_pipe"], &["feed_pipe"]);
+    let feed = weight_through(off, &["[sleep]", "feed_pipe"], &[]);
+    eprintln!(
+        "off CPU: nap {:.1} ms, wait_pipe {:.1} ms, feed_pipe {:.1} ms",
+        nap as f64 / 1e6,
+        pipe as f64 / 1e6,
+        feed as f64 / 1e6
+    );
+    for (what, got, want) in [
+        ("nap", nap, 300e6),
+        ("wait_pipe", pipe, 200e6),
+        ("feed_pipe", feed, 200e6),
+    ] {
+        assert!(
+            (got as f64 - want).abs() <= want * 0.10,
+            "{what}: {got} ns off CPU, {want} expected\n{off:#}"
+        );
+    }
+    let ranked = |p: &serde_json::Value, f: &str| {
+        p["top_functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["function"] == f)
+            .map_or(0, |x| u64_at(x, "/total_samples"))
+    };
+    assert!(
+        ranked(off, "nap") >= nap,
+        "nap in the top functions\n{off:#}"
+    );
+
+    let faults = &profile["faults"];
+    let touched = (256 * MIB / 4096) as f64;
+    let in_touch = weight_through(faults, &["touch_pages"], &[]);
+    let all_faults = u64_at(&report, "/totals/page_faults_user");
+    let period = u64_at(faults, "/sample_every");
+    eprintln!(
+        "faults: touch_pages {in_touch} of {touched} it made; the profile {} of the run's {all_faults}",
+        u64_at(faults, "/total")
+    );
+    assert!(
+        (in_touch as f64 - touched).abs() <= touched * 0.10,
+        "touch_pages: {in_touch} faults in the profile, {touched} made\n{faults:#}"
+    );
+    // Each CPU holds back less than a period, the run's faults since its last sample.
+    let total = u64_at(faults, "/total");
+    assert!(
+        total <= all_faults && all_faults - total < period * cpus,
+        "the fault profile's {total} against the run's {all_faults} user faults"
+    );
+
+    let block = &profile["block"];
+    let read = weight_through(block, &["[read]", "read_direct"], &[]);
+    let device = u64_at(block_device(&report, &dev.major_minor()), "/read_bytes");
+    eprintln!("block: read_direct {read} B; the device {device} B read");
+    assert_eq!(device, 64 * MIB, "O_DIRECT bytes the device saw");
+    assert!(
+        read <= device && device - read < u64_at(block, "/sample_every") * cpus,
+        "read_direct: {read} B in the block profile, the device read {device} B\n{block:#}"
+    );
+
+    // `offcpu.folded` holds the off-CPU stacks, `block.svg` the block I/O flame graph.
+    let folded_sum: u64 = fs::read_to_string(&folded)
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(folded_sum, u64_at(off, "/total"));
+    let svg = fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.contains("Block I/O by stack") && svg.contains("read_direct"),
+        "{svg}"
+    );
+
+    // The Markdown names each with its function.
+    let md = cleanroom_tests::markdown_of(&report);
+    for line in [
+        "**Off-CPU profile**",
+        "**Page faults by stack**",
+        "**Block I/O by stack**",
+        "| `nap` |",
+        "| `touch_pages` |",
+        "| `read_direct` |",
+    ] {
+        assert!(md.contains(line), "{line} not in\n{md}");
+    }
 }

@@ -479,6 +479,10 @@ mod tests {
             unwinding: Default::default(),
             top_functions: Vec::new(),
             stacks,
+            off_cpu: None,
+            faults: None,
+            block: None,
+            unavailable: Default::default(),
         }
     }
 

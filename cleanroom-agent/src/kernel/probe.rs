@@ -14,15 +14,15 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use cleanroom_common::{
     BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, RunProc, drop_reason,
-    escape_via, maps, programs,
+    escape_via, maps, profile_period, programs,
 };
 
-pub use cleanroom_common::{ConnKey, ConnStats, ProcessExit, StackSample};
+pub use cleanroom_common::{ConnKey, ConnStats, OffCpuEnd, ProcessExit, StackSample, sample_kind};
 
 pub use crate::kernel::tally::Counted;
 use crate::{
@@ -491,6 +491,8 @@ pub struct ProfileSource {
     pub clock: &'static str,
     /// CPUs sampled.
     pub cpus: usize,
+    /// The [`sample_kind`]s beyond the CPU's that this kernel cannot take, with why.
+    pub unavailable: Vec<(u32, String)>,
 }
 
 impl std::fmt::Debug for ProfileSource {
@@ -498,14 +500,30 @@ impl std::fmt::Debug for ProfileSource {
         f.debug_struct("ProfileSource")
             .field("clock", &self.clock)
             .field("cpus", &self.cpus)
+            .field("unavailable", &self.unavailable)
             .finish_non_exhaustive()
     }
 }
 
+/// One record of the profile's buffer.
+pub enum ProfileRecord<'a> {
+    /// A stack sample.
+    Sample(&'a StackSample),
+    /// The end of an off-CPU wait.
+    OffCpuEnd(OffCpuEnd),
+}
+
 impl ProfileSource {
-    /// Hands each sample that arrived since the last call to `each`.
-    pub fn drain(&mut self, mut each: impl FnMut(&StackSample)) {
+    /// Hands each record that arrived since the last call to `each`.
+    pub fn drain(&mut self, mut each: impl FnMut(ProfileRecord<'_>)) {
         while let Some(item) = self.ring.next() {
+            if item.len() == std::mem::size_of::<OffCpuEnd>() {
+                // SAFETY: the kernel wrote a whole `OffCpuEnd` (repr(C), every bit pattern
+                // valid); read unaligned from the ring's bytes.
+                let end = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<OffCpuEnd>()) };
+                each(ProfileRecord::OffCpuEnd(end));
+                continue;
+            }
             if item.len() < std::mem::size_of::<StackSample>() {
                 continue;
             }
@@ -520,7 +538,7 @@ impl ProfileSource {
                 );
                 b.assume_init()
             };
-            each(&sample);
+            each(ProfileRecord::Sample(&sample));
         }
     }
 
@@ -536,6 +554,37 @@ impl ProfileSource {
         unsafe { libc::poll(&mut fd, 1, timeout.as_millis().min(60_000) as i32) };
     }
 }
+
+/// How often the profiles sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SamplingRates {
+    /// CPU samples a second on each CPU.
+    pub frequency_hz: u64,
+    /// User-mode page faults per fault sample.
+    pub fault_period: u64,
+    /// Bytes a run's tasks submit to block devices per block sample.
+    pub block_period_bytes: u64,
+}
+
+/// The profiles beyond the CPU's: their kind, tracepoint, and programs (the hook's own form
+/// first, then older ones).
+const OTHER_PROFILES: &[(u32, &str, &[&str])] = &[
+    (
+        sample_kind::OFF_CPU,
+        "sched_switch",
+        &[programs::PROFILE_SWITCH, programs::PROFILE_SWITCH_V1],
+    ),
+    (
+        sample_kind::FAULT,
+        "page_fault_user",
+        &[programs::PROFILE_FAULT],
+    ),
+    (
+        sample_kind::BLOCK,
+        "block_bio_queue",
+        &[programs::PROFILE_BLOCK, programs::PROFILE_BLOCK_Q],
+    ),
+];
 
 /// `reasons` joined with `; `, or `None` when there are none.
 fn joined(reasons: impl Iterator<Item = String>) -> Option<String> {
@@ -580,7 +629,12 @@ const DROP_NAMES: &[(u32, &str)] = &[
     (drop_reason::CONNECTIONS_MAP_FULL, CONNECTIONS_MAP_FULL),
     (drop_reason::SOCKETS_MAP_FULL, SOCKETS_MAP_FULL),
     (drop_reason::STACK_SAMPLE_LOST, STACK_SAMPLES_LOST),
+    (drop_reason::OFF_CPU_END_LOST, OFF_CPU_ENDS_LOST),
 ];
+
+/// Drop name: the end of an off-CPU wait was lost (the kernel's buffer was full), so its time
+/// is missing from the off-CPU profile.
+pub const OFF_CPU_ENDS_LOST: &str = "off_cpu_ends_lost";
 
 /// Drop name: a stack sample for the profile was lost (the kernel's buffer was full).
 pub const STACK_SAMPLES_LOST: &str = "stack_samples_lost";
@@ -802,10 +856,13 @@ impl Probes {
             .collect()
     }
 
-    /// Starts sampling the stacks of watched runs' tasks `frequency` times a second on every
-    /// CPU (hardware cycles where there is a PMU, else the cpu-clock), and hands over the
-    /// buffer the samples arrive in. The samples stop when the probes are dropped.
-    pub fn start_profiling(&mut self, frequency: u64) -> Result<ProfileSource, ProbeError> {
+    /// Starts sampling the stacks of watched runs' tasks: on every CPU `rates.frequency_hz`
+    /// times a second (hardware cycles where there is a PMU, else the cpu-clock), at their
+    /// voluntary switches (off CPU), and once per period of their page faults and block bytes.
+    /// Hands over the buffer the samples arrive in. The samples stop when the probes are
+    /// dropped. Only the CPU's sampling is required: a kernel that refuses the others says why
+    /// in [`ProfileSource::unavailable`].
+    pub fn start_profiling(&mut self, rates: SamplingRates) -> Result<ProfileSource, ProbeError> {
         use aya::programs::{
             PerfEvent,
             perf_event::{
@@ -836,13 +893,14 @@ impl Probes {
             ),
         ];
         let mut last_error = String::new();
+        let mut sampling = None;
         'clock: for (config, clock) in clocks {
             let mut links = Vec::new();
             for &cpu in &cpus {
                 match program.attach(
                     config,
                     PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Frequency(frequency),
+                    SamplePolicy::Frequency(rates.frequency_hz),
                     false,
                 ) {
                     Ok(link) => links.push(link),
@@ -855,18 +913,73 @@ impl Probes {
                     }
                 }
             }
-            let ring = self
-                .ebpf
-                .take_map(maps::STACK_SAMPLES)
-                .ok_or_else(|| ProbeError::Missing(format!("map {}", maps::STACK_SAMPLES)))?;
-            let ring = RingBuf::try_from(ring).map_err(map_err(maps::STACK_SAMPLES))?;
-            return Ok(ProfileSource {
-                ring,
-                clock,
-                cpus: cpus.len(),
-            });
+            sampling = Some(clock);
+            break;
         }
-        Err(ProbeError::Profiling(last_error))
+        let Some(clock) = sampling else {
+            return Err(ProbeError::Profiling(last_error));
+        };
+        self.set_sampling_periods(rates)?;
+        let unavailable = self.attach_other_profiles()?;
+        let ring = self
+            .ebpf
+            .take_map(maps::STACK_SAMPLES)
+            .ok_or_else(|| ProbeError::Missing(format!("map {}", maps::STACK_SAMPLES)))?;
+        let ring = RingBuf::try_from(ring).map_err(map_err(maps::STACK_SAMPLES))?;
+        Ok(ProfileSource {
+            ring,
+            clock,
+            cpus: cpus.len(),
+            unavailable,
+        })
+    }
+
+    /// Tells the kernel programs the fault and block sampling periods.
+    fn set_sampling_periods(&mut self, rates: SamplingRates) -> Result<(), ProbeError> {
+        let mut periods: Array<&mut MapData, u64> =
+            Array::try_from(self.map_mut(maps::PROFILE_PERIODS)?)
+                .map_err(map_err(maps::PROFILE_PERIODS))?;
+        for (slot, period) in [
+            (profile_period::FAULTS, rates.fault_period),
+            (profile_period::BLOCK_BYTES, rates.block_period_bytes),
+        ] {
+            periods
+                .set(slot, period, 0)
+                .map_err(map_err(maps::PROFILE_PERIODS))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the off-CPU, fault and block samplers; gives the kinds this kernel refused,
+    /// with why.
+    fn attach_other_profiles(&mut self) -> Result<Vec<(u32, String)>, ProbeError> {
+        let btf = Btf::from_sys_fs()?;
+        let mut unavailable = Vec::new();
+        for (kind, tracepoint, forms) in OTHER_PROFILES {
+            let mut errors = Vec::new();
+            for program in *forms {
+                match attach(
+                    &mut self.ebpf,
+                    program,
+                    Attach::TpBtf(tracepoint),
+                    &btf,
+                    None,
+                )? {
+                    None => {
+                        errors.clear();
+                        break;
+                    }
+                    Some(e) => {
+                        log::debug!("{program}: {e}");
+                        errors.push(format!("{program}: {}", without_verifier_log(&e)));
+                    }
+                }
+            }
+            if !errors.is_empty() {
+                unavailable.push((*kind, format!("tp_btf/{tracepoint}: {}", errors.join("; "))));
+            }
+        }
+        Ok(unavailable)
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, ProbeError> {

@@ -596,34 +596,66 @@ impl Report {
     }
 }
 
-/// The profile in the summary: how it was taken and the ten functions with the most samples
-/// of their own.
+/// The profiles in the summary: how each was taken, its kinds of wait or directions, and the
+/// functions with the most of it their own (ten for the CPU's, five for the others).
 fn profile_summary(p: &crate::profile::Profile) -> String {
+    use crate::profile::ProfileKind;
     let mut out = String::new();
-    let unwound = p.unwound_share().map_or(String::new(), |s| {
-        format!(", {:.0}% of user stacks unwound to the end", s * 100.0)
-    });
-    let _ = writeln!(
-        out,
-        "\n  profile: {} samples ({} at {} Hz{}{unwound})",
-        p.samples,
-        p.clock,
-        p.frequency_hz,
-        if p.lost > 0 {
-            format!(", {} lost", p.lost)
-        } else {
-            String::new()
+    for view in p.views() {
+        let name = match view.kind {
+            ProfileKind::Cpu => "profile",
+            ProfileKind::OffCpu => "off-CPU",
+            ProfileKind::Faults => "page faults",
+            ProfileKind::Block => "block I/O",
+        };
+        let _ = writeln!(out, "\n  {name}: {}", p.describe(view.kind));
+        if !view.by_kind.is_empty() {
+            let parts: Vec<String> = view
+                .by_kind
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{} {} ({:.0}%)",
+                        k.kind,
+                        view.human(k.total),
+                        k.share * 100.0
+                    )
+                })
+                .collect();
+            let _ = writeln!(out, "  {}", parts.join(", "));
         }
-    );
-    let _ = writeln!(out, "  {:<56} {:>7} {:>7}", "function", "self", "total");
-    for f in p.own_top(10) {
-        let _ = writeln!(
-            out,
-            "  {:<56} {:>6.1}% {:>6.1}%",
-            crate::measure::processes::cut_to(&f.function, 56),
-            f.self_share * 100.0,
-            f.total_share * 100.0
-        );
+        let rows = if view.kind == ProfileKind::Cpu { 10 } else { 5 };
+        let mut top = view.own_top(rows).peekable();
+        if top.peek().is_none() {
+            continue;
+        }
+        if view.kind == ProfileKind::Cpu {
+            let _ = writeln!(out, "  {:<56} {:>7} {:>7}", "function", "self", "total");
+        } else {
+            let _ = writeln!(out, "  {:<48} {:>10} {:>7}", "function", "self", "of all");
+        }
+        for f in top {
+            let name = crate::measure::processes::cut_to(&f.function, 56);
+            let _ = if view.kind == ProfileKind::Cpu {
+                writeln!(
+                    out,
+                    "  {name:<56} {:>6.1}% {:>6.1}%",
+                    f.self_share * 100.0,
+                    f.total_share * 100.0
+                )
+            } else {
+                writeln!(
+                    out,
+                    "  {:<48} {:>10} {:>6.1}%",
+                    crate::measure::processes::cut_to(&f.function, 48),
+                    view.human(f.self_samples),
+                    f.self_share * 100.0
+                )
+            };
+        }
+    }
+    for (kind, why) in &p.unavailable {
+        let _ = writeln!(out, "  {kind} profile not taken: {why}");
     }
     out
 }

@@ -1,35 +1,38 @@
-//! The CPU profile as a flame graph (inferno): for `--report FILE.svg` with inferno's script
-//! (click to zoom, search), and inside the HTML report without any (a frame's name, samples
+//! A profile as a flame graph (inferno): for `--report FILE.svg` with inferno's script
+//! (click to zoom, search), and inside the HTML report without any (a frame's name, figure
 //! and share show on hover).
 
 use inferno::flamegraph::{self, Options};
 
-use crate::profile::Profile;
+use crate::profile::{ProfileKind, View};
 
 /// Width of the picture, px.
 const WIDTH: usize = 1200;
 
-/// The flame graph of `profile`, titled `title`, with inferno's script if `interactive`;
-/// `None` when it has no stacks.
-pub fn svg(profile: &Profile, title: &str, interactive: bool) -> Option<String> {
-    if profile.stacks.is_empty() {
+/// The flame graph of `view`, titled `title` over `subtitle`, with inferno's script if
+/// `interactive`; `None` when it has no stacks.
+pub fn svg(view: &View<'_>, title: &str, subtitle: &str, interactive: bool) -> Option<String> {
+    if view.stacks.is_empty() {
         return None;
     }
     let mut options = Options::default();
     options.title = title.to_owned();
-    options.subtitle = Some(format!(
-        "{} samples, {} at {} Hz; kernel frames end in _[k]",
-        profile.samples, profile.clock, profile.frequency_hz
-    ));
-    options.count_name = "samples".to_owned();
+    options.subtitle = Some(format!("{subtitle}; kernel frames end in _[k]"));
+    options.count_name = match view.kind {
+        ProfileKind::Cpu => "samples",
+        ProfileKind::OffCpu => "ns",
+        ProfileKind::Faults => "faults",
+        ProfileKind::Block => "bytes",
+    }
+    .to_owned();
     options.no_javascript = !interactive;
     options.deterministic = true;
     options.hash = true;
     options.image_width = Some(WIDTH);
-    // Frames under 0.5% of the samples are left out (they are in the folded stacks): a deep,
+    // Frames under 0.5% of the total are left out (they are in the folded stacks): a deep,
     // rare stack would otherwise make the picture mostly empty height.
     options.min_width = WIDTH as f64 * 0.005;
-    let lines: Vec<String> = profile
+    let lines: Vec<String> = view
         .stacks
         .iter()
         .map(|s| format!("{} {}", s.stack, s.samples))
@@ -56,41 +59,39 @@ pub fn inline(svg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{FoldedStack, Unwinding};
+    use crate::profile::FoldedStack;
 
     #[test]
     fn a_flame_graph_names_each_frame_without_script() {
-        let profile = Profile {
-            clock: "cpu-clock".into(),
-            frequency_hz: 99,
-            samples: 100,
-            lost: 0,
-            stacks_not_kept: 0,
-            unwinding: Unwinding::default(),
-            top_functions: Vec::new(),
-            stacks: vec![
-                FoldedStack {
-                    stack: "p;main;outer;hot_a".into(),
-                    samples: 70,
-                },
-                FoldedStack {
-                    stack: "p;main;outer;hot_b".into(),
-                    samples: 30,
-                },
-            ],
+        let stacks = vec![
+            FoldedStack {
+                stack: "p;main;outer;hot_a".into(),
+                samples: 70,
+            },
+            FoldedStack {
+                stack: "p;main;outer;hot_b".into(),
+                samples: 30,
+            },
+        ];
+        let view = View {
+            kind: ProfileKind::Cpu,
+            stacks: &stacks,
+            top_functions: &[],
+            total: 100,
+            by_kind: &[],
         };
-        let svg = inline(&svg(&profile, "CPU", false).expect("an SVG"));
+        let svg = inline(&svg(&view, "CPU", "100 samples", false).expect("an SVG"));
         for name in ["main", "outer", "hot_a", "hot_b"] {
             assert!(svg.contains(&format!(">{name}")), "{name} in {svg}");
         }
         assert!(svg.starts_with("<svg"), "{svg}");
         assert!(!svg.contains("<script") && !svg.contains("onload"), "{svg}");
-        let interactive = super::svg(&profile, "CPU", true).unwrap();
+        let interactive = super::svg(&view, "CPU", "", true).unwrap();
         assert!(interactive.contains("<script") && interactive.starts_with("<?xml"));
-        let empty = Profile {
-            stacks: Vec::new(),
-            ..profile
+        let empty = View {
+            stacks: &[],
+            ..view
         };
-        assert_eq!(super::svg(&empty, "CPU", true), None);
+        assert_eq!(super::svg(&empty, "CPU", "", true), None);
     }
 }

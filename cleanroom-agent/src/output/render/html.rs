@@ -263,41 +263,63 @@ fn processes(r: &Report) -> String {
     out
 }
 
-/// The CPU profile: how it was taken, the functions with the most samples, the flame graph.
+/// The profiles, each a section: how it was taken, its flame graph, its kinds of wait or
+/// directions, and the functions with the most of it their own.
 fn profile(p: &crate::profile::Profile, command: &str) -> String {
-    let mut out = format!(
-        "<section><h2>CPU profile</h2><p class=\"small muted\">{} samples ({} at {} Hz on each CPU){}{}.</p>",
-        p.samples,
-        esc(&p.clock),
-        p.frequency_hz,
-        p.unwound_share().map_or(String::new(), |s| format!(
-            "; {:.0}% of user stacks unwound to their outermost frame",
-            s * 100.0
-        )),
-        if p.lost > 0 {
-            format!("; {} lost (the kernel's buffer was full)", p.lost)
-        } else {
-            String::new()
-        }
-    );
-    if let Some(svg) = super::flame::svg(p, &format!("CPU profile of `{command}`"), false) {
-        out.push_str("<div class=\"flame\">");
-        out.push_str(&super::flame::inline(&svg));
-        out.push_str("</div><p class=\"small muted\">Each box a function, as wide as its share of the samples, above the one that called it; hover for its name and samples.</p>");
-    }
-    out.push_str(
-        "<table><tr><th>function</th><th class=\"num\">self</th><th class=\"num\">total</th></tr>",
-    );
-    for f in p.own_top(15) {
+    let mut out = String::new();
+    for view in p.views() {
+        let title = view.kind.title();
         let _ = write!(
             out,
-            "<tr><td><code>{}</code></td><td class=\"num\">{:.1}%</td><td class=\"num\">{:.1}%</td></tr>",
-            esc(&crate::measure::processes::cut_to(&f.function, 120)),
-            f.self_share * 100.0,
-            f.total_share * 100.0
+            "<section><h2>{title}</h2><p class=\"small muted\">{}.</p>",
+            esc(&p.describe(view.kind))
+        );
+        if let Some(kinds) = view.kinds_line() {
+            let _ = write!(out, "<p>{}</p>", esc(&kinds));
+        }
+        let subtitle = p.describe(view.kind);
+        if let Some(svg) =
+            super::flame::svg(&view, &format!("{title} of `{command}`"), &subtitle, false)
+        {
+            out.push_str("<div class=\"flame\">");
+            out.push_str(&super::flame::inline(&svg));
+            let _ = write!(
+                out,
+                "</div><p class=\"small muted\">Each box a function, as wide as its share of the {}, above the one that called it; hover for its name and figure.</p>",
+                match view.kind {
+                    crate::profile::ProfileKind::Cpu => "samples",
+                    crate::profile::ProfileKind::OffCpu => "time off CPU",
+                    crate::profile::ProfileKind::Faults => "faults",
+                    crate::profile::ProfileKind::Block => "bytes",
+                }
+            );
+        }
+        let mut top = view.own_top(15).peekable();
+        if top.peek().is_some() {
+            out.push_str(
+                "<table><tr><th>function</th><th class=\"num\">self</th><th class=\"num\">total</th></tr>",
+            );
+            for f in top {
+                let _ = write!(
+                    out,
+                    "<tr><td><code>{}</code></td><td class=\"num\">{:.1}%</td><td class=\"num\">{:.1}%</td></tr>",
+                    esc(&crate::measure::processes::cut_to(&f.function, 120)),
+                    f.self_share * 100.0,
+                    f.total_share * 100.0
+                );
+            }
+            out.push_str("</table>");
+        }
+        out.push_str("</section>");
+    }
+    for (kind, why) in &p.unavailable {
+        let _ = write!(
+            out,
+            "<p class=\"small muted\">The {} profile was not taken: {}.</p>",
+            esc(kind),
+            esc(why)
         );
     }
-    out.push_str("</table></section>");
     out
 }
 

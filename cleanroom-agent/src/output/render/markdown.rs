@@ -388,22 +388,35 @@ pub fn trend(t: &Trend) -> String {
     out
 }
 
-/// The CPU profile: the ten functions with the most samples of their own.
+/// The profiles: how each was taken, and its ten functions with the most of it their own.
 fn profile(p: &crate::profile::Profile) -> String {
-    let mut out = format!(
-        "**CPU profile**: {} samples ({} at {} Hz)\n\n| function | self | total |\n| --- | ---: | ---: |\n",
-        p.samples, p.clock, p.frequency_hz
-    );
-    for f in p.own_top(10) {
-        let _ = writeln!(
+    let mut out = String::new();
+    for view in p.views() {
+        let _ = write!(
             out,
-            "| `{}` | {:.1}% | {:.1}% |",
-            cell(&crate::measure::processes::cut_to(&f.function, 80)),
-            f.self_share * 100.0,
-            f.total_share * 100.0
+            "**{}**: {}\n\n",
+            view.kind.title(),
+            cell(&p.describe(view.kind))
         );
+        if let Some(kinds) = view.kinds_line() {
+            let _ = write!(out, "{}\n\n", cell(&kinds));
+        }
+        let mut top = view.own_top(10).peekable();
+        if top.peek().is_none() {
+            continue;
+        }
+        out.push_str("| function | self | total |\n| --- | ---: | ---: |\n");
+        for f in top {
+            let _ = writeln!(
+                out,
+                "| `{}` | {:.1}% | {:.1}% |",
+                cell(&crate::measure::processes::cut_to(&f.function, 80)),
+                f.self_share * 100.0,
+                f.total_share * 100.0
+            );
+        }
+        out.push('\n');
     }
-    out.push('\n');
     out
 }
 

@@ -15,6 +15,7 @@ use std::path::Path;
 use crate::{
     judge::compare::{Comparison, Trend},
     output::report::Report,
+    profile::ProfileKind,
 };
 
 /// An output format.
@@ -34,10 +35,10 @@ pub enum Format {
     Html,
     /// The same content on real pages.
     Pdf,
-    /// The CPU profile's stacks, folded (`frames count` lines), for flame graph tools.
-    Folded,
-    /// The CPU profile as a flame graph (SVG).
-    FlameSvg,
+    /// A profile's stacks, folded (`frames count` lines), for flame graph tools.
+    Folded(ProfileKind),
+    /// A profile as a flame graph (SVG).
+    FlameSvg(ProfileKind),
 }
 
 /// A format that could not be told or produced.
@@ -51,11 +52,9 @@ pub enum RenderError {
     /// A format only a run's report has.
     #[error("{0} are only written for a run (`cleanroom run --profile --report FILE.folded`)")]
     OnlyForRuns(&'static str),
-    /// A flame graph of a run without a profile, or with no samples.
-    #[error(
-        "no flame graph: the run has no profile samples (take one with `cleanroom run --profile`)"
-    )]
-    NoProfile,
+    /// A flame graph of a run without that profile, or with no samples in it.
+    #[error("no flame graph: the run has no {0} samples (take one with `cleanroom run --profile`)")]
+    NoProfile(&'static str),
     /// The PDF library failed.
     #[error("rendering PDF: {0}")]
     Pdf(String),
@@ -75,13 +74,16 @@ impl Format {
             "xml" | "junit" => Format::Junit,
             "html" | "htm" => Format::Html,
             "pdf" => Format::Pdf,
-            "folded" => Format::Folded,
-            "svg" => Format::FlameSvg,
+            "folded" => Format::Folded(ProfileKind::Cpu),
+            "svg" => Format::FlameSvg(ProfileKind::Cpu),
             other => return Err(RenderError::UnknownFormat(other.to_owned())),
         })
     }
 
-    /// By file name: `.json`, `.csv` (`.totals.csv` for totals), `.md`, `.xml`, `.html`, `.pdf`, `.folded`, `.svg` (the flame graph).
+    /// By file name: `.json`, `.csv` (`.totals.csv` for totals), `.md`, `.xml`, `.html`, `.pdf`,
+    /// `.folded`, `.svg` (a flame graph: of the off-CPU profile when the name says `offcpu`,
+    /// of the faults' for `faults` or `memory`, of block I/O's for `block` or `disk`, else of
+    /// the CPU's).
     pub fn from_path(path: &Path) -> Result<Self, RenderError> {
         let name = path
             .file_name()
@@ -94,8 +96,13 @@ impl Format {
             .extension()
             .map(|e| e.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Self::from_name(&ext)
-            .map_err(|_| RenderError::UnknownFormat(format!("{} (from {name})", ext)))
+        let format = Self::from_name(&ext)
+            .map_err(|_| RenderError::UnknownFormat(format!("{} (from {name})", ext)))?;
+        Ok(match format {
+            Format::Folded(_) => Format::Folded(ProfileKind::from_file_name(&name)),
+            Format::FlameSvg(_) => Format::FlameSvg(ProfileKind::from_file_name(&name)),
+            other => other,
+        })
     }
 }
 
@@ -109,23 +116,26 @@ pub fn report(report: &Report, format: Format) -> Result<Vec<u8>, RenderError> {
         Format::Junit => junit::report(report).into_bytes(),
         Format::Html => html::report(report).into_bytes(),
         Format::Pdf => pdf::report(report)?,
-        Format::Folded => report
+        Format::Folded(kind) => report
             .profile
             .as_ref()
-            .map(|p| p.folded())
+            .and_then(|p| p.view(kind))
+            .map(|v| v.folded())
             .unwrap_or_default()
             .into_bytes(),
-        Format::FlameSvg => report
+        Format::FlameSvg(kind) => report
             .profile
             .as_ref()
             .and_then(|p| {
+                let view = p.view(kind)?;
                 flame::svg(
-                    p,
-                    &format!("CPU profile of `{}`", report.command_line()),
+                    &view,
+                    &format!("{} of `{}`", kind.title(), report.command_line()),
+                    &p.describe(kind),
                     true,
                 )
             })
-            .ok_or(RenderError::NoProfile)?
+            .ok_or(RenderError::NoProfile(kind.title()))?
             .into_bytes(),
     })
 }
@@ -139,8 +149,8 @@ pub fn comparison(c: &Comparison, format: Format) -> Result<Vec<u8>, RenderError
         Format::Junit => junit::comparison(c).into_bytes(),
         Format::Html => html::comparison(c).into_bytes(),
         Format::Pdf => pdf::comparison(c)?,
-        Format::Folded => return Err(RenderError::OnlyForRuns("folded stacks")),
-        Format::FlameSvg => return Err(RenderError::OnlyForRuns("flame graphs")),
+        Format::Folded(_) => return Err(RenderError::OnlyForRuns("folded stacks")),
+        Format::FlameSvg(_) => return Err(RenderError::OnlyForRuns("flame graphs")),
     })
 }
 
@@ -152,8 +162,8 @@ pub fn trend(t: &Trend, format: Format) -> Result<Vec<u8>, RenderError> {
         Format::Markdown | Format::Junit => markdown::trend(t).into_bytes(),
         Format::Html => html::trend(t).into_bytes(),
         Format::Pdf => pdf::trend(t)?,
-        Format::Folded => return Err(RenderError::OnlyForRuns("folded stacks")),
-        Format::FlameSvg => return Err(RenderError::OnlyForRuns("flame graphs")),
+        Format::Folded(_) => return Err(RenderError::OnlyForRuns("folded stacks")),
+        Format::FlameSvg(_) => return Err(RenderError::OnlyForRuns("flame graphs")),
     })
 }
 

@@ -379,6 +379,35 @@ fn a_comparison_names_the_functions_that_moved() {
         "{moved:?}"
     );
     assert!(moved[0].1 > 0.0, "the grown first: {moved:?}");
+
+    // The differential flame graph: each stack's samples in both runs, the base's scaled to
+    // the new run's total; drawn with `-o FILE.svg`, the C program's frames red (grown).
+    let changes = c["stack_changes"].as_array().expect("stack changes");
+    let new_sum: u64 = changes.iter().map(|s| u64_at(s, "/new")).sum();
+    let base_sum: u64 = changes.iter().map(|s| u64_at(s, "/base")).sum();
+    let samples = u64_at(&new, "/profile/samples");
+    assert_eq!(new_sum, samples, "{c:#}");
+    assert!(
+        base_sum.abs_diff(samples) <= changes.len() as u64,
+        "the base scaled to {samples}: {base_sum}"
+    );
+    let svg = dir.path().join("diff.svg");
+    let out = Command::new(cleanroom_tests::cleanroom_bin())
+        .args(["compare", "-o"])
+        .arg(&svg)
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let svg = fs::read_to_string(&svg).unwrap();
+    let at = svg.find("<title>hot_a ").expect("hot_a in the graph");
+    let fill = &svg[at..][svg[at..].find("fill=\"rgb(").unwrap() + 10..];
+    let rgb: Vec<u32> = fill[..fill.find(')').unwrap()]
+        .split(',')
+        .map(|x| x.trim().parse().unwrap())
+        .collect();
+    assert!(rgb[0] > rgb[2], "hot_a grew, so red: {rgb:?}");
 }
 
 /// The weight of the stacks of `profile` (a weighted one) whose frames include each of `all`

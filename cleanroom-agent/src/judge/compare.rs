@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::judge::verdict::{Change, Comparison, FunctionShift, RunLabel, ToleranceSource};
+pub use crate::judge::verdict::{
+    Change, Comparison, FunctionShift, RunLabel, StackChange, ToleranceSource,
+};
 use crate::{
     measure::collect::Total,
     metric::{Kind, Latency, Metric},
@@ -288,9 +290,12 @@ pub fn compare(base: (&str, &Report), new: (&str, &Report), tolerances: &Toleran
             })
         })
         .collect();
-    let functions = match (&base.1.profile, &new.1.profile) {
-        (Some(b), Some(n)) => function_shifts(b, n, FUNCTION_SHIFTS),
-        _ => Vec::new(),
+    let (functions, stack_changes) = match (&base.1.profile, &new.1.profile) {
+        (Some(b), Some(n)) => (
+            function_shifts(b, n, FUNCTION_SHIFTS),
+            stack_changes(b, n, STACK_CHANGES),
+        ),
+        _ => (Vec::new(), Vec::new()),
     };
     Comparison {
         base: RunLabel::of(base.0, base.1),
@@ -298,7 +303,45 @@ pub fn compare(base: (&str, &Report), new: (&str, &Report), tolerances: &Toleran
         regressions: changes.iter().filter(|c| c.regression).count(),
         changes,
         functions,
+        stack_changes,
     }
+}
+
+/// Stacks a comparison keeps for its differential flame graph at most.
+const STACK_CHANGES: usize = 5_000;
+
+/// Each stack's CPU samples in `base` (scaled to `new`'s total, so widths compare shares) and
+/// in `new`: the `n` with the most in either.
+pub fn stack_changes(base: &Profile, new: &Profile, n: usize) -> Vec<StackChange> {
+    let scale = if base.samples == 0 {
+        0.0
+    } else {
+        new.samples as f64 / base.samples as f64
+    };
+    let mut both: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for s in &base.stacks {
+        both.entry(&s.stack).or_default().0 += (s.samples as f64 * scale).round() as u64;
+    }
+    for s in &new.stacks {
+        both.entry(&s.stack).or_default().1 += s.samples;
+    }
+    let mut out: Vec<StackChange> = both
+        .into_iter()
+        .filter(|(_, (b, n))| *b > 0 || *n > 0)
+        .map(|(stack, (base, new))| StackChange {
+            stack: stack.to_owned(),
+            base,
+            new,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.base
+            .max(b.new)
+            .cmp(&a.base.max(a.new))
+            .then(a.stack.cmp(&b.stack))
+    });
+    out.truncate(n);
+    out
 }
 
 /// Whether `shift` is more than [`MIN_SHIFT_Z`] standard errors, with `n1` and `n2` samples.

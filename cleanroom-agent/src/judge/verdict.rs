@@ -375,6 +375,22 @@ pub struct Comparison {
     /// own) changed most, the most grown first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<FunctionShift>,
+    /// When both runs have a CPU profile: each stack's samples in both, the base's scaled to
+    /// the new run's total (the stacks with the most samples in either, at most 5,000), for a
+    /// differential flame graph.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stack_changes: Vec<StackChange>,
+}
+
+/// A folded stack's samples in two profiles.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackChange {
+    /// The frames (`process;outermost;…;innermost`).
+    pub stack: String,
+    /// Its samples in the base run, scaled to the new run's total.
+    pub base: u64,
+    /// Its samples in the new run.
+    pub new: u64,
 }
 
 /// A function's share of a profile's samples (its own, as the leaf) in two runs.

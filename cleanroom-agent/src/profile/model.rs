@@ -93,15 +93,22 @@ impl ProfileKind {
         }
     }
 
-    /// The kind a `--report` file is of, from its name: `offcpu`/`off-cpu`/`off_cpu`,
-    /// `fault`/`memory`, `block`/`disk`/`io` in it; the CPU's otherwise.
+    /// The kind a `--report` file is of, from the words of its name: `offcpu` (or `off-cpu`,
+    /// `off_cpu`, `wait`, `waits`), `faults` (`fault`, `memory`, `mem`), `block` (`disk`,
+    /// `io`); the CPU's otherwise.
     pub fn from_file_name(name: &str) -> Self {
-        let name = name.to_ascii_lowercase().replace(['-', '_'], "");
-        if name.contains("offcpu") || name.contains("wait") {
+        let name = name.to_ascii_lowercase();
+        let words: Vec<&str> = name
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect();
+        let has = |w: &[&str]| words.iter().any(|x| w.contains(x));
+        let off_cpu = words.windows(2).any(|p| p == ["off", "cpu"]);
+        if off_cpu || has(&["offcpu", "wait", "waits"]) {
             ProfileKind::OffCpu
-        } else if name.contains("fault") || name.contains("memory") || name.contains("mem.") {
+        } else if has(&["fault", "faults", "memory", "mem"]) {
             ProfileKind::Faults
-        } else if name.contains("block") || name.contains("disk") || name.contains("io.") {
+        } else if has(&["block", "disk", "io"]) {
             ProfileKind::Block
         } else {
             ProfileKind::Cpu
@@ -472,6 +479,24 @@ pub struct FoldedStack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_file_names_its_profile() {
+        for (name, kind) in [
+            ("offcpu.folded", ProfileKind::OffCpu),
+            ("off-cpu.svg", ProfileKind::OffCpu),
+            ("build_off_cpu.svg", ProfileKind::OffCpu),
+            ("faults.svg", ProfileKind::Faults),
+            ("memory.folded", ProfileKind::Faults),
+            ("block.svg", ProfileKind::Block),
+            ("disk-io.folded", ProfileKind::Block),
+            ("radio.svg", ProfileKind::Cpu),
+            ("flame.svg", ProfileKind::Cpu),
+            ("cpu.folded", ProfileKind::Cpu),
+        ] {
+            assert_eq!(ProfileKind::from_file_name(name), kind, "{name}");
+        }
+    }
 
     #[test]
     fn functions_rank_by_their_own_samples() {

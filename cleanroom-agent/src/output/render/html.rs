@@ -753,6 +753,9 @@ pub fn report(r: &Report) -> String {
     if let Some(p) = &r.profile {
         body.push_str(&profile(p, &r.command_line()));
     }
+    if let Some(c) = &r.comparison {
+        body.push_str(&profile_changes(c));
+    }
 
     body.push_str("<section><h2>Totals</h2><table><tr><th>metric</th><th class=\"num\">measured</th><th>meaning</th></tr>");
     for m in Metric::ALL {
@@ -880,11 +883,32 @@ pub fn comparison(c: &Comparison) -> String {
         );
     }
     body.push_str("</table></section>");
+    body.push_str(&profile_changes(c));
+    page("Cleanroom comparison", &header, &body)
+}
+
+/// What moved between two CPU profiles: the functions whose own share changed most, and the
+/// differential flame graph; empty when the runs had no profiles.
+fn profile_changes(c: &Comparison) -> String {
+    let mut out = String::new();
+    if c.functions.is_empty() && c.stack_changes.is_empty() {
+        return out;
+    }
+    out.push_str("<section><h2>CPU profile: what moved</h2>");
+    if let Some(svg) = super::flame::differential_svg(
+        &c.stack_changes,
+        &format!("{} against {}", c.new.command, c.base.command),
+        false,
+    ) {
+        out.push_str("<div class=\"flame\">");
+        out.push_str(&super::flame::inline(&svg));
+        out.push_str("</div><p class=\"small muted\">Each box as wide as the function's samples in the new run; red where its share grew against the base, blue where it shrank, the deeper the more.</p>");
+    }
     if !c.functions.is_empty() {
-        body.push_str("<section><h2>CPU profile: what moved</h2><p class=\"small muted\">Each function's own share of the profile's samples, base and new; the ones that grew first.</p><table><tr><th>function</th><th class=\"num\">base</th><th class=\"num\">new</th><th class=\"num\">change</th></tr>");
+        out.push_str("<p class=\"small muted\">Each function's own share of the profile's samples, base and new; the ones that grew first.</p><table><tr><th>function</th><th class=\"num\">base</th><th class=\"num\">new</th><th class=\"num\">change</th></tr>");
         for f in &c.functions {
             let _ = write!(
-                body,
+                out,
                 "<tr><td><code>{}</code></td><td class=\"num\">{:.1}%</td><td class=\"num\">{:.1}%</td><td class=\"num\">{:+.1} points</td></tr>",
                 esc(&crate::measure::processes::cut_to(&f.function, 120)),
                 f.base_share * 100.0,
@@ -892,9 +916,10 @@ pub fn comparison(c: &Comparison) -> String {
                 f.change_points()
             );
         }
-        body.push_str("</table></section>");
+        out.push_str("</table>");
     }
-    page("Cleanroom comparison", &header, &body)
+    out.push_str("</section>");
+    out
 }
 
 /// The page of a trend.

@@ -149,8 +149,21 @@ pub fn comparison(c: &Comparison, format: Format) -> Result<Vec<u8>, RenderError
         Format::Junit => junit::comparison(c).into_bytes(),
         Format::Html => html::comparison(c).into_bytes(),
         Format::Pdf => pdf::comparison(c)?,
-        Format::Folded(_) => return Err(RenderError::OnlyForRuns("folded stacks")),
-        Format::FlameSvg(_) => return Err(RenderError::OnlyForRuns("flame graphs")),
+        Format::Folded(ProfileKind::Cpu) => {
+            flame::differential_folded(&c.stack_changes).into_bytes()
+        }
+        Format::FlameSvg(ProfileKind::Cpu) => flame::differential_svg(
+            &c.stack_changes,
+            &format!("CPU profile: {} against {}", c.new.command, c.base.command),
+            true,
+        )
+        .ok_or(RenderError::NoProfile("CPU profile"))?
+        .into_bytes(),
+        Format::Folded(_) | Format::FlameSvg(_) => {
+            return Err(RenderError::OnlyForRuns(
+                "off-CPU, fault and block flame graphs",
+            ));
+        }
     })
 }
 

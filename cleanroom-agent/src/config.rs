@@ -607,6 +607,35 @@ objective = "wall_time <= 15s"
     }
 
     #[test]
+    fn sampling_periods_take_sizes_and_refuse_zero_on_their_line() {
+        for (line, key) in [
+            ("profiling_fault_period = 0", "profiling_fault_period"),
+            (
+                "profiling_block_period = \"100B\"",
+                "profiling_block_period",
+            ),
+        ] {
+            let e = CleanroomConfig::from_toml(
+                &format!("[performance_monitoring]\nenable_profiling = true\n{line}\n"),
+                "p.toml",
+            )
+            .unwrap_err();
+            assert_eq!(e.line, Some(3), "{e}");
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let ok = CleanroomConfig::from_toml(
+            "[performance_monitoring]\nprofiling_fault_period = 1\nprofiling_block_period = \"64KiB\"\n",
+            "p.toml",
+        )
+        .unwrap();
+        let pm = ok.performance_monitoring;
+        assert_eq!(
+            (pm.profiling_fault_period, pm.profiling_block_period),
+            (1, 65_536)
+        );
+    }
+
+    #[test]
     fn limits_that_cannot_work_are_refused_where_they_are_written() {
         for (line, expect) in [
             ("max_memory_usage_bytes = 0", "too small a memory limit"),

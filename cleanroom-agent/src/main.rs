@@ -90,10 +90,11 @@ enum Command {
         /// Do not follow Docker containers.
         #[arg(long)]
         no_follow_containers: bool,
-        /// Take a CPU profile: every CPU samples the run's stacks (99 times a second), unwound
-        /// with each binary's .eh_frame, so binaries built without frame pointers get whole
-        /// stacks. The summary and report get the top functions; `--report cpu.folded` writes
-        /// the folded stacks for flame graph tools.
+        /// Take profiles: every CPU samples the run's stacks (99 times a second), and its
+        /// waits (off CPU, by kind), page faults and block I/O are taken by stack too, each
+        /// unwound with the binaries' .eh_frame so builds without frame pointers get whole
+        /// stacks. The summary and report get the top functions; `--report cpu.folded`,
+        /// `offcpu.folded`, `faults.svg`, `block.svg`... write folded stacks or flame graphs.
         #[arg(long)]
         profile: bool,
         /// Samples a second on each CPU when profiling (1 to 1000; implies --profile).

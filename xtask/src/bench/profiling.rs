@@ -4,7 +4,8 @@
 //! of the paired ratios with its 95% bootstrap interval. During each profiled run, with BPF
 //! stats on: the sampling program's ns per sample (`run_time_ns / run_cnt` from bpftool) and
 //! the CPU of `cleanroom` itself (its threads' schedstat) once the probes are loaded, as a
-//! share of one core.
+//! share of one core; and the off-CPU program's ns per context switch (every switch of the
+//! machine runs it while profiling, most only to find the task switching in is not waited on).
 
 use std::{
     fs,
@@ -59,9 +60,12 @@ enum Mode {
     Profiled,
 }
 
-/// The workload's own elapsed ns; for a profiled run also (ns per sample, cleanroom's share of
-/// one core) as seen just before it ended.
-fn timed(cleanroom: &Path, mode: Mode, script: &str) -> Result<(f64, Option<(f64, f64)>)> {
+/// What a profiled run showed just before it ended: ns per CPU sample, cleanroom's share of one
+/// core, ns per context switch of the off-CPU program.
+type Seen = (f64, f64, f64);
+
+/// The workload's own elapsed ns; for a profiled run also what it showed ([`Seen`]).
+fn timed(cleanroom: &Path, mode: Mode, script: &str) -> Result<(f64, Option<Seen>)> {
     let mut cmd = if mode == Mode::Bare {
         let mut c = Command::new("sh");
         c.args(["-c", script]);
@@ -87,9 +91,13 @@ fn timed(cleanroom: &Path, mode: Mode, script: &str) -> Result<(f64, Option<(f64
     let (mut first, mut last) = (None, None);
     while child.try_wait()?.is_none() {
         if let Some(stats) = program_stats("profile_cpu")? {
+            let switch = match program_stats("profile_switch")? {
+                Some(s) => Some(s),
+                None => program_stats("profile_switch_v1")?,
+            };
             let now = (super::cpu_ns(pid) as f64, Instant::now());
             first.get_or_insert(now);
-            last = Some((stats, now));
+            last = Some(((stats, switch.unwrap_or((f64::NAN, 1.0))), now));
         }
         thread::sleep(Duration::from_millis(100));
     }
@@ -104,8 +112,12 @@ fn timed(cleanroom: &Path, mode: Mode, script: &str) -> Result<(f64, Option<(f64
         use std::io::Read as _;
         s.read_to_string(&mut out)?;
     }
-    let ((ns, cnt), cpu_pct) = seen.context("the profiling program was never seen")?;
-    Ok((last_number(&out)?, Some((ns / cnt.max(1.0), cpu_pct))))
+    let (((ns, cnt), (switch_ns, switches)), cpu_pct) =
+        seen.context("the profiling program was never seen")?;
+    Ok((
+        last_number(&out)?,
+        Some((ns / cnt.max(1.0), cpu_pct, switch_ns / switches.max(1.0))),
+    ))
 }
 
 fn last_number(out: &str) -> Result<f64> {
@@ -148,7 +160,7 @@ pub fn measure(cleanroom: &Path, work: &Path, reps: usize) -> Result<Value> {
         timed(cleanroom, Mode::Bare, &script)?;
         let modes = [Mode::Bare, Mode::Run, Mode::Profiled];
         let (mut bare, mut run, mut profiled) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut per_sample, mut agent_cpu) = (Vec::new(), Vec::new());
+        let (mut per_sample, mut agent_cpu, mut per_switch) = (Vec::new(), Vec::new(), Vec::new());
         for rep in 0..reps {
             eprint!("\rxtask: profiling {}/{reps}", rep + 1);
             for i in 0..modes.len() {
@@ -159,9 +171,12 @@ pub fn measure(cleanroom: &Path, work: &Path, reps: usize) -> Result<Value> {
                     Mode::Run => run.push(ns),
                     Mode::Profiled => profiled.push(ns),
                 }
-                if let Some((sample_ns, cpu)) = stats {
+                if let Some((sample_ns, cpu, switch_ns)) = stats {
                     per_sample.push(sample_ns);
                     agent_cpu.push(cpu);
+                    if switch_ns.is_finite() {
+                        per_switch.push(switch_ns);
+                    }
                 }
             }
         }
@@ -185,6 +200,7 @@ pub fn measure(cleanroom: &Path, work: &Path, reps: usize) -> Result<Value> {
             "profiled_over_bare": slowdown(&bare),
             "ns_per_sample": spread(&per_sample),
             "cleanroom_cpu_pct_of_one_core": spread(&agent_cpu),
+            "off_cpu_ns_per_switch": spread(&per_switch),
         }))
     })();
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before);
@@ -220,6 +236,12 @@ pub fn print(r: &Value) {
         "  BPF ns per sample: {:.0} (median); cleanroom's CPU while profiling: {:.3}% of one core",
         r["ns_per_sample"]["median"].as_f64().unwrap_or(f64::NAN),
         r["cleanroom_cpu_pct_of_one_core"]["median"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    );
+    println!(
+        "  the off-CPU program: {:.0} ns per context switch of the machine (median)",
+        r["off_cpu_ns_per_switch"]["median"]
             .as_f64()
             .unwrap_or(f64::NAN)
     );

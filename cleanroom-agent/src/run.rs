@@ -222,7 +222,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
     let escape_watch = EscapeWatch::start(&mut probes, cgroup.id());
     let process_watch = ProcessWatch::start(cgroup.id());
     let (containers, container_notes) = follow_containers(&opts.containers, &hierarchy.v2_mount)?;
-    let (sampler, profile_notes) = start_profiling(&mut probes, &opts.config, cgroup.id());
+    let (sampler, profile_notes) = start_profiling(&mut probes, &opts.config);
     Ok(Prepared {
         v2_mount: hierarchy.v2_mount,
         cgroup,
@@ -239,10 +239,9 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
 
 /// Starts sampling the run's stacks when the configuration asks for a profile; a host that
 /// cannot is a note, not a failed run.
-fn start_profiling(
+pub(crate) fn start_profiling(
     probes: &mut Probes,
     config: &CleanroomConfig,
-    run_id: u64,
 ) -> (Option<Sampler>, Vec<String>) {
     let pm = &config.performance_monitoring;
     if !pm.enable_profiling {
@@ -262,7 +261,7 @@ fn start_profiling(
                 .iter()
                 .map(|(_, why)| format!("a profile could not be taken: {why}"))
                 .collect();
-            Sampler::start(source, run_id, rates)
+            Sampler::start(source, rates)
                 .map(|s| (s, notes))
                 .map_err(|e| e.to_string())
         });
@@ -634,7 +633,7 @@ fn conclude(
         .get(crate::kernel::probe::STACK_SAMPLES_LOST)
         .copied()
         .unwrap_or(0);
-    let profile = sampler.and_then(|s| s.finish(lost));
+    let profile = sampler.and_then(|s| s.take(cgroup.id(), lost));
     let (escaped, escape_notes) = escape_watch.finish(&mut probes, &v2_mount, &figures.drops);
     let (processes, mut process_notes) = process_watch.finish(&mut probes)?;
     let (connections, connection_notes) = connections::read(&probes, cgroup.id())?;

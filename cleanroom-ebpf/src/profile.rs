@@ -27,7 +27,8 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, pt_regs},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_stack,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_probe_read_user,
+        bpf_ktime_get_ns,
+        generated::{bpf_probe_read_kernel as bpf_probe_read_kernel_raw, bpf_probe_read_user},
     },
     macros::{btf_tracepoint, map, perf_event},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
@@ -119,9 +120,9 @@ pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
         let now = unsafe { bpf_ktime_get_ns() };
         let in_user_mode = regs.cs & 3 == 3;
         let user = if in_user_mode {
-            Some((regs.rip, regs.rsp, regs.rbp))
+            (regs.rip, regs.rsp, regs.rbp)
         } else {
-            user_regs()
+            read_user_regs(task_regs())
         };
         // One inlined copy of `send`: older verifiers walk every path of each.
         send(ctx.as_ptr(), head, now, user, !in_user_mode);
@@ -200,7 +201,7 @@ fn switch_out(ctx: &BtfTracePointContext, run_id: u64, pid: u32, state: u32, now
         state,
         weight: 0,
     };
-    let captured = copy && send(ctx.as_ptr(), head, now, user_regs(), true);
+    let captured = copy && send(ctx.as_ptr(), head, now, read_user_regs(task_regs()), true);
     task.run_id = run_id;
     task.out_ns = now;
     task.credit_ns = if captured {
@@ -256,15 +257,11 @@ pub fn profile_fault(ctx: BtfTracePointContext) -> u32 {
     let Some(run_id) = run_of_cgroup(current_cgroup_id()) else {
         return 0;
     };
-    let Some(weight) = period_due(profile_period::FAULTS, 1) else {
+    let weight = period_due(profile_period::FAULTS, 1);
+    if weight == 0 {
         return 0;
-    };
-    let regs: *const pt_regs = ctx.arg(1);
-    // SAFETY: the helper checks the address and fails instead of faulting.
-    let user = unsafe { bpf_probe_read_kernel(regs) }
-        .ok()
-        .filter(|r| r.rsp != 0)
-        .map(|r| (r.rip, r.rsp, r.rbp));
+    }
+    let user = read_user_regs(ctx.arg::<*const pt_regs>(1));
     let head = Head {
         run_id,
         kind: sample_kind::FAULT,
@@ -302,19 +299,20 @@ fn on_bio(ctx: &BtfTracePointContext, bio: *const u8) {
     let Some(run_id) = run_of_cgroup(current_cgroup_id()) else {
         return;
     };
-    let (Some(opf), Some(size)) = (
-        read::<u32>(bio, &OFF_BIO_OPF),
-        read::<u32>(bio, &OFF_BIO_SIZE),
-    ) else {
+    let Some(opf) = read::<u32>(bio, &OFF_BIO_OPF) else {
+        return;
+    };
+    let Some(size) = read::<u32>(bio, &OFF_BIO_SIZE) else {
         return;
     };
     let op = opf & REQ_OP_MASK;
     if op > REQ_OP_WRITE || size == 0 {
         return;
     }
-    let Some(weight) = period_due(profile_period::BLOCK_BYTES, u64::from(size)) else {
+    let weight = period_due(profile_period::BLOCK_BYTES, u64::from(size));
+    if weight == 0 {
         return;
-    };
+    }
     let head = Head {
         run_id,
         kind: sample_kind::BLOCK,
@@ -323,25 +321,28 @@ fn on_bio(ctx: &BtfTracePointContext, bio: *const u8) {
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    send(ctx.as_ptr(), head, now, user_regs(), true);
+    send(ctx.as_ptr(), head, now, read_user_regs(task_regs()), true);
 }
 
 /// Adds `events` to this CPU's progress in `slot`'s period; when a period is complete, resets
-/// it and gives the events it held (the weight of a sample).
+/// it and gives the events it held (the weight of a sample), else 0. A plain value, not an
+/// `Option`: see [`read_user_regs`].
 #[inline(always)]
-fn period_due(slot: u32, events: u64) -> Option<u64> {
+fn period_due(slot: u32, events: u64) -> u64 {
     // SAFETY: a plain u64 value, copied out at once.
     let period = PROFILE_PERIODS.get_ptr(slot).map_or(0, |p| unsafe { *p });
-    let progress = PERIOD_PROGRESS.get_ptr_mut(slot)?;
+    let Some(progress) = PERIOD_PROGRESS.get_ptr_mut(slot) else {
+        return 0;
+    };
     // SAFETY: a per-CPU slot, and programs do not nest on one CPU.
     unsafe {
         let total = *progress + events;
         if total < period {
             *progress = total;
-            return None;
+            return 0;
         }
         *progress = 0;
-        Some(total)
+        total
     }
 }
 
@@ -354,17 +355,11 @@ struct Head {
     weight: u64,
 }
 
-/// Sends the current task's sample: `head`, its user stack from `user` (ip, sp, bp), and its
-/// kernel stack if `kernel` (from the context `ctx`). False when the buffer had no room (the
-/// sample is counted as lost).
+/// Sends the current task's sample: `head`, its user stack from `user` (ip, sp, bp; sp 0 for
+/// none), and its kernel stack if `kernel` (from the context `ctx`). False when the buffer had
+/// no room (the sample is counted as lost).
 #[inline(always)]
-fn send(
-    ctx: *mut c_void,
-    head: Head,
-    now: u64,
-    user: Option<(u64, u64, u64)>,
-    kernel: bool,
-) -> bool {
+fn send(ctx: *mut c_void, head: Head, now: u64, user: (u64, u64, u64), kernel: bool) -> bool {
     let Some(mut entry) = STACK_SAMPLES.reserve::<StackSample>(0) else {
         count_drop(drop_reason::STACK_SAMPLE_LOST);
         return false;
@@ -394,7 +389,7 @@ fn send(
                 (*out).kernel_stack_bytes = n as u32;
             }
         }
-        let (ip, sp, bp) = user.unwrap_or((0, 0, 0));
+        let (ip, sp, bp) = user;
         (*out).user_ip = ip;
         (*out).user_sp = sp;
         (*out).user_bp = bp;
@@ -407,20 +402,43 @@ fn send(
     true
 }
 
-/// The current task's user registers (ip, sp, bp), from the `pt_regs` at the top of its
-/// kernel stack; `None` for a kernel thread or where they cannot be read.
+/// Where the current task's user registers are: the `pt_regs` at the top of its kernel stack
+/// (`task_pt_regs`); null where that cannot be read.
 #[inline(always)]
-fn user_regs() -> Option<(u64, u64, u64)> {
+fn task_regs() -> *const pt_regs {
     // SAFETY: helper without preconditions.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let stack = read_optional::<*const u8>(task, &OFF_TASK_STACK)?;
-    if stack.is_null() {
-        return None;
+    match read_optional::<*const u8>(task, &OFF_TASK_STACK) {
+        Some(stack) if !stack.is_null() => stack
+            .wrapping_add(THREAD_SIZE - core::mem::size_of::<pt_regs>())
+            .cast(),
+        _ => core::ptr::null(),
     }
-    let at = stack.wrapping_add(THREAD_SIZE - core::mem::size_of::<pt_regs>());
-    // SAFETY: the helper checks the address and fails instead of faulting.
-    let regs = unsafe { bpf_probe_read_kernel(at.cast::<pt_regs>()) }.ok()?;
-    (regs.cs & 3 == 3 && regs.rsp != 0).then_some((regs.rip, regs.rsp, regs.rbp))
+}
+
+/// The user registers (ip, sp, bp) in the `pt_regs` at `at`; zeros where they cannot be read
+/// or are not a user mode's. Every value is set on every path: older verifiers (5.10) refuse a
+/// program that copies an `Option`'s undefined payload.
+#[inline(always)]
+fn read_user_regs(at: *const pt_regs) -> (u64, u64, u64) {
+    if at.is_null() {
+        return (0, 0, 0);
+    }
+    // SAFETY: all-zero is a valid `pt_regs` (plain integers).
+    let mut regs: pt_regs = unsafe { core::mem::zeroed() };
+    // SAFETY: the helper writes at most `size_of::<pt_regs>()` bytes into `regs`, checks the
+    // address it reads and fails instead of faulting.
+    let failed = unsafe {
+        bpf_probe_read_kernel_raw(
+            (&mut regs as *mut pt_regs).cast(),
+            core::mem::size_of::<pt_regs>() as u32,
+            at.cast(),
+        )
+    } != 0;
+    if failed || regs.cs & 3 != 3 || regs.rsp == 0 {
+        return (0, 0, 0);
+    }
+    (regs.rip, regs.rsp, regs.rbp)
 }
 
 /// Copies the user stack from `sp` up into `to` (room for [`cleanroom_common::USER_STACK_ROOM`]

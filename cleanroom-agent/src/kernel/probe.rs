@@ -513,6 +513,16 @@ pub enum ProfileRecord<'a> {
     OffCpuEnd(OffCpuEnd),
 }
 
+impl ProfileRecord<'_> {
+    /// The run it is of.
+    pub fn run_id(&self) -> u64 {
+        match self {
+            ProfileRecord::Sample(s) => s.run_id,
+            ProfileRecord::OffCpuEnd(e) => e.run_id,
+        }
+    }
+}
+
 impl ProfileSource {
     /// Hands each record that arrived since the last call to `each`.
     pub fn drain(&mut self, mut each: impl FnMut(ProfileRecord<'_>)) {

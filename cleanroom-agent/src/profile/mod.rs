@@ -30,9 +30,11 @@ pub mod unwind;
 pub mod waits;
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
+        mpsc,
     },
     thread::JoinHandle,
     time::Duration,
@@ -57,50 +59,92 @@ pub const DEFAULT_FAULT_PERIOD: u64 = 256;
 /// Bytes submitted to block devices per block sample by default.
 pub const DEFAULT_BLOCK_PERIOD_BYTES: u64 = 1 << 20;
 
-/// Taking samples as they come, on a thread of its own, while the run goes on.
+/// Taking samples as they come, on a thread of its own, while the runs go on: one
+/// [`Collector`] per run (`cleanroom run` has one, the agent one per watched cgroup), each
+/// taken out when its run ends ([`Sampler::take`]). Dropping it stops the thread.
 #[derive(Debug)]
 pub struct Sampler {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<(Collector, ProfileSource)>,
+    requests: mpsc::Sender<Take>,
+    thread: Option<JoinHandle<()>>,
     /// The event sampled.
     pub clock: &'static str,
     /// How often each profile samples.
     pub rates: SamplingRates,
+    /// The kinds of profile the kernel could not take, with why.
+    unavailable: Vec<(u32, String)>,
 }
 
+/// A request to the sampler's thread: a run's collector, taken out, sent back.
+type Take = (u64, mpsc::Sender<Collector>);
+
+/// How long [`Sampler::take`] waits for the thread at most.
+const TAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Sampler {
-    /// Starts taking `source`'s samples of run `run_id`.
-    pub fn start(
-        mut source: ProfileSource,
-        run_id: u64,
-        rates: SamplingRates,
-    ) -> std::io::Result<Self> {
+    /// Starts taking `source`'s samples.
+    pub fn start(mut source: ProfileSource, rates: SamplingRates) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let clock = source.clock;
+        let unavailable = source.unavailable.clone();
         let stopping = stop.clone();
+        let (requests, taken) = mpsc::channel::<Take>();
         let thread = std::thread::Builder::new()
             .name("cleanroom-sampler".into())
             .spawn(move || {
-                let mut collector = Collector::new(run_id);
-                while !stopping.load(Ordering::Relaxed) {
-                    source.wait(Duration::from_millis(20));
-                    source.drain(|r| collector.add(r));
+                let mut collectors: HashMap<u64, Collector> = HashMap::new();
+                let drain = |source: &mut ProfileSource,
+                             collectors: &mut HashMap<u64, Collector>| {
+                    source.drain(|r| {
+                        let run_id = r.run_id();
+                        collectors
+                            .entry(run_id)
+                            .or_insert_with(|| Collector::new(run_id))
+                            .add(r);
+                    });
+                };
+                loop {
+                    let last = stopping.load(Ordering::Relaxed);
+                    if !last {
+                        source.wait(Duration::from_millis(20));
+                    }
+                    drain(&mut source, &mut collectors);
+                    while let Ok((run_id, reply)) = taken.try_recv() {
+                        let collector = collectors
+                            .remove(&run_id)
+                            .unwrap_or_else(|| Collector::new(run_id));
+                        let _ = reply.send(collector);
+                    }
+                    if last {
+                        break;
+                    }
                 }
-                source.drain(|r| collector.add(r));
-                (collector, source)
             })?;
         Ok(Self {
             stop,
-            thread,
+            requests,
+            thread: Some(thread),
             clock,
             rates,
+            unavailable,
         })
     }
 
-    /// Stops, takes what is left, and gives the profile (`lost`: samples the kernel dropped).
-    pub fn finish(self, lost: u64) -> Option<Profile> {
+    /// The profile of run `run_id`: every sample of it that arrived, taken out (`lost`:
+    /// samples the kernel dropped, of every run). `None` if the thread is gone.
+    pub fn take(&self, run_id: u64, lost: u64) -> Option<Profile> {
+        let (reply, answer) = mpsc::channel();
+        self.requests.send((run_id, reply)).ok()?;
+        let collector = answer.recv_timeout(TAKE_TIMEOUT).ok()?;
+        Some(collector.finish(self.clock, self.rates, lost, &self.unavailable))
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let (collector, source) = self.thread.join().ok()?;
-        Some(collector.finish(self.clock, self.rates, lost, &source.unavailable))
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

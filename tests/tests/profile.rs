@@ -399,7 +399,8 @@ fn a_comparison_names_the_functions_that_moved() {
         .arg(&b)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    // 3: a figure regressed (the two programs differ in more than their functions).
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{out:?}");
     let svg = fs::read_to_string(&svg).unwrap();
     let at = svg.find("<title>hot_a ").expect("hot_a in the graph");
     let fill = &svg[at..][svg[at..].find("fill=\"rgb(").unwrap() + 10..];

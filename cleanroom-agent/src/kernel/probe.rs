@@ -881,6 +881,9 @@ impl Probes {
         };
         let cpus = aya::util::online_cpus()
             .map_err(|(_, e)| ProbeError::Missing(format!("the online CPUs: {e}")))?;
+        // The others first: once the sampling program is loaded, everything is.
+        self.set_sampling_periods(rates)?;
+        let unavailable = self.attach_other_profiles()?;
         let program: &mut PerfEvent = self
             .ebpf
             .program_mut(programs::PROFILE_CPU)
@@ -929,8 +932,6 @@ impl Probes {
         let Some(clock) = sampling else {
             return Err(ProbeError::Profiling(last_error));
         };
-        self.set_sampling_periods(rates)?;
-        let unavailable = self.attach_other_profiles()?;
         let ring = self
             .ebpf
             .take_map(maps::STACK_SAMPLES)

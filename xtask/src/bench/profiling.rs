@@ -1,8 +1,9 @@
-//! Section 6: what the CPU profile costs. Two `gzip -9` of the same 24 MiB (two busy CPUs, a
+//! Section 6: what the profiles cost. Two `gzip -9` of the same 24 MiB (two busy CPUs, a
 //! fixed amount of work) timed bare, inside `cleanroom run`, and inside `cleanroom run
 //! --profile` at 99 Hz, alternated; the slowdown of profiling over the plain run is the median
-//! of the paired ratios with its 95% bootstrap interval. During each profiled run, with BPF
-//! stats on: the sampling program's ns per sample (`run_time_ns / run_cnt` from bpftool) and
+//! of the paired ratios with its 95% bootstrap interval. Then in three more profiled runs,
+//! watched every 100 ms (untimed: the watching costs the workload), with BPF stats on: the
+//! sampling program's ns per sample (`run_time_ns / run_cnt` from bpftool) and
 //! the CPU of `cleanroom` itself (its threads' schedstat) once the probes are loaded, as a
 //! share of one core; and the off-CPU program's ns per context switch (every switch of the
 //! machine runs it while profiling, most only to find the task switching in is not waited on).
@@ -64,60 +65,60 @@ enum Mode {
 /// core, ns per context switch of the off-CPU program.
 type Seen = (f64, f64, f64);
 
-/// The workload's own elapsed ns; for a profiled run also what it showed ([`Seen`]).
-fn timed(cleanroom: &Path, mode: Mode, script: &str) -> Result<(f64, Option<Seen>)> {
-    let mut cmd = if mode == Mode::Bare {
+/// The command of one repetition in `mode`.
+fn command(cleanroom: &Path, mode: Mode, script: &str) -> Command {
+    if mode == Mode::Bare {
         let mut c = Command::new("sh");
         c.args(["-c", script]);
-        c
-    } else {
-        let mut c = Command::new(cleanroom);
-        c.args(["run", "--no-store", "-q", "--no-follow-containers"]);
-        if mode == Mode::Profiled {
-            c.args(["--profile-frequency", "99"]);
-        }
-        c.args(["--", "sh", "-c", script]);
-        c
-    };
-    if mode != Mode::Profiled {
-        let out = output(&mut cmd)?;
-        return Ok((last_number(&out)?, None));
+        return c;
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let mut c = Command::new(cleanroom);
+    c.args(["run", "--no-store", "-q", "--no-follow-containers"]);
+    if mode == Mode::Profiled {
+        c.args(["--profile-frequency", "99"]);
+    }
+    c.args(["--", "sh", "-c", script]);
+    c
+}
+
+/// The workload's own elapsed ns, nothing else running: the timed repetitions are not watched
+/// (`bpftool` every 100 ms cost the workload more than the profile itself).
+fn timed(cleanroom: &Path, mode: Mode, script: &str) -> Result<f64> {
+    last_number(&output(&mut command(cleanroom, mode, script))?)
+}
+
+/// A profiled repetition watched every 100 ms, untimed: what it showed ([`Seen`]).
+fn observed(cleanroom: &Path, script: &str) -> Result<Seen> {
+    let mut child = command(cleanroom, Mode::Profiled, script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
     let pid = child.id();
     // Cleanroom's CPU over the window from the first sight of the loaded program to the last
     // look before the end: its steady state while profiling, not its start-up (loading the
     // probes is most of a short run's CPU).
     let (mut first, mut last) = (None, None);
     while child.try_wait()?.is_none() {
-        if let Some(stats) = program_stats("profile_cpu")? {
-            let switch = match program_stats("profile_switch")? {
-                Some(s) => Some(s),
-                None => program_stats("profile_switch_v1")?,
-            };
+        let stats = programs_stats()?;
+        if let Some(cpu) = stats.get("profile_cpu") {
+            let switch = stats
+                .get("profile_switch")
+                .or_else(|| stats.get("profile_switch_v1"))
+                .copied()
+                .unwrap_or((f64::NAN, 1.0));
             let now = (super::cpu_ns(pid) as f64, Instant::now());
             first.get_or_insert(now);
-            last = Some(((stats, switch.unwrap_or((f64::NAN, 1.0))), now));
+            last = Some(((*cpu, switch), now));
         }
         thread::sleep(Duration::from_millis(100));
     }
-    let seen = match (first, last) {
+    let (((ns, cnt), (switch_ns, switches)), cpu_pct) = match (first, last) {
         (Some((cpu0, t0)), Some((stats, (cpu1, t1)))) if t1 > t0 => {
-            Some((stats, (cpu1 - cpu0) / (t1 - t0).as_nanos() as f64 * 100.0))
+            (stats, (cpu1 - cpu0) / (t1 - t0).as_nanos() as f64 * 100.0)
         }
-        _ => None,
+        _ => bail!("the profiling program was never seen"),
     };
-    let mut out = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        use std::io::Read as _;
-        s.read_to_string(&mut out)?;
-    }
-    let (((ns, cnt), (switch_ns, switches)), cpu_pct) =
-        seen.context("the profiling program was never seen")?;
-    Ok((
-        last_number(&out)?,
-        Some((ns / cnt.max(1.0), cpu_pct, switch_ns / switches.max(1.0))),
-    ))
+    Ok((ns / cnt.max(1.0), cpu_pct, switch_ns / switches.max(1.0)))
 }
 
 fn last_number(out: &str) -> Result<f64> {
@@ -127,20 +128,29 @@ fn last_number(out: &str) -> Result<f64> {
         .with_context(|| format!("the workload printed no elapsed time: {out:?}"))
 }
 
-/// `(run_time_ns, run_cnt)` of the loaded program named `name`, if there is one.
-fn program_stats(name: &str) -> Result<Option<(f64, f64)>> {
+/// `(run_time_ns, run_cnt)` of each loaded program, by name (one `bpftool` call).
+fn programs_stats() -> Result<std::collections::HashMap<String, (f64, f64)>> {
     let progs: Value = serde_json::from_str(&output(
         Command::new("bpftool").args(["prog", "show", "-j"]),
     )?)?;
-    Ok(progs.as_array().into_iter().flatten().find_map(|p| {
-        (p["name"].as_str()? == name).then(|| {
-            (
-                p["run_time_ns"].as_f64().unwrap_or(0.0),
-                p["run_cnt"].as_f64().unwrap_or(0.0),
-            )
+    Ok(progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["name"].as_str()?.to_owned(),
+                (
+                    p["run_time_ns"].as_f64().unwrap_or(0.0),
+                    p["run_cnt"].as_f64().unwrap_or(0.0),
+                ),
+            ))
         })
-    }))
+        .collect())
 }
+
+/// Watched profiled runs after the timed ones.
+const OBSERVED_RUNS: usize = 3;
 
 /// Section 6's results.
 pub fn measure(cleanroom: &Path, work: &Path, reps: usize) -> Result<Value> {
@@ -160,24 +170,26 @@ pub fn measure(cleanroom: &Path, work: &Path, reps: usize) -> Result<Value> {
         timed(cleanroom, Mode::Bare, &script)?;
         let modes = [Mode::Bare, Mode::Run, Mode::Profiled];
         let (mut bare, mut run, mut profiled) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut per_sample, mut agent_cpu, mut per_switch) = (Vec::new(), Vec::new(), Vec::new());
         for rep in 0..reps {
             eprint!("\rxtask: profiling {}/{reps}", rep + 1);
             for i in 0..modes.len() {
                 let mode = modes[(i + rep) % modes.len()];
-                let (ns, stats) = timed(cleanroom, mode, &script)?;
+                let ns = timed(cleanroom, mode, &script)?;
                 match mode {
                     Mode::Bare => bare.push(ns),
                     Mode::Run => run.push(ns),
                     Mode::Profiled => profiled.push(ns),
                 }
-                if let Some((sample_ns, cpu, switch_ns)) = stats {
-                    per_sample.push(sample_ns);
-                    agent_cpu.push(cpu);
-                    if switch_ns.is_finite() {
-                        per_switch.push(switch_ns);
-                    }
-                }
+            }
+        }
+        let (mut per_sample, mut agent_cpu, mut per_switch) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..OBSERVED_RUNS {
+            eprint!("\rxtask: profiling, watched {}/{OBSERVED_RUNS}", run + 1);
+            let (sample_ns, cpu, switch_ns) = observed(cleanroom, &script)?;
+            per_sample.push(sample_ns);
+            agent_cpu.push(cpu);
+            if switch_ns.is_finite() {
+                per_switch.push(switch_ns);
             }
         }
         eprintln!();

@@ -95,12 +95,17 @@ fn observed(cleanroom: &Path, script: &str) -> Result<Seen> {
         .spawn()?;
     let pid = child.id();
     // Cleanroom's CPU over the window from the first sight of the loaded program to the last
-    // look before the end: its steady state while profiling, not its start-up (loading the
-    // probes is most of a short run's CPU).
+    // look at which it was still sampling: its steady state while profiling, neither its
+    // start-up (loading the probes is most of a short run's CPU) nor its end (naming the
+    // frames, kallsyms and each file's DWARF, once).
     let (mut first, mut last) = (None, None);
+    let mut samples_seen = 0.0;
     while child.try_wait()?.is_none() {
         let stats = programs_stats()?;
-        if let Some(cpu) = stats.get("profile_cpu") {
+        if let Some(cpu) = stats.get("profile_cpu")
+            && (first.is_none() || cpu.1 > samples_seen)
+        {
+            samples_seen = cpu.1;
             let switch = stats
                 .get("profile_switch")
                 .or_else(|| stats.get("profile_switch_v1"))

@@ -609,20 +609,8 @@ fn profile_summary(p: &crate::profile::Profile) -> String {
             ProfileKind::Block => "block I/O",
         };
         let _ = writeln!(out, "\n  {name}: {}", p.describe(view.kind));
-        if !view.by_kind.is_empty() {
-            let parts: Vec<String> = view
-                .by_kind
-                .iter()
-                .map(|k| {
-                    format!(
-                        "{} {} ({:.0}%)",
-                        k.kind,
-                        view.human(k.total),
-                        k.share * 100.0
-                    )
-                })
-                .collect();
-            let _ = writeln!(out, "  {}", parts.join(", "));
+        if let Some(kinds) = view.kinds_line() {
+            let _ = writeln!(out, "  {kinds}");
         }
         let rows = if view.kind == ProfileKind::Cpu { 10 } else { 5 };
         let mut top = view.own_top(rows).peekable();
@@ -635,11 +623,11 @@ fn profile_summary(p: &crate::profile::Profile) -> String {
             let _ = writeln!(out, "  {:<48} {:>10} {:>7}", "function", "self", "of all");
         }
         for f in top {
-            let name = crate::measure::processes::cut_to(&f.function, 56);
             let _ = if view.kind == ProfileKind::Cpu {
                 writeln!(
                     out,
-                    "  {name:<56} {:>6.1}% {:>6.1}%",
+                    "  {:<56} {:>6.1}% {:>6.1}%",
+                    crate::measure::processes::cut_to(&f.function, 56),
                     f.self_share * 100.0,
                     f.total_share * 100.0
                 )

@@ -712,6 +712,9 @@ pub struct StackSample {
     /// bytes since the last sample on this CPU, 0 for an off-CPU sample (its time comes in the
     /// [`OffCpuEnd`] of the task's switch back in).
     pub weight: u64,
+    /// The task's address space (`task->mm`, as a number; 0 where unknown): a new one from
+    /// each exec, so the mappings read for one program are not used for the next.
+    pub mm: u64,
     /// The task's `comm`, NUL-padded.
     pub comm: [u8; 16],
     /// Kernel return addresses, innermost first.

@@ -43,8 +43,8 @@ use crate::{
     escape::run_of_cgroup,
     maps::count_drop,
     task::{
-        OFF_BIO_OPF, OFF_BIO_SIZE, OFF_TASK_PID, OFF_TASK_STACK, OFF_TASK_STATE, OFF_TASK_TGID,
-        current_cgroup_id, current_is_kthread, read, read_optional,
+        OFF_BIO_OPF, OFF_BIO_SIZE, OFF_TASK_MM, OFF_TASK_PID, OFF_TASK_STACK, OFF_TASK_STATE,
+        OFF_TASK_TGID, current_cgroup_id, current_is_kthread, read, read_optional,
     },
 };
 
@@ -393,6 +393,7 @@ fn send(ctx: *mut c_void, head: Head, now: u64, user: (u64, u64, u64), kernel: b
         (*out).user_ip = ip;
         (*out).user_sp = sp;
         (*out).user_bp = bp;
+        (*out).mm = current_mm();
         (*out).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         if sp != 0 {
             (*out).user_stack_bytes = copy_user_stack(sp, (*out).user_stack.as_mut_ptr());
@@ -400,6 +401,17 @@ fn send(ctx: *mut c_void, head: Head, now: u64, user: (u64, u64, u64), kernel: b
     }
     entry.submit(0);
     true
+}
+
+/// The current task's address space (`task->mm`) as a number; 0 where it cannot be read.
+#[inline(always)]
+fn current_mm() -> u64 {
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    match read_optional::<u64>(task, &OFF_TASK_MM) {
+        Some(mm) => mm,
+        None => 0,
+    }
 }
 
 /// Where the current task's user registers are: the `pt_regs` at the top of its kernel stack

@@ -4,7 +4,7 @@
 //! many samples as their CPU time (getrusage) at the frequency asked for. Off CPU, at page
 //! faults and at block I/O: a C program that sleeps, waits on a pipe, touches pages and reads a
 //! loop device with O_DIRECT gets each in the function that did it, with the time, faults and
-//! bytes it did.
+//! bytes it did. A process that execs is named by the program it runs from its exec on.
 
 use std::{fs, process::Command};
 
@@ -330,6 +330,92 @@ fn cpython_frames_are_named() {
     eprintln!("python3: {in_eval} of {all} samples under _PyEval_EvalFrameDefault");
     assert!(all > 20, "{:#}", report["profile"]);
     assert!(in_eval * 2 > all, "{:#}", report["profile"]);
+}
+
+/// A program that spins in one function, then execs another that spins in a function of its
+/// own (`SPIN_C`, built twice). Built without PIE, both load their code at the same addresses.
+const SPIN_C: &str = r#"
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile uint64_t sink;
+
+static double cpu(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+__attribute__((noinline)) void SPIN(double secs) {
+    double end = cpu() + secs;
+    uint64_t x = 0;
+    while (cpu() < end)
+        for (int i = 0; i < 200000; i++) { x = x * 6364136223846793005ULL + 1; sink = x; }
+}
+
+int main(int argc, char **argv) {
+    SPIN(0.4);
+    if (argc > 1) execv(argv[1], argv + 1);
+    return argc > 1;
+}
+"#;
+
+/// A process that execs another program is unwound and named with the new program's files
+/// from its exec on, even where the new program's code lies at the addresses the old one's did.
+#[test]
+fn a_process_is_named_by_the_program_it_runs_after_exec() {
+    if !privileged("a_process_is_named_by_the_program_it_runs_after_exec") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let build = |name: &str, function: &str| {
+        let source = dir.path().join(format!("{name}.c"));
+        let bin = dir.path().join(name);
+        fs::write(&source, SPIN_C.replace("SPIN", function)).unwrap();
+        let built = Command::new("gcc")
+            .args(["-O2", "-fomit-frame-pointer", "-no-pie", "-o"])
+            .arg(&bin)
+            .arg(&source)
+            .output()
+            .expect("gcc (cargo xtask test installs it)");
+        assert!(built.status.success(), "{built:?}");
+        bin
+    };
+    let before = build("spinbefore", "before_exec");
+    let after = build("spinafter", "after_exec");
+    let cg = TestCgroup::new("profile-exec");
+    let (output, report) = run_measured_with(
+        &cg,
+        &["--profile-frequency", &HZ.to_string()],
+        &[before.to_str().unwrap(), after.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stacks = report["profile"]["stacks"]
+        .as_array()
+        .expect("profile stacks");
+    for (comm, function) in [("spinbefore", "before_exec"), ("spinafter", "after_exec")] {
+        let (mut all, mut named) = (0, 0);
+        for s in stacks {
+            let stack = s["stack"].as_str().unwrap();
+            if !stack.starts_with(comm) {
+                continue;
+            }
+            let n = u64_at(s, "/samples");
+            all += n;
+            if stack.contains(&format!(";main;{function}")) {
+                named += n;
+            }
+        }
+        eprintln!("{comm}: {named} of {all} samples in main → {function}");
+        assert!(all > 20, "{comm}: {all} samples\n{:#}", report["profile"]);
+        assert!(
+            named as f64 >= all as f64 * 0.9,
+            "{comm}: {named} of {all} samples in main → {function}\n{:#}",
+            report["profile"]
+        );
+    }
 }
 
 /// `cleanroom compare` of two profiled runs names the functions whose share moved: the Rust

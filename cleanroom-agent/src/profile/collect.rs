@@ -6,7 +6,7 @@
 //! named ([`super::symbols`]), the tracing machinery's own kernel frames dropped, waits told
 //! apart by kind ([`super::waits`]), and each stack's own function found ([`Namer`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, hash_map::Entry};
 
 use framehop::x86_64::CacheX86_64;
 
@@ -79,8 +79,9 @@ impl Tally {
 pub struct Collector {
     run_id: u64,
     files: ModuleFiles,
-    /// Each process's unwinder; `None` once it was found gone.
-    processes: HashMap<u32, Option<ProcessUnwinder>>,
+    /// Each process's unwinder, with the address space it was read for (a new one from each
+    /// exec); `None` once it was found gone.
+    processes: HashMap<u32, (u64, Option<ProcessUnwinder>)>,
     cache: CacheX86_64,
     tallies: BTreeMap<ProfileKind, Tally>,
     /// Stacks of waits under way, by thread, with when each began.
@@ -171,11 +172,16 @@ impl Collector {
             (Vec::new(), None)
         } else {
             let files = &mut self.files;
-            let process = self
-                .processes
-                .entry(sample.tgid)
-                .or_insert_with(|| ProcessUnwinder::new(sample.tgid, files));
-            match process {
+            let process = match self.processes.entry(sample.tgid) {
+                // Read again after an exec: the new program's files may lie where the old's did.
+                Entry::Occupied(mut e) if e.get().0 != sample.mm && sample.mm != 0 => {
+                    e.insert((sample.mm, ProcessUnwinder::new(sample.tgid, files)));
+                    e.into_mut()
+                }
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert((sample.mm, ProcessUnwinder::new(sample.tgid, files))),
+            };
+            match &mut process.1 {
                 None => (Vec::new(), Some(Unwound::NoMappings)),
                 Some(p) => {
                     let len = (sample.user_stack_bytes as usize).min(sample.user_stack.len());

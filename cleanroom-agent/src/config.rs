@@ -61,6 +61,11 @@ pub struct PerformanceMonitoring {
     /// such as "64KiB").
     #[serde(deserialize_with = "de_bytes")]
     pub profiling_block_period: u64,
+    /// Bytes of the user stack each sample copies, from the stack pointer up (default and at
+    /// most 16 KiB, at least 4 KiB; a size such as "8KiB"): deeper stacks need more, fewer
+    /// cost less.
+    #[serde(deserialize_with = "de_bytes")]
+    pub profiling_stack_bytes: u64,
     /// Sample memory each interval.
     pub enable_memory_tracking: bool,
     /// Thresholds, checked at every sample.
@@ -76,6 +81,7 @@ impl Default for PerformanceMonitoring {
             profiling_frequency_hz: crate::profile::DEFAULT_FREQUENCY_HZ,
             profiling_fault_period: crate::profile::DEFAULT_FAULT_PERIOD,
             profiling_block_period: crate::profile::DEFAULT_BLOCK_PERIOD_BYTES,
+            profiling_stack_bytes: cleanroom_common::USER_STACK_BYTES as u64,
             enable_memory_tracking: true,
             thresholds: Thresholds::default(),
         }
@@ -409,6 +415,15 @@ impl CleanroomConfig {
                 "must be at least 1 (faults per sample)".into(),
             ));
         }
+        if !(4096..=cleanroom_common::USER_STACK_BYTES as u64).contains(&pm.profiling_stack_bytes) {
+            return Err(out_of_range(
+                "profiling_stack_bytes",
+                format!(
+                    "must be 4KiB to {}KiB (the room a sample has for the stack)",
+                    cleanroom_common::USER_STACK_BYTES / 1024
+                ),
+            ));
+        }
         if pm.profiling_block_period < 512 {
             return Err(out_of_range(
                 "profiling_block_period",
@@ -614,6 +629,8 @@ objective = "wall_time <= 15s"
                 "profiling_block_period = \"100B\"",
                 "profiling_block_period",
             ),
+            ("profiling_stack_bytes = \"32KiB\"", "profiling_stack_bytes"),
+            ("profiling_stack_bytes = 100", "profiling_stack_bytes"),
         ] {
             let e = CleanroomConfig::from_toml(
                 &format!("[performance_monitoring]\nenable_profiling = true\n{line}\n"),
@@ -624,14 +641,18 @@ objective = "wall_time <= 15s"
             assert!(e.to_string().contains(key), "{e}");
         }
         let ok = CleanroomConfig::from_toml(
-            "[performance_monitoring]\nprofiling_fault_period = 1\nprofiling_block_period = \"64KiB\"\n",
+            "[performance_monitoring]\nprofiling_fault_period = 1\nprofiling_block_period = \"64KiB\"\nprofiling_stack_bytes = \"8KiB\"\n",
             "p.toml",
         )
         .unwrap();
         let pm = ok.performance_monitoring;
         assert_eq!(
-            (pm.profiling_fault_period, pm.profiling_block_period),
-            (1, 65_536)
+            (
+                pm.profiling_fault_period,
+                pm.profiling_block_period,
+                pm.profiling_stack_bytes
+            ),
+            (1, 65_536, 8_192)
         );
     }
 

@@ -251,6 +251,7 @@ pub(crate) fn start_profiling(
         frequency_hz: pm.profiling_frequency_hz,
         fault_period: pm.profiling_fault_period,
         block_period_bytes: pm.profiling_block_period,
+        stack_bytes: pm.profiling_stack_bytes,
     };
     let started = probes
         .start_profiling(rates)

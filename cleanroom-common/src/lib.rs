@@ -757,15 +757,18 @@ pub struct OffCpuEnd {
     pub state: u32,
 }
 
-/// Which [`maps::PROFILE_PERIODS`] slot holds what: faults between two fault samples, and
-/// block bytes between two block samples.
+/// Which [`maps::PROFILE_PERIODS`] slot holds what: faults between two fault samples, block
+/// bytes between two block samples, and the user stack bytes a sample copies.
 pub mod profile_period {
     /// User-mode page faults per fault sample.
     pub const FAULTS: u32 = 0;
     /// Bytes submitted per block sample.
     pub const BLOCK_BYTES: u32 = 1;
+    /// Bytes of the user stack a sample copies at most (up to [`super::USER_STACK_BYTES`];
+    /// 0 for that).
+    pub const STACK_BYTES: u32 = 2;
     /// Slots.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Capacity of [`maps::OFF_CPU`]: tasks of watched runs switched out at once, with their budget

@@ -455,7 +455,8 @@ fn read_user_regs(at: *const pt_regs) -> (u64, u64, u64) {
 
 /// Copies the user stack from `sp` up into `to` (room for [`cleanroom_common::USER_STACK_ROOM`]
 /// bytes): to the next page boundary, then page by page while the pages are readable, at most
-/// [`USER_STACK_BYTES`] in all. Returns the bytes copied.
+/// the bytes user space set in [`PROFILE_PERIODS`] (and [`USER_STACK_BYTES`]) in all. Returns
+/// the bytes copied.
 ///
 /// # Safety
 /// `to` must be valid for [`cleanroom_common::USER_STACK_ROOM`] bytes.
@@ -467,8 +468,20 @@ unsafe fn copy_user_stack(sp: u64, to: *mut u8) -> u32 {
     if unsafe { bpf_probe_read_user(to.cast(), first as u32, sp as *const _) } != 0 {
         return 0;
     }
+    let limit = PROFILE_PERIODS
+        .get_ptr(profile_period::STACK_BYTES)
+        // SAFETY: a plain u64 value, copied out at once.
+        .map_or(0, |p| unsafe { *p });
+    let limit = if limit == 0 {
+        USER_STACK_BYTES as u64
+    } else {
+        limit
+    };
     let mut copied = first;
     for _ in 0..(USER_STACK_BYTES as u64 / PAGE - 1) {
+        if copied + PAGE > limit {
+            break;
+        }
         // SAFETY: `copied` ≤ 4 pages, so a page from it stays inside the room (5 pages).
         let dst = unsafe { to.add((copied & (4 * PAGE - 1)) as usize) };
         if unsafe { bpf_probe_read_user(dst.cast(), PAGE as u32, (sp + copied) as *const _) } != 0 {

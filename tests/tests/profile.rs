@@ -4,7 +4,8 @@
 //! many samples as their CPU time (getrusage) at the frequency asked for. Off CPU, at page
 //! faults and at block I/O: a C program that sleeps, waits on a pipe, touches pages and reads a
 //! loop device with O_DIRECT gets each in the function that did it, with the time, faults and
-//! bytes it did. A process that execs is named by the program it runs from its exec on.
+//! bytes it did. A process that execs is named by the program it runs from its exec on; the
+//! user stack a sample copies is as large as configured.
 
 use std::{fs, process::Command};
 
@@ -415,6 +416,90 @@ fn a_process_is_named_by_the_program_it_runs_after_exec() {
             "{comm}: {named} of {all} samples in main → {function}\n{:#}",
             report["profile"]
         );
+    }
+}
+
+/// A program whose hot function runs about 10 KiB below `main` on its stack (`deep` calls
+/// itself 20 times, each frame holding 512 bytes).
+const DEEP_C: &str = r#"
+#include <stdint.h>
+#include <time.h>
+
+static volatile uint64_t sink;
+
+static double cpu(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+__attribute__((noinline)) void bottom(double secs) {
+    double end = cpu() + secs;
+    uint64_t x = 0;
+    while (cpu() < end)
+        for (int i = 0; i < 200000; i++) { x = x * 6364136223846793005ULL + 1; sink = x; }
+}
+
+__attribute__((noinline)) void deep(int n, double secs) {
+    volatile char frame[512];
+    frame[0] = (char)n;
+    if (n == 0) bottom(secs); else deep(n - 1, secs);
+    sink += frame[0];
+}
+
+int main(void) {
+    deep(20, 0.5);
+    return 0;
+}
+"#;
+
+/// `profiling_stack_bytes` is what the kernel copies: a stack 10 KiB deep is unwound to `main`
+/// with the default 16 KiB, and not with 4 KiB.
+#[test]
+fn the_user_stack_copied_is_as_large_as_configured() {
+    if !privileged("the_user_stack_copied_is_as_large_as_configured") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let deep = build_c(dir.path(), "deepc", DEEP_C);
+    for (bytes, whole) in [(16_384u64, true), (4_096, false)] {
+        let config = dir.path().join(format!("stack{bytes}.toml"));
+        fs::write(
+            &config,
+            format!(
+                "[performance_monitoring]\nenable_profiling = true\n\
+                 profiling_frequency_hz = {HZ}\nprofiling_stack_bytes = {bytes}\n"
+            ),
+        )
+        .unwrap();
+        let cg = TestCgroup::new("profile-stack");
+        let (output, report) = run_measured_with(
+            &cg,
+            &["--config", config.to_str().unwrap()],
+            &[deep.to_str().unwrap()],
+        );
+        assert!(output.status.success(), "{output:?}");
+        let profile = &report["profile"];
+        assert_eq!(u64_at(profile, "/user_stack_bytes"), bytes, "{profile:#}");
+        let (mut all, mut to_main) = (0, 0);
+        for s in profile["stacks"].as_array().expect("profile stacks") {
+            let stack = s["stack"].as_str().unwrap();
+            if !stack.starts_with("deepc") || !stack.contains(";bottom") {
+                continue;
+            }
+            let n = u64_at(s, "/samples");
+            all += n;
+            if stack.contains(";main;deep;") {
+                to_main += n;
+            }
+        }
+        eprintln!("{bytes} B of stack: {to_main} of {all} samples in bottom unwound to main");
+        assert!(all > 20, "{profile:#}");
+        if whole {
+            assert!(to_main as f64 >= all as f64 * 0.9, "{profile:#}");
+        } else {
+            assert_eq!(to_main, 0, "{profile:#}");
+        }
     }
 }
 

@@ -516,6 +516,7 @@ mod tests {
         Profile {
             clock: "cpu-clock".into(),
             frequency_hz: 99,
+            user_stack_bytes: 16_384,
             samples: stacks.iter().map(|s| s.samples).sum(),
             lost: 0,
             stacks_not_kept: 0,

@@ -574,6 +574,9 @@ pub struct SamplingRates {
     pub fault_period: u64,
     /// Bytes a run's tasks submit to block devices per block sample.
     pub block_period_bytes: u64,
+    /// Bytes of the user stack each sample copies at most (up to
+    /// [`cleanroom_common::USER_STACK_BYTES`]).
+    pub stack_bytes: u64,
 }
 
 /// The profiles beyond the CPU's: their kind, tracepoint, and programs (the hook's own form
@@ -945,7 +948,8 @@ impl Probes {
         })
     }
 
-    /// Tells the kernel programs the fault and block sampling periods.
+    /// Tells the kernel programs the fault and block sampling periods and the user stack bytes
+    /// to copy.
     fn set_sampling_periods(&mut self, rates: SamplingRates) -> Result<(), ProbeError> {
         let mut periods: Array<&mut MapData, u64> =
             Array::try_from(self.map_mut(maps::PROFILE_PERIODS)?)
@@ -953,6 +957,7 @@ impl Probes {
         for (slot, period) in [
             (profile_period::FAULTS, rates.fault_period),
             (profile_period::BLOCK_BYTES, rates.block_period_bytes),
+            (profile_period::STACK_BYTES, rates.stack_bytes),
         ] {
             periods
                 .set(slot, period, 0)

@@ -239,6 +239,7 @@ impl Collector {
         let mut profile = Profile {
             clock: clock.to_owned(),
             frequency_hz: rates.frequency_hz,
+            user_stack_bytes: rates.stack_bytes,
             samples: cpu.events,
             lost,
             stacks_not_kept: cpu.beyond,

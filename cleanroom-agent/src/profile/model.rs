@@ -206,6 +206,10 @@ pub struct Profile {
     pub clock: String,
     /// Samples a second on each CPU.
     pub frequency_hz: u64,
+    /// Bytes of the user stack each sample copied at most (0 in reports from before it was
+    /// set): a stack deeper than that is unwound only as far as the copy goes.
+    #[serde(default)]
+    pub user_stack_bytes: u64,
     /// Samples taken of the run's tasks.
     pub samples: u64,
     /// Samples lost: the kernel's buffer was full.

@@ -156,6 +156,13 @@ enum Command {
         /// Do not store reports.
         #[arg(long, conflicts_with = "store")]
         no_store: bool,
+        /// Profile every watched cgroup (as `profile = true` on each rule): each report gets
+        /// its stacks on CPU, off CPU, at page faults and at block I/O, as `run --profile`'s.
+        #[arg(long)]
+        profile: bool,
+        /// Samples a second on each CPU when profiling (1 to 1000; implies --profile).
+        #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u64).range(1..=1000))]
+        profile_frequency: Option<u64>,
     },
     /// Render a saved run (a JSON report, or a run id in the history) in another format.
     Report {
@@ -421,6 +428,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             interval,
             store,
             no_store,
+            profile,
+            profile_frequency,
         } => {
             let opts = cleanroom::agent::AgentOptions {
                 config_path: config,
@@ -429,6 +438,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 interval,
                 store,
                 no_store,
+                profile,
+                profile_frequency,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -222,7 +222,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
     let escape_watch = EscapeWatch::start(&mut probes, cgroup.id());
     let process_watch = ProcessWatch::start(cgroup.id());
     let (containers, container_notes) = follow_containers(&opts.containers, &hierarchy.v2_mount)?;
-    let (sampler, profile_notes) = start_profiling(&mut probes, &opts.config);
+    let (sampler, profile_notes) = start_profiling(&mut probes, &opts.config, cgroup.id());
     Ok(Prepared {
         v2_mount: hierarchy.v2_mount,
         cgroup,
@@ -239,37 +239,23 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
 
 /// Starts sampling the run's stacks when the configuration asks for a profile; a host that
 /// cannot is a note, not a failed run.
-pub(crate) fn start_profiling(
+fn start_profiling(
     probes: &mut Probes,
     config: &CleanroomConfig,
+    run_id: u64,
 ) -> (Option<Sampler>, Vec<String>) {
     let pm = &config.performance_monitoring;
     if !pm.enable_profiling {
         return (None, Vec::new());
     }
-    let rates = SamplingRates {
-        frequency_hz: pm.profiling_frequency_hz,
-        fault_period: pm.profiling_fault_period,
-        block_period_bytes: pm.profiling_block_period,
-        stack_bytes: pm.profiling_stack_bytes,
-    };
-    let started = probes
-        .start_profiling(rates)
-        .map_err(|e| e.to_string())
-        .and_then(|source| {
-            let notes = source
-                .unavailable
-                .iter()
-                .map(|(_, why)| format!("a profile could not be taken: {why}"))
-                .collect();
-            Sampler::start(source, rates)
-                .map(|s| (s, notes))
-                .map_err(|e| e.to_string())
-        });
-    match started {
-        Ok((sampler, notes)) => (Some(sampler), notes),
-        Err(e) => (None, vec![format!("no profile was taken: {e}")]),
+    let (sampler, mut notes) = Sampler::attach(probes, SamplingRates::of(pm));
+    if sampler.is_some()
+        && let Err(e) = probes.profile_cgroups(run_id, &[run_id])
+    {
+        notes.push(format!("no profile was taken: {e}"));
+        return (None, notes);
     }
+    (sampler, notes)
 }
 
 /// Starts following the engine's containers as `how` asks: none when it says never, or when

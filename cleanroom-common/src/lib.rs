@@ -20,6 +20,10 @@ pub mod maps {
     /// Hash: cgroup v2 id → run id (`u64`): the cgroups of each watched run (its own cgroup,
     /// whose id is the run id, and the sub-cgroups made in it).
     pub const WATCHED: &str = "WATCHED";
+    /// Hash: cgroup v2 id → run id (`u64`): the cgroups whose tasks are profiled, for each
+    /// profile (a run's cgroups, as in [`WATCHED`]; a cgroup the agent watches and its
+    /// sub-cgroups).
+    pub const PROFILED: &str = "PROFILED";
     /// Hash: tgid (`u32`) → [`crate::RunProc`]: the processes of watched runs.
     pub const RUN_PROCS: &str = "RUN_PROCS";
     /// Hash: tgid (`u32`) → [`crate::Escape`]: processes that left their run's cgroups.
@@ -824,6 +828,8 @@ pub const MAX_CGROUP_TREE: u32 = 16_384;
 pub const MAX_IN_FLIGHT: u32 = 16_384;
 /// Cgroups of watched runs (run cgroups and the sub-cgroups made in them).
 pub const MAX_WATCHED: u32 = 1_024;
+/// Cgroups whose tasks are profiled (each profile's cgroup and its sub-cgroups).
+pub const MAX_PROFILED: u32 = 10_240;
 /// Processes of watched runs at once.
 pub const MAX_RUN_PROCS: u32 = 32_768;
 /// Escapes recorded and not yet read.
@@ -867,8 +873,10 @@ pub mod drop_reason {
     /// The end of an off-CPU wait was lost ([`crate::maps::STACK_SAMPLES`] was full): its
     /// time is missing from the off-CPU profile.
     pub const OFF_CPU_END_LOST: u32 = 14;
+    /// [`crate::maps::PROFILED`] was full: a sub-cgroup of a profiled cgroup was not profiled.
+    pub const PROFILED_MAP_FULL: u32 = 15;
     /// Number of reasons (size of the drops array).
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 }
 
 #[cfg(feature = "user")]

@@ -7,6 +7,7 @@
 //!
 //! - [`WATCHED`] holds each run's cgroups: the agent inserts the run's own cgroup before the
 //!   command starts, `cgroup_mkdir` adds sub-cgroups made in a watched one (same run).
+//!   [`PROFILED`], the cgroups the profiling programs sample, grows the same way.
 //! - [`RUN_PROCS`] holds each run's processes: a process that attaches to a watched cgroup (the
 //!   command itself does, before `exec`) and every process forked in one.
 //! - A tracked process that attaches anywhere outside its run on the v2 hierarchy, or a child
@@ -23,7 +24,7 @@ use aya_ebpf::{
 use cleanroom_common::{Escape, RunProc, drop_reason, escape_via};
 
 use crate::{
-    maps::{ESCAPES, RUN_PROCS, WATCHED, count_drop},
+    maps::{ESCAPES, PROFILED, RUN_PROCS, WATCHED, count_drop},
     task::{
         OFF_TASK_PID, OFF_TASK_TGID, comm_of, dfl_cgroup_of, id_of_cgroup, leader_start_time,
         on_default_hierarchy, read,
@@ -38,6 +39,13 @@ pub const E2BIG: i32 = -7;
 pub fn run_of_cgroup(id: u64) -> Option<u64> {
     // SAFETY: a plain u64 value, copied out at once.
     WATCHED.get_ptr(&id).map(|p| unsafe { *p })
+}
+
+/// The profile that the tasks of cgroup `id` are sampled for, if they are profiled.
+#[inline(always)]
+pub fn profile_of_cgroup(id: u64) -> Option<u64> {
+    // SAFETY: a plain u64 value, copied out at once.
+    PROFILED.get_ptr(&id).map(|p| unsafe { *p })
 }
 
 /// Starts tracking process `tgid` (started at `start_time`) as part of `run_id`.
@@ -122,6 +130,11 @@ pub fn on_mkdir(id: u64, parent_id: u64) {
             count_drop(drop_reason::WATCHED_MAP_FULL);
         }
     }
+    if let Some(profile) = profile_of_cgroup(parent_id) {
+        if PROFILED.insert(&id, &profile, 0) == Err(E2BIG) {
+            count_drop(drop_reason::PROFILED_MAP_FULL);
+        }
+    }
 }
 
 /// `cgroup_rmdir` of v2 cgroup `id`.
@@ -129,6 +142,9 @@ pub fn on_mkdir(id: u64, parent_id: u64) {
 pub fn on_rmdir(id: u64) {
     if run_of_cgroup(id).is_some() {
         let _ = WATCHED.remove(&id);
+    }
+    if profile_of_cgroup(id).is_some() {
+        let _ = PROFILED.remove(&id);
     }
 }
 

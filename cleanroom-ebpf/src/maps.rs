@@ -13,7 +13,7 @@ use aya_ebpf::{
 use cleanroom_common::{
     BlockKey, BlockStats, CgroupNode, CgroupStats, ConnKey, ConnStats, Escape, HistKey, Histogram,
     MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS, MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS,
-    MAX_IN_FLIGHT, MAX_RUN_PROCS, MAX_WATCHED, RunProc, drop_reason, hist_bucket,
+    MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED, RunProc, drop_reason, hist_bucket,
 };
 
 /// cgroup v2 id → counters, one copy per CPU.
@@ -44,6 +44,13 @@ pub static CGROUP_TREE: HashMap<u64, CgroupNode> = HashMap::with_max_entries(MAX
 /// made in it, `cgroup_rmdir` takes them out.
 #[map]
 pub static WATCHED: HashMap<u64, u64> = HashMap::with_max_entries(MAX_WATCHED, 0);
+
+/// cgroup v2 id → profile (run) id, for the cgroups whose tasks the profiling programs sample:
+/// user space inserts a run's cgroups (as in [`WATCHED`]) or a cgroup the agent watches and
+/// its sub-cgroups; `cgroup_mkdir` adds sub-cgroups made in one, `cgroup_rmdir` takes them out.
+/// Apart from [`WATCHED`] so that profiling a cgroup does not also track its processes.
+#[map]
+pub static PROFILED: HashMap<u64, u64> = HashMap::with_max_entries(MAX_PROFILED, 0);
 
 /// tgid → the run it belongs to. A hash, not an LRU: an entry evicted silently would let its
 /// process leave unseen; a full map is counted instead. Entries go at process exit, and when the

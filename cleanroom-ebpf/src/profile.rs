@@ -1,5 +1,5 @@
-//! Stack samples of watched runs' tasks, for the profiles: on CPU, off CPU, page faults and
-//! block I/O.
+//! Stack samples of the tasks of profiled cgroups ([`PROFILED`](crate::maps::PROFILED)), for
+//! the profiles: on CPU, off CPU, page faults and block I/O.
 //!
 //! Each sample sends, through a ring buffer, the task's kernel stack and what user space needs
 //! to unwind its user stack with the binaries' `.eh_frame`: the user registers and a copy of the
@@ -15,7 +15,7 @@
 //!   100,000 times a second cannot flood it; every wait's time is still sent, marked as
 //!   without stacks.
 //! - Page faults and block I/O: [`profile_fault`] and [`profile_block`] send one sample per
-//!   period (faults, bytes) of the watched runs' events on each CPU, weighted by the events
+//!   period (faults, bytes) of the profiled cgroups' events on each CPU, weighted by the events
 //!   since the last (as `perf record -c N` does).
 //!
 //! Samples and wait ends the buffer had no room for are counted.
@@ -40,7 +40,7 @@ use cleanroom_common::{
 };
 
 use crate::{
-    escape::run_of_cgroup,
+    escape::profile_of_cgroup,
     maps::count_drop,
     task::{
         OFF_BIO_OPF, OFF_BIO_SIZE, OFF_TASK_MM, OFF_TASK_PID, OFF_TASK_STACK, OFF_TASK_STATE,
@@ -60,7 +60,7 @@ pub static PROFILE_PERIODS: Array<u64> = Array::with_max_entries(profile_period:
 #[map]
 static PERIOD_PROGRESS: PerCpuArray<u64> = PerCpuArray::with_max_entries(profile_period::COUNT, 0);
 
-/// A task of a watched run: its off-CPU wait in progress, and its budget of stack copies.
+/// A profiled task: its off-CPU wait in progress, and its budget of stack copies.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct OffCpuTask {
@@ -104,10 +104,10 @@ const THREAD_SIZE: usize = 16_384;
 /// A page.
 const PAGE: u64 = 4_096;
 
-/// A sample: if the current task belongs to a watched run, its stacks.
+/// A sample: if the current task is in a profiled cgroup, its stacks.
 #[perf_event]
 pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
-    if let Some(run_id) = run_of_cgroup(current_cgroup_id()) {
+    if let Some(run_id) = profile_of_cgroup(current_cgroup_id()) {
         // SAFETY: the context's own `bpf_perf_event_data`, whose first field is the registers.
         let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
         let head = Head {
@@ -147,7 +147,7 @@ pub fn profile_switch_v1(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// A switch from `prev` (in `prev_state`) to `next`: a watched task that blocks starts a wait
+/// A switch from `prev` (in `prev_state`) to `next`: a profiled task that blocks starts a wait
 /// (its stacks sent when its budget allows), and `next`'s wait, if it had one, ends.
 #[inline(always)]
 fn on_switch(
@@ -163,7 +163,7 @@ fn on_switch(
     if preempt & 0xff == 0
         && state != 0
         && state & TASK_DEAD == 0
-        && let Some(run_id) = run_of_cgroup(current_cgroup_id())
+        && let Some(run_id) = profile_of_cgroup(current_cgroup_id())
         && let Some(pid) = read::<u32>(prev, &OFF_TASK_PID)
     {
         switch_out(ctx, run_id, pid, state as u32, now);
@@ -250,11 +250,11 @@ fn switch_in(next: *const u8, pid: u32, now: u64) {
 }
 
 /// `page_fault_user(unsigned long address, struct pt_regs *regs, unsigned long error_code)`:
-/// one sample per period of a watched run's faults on this CPU, with the user registers of
+/// one sample per period of a profiled cgroup's faults on this CPU, with the user registers of
 /// the fault.
 #[btf_tracepoint(function = "page_fault_user")]
 pub fn profile_fault(ctx: BtfTracePointContext) -> u32 {
-    let Some(run_id) = run_of_cgroup(current_cgroup_id()) else {
+    let Some(run_id) = profile_of_cgroup(current_cgroup_id()) else {
         return 0;
     };
     let weight = period_due(profile_period::FAULTS, 1);
@@ -288,7 +288,7 @@ pub fn profile_block_q(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// A bio a watched run's task submits itself (not a kernel thread writing back for it): one
+/// A bio a profiled task submits itself (not a kernel thread writing back for it): one
 /// sample per period of such bytes on this CPU, with the submitter's stacks. The state says
 /// whether it reads (0) or writes (1).
 #[inline(always)]
@@ -296,7 +296,7 @@ fn on_bio(ctx: &BtfTracePointContext, bio: *const u8) {
     if current_is_kthread() {
         return;
     }
-    let Some(run_id) = run_of_cgroup(current_cgroup_id()) else {
+    let Some(run_id) = profile_of_cgroup(current_cgroup_id()) else {
         return;
     };
     let Some(opf) = read::<u32>(bio, &OFF_BIO_OPF) else {

@@ -601,3 +601,93 @@ fn start_up_failures_exit_2_with_one_line() {
     }
     drop(taken);
 }
+
+/// `cleanroom agent --profile` profiles each watched cgroup apart: the stored report of a
+/// cgroup that ran the Rust program main → outer → {hot_a 70%, hot_b 30%} (in a sub-cgroup
+/// made after the watch began) has its stacks whole, split as the program splits them, as many
+/// samples as its CPU time at the frequency asked for, and none of a spinner beside it in a
+/// cgroup the agent does not watch.
+#[test]
+fn a_profiling_agent_reports_each_watched_cgroups_stacks() {
+    if !privileged("a_profiling_agent_reports_each_watched_cgroups_stacks") {
+        return;
+    }
+    const HZ: u64 = 199;
+    let parent = TestCgroup::new("agent-profile");
+    let unwatched = TestCgroup::new("agent-profile-other");
+    let glob = format!("{}/*", relative(parent.path()));
+    let agent = Agent::start(
+        &[
+            "--watch",
+            &glob,
+            "--interval",
+            "200ms",
+            "--profile",
+            "--profile-frequency",
+            &HZ.to_string(),
+        ],
+        None,
+    );
+    let job = parent.path().join("job");
+    fs::create_dir(&job).unwrap();
+    agent.wait_json("/api/v1/cgroups", Duration::from_secs(10), |v| {
+        v["cgroups"].as_array().unwrap().len() == 1
+    });
+    let w = workload();
+    let beside = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs || exit 1\nexec {w} spin 1",
+            unwatched.path().display()
+        ))
+        .spawn()
+        .unwrap();
+    let inner = job.join("inner");
+    fs::create_dir(&inner).unwrap();
+    run_in(&inner, &format!("{w} hot-chain 1500"));
+    let mut beside = beside;
+    assert!(beside.wait().unwrap().success());
+    fs::remove_dir(&inner).unwrap();
+    fs::remove_dir(&job).unwrap();
+    let report = agent.stored_report(&relative(&job));
+    cleanroom_tests::assert_matches_schema(&report);
+    let profile = &report["profile"];
+    assert_eq!(profile["frequency_hz"], HZ, "{report:#}\n{}", agent.log());
+    let (mut all, mut a, mut b) = (0, 0, 0);
+    let name = |f: &str| format!("cleanroom_test_workload::{f}");
+    for s in profile["stacks"].as_array().expect("profile stacks") {
+        let stack = s["stack"].as_str().unwrap();
+        assert!(
+            !stack.contains(&name("spin_cpu")),
+            "a sample of the unwatched cgroup: {stack}"
+        );
+        let n = u64_at(s, "/samples");
+        all += n;
+        let chain = |hot: &str| {
+            stack.contains(&format!(
+                ";{};{};{}",
+                name("main"),
+                name("outer"),
+                name(hot)
+            ))
+        };
+        if chain("hot_a") {
+            a += n;
+        } else if chain("hot_b") {
+            b += n;
+        }
+    }
+    let cpu_ns = u64_at(&report, "/totals/cpu_time_ns");
+    let expected = cpu_ns as f64 / 1e9 * HZ as f64;
+    eprintln!(
+        "{all} samples for {:.3} s of CPU (expected {expected:.0}); hot_a {a}, hot_b {b}",
+        cpu_ns as f64 / 1e9
+    );
+    assert!(
+        (all as f64 - expected).abs() <= expected * 0.10,
+        "{all} samples, {expected:.0} expected\n{profile:#}"
+    );
+    assert!((a + b) as f64 >= all as f64 * 0.9, "{profile:#}");
+    let split = a as f64 / (a + b).max(1) as f64;
+    assert!((split - 0.70).abs() <= 0.05, "hot_a {:.1}%", split * 100.0);
+}

@@ -1,15 +1,17 @@
 //! The agent's configuration file (`cleanroom agent --config agent.toml`): where it listens,
 //! its token, how often it samples, where reports are stored, and the `[[watch]]` rules with
-//! their names, tags, thresholds and SLOs. A bad file is an error naming the file, line and key,
+//! their names, tags, thresholds, SLOs and whether their cgroups are profiled. A bad file is an error naming the file, line and key,
 //! as for `cleanroom run`'s configuration.
 //!
 //! ```toml
 //! listen = "127.0.0.1:9464"
 //! interval = "1s"
+//! profile_frequency_hz = 99
 //!
 //! [[watch]]
 //! glob = "ci/job-*"
 //! name = "ci-jobs"
+//! profile = true
 //! tags = { team = "infra" }
 //! thresholds = { max_memory_usage_bytes = "2GiB" }
 //! slos = [{ name = "cpu", objective = "cpu_time <= 10m" }]
@@ -21,7 +23,11 @@ use serde::Deserialize;
 
 use crate::{
     cgroupfs::watch::WatchRule,
-    config::{ConfigError, check_slos, parse, read_config},
+    config::{
+        ConfigError, MAX_PROFILING_FREQUENCY_HZ, PerformanceMonitoring, check_slos, parse,
+        read_config,
+    },
+    kernel::probe::SamplingRates,
     output::serve::DEFAULT_LISTEN,
     units::de_opt_duration,
 };
@@ -47,6 +53,10 @@ pub struct AgentConfig {
     /// History database the reports of finished cgroups go to (default: as `cleanroom run`'s).
     #[serde(default)]
     pub store: Option<PathBuf>,
+    /// Samples a second on each CPU when profiling (rules with `profile = true`; default 99,
+    /// 1 to 1000).
+    #[serde(default)]
+    pub profile_frequency_hz: Option<u64>,
     /// Which cgroups to watch; the first rule a cgroup matches is its rule.
     #[serde(default)]
     pub watch: Vec<WatchRule>,
@@ -70,7 +80,29 @@ impl AgentConfig {
                 ),
             });
         }
+        if let Some(hz) = config.profile_frequency_hz
+            && !(1..=MAX_PROFILING_FREQUENCY_HZ).contains(&hz)
+        {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: text
+                    .lines()
+                    .position(|l| l.trim_start().starts_with("profile_frequency_hz"))
+                    .map(|i| i + 1),
+                key: Some("profile_frequency_hz".into()),
+                message: format!("must be 1 to {MAX_PROFILING_FREQUENCY_HZ} (samples a second)"),
+            });
+        }
         Ok(config)
+    }
+
+    /// How the profiles sample: as `cleanroom run`'s defaults, at the frequency set.
+    pub fn sampling_rates(&self) -> SamplingRates {
+        let mut pm = PerformanceMonitoring::default();
+        if let Some(hz) = self.profile_frequency_hz {
+            pm.profiling_frequency_hz = hz;
+        }
+        SamplingRates::of(&pm)
     }
 
     /// Reads the file (a regular file of at most 1 MiB).
@@ -107,9 +139,12 @@ token = "s3cret"
 interval = "500ms"
 store = "/var/lib/cleanroom/agent.db"
 
+profile_frequency_hz = 49
+
 [[watch]]
 glob = "ci/job-*"
 name = "ci-jobs"
+profile = true
 tags = { team = "infra" }
 thresholds = { max_memory_usage_bytes = "1GiB" }
 slos = [{ name = "cpu", objective = "cpu_time <= 10m" }]
@@ -128,6 +163,8 @@ glob = "docker/*"
         assert_eq!(c.watch[0].thresholds.max_memory_usage_bytes, Some(1 << 30));
         assert!(c.watch[0].slos[0].parsed.is_ok());
         assert_eq!(c.watch[1].run_name(), "docker/*");
+        assert!(c.watch[0].profile && !c.watch[1].profile);
+        assert_eq!(c.sampling_rates().frequency_hz, 49);
     }
 
     #[test]
@@ -156,5 +193,11 @@ glob = "docker/*"
         assert_eq!(e.line, Some(1), "{e}");
         let e = AgentConfig::from_toml("interval = \"1ms\"\n", "agent.toml").unwrap_err();
         assert!(e.to_string().contains("at least 100ms"), "{e}");
+        let e = AgentConfig::from_toml("\nprofile_frequency_hz = 0\n", "agent.toml").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("profile_frequency_hz")),
+            "{e}"
+        );
     }
 }

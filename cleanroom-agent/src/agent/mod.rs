@@ -12,6 +12,7 @@
 
 pub mod board;
 pub mod config;
+mod profiling;
 mod report;
 pub mod watched;
 
@@ -59,6 +60,10 @@ pub struct AgentOptions {
     pub store: Option<PathBuf>,
     /// `--no-store`.
     pub no_store: bool,
+    /// `--profile`: every rule profiles its cgroups.
+    pub profile: bool,
+    /// `--profile-frequency HZ` (implies `--profile`).
+    pub profile_frequency: Option<u64>,
 }
 
 /// Why the agent cannot start.
@@ -107,6 +112,14 @@ impl AgentOptions {
         if let Ok(token) = std::env::var(TOKEN_ENV) {
             config.token = Some(token);
         }
+        if let Some(hz) = self.profile_frequency {
+            config.profile_frequency_hz = Some(hz);
+        }
+        if self.profile || self.profile_frequency.is_some() {
+            for rule in &mut config.watch {
+                rule.profile = true;
+            }
+        }
         Ok(config)
     }
 
@@ -150,7 +163,12 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
         v2_mount.display(),
         humantime::format_duration(config.interval()),
     );
-    let mut watched = Watched::new(v2_mount, watcher, config.interval());
+    let mut watched = Watched::new(
+        v2_mount,
+        watcher,
+        config.interval(),
+        config.sampling_rates(),
+    );
     let mut ticker = tokio::time::interval(config.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -321,14 +339,16 @@ fn keep_unstored(reports: &[Report], names: &[String], board: &Board) {
 /// Re-reads the configuration (SIGHUP): new rules apply from the next tick; a bad file keeps
 /// the rules in force.
 fn reload(opts: &AgentOptions, watched: &mut Watched) {
-    let watcher = opts.config().and_then(|c| AgentOptions::watcher(&c));
-    match watcher {
-        Ok(w) => {
+    let reloaded = opts
+        .config()
+        .and_then(|c| Ok((AgentOptions::watcher(&c)?, c.sampling_rates())));
+    match reloaded {
+        Ok((w, rates)) => {
             log::info!(
                 "SIGHUP: configuration reloaded, {} rule(s)",
                 w.rules().len()
             );
-            watched.set_watcher(w);
+            watched.set_watcher(w, rates);
         }
         Err(e) => log::warn!("SIGHUP: the configuration was not reloaded, the old one stays: {e}"),
     }

@@ -21,6 +21,8 @@ pub fn report(finished: Finished, host: &HostInfo) -> Report {
         not_applicable,
         ended,
         mut figures,
+        profile,
+        profile_notes,
     } = finished;
     let cgroup = relative.display().to_string();
     figures.events.push(Event {
@@ -56,6 +58,7 @@ pub fn report(finished: Finished, host: &HostInfo) -> Report {
     }
     notes.extend(collect::write_note(&figures.totals, figures.writeback));
     notes.extend(collect::fault_note(&figures.totals, &figures.kernel));
+    notes.extend(profile_notes);
     let mut tags = rule.tags.clone();
     tags.insert("cgroup".into(), cgroup.clone());
     tags.insert("rule".into(), rule.run_name().to_owned());
@@ -72,6 +75,7 @@ pub fn report(finished: Finished, host: &HostInfo) -> Report {
         }),
         name: Some(rule.run_name().to_owned()),
         tags,
+        profile,
         ..Report::unjudged(figures, vec![cgroup], cgroup_ref, host.clone())
     };
     analyze::judge(&config, report, not_applicable)

@@ -15,15 +15,17 @@ use std::{
     time::Duration,
 };
 
+use super::profiling::Profiling;
 use crate::{
     Error,
     cgroupfs::cgroup::Target,
     cgroupfs::watch::{RuleId, WatchRule, Watcher},
     config::{CleanroomConfig, PerformanceMonitoring},
     judge::analyze::{self, ThresholdSpec},
-    kernel::probe::{Counted, Probes},
+    kernel::probe::{Counted, Probes, SamplingRates},
     kernel::tally,
     measure::session::{End, Figures, Session, SessionOptions, Tick},
+    profile::Profile,
 };
 
 /// The most points a watched cgroup's series keeps: a watch can last for days, and hundreds
@@ -73,6 +75,9 @@ pub struct Watch {
     pub session: Session,
     /// What sub-cgroups that are gone counted, their map entries freed.
     retired: Counted,
+    /// When its rule profiles it: what its report must say of the profiles (those this host
+    /// could not take).
+    profiled: Option<Vec<String>>,
 }
 
 /// A watch that ended, with its figures.
@@ -94,6 +99,10 @@ pub struct Finished {
     pub ended: Ended,
     /// The figures.
     pub figures: Figures,
+    /// Its profiles, when its rule asked for them and the host could take them.
+    pub profile: Option<Profile>,
+    /// What the report must say of the profiles.
+    pub profile_notes: Vec<String>,
 }
 
 /// What one tick did.
@@ -116,17 +125,19 @@ pub struct Watched {
     watcher: Watcher,
     interval: Duration,
     watches: BTreeMap<CgroupId, Watch>,
+    profiling: Profiling,
 }
 
 impl Watched {
     /// Nothing watched yet: cgroups below `mount` (the v2 mount) are picked by `watcher` on
-    /// each tick, sampled every `interval`.
-    pub fn new(mount: PathBuf, watcher: Watcher, interval: Duration) -> Self {
+    /// each tick, sampled every `interval`, and profiled at `rates` when their rule asks.
+    pub fn new(mount: PathBuf, watcher: Watcher, interval: Duration, rates: SamplingRates) -> Self {
         Self {
             mount,
             watcher,
             interval,
             watches: BTreeMap::new(),
+            profiling: Profiling::new(rates),
         }
     }
 
@@ -142,8 +153,9 @@ impl Watched {
 
     /// Takes new rules (a reloaded configuration): cgroups picked from now on follow them; a
     /// watched cgroup no rule matches any more ends at the next tick.
-    pub fn set_watcher(&mut self, watcher: Watcher) {
+    pub fn set_watcher(&mut self, watcher: Watcher, rates: SamplingRates) {
         self.watcher = watcher;
+        self.profiling.set_rates(rates);
     }
 
     /// Looks for new and removed cgroups, samples every watched one in one pass over the maps,
@@ -193,7 +205,7 @@ impl Watched {
                 continue;
             };
             let id = CgroupId(target.id);
-            let watch = self.start(target, relative, rule);
+            let watch = self.start(probes, target, relative, rule);
             self.watches.insert(id, watch);
             report.started.push(id);
         }
@@ -237,6 +249,7 @@ impl Watched {
                     now,
                     *ended,
                     probes,
+                    &mut self.profiling,
                     &hook_unavailable,
                 )?);
                 continue;
@@ -274,14 +287,22 @@ impl Watched {
                 now,
                 Ended::AgentStopped,
                 probes,
+                &mut self.profiling,
                 &hook_unavailable,
             )?);
         }
         Ok(finished)
     }
 
-    /// A watch of `target` under rule `rule`, starting now.
-    fn start(&self, target: Target, relative: PathBuf, rule: RuleId) -> Watch {
+    /// A watch of `target` under rule `rule`, starting now (its profiling too, when the rule
+    /// asks).
+    fn start(
+        &mut self,
+        probes: &mut Probes,
+        target: Target,
+        relative: PathBuf,
+        rule: RuleId,
+    ) -> Watch {
         let mut rule = self.watcher.rules()[rule.0].clone();
         // A container's cgroup is named as `cleanroom run` names the containers it follows.
         if let Some((name, image)) = crate::docker::describe_cgroup(&relative) {
@@ -310,6 +331,10 @@ impl Watched {
             live_io: false,
             max_points: MAX_POINTS,
         };
+        let profiled = rule.profile.then(|| {
+            let subtree = target.subtree_ids().unwrap_or_else(|_| vec![target.id]);
+            self.profiling.begin(probes, CgroupId(target.id), &subtree)
+        });
         Watch {
             relative,
             rule,
@@ -317,20 +342,31 @@ impl Watched {
             not_applicable,
             session: Session::start(target, specs, options),
             retired: Counted::default(),
+            profiled,
         }
     }
 }
 
-/// Ends one watch with its subtree's figures `counted`.
+/// Ends one watch with its subtree's figures `counted` (and its profile, if it has one).
+#[allow(clippy::too_many_arguments)]
 fn finish(
     id: CgroupId,
     mount: &Path,
     watch: Watch,
     counted: Counted,
     ended: Ended,
-    probes: &Probes,
+    probes: &mut Probes,
+    profiling: &mut Profiling,
     hook_unavailable: &BTreeSet<crate::metric::AnyMetric>,
 ) -> Result<Finished, Error> {
+    let (profile, profile_notes) = match watch.profiled {
+        Some(mut notes) => {
+            let (profile, note) = profiling.end(probes, id);
+            notes.extend(note);
+            (profile, notes)
+        }
+        None => (None, Vec::new()),
+    };
     let end = End {
         wall_time_ns: watch.session.elapsed_ns(),
         max_rss_bytes: None,
@@ -348,5 +384,7 @@ fn finish(
         not_applicable: watch.not_applicable,
         ended,
         figures,
+        profile,
+        profile_notes,
     })
 }

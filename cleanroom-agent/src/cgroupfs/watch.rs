@@ -61,6 +61,10 @@ pub struct WatchRule {
     /// Judged on each matching cgroup's report (`[[watch.slos]]`).
     #[serde(default)]
     pub slos: Vec<SloSpec>,
+    /// Profile each matching cgroup (as `cleanroom run --profile` does a run): its report gets
+    /// the profiles.
+    #[serde(default)]
+    pub profile: bool,
 }
 
 impl WatchRule {

@@ -579,6 +579,18 @@ pub struct SamplingRates {
     pub stack_bytes: u64,
 }
 
+impl SamplingRates {
+    /// The rates a configuration asks for.
+    pub fn of(pm: &crate::config::PerformanceMonitoring) -> Self {
+        Self {
+            frequency_hz: pm.profiling_frequency_hz,
+            fault_period: pm.profiling_fault_period,
+            block_period_bytes: pm.profiling_block_period,
+            stack_bytes: pm.profiling_stack_bytes,
+        }
+    }
+}
+
 /// The profiles beyond the CPU's: their kind, tracepoint, and programs (the hook's own form
 /// first, then older ones).
 const OTHER_PROFILES: &[(u32, &str, &[&str])] = &[
@@ -643,6 +655,7 @@ const DROP_NAMES: &[(u32, &str)] = &[
     (drop_reason::SOCKETS_MAP_FULL, SOCKETS_MAP_FULL),
     (drop_reason::STACK_SAMPLE_LOST, STACK_SAMPLES_LOST),
     (drop_reason::OFF_CPU_END_LOST, OFF_CPU_ENDS_LOST),
+    (drop_reason::PROFILED_MAP_FULL, "profiled_map_full"),
 ];
 
 /// Drop name: the end of an off-CPU wait was lost (the kernel's buffer was full), so its time
@@ -1180,22 +1193,50 @@ impl Probes {
     /// that joins it, or is forked in it or in a sub-cgroup made in it, belongs to the run, and
     /// its leaving is recorded (see [`Probes::escapes`]). Call it before the command starts.
     pub fn watch_run(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
-        let mut watched: HashMap<&mut MapData, u64, u64> =
-            HashMap::try_from(self.map_mut(maps::WATCHED)?).map_err(map_err(maps::WATCHED))?;
-        watched
-            .insert(cgroup_id, cgroup_id, 0)
-            .map_err(map_err(maps::WATCHED))
+        self.watch_in_run(cgroup_id, cgroup_id)
     }
 
     /// Counts cgroup `cgroup_id` (made elsewhere: a container the run started) as one of run
     /// `run_id`'s from now on: its processes' records and connections are the run's. Its
-    /// sub-cgroups made from now on are the run's too.
+    /// sub-cgroups made from now on are the run's too. When profiling, its tasks are sampled
+    /// for the run's profile.
     pub fn watch_in_run(&mut self, cgroup_id: u64, run_id: u64) -> Result<(), ProbeError> {
         let mut watched: HashMap<&mut MapData, u64, u64> =
             HashMap::try_from(self.map_mut(maps::WATCHED)?).map_err(map_err(maps::WATCHED))?;
         watched
             .insert(cgroup_id, run_id, 0)
-            .map_err(map_err(maps::WATCHED))
+            .map_err(map_err(maps::WATCHED))?;
+        self.profile_cgroups(run_id, &[cgroup_id])
+    }
+
+    /// Samples the tasks of `cgroups` (and of the sub-cgroups made in them from now on) for
+    /// profile `profile_id` (a run id, or a cgroup id the agent watches), when profiling
+    /// ([`Probes::start_profiling`]); nothing else about them is tracked.
+    pub fn profile_cgroups(&mut self, profile_id: u64, cgroups: &[u64]) -> Result<(), ProbeError> {
+        let mut profiled: HashMap<&mut MapData, u64, u64> =
+            HashMap::try_from(self.map_mut(maps::PROFILED)?).map_err(map_err(maps::PROFILED))?;
+        for id in cgroups {
+            profiled
+                .insert(id, profile_id, 0)
+                .map_err(map_err(maps::PROFILED))?;
+        }
+        Ok(())
+    }
+
+    /// Stops sampling the cgroups of profile `profile_id`.
+    pub fn unprofile(&mut self, profile_id: u64) -> Result<(), ProbeError> {
+        let mut profiled: HashMap<&mut MapData, u64, u64> =
+            HashMap::try_from(self.map_mut(maps::PROFILED)?).map_err(map_err(maps::PROFILED))?;
+        let doomed: Vec<u64> = profiled
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, p)| *p == profile_id)
+            .map(|(id, _)| id)
+            .collect();
+        for id in doomed {
+            ok_if_absent(profiled.remove(&id), maps::PROFILED)?;
+        }
+        Ok(())
     }
 
     /// `hook: why` for each of `programs`' hooks that is not attached.
@@ -1260,7 +1301,7 @@ impl Probes {
         for tgid in doomed {
             ok_if_absent(procs.remove(&tgid), maps::RUN_PROCS)?;
         }
-        Ok(())
+        self.unprofile(run_id)
     }
 
     /// Why each process of a run cannot be recorded here (a hook it needs is not attached), or

@@ -30,7 +30,7 @@ pub mod unwind;
 pub mod waits;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -47,7 +47,7 @@ pub use self::{
         WeightedProfile, top_functions,
     },
 };
-use crate::kernel::probe::{ProfileSource, SamplingRates};
+use crate::kernel::probe::{Probes, ProfileSource, SamplingRates};
 
 /// Samples a second on each CPU by default (not 100: not in step with timers).
 pub const DEFAULT_FREQUENCY_HZ: u64 = 99;
@@ -78,6 +78,9 @@ pub struct Sampler {
 /// A request to the sampler's thread: a run's collector, taken out, sent back.
 type Take = (u64, mpsc::Sender<Collector>);
 
+/// Runs taken out that the thread remembers at most (to drop their late samples).
+const MAX_TAKEN: usize = 4_096;
+
 /// How long [`Sampler::take`] waits for the thread at most.
 const TAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -88,15 +91,23 @@ impl Sampler {
         let clock = source.clock;
         let unavailable = source.unavailable.clone();
         let stopping = stop.clone();
-        let (requests, taken) = mpsc::channel::<Take>();
+        let (to_thread, requests) = mpsc::channel::<Take>();
         let thread = std::thread::Builder::new()
             .name("cleanroom-sampler".into())
             .spawn(move || {
                 let mut collectors: HashMap<u64, Collector> = HashMap::new();
+                // Runs taken out: a sample of one that was under way as it ended is dropped,
+                // not kept in a collector nobody takes. Cleared now and then, which costs
+                // nothing but memory once no such sample can still arrive.
+                let mut taken: HashSet<u64> = HashSet::new();
                 let drain = |source: &mut ProfileSource,
-                             collectors: &mut HashMap<u64, Collector>| {
+                             collectors: &mut HashMap<u64, Collector>,
+                             taken: &HashSet<u64>| {
                     source.drain(|r| {
                         let run_id = r.run_id();
+                        if taken.contains(&run_id) {
+                            return;
+                        }
                         collectors
                             .entry(run_id)
                             .or_insert_with(|| Collector::new(run_id))
@@ -108,12 +119,16 @@ impl Sampler {
                     if !last {
                         source.wait(Duration::from_millis(20));
                     }
-                    drain(&mut source, &mut collectors);
-                    while let Ok((run_id, reply)) = taken.try_recv() {
+                    drain(&mut source, &mut collectors, &taken);
+                    while let Ok((run_id, reply)) = requests.try_recv() {
                         let collector = collectors
                             .remove(&run_id)
                             .unwrap_or_else(|| Collector::new(run_id));
                         let _ = reply.send(collector);
+                        if taken.len() >= MAX_TAKEN {
+                            taken.clear();
+                        }
+                        taken.insert(run_id);
                     }
                     if last {
                         break;
@@ -122,12 +137,35 @@ impl Sampler {
             })?;
         Ok(Self {
             stop,
-            requests,
+            requests: to_thread,
             thread: Some(thread),
             clock,
             rates,
             unavailable,
         })
+    }
+
+    /// Starts profiling with `probes` at `rates` (no cgroup is profiled yet: see
+    /// [`Probes::profile_cgroups`]); a host that cannot is a note, not an error: the notes say
+    /// what was not taken, and why.
+    pub fn attach(probes: &mut Probes, rates: SamplingRates) -> (Option<Self>, Vec<String>) {
+        let started = probes
+            .start_profiling(rates)
+            .map_err(|e| e.to_string())
+            .and_then(|source| {
+                let notes = source
+                    .unavailable
+                    .iter()
+                    .map(|(_, why)| format!("a profile could not be taken: {why}"))
+                    .collect();
+                Self::start(source, rates)
+                    .map(|s| (s, notes))
+                    .map_err(|e| e.to_string())
+            });
+        match started {
+            Ok((sampler, notes)) => (Some(sampler), notes),
+            Err(e) => (None, vec![format!("no profile was taken: {e}")]),
+        }
     }
 
     /// The profile of run `run_id`: every sample of it that arrived, taken out (`lost`:

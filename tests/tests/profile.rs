@@ -396,8 +396,14 @@ fn a_process_is_named_by_the_program_it_runs_after_exec() {
     let stacks = report["profile"]["stacks"]
         .as_array()
         .expect("profile stacks");
-    for (comm, function) in [("spinbefore", "before_exec"), ("spinafter", "after_exec")] {
-        let (mut all, mut named) = (0, 0);
+    // Each spins 0.4 s of CPU in its function: that many samples at HZ (less 10%) there, and
+    // none of either in the other's function.
+    let expected = 0.4 * HZ as f64;
+    for (comm, function, other) in [
+        ("spinbefore", "before_exec", "after_exec"),
+        ("spinafter", "after_exec", "before_exec"),
+    ] {
+        let (mut all, mut named, mut wrong) = (0, 0, 0);
         for s in stacks {
             let stack = s["stack"].as_str().unwrap();
             if !stack.starts_with(comm) {
@@ -408,12 +414,17 @@ fn a_process_is_named_by_the_program_it_runs_after_exec() {
             if stack.contains(&format!(";main;{function}")) {
                 named += n;
             }
+            if stack.contains(other) {
+                wrong += n;
+            }
         }
-        eprintln!("{comm}: {named} of {all} samples in main → {function}");
-        assert!(all > 20, "{comm}: {all} samples\n{:#}", report["profile"]);
+        eprintln!(
+            "{comm}: {named} of {all} samples in main → {function} ({expected:.0} expected), \
+             {wrong} in {other}"
+        );
         assert!(
-            named as f64 >= all as f64 * 0.9,
-            "{comm}: {named} of {all} samples in main → {function}\n{:#}",
+            named as f64 >= expected * 0.9 && wrong == 0,
+            "{comm}: {named} of {all} samples in main → {function}, {wrong} in {other}\n{:#}",
             report["profile"]
         );
     }

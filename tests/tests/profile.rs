@@ -238,6 +238,25 @@ fn stacks_without_frame_pointers_are_whole_and_split_as_the_programs_do() {
         );
     }
 
+    // The C program is listed with the build id its linker gave it, as readelf reads it.
+    let readelf = Command::new("readelf")
+        .arg("-n")
+        .arg(&hot)
+        .output()
+        .unwrap();
+    let notes = String::from_utf8_lossy(&readelf.stdout);
+    let build_id = notes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("gcc links a build id");
+    let listed = profile["modules"]
+        .as_array()
+        .expect("profile modules")
+        .iter()
+        .find(|m| m["path"] == hot.to_str().unwrap())
+        .unwrap_or_else(|| panic!("{} not in {:#}", hot.display(), profile["modules"]));
+    assert_eq!(listed["build_id"], build_id, "{listed:#}");
+
     // The top functions name both.
     let top: Vec<&str> = profile["top_functions"]
         .as_array()

@@ -527,6 +527,7 @@ mod tests {
             faults: None,
             block: None,
             unavailable: Default::default(),
+            modules: Vec::new(),
         }
     }
 

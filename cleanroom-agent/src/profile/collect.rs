@@ -16,7 +16,7 @@ use crate::{
     profile::{
         mappings::FileId,
         model::{
-            FoldedStack, KindTotal, Profile, ProfileKind, Unwinding, WeightedProfile,
+            FoldedStack, KindTotal, Module, Profile, ProfileKind, Unwinding, WeightedProfile,
             rank_functions, share, top_functions,
         },
         modules::ModuleFiles,
@@ -215,7 +215,9 @@ impl Collector {
     ) -> Profile {
         let mut user: BTreeMap<FileId, (String, BTreeSet<u64>)> = BTreeMap::new();
         let mut kernel = BTreeSet::new();
-        let paths: HashMap<FileId, String> = self.files.paths();
+        let files = self.files.read_files();
+        let paths: HashMap<FileId, String> =
+            files.iter().map(|(id, f)| (*id, f.path.clone())).collect();
         for key in self.tallies.values().flat_map(|t| t.stacks.keys()) {
             for f in &key.user {
                 if let UserFrame::InFile { file, svma } = f
@@ -229,6 +231,16 @@ impl Collector {
             }
             kernel.extend(key.kernel.iter().copied());
         }
+        let modules = user
+            .keys()
+            .filter_map(|id| files.get(id))
+            .map(|f| Module {
+                path: f.path.clone(),
+                build_id: f.build_id.as_deref().map(hex),
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let symbols = Symbols::resolve(&user, &kernel);
         let namer = Namer {
             symbols: &symbols,
@@ -250,6 +262,7 @@ impl Collector {
             faults: None,
             block: None,
             unavailable: BTreeMap::new(),
+            modules,
         };
         for (kind, tally) in self.tallies {
             let why = unavailable
@@ -300,6 +313,11 @@ impl Collector {
         }
         profile
     }
+}
+
+/// `bytes` in lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A unit's name in the JSON report.

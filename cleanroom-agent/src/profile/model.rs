@@ -237,6 +237,10 @@ pub struct Profile {
     /// Profiles this kernel could not take (`off_cpu`, `faults`, `block`), with why.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unavailable: BTreeMap<String, String>,
+    /// The files the user frames of the stacks are in, with their build ids: which build of
+    /// each was profiled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<Module>,
 }
 
 impl Profile {
@@ -469,6 +473,16 @@ pub struct FunctionShare {
     pub self_share: f64,
     /// `total_samples` of all samples.
     pub total_share: f64,
+}
+
+/// A file that user frames of a profile are in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Module {
+    /// Its path, as the processes that mapped it saw it.
+    pub path: String,
+    /// Its GNU build id in hex, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
 }
 
 /// A stack, folded (`process;outermost;…;innermost`), and its samples.

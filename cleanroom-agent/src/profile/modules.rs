@@ -24,6 +24,8 @@ pub struct Section {
 pub struct ModuleFile {
     /// The path it was mapped from.
     pub path: String,
+    /// Its GNU build id (`.note.gnu.build-id`), which names this build of it anywhere.
+    pub build_id: Option<Vec<u8>>,
     /// `.eh_frame`, if it has one.
     pub eh_frame: Option<Section>,
     /// `.eh_frame_hdr` (the index of `.eh_frame`).
@@ -56,6 +58,7 @@ impl ModuleFile {
         };
         Ok(Self {
             path: path.to_owned(),
+            build_id: elf.build_id().ok().flatten().map(<[u8]>::to_vec),
             eh_frame: section(".eh_frame"),
             eh_frame_hdr: section(".eh_frame_hdr"),
             text_svma: range(".text"),
@@ -100,11 +103,11 @@ pub struct ModuleFiles {
 }
 
 impl ModuleFiles {
-    /// The path of every file read.
-    pub fn paths(&self) -> HashMap<FileId, String> {
+    /// Every file read, by identity.
+    pub fn read_files(&self) -> HashMap<FileId, Arc<ModuleFile>> {
         self.files
             .iter()
-            .filter_map(|(id, f)| Some((*id, f.as_ref()?.path.clone())))
+            .filter_map(|(id, f)| Some((*id, f.clone()?)))
             .collect()
     }
 
@@ -136,6 +139,7 @@ mod tests {
     fn module(loads: Vec<(u64, u64, u64)>) -> ModuleFile {
         ModuleFile {
             path: "/bin/x".into(),
+            build_id: None,
             eh_frame: None,
             eh_frame_hdr: None,
             text_svma: None,

@@ -415,8 +415,8 @@ fn a_process_is_named_by_the_program_it_runs_after_exec() {
     let stacks = report["profile"]["stacks"]
         .as_array()
         .expect("profile stacks");
-    // Each spins 0.4 s of CPU in its function: that many samples at HZ (less 10%) there, and
-    // none of either in the other's function.
+    // Each spins 0.4 s of CPU in its function: that many samples at HZ (less 20%: a guest's
+    // clock is coarser) there, and none of either in the other's function.
     let expected = 0.4 * HZ as f64;
     for (comm, function, other) in [
         ("spinbefore", "before_exec", "after_exec"),
@@ -442,7 +442,7 @@ fn a_process_is_named_by_the_program_it_runs_after_exec() {
              {wrong} in {other}"
         );
         assert!(
-            named as f64 >= expected * 0.9 && wrong == 0,
+            named as f64 >= expected * 0.8 && wrong == 0,
             "{comm}: {named} of {all} samples in main → {function}, {wrong} in {other}\n{:#}",
             report["profile"]
         );

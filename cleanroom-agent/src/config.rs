@@ -206,6 +206,9 @@ pub struct SloSpec {
     pub name: String,
     /// `"METRIC OP VALUE"`, e.g. `"wall_time <= 15s"`, as written, with its place in the file.
     pub objective: toml::Spanned<String>,
+    /// The phase it judges (`cleanroom mark NAME`; all phases of that name together), or the
+    /// whole run.
+    pub phase: Option<String>,
     /// `objective` parsed. A file with an error here is refused when it loads, naming the file,
     /// line and key ([`CleanroomConfig::from_toml`], [`CleanroomConfig::add_slo_file`]); an
     /// error is kept only by a spec deserialized otherwise, and judged unmeasured.
@@ -218,6 +221,7 @@ impl From<written::SloSpec> for SloSpec {
         Self {
             name: written.name,
             objective: written.objective,
+            phase: written.phase,
             parsed,
         }
     }
@@ -234,6 +238,8 @@ mod written {
     pub struct SloSpec {
         pub name: String,
         pub objective: toml::Spanned<String>,
+        #[serde(default)]
+        pub phase: Option<String>,
     }
 }
 

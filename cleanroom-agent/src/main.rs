@@ -233,6 +233,20 @@ enum Command {
         #[arg(long, value_name = "FILE", env = "CLEANROOM_STORE")]
         store: Option<PathBuf>,
     },
+    /// Start a named phase of the run this command is part of, ending the phase before: the
+    /// report gets each phase's wall time and totals, and an SLO can judge one phase
+    /// (`phase = "build"` in `[[slos]]`). For the scripts `cleanroom run` measures, which it
+    /// tells where to reach it ($CLEANROOM_RUN_SOCKET). Exit code 2 when there is no run to
+    /// mark or it refuses (a name must be 1 to 64 bytes without control characters).
+    #[command(
+        after_help = "Example (a CI script run as `cleanroom run --slo slo.toml -- ./ci.sh`):\n  \
+                      cleanroom mark build && cargo build\n  \
+                      cleanroom mark test && cargo test"
+    )]
+    Mark {
+        /// The phase's name.
+        name: String,
+    },
     /// Show what this host offers (privileges, BTF, cgroups, mounts, hooks) and which metrics
     /// can be measured here. Exits non-zero when Cleanroom cannot run at all.
     Doctor,
@@ -516,6 +530,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let t = compare::trend(&name, &runs);
             let format = pick_format(format.as_deref(), output.as_deref())?;
             emit(&render::trend(&t, format)?, output.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mark { name } => {
+            cleanroom::run::marks::mark(&name)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor => {

@@ -13,6 +13,7 @@
 //! and its notes) and `judge` (thresholds, SLOs, insights, the verdict). The measuring is the
 //! session's; this module only knows the command, its signals and its terminal.
 
+pub mod marks;
 mod signals;
 mod spawn;
 mod status;
@@ -29,7 +30,12 @@ use std::{
 
 use tokio::process::Child;
 
-use self::{signals::Signals, spawn::spawn_in_cgroup, status::Console};
+use self::{
+    marks::{MarkListener, MarkRequest},
+    signals::Signals,
+    spawn::spawn_in_cgroup,
+    status::Console,
+};
 use crate::{
     Error,
     cgroupfs::cgroup::{CgroupError, Hierarchy, RunCgroup, check_parent},
@@ -191,6 +197,8 @@ struct Prepared {
     sampler: Option<Sampler>,
     /// Why no profile is taken, when one was asked for.
     profile_notes: Vec<String>,
+    /// Where `cleanroom mark` reaches the run, when it can.
+    marks: Option<MarkListener>,
 }
 
 /// Checks that the run can be made and sets it up: privileges, the program, the hierarchy and
@@ -223,6 +231,14 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
     let process_watch = ProcessWatch::start(cgroup.id());
     let (containers, container_notes) = follow_containers(&opts.containers, &hierarchy.v2_mount)?;
     let (sampler, profile_notes) = start_profiling(&mut probes, &opts.config, cgroup.id());
+    let marks = MarkListener::bind(cgroup.id())
+        .inspect_err(|e| {
+            log::warn!(
+                "cannot listen at {}: `cleanroom mark` will not reach this run ({e})",
+                marks::SOCKET_DIR
+            )
+        })
+        .ok();
     Ok(Prepared {
         v2_mount: hierarchy.v2_mount,
         cgroup,
@@ -234,6 +250,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
         container_notes,
         sampler,
         profile_notes,
+        marks,
     })
 }
 
@@ -290,6 +307,14 @@ fn follow_containers(
 async fn next_notice(containers: &mut Option<ContainerWatch>) -> Notice {
     match containers {
         Some(watch) => watch.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next phase mark asked for; never, when the run cannot be reached.
+async fn next_mark(marks: &mut Option<MarkListener>) -> MarkRequest {
+    match marks {
+        Some(listener) => listener.next().await,
         None => std::future::pending().await,
     }
 }
@@ -366,7 +391,8 @@ fn launch(
     // back the heap freed since start-up (parsing the kernel's BTF) first.
     // SAFETY: malloc_trim only returns free heap memory to the system.
     unsafe { libc::malloc_trim(0) };
-    let child = spawn_in_cgroup(command, &cgroup.procs_files())?;
+    let mark_socket = prepared.marks.as_ref().map(MarkListener::path);
+    let child = spawn_in_cgroup(command, &cgroup.procs_files(), mark_socket)?;
     for line in &prepared.limit_lines {
         session.record(Event {
             t_ns: 0,
@@ -406,6 +432,7 @@ async fn supervise(
         probes,
         process_watch,
         containers,
+        marks,
         ..
     } = prepared;
     let cgroup = &*cgroup;
@@ -441,6 +468,13 @@ async fn supervise(
             _ = ticker.tick(), if session.samples() => {
                 console.tick(&session.tick(probes)?);
                 process_watch.collect(probes)?;
+            }
+            request = next_mark(marks) => {
+                let outcome = session.mark(probes, &request.name).map_err(|e| e.to_string());
+                if let Err(e) = &outcome {
+                    log::warn!("mark {:?} refused: {e}", request.name);
+                }
+                request.answer(outcome);
             }
             notice = next_notice(containers) => {
                 if let Some(watch) = containers.as_mut()
@@ -592,7 +626,10 @@ fn conclude(
         container_notes,
         sampler,
         profile_notes,
+        marks,
     } = prepared;
+    // The command has ended: nothing more can be marked.
+    drop(marks);
     let end = End {
         wall_time_ns: ended.wall_time_ns,
         max_rss_bytes: children_max_rss(),

@@ -24,16 +24,26 @@ pub fn judge_slos(config: &CleanroomConfig, report: &Report) -> Vec<SloResult> {
         .iter()
         .map(|slo| {
             let text = slo.objective.get_ref().clone();
+            let phase = slo.phase.as_deref().map(|name| phase_figures(report, name));
             match &slo.parsed {
                 Ok(o) => {
-                    let measured =
-                        o.measure(&report.totals, report.wall_time_ns, &report.aggregates);
+                    let measured = match &phase {
+                        None => o.measure(&report.totals, report.wall_time_ns, &report.aggregates),
+                        Some(None) => None,
+                        Some(Some((totals, wall_time_ns))) => {
+                            o.measure(totals, *wall_time_ns, &BTreeMap::new())
+                        }
+                    };
+                    let unmeasured = match (&phase, &slo.phase) {
+                        (Some(None), Some(name)) => format!("no phase {name:?} was marked"),
+                        _ => "unavailable".to_owned(),
+                    };
                     SloResult {
                         name: slo.name.clone(),
                         objective: text,
+                        phase: slo.phase.clone(),
                         measured,
-                        measured_text: measured
-                            .map_or_else(|| "unavailable".to_owned(), |v| o.kind.format(v)),
+                        measured_text: measured.map_or(unmeasured, |v| o.kind.format(v)),
                         target_text: o.target_text(),
                         status: match measured {
                             Some(v) if o.holds(v) => Status::Pass,
@@ -45,6 +55,7 @@ pub fn judge_slos(config: &CleanroomConfig, report: &Report) -> Vec<SloResult> {
                 Err(e) => SloResult {
                     name: slo.name.clone(),
                     objective: text,
+                    phase: slo.phase.clone(),
                     measured: None,
                     measured_text: e.clone(),
                     target_text: String::new(),
@@ -53,6 +64,27 @@ pub fn judge_slos(config: &CleanroomConfig, report: &Report) -> Vec<SloResult> {
             }
         })
         .collect()
+}
+
+/// The totals and wall time of the phases named `name` of `report`, together (a phase marked
+/// more than once counts each time); `None` when none was marked.
+fn phase_figures(report: &Report, name: &str) -> Option<(BTreeMap<String, Total>, u64)> {
+    let mut totals: BTreeMap<String, Total> = BTreeMap::new();
+    let mut wall_time_ns = 0u64;
+    let mut found = false;
+    for phase in report.phases.iter().filter(|p| p.name == name) {
+        found = true;
+        wall_time_ns = wall_time_ns.saturating_add(phase.wall_time_ns);
+        for (metric, total) in &phase.totals {
+            if let Total::Value(v) = total {
+                let sum = totals.entry(metric.clone()).or_insert(Total::Value(0));
+                if let Total::Value(s) = sum {
+                    *s = s.saturating_add(*v);
+                }
+            }
+        }
+    }
+    found.then_some((totals, wall_time_ns))
 }
 
 /// A limit checked on a series as the run goes.
@@ -746,6 +778,7 @@ mod tests {
         let pass = SloResult {
             name: "a".into(),
             objective: "wall_time <= 1s".into(),
+            phase: None,
             measured: Some(1.0),
             measured_text: String::new(),
             target_text: String::new(),

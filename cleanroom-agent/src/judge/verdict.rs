@@ -32,6 +32,9 @@ pub struct SloResult {
     pub name: String,
     /// The objective as written.
     pub objective: String,
+    /// The phase it judged, when not the whole run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
     /// The measured value in the metric's base unit (ns, bytes, count, %), if measured.
     pub measured: Option<f64>,
     /// The measured value for people.

@@ -24,9 +24,21 @@ use crate::{
     kernel::probe::{Counted, Drops, Probes},
     measure::collect::{BlockDevice, Sample, Total},
     measure::model::{self, Aggregate, Reading, SeriesPoint, SeriesResolution},
+    measure::phases::{MarkError, Marks, Phase, check_name},
     metric::AnyMetric,
     units::human_bytes,
 };
+
+/// Why a phase could not be marked.
+#[derive(Debug, thiserror::Error)]
+pub enum MarkFailed {
+    /// The mark itself is refused (its name, or too many).
+    #[error(transparent)]
+    Refused(#[from] MarkError),
+    /// The counters could not be read.
+    #[error(transparent)]
+    Read(#[from] Error),
+}
 
 /// How a session measures.
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +115,8 @@ pub struct Figures {
     pub thresholds: Vec<ThresholdResult>,
     /// Every event of the session, in the order raised.
     pub events: Vec<Event>,
+    /// The phases marked, in order.
+    pub phases: Vec<Phase>,
     /// Where in `events` those the end itself raised begin.
     end_events: usize,
 }
@@ -130,6 +144,8 @@ pub struct Session {
     last: Option<Sample>,
     /// Other cgroups whose subtrees count as part of the target (containers a run started).
     included: Vec<u64>,
+    /// The phases marked so far.
+    marks: Marks,
 }
 
 impl Session {
@@ -147,6 +163,7 @@ impl Session {
             anon_peak_bytes: None,
             last: None,
             included: Vec::new(),
+            marks: Marks::default(),
         }
     }
 
@@ -177,6 +194,29 @@ impl Session {
         // sample only (never counted twice), and the next one has it.
         let counted = probes.counters(&ids)?;
         Ok(self.tick_counted(counted))
+    }
+
+    /// Starts phase `name` now (ending the one before): what the probes counted for the target
+    /// so far is its start. Gives when, in ns since the session started.
+    pub fn mark(&mut self, probes: &Probes, name: &str) -> Result<u64, MarkFailed> {
+        check_name(name)?;
+        let ids = self.probed_ids(probes)?;
+        let counted = probes.counters(&ids).map_err(Error::from)?;
+        let t_ns = self.elapsed_ns();
+        let sample = Sample {
+            counted,
+            cpu: None,
+            memory: None,
+            max_rss_bytes: None,
+            live_io: if self.options.live_io {
+                self.target.live_io()
+            } else {
+                Default::default()
+            },
+            anon_peak_bytes: None,
+        };
+        self.marks.mark(name, t_ns, sample.counters())?;
+        Ok(t_ns)
     }
 
     /// Counts cgroup `root` and its subtree as part of the target from now on (the kernel's
@@ -333,6 +373,18 @@ impl Session {
         if let Some(event) = self.oom_event(end.wall_time_ns) {
             self.events.push(event);
         }
+        let phases = self
+            .marks
+            .phases(end.wall_time_ns, &sample.counters())
+            .into_iter()
+            .map(|mut p| {
+                // Only what the run's totals have: a metric this host cannot measure is
+                // not a phase's either.
+                p.totals
+                    .retain(|k, _| matches!(totals.get(k), Some(Total::Value(_))));
+                p
+            })
+            .collect();
         let finals = final_values(&sample, end.wall_time_ns);
         self.observe(end.wall_time_ns, &finals);
         // The series is kept packed: made whole once, for the analysis and the report.
@@ -354,6 +406,7 @@ impl Session {
             series: points,
             thresholds: self.thresholds.results(),
             events: self.events,
+            phases,
             end_events,
             totals,
             unavailable,

@@ -79,6 +79,9 @@ pub struct Report {
     /// The CPU profile, when one was taken (`--profile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<crate::profile::Profile>,
+    /// The phases marked inside the run (`cleanroom mark NAME`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<crate::measure::phases::Phase>,
     /// One point per `metrics_interval`: rates and levels over that interval.
     #[serde(default)]
     pub series: Vec<SeriesPoint>,
@@ -179,6 +182,7 @@ impl Report {
             connections: Vec::new(),
             containers: Vec::new(),
             profile: None,
+            phases: figures.phases,
             aggregates: figures.aggregates,
             anomalies: figures.anomalies,
             anomalies_found: figures.anomalies_found,
@@ -690,6 +694,7 @@ impl Report {
             connections: vec![],
             containers: vec![],
             profile: None,
+            phases: vec![],
         }
     }
 }

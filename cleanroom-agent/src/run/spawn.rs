@@ -14,6 +14,7 @@ use crate::Error;
 pub fn spawn_in_cgroup(
     command: &[OsString],
     procs: &[PathBuf],
+    mark_socket: Option<&std::path::Path>,
 ) -> Result<tokio::process::Child, Error> {
     let program = &command[0];
     let procs: Vec<CString> = procs
@@ -26,6 +27,9 @@ pub fn spawn_in_cgroup(
         })?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&command[1..]);
+    if let Some(socket) = mark_socket {
+        cmd.env(super::marks::SOCKET_ENV, socket);
+    }
     let parent = std::process::id() as i32;
     // SAFETY: the closure runs in the child between fork and exec and only makes
     // async-signal-safe calls (prctl, getppid, open, write, close) on memory prepared before

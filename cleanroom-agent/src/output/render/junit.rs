@@ -207,6 +207,7 @@ mod tests {
         r.slos.push(SloResult {
             name: "fast".into(),
             objective: "wall_time <= 1h".into(),
+            phase: None,
             measured: Some(1.0),
             measured_text: "1 ns".into(),
             target_text: "<= 1h".into(),

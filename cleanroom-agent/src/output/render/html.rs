@@ -437,6 +437,33 @@ fn process_tree(processes: &[ProcessRecord]) -> String {
     out
 }
 
+/// The phases marked in the run as bands behind a chart's lines, every other one shaded, each
+/// named at its top (hover: its wall time).
+fn phase_bands(r: &Report, f: &Frame) -> String {
+    let mut out = String::new();
+    for (i, p) in r.phases.iter().enumerate() {
+        let (x0, _) = f.map(p.start_ns as f64 / 1e9, 0.0);
+        let (x1, _) = f.map(p.end_ns as f64 / 1e9, 0.0);
+        let _ = write!(
+            out,
+            "<g class=\"phase\"><rect x=\"{x0:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" \
+             fill=\"#f59e0b\" fill-opacity=\"{}\" stroke=\"#f59e0b\" stroke-opacity=\"0.5\">\
+             <title>phase {}: {}</title></rect>\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#92400e\">{}</text></g>",
+            f.top,
+            (x1 - x0).max(0.5),
+            f.bottom - f.top,
+            if i % 2 == 0 { "0.10" } else { "0.04" },
+            esc(&p.name),
+            esc(&human_duration_ns(p.wall_time_ns)),
+            x0 + 2.0,
+            f.top + 10.0,
+            esc(&p.name)
+        );
+    }
+    out
+}
+
 /// An SVG line chart of some series of the report, anomalies marked in red.
 fn line_chart(r: &Report, spec: &ChartSpec) -> Option<String> {
     let lines = plotted(r, spec);
@@ -483,6 +510,7 @@ fn line_chart(r: &Report, spec: &ChartSpec) -> Option<String> {
         );
         x += step;
     }
+    svg.push_str(&phase_bands(r, &f));
     for (label, colour, pts) in &lines {
         let path: Vec<String> = pts
             .iter()

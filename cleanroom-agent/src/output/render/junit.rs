@@ -14,6 +14,8 @@ struct Case {
     name: String,
     failure: Option<(String, String)>,
     skipped: Option<String>,
+    /// Seconds it took, where that means something (a phase).
+    time_s: Option<f64>,
 }
 
 fn document(suite: &str, time_s: f64, timestamp: &str, cases: &[Case]) -> String {
@@ -49,10 +51,11 @@ fn document(suite: &str, time_s: f64, timestamp: &str, cases: &[Case]) -> String
     )))
     .expect("in memory");
     for c in cases {
+        let time = format!("{:.3}", c.time_s.unwrap_or(0.0));
         let start = BytesStart::new("testcase").with_attributes([
             ("classname", c.class),
             ("name", c.name.as_str()),
-            ("time", "0"),
+            ("time", time.as_str()),
         ]);
         if c.failure.is_none() && c.skipped.is_none() {
             w.write_event(Event::Empty(start)).expect("in memory");
@@ -107,6 +110,7 @@ pub fn report(r: &Report) -> String {
             )
         }),
         skipped: None,
+        time_s: Some(r.wall_time_ns as f64 / 1e9),
     }];
     for s in &r.slos {
         let detail = format!("measured {}, objective {}", s.measured_text, s.objective);
@@ -120,6 +124,7 @@ pub fn report(r: &Report) -> String {
                 )
             }),
             skipped: None,
+            time_s: None,
         });
     }
     for t in &r.thresholds {
@@ -136,6 +141,17 @@ pub fn report(r: &Report) -> String {
                 )
             }),
             skipped: (t.status == Status::NotApplicable).then(|| "not applicable".to_owned()),
+            time_s: None,
+        });
+    }
+    // Each phase a case with its wall time (its SLOs are cases above).
+    for p in &r.phases {
+        cases.push(Case {
+            class: "cleanroom.phase",
+            name: p.name.clone(),
+            failure: None,
+            skipped: None,
+            time_s: Some(p.wall_time_ns as f64 / 1e9),
         });
     }
     // Against `--baseline`: each figure a case, as `cleanroom compare` gives them.
@@ -175,6 +191,7 @@ fn comparison_cases(c: &Comparison) -> Vec<Case> {
                 )
             }),
             skipped: None,
+            time_s: None,
         })
         .collect()
 }

@@ -64,8 +64,12 @@ pub fn report(r: &Report) -> String {
         for s in &r.slos {
             let _ = writeln!(
                 out,
-                "| {} (`{}`) | {} | {} | {} |",
+                "| {}{} (`{}`) | {} | {} | {} |",
                 cell(&s.name),
+                s.phase
+                    .as_ref()
+                    .map(|p| format!(", phase `{}`", cell(p)))
+                    .unwrap_or_default(),
                 cell(&s.objective),
                 cell(&s.measured_text),
                 cell(&s.target_text),
@@ -115,6 +119,9 @@ pub fn report(r: &Report) -> String {
             );
         }
         out.push('\n');
+    }
+    if !r.phases.is_empty() {
+        out.push_str(&phases(r));
     }
     if !r.containers.is_empty() {
         out.push_str(&containers(r));
@@ -173,6 +180,43 @@ pub fn report(r: &Report) -> String {
             r.unavailable.join(", ")
         );
     }
+    out
+}
+
+/// The phases marked in the run: when each began, how long it took, what it cost.
+fn phases(r: &Report) -> String {
+    let figures = [
+        Metric::CpuTime,
+        Metric::BlockReadBytes,
+        Metric::BlockWriteBytes,
+        Metric::NetTxBytes,
+        Metric::NetRxBytes,
+    ];
+    let mut out = String::from("**Phases** (`cleanroom mark`)\n\n| phase | began | wall time |");
+    for m in figures {
+        let _ = write!(out, " `{}` |", m.name());
+    }
+    out.push_str("\n| --- | ---: | ---: |");
+    out.push_str(&" ---: |".repeat(figures.len()));
+    out.push('\n');
+    for p in &r.phases {
+        let _ = write!(
+            out,
+            "| {} | {} | {} |",
+            cell(&p.name),
+            human_duration_ns(p.start_ns),
+            human_duration_ns(p.wall_time_ns)
+        );
+        for m in figures {
+            let v = match p.totals.get(m.name()) {
+                Some(Total::Value(v)) => human(*v, m.unit()),
+                _ => "unavailable".into(),
+            };
+            let _ = write!(out, " {v} |");
+        }
+        out.push('\n');
+    }
+    out.push('\n');
     out
 }
 

@@ -141,6 +141,7 @@ fn remove_stale_runs(parent: &std::path::Path, hierarchy: &Hierarchy) {
             removed.join(", ")
         );
     }
+    marks::remove_stale_sockets(Path::new(marks::SOCKET_DIR));
 }
 
 /// Runs the command, measured, and returns its report. The report is written (when asked)

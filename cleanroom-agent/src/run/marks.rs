@@ -133,6 +133,30 @@ impl Drop for MarkListener {
     }
 }
 
+/// Removes the sockets in `dir` that no run listens on any more (a `cleanroom run` that was
+/// killed): those that refuse a connection. Gives how many went.
+pub fn remove_stale_sockets(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("run-") && n.ends_with(".sock"))
+        })
+        .filter(|p| {
+            matches!(
+                std::os::unix::net::UnixStream::connect(p),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused
+            )
+        })
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .count()
+}
+
 /// Reads one request from `stream`, passes it on, writes the answer.
 async fn serve(stream: UnixStream, requests: mpsc::Sender<MarkRequest>) {
     let (read, mut write) = stream.into_split();
@@ -275,5 +299,17 @@ mod tests {
         let listener = run.await.unwrap();
         drop(listener);
         assert!(!path.exists(), "the socket is removed");
+    }
+
+    #[tokio::test]
+    async fn only_sockets_nobody_listens_on_are_removed_as_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = MarkListener::bind_at(&dir.path().join("run-1.sock")).unwrap();
+        // A killed run's socket: the file stays, nobody listens.
+        drop(std::os::unix::net::UnixListener::bind(dir.path().join("run-2.sock")).unwrap());
+        std::fs::write(dir.path().join("other.sock"), "").unwrap();
+        assert_eq!(remove_stale_sockets(dir.path()), 1);
+        assert!(live.path().exists() && !dir.path().join("run-2.sock").exists());
+        assert!(dir.path().join("other.sock").exists());
     }
 }

@@ -387,6 +387,29 @@ impl Report {
         out
     }
 
+    /// The phases marked in the run: when each began, how long it took, its CPU.
+    fn phase_summary(&self) -> String {
+        let mut out = format!(
+            "\n  {:<30} {:>12} {:>12} {:>12}\n",
+            "phase (cleanroom mark)", "began", "wall time", "cpu_time"
+        );
+        for p in &self.phases {
+            let cpu = match p.totals.get(Metric::CpuTime.name()) {
+                Some(Total::Value(v)) => human(*v, Metric::CpuTime.unit()),
+                _ => "unavailable".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<30} {:>12} {:>12} {:>12}",
+                p.name,
+                human_duration_ns(p.start_ns),
+                human_duration_ns(p.wall_time_ns),
+                cpu
+            );
+        }
+        out
+    }
+
     /// The summary table printed at the end of a run.
     pub fn summary(&self) -> String {
         let mut out = String::new();
@@ -478,6 +501,9 @@ impl Report {
                 );
             }
         }
+        if !self.phases.is_empty() {
+            out.push_str(&self.phase_summary());
+        }
         if !self.containers.is_empty() {
             out.push_str(&self.container_summary());
         }
@@ -507,9 +533,13 @@ impl Report {
                     out,
                     "  {:<44} {:>14} {:>18}  {}",
                     format!(
-                        "{} ({})",
+                        "{} ({}{})",
                         r.name,
-                        r.objective.split_whitespace().next().unwrap_or("")
+                        r.objective.split_whitespace().next().unwrap_or(""),
+                        r.phase
+                            .as_ref()
+                            .map(|p| format!(", phase {p}"))
+                            .unwrap_or_default()
                     ),
                     r.measured_text,
                     r.target_text,
@@ -736,6 +766,27 @@ mod tests {
             .expect("a line per metric");
         assert!(line.contains("unavailable"), "{line}");
         assert!(text.contains("2.000 s (cpu.stat usage_usec)"), "{text}");
+    }
+
+    #[test]
+    fn the_summary_lists_each_phase_with_its_cpu() {
+        let mut report = Report::example();
+        report.phases.push(crate::measure::phases::Phase {
+            name: "build".into(),
+            start_ns: 50_000_000,
+            end_ns: 1_550_000_000,
+            wall_time_ns: 1_500_000_000,
+            totals: BTreeMap::from([("cpu_time_ns".into(), Total::Value(1_200_000_000))]),
+        });
+        let text = report.summary();
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("build"))
+            .unwrap_or_else(|| panic!("no phase line in {text}"));
+        assert!(
+            line.contains("50.0 ms") && line.contains("1.500 s") && line.contains("1.200 s"),
+            "{line}"
+        );
     }
 
     #[test]

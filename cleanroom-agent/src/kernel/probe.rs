@@ -1225,16 +1225,22 @@ impl Probes {
 
     /// Stops sampling the cgroups of profile `profile_id`.
     pub fn unprofile(&mut self, profile_id: u64) -> Result<(), ProbeError> {
-        let mut profiled: HashMap<&mut MapData, u64, u64> =
-            HashMap::try_from(self.map_mut(maps::PROFILED)?).map_err(map_err(maps::PROFILED))?;
-        let doomed: Vec<u64> = profiled
+        self.remove_cgroups_of(maps::PROFILED, profile_id)
+    }
+
+    /// Removes from `map` (cgroup id → owner id: [`maps::WATCHED`], [`maps::PROFILED`]) every
+    /// cgroup of `owner`.
+    fn remove_cgroups_of(&mut self, map: &'static str, owner: u64) -> Result<(), ProbeError> {
+        let mut cgroups: HashMap<&mut MapData, u64, u64> =
+            HashMap::try_from(self.map_mut(map)?).map_err(map_err(map))?;
+        let doomed: Vec<u64> = cgroups
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, p)| *p == profile_id)
+            .filter(|(_, o)| *o == owner)
             .map(|(id, _)| id)
             .collect();
         for id in doomed {
-            ok_if_absent(profiled.remove(&id), maps::PROFILED)?;
+            ok_if_absent(cgroups.remove(&id), map)?;
         }
         Ok(())
     }
@@ -1279,17 +1285,7 @@ impl Probes {
     /// Stops watching run `run_id`: forgets its cgroups and processes. Escapes not yet read
     /// stay readable.
     pub fn unwatch_run(&mut self, run_id: u64) -> Result<(), ProbeError> {
-        let mut watched: HashMap<&mut MapData, u64, u64> =
-            HashMap::try_from(self.map_mut(maps::WATCHED)?).map_err(map_err(maps::WATCHED))?;
-        let doomed: Vec<u64> = watched
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, run)| *run == run_id)
-            .map(|(id, _)| id)
-            .collect();
-        for id in doomed {
-            ok_if_absent(watched.remove(&id), maps::WATCHED)?;
-        }
+        self.remove_cgroups_of(maps::WATCHED, run_id)?;
         let mut procs: HashMap<&mut MapData, u32, RunProc> =
             HashMap::try_from(self.map_mut(maps::RUN_PROCS)?).map_err(map_err(maps::RUN_PROCS))?;
         let doomed: Vec<u32> = procs

@@ -208,15 +208,20 @@ impl Session {
             cpu: None,
             memory: None,
             max_rss_bytes: None,
-            live_io: if self.options.live_io {
-                self.target.live_io()
-            } else {
-                Default::default()
-            },
+            live_io: self.live_io_now(),
             anon_peak_bytes: None,
         };
         self.marks.mark(name, t_ns, sample.counters())?;
         Ok(t_ns)
+    }
+
+    /// The storage I/O of the target's live threads, when the session reads it while running.
+    fn live_io_now(&self) -> crate::cgroupfs::taskio::TaskIo {
+        if self.options.live_io {
+            self.target.live_io()
+        } else {
+            Default::default()
+        }
     }
 
     /// Counts cgroup `root` and its subtree as part of the target from now on (the kernel's
@@ -251,11 +256,7 @@ impl Session {
             cpu: Default::default(),
             memory,
             max_rss_bytes: None,
-            live_io: if self.options.live_io {
-                self.target.live_io()
-            } else {
-                Default::default()
-            },
+            live_io: self.live_io_now(),
             anon_peak_bytes: self.anon_peak_bytes,
         };
         let reading = Reading {

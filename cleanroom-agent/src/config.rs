@@ -4,12 +4,15 @@
 
 use std::{collections::BTreeMap, fmt, path::Path, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     files::{FileError, MAX_CONFIG_BYTES, read_text},
     judge::objective::Objective,
-    units::{de_bytes, de_duration, de_opt_bytes, de_opt_duration, de_opt_percent, parse_percent},
+    units::{
+        de_bytes, de_duration, de_opt_bytes, de_opt_duration, de_opt_percent, parse_percent,
+        ser_duration, ser_opt_duration,
+    },
 };
 
 /// The whole configuration.
@@ -42,13 +45,13 @@ pub struct ComparisonConfig {
 }
 
 /// `[performance_monitoring]`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PerformanceMonitoring {
     /// Sample every `metrics_interval` (otherwise only totals at the end).
     pub enable_monitoring: bool,
     /// Time between samples (default 1 s; sub-second works).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub metrics_interval: Duration,
     /// Profiling (`--profile`): the run's stacks sampled on every CPU, at its waits, its page
     /// faults and its block I/O.
@@ -89,61 +92,100 @@ impl Default for PerformanceMonitoring {
 }
 
 /// `[performance_monitoring.thresholds]`: each unset one is not checked.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Thresholds {
     /// CPU of the run in an interval, in % of one core (200 = two cores busy).
-    #[serde(deserialize_with = "de_opt_percent")]
+    #[serde(
+        deserialize_with = "de_opt_percent",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_cpu_usage_percent: Option<f64>,
     /// Memory charged to the run at any sample, and its peak.
-    #[serde(deserialize_with = "de_opt_bytes")]
+    #[serde(
+        deserialize_with = "de_opt_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_memory_usage_bytes: Option<u64>,
     /// Wall time of the command.
-    #[serde(deserialize_with = "de_opt_duration")]
+    #[serde(
+        deserialize_with = "de_opt_duration",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_test_execution_time: Option<Duration>,
     /// Container start-up time (created → running), judged on each Docker container the run
     /// started; not applicable when it started none.
-    #[serde(deserialize_with = "de_opt_duration")]
+    #[serde(
+        deserialize_with = "de_opt_duration",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_container_startup_time: Option<Duration>,
     /// Block reads in an interval, bytes/s.
-    #[serde(deserialize_with = "de_opt_bytes")]
+    #[serde(
+        deserialize_with = "de_opt_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_disk_read_bytes_per_sec: Option<u64>,
     /// Block writes in an interval, bytes/s.
-    #[serde(deserialize_with = "de_opt_bytes")]
+    #[serde(
+        deserialize_with = "de_opt_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_disk_write_bytes_per_sec: Option<u64>,
     /// Network traffic in an interval (received + sent), bytes/s.
-    #[serde(deserialize_with = "de_opt_bytes")]
+    #[serde(
+        deserialize_with = "de_opt_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_network_bytes_per_sec: Option<u64>,
 }
 
 /// `[resource_limits]`: enforced through cgroup controllers where the host has them.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResourceLimits {
     /// CPU quota in % of one core (`cpu.max`, or v1 `cpu.cfs_quota_us`): from 1% to 100% per
     /// CPU of the machine.
-    #[serde(deserialize_with = "de_cpu_limit")]
+    #[serde(
+        deserialize_with = "de_cpu_limit",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_cpu_usage_percent: Option<f64>,
     /// Memory limit (`memory.max`, or v1 `memory.limit_in_bytes`): at least 1 MiB.
-    #[serde(deserialize_with = "de_memory_limit")]
+    #[serde(
+        deserialize_with = "de_memory_limit",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_memory_usage_bytes: Option<u64>,
     /// Bytes written to disk. No controller limits a total: monitored only.
-    #[serde(deserialize_with = "de_opt_bytes")]
+    #[serde(
+        deserialize_with = "de_opt_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_disk_usage_bytes: Option<u64>,
     /// Network bandwidth. No cgroup controller limits it: monitored only.
-    #[serde(deserialize_with = "de_opt_bytes")]
+    #[serde(
+        deserialize_with = "de_opt_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_network_bandwidth_bytes_per_sec: Option<u64>,
     /// How many Docker containers the run may start: judged at its end on the containers it
     /// followed (exceeding it fails the run).
     pub max_container_count: Option<u64>,
     /// Wall time after which the command is stopped: SIGTERM, then SIGKILL after
     /// `resource_cleanup_timeout`.
-    #[serde(deserialize_with = "de_opt_duration")]
+    #[serde(
+        deserialize_with = "de_opt_duration",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_test_execution_time: Option<Duration>,
     /// Check the limits' figures as thresholds during the run too.
     pub enable_resource_monitoring: bool,
     /// Grace between SIGTERM and SIGKILL when a run is stopped.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub resource_cleanup_timeout: Duration,
     /// Limits this host cannot enforce are only monitored, instead of refusing to start.
     pub monitor_only: bool,

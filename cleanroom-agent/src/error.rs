@@ -22,6 +22,28 @@ pub enum Error {
         /// Capabilities lacking.
         missing: Vec<&'static str>,
     },
+    /// Not root, and no agent to measure through.
+    #[error(
+        "{what} needs root (missing {}) or a running `cleanroom agent`: run it as root (`sudo \
+         cleanroom ...`), or start `cleanroom agent` on this host and use its socket ({reason})",
+        missing.join(", ")
+    )]
+    NoAgent {
+        /// What was attempted.
+        what: &'static str,
+        /// Capabilities lacking.
+        missing: Vec<&'static str>,
+        /// Why the agent's socket could not be used.
+        reason: String,
+    },
+    /// The agent refused or failed a request of an unprivileged run.
+    #[error("the agent at {socket}: {detail}")]
+    AgentRefused {
+        /// Its socket.
+        socket: PathBuf,
+        /// What it said, or what went wrong talking to it.
+        detail: String,
+    },
     /// The command does not exist.
     #[error("command not found: {0} (not a path to a file, nor found in PATH)")]
     CommandNotFound(String),

@@ -163,6 +163,20 @@ enum Command {
         /// Samples a second on each CPU when profiling (1 to 1000; implies --profile).
         #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u64).range(1..=1000))]
         profile_frequency: Option<u64>,
+        /// Serve unprivileged `cleanroom run` on this Unix socket (default
+        /// /run/cleanroom/agent.sock).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Members of GROUP may use the socket (default: `cleanroom` when it exists, else
+        /// root alone).
+        #[arg(long, value_name = "GROUP")]
+        socket_group: Option<String>,
+        /// Serve no socket: only watch.
+        #[arg(long, conflicts_with_all = ["socket", "socket_group"])]
+        no_socket: bool,
+        /// Make the clients' runs under this cgroup directory (default <v2 mount>/cleanroom).
+        #[arg(long, value_name = "DIR")]
+        runs_cgroup: Option<PathBuf>,
     },
     /// Render a saved run (a JSON report, or a run id in the history) in another format.
     Report {
@@ -444,6 +458,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             no_store,
             profile,
             profile_frequency,
+            socket,
+            socket_group,
+            no_socket,
+            runs_cgroup,
         } => {
             let opts = cleanroom::agent::AgentOptions {
                 config_path: config,
@@ -454,6 +472,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 no_store,
                 profile,
                 profile_frequency,
+                socket: if no_socket {
+                    Some(PathBuf::new())
+                } else {
+                    socket
+                },
+                socket_group,
+                runs_cgroup,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -14,6 +14,7 @@
 //! session's; this module only knows the command, its signals and its terminal.
 
 pub mod marks;
+mod remote;
 mod signals;
 mod spawn;
 mod status;
@@ -127,7 +128,7 @@ pub fn resolve_program(program: &OsString) -> Result<PathBuf, Error> {
 
 /// Removes the run cgroups of Cleanroom processes that died without cleaning up (killed with
 /// SIGKILL before their watchdog could act, or with it), saying so.
-fn remove_stale_runs(parent: &std::path::Path, hierarchy: &Hierarchy) {
+pub(crate) fn remove_stale_runs(parent: &std::path::Path, hierarchy: &Hierarchy) {
     let stale = crate::cgroupfs::cgroup::stale_runs(parent, hierarchy);
     let removed: Vec<String> = stale
         .iter()
@@ -150,6 +151,10 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     // First of all: from here on a signal is noted, never the end of this process while
     // something it made is still in place.
     let mut signals = Signals::new().map_err(Error::Wait)?;
+    let missing = host::missing_caps();
+    if !missing.is_empty() {
+        return remote::run(opts, &mut signals, missing).await;
+    }
     let config = &opts.config;
     let mut prepared = prepare(opts)?;
     let (specs, not_applicable) = analyze::threshold_specs(config);
@@ -225,7 +230,12 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
     })?;
     let mut probes = Probes::load(Some(&v2_root))?;
     let resource_limits = &opts.config.resource_limits;
-    let cgroup = make_cgroup(&parent, &hierarchy, resource_limits)?;
+    let cgroup = make_cgroup(
+        &parent,
+        &run_name(std::process::id(), None),
+        &hierarchy,
+        resource_limits,
+    )?;
     let limit_lines = limits::apply(&cgroup, resource_limits)?;
     // Before the command starts: it joins the cgroup between fork and exec.
     let escape_watch = EscapeWatch::start(&mut probes, cgroup.id());
@@ -320,24 +330,30 @@ async fn next_mark(marks: &mut Option<MarkListener>) -> MarkRequest {
     }
 }
 
-/// Makes the run's cgroup under `parent`, named after the time and this process, with the v1
-/// twins its limits need, and hands it to a watchdog that removes it if Cleanroom is killed.
-fn make_cgroup(
+/// A run cgroup's name: `run-<secs>-<pid>` after the time and the process that owns it, and
+/// `.<suffix>` when one process makes several (the agent, for its clients).
+pub(crate) fn run_name(owner: u32, suffix: Option<&str>) -> String {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    match suffix {
+        Some(suffix) => format!("run-{secs}-{owner}.{suffix}"),
+        None => format!("run-{secs}-{owner}"),
+    }
+}
+
+/// Makes the run's cgroup `parent/name` with the v1 twins its limits need, and hands it to a
+/// watchdog that removes it if Cleanroom is killed.
+pub(crate) fn make_cgroup(
     parent: &Path,
+    name: &str,
     hierarchy: &Hierarchy,
     resource_limits: &ResourceLimits,
 ) -> Result<RunCgroup, Error> {
-    let run_id = format!(
-        "run-{}-{}",
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs(),
-        std::process::id()
-    );
     let mut cgroup = RunCgroup::create(
         parent,
-        &run_id,
+        name,
         hierarchy,
         &limits::v1_controllers_needed(resource_limits),
     )?;
@@ -364,7 +380,7 @@ async fn refuse_if_signalled(signals: &mut Signals) -> Result<(), Error> {
 }
 
 /// How the run's session measures, from the config.
-fn session_options(config: &CleanroomConfig) -> SessionOptions {
+pub(crate) fn session_options(config: &CleanroomConfig) -> SessionOptions {
     let pm = &config.performance_monitoring;
     let rl = &config.resource_limits;
     SessionOptions {
@@ -394,7 +410,13 @@ fn launch(
     unsafe { libc::malloc_trim(0) };
     let mark_socket = prepared.marks.as_ref().map(MarkListener::path);
     let child = spawn_in_cgroup(command, &cgroup.procs_files(), mark_socket)?;
-    for line in &prepared.limit_lines {
+    record_limits(&mut session, &prepared.limit_lines);
+    Ok((session, child))
+}
+
+/// Records the limits applied as the session's first events.
+pub(crate) fn record_limits(session: &mut Session, limit_lines: &[String]) {
+    for line in limit_lines {
         session.record(Event {
             t_ns: 0,
             kind: EventKind::Limit,
@@ -404,17 +426,16 @@ fn launch(
             message: line.clone(),
         });
     }
-    Ok((session, child))
 }
 
 /// How the command's supervision ended.
-struct Ended {
+pub(crate) struct Ended {
     /// The command's exit status.
-    status: ExitStatus,
+    pub status: ExitStatus,
     /// The first signal Cleanroom received while the command ran.
-    interrupted: Option<&'static str>,
+    pub interrupted: Option<String>,
     /// From the session's start to the command's exit.
-    wall_time_ns: u64,
+    pub wall_time_ns: u64,
 }
 
 /// Waits for the command to exit: ticks the session every interval, passes signals on and
@@ -509,7 +530,7 @@ async fn supervise(
     console.clear_line();
     Ok(Ended {
         status,
-        interrupted,
+        interrupted: interrupted.map(str::to_owned),
         wall_time_ns,
     })
 }
@@ -545,7 +566,7 @@ fn pass_on(
 
 /// The time limit is reached at `t_ns`: SIGTERM to every process of the run, and the event
 /// that says so.
-fn time_out(cgroup: &RunCgroup, t_ns: u64, rl: &ResourceLimits) -> Event {
+pub(crate) fn time_out(cgroup: &RunCgroup, t_ns: u64, rl: &ResourceLimits) -> Event {
     let limit = rl.max_test_execution_time.unwrap_or_default();
     let signalled = cgroup.signal_all(libc::SIGTERM);
     Event {
@@ -564,7 +585,7 @@ fn time_out(cgroup: &RunCgroup, t_ns: u64, rl: &ResourceLimits) -> Event {
 }
 
 /// The event for killing what still runs after the clean-up time, at `t_ns`.
-fn kill_after_timeout(t_ns: u64) -> Event {
+pub(crate) fn kill_after_timeout(t_ns: u64) -> Event {
     Event {
         t_ns,
         kind: EventKind::TimeoutKill,
@@ -576,16 +597,16 @@ fn kill_after_timeout(t_ns: u64) -> Event {
 }
 
 /// What winding down found.
-struct WoundDown {
+pub(crate) struct WoundDown {
     /// The processes the command left running, named before they were killed.
-    left_behind: Vec<Leftover>,
+    pub left_behind: Vec<Leftover>,
     /// How many processes were killed (at least those named).
-    killed: usize,
+    pub killed: usize,
 }
 
 /// Ends whatever the command left behind, so that its CPU time is charged before the counters
 /// are read. Named first: a daemon left running is worth knowing about.
-async fn wind_down(cgroup: &RunCgroup) -> Result<WoundDown, Error> {
+pub(crate) async fn wind_down(cgroup: &RunCgroup) -> Result<WoundDown, Error> {
     let left_behind: Vec<Leftover> = cgroup
         .processes()
         .into_iter()
@@ -687,31 +708,31 @@ fn conclude(
 }
 
 /// What the run front end saw of the run, beside the session's figures.
-struct Outcome {
-    ended: Ended,
-    wound_down: WoundDown,
+pub(crate) struct Outcome {
+    pub ended: Ended,
+    pub wound_down: WoundDown,
     /// Where the run was measured.
-    cgroup: CgroupRef,
+    pub cgroup: CgroupRef,
     /// Processes that left the cgroup.
-    escaped: Vec<EscapedProcess>,
+    pub escaped: Vec<EscapedProcess>,
     /// What the report must say about them.
-    escape_notes: Vec<String>,
+    pub escape_notes: Vec<String>,
     /// Each process of the run, as it ended.
-    processes: Vec<ProcessRecord>,
+    pub processes: Vec<ProcessRecord>,
     /// What the report must say about them (and about connections).
-    process_notes: Vec<String>,
+    pub process_notes: Vec<String>,
     /// The run's traffic by remote endpoint.
-    connections: Vec<Connection>,
+    pub connections: Vec<Connection>,
     /// The Docker containers it started.
-    containers: Vec<ContainerRecord>,
+    pub containers: Vec<ContainerRecord>,
     /// Its CPU profile, when one was taken.
-    profile: Option<crate::profile::Profile>,
+    pub profile: Option<crate::profile::Profile>,
     /// The limits applied.
-    limit_lines: Vec<String>,
+    pub limit_lines: Vec<String>,
 }
 
 /// The report of a run, not yet judged.
-fn assemble(opts: &RunOptions, outcome: Outcome, figures: Figures) -> Report {
+pub(crate) fn assemble(opts: &RunOptions, outcome: Outcome, figures: Figures) -> Report {
     let notes = notes(&opts.config, &outcome, &figures);
     let Outcome {
         ended, wound_down, ..
@@ -726,7 +747,7 @@ fn assemble(opts: &RunOptions, outcome: Outcome, figures: Figures) -> Report {
         exit_code: exit_code(ended.status),
         notes,
         interrupted: ended.interrupted.map(|signal| Interruption {
-            signal: signal.to_owned(),
+            signal,
             killed_leftovers: wound_down.killed,
         }),
         leftovers: wound_down.left_behind,

@@ -5,6 +5,8 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:9464"
+//! socket = "/run/cleanroom/agent.sock"
+//! socket_group = "cleanroom"
 //! interval = "1s"
 //! profile_frequency_hz = 99
 //!
@@ -60,6 +62,17 @@ pub struct AgentConfig {
     /// Which cgroups to watch; the first rule a cgroup matches is its rule.
     #[serde(default)]
     pub watch: Vec<WatchRule>,
+    /// The Unix socket unprivileged `cleanroom run` reaches the agent on (default
+    /// `/run/cleanroom/agent.sock`; `""` for none).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// The socket's group, whose members may use it (default `cleanroom` when that group
+    /// exists, else the socket is root's alone).
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// Where the clients' runs are made (default `<v2 mount>/cleanroom`).
+    #[serde(default)]
+    pub runs_cgroup: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -123,6 +136,15 @@ impl AgentConfig {
     /// The sampling interval.
     pub fn interval(&self) -> Duration {
         self.interval.unwrap_or(Duration::from_secs(1))
+    }
+
+    /// The Unix socket to serve clients on, if any.
+    pub fn socket(&self) -> Option<PathBuf> {
+        match &self.socket {
+            Some(path) if path.as_os_str().is_empty() => None,
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from(super::protocol::DEFAULT_SOCKET)),
+        }
     }
 }
 

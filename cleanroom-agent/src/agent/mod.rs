@@ -11,9 +11,12 @@
 //! finished and stored).
 
 pub mod board;
+mod clients;
 pub mod config;
 mod profiling;
+pub mod protocol;
 mod report;
+pub mod socket;
 pub mod watched;
 
 use std::{
@@ -29,12 +32,14 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use self::{
     board::Board,
+    clients::Clients,
     config::AgentConfig,
+    socket::{Access, AgentSocket},
     watched::{Finished, Watched},
 };
 use crate::{
     Error,
-    cgroupfs::cgroup::{CgroupError, Hierarchy},
+    cgroupfs::cgroup::{CgroupError, Hierarchy, check_parent},
     cgroupfs::watch::{WatchError, WatchRule, Watcher},
     kernel::probe::Probes,
     output::report::Report,
@@ -64,17 +69,26 @@ pub struct AgentOptions {
     pub profile: bool,
     /// `--profile-frequency HZ` (implies `--profile`).
     pub profile_frequency: Option<u64>,
+    /// `--socket PATH` (an empty path: `--no-socket`).
+    pub socket: Option<PathBuf>,
+    /// `--socket-group GROUP`.
+    pub socket_group: Option<String>,
+    /// `--runs-cgroup DIR`.
+    pub runs_cgroup: Option<PathBuf>,
 }
 
 /// Why the agent cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// No rule at all.
+    /// No rule at all, and no socket to serve.
     #[error(
-        "nothing to watch: give --watch GLOB (e.g. --watch 'system.slice/*.scope') or [[watch]] \
-         rules in --config FILE"
+        "nothing to do: give --watch GLOB (e.g. --watch 'system.slice/*.scope') or [[watch]] \
+         rules in --config FILE, or serve unprivileged runs on a socket (drop --no-socket)"
     )]
     NoRules,
+    /// The socket cannot be served.
+    #[error(transparent)]
+    Socket(#[from] socket::SocketError),
     /// A rule is wrong.
     #[error(transparent)]
     Watch(#[from] WatchError),
@@ -115,6 +129,15 @@ impl AgentOptions {
         if let Some(hz) = self.profile_frequency {
             config.profile_frequency_hz = Some(hz);
         }
+        if let Some(socket) = &self.socket {
+            config.socket = Some(socket.clone());
+        }
+        if let Some(group) = &self.socket_group {
+            config.socket_group = Some(group.clone());
+        }
+        if let Some(dir) = &self.runs_cgroup {
+            config.runs_cgroup = Some(dir.clone());
+        }
         if self.profile || self.profile_frequency.is_some() {
             for rule in &mut config.watch {
                 rule.profile = true;
@@ -123,9 +146,9 @@ impl AgentOptions {
         Ok(config)
     }
 
-    /// The rules compiled, refusing none at all.
+    /// The rules compiled, refusing none at all when there is no socket either.
     fn watcher(config: &AgentConfig) -> Result<Watcher, Error> {
-        if config.watch.is_empty() {
+        if config.watch.is_empty() && config.socket().is_none() {
             return Err(AgentError::NoRules.into());
         }
         Ok(Watcher::new(config.watch.clone()).map_err(AgentError::from)?)
@@ -139,6 +162,8 @@ struct Prepared {
     watcher: Watcher,
     listener: std::net::TcpListener,
     store: Option<Store>,
+    /// The clients' runs, when a socket is served.
+    clients: Option<(AgentSocket, Clients)>,
     probes: Probes,
 }
 
@@ -152,9 +177,15 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
         watcher,
         listener,
         store,
+        clients,
         mut probes,
     } = prepared;
     let listen = config.listen();
+    let (calls_in, mut calls) = tokio::sync::mpsc::channel(64);
+    let mut clients = clients.map(|(socket, clients)| {
+        socket.serve(calls_in);
+        clients
+    });
     let board = Arc::new(Board::new(store, config.interval(), listen.to_string()));
     serve(listener, Arc::clone(&board), config.token.clone())?;
     log::info!(
@@ -172,8 +203,22 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
     let mut ticker = tokio::time::interval(config.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let client_tick = clients.as_ref().and_then(Clients::next_tick);
         tokio::select! {
-            _ = ticker.tick() => tick(&mut watched, &mut probes, &board),
+            _ = ticker.tick() => {
+                let keep = clients.as_ref().map(Clients::ids).unwrap_or_default();
+                tick(&mut watched, &mut probes, &board, &keep);
+            }
+            () = sleep_until(client_tick) => {
+                if let Some(clients) = clients.as_mut() {
+                    clients.tick(&mut probes);
+                }
+            }
+            Some(incoming) = calls.recv() => {
+                if let Some(clients) = clients.as_mut() {
+                    clients.handle(incoming, &mut probes).await;
+                }
+            }
             signal = signals.next() => match signal {
                 Signal::Reload => reload(&opts, &mut watched),
                 Signal::Stop(name) => {
@@ -183,7 +228,18 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
             },
         }
     }
+    if let Some(clients) = clients.as_mut() {
+        clients.stop(&mut probes);
+    }
     stop(&mut watched, &mut probes, &board)
+}
+
+/// Sleeps until `at`; forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Reads the configuration and checks everything before anything is watched: privileges, the
@@ -210,6 +266,27 @@ fn prepare(opts: &AgentOptions) -> Result<Prepared, Error> {
         path: hierarchy.v2_mount.clone(),
         source,
     })?;
+    let clients = match config.socket() {
+        None => None,
+        Some(path) => {
+            let access =
+                Access::resolve(config.socket_group.as_deref()).map_err(AgentError::from)?;
+            let parent = match &config.runs_cgroup {
+                Some(dir) => check_parent(dir, &hierarchy)?,
+                None => hierarchy.v2_mount.join("cleanroom"),
+            };
+            crate::run::remove_stale_runs(&parent, &hierarchy);
+            let socket = AgentSocket::bind(&path, &access).map_err(AgentError::from)?;
+            log::info!(
+                "serving unprivileged runs on {} (for {}), made under {}",
+                socket.path().display(),
+                access.describe(),
+                parent.display()
+            );
+            raise_open_files();
+            Some((socket, Clients::new(parent, hierarchy.clone())))
+        }
+    };
     let probes = Probes::load(Some(&v2_root))?;
     Ok(Prepared {
         config,
@@ -217,6 +294,7 @@ fn prepare(opts: &AgentOptions) -> Result<Prepared, Error> {
         watcher,
         listener,
         store,
+        clients,
         probes,
     })
 }
@@ -240,11 +318,28 @@ fn serve(
     Ok(())
 }
 
+/// Raises the soft limit of open files to the hard one: each client holds a descriptor.
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the one struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// One tick: the watches sampled, the board updated, finished watches reported and stored. A
-/// failure is logged and the next tick tries again: a sidecar keeps watching.
-fn tick(watched: &mut Watched, probes: &mut Probes, board: &Board) {
+/// failure is logged and the next tick tries again: a sidecar keeps watching. The subtrees of
+/// `keep` (the clients' runs) are left to their own sessions.
+fn tick(watched: &mut Watched, probes: &mut Probes, board: &Board, keep: &[u64]) {
     let began = Instant::now();
-    let report = match watched.tick(probes) {
+    let report = match watched.tick(probes, keep) {
         Ok(report) => report,
         Err(e) => {
             log::error!("sampling the watched cgroups failed: {e}");

@@ -161,7 +161,10 @@ impl Watched {
     /// Looks for new and removed cgroups, samples every watched one in one pass over the maps,
     /// ends the watches of cgroups that are gone (or no longer matched), and frees the map
     /// entries of every removed cgroup.
-    pub fn tick(&mut self, probes: &mut Probes) -> Result<TickReport, Error> {
+    ///
+    /// The subtrees of `keep` (runs measured elsewhere: the clients' runs) are left in the maps
+    /// for their own sessions to read, removed sub-cgroups too.
+    pub fn tick(&mut self, probes: &mut Probes, keep: &[u64]) -> Result<TickReport, Error> {
         let mut report = TickReport::default();
         let tree = probes.tree()?;
         let removed: BTreeSet<u64> = tree
@@ -256,6 +259,11 @@ impl Watched {
             }
             watch.retired.absorb(&gone);
             report.ticks.push((id, watch.session.tick_counted(now)));
+        }
+        for kept in tally::subtrees(tree.iter().map(|(id, n)| (*id, n.parent_id)), keep) {
+            for id in kept {
+                to_forget.remove(&id);
+            }
         }
         report.freed = to_forget.len();
         probes.forget(&to_forget)?;

@@ -631,10 +631,12 @@ pub fn command_line(pid: i32) -> String {
 pub const V1_TWIN_PREFIX: &str = "cleanroom-";
 
 /// Pure: the start time (Unix seconds) and owner pid in a run cgroup's name,
-/// `run-<secs>-<pid>` (v2) or `cleanroom-run-<secs>-<pid>` (v1 twin).
+/// `run-<secs>-<pid>` (v2) or `cleanroom-run-<secs>-<pid>` (v1 twin), maybe followed by
+/// `.<suffix>` (the agent's runs for its clients, `run-<secs>-<agent pid>.u<uid>.<n>`).
 pub fn parse_run_name(name: &str) -> Option<(u64, i32)> {
     let rest = name.strip_prefix(V1_TWIN_PREFIX).unwrap_or(name);
     let (secs, pid) = rest.strip_prefix("run-")?.split_once('-')?;
+    let pid = pid.split_once('.').map_or(pid, |(pid, _)| pid);
     Some((secs.parse().ok()?, pid.parse().ok()?))
 }
 

@@ -39,10 +39,12 @@ impl Agent {
         let store = dir.path().join("history.db");
         let port = free_loopback_port();
         let listen = format!("127.0.0.1:{port}");
+        let socket = dir.path().join("agent.sock");
         let mut cmd = Command::new(cleanroom_bin());
         cmd.arg("agent")
             .args(args)
             .args(["--listen", &listen, "--store", store.to_str().unwrap()])
+            .args(["--socket", socket.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(fs::File::create(dir.path().join("agent.log")).unwrap());
@@ -582,7 +584,11 @@ fn start_up_failures_exit_2_with_one_line() {
             &["--watch", "/sys/fs/cgroup/x"],
             "relative to the cgroup v2 mount",
         ),
-        (&[], "nothing to watch"),
+        (&["--no-socket"], "nothing to do"),
+        (
+            &["--socket-group", "no-such-group-cleanroom"],
+            "no group \"no-such-group-cleanroom\"",
+        ),
         (&["--watch", "x/*", "--listen", "0.0.0.0:9"], "token"),
         (&["--config", &bad_config], "agent.toml:3: key `nmae`"),
     ];

@@ -168,6 +168,7 @@ fn the_agent_names_the_containers_it_watches() {
             "--watch",
             "docker/*",
             "--no-store",
+            "--no-socket",
             "--listen",
             &listen,
         ])

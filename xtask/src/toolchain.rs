@@ -217,6 +217,11 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("busybox", "busybox-static"),
     // The profile tests build a C program without frame pointers.
     ("gcc", "gcc"),
+    // The unprivileged tests add users and act as them; a hostile client is a script.
+    ("useradd", "passwd"),
+    ("setpriv", "util-linux"),
+    ("prlimit", "util-linux"),
+    ("python3", "python3"),
 ];
 
 /// Debian packages the benchmark drives: workloads and the bpftrace peer.

@@ -160,10 +160,16 @@ poweroff -f
 "#;
 
 /// Test programs the guests do not run, and why: what they need lives on the host alone.
-const HOST_ONLY: &[(&str, &str)] = &[(
-    "containers",
-    "needs a Docker engine, which the host's tests start; the guests test kernels",
-)];
+const HOST_ONLY: &[(&str, &str)] = &[
+    (
+        "containers",
+        "needs a Docker engine, which the host's tests start; the guests test kernels",
+    ),
+    (
+        "unprivileged",
+        "adds users and a group, and the guests mount the host's root (its /etc) read-only",
+    ),
+];
 
 /// Runs the tests in `executables` inside each kernel named in `kernels`, prints the table,
 /// and fails if any test failed or any guest did not finish.

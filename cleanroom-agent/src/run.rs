@@ -680,31 +680,75 @@ fn conclude(
         .copied()
         .unwrap_or(0);
     let profile = sampler.and_then(|s| s.take(cgroup.id(), lost));
-    let (escaped, escape_notes) = escape_watch.finish(&mut probes, &v2_mount, &figures.drops);
-    let (processes, mut process_notes) = process_watch.finish(&mut probes)?;
-    let (connections, connection_notes) = connections::read(&probes, cgroup.id())?;
-    process_notes.extend(connection_notes);
-    process_notes.extend(container_notes);
-    process_notes.extend(profile_notes);
-    let cgroup_ref = CgroupRef {
-        path: cgroup.path().display().to_string(),
-        id: cgroup.id(),
-    };
-    cgroup.remove()?;
+    let mut records = Records::read(
+        &mut probes,
+        escape_watch,
+        process_watch,
+        &v2_mount,
+        &figures,
+        cgroup.id(),
+    )?;
+    records.process_notes.extend(container_notes);
+    records.process_notes.extend(profile_notes);
     let outcome = Outcome {
         ended,
         wound_down,
-        cgroup: cgroup_ref,
-        escaped,
-        escape_notes,
-        processes,
-        process_notes,
-        connections,
+        cgroup: remove(cgroup)?,
+        records,
         containers,
         profile,
         limit_lines,
     };
     Ok((figures, outcome))
+}
+
+/// Removes a run's cgroup, once its figures are read; gives how the report names it.
+pub(crate) fn remove(cgroup: RunCgroup) -> Result<CgroupRef, Error> {
+    let named = CgroupRef {
+        path: cgroup.path().display().to_string(),
+        id: cgroup.id(),
+    };
+    cgroup.remove()?;
+    Ok(named)
+}
+
+/// What the probes recorded of a run beside its figures: processes that left it, each process
+/// as it ended, its connections, and what the report must say of them.
+pub(crate) struct Records {
+    /// Processes that left the cgroup.
+    pub escaped: Vec<EscapedProcess>,
+    /// What the report must say about them.
+    pub escape_notes: Vec<String>,
+    /// Each process of the run, as it ended.
+    pub processes: Vec<ProcessRecord>,
+    /// What the report must say about them (and about connections, containers, profiles).
+    pub process_notes: Vec<String>,
+    /// The run's traffic by remote endpoint.
+    pub connections: Vec<Connection>,
+}
+
+impl Records {
+    /// Ends the run's watches and reads its connections, after its session's `figures`.
+    pub(crate) fn read(
+        probes: &mut Probes,
+        escape_watch: EscapeWatch,
+        process_watch: ProcessWatch,
+        v2_mount: &Path,
+        figures: &Figures,
+        run_id: u64,
+    ) -> Result<Self, Error> {
+        let (escaped, escape_notes) = escape_watch.finish(probes, v2_mount, &figures.drops);
+        let (processes, mut process_notes) = process_watch.finish(probes)?;
+        let (connections, connection_notes) = connections::read(probes, run_id)?;
+        process_notes.extend(connection_notes);
+        Ok(Self {
+            escaped,
+            escape_notes,
+            processes,
+            process_notes,
+            connections,
+        })
+    }
 }
 
 /// What the run front end saw of the run, beside the session's figures.
@@ -713,16 +757,8 @@ pub(crate) struct Outcome {
     pub wound_down: WoundDown,
     /// Where the run was measured.
     pub cgroup: CgroupRef,
-    /// Processes that left the cgroup.
-    pub escaped: Vec<EscapedProcess>,
-    /// What the report must say about them.
-    pub escape_notes: Vec<String>,
-    /// Each process of the run, as it ended.
-    pub processes: Vec<ProcessRecord>,
-    /// What the report must say about them (and about connections).
-    pub process_notes: Vec<String>,
-    /// The run's traffic by remote endpoint.
-    pub connections: Vec<Connection>,
+    /// What the probes recorded beside the figures.
+    pub records: Records,
     /// The Docker containers it started.
     pub containers: Vec<ContainerRecord>,
     /// Its CPU profile, when one was taken.
@@ -751,9 +787,9 @@ pub(crate) fn assemble(opts: &RunOptions, outcome: Outcome, figures: Figures) ->
             killed_leftovers: wound_down.killed,
         }),
         leftovers: wound_down.left_behind,
-        escaped: outcome.escaped,
-        processes: outcome.processes,
-        connections: outcome.connections,
+        escaped: outcome.records.escaped,
+        processes: outcome.records.processes,
+        connections: outcome.records.connections,
         containers: outcome.containers,
         profile: outcome.profile,
         name: opts.name.clone(),
@@ -787,15 +823,15 @@ fn notes(config: &CleanroomConfig, outcome: &Outcome, figures: &Figures) -> Vec<
     notes.extend(memory_notes(&session_options(config), figures));
     notes.extend(collect::write_note(&figures.totals, figures.writeback));
     notes.extend(collect::fault_note(&figures.totals, &figures.kernel));
-    notes.extend(outcome.escape_notes.iter().cloned());
-    notes.extend(outcome.process_notes.iter().cloned());
+    notes.extend(outcome.records.escape_notes.iter().cloned());
+    notes.extend(outcome.records.process_notes.iter().cloned());
     let net = |m: Metric| match figures.totals.get(m.name()) {
         Some(collect::Total::Value(v)) => Some(*v),
         _ => None,
     };
     let run_bytes = net(Metric::NetTxBytes).zip(net(Metric::NetRxBytes));
     notes.extend(processes::net_note(
-        &outcome.processes,
+        &outcome.records.processes,
         run_bytes.map(|(tx, rx)| tx + rx),
     ));
     notes

@@ -30,13 +30,12 @@ use crate::{
     judge::analyze,
     kernel::probe::Probes,
     measure::{
-        connections,
         escape::EscapeWatch,
         processes::ProcessWatch,
         session::{End, Session},
     },
-    output::report::{CgroupRef, Report},
-    run::{self, Ended, Outcome, RunOptions},
+    output::report::Report,
+    run::{self, Ended, Outcome, Records, RunOptions},
 };
 
 /// The most live runs one user may have at once.
@@ -381,17 +380,16 @@ impl Clients {
             max_rss_bytes: None,
         };
         let figures = session.finish(probes, end)?;
-        let v2_mount = self.hierarchy.v2_mount.clone();
-        let (escaped, escape_notes) = escape_watch.finish(probes, &v2_mount, &figures.drops);
-        let (processes, mut process_notes) = process_watch.finish(probes)?;
-        let (connections, connection_notes) = connections::read(probes, id.0)?;
-        process_notes.extend(connection_notes);
-        process_notes.extend(notes);
-        let cgroup_ref = CgroupRef {
-            path: cgroup.path().display().to_string(),
-            id: cgroup.id(),
-        };
-        cgroup.remove()?;
+        let mut records = Records::read(
+            probes,
+            escape_watch,
+            process_watch,
+            &self.hierarchy.v2_mount,
+            &figures,
+            id.0,
+        )?;
+        records.process_notes.extend(notes);
+        let cgroup = run::remove(cgroup)?;
         log::info!("client run {} ended", id.0);
         let outcome = Outcome {
             ended: Ended {
@@ -400,12 +398,8 @@ impl Clients {
                 wall_time_ns,
             },
             wound_down,
-            cgroup: cgroup_ref,
-            escaped,
-            escape_notes,
-            processes,
-            process_notes,
-            connections,
+            cgroup,
+            records,
             containers: Vec::new(),
             profile: None,
             limit_lines,

@@ -16,36 +16,17 @@ pub fn spawn_in_cgroup(
     procs: &[PathBuf],
     mark_socket: Option<&std::path::Path>,
 ) -> Result<tokio::process::Child, Error> {
-    let program = &command[0];
     let procs: Vec<CString> = procs
         .iter()
         .map(|p| CString::new(p.as_os_str().as_bytes()))
         .collect::<Result<_, _>>()
         .map_err(|e| Error::Spawn {
-            command: program.to_string_lossy().into_owned(),
+            command: command[0].to_string_lossy().into_owned(),
             source: io::Error::other(e),
         })?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(&command[1..]);
-    if let Some(socket) = mark_socket {
-        cmd.env(super::marks::SOCKET_ENV, socket);
-    }
-    let parent = std::process::id() as i32;
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe calls (prctl, getppid, open, write, close) on memory prepared before
-    // the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            die_with_parent(parent)?;
-            procs.iter().try_for_each(|p| join_cgroup(p))
-        });
-    }
-    cmd.spawn().map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => Error::CommandNotFound(program.to_string_lossy().into_owned()),
-        _ => Error::Spawn {
-            command: program.to_string_lossy().into_owned(),
-            source,
-        },
+    // Async-signal-safe: open, write and close on the paths made above.
+    spawn_with(command, mark_socket, move || {
+        procs.iter().try_for_each(|p| join_cgroup(p))
     })
 }
 
@@ -146,6 +127,17 @@ pub fn spawn_joining(
     joining: Joining,
     mark_socket: Option<&std::path::Path>,
 ) -> Result<tokio::process::Child, Error> {
+    // Async-signal-safe: socket, connect, write, read and close on memory made above.
+    spawn_with(command, mark_socket, move || joining.ask())
+}
+
+/// Starts the command, telling it where marks go; the child calls `join` between `fork` and
+/// `exec`, after making sure it dies with Cleanroom. `join` must be async-signal-safe.
+fn spawn_with(
+    command: &[OsString],
+    mark_socket: Option<&std::path::Path>,
+    mut join: impl FnMut() -> io::Result<()> + Send + Sync + 'static,
+) -> Result<tokio::process::Child, Error> {
     let program = &command[0];
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&command[1..]);
@@ -154,12 +146,12 @@ pub fn spawn_joining(
     }
     let parent = std::process::id() as i32;
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe calls (prctl, getppid, socket, connect, write, read, close) on memory
-    // prepared before the fork.
+    // async-signal-safe calls (prctl, getppid, and `join`'s, which its callers keep so) on
+    // memory prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
             die_with_parent(parent)?;
-            joining.ask()
+            join()
         });
     }
     cmd.spawn().map_err(|source| match source.kind() {

@@ -564,3 +564,53 @@ time.sleep(float(sys.argv[1]))
     // The hostile user's connections were refused beyond its share, and counted back.
     assert!(s.agent.alive(), "the agent died: {log}");
 }
+
+#[test]
+fn a_run_whose_client_is_killed_leaves_nothing_behind() {
+    if !privileged("a_run_whose_client_is_killed_leaves_nothing_behind") {
+        return;
+    }
+    let s = Setup::new("k");
+    let user = &s.member;
+    let mut client = user
+        .command(
+            s.bin.path(),
+            &s.socket,
+            &["cleanroom", "run", "-q", "--no-store", "--", "sleep", "60"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sleeping = || {
+        Command::new("pgrep")
+            .args(["-u", &user.name, "-x", "sleep"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    while s.runs.children().is_empty() || !sleeping() {
+        assert!(
+            Instant::now() < deadline,
+            "no run started: {}",
+            s.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // kill -9 of the client (setpriv has exec'd it): the agent sees its connection close.
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s.runs.children().is_empty() || sleeping() {
+        assert!(
+            Instant::now() < deadline,
+            "the run outlived its client: {:?}\n{}",
+            s.runs.children(),
+            s.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(s.agent.log().contains("abandoned"), "{}", s.agent.log());
+}

@@ -614,3 +614,40 @@ fn a_run_whose_client_is_killed_leaves_nothing_behind() {
     }
     assert!(s.agent.log().contains("abandoned"), "{}", s.agent.log());
 }
+
+#[test]
+fn a_member_gets_a_profile_through_the_agent() {
+    if !privileged("a_member_gets_a_profile_through_the_agent") {
+        return;
+    }
+    let s = Setup::new("p");
+    let user = &s.member;
+    let spin = format!("{} spin-ms 600", s.workload());
+    let out = s.run(
+        user,
+        &[
+            "run",
+            "-q",
+            "--no-store",
+            "--profile",
+            "--report",
+            user.home.path().join("p.json").to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &spin,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}\n{}", s.agent.log());
+    let report = report_of(user, "p.json");
+    let profile = &report["profile"];
+    assert_eq!(profile["frequency_hz"], 99, "{:#}", report["notes"]);
+    // 600 ms of CPU at 99 Hz is about 59 samples; a loaded machine delays some.
+    let samples = u64_at(profile, "/samples");
+    assert!(
+        (40..=80).contains(&samples),
+        "{samples} samples\n{profile:#}"
+    );
+    let top = profile["top_functions"].to_string();
+    assert!(top.contains("spin"), "{top}");
+}

@@ -19,8 +19,10 @@ use std::{
 };
 
 use super::{
+    profiling::Profiling,
     protocol::{Peer, Reply, Request, RunId, RunInfo},
     socket::{Call, ConnId, Incoming},
+    watched::CgroupId,
 };
 use crate::{
     Error,
@@ -71,6 +73,8 @@ struct ClientRun {
     next_tick: Instant,
     /// When the time limit sent SIGTERM, if it did.
     timed_out_at: Option<Instant>,
+    /// Whether its tasks are sampled for a profile.
+    profiled: bool,
 }
 
 /// The clients' runs, and where they are made.
@@ -132,8 +136,14 @@ impl Clients {
         }
     }
 
-    /// Answers one call, or cleans up after a connection that went away.
-    pub async fn handle(&mut self, incoming: Incoming, probes: &mut Probes) {
+    /// Answers one call, or cleans up after a connection that went away. Runs that ask for a
+    /// profile share the agent's `profiling`.
+    pub async fn handle(
+        &mut self,
+        incoming: Incoming,
+        probes: &mut Probes,
+        profiling: &mut Profiling,
+    ) {
         match incoming {
             Incoming::Call(call) => {
                 let Call {
@@ -142,13 +152,13 @@ impl Clients {
                     request,
                     reply,
                 } = *call;
-                let answer = self.answer(conn, peer, request, probes).await;
+                let answer = self.answer(conn, peer, request, probes, profiling).await;
                 let _ = reply.send(answer);
             }
             Incoming::Gone { conn, runs } => {
                 for id in runs {
                     if self.runs.get(&id).is_some_and(|r| r.conn == conn) {
-                        self.abandon(id, probes);
+                        self.abandon(id, probes, profiling);
                     }
                 }
             }
@@ -156,10 +166,10 @@ impl Clients {
     }
 
     /// Every live run killed and removed (the agent is stopping).
-    pub fn stop(&mut self, probes: &mut Probes) {
+    pub fn stop(&mut self, probes: &mut Probes, profiling: &mut Profiling) {
         let ids: Vec<RunId> = self.runs.keys().copied().collect();
         for id in ids {
-            self.abandon(id, probes);
+            self.abandon(id, probes, profiling);
         }
     }
 
@@ -169,6 +179,7 @@ impl Clients {
         peer: Peer,
         request: Request,
         probes: &mut Probes,
+        profiling: &mut Profiling,
     ) -> Reply {
         let outcome = match request {
             Request::Hello => Ok(Reply {
@@ -203,6 +214,7 @@ impl Clients {
                         ..CleanroomConfig::default()
                     },
                     probes,
+                    profiling,
                 )
                 .map(|info| Reply {
                     ok: true,
@@ -227,7 +239,13 @@ impl Clients {
             } => match self.owned(peer, run) {
                 Err(e) => Err(e),
                 Ok(_) => self
-                    .end(run, ExitStatus::from_raw(wait_status), interrupted, probes)
+                    .end(
+                        run,
+                        ExitStatus::from_raw(wait_status),
+                        interrupted,
+                        probes,
+                        profiling,
+                    )
                     .await
                     .map(|report| Reply {
                         ok: true,
@@ -257,6 +275,7 @@ impl Clients {
         mut command: Vec<String>,
         config: CleanroomConfig,
         probes: &mut Probes,
+        profiling: &mut Profiling,
     ) -> Result<RunInfo, String> {
         let live = self
             .runs
@@ -276,13 +295,6 @@ impl Clients {
         }
         cut_command(&mut command);
         let mut notes = Vec::new();
-        if config.performance_monitoring.enable_profiling {
-            notes.push(
-                "no profile was taken: profiling through the agent is not available yet (run as \
-                 root for one)"
-                    .to_owned(),
-            );
-        }
         self.made += 1;
         let name = run::run_name(
             std::process::id(),
@@ -297,6 +309,19 @@ impl Clients {
         let id = RunId(cgroup.id());
         let escape_watch = EscapeWatch::start(probes, id.0);
         let process_watch = ProcessWatch::start(id.0);
+        let pm = &config.performance_monitoring;
+        let profiled = pm.enable_profiling;
+        if profiled {
+            notes.extend(profiling.begin(probes, CgroupId(id.0), &[id.0]));
+            if pm.profiling_frequency_hz != profiling.frequency_hz() {
+                notes.push(format!(
+                    "the profile was sampled at the agent's {} Hz, not the {} Hz asked for \
+                     (the agent's profile_frequency_hz sets it for every profile it takes)",
+                    profiling.frequency_hz(),
+                    pm.profiling_frequency_hz
+                ));
+            }
+        }
         let mut session = Session::start(cgroup.target(), specs, run::session_options(&config));
         run::record_limits(&mut session, &limit_lines);
         let next_tick = Instant::now() + session.interval();
@@ -323,6 +348,7 @@ impl Clients {
             },
             next_tick,
             timed_out_at: None,
+            profiled,
         };
         let info = info(id, &run);
         self.runs.insert(id, run);
@@ -358,6 +384,7 @@ impl Clients {
         status: ExitStatus,
         interrupted: Option<String>,
         probes: &mut Probes,
+        profiling: &mut Profiling,
     ) -> Result<Report, Error> {
         let mut run = self.runs.remove(&id).expect("checked by the caller");
         let wall_time_ns = run.session.elapsed_ns();
@@ -371,10 +398,18 @@ impl Clients {
             escape_watch,
             process_watch,
             limit_lines,
-            notes,
+            mut notes,
             options,
+            profiled,
             ..
         } = run;
+        let profile = if profiled {
+            let (profile, note) = profiling.end(probes, CgroupId(id.0));
+            notes.extend(note);
+            profile
+        } else {
+            None
+        };
         let end = End {
             wall_time_ns,
             max_rss_bytes: None,
@@ -401,17 +436,20 @@ impl Clients {
             cgroup,
             records,
             containers: Vec::new(),
-            profile: None,
+            profile,
             limit_lines,
         };
         Ok(run::assemble(&options, outcome, figures))
     }
 
     /// Kills and removes run `id`, whose client went away.
-    fn abandon(&mut self, id: RunId, probes: &mut Probes) {
+    fn abandon(&mut self, id: RunId, probes: &mut Probes, profiling: &mut Profiling) {
         let Some(run) = self.runs.remove(&id) else {
             return;
         };
+        if run.profiled {
+            let _ = profiling.end(probes, CgroupId(id.0));
+        }
         log::warn!(
             "client uid {}: run {} abandoned (its client went away): killed and removed",
             run.owner.uid,

@@ -13,7 +13,7 @@
 pub mod board;
 mod clients;
 pub mod config;
-mod profiling;
+pub mod profiling;
 pub mod protocol;
 mod report;
 pub mod socket;
@@ -216,7 +216,7 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
             }
             Some(incoming) = calls.recv() => {
                 if let Some(clients) = clients.as_mut() {
-                    clients.handle(incoming, &mut probes).await;
+                    clients.handle(incoming, &mut probes, watched.profiling()).await;
                 }
             }
             signal = signals.next() => match signal {
@@ -229,7 +229,7 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
         }
     }
     if let Some(clients) = clients.as_mut() {
-        clients.stop(&mut probes);
+        clients.stop(&mut probes, watched.profiling());
     }
     stop(&mut watched, &mut probes, &board)
 }

@@ -40,6 +40,11 @@ impl Profiling {
         }
     }
 
+    /// The samples a second it takes (or would, once started).
+    pub fn frequency_hz(&self) -> u64 {
+        self.rates.frequency_hz
+    }
+
     /// Takes the rates of a reloaded configuration; they apply only if sampling has not
     /// started (the sampling events, once open, keep theirs).
     pub fn set_rates(&mut self, rates: SamplingRates) {

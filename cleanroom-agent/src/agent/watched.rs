@@ -151,6 +151,11 @@ impl Watched {
         self.interval
     }
 
+    /// The agent's profiling, which the clients' runs share.
+    pub fn profiling(&mut self) -> &mut Profiling {
+        &mut self.profiling
+    }
+
     /// Takes new rules (a reloaded configuration): cgroups picked from now on follow them; a
     /// watched cgroup no rule matches any more ends at the next tick.
     pub fn set_watcher(&mut self, watcher: Watcher, rates: SamplingRates) {

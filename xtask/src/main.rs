@@ -49,6 +49,10 @@ enum Task {
         /// Run one section alone (its results go to target/bench/results-SECTION.json).
         #[arg(long, hide = true)]
         only: Option<bench::Section>,
+        /// Only the per-event cost of every hook beside its floor and the bpftrace peer, with
+        /// its goals (about a minute): the quick check while working on a hot path.
+        #[arg(long, conflicts_with = "only")]
+        quick: bool,
     },
     /// Fuzz the parsers of untrusted text with libFuzzer (see fuzz/): every target, or one.
     Fuzz {
@@ -107,14 +111,21 @@ fn run(task: Task) -> Result<()> {
             let status = cmd.status().context("starting cleanroom")?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Task::Bench { reps, only } => {
+        Task::Bench { reps, only, quick } => {
+            let only = if quick {
+                Some(bench::Section::PerEvent)
+            } else {
+                only
+            };
             anyhow::ensure!(
                 toolchain::is_root(),
                 "the benchmark loads BPF programs: run it as root"
             );
             let bin = build(&root)?;
             match only {
-                None => toolchain::ensure_tools(toolchain::BENCH_TOOLS)?,
+                None | Some(bench::Section::PerEvent) => {
+                    toolchain::ensure_tools(toolchain::BENCH_TOOLS)?
+                }
                 Some(bench::Section::Profiling) => {
                     toolchain::ensure_tools(&[("bpftool", "bpftool"), ("gzip", "gzip")])?
                 }

@@ -103,11 +103,39 @@ pub fn diagnose() -> Diagnosis {
             "root or CAP_SYS_ADMIN+CAP_BPF+CAP_PERFMON".into(),
         );
     } else {
-        check(
-            "privileges",
-            Status::Fail,
-            format!("missing {}; run as root", missing.join(", ")),
-        );
+        let socket = crate::agent::protocol::socket_path();
+        match crate::agent::protocol::hello(&socket) {
+            Ok(peer) => {
+                check(
+                    "privileges",
+                    Status::Note,
+                    format!(
+                        "missing {}: `cleanroom run` measures through the agent",
+                        missing.join(", ")
+                    ),
+                );
+                check(
+                    "agent",
+                    Status::Ok,
+                    format!(
+                        "{} answers (you are uid {}): unprivileged runs go through it",
+                        socket.display(),
+                        peer.uid
+                    ),
+                );
+            }
+            Err(why) => {
+                check(
+                    "privileges",
+                    Status::Fail,
+                    format!(
+                        "missing {}; run as root, or start `cleanroom agent` and use its socket",
+                        missing.join(", ")
+                    ),
+                );
+                check("agent", Status::Fail, format!("not reachable: {why}"));
+            }
+        }
     }
     check("kernel", Status::Ok, host::kernel_release());
 

@@ -374,6 +374,18 @@ fn exit_codes_are_a_root_runs() {
         "{stderr}"
     );
     assert!(stderr.contains("may not use"), "{stderr}");
+    // `cleanroom doctor` says whether the agent answers, to each.
+    let doctor = |user: &TestUser| {
+        let out = s.run(user, &["doctor"]);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let member = doctor(user);
+    assert!(
+        member.contains(&format!("answers (you are uid {})", user.uid)),
+        "{member}"
+    );
+    let outsider = doctor(&s.outsider);
+    assert!(outsider.contains("not reachable"), "{outsider}");
     // No agent at all: the same one line.
     let out = s
         .outsider

@@ -165,6 +165,34 @@ impl Reply {
     }
 }
 
+/// Asks the agent at `socket` who this process is to it (`hello`), within a few seconds: what
+/// `cleanroom doctor` checks for an unprivileged user.
+pub fn hello(socket: &std::path::Path) -> Result<Peer, String> {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    let timeout = Some(Duration::from_secs(5));
+    stream
+        .set_read_timeout(timeout)
+        .and_then(|()| stream.set_write_timeout(timeout))
+        .and_then(|()| stream.write_all(b"{\"op\":\"hello\"}\n"))
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    let mut line = String::new();
+    std::io::BufReader::new(std::io::Read::take(stream, MAX_REQUEST as u64))
+        .read_line(&mut line)
+        .map_err(|e| format!("{}: no answer: {e}", socket.display()))?;
+    let reply: Reply = serde_json::from_str(&line)
+        .map_err(|e| format!("{}: not the agent's answer: {e}", socket.display()))?;
+    match (reply.ok, reply.peer) {
+        (true, Some(peer)) => Ok(peer),
+        _ => Err(format!(
+            "{}: {}",
+            socket.display(),
+            reply.error.unwrap_or_else(|| "refused".into())
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

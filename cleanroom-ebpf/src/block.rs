@@ -11,7 +11,10 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfT
 use cleanroom_common::{BlockKey, drop_reason, hist_kind};
 
 use crate::{
-    maps::{BIO_OWNER, RQ_START, RqStart, block_stats_of, count_drop, record_latency},
+    maps::{
+        BIO_OWNER, RQ_START, address, block_stats_of, count_drop, in_flight_slot, keep_owner,
+        record_latency,
+    },
     task::{
         OFF_BDEV_DEV, OFF_BIO_BDEV, OFF_BIO_BLKG, OFF_BIO_DISK, OFF_BIO_OPF, OFF_BIO_PARTNO,
         OFF_BIO_SIZE, OFF_BLKCG_CGROUP, OFF_BLKG_BLKCG, OFF_GENDISK_FIRST_MINOR, OFF_GENDISK_MAJOR,
@@ -112,7 +115,7 @@ fn on_bio_queue(bio: *const u8, layout: Layout) {
             stats.write_ops += 1;
         }
     }
-    let _ = BIO_OWNER.insert(bio as u64, owner, 0);
+    keep_owner(address(bio), owner);
 }
 
 /// `block_split(struct bio *split, unsigned int new_sector)`: runs in the submitter when a bio
@@ -135,7 +138,7 @@ pub fn block_split_q(ctx: BtfTracePointContext) -> u32 {
 /// A bio split off: it belongs to whoever owns the original.
 #[inline(always)]
 fn on_split(split: *const u8) {
-    let _ = BIO_OWNER.insert(split as u64, bio_owner(split), 0);
+    keep_owner(address(split), bio_owner(split));
 }
 
 /// `block_rq_issue(struct request *rq)`: the request goes to the device.
@@ -172,43 +175,70 @@ fn on_rq_issue(rq: *const u8, layout: Layout) {
     let Some(bio) = read_ptr(rq, &OFF_RQ_BIO) else {
         return;
     };
-    // SAFETY: a map value read once, right away.
-    let Some(owner) = (unsafe { BIO_OWNER.get(bio as u64) }).copied() else {
-        count_drop(drop_reason::LATENCY_UNMATCHED);
+    let bio_at = address(bio);
+    let Some(slot) = BIO_OWNER.get_ptr_mut(in_flight_slot(bio_at)) else {
         return;
     };
-    let _ = BIO_OWNER.remove(bio as u64);
+    // SAFETY: an element of an array map, read and taken at once; a racing writer is told by
+    // the check.
+    let (tag, owner, check) = unsafe { ((*slot).bio, (*slot).owner, (*slot).check) };
+    if bio_at == 0 || tag != bio_at || check != tag ^ owner {
+        count_drop(drop_reason::LATENCY_UNMATCHED);
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).bio = 0 };
     let dev = dev_of(bio, layout);
-    let start = RqStart {
-        // SAFETY: helper without preconditions.
-        issued_ns: unsafe { bpf_ktime_get_ns() },
-        owner,
-        kind: if op == REQ_OP_READ {
-            hist_kind::BLOCK_READ
-        } else {
-            hist_kind::BLOCK_WRITE
-        },
-        dev,
+    let rq_at = address(rq);
+    let Some(slot) = RQ_START.get_ptr_mut(in_flight_slot(rq_at)) else {
+        return;
     };
-    let _ = RQ_START.insert(rq as u64, start, 0);
+    // SAFETY: helper without preconditions.
+    let issued_ns = unsafe { bpf_ktime_get_ns() };
+    let kind = if op == REQ_OP_READ {
+        hist_kind::BLOCK_READ
+    } else {
+        hist_kind::BLOCK_WRITE
+    };
+    // SAFETY: an element of an array map; a racing writer is told by the check.
+    unsafe {
+        (*slot).rq = rq_at;
+        (*slot).issued_ns = issued_ns;
+        (*slot).owner = owner;
+        (*slot).kind = kind;
+        (*slot).dev = dev;
+        (*slot).check = rq_at ^ issued_ns ^ owner;
+    }
 }
 
 /// `block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`: runs in
 /// interrupt context; the owner comes from the issue.
 #[btf_tracepoint(function = "block_rq_complete")]
 pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
-    let rq: *const u8 = ctx.arg(0);
-    // SAFETY: a map value read once, right away.
-    if let Some(start) = unsafe { RQ_START.get(rq as u64) }.copied() {
-        let _ = RQ_START.remove(rq as u64);
-        // SAFETY: helper without preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        record_latency(
-            start.owner,
-            start.kind,
-            start.dev,
-            now.saturating_sub(start.issued_ns),
-        );
+    let rq = address(ctx.arg(0));
+    let Some(slot) = RQ_START.get_ptr_mut(in_flight_slot(rq)) else {
+        return 0;
+    };
+    // SAFETY: an element of an array map, read and taken at once.
+    let (tag, issued_ns, owner, kind, dev, check) = unsafe {
+        (
+            (*slot).rq,
+            (*slot).issued_ns,
+            (*slot).owner,
+            (*slot).kind,
+            (*slot).dev,
+            (*slot).check,
+        )
+    };
+    // Requests never issued while the probes were attached (or whose slot another took) have
+    // no start here.
+    if rq == 0 || tag != rq || check != tag ^ issued_ns ^ owner {
+        return 0;
     }
+    // SAFETY: as above.
+    unsafe { (*slot).rq = 0 };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    record_latency(owner, kind, dev, now.saturating_sub(issued_ns));
     0
 }

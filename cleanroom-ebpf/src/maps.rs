@@ -66,9 +66,58 @@ pub static ESCAPES: HashMap<u32, Escape> = HashMap::with_max_entries(MAX_ESCAPES
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT, 0);
 
-/// bio → the cgroup that owns it, from submission until its request is issued.
+/// Slots of [`BIO_OWNER`] and [`RQ_START`]; a power of two.
+pub const IN_FLIGHT_SLOTS: u32 = 1 << 15;
+
+/// One word per CPU through which a pointer becomes a plain number ([`address`]).
 #[map]
-pub static BIO_OWNER: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+static ADDRESS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The address of the kernel object at `ptr`, as a number the program may compute with. The
+/// verifier allows no arithmetic but adding to a BTF pointer, and a tracepoint's arguments are
+/// BTF pointers; a pointer stored to map memory (which a program loaded with CAP_PERFMON may
+/// do) reads back as a number. 0 when the word cannot be had.
+#[inline(always)]
+pub fn address(ptr: *const u8) -> u64 {
+    let Some(word) = ADDRESS.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's element of a per-CPU array; programs on one CPU do not nest, and the
+    // volatile pair keeps the compiler from folding the round trip away.
+    unsafe {
+        core::ptr::write_volatile(word, ptr as u64);
+        core::ptr::read_volatile(word)
+    }
+}
+
+/// The slot of the kernel object at `address` in an array of [`IN_FLIGHT_SLOTS`]: a
+/// multiplicative hash of its address (the low bits of a slab address are alike; the high bits
+/// of the product mix them all).
+#[inline(always)]
+pub fn in_flight_slot(address: u64) -> u32 {
+    (address.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - IN_FLIGHT_SLOTS.trailing_zeros())) as u32
+}
+
+/// Who owns a bio, from its submission until its request is issued.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BioSlot {
+    /// The bio; 0 once taken.
+    pub bio: u64,
+    /// The cgroup that owns it.
+    pub owner: u64,
+    /// `bio ^ owner`: a slot two CPUs wrote at once holds one's bio and the other's owner,
+    /// which this tells.
+    pub check: u64,
+}
+
+/// bio → the cgroup that owns it, indexed by [`in_flight_slot`] of the bio. An array, not a
+/// hash: the block hooks run for every I/O, and an LRU hash takes locks on each insert and
+/// delete. Two bios in flight at once whose slots collide share one; the later overwrites the
+/// earlier, whose request then goes unmeasured (`LATENCY_UNMATCHED`). Its bytes are counted at
+/// submission either way.
+#[map]
+pub static BIO_OWNER: Array<BioSlot> = Array::with_max_entries(IN_FLIGHT_SLOTS, 0);
 
 /// A process for good: its tgid and its leader's start time.
 #[repr(C)]
@@ -93,6 +142,8 @@ pub static PROCESS_EXITS: LruHashMap<ProcessKey, u8> =
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct RqStart {
+    /// The request; 0 once completed.
+    pub rq: u64,
     /// When it was issued to the device.
     pub issued_ns: u64,
     /// The owning cgroup.
@@ -101,11 +152,14 @@ pub struct RqStart {
     pub kind: u32,
     /// The device.
     pub dev: u32,
+    /// `rq ^ issued_ns ^ owner`: tells a slot two CPUs wrote at once.
+    pub check: u64,
 }
 
-/// request → issue time and owner.
+/// request → issue time and owner, indexed by [`in_flight_slot`] of the request; as
+/// [`BIO_OWNER`], an array whose colliding requests lose their latency.
 #[map]
-pub static RQ_START: LruHashMap<u64, RqStart> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+pub static RQ_START: Array<RqStart> = Array::with_max_entries(IN_FLIGHT_SLOTS, 0);
 
 /// When a task became runnable (woken, or preempted while runnable).
 #[repr(C)]
@@ -170,6 +224,22 @@ pub fn count_drop(reason: u32) {
         // SAFETY: a per-CPU slot, and programs do not nest on one CPU, so nothing else writes it
         // while this program runs.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Keeps `owner` as the owner of `bio` until its request is issued ([`BIO_OWNER`]).
+#[inline(always)]
+pub fn keep_owner(bio: u64, owner: u64) {
+    if bio == 0 {
+        return;
+    }
+    if let Some(slot) = BIO_OWNER.get_ptr_mut(in_flight_slot(bio)) {
+        // SAFETY: an element of an array map; a racing writer is told by the check.
+        unsafe {
+            (*slot).bio = bio;
+            (*slot).owner = owner;
+            (*slot).check = bio ^ owner;
+        }
     }
 }
 

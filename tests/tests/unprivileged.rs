@@ -207,6 +207,30 @@ impl Setup {
         user.cleanroom(self.bin.path(), &self.socket, args)
     }
 
+    /// `cleanroom run -q --no-store FLAGS -- sh -c SCRIPT` as `user`.
+    fn measure(&self, user: &TestUser, flags: &[&str], script: &str) -> Output {
+        let args = [
+            &["run", "-q", "--no-store"],
+            flags,
+            &["--", "sh", "-c", script],
+        ]
+        .concat();
+        self.run(user, &args)
+    }
+
+    /// `cleanroom run -q --no-store -- sleep SECS` as `user`, in the background.
+    fn start_sleeping(&self, user: &TestUser, secs: &str) -> Child {
+        user.command(
+            self.bin.path(),
+            &self.socket,
+            &["cleanroom", "run", "-q", "--no-store", "--", "sleep", secs],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+    }
+
     fn workload(&self) -> String {
         self.bin.path().join("workload").display().to_string()
     }
@@ -237,20 +261,7 @@ fn a_member_measures_its_own_run_through_the_agent() {
         w = s.workload(),
         dev = dev.path
     );
-    let out = s.run(
-        user,
-        &[
-            "run",
-            "-q",
-            "--no-store",
-            "--report",
-            report_path.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    );
+    let out = s.measure(user, &["--report", report_path.to_str().unwrap()], &script);
     assert_eq!(out.status.code(), Some(0), "{out:?}\n{}", s.agent.log());
     let report = report_of(user, "r.json");
     cleanroom_tests::assert_matches_schema(&report);
@@ -306,10 +317,7 @@ fn exit_codes_are_a_root_runs() {
     let s = Setup::new("e");
     let user = &s.member;
     // The command's own code.
-    let out = s.run(
-        user,
-        &["run", "-q", "--no-store", "--", "sh", "-c", "exit 7"],
-    );
+    let out = s.measure(user, &[], "exit 7");
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     // A missed SLO: 3.
     let slo = user.home.path().join("slo.toml");
@@ -319,20 +327,7 @@ fn exit_codes_are_a_root_runs() {
     )
     .unwrap();
     let spin = format!("{} spin-ms 100", s.workload());
-    let out = s.run(
-        user,
-        &[
-            "run",
-            "-q",
-            "--no-store",
-            "--slo",
-            slo.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &spin,
-        ],
-    );
+    let out = s.measure(user, &["--slo", slo.to_str().unwrap()], &spin);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     // A limit the agent applies: a memory limit the command cannot write itself.
     let config = user.home.path().join("limits.toml");
@@ -341,24 +336,18 @@ fn exit_codes_are_a_root_runs() {
         "[resource_limits]\nmax_memory_usage_bytes = \"64MiB\"\n",
     )
     .unwrap();
-    let out = s.run(
+    let out = s.measure(
         user,
         &[
-            "run",
-            "-q",
-            "--no-store",
             "--config",
             config.to_str().unwrap(),
             "--report",
             user.home.path().join("l.json").to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            "cat /proc/self/cgroup > $HOME/cgroup; p=$(sed -n 's/^0:://p' $HOME/cgroup); \
+        ],
+        "cat /proc/self/cgroup > $HOME/cgroup; p=$(sed -n 's/^0:://p' $HOME/cgroup); \
              cat /sys/fs/cgroup/unified$p/memory.max /sys/fs/cgroup$p/memory.max 2>/dev/null; \
              echo 1 > /sys/fs/cgroup/unified$p/memory.max 2>/dev/null && exit 9; \
              echo 1 > /sys/fs/cgroup$p/memory.max 2>/dev/null && exit 9; exit 0",
-        ],
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let notes = report_of(user, "l.json")["notes"].to_string();
@@ -429,16 +418,7 @@ fn one_user_cannot_touch_anothers_run() {
     }
     let s = Setup::new("o");
     let owner = &s.member;
-    let mut running = owner
-        .command(
-            s.bin.path(),
-            &s.socket,
-            &["cleanroom", "run", "-q", "--no-store", "--", "sleep", "4"],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut running = s.start_sleeping(owner, "4");
     // The owner's run, as the agent made it under the test's cgroup.
     let deadline = Instant::now() + Duration::from_secs(30);
     let run_dir = loop {
@@ -549,19 +529,13 @@ time.sleep(float(sys.argv[1]))
 
     // Meanwhile, an honest member's run is served and measured.
     let spin = format!("{} spin-ms 200", s.workload());
-    let out = s.run(
+    let out = s.measure(
         &s.member,
         &[
-            "run",
-            "-q",
-            "--no-store",
             "--report",
             s.member.home.path().join("h.json").to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &spin,
         ],
+        &spin,
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}\n{}", s.agent.log());
     let cpu = u64_at(&report_of(&s.member, "h.json"), "/totals/cpu_time_ns");
@@ -584,16 +558,7 @@ fn a_run_whose_client_is_killed_leaves_nothing_behind() {
     }
     let s = Setup::new("k");
     let user = &s.member;
-    let mut client = user
-        .command(
-            s.bin.path(),
-            &s.socket,
-            &["cleanroom", "run", "-q", "--no-store", "--", "sleep", "60"],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = s.start_sleeping(user, "60");
     let deadline = Instant::now() + Duration::from_secs(30);
     let sleeping = || {
         Command::new("pgrep")
@@ -635,20 +600,14 @@ fn a_member_gets_a_profile_through_the_agent() {
     let s = Setup::new("p");
     let user = &s.member;
     let spin = format!("{} spin-ms 600", s.workload());
-    let out = s.run(
+    let out = s.measure(
         user,
         &[
-            "run",
-            "-q",
-            "--no-store",
             "--profile",
             "--report",
             user.home.path().join("p.json").to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &spin,
         ],
+        &spin,
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}\n{}", s.agent.log());
     let report = report_of(user, "p.json");

@@ -71,10 +71,21 @@ struct ClientRun {
     options: RunOptions,
     /// When it is next sampled.
     next_tick: Instant,
-    /// When the time limit sent SIGTERM, if it did.
-    timed_out_at: Option<Instant>,
+    /// Where it stands against its time limit.
+    time_limit: TimeLimit,
     /// Whether its tasks are sampled for a profile.
     profiled: bool,
+}
+
+/// A run against its time limit.
+#[derive(Clone, Copy)]
+enum TimeLimit {
+    /// Within it (or it has none).
+    Within,
+    /// Past it: SIGTERM was sent then.
+    Terminated(Instant),
+    /// Killed after the clean-up time.
+    Killed,
 }
 
 /// The clients' runs, and where they are made.
@@ -236,11 +247,12 @@ impl Clients {
                 run,
                 wait_status,
                 interrupted,
-            } => match self.owned(peer, run) {
+            } => match self.take(peer, run) {
                 Err(e) => Err(e),
-                Ok(_) => self
+                Ok(taken) => self
                     .end(
                         run,
+                        taken,
                         ExitStatus::from_raw(wait_status),
                         interrupted,
                         probes,
@@ -264,7 +276,17 @@ impl Clients {
         self.runs
             .get_mut(&id)
             .filter(|r| r.owner.uid == peer.uid)
-            .ok_or_else(|| format!("no run {} of yours (uid {})", id.0, peer.uid))
+            .ok_or_else(|| not_yours(peer, id))
+    }
+
+    /// The run `id`, taken out, when it is `peer`'s; else as [`Self::owned`].
+    fn take(&mut self, peer: Peer, id: RunId) -> Result<ClientRun, String> {
+        if self.runs.get(&id).is_some_and(|r| r.owner.uid == peer.uid)
+            && let Some(run) = self.runs.remove(&id)
+        {
+            return Ok(run);
+        }
+        Err(not_yours(peer, id))
     }
 
     /// Makes a run for `peer`: the cgroup, its limits, its delegation, then its measuring.
@@ -347,7 +369,7 @@ impl Clients {
                 ..RunOptions::default()
             },
             next_tick,
-            timed_out_at: None,
+            time_limit: TimeLimit::Within,
             profiled,
         };
         let info = info(id, &run);
@@ -376,17 +398,17 @@ impl Clients {
         Ok(())
     }
 
-    /// Ends run `id`: its processes killed, its figures read, its cgroup removed; gives the
-    /// report, unjudged.
+    /// Ends run `id`, taken out of the live ones: its processes killed, its figures read, its
+    /// cgroup removed; gives the report, unjudged.
     async fn end(
-        &mut self,
+        &self,
         id: RunId,
+        mut run: ClientRun,
         status: ExitStatus,
         interrupted: Option<String>,
         probes: &mut Probes,
         profiling: &mut Profiling,
     ) -> Result<Report, Error> {
-        let mut run = self.runs.remove(&id).expect("checked by the caller");
         let wall_time_ns = run.session.elapsed_ns();
         if run.session.samples() {
             run.session.last_tick(probes)?;
@@ -464,6 +486,11 @@ impl Clients {
     }
 }
 
+/// The refusal for a run that is not `peer`'s, or not there: the same words for both.
+fn not_yours(peer: Peer, id: RunId) -> String {
+    format!("no run {} of yours (uid {})", id.0, peer.uid)
+}
+
 /// What the client is told of its run.
 fn info(id: RunId, run: &ClientRun) -> RunInfo {
     RunInfo {
@@ -484,17 +511,17 @@ fn enforce_time_limit(run: &mut ClientRun, now: Instant) {
     let Some(limit) = rl.max_test_execution_time else {
         return;
     };
-    match run.timed_out_at {
-        None if u128::from(run.session.elapsed_ns()) >= limit.as_nanos() => {
+    match run.time_limit {
+        TimeLimit::Within if u128::from(run.session.elapsed_ns()) >= limit.as_nanos() => {
             let event = run::time_out(&run.cgroup, run.session.elapsed_ns(), rl);
             run.session.record(event);
-            run.timed_out_at = Some(now);
+            run.time_limit = TimeLimit::Terminated(now);
         }
-        Some(at) if now.duration_since(at) >= rl.resource_cleanup_timeout => {
+        TimeLimit::Terminated(at) if now.duration_since(at) >= rl.resource_cleanup_timeout => {
             let event = run::kill_after_timeout(run.session.elapsed_ns());
             run.session.record(event);
             let _ = run.cgroup.kill_all(Duration::from_secs(5));
-            run.timed_out_at = Some(now + Duration::from_secs(86_400 * 365));
+            run.time_limit = TimeLimit::Killed;
         }
         _ => {}
     }

@@ -156,7 +156,7 @@ impl AgentSocket {
         // reachable by others in between.
         // SAFETY: umask only sets this process's file mode mask.
         let old = unsafe { libc::umask(0o177) };
-        let bound = tokio::net::UnixListener::bind(path);
+        let bound = UnixListener::bind(path);
         // SAFETY: as above, restoring the mask.
         unsafe { libc::umask(old) };
         let listener = bound.map_err(|e| io_err("listening on", e))?;

@@ -221,7 +221,7 @@ impl Bench {
                 "profiling": r,
             });
             let path = out.join("results-profiling.json");
-            fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+            write_results(&path, &results)?;
             profiling::print(&results["profiling"]);
             step(&format!("results written to {}", path.display()));
             return Ok(());
@@ -237,7 +237,7 @@ impl Bench {
                 "in_run": rows,
             });
             let path = out.join("results-in-run.json");
-            fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+            write_results(&path, &results)?;
             in_run::print(&results["in_run"]);
             step(&format!("results written to {}", path.display()));
             return Ok(());
@@ -290,7 +290,7 @@ impl Bench {
                 "goals": per_event_goals(&per_event),
             });
             let path = bench.out.join("results-per-event.json");
-            fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+            write_results(&path, &results)?;
             print_per_event(&results);
             print_goals(&results);
             step(&format!(
@@ -326,7 +326,7 @@ impl Bench {
             "goals": goals,
         });
         let path = bench.out.join("results.json");
-        fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+        write_results(&path, &results)?;
         print_tables(&results);
         in_run::print(&results["in_run"]);
         profiling::print(&results["profiling"]);
@@ -638,7 +638,7 @@ impl Bench {
             "goals": goals,
         });
         let path = self.out.join("results-agent-sidecar.json");
-        fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+        write_results(&path, &results)?;
         print_agent_sidecar(&results);
         print_goals(&results);
         step(&format!(
@@ -1068,6 +1068,12 @@ fn goals(per_event: &Value, slowdown: &Value, agent: &Value, agent_sidecar: &Val
         }
     }
     Value::Array(out)
+}
+
+/// Writes a section's (or the whole run's) results as pretty JSON.
+fn write_results(path: &Path, results: &Value) -> Result<()> {
+    fs::write(path, serde_json::to_string_pretty(results)? + "\n")?;
+    Ok(())
 }
 
 fn num(v: &Value, digits: usize) -> String {

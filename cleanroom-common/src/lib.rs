@@ -278,9 +278,12 @@ pub struct CgroupStats {
     /// The largest peak RSS of one process, in pages (`signal->maxrss` when its last thread
     /// exits). A maximum, not a sum: [`CgroupStats::wrapping_add`] keeps the larger.
     pub process_peak_rss_pages: u64,
+    /// Times `sched_stat_runtime` charged CPU time to the cgroup's tasks: the events of that
+    /// hook, counted so that a report can say what the probes cost the run.
+    pub cpu_time_updates: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<CgroupStats>() == 17 * 8);
+const _: () = assert!(core::mem::size_of::<CgroupStats>() == 18 * 8);
 
 impl CgroupStats {
     /// Field-wise wrapping sum (the maximum for `process_peak_rss_pages`), used to add up CPUs
@@ -309,6 +312,7 @@ impl CgroupStats {
                 .io_cancelled_write_bytes
                 .wrapping_add(o.io_cancelled_write_bytes),
             process_peak_rss_pages: self.process_peak_rss_pages.max(o.process_peak_rss_pages),
+            cpu_time_updates: self.cpu_time_updates.wrapping_add(o.cpu_time_updates),
         }
     }
 }

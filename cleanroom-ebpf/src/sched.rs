@@ -33,6 +33,7 @@ pub fn sched_stat_runtime(ctx: BtfTracePointContext) -> u32 {
     let runtime: u64 = ctx.arg(1);
     if let Some(stats) = cgroup_id_of(task).and_then(stats_of) {
         stats.cpu_time_ns += runtime;
+        stats.cpu_time_updates += 1;
     }
     0
 }

@@ -22,6 +22,7 @@ use crate::{
     cgroupfs::watch::{RuleId, WatchRule, Watcher},
     config::{CleanroomConfig, PerformanceMonitoring},
     judge::analyze::{self, ThresholdSpec},
+    kernel::cost::ProbesCost,
     kernel::probe::{Counted, Probes, SamplingRates},
     kernel::tally,
     measure::session::{End, Figures, Session, SessionOptions, Tick},
@@ -385,9 +386,11 @@ fn finish(
         max_rss_bytes: None,
     };
     let drops = probes.drops()?;
-    let figures = watch
+    let cost = ProbesCost::of(&counted, &probes.calibration(), &probes.attached_hooks());
+    let mut figures = watch
         .session
         .conclude(counted, hook_unavailable, drops, end);
+    figures.probes = Some(cost);
     Ok(Finished {
         id,
         path: mount.join(&watch.relative),

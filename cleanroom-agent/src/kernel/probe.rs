@@ -27,6 +27,8 @@ pub use cleanroom_common::{ConnKey, ConnStats, OffCpuEnd, ProcessExit, StackSamp
 pub use crate::kernel::tally::Counted;
 use crate::{
     kernel::btf::{BtfError, Offsets, VMLINUX_BTF},
+    kernel::cost::Calibration,
+    kernel::meter::CostMeter,
     kernel::tally::{self, Tally},
     metric::{AnyMetric, Latency, Metric},
 };
@@ -722,6 +724,8 @@ impl Escape {
 
 /// The loaded object with its programs attached. Dropping it detaches everything.
 pub struct Probes {
+    /// What each program costs per event, measured while they run (not for the floor).
+    meter: Option<CostMeter>,
     ebpf: Ebpf,
     status: Vec<HookStatus>,
     /// Metrics lost to offsets this kernel lacks although their hook attached, with why.
@@ -737,7 +741,14 @@ impl Probes {
     /// Loads the object with offsets of the running kernel and attaches every hook it can.
     /// `v2_root` is the cgroup v2 root directory, for the network programs.
     pub fn load(v2_root: Option<&File>) -> Result<Self, ProbeError> {
-        Self::load_object(OBJECT, true, v2_root)
+        let mut probes = Self::load_object(OBJECT, true, v2_root)?;
+        let programs = probes
+            .program_ids()
+            .into_iter()
+            .map(|(_, hook, id)| (id, hook))
+            .collect();
+        probes.meter = Some(CostMeter::start(programs));
+        Ok(probes)
     }
 
     /// Loads the benchmark's floor: an empty program on every hook (nothing is counted).
@@ -845,6 +856,7 @@ impl Probes {
             log::warn!("{} unavailable: {why}", metric.name());
         }
         Ok(Self {
+            meter: None,
             ebpf,
             status,
             optional_missing,
@@ -854,6 +866,26 @@ impl Probes {
     /// Attach status of every hook.
     pub fn status(&self) -> &[HookStatus] {
         &self.status
+    }
+
+    /// The attached hooks (`tp_btf/sched_switch`, ...).
+    pub fn attached_hooks(&self) -> Vec<String> {
+        self.status
+            .iter()
+            .filter(|s| s.error.is_none())
+            .map(|s| s.hook.attach.to_string())
+            .collect()
+    }
+
+    /// What the programs cost per event on this host, as measured so far.
+    pub fn calibration(&self) -> Calibration {
+        self.meter.as_ref().map_or_else(
+            || Calibration {
+                unavailable: Some("the probes' costs are not measured for the floor".into()),
+                ..Calibration::default()
+            },
+            CostMeter::calibration,
+        )
     }
 
     /// Kernel ids of the attached programs, with their hooks (for `bpftool prog show id N`).

@@ -21,6 +21,7 @@ use crate::{
     cgroupfs::cgroup::{MemoryStat, Target},
     judge::analyze::{self, ThresholdMonitor, ThresholdSpec},
     judge::verdict::{Anomaly, Event, EventKind, ThresholdResult},
+    kernel::cost::ProbesCost,
     kernel::probe::{Counted, Drops, Probes},
     measure::collect::{BlockDevice, Sample, Total},
     measure::model::{self, Aggregate, Reading, SeriesPoint, SeriesResolution},
@@ -117,6 +118,8 @@ pub struct Figures {
     pub events: Vec<Event>,
     /// The phases marked, in order.
     pub phases: Vec<Phase>,
+    /// What the probes cost the target, when the front end asked (see [`Session::finish`]).
+    pub probes: Option<ProbesCost>,
     /// Where in `events` those the end itself raised begin.
     end_events: usize,
 }
@@ -343,7 +346,10 @@ impl Session {
         let drops = probes.drops()?;
         let unavailable = probes.unavailable();
         probes.forget(&ids)?;
-        Ok(self.conclude(counted, &unavailable, drops, end))
+        let cost = ProbesCost::of(&counted, &probes.calibration(), &probes.attached_hooks());
+        let mut figures = self.conclude(counted, &unavailable, drops, end);
+        figures.probes = Some(cost);
+        Ok(figures)
     }
 
     /// [`Session::finish`] with the target's subtree read already: `counted` (histograms
@@ -411,6 +417,7 @@ impl Session {
             end_events,
             totals,
             unavailable,
+            probes: None,
         }
     }
 

@@ -50,6 +50,10 @@ pub struct Report {
     pub unavailable: Vec<String>,
     /// Events the kernel programs could not count, by reason (all zero when nothing was lost).
     pub dropped: BTreeMap<String, u64>,
+    /// What Cleanroom's probes cost the run: CPU time spent in them on the run's events,
+    /// estimated with bounds, or why it is unknown (absent from reports made before it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<crate::kernel::cost::ProbesCost>,
     /// Remarks on how figures were obtained, where it differs from the usual.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -173,6 +177,7 @@ impl Report {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
+            probes: figures.probes,
             notes: Vec::new(),
             interrupted: None,
             leftovers: Vec::new(),
@@ -589,6 +594,9 @@ impl Report {
         if matches!(self.verdict, Verdict::Pass | Verdict::Fail) {
             let _ = writeln!(out, "\n  verdict: {}", self.verdict.as_str().to_uppercase());
         }
+        if let Some(probes) = &self.probes {
+            let _ = writeln!(out, "\n  probes: {}", probes.line());
+        }
         for note in &self.notes {
             let _ = writeln!(out, "\n  note: {note}");
         }
@@ -698,6 +706,7 @@ impl Report {
             },
             totals: BTreeMap::from([("cpu_time_ns".into(), Total::Value(2_000_000_000))]),
             block_devices: vec![],
+            probes: None,
             notes: vec![],
             series: vec![],
             aggregates: BTreeMap::new(),
@@ -755,6 +764,19 @@ mod tests {
         assert_eq!(r.command_line(), "sh -c 'git clone x && sync'");
         r.command = vec!["cargo".into(), "test".into()];
         assert_eq!(r.command_line(), "cargo test");
+    }
+
+    #[test]
+    fn summary_says_what_the_probes_cost_or_why_it_is_unknown() {
+        let mut r = Report::example();
+        assert!(!r.summary().contains("probes:"));
+        r.probes = Some(crate::kernel::cost::ProbesCost::Unknown {
+            unknown_because: "no BPF statistics".into(),
+        });
+        assert!(r.summary().contains("\n  probes: unknown: no BPF statistics\n"));
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""probes":{"unknown_because":"no BPF statistics"}"#));
+        assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), r);
     }
 
     #[test]

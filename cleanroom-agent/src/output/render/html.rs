@@ -837,8 +837,19 @@ pub fn report(r: &Report) -> String {
         body.push_str("</table></section>");
     }
 
-    if !r.events.is_empty() || !r.notes.is_empty() || !r.unavailable.is_empty() {
+    if !r.events.is_empty()
+        || !r.notes.is_empty()
+        || !r.unavailable.is_empty()
+        || r.probes.is_some()
+    {
         body.push_str("<section><h2>Events and notes</h2><ul class=\"insights\">");
+        if let Some(probes) = &r.probes {
+            let _ = write!(
+                body,
+                "<li>Cleanroom's probes: {}.</li>",
+                esc(&probes.line())
+            );
+        }
         for e in &r.events {
             let _ = write!(
                 body,

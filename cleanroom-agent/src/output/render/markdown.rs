@@ -58,6 +58,9 @@ pub fn report(r: &Report) -> String {
             .map(|c| format!(", commit `{}`", &c[..c.len().min(12)]))
             .unwrap_or_default()
     );
+    if let Some(probes) = &r.probes {
+        let _ = writeln!(out, "Cleanroom's probes: {}.\n", cell(&probes.line()));
+    }
     if !r.slos.is_empty() || !r.thresholds.is_empty() {
         let _ = writeln!(out, "| SLO / threshold | measured | objective | verdict |");
         let _ = writeln!(out, "| --- | ---: | --- | --- |");

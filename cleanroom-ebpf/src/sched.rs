@@ -10,16 +10,18 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use cleanroom_common::hist_kind;
+use cleanroom_common::{drop_reason, hist_kind};
 
 use crate::{
     escape,
-    maps::{PROCESS_EXITS, ProcessKey, RUNQ_SLOTS, RUNQ_START, record_latency, stats_of},
+    maps::{
+        PROCESS_EXITS, ProcessKey, RUNQ_SLOTS, RUNQ_START, count_drop, record_latency, stats_of,
+    },
     task::{
         OFF_SIGNAL_LIVE, OFF_SIGNAL_MAXRSS, OFF_TASK_IOAC_CANCELLED_WRITE_BYTES,
         OFF_TASK_IOAC_READ_BYTES, OFF_TASK_IOAC_WRITE_BYTES, OFF_TASK_MAJ_FLT, OFF_TASK_PID,
         OFF_TASK_SIGNAL, OFF_TASK_STATE, OFF_TASK_TGID, cgroup_id_of, current_cgroup_id,
-        leader_start_time, read, read_optional,
+        dfl_cgroup_of, id_of_cgroup, leader_start_time, read, read_optional,
     },
 };
 
@@ -38,9 +40,9 @@ pub fn sched_stat_runtime(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// Marks `task` runnable now, for run-queue latency.
+/// Marks `task` runnable since `now`, for run-queue latency.
 #[inline(always)]
-fn mark_runnable(task: *const u8) {
+fn mark_runnable(task: *const u8, now: u64) {
     let Some(pid) = read::<u32>(task, &OFF_TASK_PID).filter(|p| *p != 0) else {
         return;
     };
@@ -49,22 +51,29 @@ fn mark_runnable(task: *const u8) {
         // unmatched, which the reader detects by the pid.
         unsafe {
             (*slot).pid = pid;
-            (*slot).since_ns = bpf_ktime_get_ns();
+            (*slot).since_ns = now;
         }
     }
+}
+
+/// The clock of run-queue latency.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// `sched_wakeup(struct task_struct *p)`.
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
-    mark_runnable(ctx.arg(0));
+    mark_runnable(ctx.arg(0), now_ns());
     0
 }
 
 /// `sched_wakeup_new(struct task_struct *p)`.
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
-    mark_runnable(ctx.arg(0));
+    mark_runnable(ctx.arg(0), now_ns());
     0
 }
 
@@ -102,7 +111,8 @@ pub fn sched_switch_v1(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// A switch from `prev` (in `prev_state`) to `next`.
+/// A switch from `prev` (in `prev_state`) to `next`. One clock read serves both ends: `prev`'s
+/// wait starting and `next`'s ending.
 #[inline(always)]
 fn on_switch(preempt: u64, prev: *const u8, next: *const u8, prev_state: u64) {
     crate::process::on_switch_away(prev, prev_state);
@@ -116,8 +126,9 @@ fn on_switch(preempt: u64, prev: *const u8, next: *const u8, prev_state: u64) {
             stats.switches_involuntary += 1;
         }
     }
+    let now = now_ns();
     if runnable {
-        mark_runnable(prev);
+        mark_runnable(prev, now);
     }
     let Some(pid) = read::<u32>(next, &OFF_TASK_PID).filter(|p| *p != 0) else {
         return;
@@ -132,10 +143,10 @@ fn on_switch(preempt: u64, prev: *const u8, next: *const u8, prev_state: u64) {
     }
     // SAFETY: as above.
     unsafe { (*slot).since_ns = 0 };
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(id) = cgroup_id_of(next) {
-        record_latency(id, hist_kind::RUNQUEUE, 0, now.saturating_sub(since));
+    // `next` is not the current task here (`prev` is): its cgroup is read from it directly.
+    match dfl_cgroup_of(next).and_then(id_of_cgroup) {
+        Some(id) => record_latency(id, hist_kind::RUNQUEUE, 0, now.saturating_sub(since)),
+        None => count_drop(drop_reason::READ_FAILED),
     }
 }
 

@@ -123,7 +123,7 @@ fn run(task: Task) -> Result<()> {
             );
             let bin = build(&root)?;
             match only {
-                None | Some(bench::Section::PerEvent) => {
+                None | Some(bench::Section::PerEvent | bench::Section::Resolved) => {
                     toolchain::ensure_tools(toolchain::BENCH_TOOLS)?
                 }
                 Some(bench::Section::Profiling) => {

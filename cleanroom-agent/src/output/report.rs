@@ -773,7 +773,10 @@ mod tests {
         r.probes = Some(crate::kernel::cost::ProbesCost::Unknown {
             unknown_because: "no BPF statistics".into(),
         });
-        assert!(r.summary().contains("\n  probes: unknown: no BPF statistics\n"));
+        assert!(
+            r.summary()
+                .contains("\n  probes: unknown: no BPF statistics\n")
+        );
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(r#""probes":{"unknown_because":"no BPF statistics"}"#));
         assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), r);

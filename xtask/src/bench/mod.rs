@@ -3,24 +3,27 @@
 //!
 //! 1. Per-event cost of every program (`run_time_ns / run_cnt` with BPF stats on).
 //! 2. Workload slowdown: none vs Cleanroom vs bpftrace, median of alternated repetitions.
-//! 3. The agent itself: CPU, RSS/PSS, start-up and map sizes, polling 1 s and 100 ms over 10
+//! 3. The slowdown of fio and the page-fault loop resolved (`resolved`: paired repetitions, a
+//!    95% bootstrap interval), and BPF time per context switch beside a bpftrace script doing
+//!    per-cgroup CPU accounting.
+//! 4. The agent itself: CPU, RSS/PSS, start-up and map sizes, polling 1 s and 100 ms over 10
 //!    and 500 live cgroups.
-//! 4. The agent as a sidecar (`cleanroom agent`, 1 s): CPU, RSS/PSS over 10 and 500 watched
+//! 5. The agent as a sidecar (`cleanroom agent`, 1 s): CPU, RSS/PSS over 10 and 500 watched
 //!    cgroups, the time a `/metrics` scrape takes, and how long a new cgroup waits for its
 //!    first sample.
-//!
-//! 5. The command measured (`in_run`): many short processes and a small crate's build, bare
+//! 6. The command measured (`in_run`): many short processes and a small crate's build, bare
 //!    and inside `cleanroom run`, with the slowdown's 95% confidence interval.
-//! 6. The CPU profile (`profiling`): a CPU-bound job bare, in `cleanroom run` and in `cleanroom
+//! 7. The CPU profile (`profiling`): a CPU-bound job bare, in `cleanroom run` and in `cleanroom
 //!    run --profile` at 99 Hz; ns per sample and Cleanroom's own CPU while profiling.
 //!
 //! Writes `target/bench/results.json` and prints the tables. Goals are reported, never asserted.
-//! `--only agent-sidecar` runs section 4 alone and writes `results-agent-sidecar.json`;
-//! `--only in-run` section 5 alone, into `results-in-run.json`; `--only profiling` section 6,
-//! into `results-profiling.json`.
+//! `--only SECTION` runs one section alone and writes `results-SECTION.json`: `per-event`
+//! (section 1, also `--quick`), `resolved` (3), `agent-sidecar` (5), `in-run` (6), `profiling`
+//! (7).
 
 mod in_run;
 mod profiling;
+mod resolved;
 
 use std::{
     collections::{BTreeMap, hash_map::RandomState},
@@ -49,6 +52,8 @@ pub enum Section {
     Profiling,
     /// 1: the per-event cost of every program, with its goals (`--quick`).
     PerEvent,
+    /// 2b and 1b: the resolved slowdown and BPF time per context switch, with their goals.
+    Resolved,
 }
 
 /// Who is attached while a workload runs.
@@ -300,25 +305,49 @@ impl Bench {
             ));
             return Ok(());
         }
-        step("phase 1/6: per-event cost of every program (BPF stats on)");
+        if only == Some(Section::Resolved) {
+            step("the resolved slowdown and BPF time per context switch, alone");
+            let (resolved, per_switch) = bench.resolved_and_per_switch()?;
+            let results = json!({
+                "machine": machine,
+                "duration_s": started.elapsed().as_secs_f64(),
+                "resolved_slowdown": resolved,
+                "per_switch": per_switch,
+                "goals": resolved::goals(&resolved, &per_switch),
+            });
+            let path = bench.out.join("results-resolved.json");
+            write_results(&path, &results)?;
+            resolved::print(&resolved, &per_switch);
+            print_goals(&results);
+            step(&format!("results written to {}", path.display()));
+            return Ok(());
+        }
+        step("phase 1/7: per-event cost of every program (BPF stats on)");
         let per_event = bench.per_event_cost()?;
-        step("phase 2/6: workload slowdown, modes alternated");
+        step("phase 2/7: workload slowdown, modes alternated");
         let slowdown = bench.slowdown()?;
-        step("phase 3/6: the agent itself");
+        step("phase 3/7: the slowdown resolved, and BPF time per context switch");
+        let (resolved, per_switch) = bench.resolved_and_per_switch()?;
+        step("phase 4/7: the agent itself");
         let agent = bench.agent_cost()?;
-        step("phase 4/6: the agent as a sidecar (cleanroom agent)");
+        step("phase 5/7: the agent as a sidecar (cleanroom agent)");
         let agent_sidecar = bench.agent_sidecar()?;
-        step("phase 5/6: the command measured, bare vs inside cleanroom run");
+        step("phase 6/7: the command measured, bare vs inside cleanroom run");
         let in_run = in_run::measure(&bench.cleanroom, &bench.out, bench.reps)?;
-        step("phase 6/6: the CPU profile's cost");
+        step("phase 7/7: the CPU profile's cost");
         let profile = profiling::measure(&bench.cleanroom, &bench.out, bench.reps)?;
-        let goals = goals(&per_event, &slowdown, &agent, &agent_sidecar);
+        let mut goals = goals(&per_event, &slowdown, &agent, &agent_sidecar);
+        if let Some(g) = goals.as_array_mut() {
+            g.extend(resolved::goals(&resolved, &per_switch));
+        }
         let results = json!({
             "machine": machine,
             "duration_s": started.elapsed().as_secs_f64(),
             "repetitions": bench.reps,
             "per_event": per_event,
             "slowdown": slowdown,
+            "resolved_slowdown": resolved,
+            "per_switch": per_switch,
             "agent": agent,
             "agent_sidecar": agent_sidecar,
             "in_run": in_run,
@@ -328,6 +357,7 @@ impl Bench {
         let path = bench.out.join("results.json");
         write_results(&path, &results)?;
         print_tables(&results);
+        resolved::print(&results["resolved_slowdown"], &results["per_switch"]);
         in_run::print(&results["in_run"]);
         profiling::print(&results["profiling"]);
         step(&format!(
@@ -362,42 +392,45 @@ impl Bench {
                     .collect();
                 Ok(Some(Running { child, programs }))
             }
-            Agent::Bpftrace => {
-                let script = self.out.join("peer.bt");
-                fs::write(&script, PEER_SCRIPT)?;
-                let child = Command::new("bpftrace")
-                    .arg(&script)
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()?;
-                let pid = child.id();
-                let deadline = Instant::now() + Duration::from_secs(60);
-                loop {
-                    let perf: Value = serde_json::from_str(&output(
-                        Command::new("bpftool").args(["perf", "show", "-j"]),
-                    )?)
-                    .unwrap_or(Value::Null);
-                    let programs: Vec<(String, u32)> = perf
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter(|e| e["pid"].as_u64() == Some(u64::from(pid)))
-                        .filter_map(|e| {
-                            Some((
-                                peer_hook(e["tracepoint"].as_str()?),
-                                e["prog_id"].as_u64()? as u32,
-                            ))
-                        })
-                        .collect();
-                    if programs.len() >= 15 {
-                        return Ok(Some(Running { child, programs }));
-                    }
-                    if Instant::now() > deadline {
-                        bail!("bpftrace did not attach its 15 probes within 60 s");
-                    }
-                    thread::sleep(Duration::from_millis(200));
-                }
+            Agent::Bpftrace => self.start_bpftrace("peer", PEER_SCRIPT, 15).map(Some),
+        }
+    }
+
+    /// bpftrace running `script` (kept as `<name>.bt`), once its `probes` probes are attached.
+    fn start_bpftrace(&self, name: &str, script: &str, probes: usize) -> Result<Running> {
+        let path = self.out.join(format!("{name}.bt"));
+        fs::write(&path, script)?;
+        let child = Command::new("bpftrace")
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let perf: Value = serde_json::from_str(&output(
+                Command::new("bpftool").args(["perf", "show", "-j"]),
+            )?)
+            .unwrap_or(Value::Null);
+            let programs: Vec<(String, u32)> = perf
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["pid"].as_u64() == Some(u64::from(pid)))
+                .filter_map(|e| {
+                    Some((
+                        peer_hook(e["tracepoint"].as_str()?),
+                        e["prog_id"].as_u64()? as u32,
+                    ))
+                })
+                .collect();
+            if programs.len() >= probes {
+                return Ok(Running { child, programs });
             }
+            if Instant::now() > deadline {
+                bail!("bpftrace did not attach its {probes} probes within 60 s");
+            }
+            thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -457,6 +490,15 @@ impl Bench {
             }
             other => bail!("unknown workload {other}"),
         }
+    }
+
+    /// The resolved slowdown (BPF stats off), then BPF time per switch (stats on).
+    fn resolved_and_per_switch(&self) -> Result<(Value, Value)> {
+        let resolved = self.resolved_slowdown()?;
+        fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+        let per_switch = self.per_switch();
+        fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
+        Ok((resolved, per_switch?))
     }
 
     fn per_event_cost(&self) -> Result<Value> {

@@ -97,3 +97,35 @@ fn sleeping_run_is_not_charged_the_sleep() {
         "probes counted {voluntary} voluntary switches, getrusage {nvcsw}"
     );
 }
+
+/// Three threads pinned to one CPU, each spinning 300 ms of CPU time, wait for it in turn:
+/// the run's `runqueue_latency` adds up to the time the kernel says they waited on a run queue
+/// (each thread's `run_delay` in /proc/thread-self/schedstat, read by the workload before it
+/// ends), within 5% (and 5 ms for the run's other tasks' waits: the shell, the exits).
+#[test]
+fn runqueue_latency_adds_up_to_the_kernels_run_delay() {
+    if !privileged("runqueue_latency_adds_up_to_the_kernels_run_delay") {
+        return;
+    }
+    let cg = TestCgroup::new("runq");
+    let workload = workload_bin!();
+    let (output, report) = run_measured(&cg, &[workload.to_str().unwrap(), "contend", "3", "300"]);
+    assert!(output.status.success(), "run failed: {output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let kernel: u64 = stdout
+        .lines()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["run_delay_ns"].as_u64())
+        .unwrap_or_else(|| panic!("no run_delay_ns in {stdout}"));
+    let measured = u64_at(&report, "/totals/runqueue_latency/sum_ns");
+    let waits = u64_at(&report, "/totals/runqueue_latency/count");
+    println!("runqueue_latency: {measured} ns in {waits} waits; run_delay: {kernel} ns");
+    // Three threads sharing one CPU for 900 ms of CPU wait about 600 ms each.
+    assert!(
+        kernel > 900_000_000,
+        "the threads hardly waited: {kernel} ns"
+    );
+    assert!(
+        measured >= kernel * 95 / 100 && measured <= kernel * 105 / 100 + 5_000_000,
+        "probes: {measured} ns of run-queue waits; the kernel's run_delay: {kernel} ns"
+    );
+}

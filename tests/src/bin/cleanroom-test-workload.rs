@@ -3,6 +3,10 @@
 //!
 //! `spin SECS`                     busy loop for SECS of wall time
 //! `spin-ms MS`                    spin MS ms of CPU time
+//! `contend T MS`                  pinned to one CPU, T threads each spin MS ms of CPU time, so
+//!                                 they wait for it in turn; prints `{"run_delay_ns":N}`, the
+//!                                 time every thread of the process (main included) waited on a
+//!                                 run queue, as each one's /proc/thread-self/schedstat says
 //! `hot-chain MS`                  main → outer → hot_a for 70% of MS ms of CPU, hot_b for
 //!                                 30% (in ten rounds); no frame pointers (a release build)
 //! `cmdline ARGS...`              print `{"pid","ppid","cmdline"}`: its own from /proc
@@ -98,6 +102,59 @@ fn spin_cpu(budget: Duration) {
             x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
         }
     }
+}
+
+/// This thread's CPU time.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is valid and writable.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// This thread's time waiting on a run queue so far (`run_delay`, the second figure of its
+/// schedstat), ns.
+fn own_run_delay() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .expect("reading /proc/thread-self/schedstat")
+}
+
+/// `contend T MS`: see the module doc.
+fn contend(threads: usize, budget: Duration) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning to CPU 0"
+        );
+    }
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let start = thread_cpu_time();
+                let mut x = 0u64;
+                while thread_cpu_time() - start < budget {
+                    for _ in 0..10_000 {
+                        x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+                    }
+                }
+                own_run_delay()
+            })
+        })
+        .collect();
+    let waited: u64 = handles
+        .into_iter()
+        .map(|h| h.join().expect("a spinning thread"))
+        .sum();
+    println!("{{\"run_delay_ns\":{}}}", waited + own_run_delay());
 }
 
 /// Spins `budget` of CPU time, inlined into each caller so each has a loop of its own.
@@ -270,6 +327,7 @@ fn main() {
             }
         }
         Some("spin-ms") => spin_cpu(Duration::from_millis(num(1))),
+        Some("contend") => contend(num(1) as usize, Duration::from_millis(num(2))),
         Some("hot-chain") => {
             black_box(outer(Duration::from_millis(num(1))));
         }

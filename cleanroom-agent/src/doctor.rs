@@ -7,7 +7,7 @@ use crate::{
     cgroupfs::cgroup::{Hierarchy, Layout},
     host,
     kernel::btf::{Offsets, VMLINUX_BTF},
-    kernel::probe::{HOOKS, Probes},
+    kernel::probe::Probes,
     metric::{AnyMetric, Metric},
 };
 
@@ -316,14 +316,23 @@ pub fn diagnose() -> Diagnosis {
         match Probes::load(root.as_ref()) {
             Ok(probes) => {
                 let attached = probes.status().iter().filter(|s| s.error.is_none()).count();
+                let wanted = probes.status().len();
                 check(
                     "BPF object",
-                    if attached == HOOKS.len() {
+                    if attached == wanted {
                         Status::Ok
                     } else {
                         Status::Note
                     },
-                    format!("loaded; {attached} of {} hooks attached", HOOKS.len()),
+                    format!(
+                        "loaded; {attached} of {wanted} hooks attached{}",
+                        if probes.runq_from_sched_info() {
+                            " (run-queue latency from the kernel's sched_info: the wakeup \
+                             hooks are not needed)"
+                        } else {
+                            ""
+                        }
+                    ),
                 );
                 for s in probes.status() {
                     let (status, detail) = match &s.error {

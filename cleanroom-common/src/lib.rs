@@ -221,6 +221,15 @@ pub const OFFSETS: &[(&str, &str, &str)] = &[
     ("OFF_MM_ARG_END", "mm_struct", "arg_end"),
     // A task's user registers, below the top of its kernel stack (profiling).
     ("OFF_TASK_STACK", "task_struct", "stack"),
+    // The kernel's own run-queue accounting of a task (CONFIG_SCHED_INFO): its arrivals on a
+    // CPU and the time it waited before them. Where absent, run-queue latency is timed from
+    // wakeups instead.
+    ("OFF_TASK_SCHED_PCOUNT", "task_struct", "sched_info.pcount"),
+    (
+        "OFF_TASK_SCHED_RUN_DELAY",
+        "task_struct",
+        "sched_info.run_delay",
+    ),
 ];
 
 /// Offsets of another kernel generation's layout: a kernel has either `bio.bi_bdev` (5.12 on) or

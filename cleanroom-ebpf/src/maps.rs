@@ -161,7 +161,9 @@ pub struct RqStart {
 #[map]
 pub static RQ_START: Array<RqStart> = Array::with_max_entries(IN_FLIGHT_SLOTS, 0);
 
-/// When a task became runnable (woken, or preempted while runnable).
+/// A task's run-queue state, one of two kinds (see `sched::RUNQ_FROM_SCHED_INFO`): when it
+/// became runnable (woken, or preempted while runnable), or what the kernel's `sched_info` of
+/// it said at its last switch away.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct RunqSlot {
@@ -169,8 +171,12 @@ pub struct RunqSlot {
     pub pid: u32,
     /// Zero.
     pub _pad: u32,
-    /// When it became runnable; 0 once consumed.
-    pub since_ns: u64,
+    /// When it became runnable (0 once consumed); or its `sched_info.run_delay`.
+    pub ns: u64,
+    /// Its `sched_info.pcount` (arrivals on a CPU); unused when timed from wakeups.
+    pub pcount: u64,
+    /// `pid ^ ns ^ pcount`: tells a slot two CPUs wrote at once (two tasks sharing it).
+    pub check: u64,
 }
 
 /// Slots of [`RUNQ_START`]; a power of two.

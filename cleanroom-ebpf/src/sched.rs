@@ -7,7 +7,7 @@
 //! current. Idle time is never reported by this hook.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::btf_tracepoint,
+    Global, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use cleanroom_common::{drop_reason, hist_kind};
@@ -20,10 +20,17 @@ use crate::{
     task::{
         OFF_SIGNAL_LIVE, OFF_SIGNAL_MAXRSS, OFF_TASK_IOAC_CANCELLED_WRITE_BYTES,
         OFF_TASK_IOAC_READ_BYTES, OFF_TASK_IOAC_WRITE_BYTES, OFF_TASK_MAJ_FLT, OFF_TASK_PID,
-        OFF_TASK_SIGNAL, OFF_TASK_STATE, OFF_TASK_TGID, cgroup_id_of, current_cgroup_id,
-        dfl_cgroup_of, id_of_cgroup, leader_start_time, read, read_optional,
+        OFF_TASK_SCHED_PCOUNT, OFF_TASK_SCHED_RUN_DELAY, OFF_TASK_SIGNAL, OFF_TASK_STATE,
+        OFF_TASK_TGID, cgroup_id_of, current_cgroup_id, dfl_cgroup_of, id_of_cgroup,
+        leader_start_time, load_btf, read, read_optional,
     },
 };
+
+/// 1 where run-queue latency comes from the kernel's own `task_struct.sched_info` (set by the
+/// agent where the kernel has it and keeps it: CONFIG_SCHED_INFO); the wakeup hooks are then
+/// not attached. 0: timed from wakeups.
+#[unsafe(no_mangle)]
+pub static RUNQ_FROM_SCHED_INFO: Global<u64> = Global::new(0);
 
 /// `TASK_DEAD` of `task_struct.__state`: the state of a task's very last switch.
 const TASK_DEAD: u64 = 0x80;
@@ -51,7 +58,7 @@ fn mark_runnable(task: *const u8, now: u64) {
         // unmatched, which the reader detects by the pid.
         unsafe {
             (*slot).pid = pid;
-            (*slot).since_ns = now;
+            (*slot).ns = now;
         }
     }
 }
@@ -111,13 +118,14 @@ pub fn sched_switch_v1(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// A switch from `prev` (in `prev_state`) to `next`. One clock read serves both ends: `prev`'s
-/// wait starting and `next`'s ending.
+/// A switch from `prev` (in `prev_state`) to `next`.
 #[inline(always)]
 fn on_switch(preempt: u64, prev: *const u8, next: *const u8, prev_state: u64) {
     crate::process::on_switch_away(prev, prev_state);
     let runnable = prev_state & 0xffff_ffff == 0;
-    if let Some(stats) = stats_of(current_cgroup_id()) {
+    // `prev` is the current task.
+    let cgroup = current_cgroup_id();
+    if let Some(stats) = stats_of(cgroup) {
         if preempt & 0xff == 0 && !runnable {
             if counted_in_nvcsw(prev, prev_state) {
                 stats.switches_voluntary += 1;
@@ -126,6 +134,58 @@ fn on_switch(preempt: u64, prev: *const u8, next: *const u8, prev_state: u64) {
             stats.switches_involuntary += 1;
         }
     }
+    if RUNQ_FROM_SCHED_INFO.load() != 0 {
+        wait_before_this_run(prev, cgroup);
+    } else {
+        wait_timed_from_wakeup(prev, runnable, next);
+    }
+}
+
+/// Run-queue latency from the kernel's own accounting, at a switch away from `prev` (of
+/// `cgroup`): each arrival of a task on a CPU adds one to `sched_info.pcount` and the time it
+/// waited on the run queue before it to `sched_info.run_delay`, so between two switches away
+/// (one arrival) the growth of `run_delay` is the wait that preceded this run. No clock read and
+/// no wakeup hook: the scheduler timed it already. A task seen for the first time at its first
+/// arrival (`pcount` 1) waited `run_delay` in all; one already running when the probes came has
+/// its earlier waits left out.
+#[inline(always)]
+fn wait_before_this_run(prev: *const u8, cgroup: u64) {
+    let Some(pid) = read::<u32>(prev, &OFF_TASK_PID).filter(|p| *p != 0) else {
+        return;
+    };
+    let pcount: u64 = load_btf(prev, &OFF_TASK_SCHED_PCOUNT);
+    let delay: u64 = load_btf(prev, &OFF_TASK_SCHED_RUN_DELAY);
+    let Some(slot) = RUNQ_START.get_ptr_mut(pid & (RUNQ_SLOTS - 1)) else {
+        return;
+    };
+    // SAFETY: an element of an array map, read then rewritten; only switches of tasks whose
+    // pids share the slot write it, and the check word tells a slot two of them tore.
+    let seen = unsafe { *slot };
+    let seen_whole = seen.check == u64::from(seen.pid) ^ seen.ns ^ seen.pcount;
+    let wait = if seen.pid == pid && seen_whole && pcount == seen.pcount + 1 {
+        Some(delay.saturating_sub(seen.ns))
+    } else if pcount == 1 {
+        Some(delay)
+    } else {
+        None
+    };
+    // SAFETY: as above.
+    unsafe {
+        (*slot).pid = pid;
+        (*slot).ns = delay;
+        (*slot).pcount = pcount;
+        (*slot).check = u64::from(pid) ^ delay ^ pcount;
+    }
+    if let Some(wait) = wait {
+        record_latency(cgroup, hist_kind::RUNQUEUE, 0, wait);
+    }
+}
+
+/// Run-queue latency timed by the probes, where the kernel keeps no `sched_info`: a wait starts
+/// when a task is woken ([`sched_wakeup`]) or switched away from while still runnable (`prev`),
+/// and ends when it is switched in (`next`). One clock read serves both ends.
+#[inline(always)]
+fn wait_timed_from_wakeup(prev: *const u8, runnable: bool, next: *const u8) {
     let now = now_ns();
     if runnable {
         mark_runnable(prev, now);
@@ -137,12 +197,12 @@ fn on_switch(preempt: u64, prev: *const u8, next: *const u8, prev_state: u64) {
         return;
     };
     // SAFETY: an element of an array map, read and cleared right away.
-    let (owner, since) = unsafe { ((*slot).pid, (*slot).since_ns) };
+    let (owner, since) = unsafe { ((*slot).pid, (*slot).ns) };
     if owner != pid || since == 0 {
         return;
     }
     // SAFETY: as above.
-    unsafe { (*slot).since_ns = 0 };
+    unsafe { (*slot).ns = 0 };
     // `next` is not the current task here (`prev` is): its cgroup is read from it directly.
     match dfl_cgroup_of(next).and_then(id_of_cgroup) {
         Some(id) => record_latency(id, hist_kind::RUNQUEUE, 0, now.saturating_sub(since)),

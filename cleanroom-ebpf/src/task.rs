@@ -82,6 +82,8 @@ offsets!(
     OFF_SOCK_DPORT,
     OFF_SOCK_NUM,
     OFF_TASK_STACK,
+    OFF_TASK_SCHED_PCOUNT,
+    OFF_TASK_SCHED_RUN_DELAY,
 );
 
 /// 1 where the kernel has `bpf_get_current_task_btf` (5.11 on), set by the agent from the

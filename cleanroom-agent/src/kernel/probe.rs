@@ -722,6 +722,21 @@ impl Escape {
     }
 }
 
+/// The offsets of the kernel's own run-queue accounting of a task.
+const SCHED_INFO_OFFSETS: &[&str] = &["OFF_TASK_SCHED_PCOUNT", "OFF_TASK_SCHED_RUN_DELAY"];
+
+/// Hooks that time run-queue waits from wakeups, where the kernel keeps no `sched_info`.
+const WAKEUP_HOOKS: &[&str] = &[programs::SCHED_WAKEUP, programs::SCHED_WAKEUP_NEW];
+
+/// Whether the kernel keeps `sched_info` (CONFIG_SCHED_INFO): this process has arrived on a CPU
+/// at least once, so the third figure of its schedstat (`pcount`) is not 0.
+fn sched_info_kept() -> bool {
+    std::fs::read_to_string("/proc/self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .is_some_and(|pcount| pcount > 0)
+}
+
 /// The loaded object with its programs attached. Dropping it detaches everything.
 pub struct Probes {
     /// What each program costs per event, measured while they run (not for the floor).
@@ -730,6 +745,8 @@ pub struct Probes {
     status: Vec<HookStatus>,
     /// Metrics lost to offsets this kernel lacks although their hook attached, with why.
     optional_missing: Vec<(Metric, String)>,
+    /// Whether run-queue latency comes from the kernel's `sched_info` (no wakeup hooks).
+    runq_from_sched_info: bool,
 }
 
 impl Probes {
@@ -779,11 +796,29 @@ impl Probes {
             }
             loader.override_global("HAS_TASK_BTF_HELPER", &has_task_btf_helper, true);
         }
+        // Run-queue latency from the kernel's own sched_info where it keeps it: the wakeup
+        // hooks are then not needed (see `sched::RUNQ_FROM_SCHED_INFO` in the programs).
+        let runq_from_sched_info = set_offsets
+            && SCHED_INFO_OFFSETS
+                .iter()
+                .all(|g| offsets.missing(g).is_none())
+            && sched_info_kept();
+        let runq_flag = u64::from(runq_from_sched_info);
+        if set_offsets {
+            loader.override_global("RUNQ_FROM_SCHED_INFO", &runq_flag, true);
+        }
         let mut ebpf = loader.load(object)?;
 
         let mut status = Vec::with_capacity(HOOKS.len());
         let in_object: BTreeSet<String> = ebpf.programs().map(|(n, _)| n.to_owned()).collect();
         for hook in HOOKS {
+            if runq_from_sched_info && WAKEUP_HOOKS.contains(&hook.program) {
+                log::debug!(
+                    "{}: not needed (run-queue latency from sched_info)",
+                    hook.attach
+                );
+                continue;
+            }
             let mut try_program = |program: &'static str, needs: &[&str]| {
                 // The floor's empty programs read nothing: no offset can be missing for them.
                 let missing: Vec<&str> = needs
@@ -860,12 +895,19 @@ impl Probes {
             ebpf,
             status,
             optional_missing,
+            runq_from_sched_info,
         })
     }
 
     /// Attach status of every hook.
     pub fn status(&self) -> &[HookStatus] {
         &self.status
+    }
+
+    /// Whether run-queue latency comes from the kernel's `sched_info` (the wakeup hooks are then
+    /// not attached), rather than timed from wakeups.
+    pub fn runq_from_sched_info(&self) -> bool {
+        self.runq_from_sched_info
     }
 
     /// The attached hooks (`tp_btf/sched_switch`, ...).

@@ -9,6 +9,9 @@
 pub mod maps {
     /// Per-CPU hash: cgroup v2 id (`u64`) → [`crate::CgroupStats`].
     pub const CGROUP_STATS: &str = "CGROUP_STATS";
+    /// Per-CPU array of one [`crate::PendingRuntime`]: CPU time charged on that CPU and not yet
+    /// added to [`CGROUP_STATS`]; a reader adds it to the cgroup it names.
+    pub const RUNTIME_PENDING: &str = "RUNTIME_PENDING";
     /// Per-CPU hash: [`crate::BlockKey`] → [`crate::BlockStats`].
     pub const BLOCK_STATS: &str = "BLOCK_STATS";
     /// Hash: [`crate::HistKey`] → [`crate::Histogram`], updated with atomic adds.
@@ -293,6 +296,22 @@ pub struct CgroupStats {
 }
 
 const _: () = assert!(core::mem::size_of::<CgroupStats>() == 18 * 8);
+
+/// CPU time `sched_stat_runtime` charged to one cgroup on one CPU since the last time it was
+/// added to that cgroup's [`CgroupStats`]. Consecutive charges of a CPU mostly go to one cgroup
+/// (the task running there): they are summed here, in a per-CPU array whose element costs no
+/// hash lookup, and added to the cgroup's counters at its task's next switch away, or when a
+/// charge for another cgroup comes. Part of the cgroup's figures: a reader adds it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingRuntime {
+    /// The cgroup charged; 0 when none yet.
+    pub cgroup_id: u64,
+    /// Nanoseconds not yet in its [`CgroupStats::cpu_time_ns`].
+    pub cpu_time_ns: u64,
+    /// Charges not yet in its [`CgroupStats::cpu_time_updates`].
+    pub updates: u64,
+}
 
 impl CgroupStats {
     /// Field-wise wrapping sum (the maximum for `process_peak_rss_pages`), used to add up CPUs
@@ -898,6 +917,8 @@ mod pod {
     // explicit padding fields, and every bit pattern is a valid value.
     // SAFETY: see above.
     unsafe impl aya::Pod for super::CgroupStats {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::PendingRuntime {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::ProcessExit {}
     // SAFETY: see above.

@@ -13,13 +13,19 @@ use aya_ebpf::{
 use cleanroom_common::{
     BlockKey, BlockStats, CgroupNode, CgroupStats, ConnKey, ConnStats, Escape, HistKey, Histogram,
     MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS, MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS,
-    MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED, RunProc, drop_reason, hist_bucket,
+    MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED, PendingRuntime, RunProc, drop_reason,
+    hist_bucket,
 };
 
 /// cgroup v2 id → counters, one copy per CPU.
 #[map]
 pub static CGROUP_STATS: PerCpuHashMap<u64, CgroupStats> =
     PerCpuHashMap::with_max_entries(MAX_CGROUPS, 0);
+
+/// CPU time charged on each CPU and not yet in [`CGROUP_STATS`] (see
+/// [`cleanroom_common::PendingRuntime`]).
+#[map]
+pub static RUNTIME_PENDING: PerCpuArray<PendingRuntime> = PerCpuArray::with_max_entries(1, 0);
 
 /// (cgroup, device) → block I/O counters, one copy per CPU.
 #[map]

@@ -18,8 +18,8 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use cleanroom_common::{
-    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, RunProc, drop_reason,
-    escape_via, maps, profile_period, programs,
+    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, PendingRuntime, RunProc,
+    drop_reason, escape_via, maps, profile_period, programs,
 };
 
 pub use cleanroom_common::{ConnKey, ConnStats, OffCpuEnd, ProcessExit, StackSample, sample_kind};
@@ -747,6 +747,9 @@ pub struct Probes {
     optional_missing: Vec<(Metric, String)>,
     /// Whether run-queue latency comes from the kernel's `sched_info` (no wakeup hooks).
     runq_from_sched_info: bool,
+    /// Each cgroup's CPU time and its updates as last read: a read is never reported below
+    /// it (see [`Probes::count`]). Emptied of a cgroup when it is forgotten.
+    cpu_seen: std::sync::Mutex<BTreeMap<u64, (u64, u64)>>,
 }
 
 impl Probes {
@@ -896,6 +899,7 @@ impl Probes {
             status,
             optional_missing,
             runq_from_sched_info,
+            cpu_seen: std::sync::Mutex::default(),
         })
     }
 
@@ -1187,18 +1191,49 @@ impl Probes {
                 .map_err(map_err(maps::CGROUP_STATS))?;
         // Looked up by id: the map holds every cgroup that had an event, most not asked for.
         let ids: Vec<u64> = tally.cgroups().collect();
+        let mut per_id: BTreeMap<u64, CgroupStats> = BTreeMap::new();
         for id in ids {
             match stats_map.get(&id, 0) {
-                Ok(per_cpu) => tally.add_stats(
-                    id,
-                    per_cpu
-                        .iter()
-                        .fold(CgroupStats::default(), |acc, v| acc.wrapping_add(*v)),
-                ),
+                Ok(per_cpu) => {
+                    per_id.insert(
+                        id,
+                        per_cpu
+                            .iter()
+                            .fold(CgroupStats::default(), |acc, v| acc.wrapping_add(*v)),
+                    );
+                }
                 Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(maps::CGROUP_STATS)(e)),
             }
         }
+        // CPU time charged on each CPU and not yet in the counters, read after them: a CPU
+        // that settles some in between has it in neither read, so a read can fall short (never
+        // over) until the next one; each cgroup's CPU time is therefore never reported below
+        // what an earlier read said, and a read with nothing in flight is exact.
+        let pending: PerCpuArray<&MapData, PendingRuntime> =
+            PerCpuArray::try_from(self.map(maps::RUNTIME_PENDING)?)
+                .map_err(map_err(maps::RUNTIME_PENDING))?;
+        for p in pending
+            .get(&0, 0)
+            .map_err(map_err(maps::RUNTIME_PENDING))?
+            .iter()
+            .filter(|p| p.cgroup_id != 0 && p.updates != 0)
+        {
+            if tally.has(p.cgroup_id) {
+                let stats = per_id.entry(p.cgroup_id).or_default();
+                stats.cpu_time_ns += p.cpu_time_ns;
+                stats.cpu_time_updates += p.updates;
+            }
+        }
+        let mut seen = self.cpu_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, mut stats) in per_id {
+            let last = seen.entry(id).or_default();
+            last.0 = last.0.max(stats.cpu_time_ns);
+            last.1 = last.1.max(stats.cpu_time_updates);
+            (stats.cpu_time_ns, stats.cpu_time_updates) = *last;
+            tally.add_stats(id, stats);
+        }
+        drop(seen);
 
         let block_map: PerCpuHashMap<&MapData, BlockKey, BlockStats> =
             PerCpuHashMap::try_from(self.map(maps::BLOCK_STATS)?)
@@ -1226,6 +1261,12 @@ impl Probes {
     /// Removes every trace of `ids` from the maps, so the bounded maps do not fill up with
     /// cgroups that are gone.
     pub fn forget(&mut self, ids: &BTreeSet<u64>) -> Result<(), ProbeError> {
+        {
+            let mut seen = self.cpu_seen.lock().unwrap_or_else(|e| e.into_inner());
+            for id in ids {
+                seen.remove(id);
+            }
+        }
         let mut stats: PerCpuHashMap<&mut MapData, u64, CgroupStats> =
             PerCpuHashMap::try_from(self.map_mut(maps::CGROUP_STATS)?)
                 .map_err(map_err(maps::CGROUP_STATS))?;

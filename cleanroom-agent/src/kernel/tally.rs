@@ -77,6 +77,11 @@ impl Tally {
         self.member_of.keys().copied()
     }
 
+    /// Whether cgroup `id` belongs to any group.
+    pub fn has(&self, id: u64) -> bool {
+        self.member_of.contains_key(&id)
+    }
+
     /// Cgroup `id`'s counters (already summed over CPUs).
     pub fn add_stats(&mut self, id: u64, stats: CgroupStats) {
         for &g in self.member_of.get(&id).into_iter().flatten() {

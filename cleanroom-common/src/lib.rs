@@ -9,9 +9,9 @@
 pub mod maps {
     /// Per-CPU hash: cgroup v2 id (`u64`) → [`crate::CgroupStats`].
     pub const CGROUP_STATS: &str = "CGROUP_STATS";
-    /// Per-CPU array of one [`crate::PendingRuntime`]: CPU time charged on that CPU and not yet
-    /// added to [`CGROUP_STATS`]; a reader adds it to the cgroup it names.
-    pub const RUNTIME_PENDING: &str = "RUNTIME_PENDING";
+    /// Per-CPU array of one [`crate::PendingStats`]: counters of the cgroup a CPU counted last,
+    /// not yet added to [`CGROUP_STATS`]; a reader adds them to the cgroup they name.
+    pub const PENDING_STATS: &str = "PENDING_STATS";
     /// Per-CPU hash: [`crate::BlockKey`] → [`crate::BlockStats`].
     pub const BLOCK_STATS: &str = "BLOCK_STATS";
     /// Hash: [`crate::HistKey`] → [`crate::Histogram`], updated with atomic adds.
@@ -297,20 +297,18 @@ pub struct CgroupStats {
 
 const _: () = assert!(core::mem::size_of::<CgroupStats>() == 18 * 8);
 
-/// CPU time `sched_stat_runtime` charged to one cgroup on one CPU since the last time it was
-/// added to that cgroup's [`CgroupStats`]. Consecutive charges of a CPU mostly go to one cgroup
-/// (the task running there): they are summed here, in a per-CPU array whose element costs no
-/// hash lookup, and added to the cgroup's counters at its task's next switch away, or when a
-/// charge for another cgroup comes. Part of the cgroup's figures: a reader adds it.
+/// Counters of the cgroup whose events a CPU had last, not yet added to the cgroup's entry in
+/// [`maps::CGROUP_STATS`]. Consecutive events of a CPU mostly belong to one cgroup (the task
+/// running there): the hottest hooks (CPU time, switches, page faults) count them here, in a
+/// per-CPU array whose element costs no hash lookup, and add them to the cgroup's entry when an
+/// event of another cgroup comes. Part of the cgroup's figures: a reader adds it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PendingRuntime {
-    /// The cgroup charged; 0 when none yet.
+pub struct PendingStats {
+    /// The cgroup; 0 when none yet.
     pub cgroup_id: u64,
-    /// Nanoseconds not yet in its [`CgroupStats::cpu_time_ns`].
-    pub cpu_time_ns: u64,
-    /// Charges not yet in its [`CgroupStats::cpu_time_updates`].
-    pub updates: u64,
+    /// Its counters not yet in its entry.
+    pub stats: CgroupStats,
 }
 
 impl CgroupStats {
@@ -341,6 +339,36 @@ impl CgroupStats {
                 .wrapping_add(o.io_cancelled_write_bytes),
             process_peak_rss_pages: self.process_peak_rss_pages.max(o.process_peak_rss_pages),
             cpu_time_updates: self.cpu_time_updates.wrapping_add(o.cpu_time_updates),
+        }
+    }
+
+    /// Field-wise maximum with `floor`: counters that only grow, read again, never reported
+    /// below an earlier reading.
+    #[must_use]
+    pub fn at_least(self, floor: Self) -> Self {
+        Self {
+            cpu_time_ns: self.cpu_time_ns.max(floor.cpu_time_ns),
+            switches_voluntary: self.switches_voluntary.max(floor.switches_voluntary),
+            switches_involuntary: self.switches_involuntary.max(floor.switches_involuntary),
+            page_faults_user: self.page_faults_user.max(floor.page_faults_user),
+            page_faults_kernel: self.page_faults_kernel.max(floor.page_faults_kernel),
+            page_faults_major: self.page_faults_major.max(floor.page_faults_major),
+            processes_forked: self.processes_forked.max(floor.processes_forked),
+            processes_exited: self.processes_exited.max(floor.processes_exited),
+            net_rx_bytes: self.net_rx_bytes.max(floor.net_rx_bytes),
+            net_tx_bytes: self.net_tx_bytes.max(floor.net_tx_bytes),
+            net_rx_packets: self.net_rx_packets.max(floor.net_rx_packets),
+            net_tx_packets: self.net_tx_packets.max(floor.net_tx_packets),
+            tcp_retransmits: self.tcp_retransmits.max(floor.tcp_retransmits),
+            io_read_bytes: self.io_read_bytes.max(floor.io_read_bytes),
+            io_write_bytes: self.io_write_bytes.max(floor.io_write_bytes),
+            io_cancelled_write_bytes: self
+                .io_cancelled_write_bytes
+                .max(floor.io_cancelled_write_bytes),
+            process_peak_rss_pages: self
+                .process_peak_rss_pages
+                .max(floor.process_peak_rss_pages),
+            cpu_time_updates: self.cpu_time_updates.max(floor.cpu_time_updates),
         }
     }
 }
@@ -918,7 +946,7 @@ mod pod {
     // SAFETY: see above.
     unsafe impl aya::Pod for super::CgroupStats {}
     // SAFETY: see above.
-    unsafe impl aya::Pod for super::PendingRuntime {}
+    unsafe impl aya::Pod for super::PendingStats {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::ProcessExit {}
     // SAFETY: see above.

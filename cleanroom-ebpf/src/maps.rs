@@ -13,7 +13,7 @@ use aya_ebpf::{
 use cleanroom_common::{
     BlockKey, BlockStats, CgroupNode, CgroupStats, ConnKey, ConnStats, Escape, HistKey, Histogram,
     MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS, MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS,
-    MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED, PendingRuntime, RunProc, drop_reason,
+    MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED, PendingStats, RunProc, drop_reason,
     hist_bucket,
 };
 
@@ -22,10 +22,10 @@ use cleanroom_common::{
 pub static CGROUP_STATS: PerCpuHashMap<u64, CgroupStats> =
     PerCpuHashMap::with_max_entries(MAX_CGROUPS, 0);
 
-/// CPU time charged on each CPU and not yet in [`CGROUP_STATS`] (see
-/// [`cleanroom_common::PendingRuntime`]).
+/// The counters of the cgroup each CPU counted last, not yet in [`CGROUP_STATS`] (see
+/// [`cleanroom_common::PendingStats`] and [`current_stats`]).
 #[map]
-pub static RUNTIME_PENDING: PerCpuArray<PendingRuntime> = PerCpuArray::with_max_entries(1, 0);
+pub static PENDING_STATS: PerCpuArray<PendingStats> = PerCpuArray::with_max_entries(1, 0);
 
 /// (cgroup, device) → block I/O counters, one copy per CPU.
 #[map]
@@ -259,6 +259,29 @@ pub fn keep_owner(bio: u64, owner: u64) {
 #[inline(always)]
 pub fn stats_of(cgroup_id: u64) -> Option<&'static mut CgroupStats> {
     per_cpu_entry(&CGROUP_STATS, cgroup_id, drop_reason::STATS_MAP_FULL)
+}
+
+/// This CPU's counters for cgroup `cgroup_id`, for the hottest hooks: the pending ones
+/// ([`PENDING_STATS`]) when they are this cgroup's, a plain array element; else the pending
+/// ones are first added to their cgroup's entry and made this cgroup's. Only for hooks that run
+/// with interrupts off in the task whose cgroup they count or the scheduler (CPU time,
+/// switches, page faults): two of them never run on one CPU at once.
+#[inline(always)]
+pub fn current_stats(cgroup_id: u64) -> Option<&'static mut CgroupStats> {
+    let pending = PENDING_STATS.get_ptr_mut(0)?;
+    // SAFETY: this CPU's element of a per-CPU array; the hooks that use it do not nest (see
+    // above), and the element lives as long as the map.
+    let pending = unsafe { &mut *pending };
+    if pending.cgroup_id != cgroup_id {
+        if pending.cgroup_id != 0
+            && let Some(entry) = stats_of(pending.cgroup_id)
+        {
+            *entry = entry.wrapping_add(pending.stats);
+        }
+        pending.cgroup_id = cgroup_id;
+        pending.stats = CgroupStats::default();
+    }
+    Some(&mut pending.stats)
 }
 
 /// This CPU's block counters for `key`, creating them at zero on first use.

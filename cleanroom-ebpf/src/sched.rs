@@ -10,12 +10,12 @@ use aya_ebpf::{
     Global, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use cleanroom_common::{CgroupStats, drop_reason, hist_kind};
+use cleanroom_common::{drop_reason, hist_kind};
 
 use crate::{
     escape,
     maps::{
-        PROCESS_EXITS, ProcessKey, RUNQ_SLOTS, RUNQ_START, RUNTIME_PENDING, count_drop,
+        PROCESS_EXITS, ProcessKey, RUNQ_SLOTS, RUNQ_START, count_drop, current_stats,
         record_latency, stats_of,
     },
     task::{
@@ -36,56 +36,16 @@ pub static RUNQ_FROM_SCHED_INFO: Global<u64> = Global::new(0);
 /// `TASK_DEAD` of `task_struct.__state`: the state of a task's very last switch.
 const TASK_DEAD: u64 = 0x80;
 
-/// `sched_stat_runtime(struct task_struct *tsk, u64 runtime)`: summed in this CPU's
-/// [`RUNTIME_PENDING`] while the charges go to one cgroup; a charge for another cgroup first
-/// adds what is pending to its cgroup's counters.
+/// `sched_stat_runtime(struct task_struct *tsk, u64 runtime)`.
 #[btf_tracepoint(function = "sched_stat_runtime")]
 pub fn sched_stat_runtime(ctx: BtfTracePointContext) -> u32 {
     let task: *const u8 = ctx.arg(0);
     let runtime: u64 = ctx.arg(1);
-    let Some(id) = cgroup_id_of(task) else {
-        return 0;
-    };
-    let Some(pending) = RUNTIME_PENDING.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's element of a per-CPU array, written only by this program and
-    // `sched_switch`, which run with interrupts off under the run-queue lock and so never on
-    // one CPU at once.
-    let pending = unsafe { &mut *pending };
-    if pending.cgroup_id == id {
-        pending.cpu_time_ns += runtime;
-        pending.updates += 1;
-        return 0;
+    if let Some(stats) = cgroup_id_of(task).and_then(current_stats) {
+        stats.cpu_time_ns += runtime;
+        stats.cpu_time_updates += 1;
     }
-    if pending.cgroup_id != 0
-        && pending.updates != 0
-        && let Some(stats) = stats_of(pending.cgroup_id)
-    {
-        stats.cpu_time_ns += pending.cpu_time_ns;
-        stats.cpu_time_updates += pending.updates;
-    }
-    pending.cgroup_id = id;
-    pending.cpu_time_ns = runtime;
-    pending.updates = 1;
     0
-}
-
-/// Adds this CPU's pending CPU time to `stats`, when it is `cgroup`'s (see
-/// [`sched_stat_runtime`]).
-#[inline(always)]
-fn settle_runtime(cgroup: u64, stats: &mut CgroupStats) {
-    let Some(pending) = RUNTIME_PENDING.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: as in `sched_stat_runtime`.
-    let pending = unsafe { &mut *pending };
-    if pending.cgroup_id == cgroup {
-        stats.cpu_time_ns += pending.cpu_time_ns;
-        stats.cpu_time_updates += pending.updates;
-        pending.cpu_time_ns = 0;
-        pending.updates = 0;
-    }
 }
 
 /// Marks `task` runnable since `now`, for run-queue latency.
@@ -166,8 +126,7 @@ fn on_switch(preempt: u64, prev: *const u8, next: *const u8, prev_state: u64) {
     let runnable = prev_state & 0xffff_ffff == 0;
     // `prev` is the current task.
     let cgroup = current_cgroup_id();
-    if let Some(stats) = stats_of(cgroup) {
-        settle_runtime(cgroup, stats);
+    if let Some(stats) = current_stats(cgroup) {
         if preempt & 0xff == 0 && !runnable {
             if counted_in_nvcsw(prev, prev_state) {
                 stats.switches_voluntary += 1;

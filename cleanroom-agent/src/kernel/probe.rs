@@ -18,7 +18,7 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use cleanroom_common::{
-    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, PendingRuntime, RunProc,
+    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, PendingStats, RunProc,
     drop_reason, escape_via, maps, profile_period, programs,
 };
 
@@ -747,9 +747,9 @@ pub struct Probes {
     optional_missing: Vec<(Metric, String)>,
     /// Whether run-queue latency comes from the kernel's `sched_info` (no wakeup hooks).
     runq_from_sched_info: bool,
-    /// Each cgroup's CPU time and its updates as last read: a read is never reported below
-    /// it (see [`Probes::count`]). Emptied of a cgroup when it is forgotten.
-    cpu_seen: std::sync::Mutex<BTreeMap<u64, (u64, u64)>>,
+    /// Each cgroup's counters as last read: a read is never reported below them (see
+    /// [`Probes::count`]). Emptied of a cgroup when it is forgotten.
+    stats_seen: std::sync::Mutex<BTreeMap<u64, CgroupStats>>,
 }
 
 impl Probes {
@@ -899,7 +899,7 @@ impl Probes {
             status,
             optional_missing,
             runq_from_sched_info,
-            cpu_seen: std::sync::Mutex::default(),
+            stats_seen: std::sync::Mutex::default(),
         })
     }
 
@@ -1206,32 +1206,28 @@ impl Probes {
                 Err(e) => return Err(map_err(maps::CGROUP_STATS)(e)),
             }
         }
-        // CPU time charged on each CPU and not yet in the counters, read after them: a CPU
-        // that settles some in between has it in neither read, so a read can fall short (never
-        // over) until the next one; each cgroup's CPU time is therefore never reported below
-        // what an earlier read said, and a read with nothing in flight is exact.
-        let pending: PerCpuArray<&MapData, PendingRuntime> =
-            PerCpuArray::try_from(self.map(maps::RUNTIME_PENDING)?)
-                .map_err(map_err(maps::RUNTIME_PENDING))?;
+        // Counters each CPU keeps pending for the cgroup it counted last, read after the
+        // entries: a CPU that adds them to an entry in between has them in neither read, so a
+        // read can fall short (never over) until the next one. A cgroup's counters are
+        // therefore never reported below an earlier read, and a read with nothing in flight is
+        // exact.
+        let pending: PerCpuArray<&MapData, PendingStats> =
+            PerCpuArray::try_from(self.map(maps::PENDING_STATS)?)
+                .map_err(map_err(maps::PENDING_STATS))?;
         for p in pending
             .get(&0, 0)
-            .map_err(map_err(maps::RUNTIME_PENDING))?
+            .map_err(map_err(maps::PENDING_STATS))?
             .iter()
-            .filter(|p| p.cgroup_id != 0 && p.updates != 0)
+            .filter(|p| p.cgroup_id != 0 && tally.has(p.cgroup_id))
         {
-            if tally.has(p.cgroup_id) {
-                let stats = per_id.entry(p.cgroup_id).or_default();
-                stats.cpu_time_ns += p.cpu_time_ns;
-                stats.cpu_time_updates += p.updates;
-            }
+            let stats = per_id.entry(p.cgroup_id).or_default();
+            *stats = stats.wrapping_add(p.stats);
         }
-        let mut seen = self.cpu_seen.lock().unwrap_or_else(|e| e.into_inner());
-        for (id, mut stats) in per_id {
+        let mut seen = self.stats_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, stats) in per_id {
             let last = seen.entry(id).or_default();
-            last.0 = last.0.max(stats.cpu_time_ns);
-            last.1 = last.1.max(stats.cpu_time_updates);
-            (stats.cpu_time_ns, stats.cpu_time_updates) = *last;
-            tally.add_stats(id, stats);
+            *last = stats.at_least(*last);
+            tally.add_stats(id, *last);
         }
         drop(seen);
 
@@ -1262,7 +1258,7 @@ impl Probes {
     /// cgroups that are gone.
     pub fn forget(&mut self, ids: &BTreeSet<u64>) -> Result<(), ProbeError> {
         {
-            let mut seen = self.cpu_seen.lock().unwrap_or_else(|e| e.into_inner());
+            let mut seen = self.stats_seen.lock().unwrap_or_else(|e| e.into_inner());
             for id in ids {
                 seen.remove(id);
             }

@@ -1,9 +1,12 @@
 //! Every map of the object, with its capacity, and the helpers that update them.
 //!
-//! Counters are per-CPU (no atomics on the hottest paths); histograms are shared and updated
-//! with atomic adds, since a per-CPU copy of a 2.7 KiB histogram per cgroup would not scale
-//! with CPUs. In-flight starts (bio owners, request issue times, wakeups, connects) live in LRU
-//! maps, so a start whose end is never seen cannot leak.
+//! Counters are per-CPU (no atomics on the hottest paths), and the hottest hooks (CPU time,
+//! switches, page faults) count into a per-CPU pending copy for the cgroup the CPU counted last
+//! ([`current_stats`]), a plain array element, instead of looking the cgroup up in a hash each
+//! time; histograms are shared and updated with atomic adds, since a per-CPU copy of a 2.7 KiB
+//! histogram per cgroup would not scale with CPUs. In-flight starts (bio owners, request issue
+//! times, run-queue waits) live in arrays of slots, connects in an LRU map, so a start whose
+//! end is never seen cannot leak.
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},

@@ -297,18 +297,50 @@ pub struct CgroupStats {
 
 const _: () = assert!(core::mem::size_of::<CgroupStats>() == 18 * 8);
 
-/// Counters of the cgroup whose events a CPU had last, not yet added to the cgroup's entry in
-/// [`maps::CGROUP_STATS`]. Consecutive events of a CPU mostly belong to one cgroup (the task
-/// running there): the hottest hooks (CPU time, switches, page faults) count them here, in a
-/// per-CPU array whose element costs no hash lookup, and add them to the cgroup's entry when an
-/// event of another cgroup comes. Part of the cgroup's figures: a reader adds it.
+/// The counters of the hottest hooks (CPU time, switches, page faults) for the cgroup whose
+/// events a CPU had last, not yet added to the cgroup's entry in [`maps::CGROUP_STATS`].
+/// Consecutive events of a CPU mostly belong to one cgroup (the task running there): those hooks
+/// count them here, in a per-CPU array whose element (one cache line) costs no hash lookup, and
+/// add them to the cgroup's entry when an event of another cgroup comes. Part of the cgroup's
+/// figures: a reader adds it ([`PendingStats::add_to`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PendingStats {
     /// The cgroup; 0 when none yet.
     pub cgroup_id: u64,
-    /// Its counters not yet in its entry.
-    pub stats: CgroupStats,
+    /// As [`CgroupStats::cpu_time_ns`].
+    pub cpu_time_ns: u64,
+    /// As [`CgroupStats::cpu_time_updates`].
+    pub cpu_time_updates: u64,
+    /// As [`CgroupStats::switches_voluntary`].
+    pub switches_voluntary: u64,
+    /// As [`CgroupStats::switches_involuntary`].
+    pub switches_involuntary: u64,
+    /// As [`CgroupStats::page_faults_user`].
+    pub page_faults_user: u64,
+    /// As [`CgroupStats::page_faults_kernel`].
+    pub page_faults_kernel: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<PendingStats>() == 7 * 8);
+
+impl PendingStats {
+    /// Adds the pending counters to `stats`.
+    #[inline(always)]
+    pub fn add_to(&self, stats: &mut CgroupStats) {
+        stats.cpu_time_ns = stats.cpu_time_ns.wrapping_add(self.cpu_time_ns);
+        stats.cpu_time_updates = stats.cpu_time_updates.wrapping_add(self.cpu_time_updates);
+        stats.switches_voluntary = stats
+            .switches_voluntary
+            .wrapping_add(self.switches_voluntary);
+        stats.switches_involuntary = stats
+            .switches_involuntary
+            .wrapping_add(self.switches_involuntary);
+        stats.page_faults_user = stats.page_faults_user.wrapping_add(self.page_faults_user);
+        stats.page_faults_kernel = stats
+            .page_faults_kernel
+            .wrapping_add(self.page_faults_kernel);
+    }
 }
 
 impl CgroupStats {

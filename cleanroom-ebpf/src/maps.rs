@@ -264,13 +264,13 @@ pub fn stats_of(cgroup_id: u64) -> Option<&'static mut CgroupStats> {
     per_cpu_entry(&CGROUP_STATS, cgroup_id, drop_reason::STATS_MAP_FULL)
 }
 
-/// This CPU's counters for cgroup `cgroup_id`, for the hottest hooks: the pending ones
+/// This CPU's pending counters for cgroup `cgroup_id`, for the hottest hooks: the pending ones
 /// ([`PENDING_STATS`]) when they are this cgroup's, a plain array element; else the pending
 /// ones are first added to their cgroup's entry and made this cgroup's. Only for hooks that run
 /// with interrupts off in the task whose cgroup they count or the scheduler (CPU time,
 /// switches, page faults): two of them never run on one CPU at once.
 #[inline(always)]
-pub fn current_stats(cgroup_id: u64) -> Option<&'static mut CgroupStats> {
+pub fn current_stats(cgroup_id: u64) -> Option<&'static mut PendingStats> {
     let pending = PENDING_STATS.get_ptr_mut(0)?;
     // SAFETY: this CPU's element of a per-CPU array; the hooks that use it do not nest (see
     // above), and the element lives as long as the map.
@@ -279,12 +279,14 @@ pub fn current_stats(cgroup_id: u64) -> Option<&'static mut CgroupStats> {
         if pending.cgroup_id != 0
             && let Some(entry) = stats_of(pending.cgroup_id)
         {
-            *entry = entry.wrapping_add(pending.stats);
+            pending.add_to(entry);
         }
-        pending.cgroup_id = cgroup_id;
-        pending.stats = CgroupStats::default();
+        *pending = PendingStats {
+            cgroup_id,
+            ..PendingStats::default()
+        };
     }
-    Some(&mut pending.stats)
+    Some(pending)
 }
 
 /// This CPU's block counters for `key`, creating them at zero on first use.

@@ -1220,8 +1220,7 @@ impl Probes {
             .iter()
             .filter(|p| p.cgroup_id != 0 && tally.has(p.cgroup_id))
         {
-            let stats = per_id.entry(p.cgroup_id).or_default();
-            *stats = stats.wrapping_add(p.stats);
+            p.add_to(per_id.entry(p.cgroup_id).or_default());
         }
         let mut seen = self.stats_seen.lock().unwrap_or_else(|e| e.into_inner());
         for (id, stats) in per_id {

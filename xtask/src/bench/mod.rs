@@ -175,6 +175,21 @@ fn monotonic_ns() -> u128 {
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }
 
+/// Run time (ns) and runs of program `id` so far (BPF stats on), from `bpftool`.
+fn program_stats(id: u32) -> Result<(u64, u64)> {
+    let v: Value = serde_json::from_str(&output(Command::new("bpftool").args([
+        "prog",
+        "show",
+        "id",
+        &id.to_string(),
+        "-j",
+    ]))?)?;
+    Ok((
+        v["run_time_ns"].as_u64().unwrap_or(0),
+        v["run_cnt"].as_u64().unwrap_or(0),
+    ))
+}
+
 /// Median, min and max.
 fn spread(xs: &[f64]) -> Value {
     let mut v = xs.to_vec();
@@ -516,16 +531,10 @@ impl Bench {
                 // Forks and exits, and cgroups made and removed, fire their hooks too.
                 output(Command::new(&self.workload).args(["fork", "50", "1"]))?;
                 for (hook, id) in &running.programs {
-                    let v: Value = serde_json::from_str(&output(Command::new("bpftool").args([
-                        "prog",
-                        "show",
-                        "id",
-                        &id.to_string(),
-                        "-j",
-                    ]))?)?;
+                    let (run_time, runs) = program_stats(*id)?;
                     let e = totals.entry((agent, hook.clone())).or_default();
-                    e.0 += v["run_time_ns"].as_u64().unwrap_or(0);
-                    e.1 += v["run_cnt"].as_u64().unwrap_or(0);
+                    e.0 += run_time;
+                    e.1 += runs;
                 }
                 running.stop()?;
             }

@@ -15,7 +15,7 @@ use std::{fs, process::Command};
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
-use super::{Agent, Bench, Running, in_run::median_ci, median, output, spread};
+use super::{Agent, Bench, Running, in_run::median_ci, median, output, program_stats, spread};
 
 /// Repetitions of each pair.
 pub const REPS: usize = 30;
@@ -135,14 +135,7 @@ fn cost_of(workload: &str, figure: f64) -> f64 {
 fn run_time_ns(running: &Running) -> Result<u64> {
     let mut total = 0;
     for (_, id) in &running.programs {
-        let v: Value = serde_json::from_str(&output(Command::new("bpftool").args([
-            "prog",
-            "show",
-            "id",
-            &id.to_string(),
-            "-j",
-        ]))?)?;
-        total += v["run_time_ns"].as_u64().unwrap_or(0);
+        total += program_stats(*id)?.0;
     }
     Ok(total)
 }

@@ -112,12 +112,11 @@ pub fn on_fork(parent: *const u8, parent_cgroup: u64, child: *const u8, tgid: u3
     crate::process::on_fork(read::<u32>(parent, &OFF_TASK_TGID).unwrap_or(0), tgid);
 }
 
-/// `sched_process_exit` of the last thread of the current process, in cgroup `cgroup`. Only a
-/// process in a watched cgroup can be tracked (one that left was untracked then), so the small
-/// map is asked first.
+/// `sched_process_exit` of the last thread of the current process, in watched run `run` (0:
+/// none). Only a process in a watched cgroup can be tracked (one that left was untracked then).
 #[inline(always)]
-pub fn on_exit(cgroup: u64) {
-    if run_of_cgroup(cgroup).is_some() {
+pub fn on_exit(run: u64) {
+    if run != 0 {
         let _ = RUN_PROCS.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
     }
 }

@@ -30,7 +30,7 @@ use crate::{
         OFF_TASK_IOAC_READ_BYTES, OFF_TASK_IOAC_WRITE_BYTES, OFF_TASK_MAJ_FLT, OFF_TASK_MIN_FLT,
         OFF_TASK_MM, OFF_TASK_PID, OFF_TASK_REAL_PARENT, OFF_TASK_SIGNAL,
         OFF_TASK_SUM_EXEC_RUNTIME, OFF_TASK_TGID, comm_of, current_cgroup_id, leader_start_time,
-        read, read_optional, read_ptr,
+        load_known, read, read_optional, read_ptr,
     },
 };
 
@@ -113,11 +113,10 @@ pub fn on_fork(parent_tgid: u32, child_tgid: u32) {
     }
 }
 
-/// `task`, the last thread of a process in cgroup `cgroup`, is exiting: marked if the process
-/// belongs to a watched run. One that left its run forgets its command line now.
+/// `task`, the last thread of a process in watched run `run` (0: none), is exiting: marked if
+/// the process belongs to a run. One that left its run forgets its command line now.
 #[inline(always)]
-pub fn on_group_dead(cgroup: u64, task: *const u8) {
-    let run = run_of_cgroup(cgroup).unwrap_or(0);
+pub fn on_group_dead(run: u64, task: *const u8) {
     if run == 0 {
         // Looked up before removing: a removal takes the bucket's lock, and almost every
         // process ending on the host was never a run's.
@@ -129,8 +128,8 @@ pub fn on_group_dead(cgroup: u64, task: *const u8) {
         return;
     }
     let pid = read::<u32>(task, &OFF_TASK_PID).unwrap_or(0);
-    let signal = read_optional::<*const u8>(task, &OFF_TASK_SIGNAL).unwrap_or(core::ptr::null());
-    let group = |off| read_optional::<u64>(signal, off).unwrap_or(0);
+    let signal = load_known::<*const u8>(task, &OFF_TASK_SIGNAL, core::ptr::null());
+    let group = |off| load_known::<u64>(signal, off, 0);
     let exiting = Exiting {
         run_id: run,
         cpu_ns: group(&OFF_SIGNAL_SUM_SCHED_RUNTIME),

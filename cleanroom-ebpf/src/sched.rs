@@ -23,7 +23,7 @@ use crate::{
         OFF_TASK_IOAC_READ_BYTES, OFF_TASK_IOAC_WRITE_BYTES, OFF_TASK_MAJ_FLT, OFF_TASK_PID,
         OFF_TASK_SCHED_PCOUNT, OFF_TASK_SCHED_RUN_DELAY, OFF_TASK_SIGNAL, OFF_TASK_STATE,
         OFF_TASK_TGID, cgroup_id_of, current_cgroup_id, dfl_cgroup_of, id_of_cgroup,
-        leader_start_time, load_btf, read, read_optional,
+        leader_start_time, load_btf, load_known, read, read_optional,
     },
 };
 
@@ -277,29 +277,30 @@ fn claim_process_exit(task: *const u8) -> bool {
 fn on_task_exit(task: *const u8, group_dead: bool) {
     // Plain values, not `Option`s, across the calls below: an `Option`'s payload is left
     // undefined when it is `None`, and older verifiers (6.1) refuse a program that copies an
-    // uninitialised register even on a path that never uses it.
+    // uninitialised register even on a path that never uses it. `task` is the tracepoint's
+    // BTF-typed argument: the optional offsets are loaded directly where the kernel has them.
     let major = read::<u64>(task, &OFF_TASK_MAJ_FLT).unwrap_or(0);
     let Some(cgroup) = cgroup_id_of(task) else {
         return;
     };
     if let Some(stats) = stats_of(cgroup) {
         stats.page_faults_major += major;
-        stats.io_read_bytes += read_optional::<u64>(task, &OFF_TASK_IOAC_READ_BYTES).unwrap_or(0);
-        stats.io_write_bytes += read_optional::<u64>(task, &OFF_TASK_IOAC_WRITE_BYTES).unwrap_or(0);
+        stats.io_read_bytes += load_known::<u64>(task, &OFF_TASK_IOAC_READ_BYTES, 0);
+        stats.io_write_bytes += load_known::<u64>(task, &OFF_TASK_IOAC_WRITE_BYTES, 0);
         stats.io_cancelled_write_bytes +=
-            read_optional::<u64>(task, &OFF_TASK_IOAC_CANCELLED_WRITE_BYTES).unwrap_or(0);
+            load_known::<u64>(task, &OFF_TASK_IOAC_CANCELLED_WRITE_BYTES, 0);
         if group_dead {
             stats.processes_exited += 1;
-            let rss = read_optional::<*const u8>(task, &OFF_TASK_SIGNAL)
-                .and_then(|signal| read_optional::<u64>(signal, &OFF_SIGNAL_MAXRSS))
-                .unwrap_or(0);
+            let signal = load_known::<*const u8>(task, &OFF_TASK_SIGNAL, core::ptr::null());
+            let rss = load_known::<u64>(signal, &OFF_SIGNAL_MAXRSS, 0);
             if rss > stats.process_peak_rss_pages {
                 stats.process_peak_rss_pages = rss;
             }
         }
     }
     if group_dead {
-        crate::process::on_group_dead(cgroup, task);
-        escape::on_exit(cgroup);
+        let run = escape::run_of_cgroup(cgroup).unwrap_or(0);
+        crate::process::on_group_dead(run, task);
+        escape::on_exit(run);
     }
 }

@@ -129,6 +129,18 @@ pub fn read_optional<T: Copy>(base: *const u8, offset: &Global<u64>) -> Option<T
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
 }
 
+/// Loads a `T` at `base + offset` directly (as [`load_btf`]: `base` a BTF-typed pointer) where
+/// this kernel has the offset, else `default`: for offsets a kernel may lack, without the
+/// helper call of [`read_optional`]. The offset is a read-only value the verifier knows, so it
+/// never looks at the load where the offset is unset.
+#[inline(always)]
+pub fn load_known<T: Copy>(base: *const u8, offset: &Global<u64>, default: T) -> T {
+    if base.is_null() || offset.load() == u64::MAX {
+        return default;
+    }
+    load_btf(base, offset)
+}
+
 /// `task->comm` (16 bytes), byte by byte: its offset need not be aligned for wider loads.
 #[inline(always)]
 pub fn comm_of(task: *const u8) -> [u8; 16] {

@@ -22,7 +22,6 @@ use crate::{
     cgroupfs::watch::{RuleId, WatchRule, Watcher},
     config::{CleanroomConfig, PerformanceMonitoring},
     judge::analyze::{self, ThresholdSpec},
-    kernel::cost::ProbesCost,
     kernel::probe::{Counted, Probes, SamplingRates},
     kernel::tally,
     measure::session::{End, Figures, Session, SessionOptions, Tick},
@@ -386,7 +385,7 @@ fn finish(
         max_rss_bytes: None,
     };
     let drops = probes.drops()?;
-    let cost = ProbesCost::of(&counted, &probes.calibration(), &probes.attached_hooks());
+    let cost = probes.cost_of(&counted);
     let mut figures = watch
         .session
         .conclude(counted, hook_unavailable, drops, end);

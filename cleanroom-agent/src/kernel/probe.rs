@@ -27,7 +27,7 @@ pub use cleanroom_common::{ConnKey, ConnStats, OffCpuEnd, ProcessExit, StackSamp
 pub use crate::kernel::tally::Counted;
 use crate::{
     kernel::btf::{BtfError, Offsets, VMLINUX_BTF},
-    kernel::cost::Calibration,
+    kernel::cost::{Calibration, ProbesCost},
     kernel::meter::CostMeter,
     kernel::tally::{self, Tally},
     metric::{AnyMetric, Latency, Metric},
@@ -914,8 +914,14 @@ impl Probes {
         self.runq_from_sched_info
     }
 
+    /// What the probes cost the cgroups that `counted` describes: their events of each hook
+    /// times its cost per event as measured so far (see `kernel::cost`).
+    pub fn cost_of(&self, counted: &Counted) -> ProbesCost {
+        ProbesCost::of(counted, &self.calibration(), &self.attached_hooks())
+    }
+
     /// The attached hooks (`tp_btf/sched_switch`, ...).
-    pub fn attached_hooks(&self) -> Vec<String> {
+    fn attached_hooks(&self) -> Vec<String> {
         self.status
             .iter()
             .filter(|s| s.error.is_none())
@@ -924,7 +930,7 @@ impl Probes {
     }
 
     /// What the programs cost per event on this host, as measured so far.
-    pub fn calibration(&self) -> Calibration {
+    fn calibration(&self) -> Calibration {
         self.meter.as_ref().map_or_else(
             || Calibration {
                 unavailable: Some("the probes' costs are not measured for the floor".into()),

@@ -346,7 +346,7 @@ impl Session {
         let drops = probes.drops()?;
         let unavailable = probes.unavailable();
         probes.forget(&ids)?;
-        let cost = ProbesCost::of(&counted, &probes.calibration(), &probes.attached_hooks());
+        let cost = probes.cost_of(&counted);
         let mut figures = self.conclude(counted, &unavailable, drops, end);
         figures.probes = Some(cost);
         Ok(figures)

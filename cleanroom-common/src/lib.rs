@@ -9,8 +9,8 @@
 pub mod maps {
     /// Per-CPU hash: cgroup v2 id (`u64`) → [`crate::CgroupStats`].
     pub const CGROUP_STATS: &str = "CGROUP_STATS";
-    /// Per-CPU array of one [`crate::PendingStats`]: counters of the cgroup a CPU counted last,
-    /// not yet added to [`CGROUP_STATS`]; a reader adds them to the cgroup they name.
+    /// Per-CPU array of one [`crate::PendingSet`]: counters of the two cgroups a CPU counted
+    /// last, not yet added to [`CGROUP_STATS`]; a reader adds them to the cgroups they name.
     pub const PENDING_STATS: &str = "PENDING_STATS";
     /// Per-CPU hash: [`crate::BlockKey`] → [`crate::BlockStats`].
     pub const BLOCK_STATS: &str = "BLOCK_STATS";
@@ -323,6 +323,22 @@ pub struct PendingStats {
 }
 
 const _: () = assert!(core::mem::size_of::<PendingStats>() == 7 * 8);
+
+/// A CPU's pending counters ([`PendingStats`]) for the two cgroups it counted last. Two, not
+/// one: a CPU often alternates between two cgroups — a task and the idle task (the root), or a
+/// task doing I/O and the kernel worker serving it — and one copy would be added to a hash entry
+/// at every change. A third cgroup's event adds the copy used least recently and takes its
+/// place.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingSet {
+    /// The two copies.
+    pub ways: [PendingStats; 2],
+    /// Which of `ways` had the last event (0 or 1).
+    pub last_used: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<PendingSet>() == 15 * 8);
 
 impl PendingStats {
     /// Adds the pending counters to `stats`.
@@ -979,6 +995,8 @@ mod pod {
     unsafe impl aya::Pod for super::CgroupStats {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::PendingStats {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::PendingSet {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::ProcessExit {}
     // SAFETY: see above.

@@ -1,8 +1,8 @@
 //! Every map of the object, with its capacity, and the helpers that update them.
 //!
 //! Counters are per-CPU (no atomics on the hottest paths), and the hottest hooks (CPU time,
-//! switches, page faults) count into a per-CPU pending copy for the cgroup the CPU counted last
-//! ([`current_stats`]), a plain array element, instead of looking the cgroup up in a hash each
+//! switches, page faults) count into per-CPU pending copies for the two cgroups the CPU counted
+//! last ([`current_stats`]), a plain array element, instead of looking the cgroup up in a hash each
 //! time; histograms are shared and updated with atomic adds, since a per-CPU copy of a 2.7 KiB
 //! histogram per cgroup would not scale with CPUs. In-flight starts (bio owners, request issue
 //! times, run-queue waits) live in arrays of slots, connects in an LRU map, so a start whose
@@ -16,8 +16,8 @@ use aya_ebpf::{
 use cleanroom_common::{
     BlockKey, BlockStats, CgroupNode, CgroupStats, ConnKey, ConnStats, Escape, HistKey, Histogram,
     MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS, MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS,
-    MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED, PendingStats, RunProc, drop_reason,
-    hist_bucket,
+    MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED, PendingSet, PendingStats, RunProc,
+    drop_reason, hist_bucket,
 };
 
 /// cgroup v2 id → counters, one copy per CPU.
@@ -25,10 +25,10 @@ use cleanroom_common::{
 pub static CGROUP_STATS: PerCpuHashMap<u64, CgroupStats> =
     PerCpuHashMap::with_max_entries(MAX_CGROUPS, 0);
 
-/// The counters of the cgroup each CPU counted last, not yet in [`CGROUP_STATS`] (see
-/// [`cleanroom_common::PendingStats`] and [`current_stats`]).
+/// The counters of the two cgroups each CPU counted last, not yet in [`CGROUP_STATS`] (see
+/// [`cleanroom_common::PendingSet`] and [`current_stats`]).
 #[map]
-pub static PENDING_STATS: PerCpuArray<PendingStats> = PerCpuArray::with_max_entries(1, 0);
+pub static PENDING_STATS: PerCpuArray<PendingSet> = PerCpuArray::with_max_entries(1, 0);
 
 /// (cgroup, device) → block I/O counters, one copy per CPU.
 #[map]
@@ -264,29 +264,42 @@ pub fn stats_of(cgroup_id: u64) -> Option<&'static mut CgroupStats> {
     per_cpu_entry(&CGROUP_STATS, cgroup_id, drop_reason::STATS_MAP_FULL)
 }
 
-/// This CPU's pending counters for cgroup `cgroup_id`, for the hottest hooks: the pending ones
-/// ([`PENDING_STATS`]) when they are this cgroup's, a plain array element; else the pending
-/// ones are first added to their cgroup's entry and made this cgroup's. Only for hooks that run
-/// with interrupts off in the task whose cgroup they count or the scheduler (CPU time,
-/// switches, page faults): two of them never run on one CPU at once.
+/// This CPU's pending counters for cgroup `cgroup_id`, for the hottest hooks: one of the two
+/// pending copies ([`PENDING_STATS`]) when it is this cgroup's, a plain array element; else the
+/// copy used least recently is first added to its cgroup's entry and made this cgroup's. Only
+/// for hooks that run with interrupts off in the task whose cgroup they count or the scheduler
+/// (CPU time, switches, page faults): two of them never run on one CPU at once.
 #[inline(always)]
 pub fn current_stats(cgroup_id: u64) -> Option<&'static mut PendingStats> {
-    let pending = PENDING_STATS.get_ptr_mut(0)?;
+    let set = PENDING_STATS.get_ptr_mut(0)?;
     // SAFETY: this CPU's element of a per-CPU array; the hooks that use it do not nest (see
     // above), and the element lives as long as the map.
-    let pending = unsafe { &mut *pending };
-    if pending.cgroup_id != cgroup_id {
-        if pending.cgroup_id != 0
-            && let Some(entry) = stats_of(pending.cgroup_id)
-        {
-            pending.add_to(entry);
-        }
-        *pending = PendingStats {
-            cgroup_id,
-            ..PendingStats::default()
-        };
+    let set = unsafe { &mut *set };
+    let [first, second] = &mut set.ways;
+    if first.cgroup_id == cgroup_id {
+        set.last_used = 0;
+        return Some(first);
     }
-    Some(pending)
+    if second.cgroup_id == cgroup_id {
+        set.last_used = 1;
+        return Some(second);
+    }
+    let (way, index) = if set.last_used == 0 {
+        (second, 1)
+    } else {
+        (first, 0)
+    };
+    set.last_used = index;
+    if way.cgroup_id != 0
+        && let Some(entry) = stats_of(way.cgroup_id)
+    {
+        way.add_to(entry);
+    }
+    *way = PendingStats {
+        cgroup_id,
+        ..PendingStats::default()
+    };
+    Some(way)
 }
 
 /// This CPU's block counters for `key`, creating them at zero on first use.

@@ -22,8 +22,8 @@ use crate::{
         OFF_SIGNAL_LIVE, OFF_SIGNAL_MAXRSS, OFF_TASK_IOAC_CANCELLED_WRITE_BYTES,
         OFF_TASK_IOAC_READ_BYTES, OFF_TASK_IOAC_WRITE_BYTES, OFF_TASK_MAJ_FLT, OFF_TASK_PID,
         OFF_TASK_SCHED_PCOUNT, OFF_TASK_SCHED_RUN_DELAY, OFF_TASK_SIGNAL, OFF_TASK_STATE,
-        OFF_TASK_TGID, cgroup_id_of, current_cgroup_id, dfl_cgroup_of, id_of_cgroup,
-        leader_start_time, load_btf, load_known, read, read_optional,
+        OFF_TASK_TGID, cgroup_id_of, dfl_cgroup_of, id_of_cgroup, leader_start_time, load_btf,
+        load_known, read, read_optional,
     },
 };
 
@@ -124,8 +124,10 @@ pub fn sched_switch_v1(ctx: BtfTracePointContext) -> u32 {
 fn on_switch(preempt: u64, prev: *const u8, next: *const u8, prev_state: u64) {
     crate::process::on_switch_away(prev, prev_state);
     let runnable = prev_state & 0xffff_ffff == 0;
-    // `prev` is the current task.
-    let cgroup = current_cgroup_id();
+    // `prev` is the current task; read from it, without a helper.
+    let Some(cgroup) = cgroup_id_of(prev) else {
+        return;
+    };
     if let Some(stats) = current_stats(cgroup) {
         if preempt & 0xff == 0 && !runnable {
             if counted_in_nvcsw(prev, prev_state) {

@@ -18,7 +18,7 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use cleanroom_common::{
-    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, PendingStats, RunProc,
+    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, PendingSet, RunProc,
     drop_reason, escape_via, maps, profile_period, programs,
 };
 
@@ -1212,18 +1212,19 @@ impl Probes {
                 Err(e) => return Err(map_err(maps::CGROUP_STATS)(e)),
             }
         }
-        // Counters each CPU keeps pending for the cgroup it counted last, read after the
+        // Counters each CPU keeps pending for the two cgroups it counted last, read after the
         // entries: a CPU that adds them to an entry in between has them in neither read, so a
         // read can fall short (never over) until the next one. A cgroup's counters are
         // therefore never reported below an earlier read, and a read with nothing in flight is
         // exact.
-        let pending: PerCpuArray<&MapData, PendingStats> =
+        let pending: PerCpuArray<&MapData, PendingSet> =
             PerCpuArray::try_from(self.map(maps::PENDING_STATS)?)
                 .map_err(map_err(maps::PENDING_STATS))?;
         for p in pending
             .get(&0, 0)
             .map_err(map_err(maps::PENDING_STATS))?
             .iter()
+            .flat_map(|set| set.ways.iter())
             .filter(|p| p.cgroup_id != 0 && tally.has(p.cgroup_id))
         {
             p.add_to(per_id.entry(p.cgroup_id).or_default());

@@ -16,8 +16,8 @@ use aya_ebpf::{
 use cleanroom_common::{
     BlockKey, BlockStats, CgroupNode, CgroupStats, ConnKey, ConnStats, Escape, HistKey, Histogram,
     MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS, MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS,
-    MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED, PendingSet, PendingStats, RunProc,
-    drop_reason, hist_bucket,
+    MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED, PENDING_WAITS, PendingSet,
+    PendingStats, RunProc, drop_reason, hist_bucket, hist_kind,
 };
 
 /// cgroup v2 id → counters, one copy per CPU.
@@ -290,10 +290,11 @@ pub fn current_stats(cgroup_id: u64) -> Option<&'static mut PendingStats> {
         (first, 0)
     };
     set.last_used = index;
-    if way.cgroup_id != 0
-        && let Some(entry) = stats_of(way.cgroup_id)
-    {
-        way.add_to(entry);
+    if way.cgroup_id != 0 {
+        flush_waits(way);
+        if let Some(entry) = stats_of(way.cgroup_id) {
+            way.add_to(entry);
+        }
     }
     *way = PendingStats {
         cgroup_id,
@@ -343,6 +344,29 @@ pub fn atomic_add(target: &mut u64, value: u64) {
     };
 }
 
+/// The shared histogram of `key`, created empty on first use.
+#[inline(always)]
+fn histogram_of(key: &HistKey) -> Option<&'static mut Histogram> {
+    let hist = match HISTOGRAMS.get_ptr_mut(key) {
+        Some(h) => h,
+        None => {
+            let zero = ZERO_HISTOGRAM.get_ptr(0)?;
+            // SAFETY: a map value of the right type, only read by the helper.
+            let _ = HISTOGRAMS.insert(key, unsafe { &*zero }, u64::from(BPF_NOEXIST));
+            match HISTOGRAMS.get_ptr_mut(key) {
+                Some(h) => h,
+                None => {
+                    count_drop(drop_reason::HIST_MAP_FULL);
+                    return None;
+                }
+            }
+        }
+    };
+    // SAFETY: a live map element; every field is only updated with atomic adds (or, for `max`,
+    // a plain store that can at worst lose a concurrent maximum).
+    Some(unsafe { &mut *hist })
+}
+
 /// Records one latency of `kind` for `cgroup_id` (on block device `dev`, or 0).
 #[inline(always)]
 pub fn record_latency(cgroup_id: u64, kind: u32, dev: u32, value_ns: u64) {
@@ -351,26 +375,9 @@ pub fn record_latency(cgroup_id: u64, kind: u32, dev: u32, value_ns: u64) {
         kind,
         dev,
     };
-    let hist = match HISTOGRAMS.get_ptr_mut(&key) {
-        Some(h) => h,
-        None => {
-            let Some(zero) = ZERO_HISTOGRAM.get_ptr(0) else {
-                return;
-            };
-            // SAFETY: a map value of the right type, only read by the helper.
-            let _ = HISTOGRAMS.insert(&key, unsafe { &*zero }, u64::from(BPF_NOEXIST));
-            match HISTOGRAMS.get_ptr_mut(&key) {
-                Some(h) => h,
-                None => {
-                    count_drop(drop_reason::HIST_MAP_FULL);
-                    return;
-                }
-            }
-        }
+    let Some(hist) = histogram_of(&key) else {
+        return;
     };
-    // SAFETY: a live map element; every field is only updated with atomic adds (or, for `max`,
-    // a plain store that can at worst lose a concurrent maximum).
-    let hist = unsafe { &mut *hist };
     if let Some(bucket) = hist.buckets.get_mut(hist_bucket(value_ns)) {
         atomic_add(bucket, 1);
     }
@@ -378,5 +385,56 @@ pub fn record_latency(cgroup_id: u64, kind: u32, dev: u32, value_ns: u64) {
     atomic_add(&mut hist.sum, value_ns);
     if value_ns > hist.max {
         hist.max = value_ns;
+    }
+}
+
+/// Keeps a run-queue wait of the pending copy's cgroup in the copy, adding the ones it holds
+/// to the histogram first when it is full ([`PendingStats::waits`]).
+#[inline(always)]
+pub fn push_wait(way: &mut PendingStats, wait_ns: u64) {
+    if way.waits_pending as usize >= PENDING_WAITS {
+        flush_waits(way);
+    }
+    if let Some(slot) = way.waits.get_mut(way.waits_pending as usize) {
+        *slot = wait_ns;
+        way.waits_pending += 1;
+    }
+}
+
+/// Adds the run-queue waits a pending copy holds to its cgroup's histogram: one lookup and one
+/// count and sum for all of them.
+#[inline(always)]
+fn flush_waits(way: &mut PendingStats) {
+    let n = way.waits_pending;
+    if n == 0 {
+        return;
+    }
+    way.waits_pending = 0;
+    let key = HistKey {
+        cgroup_id: way.cgroup_id,
+        kind: hist_kind::RUNQUEUE,
+        dev: 0,
+    };
+    let Some(hist) = histogram_of(&key) else {
+        return;
+    };
+    let mut sum = 0u64;
+    let mut max = 0u64;
+    let mut count = 0u64;
+    for (i, &wait) in way.waits.iter().enumerate() {
+        if i as u64 >= n {
+            break;
+        }
+        if let Some(bucket) = hist.buckets.get_mut(hist_bucket(wait)) {
+            atomic_add(bucket, 1);
+        }
+        sum = sum.wrapping_add(wait);
+        max = max.max(wait);
+        count += 1;
+    }
+    atomic_add(&mut hist.count, count);
+    atomic_add(&mut hist.sum, sum);
+    if max > hist.max {
+        hist.max = max;
     }
 }

@@ -10,12 +10,12 @@ use aya_ebpf::{
     Global, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use cleanroom_common::{drop_reason, hist_kind};
+use cleanroom_common::{PendingStats, drop_reason, hist_kind};
 
 use crate::{
     escape,
     maps::{
-        PROCESS_EXITS, ProcessKey, RUNQ_SLOTS, RUNQ_START, count_drop, current_stats,
+        PROCESS_EXITS, ProcessKey, RUNQ_SLOTS, RUNQ_START, count_drop, current_stats, push_wait,
         record_latency, stats_of,
     },
     task::{
@@ -136,10 +136,11 @@ fn on_switch(preempt: u64, prev: *const u8, next: *const u8, prev_state: u64) {
         } else {
             stats.switches_involuntary += 1;
         }
+        if RUNQ_FROM_SCHED_INFO.load() != 0 {
+            wait_before_this_run(prev, stats);
+        }
     }
-    if RUNQ_FROM_SCHED_INFO.load() != 0 {
-        wait_before_this_run(prev, cgroup);
-    } else {
+    if RUNQ_FROM_SCHED_INFO.load() == 0 {
         wait_timed_from_wakeup(prev, runnable, next);
     }
 }
@@ -150,9 +151,9 @@ fn on_switch(preempt: u64, prev: *const u8, next: *const u8, prev_state: u64) {
 /// (one arrival) the growth of `run_delay` is the wait that preceded this run. No clock read and
 /// no wakeup hook: the scheduler timed it already. A task seen for the first time at its first
 /// arrival (`pcount` 1) waited `run_delay` in all; one already running when the probes came has
-/// its earlier waits left out.
+/// its earlier waits left out. The wait goes to the pending copy of `prev`'s cgroup, `stats`.
 #[inline(always)]
-fn wait_before_this_run(prev: *const u8, cgroup: u64) {
+fn wait_before_this_run(prev: *const u8, stats: &mut PendingStats) {
     let Some(pid) = read::<u32>(prev, &OFF_TASK_PID).filter(|p| *p != 0) else {
         return;
     };
@@ -180,7 +181,7 @@ fn wait_before_this_run(prev: *const u8, cgroup: u64) {
         (*slot).check = u64::from(pid) ^ delay ^ pcount;
     }
     if let Some(wait) = wait {
-        record_latency(cgroup, hist_kind::RUNQUEUE, 0, wait);
+        push_wait(stats, wait);
     }
 }
 

@@ -19,7 +19,7 @@ use aya::{
 };
 use cleanroom_common::{
     BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, PendingSet, RunProc,
-    drop_reason, escape_via, maps, profile_period, programs,
+    drop_reason, escape_via, hist_kind, maps, profile_period, programs,
 };
 
 pub use cleanroom_common::{ConnKey, ConnStats, OffCpuEnd, ProcessExit, StackSample, sample_kind};
@@ -1212,22 +1212,43 @@ impl Probes {
                 Err(e) => return Err(map_err(maps::CGROUP_STATS)(e)),
             }
         }
-        // Counters each CPU keeps pending for the two cgroups it counted last, read after the
-        // entries: a CPU that adds them to an entry in between has them in neither read, so a
-        // read can fall short (never over) until the next one. A cgroup's counters are
-        // therefore never reported below an earlier read, and a read with nothing in flight is
-        // exact.
+        if histograms {
+            let hist_map: HashMap<&MapData, HistKey, Histogram> =
+                HashMap::try_from(self.map(maps::HISTOGRAMS)?)
+                    .map_err(map_err(maps::HISTOGRAMS))?;
+            for entry in hist_map.iter() {
+                let (key, h) = entry.map_err(map_err(maps::HISTOGRAMS))?;
+                tally.add_histogram(key, &h);
+            }
+        }
+        // Counters (and run-queue waits) each CPU keeps pending for the two cgroups it counted
+        // last, read after the entries and histograms: a CPU that adds them to an entry in
+        // between has them in neither read, so a read can fall short (never over) until the
+        // next one. A cgroup's counters are therefore never reported below an earlier read,
+        // and a read with nothing in flight is exact.
         let pending: PerCpuArray<&MapData, PendingSet> =
             PerCpuArray::try_from(self.map(maps::PENDING_STATS)?)
                 .map_err(map_err(maps::PENDING_STATS))?;
-        for p in pending
-            .get(&0, 0)
-            .map_err(map_err(maps::PENDING_STATS))?
+        let sets = pending.get(&0, 0).map_err(map_err(maps::PENDING_STATS))?;
+        let ways: Vec<_> = sets
             .iter()
             .flat_map(|set| set.ways.iter())
             .filter(|p| p.cgroup_id != 0 && tally.has(p.cgroup_id))
-        {
+            .collect();
+        for p in ways {
             p.add_to(per_id.entry(p.cgroup_id).or_default());
+            if histograms && !p.pending_waits().is_empty() {
+                let mut waits = Histogram::EMPTY;
+                for &wait in p.pending_waits() {
+                    waits.record(wait);
+                }
+                let key = HistKey {
+                    cgroup_id: p.cgroup_id,
+                    kind: hist_kind::RUNQUEUE,
+                    dev: 0,
+                };
+                tally.add_histogram(key, &waits);
+            }
         }
         let mut seen = self.stats_seen.lock().unwrap_or_else(|e| e.into_inner());
         for (id, stats) in per_id {
@@ -1246,16 +1267,6 @@ impl Probes {
                 .iter()
                 .fold(BlockStats::default(), |acc, v| acc.wrapping_add(*v));
             tally.add_block(key, sum);
-        }
-
-        if histograms {
-            let hist_map: HashMap<&MapData, HistKey, Histogram> =
-                HashMap::try_from(self.map(maps::HISTOGRAMS)?)
-                    .map_err(map_err(maps::HISTOGRAMS))?;
-            for entry in hist_map.iter() {
-                let (key, h) = entry.map_err(map_err(maps::HISTOGRAMS))?;
-                tally.add_histogram(key, &h);
-            }
         }
         Ok(tally.finish())
     }

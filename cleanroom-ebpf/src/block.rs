@@ -18,7 +18,7 @@ use crate::{
     task::{
         OFF_BDEV_DEV, OFF_BIO_BDEV, OFF_BIO_BLKG, OFF_BIO_DISK, OFF_BIO_OPF, OFF_BIO_PARTNO,
         OFF_BIO_SIZE, OFF_BLKCG_CGROUP, OFF_BLKG_BLKCG, OFF_GENDISK_FIRST_MINOR, OFF_GENDISK_MAJOR,
-        OFF_RQ_BIO, OFF_RQ_CMD_FLAGS, current_cgroup_id, current_is_kthread, id_of_cgroup,
+        OFF_RQ_BIO, OFF_RQ_CMD_FLAGS, current_cgroup_id, current_user_cgroup_id, id_of_cgroup,
         on_default_hierarchy, read, read_ptr,
     },
 };
@@ -31,8 +31,8 @@ const REQ_OP_WRITE: u32 = 1;
 /// The cgroup that owns `bio` (see the module doc).
 #[inline(always)]
 fn bio_owner(bio: *const u8) -> u64 {
-    if !current_is_kthread() {
-        return current_cgroup_id();
+    if let Some(id) = current_user_cgroup_id() {
+        return id;
     }
     read_ptr(bio, &OFF_BIO_BLKG)
         .and_then(|blkg| read_ptr(blkg, &OFF_BLKG_BLKCG))

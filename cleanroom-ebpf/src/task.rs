@@ -205,6 +205,27 @@ pub fn current_is_kthread() -> bool {
     flags.is_some_and(|f| f & PF_KTHREAD != 0)
 }
 
+/// The current task's cgroup v2 id if it is a user task; `None` for a kernel thread. One
+/// fetch of the current task for both (see [`current_cgroup_id`]).
+#[inline(always)]
+pub fn current_user_cgroup_id() -> Option<u64> {
+    if HAS_TASK_BTF_HELPER.load() == 0 {
+        return (!current_is_kthread()).then(current_cgroup_id);
+    }
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let flags = read::<u32>(task, &OFF_TASK_FLAGS)?;
+    if flags & PF_KTHREAD != 0 {
+        return None;
+    }
+    Some(
+        dfl_cgroup_of(task)
+            .and_then(id_of_cgroup)
+            // SAFETY: helper without preconditions.
+            .unwrap_or_else(|| unsafe { bpf_get_current_cgroup_id() }),
+    )
+}
+
 /// The v2 id of a `struct cgroup *`.
 #[inline(always)]
 pub fn id_of_cgroup(cgroup: *const u8) -> Option<u64> {

@@ -12,6 +12,13 @@ pub mod maps {
     /// Per-CPU array of one [`crate::PendingSet`]: counters of the two cgroups a CPU counted
     /// last, not yet added to [`CGROUP_STATS`]; a reader adds them to the cgroups they name.
     pub const PENDING_STATS: &str = "PENDING_STATS";
+    /// Per-CPU array of one [`crate::NetPending`]: the packet counters of the socket cgroup a
+    /// CPU's `cgroup_skb` programs counted last; a reader adds them to the cgroup they name.
+    pub const NET_PENDING: &str = "NET_PENDING";
+    /// Array of two `u64`: how often [`WATCHED`] changed — element 0 by the agent, element 1
+    /// by the programs — so that a copy of a lookup in it ([`crate::NetPending::run_id`]) can
+    /// tell it is stale.
+    pub const WATCH_GENERATION: &str = "WATCH_GENERATION";
     /// Per-CPU hash: [`crate::BlockKey`] → [`crate::BlockStats`].
     pub const BLOCK_STATS: &str = "BLOCK_STATS";
     /// Hash: [`crate::HistKey`] → [`crate::Histogram`], updated with atomic adds.
@@ -327,6 +334,45 @@ pub struct PendingStats {
     pub waits: [u64; PENDING_WAITS],
     /// How many of `waits` are pending.
     pub waits_pending: u64,
+}
+
+/// The packet counters of the socket cgroup whose packets a CPU's `cgroup_skb` programs counted
+/// last, not yet added to its entry in [`maps::CGROUP_STATS`] (as [`PendingStats`] for the
+/// scheduler's hooks), with the cgroup's run as [`maps::WATCHED`] said it at
+/// `watch_generation`. Those programs can interrupt one another (a packet received in a softirq
+/// while one is sent): one that finds the copy `busy` counts straight into the entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetPending {
+    /// The socket cgroup; 0 when none yet.
+    pub cgroup_id: u64,
+    /// Its watched run, 0 for none, as of `watch_generation`.
+    pub run_id: u64,
+    /// The sum of [`maps::WATCH_GENERATION`] when `run_id` was looked up.
+    pub watch_generation: u64,
+    /// Non-zero while a program updates this copy.
+    pub busy: u64,
+    /// As [`CgroupStats::net_rx_bytes`].
+    pub rx_bytes: u64,
+    /// As [`CgroupStats::net_tx_bytes`].
+    pub tx_bytes: u64,
+    /// As [`CgroupStats::net_rx_packets`].
+    pub rx_packets: u64,
+    /// As [`CgroupStats::net_tx_packets`].
+    pub tx_packets: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<NetPending>() == 8 * 8);
+
+impl NetPending {
+    /// Adds the pending packet counters to `stats`.
+    #[inline(always)]
+    pub fn add_to(&self, stats: &mut CgroupStats) {
+        stats.net_rx_bytes = stats.net_rx_bytes.wrapping_add(self.rx_bytes);
+        stats.net_tx_bytes = stats.net_tx_bytes.wrapping_add(self.tx_bytes);
+        stats.net_rx_packets = stats.net_rx_packets.wrapping_add(self.rx_packets);
+        stats.net_tx_packets = stats.net_tx_packets.wrapping_add(self.tx_packets);
+    }
 }
 
 /// Run-queue waits a pending copy holds before they are added to their histogram.
@@ -1031,6 +1077,8 @@ mod pod {
     unsafe impl aya::Pod for super::PendingStats {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::PendingSet {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::NetPending {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::ProcessExit {}
     // SAFETY: see above.

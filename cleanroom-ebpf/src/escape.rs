@@ -24,7 +24,7 @@ use aya_ebpf::{
 use cleanroom_common::{Escape, RunProc, drop_reason, escape_via};
 
 use crate::{
-    maps::{ESCAPES, PROFILED, RUN_PROCS, WATCHED, count_drop},
+    maps::{ESCAPES, PROFILED, RUN_PROCS, WATCHED, bump_watch_generation, count_drop},
     task::{
         OFF_TASK_PID, OFF_TASK_TGID, comm_of, dfl_cgroup_of, id_of_cgroup, leader_start_time,
         on_default_hierarchy, read,
@@ -128,6 +128,7 @@ pub fn on_mkdir(id: u64, parent_id: u64) {
         if WATCHED.insert(&id, &run_id, 0) == Err(E2BIG) {
             count_drop(drop_reason::WATCHED_MAP_FULL);
         }
+        bump_watch_generation();
     }
     if let Some(profile) = profile_of_cgroup(parent_id) {
         if PROFILED.insert(&id, &profile, 0) == Err(E2BIG) {
@@ -141,6 +142,7 @@ pub fn on_mkdir(id: u64, parent_id: u64) {
 pub fn on_rmdir(id: u64) {
     if run_of_cgroup(id).is_some() {
         let _ = WATCHED.remove(&id);
+        bump_watch_generation();
     }
     if profile_of_cgroup(id).is_some() {
         let _ = PROFILED.remove(&id);

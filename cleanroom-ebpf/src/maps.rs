@@ -16,7 +16,7 @@ use aya_ebpf::{
 use cleanroom_common::{
     BlockKey, BlockStats, CgroupNode, CgroupStats, ConnKey, ConnStats, Escape, HistKey, Histogram,
     MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS, MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS,
-    MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED, PENDING_WAITS, PendingSet,
+    MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED, NetPending, PENDING_WAITS, PendingSet,
     PendingStats, RunProc, drop_reason, hist_bucket, hist_kind,
 };
 
@@ -29,6 +29,39 @@ pub static CGROUP_STATS: PerCpuHashMap<u64, CgroupStats> =
 /// [`cleanroom_common::PendingSet`] and [`current_stats`]).
 #[map]
 pub static PENDING_STATS: PerCpuArray<PendingSet> = PerCpuArray::with_max_entries(1, 0);
+
+/// The packet counters of the socket cgroup each CPU's `cgroup_skb` programs counted last, not
+/// yet in [`CGROUP_STATS`] (see [`cleanroom_common::NetPending`] and `net::count_packet`).
+#[map]
+pub static NET_PENDING: PerCpuArray<NetPending> = PerCpuArray::with_max_entries(1, 0);
+
+/// How often [`WATCHED`] changed: element 0 counts the agent's changes, element 1 the
+/// programs' ([`bump_watch_generation`]). A copy of a lookup in [`WATCHED`] made at another sum
+/// is stale.
+#[map]
+pub static WATCH_GENERATION: Array<u64> = Array::with_max_entries(2, 0);
+
+/// The sum of [`WATCH_GENERATION`].
+#[inline(always)]
+pub fn watch_generation() -> u64 {
+    let mut sum = 0u64;
+    for i in 0..2 {
+        if let Some(g) = WATCH_GENERATION.get_ptr(i) {
+            // SAFETY: an element of an array map; a torn read is impossible for an aligned u64.
+            sum = sum.wrapping_add(unsafe { core::ptr::read_volatile(g) });
+        }
+    }
+    sum
+}
+
+/// Tells the copies of [`WATCHED`] lookups that a program changed it.
+#[inline(always)]
+pub fn bump_watch_generation() {
+    if let Some(g) = WATCH_GENERATION.get_ptr_mut(1) {
+        // SAFETY: an element of an array map, only ever updated with atomic adds here.
+        atomic_add(unsafe { &mut *g }, 1);
+    }
+}
 
 /// (cgroup, device) → block I/O counters, one copy per CPU.
 #[map]

@@ -12,11 +12,16 @@ use aya_ebpf::{
     macros::{btf_tracepoint, cgroup_skb},
     programs::{BtfTracePointContext, SkBuffContext},
 };
-use cleanroom_common::{ConnKey, hist_kind};
+use core::sync::atomic::{Ordering, compiler_fence};
+
+use cleanroom_common::{ConnKey, NetPending, hist_kind};
 
 use crate::{
     escape::run_of_cgroup,
-    maps::{CONNECT_START, FIRST_LISTEN, atomic_add, connection_of, record_latency, stats_of},
+    maps::{
+        CONNECT_START, FIRST_LISTEN, NET_PENDING, atomic_add, connection_of, record_latency,
+        stats_of, watch_generation,
+    },
     sockets::{count_to_process, on_tcp_state},
     task::{
         OFF_SOCK_CGROUP, OFF_SOCK_DADDR, OFF_SOCK_DPORT, OFF_SOCK_FAMILY, OFF_SOCK_NUM,
@@ -54,11 +59,9 @@ fn skb_cgroup(ctx: &SkBuffContext) -> u64 {
 #[cgroup_skb(ingress)]
 pub fn cgroup_skb_ingress(ctx: SkBuffContext) -> i32 {
     let cgroup = skb_cgroup(&ctx);
-    if let Some(stats) = stats_of(cgroup) {
-        stats.net_rx_bytes += u64::from(ctx.len());
-        stats.net_rx_packets += 1;
+    if let Some(run_id) = count_packet(cgroup, u64::from(ctx.len()), false) {
+        count_connection(&ctx, run_id, false);
     }
-    count_connection(&ctx, cgroup, false);
     ALLOW
 }
 
@@ -66,21 +69,86 @@ pub fn cgroup_skb_ingress(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb(egress)]
 pub fn cgroup_skb_egress(ctx: SkBuffContext) -> i32 {
     let cgroup = skb_cgroup(&ctx);
-    if let Some(stats) = stats_of(cgroup) {
-        stats.net_tx_bytes += u64::from(ctx.len());
-        stats.net_tx_packets += 1;
+    if let Some(run_id) = count_packet(cgroup, u64::from(ctx.len()), true) {
+        count_connection(&ctx, run_id, true);
     }
-    count_connection(&ctx, cgroup, true);
     ALLOW
 }
 
-/// A packet of a socket in `cgroup`: counted to its remote endpoint if the socket belongs to a
-/// watched run, and to its process.
+/// Counts a packet of `len` bytes of a socket in `cgroup`; gives the watched run the cgroup
+/// belongs to. Counted in the CPU's pending copy ([`NET_PENDING`]) when it is this cgroup's
+/// (else the copy is first added to its cgroup's entry and made this cgroup's), and the run is
+/// the copy's unless [`WATCHED`](crate::maps::WATCHED) changed since: no hash lookup for the
+/// packets of one cgroup in a row. A program that interrupted another's update of the copy
+/// counts into the entry instead.
 #[inline(always)]
-fn count_connection(ctx: &SkBuffContext, cgroup: u64, egress: bool) {
-    let Some(run_id) = run_of_cgroup(cgroup) else {
-        return;
-    };
+fn count_packet(cgroup: u64, len: u64, egress: bool) -> Option<u64> {
+    let pending = NET_PENDING.get_ptr_mut(0)?;
+    // SAFETY: this CPU's element of a per-CPU array; a program interrupting this one on this CPU
+    // sees `busy` and leaves the copy alone (below).
+    let pending = unsafe { &mut *pending };
+    // SAFETY: a field of the element above.
+    if unsafe { core::ptr::read_volatile(&pending.busy) } != 0 {
+        if let Some(stats) = stats_of(cgroup) {
+            add_packet(
+                &mut stats.net_rx_bytes,
+                &mut stats.net_tx_bytes,
+                len,
+                egress,
+            );
+            add_packet(
+                &mut stats.net_rx_packets,
+                &mut stats.net_tx_packets,
+                1,
+                egress,
+            );
+        }
+        return run_of_cgroup(cgroup);
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&mut pending.busy, 1) };
+    compiler_fence(Ordering::SeqCst);
+    let generation = watch_generation();
+    if pending.cgroup_id != cgroup {
+        if pending.cgroup_id != 0
+            && let Some(entry) = stats_of(pending.cgroup_id)
+        {
+            pending.add_to(entry);
+        }
+        *pending = NetPending {
+            cgroup_id: cgroup,
+            run_id: run_of_cgroup(cgroup).unwrap_or(0),
+            watch_generation: generation,
+            busy: 1,
+            ..NetPending::default()
+        };
+    } else if pending.watch_generation != generation {
+        pending.run_id = run_of_cgroup(cgroup).unwrap_or(0);
+        pending.watch_generation = generation;
+    }
+    add_packet(&mut pending.rx_bytes, &mut pending.tx_bytes, len, egress);
+    add_packet(&mut pending.rx_packets, &mut pending.tx_packets, 1, egress);
+    let run_id = pending.run_id;
+    compiler_fence(Ordering::SeqCst);
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&mut pending.busy, 0) };
+    (run_id != 0).then_some(run_id)
+}
+
+/// Adds `n` to `tx` for a packet sent, to `rx` for one received.
+#[inline(always)]
+fn add_packet(rx: &mut u64, tx: &mut u64, n: u64, egress: bool) {
+    if egress {
+        *tx += n;
+    } else {
+        *rx += n;
+    }
+}
+
+/// A packet of a socket of watched run `run_id`: counted to its remote endpoint and to its
+/// process.
+#[inline(always)]
+fn count_connection(ctx: &SkBuffContext, run_id: u64, egress: bool) {
     let len = u64::from(ctx.len());
     // SAFETY: the context's own `__sk_buff`; the verifier turns this load into one of
     // `skb->sk`, the socket (or null).

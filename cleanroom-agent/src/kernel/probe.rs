@@ -18,8 +18,8 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use cleanroom_common::{
-    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, PendingSet, RunProc,
-    drop_reason, escape_via, hist_kind, maps, profile_period, programs,
+    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, NetPending, PendingSet,
+    RunProc, drop_reason, escape_via, hist_kind, maps, profile_period, programs,
 };
 
 pub use cleanroom_common::{ConnKey, ConnStats, OffCpuEnd, ProcessExit, StackSample, sample_kind};
@@ -1222,7 +1222,7 @@ impl Probes {
             }
         }
         // Counters (and run-queue waits) each CPU keeps pending for the two cgroups it counted
-        // last, read after the entries and histograms: a CPU that adds them to an entry in
+        // last (and for the socket cgroup whose packets it counted last), read after the entries and histograms: a CPU that adds them to an entry in
         // between has them in neither read, so a read can fall short (never over) until the
         // next one. A cgroup's counters are therefore never reported below an earlier read,
         // and a read with nothing in flight is exact.
@@ -1235,6 +1235,17 @@ impl Probes {
             .flat_map(|set| set.ways.iter())
             .filter(|p| p.cgroup_id != 0 && tally.has(p.cgroup_id))
             .collect();
+        let net: PerCpuArray<&MapData, NetPending> =
+            PerCpuArray::try_from(self.map(maps::NET_PENDING)?)
+                .map_err(map_err(maps::NET_PENDING))?;
+        for p in net
+            .get(&0, 0)
+            .map_err(map_err(maps::NET_PENDING))?
+            .iter()
+            .filter(|p| p.cgroup_id != 0 && tally.has(p.cgroup_id))
+        {
+            p.add_to(per_id.entry(p.cgroup_id).or_default());
+        }
         for p in ways {
             p.add_to(per_id.entry(p.cgroup_id).or_default());
             if histograms && !p.pending_waits().is_empty() {
@@ -1334,6 +1345,7 @@ impl Probes {
         watched
             .insert(cgroup_id, run_id, 0)
             .map_err(map_err(maps::WATCHED))?;
+        self.bump_watch_generation()?;
         self.profile_cgroups(run_id, &[cgroup_id])
     }
 
@@ -1370,7 +1382,25 @@ impl Probes {
         for id in doomed {
             ok_if_absent(cgroups.remove(&id), map)?;
         }
+        if map == maps::WATCHED {
+            self.bump_watch_generation()?;
+        }
         Ok(())
+    }
+
+    /// Tells the programs' copies of [`maps::WATCHED`] lookups that the agent changed it (after
+    /// the change: a program that sees the new count sees the new map). Only the agent writes
+    /// its element, so a read and a write cannot lose a count.
+    fn bump_watch_generation(&mut self) -> Result<(), ProbeError> {
+        let mut generation: Array<&mut MapData, u64> =
+            Array::try_from(self.map_mut(maps::WATCH_GENERATION)?)
+                .map_err(map_err(maps::WATCH_GENERATION))?;
+        let now = generation
+            .get(&0, 0)
+            .map_err(map_err(maps::WATCH_GENERATION))?;
+        generation
+            .set(0, now.wrapping_add(1), 0)
+            .map_err(map_err(maps::WATCH_GENERATION))
     }
 
     /// `hook: why` for each of `programs`' hooks that is not attached.

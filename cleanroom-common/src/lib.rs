@@ -15,6 +15,9 @@ pub mod maps {
     /// Per-CPU array of one [`crate::NetPending`]: the packet counters of the socket cgroup a
     /// CPU's `cgroup_skb` programs counted last; a reader adds them to the cgroup they name.
     pub const NET_PENDING: &str = "NET_PENDING";
+    /// Per-CPU array of one [`crate::LatencySet`]: block latencies a CPU measured and has not
+    /// added to their histograms yet; a reader adds them.
+    pub const LATENCY_PENDING: &str = "LATENCY_PENDING";
     /// Array of two `u64`: how often [`WATCHED`] changed — element 0 by the agent, element 1
     /// by the programs — so that a copy of a lookup in it ([`crate::NetPending::run_id`]) can
     /// tell it is stale.
@@ -375,6 +378,52 @@ impl NetPending {
     }
 }
 
+/// Block latencies (ns) a CPU measured for the histogram `key` and has not added to it yet:
+/// the first `values_pending` of `values`. Added `PENDING_WAITS` at a time (one lookup, one
+/// count and one sum for all), or when the copy is taken for another histogram
+/// ([`LatencySet`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencyPending {
+    /// The histogram; `cgroup_id` 0 when none yet.
+    pub key: HistKey,
+    /// How many of `values` are pending.
+    pub values_pending: u64,
+    /// The latencies.
+    pub values: [u64; PENDING_WAITS],
+}
+
+const _: () = assert!(core::mem::size_of::<LatencyPending>() == 10 * 8);
+
+impl LatencyPending {
+    /// The latencies not yet in the histogram.
+    pub fn pending_values(&self) -> &[u64] {
+        let n = (self.values_pending as usize).min(PENDING_WAITS);
+        &self.values[..n]
+    }
+}
+
+/// Pending copies per CPU in a [`LatencySet`].
+pub const LATENCY_WAYS: usize = 4;
+
+/// A CPU's pending block latencies for the [`LATENCY_WAYS`] histograms it recorded last: a
+/// device's reads and writes alternate, and a loop device's I/O completes beside the disk's
+/// below it. A latency of a fifth histogram takes the copy `next_victim` names (in turn).
+/// Completions can interrupt one another (a hard interrupt during a soft one): one that finds
+/// the set `busy` adds its latency to the histogram at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencySet {
+    /// Non-zero while a program updates the set.
+    pub busy: u64,
+    /// The copy the next new histogram takes.
+    pub next_victim: u64,
+    /// The copies.
+    pub ways: [LatencyPending; LATENCY_WAYS],
+}
+
+const _: () = assert!(core::mem::size_of::<LatencySet>() == (2 + 10 * LATENCY_WAYS) * 8);
+
 /// Run-queue waits a pending copy holds before they are added to their histogram.
 pub const PENDING_WAITS: usize = 7;
 
@@ -638,6 +687,15 @@ impl Histogram {
         sum: 0,
         max: 0,
     };
+
+    /// A histogram of `values`.
+    pub fn of(values: &[u64]) -> Histogram {
+        let mut h = Histogram::EMPTY;
+        for &v in values {
+            h.record(v);
+        }
+        h
+    }
 
     /// Counts `value` (user space: the kernel side adds atomically).
     pub fn record(&mut self, value: u64) {
@@ -1080,6 +1138,8 @@ mod pod {
     // SAFETY: see above.
     unsafe impl aya::Pod for super::NetPending {}
     // SAFETY: see above.
+    unsafe impl aya::Pod for super::LatencySet {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ProcessExit {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::CommandLine {}
@@ -1123,10 +1183,7 @@ mod tests {
             ..PendingStats::default()
         };
         assert_eq!(way.pending_waits(), &[5, 9, 2_000]);
-        let mut h = Histogram::EMPTY;
-        for &w in way.pending_waits() {
-            h.record(w);
-        }
+        let h = Histogram::of(way.pending_waits());
         assert_eq!((h.count, h.sum, h.max), (3, 2_014, 2_000));
         assert_eq!(h.buckets.iter().sum::<u64>(), 3);
         assert_eq!(h.buckets[hist_bucket(9)], 1);

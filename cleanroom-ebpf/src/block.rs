@@ -8,12 +8,12 @@
 //! (`RQ_START`); nothing is charged to whoever happens to be current at completion.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
-use cleanroom_common::{BlockKey, drop_reason, hist_kind};
+use cleanroom_common::{BlockKey, HistKey, drop_reason, hist_kind};
 
 use crate::{
     maps::{
         BIO_OWNER, RQ_START, address, block_stats_of, count_drop, in_flight_slot, keep_owner,
-        record_latency,
+        record_block_latency,
     },
     task::{
         OFF_BDEV_DEV, OFF_BIO_BDEV, OFF_BIO_BLKG, OFF_BIO_DISK, OFF_BIO_OPF, OFF_BIO_PARTNO,
@@ -239,6 +239,11 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
     unsafe { (*slot).rq = 0 };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    record_latency(owner, kind, dev, now.saturating_sub(issued_ns));
+    let key = HistKey {
+        cgroup_id: owner,
+        kind,
+        dev,
+    };
+    record_block_latency(key, now.saturating_sub(issued_ns));
     0
 }

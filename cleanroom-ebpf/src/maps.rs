@@ -8,6 +8,8 @@
 //! times, run-queue waits) live in arrays of slots, connects in an LRU map, so a start whose
 //! end is never seen cannot leak.
 
+use core::sync::atomic::{Ordering, compiler_fence};
+
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
@@ -15,9 +17,10 @@ use aya_ebpf::{
 };
 use cleanroom_common::{
     BlockKey, BlockStats, CgroupNode, CgroupStats, ConnKey, ConnStats, Escape, HistKey, Histogram,
-    MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS, MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS,
-    MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED, NetPending, PENDING_WAITS, PendingSet,
-    PendingStats, RunProc, drop_reason, hist_bucket, hist_kind,
+    LATENCY_WAYS, LatencyPending, LatencySet, MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS,
+    MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS, MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS,
+    MAX_WATCHED, NetPending, PENDING_WAITS, PendingSet, PendingStats, RunProc, drop_reason,
+    hist_bucket, hist_kind,
 };
 
 /// cgroup v2 id → counters, one copy per CPU.
@@ -34,6 +37,11 @@ pub static PENDING_STATS: PerCpuArray<PendingSet> = PerCpuArray::with_max_entrie
 /// yet in [`CGROUP_STATS`] (see [`cleanroom_common::NetPending`] and `net::count_packet`).
 #[map]
 pub static NET_PENDING: PerCpuArray<NetPending> = PerCpuArray::with_max_entries(1, 0);
+
+/// Block latencies each CPU has not added to their histograms yet (see
+/// [`cleanroom_common::LatencySet`] and [`record_block_latency`]).
+#[map]
+pub static LATENCY_PENDING: PerCpuArray<LatencySet> = PerCpuArray::with_max_entries(1, 0);
 
 /// How often [`WATCHED`] changed: element 0 counts the agent's changes, element 1 the
 /// programs' ([`bump_watch_generation`]). A copy of a lookup in [`WATCHED`] made at another sum
@@ -434,40 +442,104 @@ pub fn push_wait(way: &mut PendingStats, wait_ns: u64) {
     }
 }
 
-/// Adds the run-queue waits a pending copy holds to its cgroup's histogram: one lookup and one
-/// count and sum for all of them.
+/// Adds the run-queue waits a pending copy holds to its cgroup's histogram.
 #[inline(always)]
 fn flush_waits(way: &mut PendingStats) {
     let n = way.waits_pending;
-    if n == 0 {
-        return;
-    }
     way.waits_pending = 0;
     let key = HistKey {
         cgroup_id: way.cgroup_id,
         kind: hist_kind::RUNQUEUE,
         dev: 0,
     };
-    let Some(hist) = histogram_of(&key) else {
+    add_latencies(&key, &way.waits, n);
+}
+
+/// Adds the first `n` of `values` to the histogram of `key`: one lookup and one count and sum
+/// for all of them.
+#[inline(always)]
+fn add_latencies(key: &HistKey, values: &[u64; PENDING_WAITS], n: u64) {
+    if n == 0 {
+        return;
+    }
+    let Some(hist) = histogram_of(key) else {
         return;
     };
     let mut sum = 0u64;
     let mut max = 0u64;
     let mut count = 0u64;
-    for (i, &wait) in way.waits.iter().enumerate() {
+    for (i, &value) in values.iter().enumerate() {
         if i as u64 >= n {
             break;
         }
-        if let Some(bucket) = hist.buckets.get_mut(hist_bucket(wait)) {
+        if let Some(bucket) = hist.buckets.get_mut(hist_bucket(value)) {
             atomic_add(bucket, 1);
         }
-        sum = sum.wrapping_add(wait);
-        max = max.max(wait);
+        sum = sum.wrapping_add(value);
+        max = max.max(value);
         count += 1;
     }
     atomic_add(&mut hist.count, count);
     atomic_add(&mut hist.sum, sum);
     if max > hist.max {
         hist.max = max;
+    }
+}
+
+/// Records a block latency of histogram `key`: kept in one of this CPU's [`LATENCY_PENDING`]
+/// copies, which is added to its histogram when full or when taken for another histogram. A
+/// completion that interrupted another's update of the set records straight into the
+/// histogram.
+#[inline(always)]
+pub fn record_block_latency(key: HistKey, value_ns: u64) {
+    let Some(set) = LATENCY_PENDING.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's element of a per-CPU array; a program interrupting this one on this
+    // CPU sees `busy` and leaves the set alone.
+    let set = unsafe { &mut *set };
+    // SAFETY: a field of the element above.
+    if unsafe { core::ptr::read_volatile(&set.busy) } != 0 {
+        record_latency(key.cgroup_id, key.kind, key.dev, value_ns);
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&mut set.busy, 1) };
+    compiler_fence(Ordering::SeqCst);
+    let mut found = LATENCY_WAYS;
+    for (i, way) in set.ways.iter().enumerate() {
+        if way.key.cgroup_id == key.cgroup_id && way.key.kind == key.kind && way.key.dev == key.dev
+        {
+            found = i;
+            break;
+        }
+    }
+    if found == LATENCY_WAYS {
+        found = (set.next_victim as usize) % LATENCY_WAYS;
+        set.next_victim = ((found + 1) % LATENCY_WAYS) as u64;
+        if let Some(way) = set.ways.get_mut(found) {
+            add_latencies(&way.key, &way.values, way.values_pending);
+            way.values_pending = 0;
+            way.key = key;
+        }
+    }
+    if let Some(way) = set.ways.get_mut(found) {
+        push_latency(way, value_ns);
+    }
+    compiler_fence(Ordering::SeqCst);
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&mut set.busy, 0) };
+}
+
+/// Keeps `value_ns` in `way`, adding the ones it holds to their histogram first when it is full.
+#[inline(always)]
+fn push_latency(way: &mut LatencyPending, value_ns: u64) {
+    if way.values_pending as usize >= PENDING_WAITS {
+        add_latencies(&way.key, &way.values, way.values_pending);
+        way.values_pending = 0;
+    }
+    if let Some(slot) = way.values.get_mut(way.values_pending as usize) {
+        *slot = value_ns;
+        way.values_pending += 1;
     }
 }

@@ -135,6 +135,30 @@ fn count_packet(cgroup: u64, len: u64, egress: bool) -> Option<u64> {
     (run_id != 0).then_some(run_id)
 }
 
+/// The watched run of socket cgroup `cgroup`, from this CPU's pending packet copy when it is
+/// that cgroup's and [`WATCHED`](crate::maps::WATCHED) has not changed since (else looked up):
+/// for the socket hooks of process context, which send and receive what the copy counts. Only
+/// read here; a packet counted in between (an interrupt) is told by the cgroup read twice.
+#[inline(always)]
+pub fn watched_run(cgroup: u64) -> Option<u64> {
+    if let Some(pending) = NET_PENDING.get_ptr(0) {
+        // SAFETY: this CPU's element of a per-CPU array, only read, field by field.
+        let (before, run_id, generation) = unsafe {
+            (
+                core::ptr::read_volatile(&(*pending).cgroup_id),
+                core::ptr::read_volatile(&(*pending).run_id),
+                core::ptr::read_volatile(&(*pending).watch_generation),
+            )
+        };
+        // SAFETY: as above.
+        let after = unsafe { core::ptr::read_volatile(&(*pending).cgroup_id) };
+        if before == cgroup && after == cgroup && generation == watch_generation() {
+            return (run_id != 0).then_some(run_id);
+        }
+    }
+    run_of_cgroup(cgroup)
+}
+
 /// Adds `n` to `tx` for a packet sent, to `rx` for one received.
 #[inline(always)]
 fn add_packet(rx: &mut u64, tx: &mut u64, n: u64, egress: bool) {

@@ -24,11 +24,10 @@ use aya_ebpf::{
 use cleanroom_common::{MAX_PROCESS_NET, MAX_SOCKETS, ProcessNet, SocketOwner, drop_reason};
 
 use crate::{
-    escape::run_of_cgroup,
     maps::{atomic_add, count_drop},
     net::{
         TCP_CLOSE, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN, TCP_SYN_RECV,
-        TCP_SYN_SENT,
+        TCP_SYN_SENT, watched_run,
     },
     task::current_cgroup_id,
 };
@@ -84,7 +83,7 @@ pub fn on_tcp_state(sk: *const u8, old: i32, new: i32) {
 /// from now on, with the traffic that waited for an owner.
 #[inline(always)]
 fn claim(sk: *const u8) {
-    if sk.is_null() || run_of_cgroup(current_cgroup_id()).is_none() {
+    if sk.is_null() || watched_run(current_cgroup_id()).is_none() {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

@@ -18,8 +18,8 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use cleanroom_common::{
-    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, NetPending, PendingSet,
-    RunProc, drop_reason, escape_via, hist_kind, maps, profile_period, programs,
+    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, LatencySet, NetPending,
+    PendingSet, RunProc, drop_reason, escape_via, hist_kind, maps, profile_period, programs,
 };
 
 pub use cleanroom_common::{ConnKey, ConnStats, OffCpuEnd, ProcessExit, StackSample, sample_kind};
@@ -1220,6 +1220,20 @@ impl Probes {
                 let (key, h) = entry.map_err(map_err(maps::HISTOGRAMS))?;
                 tally.add_histogram(key, &h);
             }
+            // Block latencies each CPU has not added to their histogram yet, read after it
+            // (as the pending counters below).
+            let latencies: PerCpuArray<&MapData, LatencySet> =
+                PerCpuArray::try_from(self.map(maps::LATENCY_PENDING)?)
+                    .map_err(map_err(maps::LATENCY_PENDING))?;
+            for p in latencies
+                .get(&0, 0)
+                .map_err(map_err(maps::LATENCY_PENDING))?
+                .iter()
+                .flat_map(|set| set.ways.iter())
+                .filter(|p| p.key.cgroup_id != 0 && !p.pending_values().is_empty())
+            {
+                tally.add_histogram(p.key, &Histogram::of(p.pending_values()));
+            }
         }
         // Counters (and run-queue waits) each CPU keeps pending for the two cgroups it counted
         // last (and for the socket cgroup whose packets it counted last), read after the entries and histograms: a CPU that adds them to an entry in
@@ -1249,10 +1263,7 @@ impl Probes {
         for p in ways {
             p.add_to(per_id.entry(p.cgroup_id).or_default());
             if histograms && !p.pending_waits().is_empty() {
-                let mut waits = Histogram::EMPTY;
-                for &wait in p.pending_waits() {
-                    waits.record(wait);
-                }
+                let waits = Histogram::of(p.pending_waits());
                 let key = HistKey {
                     cgroup_id: p.cgroup_id,
                     kind: hist_kind::RUNQUEUE,

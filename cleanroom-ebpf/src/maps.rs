@@ -269,9 +269,23 @@ pub fn connection_of(key: &ConnKey) -> Option<&'static mut ConnStats> {
 #[map]
 pub static FIRST_LISTEN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4_096, 0);
 
-/// sock → when it entered SYN_SENT.
+/// A TCP connect in flight.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnectSlot {
+    /// The socket's address; 0 once taken.
+    pub sk: u64,
+    /// When it entered `SYN_SENT`.
+    pub start_ns: u64,
+    /// `sk ^ start_ns`: tells a slot two CPUs wrote at once.
+    pub check: u64,
+}
+
+/// sock → when it entered `SYN_SENT`, indexed by [`in_flight_slot`] of the socket; as
+/// [`BIO_OWNER`], an array (no lock, no helper call) whose colliding connects lose their
+/// latency.
 #[map]
-pub static CONNECT_START: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+pub static CONNECT_START: Array<ConnectSlot> = Array::with_max_entries(IN_FLIGHT_SLOTS, 0);
 
 /// Counts one lost event under `reason`.
 #[inline(always)]

@@ -19,8 +19,8 @@ use cleanroom_common::{ConnKey, NetPending, hist_kind};
 use crate::{
     escape::run_of_cgroup,
     maps::{
-        CONNECT_START, FIRST_LISTEN, NET_PENDING, atomic_add, connection_of, record_latency,
-        stats_of, watch_generation,
+        CONNECT_START, FIRST_LISTEN, NET_PENDING, address, atomic_add, connection_of,
+        in_flight_slot, record_latency, stats_of, watch_generation,
     },
     sockets::{count_to_process, on_tcp_state},
     task::{
@@ -304,32 +304,58 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     on_tcp_state(sk, old, new);
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     if new == TCP_SYN_SENT {
-        let _ = CONNECT_START.insert(sk as u64, now, 0);
+        let at = address(sk);
+        if at == 0 {
+            return 0;
+        }
+        let Some(slot) = CONNECT_START.get_ptr_mut(in_flight_slot(at)) else {
+            return 0;
+        };
+        let now = now_ns();
+        // SAFETY: an element of an array map; a racing writer is told by the check.
+        unsafe {
+            (*slot).sk = at;
+            (*slot).start_ns = now;
+            (*slot).check = at ^ now;
+        }
     } else if new == TCP_LISTEN {
         if let Some(id) = sock_cgroup(sk) {
-            let _ = FIRST_LISTEN.insert(&id, &now, u64::from(BPF_NOEXIST));
+            let _ = FIRST_LISTEN.insert(&id, &now_ns(), u64::from(BPF_NOEXIST));
         }
     } else if old == TCP_SYN_SENT {
-        // SAFETY: a map value read once, right away.
-        if let Some(start) = unsafe { CONNECT_START.get(sk as u64) }.copied() {
-            let _ = CONNECT_START.remove(sk as u64);
-            if new == TCP_ESTABLISHED {
-                if let Some(id) = sock_cgroup(sk) {
-                    let took = now.saturating_sub(start);
-                    record_latency(id, hist_kind::TCP_CONNECT, 0, took);
-                    if let Some(conn) = socket_connection(sk, id) {
-                        atomic_add(&mut conn.connects, 1);
-                        atomic_add(&mut conn.connect_ns_sum, took);
-                        if took > conn.connect_ns_max {
-                            conn.connect_ns_max = took;
-                        }
-                    }
+        let at = address(sk);
+        let Some(slot) = CONNECT_START.get_ptr_mut(in_flight_slot(at)) else {
+            return 0;
+        };
+        // SAFETY: an element of an array map, read and taken at once.
+        let (tag, start, check) = unsafe { ((*slot).sk, (*slot).start_ns, (*slot).check) };
+        // A connect begun before the probes came, or whose slot another took, has no start.
+        if at == 0 || tag != at || check != tag ^ start {
+            return 0;
+        }
+        // SAFETY: as above.
+        unsafe { (*slot).sk = 0 };
+        if new == TCP_ESTABLISHED
+            && let Some(id) = sock_cgroup(sk)
+        {
+            let took = now_ns().saturating_sub(start);
+            record_latency(id, hist_kind::TCP_CONNECT, 0, took);
+            if let Some(conn) = socket_connection(sk, id) {
+                atomic_add(&mut conn.connects, 1);
+                atomic_add(&mut conn.connect_ns_sum, took);
+                if took > conn.connect_ns_max {
+                    conn.connect_ns_max = took;
                 }
             }
         }
     }
     0
+}
+
+/// The clock of connect latency.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }

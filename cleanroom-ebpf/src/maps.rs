@@ -345,17 +345,32 @@ pub fn current_stats(cgroup_id: u64) -> Option<&'static mut PendingStats> {
         (first, 0)
     };
     set.last_used = index;
-    if way.cgroup_id != 0 {
+    if way.cgroup_id != 0
+        && let Some(entry) = existing_stats(way.cgroup_id)
+    {
         flush_waits(way);
-        if let Some(entry) = stats_of(way.cgroup_id) {
-            way.add_to(entry);
-        }
+        way.add_to(entry);
     }
+    // The entry is made now, so that the copy finds it when it is added (see
+    // [`existing_stats`]).
+    let _ = stats_of(cgroup_id);
     *way = PendingStats {
         cgroup_id,
         ..PendingStats::default()
     };
     Some(way)
+}
+
+/// This CPU's counters for cgroup `cgroup_id` if it has an entry, for adding a pending copy to
+/// it. A copy's entry is made when the copy is taken for its cgroup; one gone since is the
+/// agent's doing — it forgets the cgroups it saw removed — and the copy, of a cgroup that is no
+/// more, is dropped rather than made into an entry nobody would remove.
+#[inline(always)]
+pub fn existing_stats(cgroup_id: u64) -> Option<&'static mut CgroupStats> {
+    // SAFETY: as in `per_cpu_entry`.
+    CGROUP_STATS
+        .get_ptr_mut(&cgroup_id)
+        .map(|v| unsafe { &mut *v })
 }
 
 /// This CPU's block counters for `key`, creating them at zero on first use.
@@ -466,17 +481,25 @@ fn flush_waits(way: &mut PendingStats) {
         kind: hist_kind::RUNQUEUE,
         dev: 0,
     };
-    add_latencies(&key, &way.waits, n);
+    // Only for a cgroup with an entry (see `current_stats`): the histogram may be made.
+    add_latencies(&key, &way.waits, n, true);
 }
 
 /// Adds the first `n` of `values` to the histogram of `key`: one lookup and one count and sum
-/// for all of them.
+/// for all of them. The histogram is made if it has none and `make`; else they are dropped
+/// (see [`record_block_latency`]).
 #[inline(always)]
-fn add_latencies(key: &HistKey, values: &[u64; PENDING_WAITS], n: u64) {
+fn add_latencies(key: &HistKey, values: &[u64; PENDING_WAITS], n: u64, make: bool) {
     if n == 0 {
         return;
     }
-    let Some(hist) = histogram_of(key) else {
+    let hist = if make {
+        histogram_of(key)
+    } else {
+        // SAFETY: as in `histogram_of`.
+        HISTOGRAMS.get_ptr_mut(key).map(|h| unsafe { &mut *h })
+    };
+    let Some(hist) = hist else {
         return;
     };
     let mut sum = 0u64;
@@ -532,10 +555,13 @@ pub fn record_block_latency(key: HistKey, value_ns: u64) {
         found = (set.next_victim as usize) % LATENCY_WAYS;
         set.next_victim = ((found + 1) % LATENCY_WAYS) as u64;
         if let Some(way) = set.ways.get_mut(found) {
-            add_latencies(&way.key, &way.values, way.values_pending);
+            add_latencies(&way.key, &way.values, way.values_pending, false);
             way.values_pending = 0;
             way.key = key;
         }
+        // The histogram is made now; a copy whose histogram is gone when it is added (the
+        // agent forgot its cgroup, removed) is dropped instead of making it again.
+        let _ = histogram_of(&key);
     }
     if let Some(way) = set.ways.get_mut(found) {
         push_latency(way, value_ns);
@@ -549,7 +575,7 @@ pub fn record_block_latency(key: HistKey, value_ns: u64) {
 #[inline(always)]
 fn push_latency(way: &mut LatencyPending, value_ns: u64) {
     if way.values_pending as usize >= PENDING_WAITS {
-        add_latencies(&way.key, &way.values, way.values_pending);
+        add_latencies(&way.key, &way.values, way.values_pending, false);
         way.values_pending = 0;
     }
     if let Some(slot) = way.values.get_mut(way.values_pending as usize) {

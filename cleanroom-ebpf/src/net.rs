@@ -20,7 +20,7 @@ use crate::{
     escape::run_of_cgroup,
     maps::{
         CONNECT_START, FIRST_LISTEN, NET_PENDING, address, atomic_add, connection_of,
-        in_flight_slot, record_latency, stats_of, watch_generation,
+        existing_stats, in_flight_slot, record_latency, stats_of, watch_generation,
     },
     sockets::{count_to_process, on_tcp_state},
     task::{
@@ -110,11 +110,14 @@ fn count_packet(cgroup: u64, len: u64, egress: bool) -> Option<u64> {
     compiler_fence(Ordering::SeqCst);
     let generation = watch_generation();
     if pending.cgroup_id != cgroup {
+        // As the scheduler's pending copies (`maps::current_stats`): added only to an entry
+        // that still exists, the new cgroup's made now.
         if pending.cgroup_id != 0
-            && let Some(entry) = stats_of(pending.cgroup_id)
+            && let Some(entry) = existing_stats(pending.cgroup_id)
         {
             pending.add_to(entry);
         }
+        let _ = stats_of(cgroup);
         *pending = NetPending {
             cgroup_id: cgroup,
             run_id: run_of_cgroup(cgroup).unwrap_or(0),

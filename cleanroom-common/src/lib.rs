@@ -330,13 +330,10 @@ pub struct PendingStats {
     pub page_faults_user: u64,
     /// As [`CgroupStats::page_faults_kernel`].
     pub page_faults_kernel: u64,
-    /// Run-queue waits (ns) measured for the cgroup and not yet in its
-    /// [`hist_kind::RUNQUEUE`] histogram: the first `waits_pending` of them. Added to the
-    /// histogram `PENDING_WAITS` at a time, sparing a hash lookup and two atomic adds per wait;
-    /// a reader adds them ([`PendingStats::pending_waits`]).
-    pub waits: [u64; PENDING_WAITS],
-    /// How many of `waits` are pending.
-    pub waits_pending: u64,
+    /// Run-queue waits measured for the cgroup and not yet in its [`hist_kind::RUNQUEUE`]
+    /// histogram: added `PENDING_WAITS` at a time, sparing a hash lookup and two atomic adds
+    /// per wait; a reader adds them ([`PendingLatencies::histogram`]).
+    pub waits: PendingLatencies,
 }
 
 /// The packet counters of the socket cgroup whose packets a CPU's `cgroup_skb` programs counted
@@ -378,30 +375,57 @@ impl NetPending {
     }
 }
 
-/// Block latencies (ns) a CPU measured for the histogram `key` and has not added to it yet:
-/// the first `values_pending` of `values`. Added `PENDING_WAITS` at a time (one lookup, one
-/// count and one sum for all), or when the copy is taken for another histogram
-/// ([`LatencySet`]).
+/// Latencies measured and not yet added to their histogram (a kernel-side buffer, see
+/// [`PendingStats::waits`] and [`LatencyPending`]): the bucket ([`hist_bucket`]) of each of the
+/// first `count`, their sum and their largest. Buckets rather than values: the bucket of each is
+/// found when it is measured, so adding them later takes no branch per value (which the
+/// verifier would walk in every combination).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingLatencies {
+    /// The bucket of each latency.
+    pub buckets: [u64; PENDING_WAITS],
+    /// How many of `buckets` are pending.
+    pub count: u64,
+    /// The sum of the pending latencies (ns).
+    pub sum: u64,
+    /// The largest of them (ns).
+    pub max: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<PendingLatencies>() == 10 * 8);
+
+impl PendingLatencies {
+    /// The pending latencies as a histogram, or `None` when there are none.
+    pub fn histogram(&self) -> Option<Histogram> {
+        let n = (self.count as usize).min(PENDING_WAITS);
+        if n == 0 {
+            return None;
+        }
+        let mut h = Histogram::EMPTY;
+        for &b in &self.buckets[..n] {
+            h.buckets[(b as usize).min(HIST_BUCKETS - 1)] += 1;
+        }
+        h.count = n as u64;
+        h.sum = self.sum;
+        h.max = self.max;
+        Some(h)
+    }
+}
+
+/// Block latencies a CPU measured for the histogram `key` and has not added to it yet. Added
+/// `PENDING_WAITS` at a time (one lookup, one count and one sum for all), or when the copy is
+/// taken for another histogram ([`LatencySet`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LatencyPending {
     /// The histogram; `cgroup_id` 0 when none yet.
     pub key: HistKey,
-    /// How many of `values` are pending.
-    pub values_pending: u64,
     /// The latencies.
-    pub values: [u64; PENDING_WAITS],
+    pub latencies: PendingLatencies,
 }
 
-const _: () = assert!(core::mem::size_of::<LatencyPending>() == 10 * 8);
-
-impl LatencyPending {
-    /// The latencies not yet in the histogram.
-    pub fn pending_values(&self) -> &[u64] {
-        let n = (self.values_pending as usize).min(PENDING_WAITS);
-        &self.values[..n]
-    }
-}
+const _: () = assert!(core::mem::size_of::<LatencyPending>() == 12 * 8);
 
 /// Pending copies per CPU in a [`LatencySet`].
 pub const LATENCY_WAYS: usize = 4;
@@ -422,12 +446,12 @@ pub struct LatencySet {
     pub ways: [LatencyPending; LATENCY_WAYS],
 }
 
-const _: () = assert!(core::mem::size_of::<LatencySet>() == (2 + 10 * LATENCY_WAYS) * 8);
+const _: () = assert!(core::mem::size_of::<LatencySet>() == (2 + 12 * LATENCY_WAYS) * 8);
 
 /// Run-queue waits a pending copy holds before they are added to their histogram.
 pub const PENDING_WAITS: usize = 7;
 
-const _: () = assert!(core::mem::size_of::<PendingStats>() == 15 * 8);
+const _: () = assert!(core::mem::size_of::<PendingStats>() == 17 * 8);
 
 /// A CPU's pending counters ([`PendingStats`]) for the two cgroups it counted last. Two, not
 /// one: a CPU often alternates between two cgroups — a task and the idle task (the root), or a
@@ -443,7 +467,7 @@ pub struct PendingSet {
     pub last_used: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<PendingSet>() == 31 * 8);
+const _: () = assert!(core::mem::size_of::<PendingSet>() == 35 * 8);
 
 impl PendingStats {
     /// Adds the pending counters to `stats`.
@@ -461,12 +485,6 @@ impl PendingStats {
         stats.page_faults_kernel = stats
             .page_faults_kernel
             .wrapping_add(self.page_faults_kernel);
-    }
-
-    /// The run-queue waits not yet in the cgroup's histogram.
-    pub fn pending_waits(&self) -> &[u64] {
-        let n = (self.waits_pending as usize).min(PENDING_WAITS);
-        &self.waits[..n]
     }
 }
 
@@ -687,23 +705,6 @@ impl Histogram {
         sum: 0,
         max: 0,
     };
-
-    /// A histogram of `values`.
-    pub fn of(values: &[u64]) -> Histogram {
-        let mut h = Histogram::EMPTY;
-        for &v in values {
-            h.record(v);
-        }
-        h
-    }
-
-    /// Counts `value` (user space: the kernel side adds atomically).
-    pub fn record(&mut self, value: u64) {
-        self.buckets[hist_bucket(value)] += 1;
-        self.count += 1;
-        self.sum = self.sum.wrapping_add(value);
-        self.max = self.max.max(value);
-    }
 }
 
 /// A cgroup made while the programs were loaded: its parent, and whether it is gone.
@@ -1176,20 +1177,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pending_waits_are_the_counted_ones_and_never_past_the_buffer() {
-        let mut way = PendingStats {
-            waits: [5, 9, 2_000, 7, 7, 7, 7],
-            waits_pending: 3,
-            ..PendingStats::default()
+    fn pending_latencies_are_the_counted_ones_and_never_past_the_buffer() {
+        let mut pending = PendingLatencies {
+            buckets: [
+                hist_bucket(5) as u64,
+                hist_bucket(9) as u64,
+                hist_bucket(2_000) as u64,
+                7,
+                7,
+                7,
+                7,
+            ],
+            count: 3,
+            sum: 2_014,
+            max: 2_000,
         };
-        assert_eq!(way.pending_waits(), &[5, 9, 2_000]);
-        let h = Histogram::of(way.pending_waits());
+        let h = pending.histogram().unwrap();
         assert_eq!((h.count, h.sum, h.max), (3, 2_014, 2_000));
         assert_eq!(h.buckets.iter().sum::<u64>(), 3);
         assert_eq!(h.buckets[hist_bucket(9)], 1);
-        // A torn count read from a live map cannot index past the buffer.
-        way.waits_pending = 1_000;
-        assert_eq!(way.pending_waits().len(), PENDING_WAITS);
+        assert_eq!(h.buckets[hist_bucket(2_000)], 1);
+        // A torn count or bucket read from a live map cannot index past either array.
+        pending.count = 1_000;
+        pending.buckets[0] = u64::MAX;
+        assert_eq!(pending.histogram().unwrap().count, PENDING_WAITS as u64);
+        pending.count = 0;
+        assert!(pending.histogram().is_none());
     }
 
     #[test]

@@ -17,9 +17,9 @@ use aya_ebpf::{
 };
 use cleanroom_common::{
     BlockKey, BlockStats, CgroupNode, CgroupStats, ConnKey, ConnStats, Escape, HistKey, Histogram,
-    LATENCY_WAYS, LatencyPending, LatencySet, MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS,
-    MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS, MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS,
-    MAX_WATCHED, NetPending, PENDING_WAITS, PendingSet, PendingStats, RunProc, drop_reason,
+    LATENCY_WAYS, LatencySet, MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS, MAX_CONNECTIONS,
+    MAX_ESCAPES, MAX_HISTOGRAMS, MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED,
+    NetPending, PENDING_WAITS, PendingLatencies, PendingSet, PendingStats, RunProc, drop_reason,
     hist_bucket, hist_kind,
 };
 
@@ -462,37 +462,50 @@ pub fn record_latency(cgroup_id: u64, kind: u32, dev: u32, value_ns: u64) {
 /// to the histogram first when it is full ([`PendingStats::waits`]).
 #[inline(always)]
 pub fn push_wait(way: &mut PendingStats, wait_ns: u64) {
-    if way.waits_pending as usize >= PENDING_WAITS {
+    if way.waits.count as usize >= PENDING_WAITS {
         flush_waits(way);
     }
-    if let Some(slot) = way.waits.get_mut(way.waits_pending as usize) {
-        *slot = wait_ns;
-        way.waits_pending += 1;
-    }
+    push_latency(&mut way.waits, wait_ns);
 }
 
 /// Adds the run-queue waits a pending copy holds to its cgroup's histogram.
 #[inline(always)]
 fn flush_waits(way: &mut PendingStats) {
-    let n = way.waits_pending;
-    way.waits_pending = 0;
     let key = HistKey {
         cgroup_id: way.cgroup_id,
         kind: hist_kind::RUNQUEUE,
         dev: 0,
     };
     // Only for a cgroup with an entry (see `current_stats`): the histogram may be made.
-    add_latencies(&key, &way.waits, n, true);
+    add_latencies(&key, &mut way.waits, true);
 }
 
-/// Adds the first `n` of `values` to the histogram of `key`: one lookup and one count and sum
-/// for all of them. The histogram is made if it has none and `make`; else they are dropped
-/// (see [`record_block_latency`]).
+/// Keeps `value_ns` in `pending` (its bucket, and in its sum and maximum); there must be room.
 #[inline(always)]
-fn add_latencies(key: &HistKey, values: &[u64; PENDING_WAITS], n: u64, make: bool) {
+fn push_latency(pending: &mut PendingLatencies, value_ns: u64) {
+    if let Some(slot) = pending.buckets.get_mut(pending.count as usize) {
+        *slot = hist_bucket(value_ns) as u64;
+        pending.count += 1;
+        pending.sum = pending.sum.wrapping_add(value_ns);
+        if value_ns > pending.max {
+            pending.max = value_ns;
+        }
+    }
+}
+
+/// Adds the latencies `pending` holds to the histogram of `key` and empties it: one lookup and
+/// one count and sum for all of them. The histogram is made if it has none and `make`; else
+/// they are dropped (see [`record_block_latency`]).
+#[inline(always)]
+fn add_latencies(key: &HistKey, pending: &mut PendingLatencies, make: bool) {
+    let n = pending.count;
+    pending.count = 0;
     if n == 0 {
         return;
     }
+    let (sum, max) = (pending.sum, pending.max);
+    pending.sum = 0;
+    pending.max = 0;
     let hist = if make {
         histogram_of(key)
     } else {
@@ -502,18 +515,14 @@ fn add_latencies(key: &HistKey, values: &[u64; PENDING_WAITS], n: u64, make: boo
     let Some(hist) = hist else {
         return;
     };
-    let mut sum = 0u64;
-    let mut max = 0u64;
     let mut count = 0u64;
-    for (i, &value) in values.iter().enumerate() {
+    for (i, &bucket) in pending.buckets.iter().enumerate() {
         if i as u64 >= n {
             break;
         }
-        if let Some(bucket) = hist.buckets.get_mut(hist_bucket(value)) {
-            atomic_add(bucket, 1);
+        if let Some(b) = hist.buckets.get_mut(bucket as usize) {
+            atomic_add(b, 1);
         }
-        sum = sum.wrapping_add(value);
-        max = max.max(value);
         count += 1;
     }
     atomic_add(&mut hist.count, count);
@@ -555,8 +564,7 @@ pub fn record_block_latency(key: HistKey, value_ns: u64) {
         found = (set.next_victim as usize) % LATENCY_WAYS;
         set.next_victim = ((found + 1) % LATENCY_WAYS) as u64;
         if let Some(way) = set.ways.get_mut(found) {
-            add_latencies(&way.key, &way.values, way.values_pending, false);
-            way.values_pending = 0;
+            add_latencies(&way.key, &mut way.latencies, false);
             way.key = key;
         }
         // The histogram is made now; a copy whose histogram is gone when it is added (the
@@ -564,22 +572,12 @@ pub fn record_block_latency(key: HistKey, value_ns: u64) {
         let _ = histogram_of(&key);
     }
     if let Some(way) = set.ways.get_mut(found) {
-        push_latency(way, value_ns);
+        if way.latencies.count as usize >= PENDING_WAITS {
+            add_latencies(&way.key, &mut way.latencies, false);
+        }
+        push_latency(&mut way.latencies, value_ns);
     }
     compiler_fence(Ordering::SeqCst);
     // SAFETY: as above.
     unsafe { core::ptr::write_volatile(&mut set.busy, 0) };
-}
-
-/// Keeps `value_ns` in `way`, adding the ones it holds to their histogram first when it is full.
-#[inline(always)]
-fn push_latency(way: &mut LatencyPending, value_ns: u64) {
-    if way.values_pending as usize >= PENDING_WAITS {
-        add_latencies(&way.key, &way.values, way.values_pending, false);
-        way.values_pending = 0;
-    }
-    if let Some(slot) = way.values.get_mut(way.values_pending as usize) {
-        *slot = value_ns;
-        way.values_pending += 1;
-    }
 }

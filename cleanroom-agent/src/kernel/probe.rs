@@ -1230,9 +1230,11 @@ impl Probes {
                 .map_err(map_err(maps::LATENCY_PENDING))?
                 .iter()
                 .flat_map(|set| set.ways.iter())
-                .filter(|p| p.key.cgroup_id != 0 && !p.pending_values().is_empty())
+                .filter(|p| p.key.cgroup_id != 0)
             {
-                tally.add_histogram(p.key, &Histogram::of(p.pending_values()));
+                if let Some(h) = p.latencies.histogram() {
+                    tally.add_histogram(p.key, &h);
+                }
             }
         }
         // Counters (and run-queue waits) each CPU keeps pending for the two cgroups it counted
@@ -1262,8 +1264,7 @@ impl Probes {
         }
         for p in ways {
             p.add_to(per_id.entry(p.cgroup_id).or_default());
-            if histograms && !p.pending_waits().is_empty() {
-                let waits = Histogram::of(p.pending_waits());
+            if histograms && let Some(waits) = p.waits.histogram() {
                 let key = HistKey {
                     cgroup_id: p.cgroup_id,
                     kind: hist_kind::RUNQUEUE,

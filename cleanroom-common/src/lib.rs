@@ -18,6 +18,9 @@ pub mod maps {
     /// Per-CPU array of one [`crate::LatencySet`]: block latencies a CPU measured and has not
     /// added to their histograms yet; a reader adds them.
     pub const LATENCY_PENDING: &str = "LATENCY_PENDING";
+    /// Per-CPU array of one [`crate::BlockPending`]: block counters a CPU counted and has not
+    /// added to [`BLOCK_STATS`] yet; a reader adds them.
+    pub const BLOCK_PENDING: &str = "BLOCK_PENDING";
     /// Array of two `u64`: how often [`WATCHED`] changed — element 0 by the agent, element 1
     /// by the programs — so that a copy of a lookup in it ([`crate::NetPending::run_id`]) can
     /// tell it is stale.
@@ -426,6 +429,34 @@ pub struct LatencyPending {
 }
 
 const _: () = assert!(core::mem::size_of::<LatencyPending>() == 12 * 8);
+
+/// The block counters of one (cgroup, device) a CPU counted and has not added to its entry in
+/// [`maps::BLOCK_STATS`] yet ([`BlockPending`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockWay {
+    /// The cgroup and device; `cgroup_id` 0 when none yet.
+    pub key: BlockKey,
+    /// The counters.
+    pub stats: BlockStats,
+}
+
+/// A CPU's pending block counters for the two (cgroup, device) it counted last, as
+/// [`PendingSet`] for the scheduler's counters: a loop device's bios alternate with the disk's
+/// below it. Bios can be submitted from an interrupt while a task submits one: a program that
+/// finds the set `busy` counts straight into the entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockPending {
+    /// Non-zero while a program updates the set.
+    pub busy: u64,
+    /// Which of `ways` had the last bio (0 or 1).
+    pub last_used: u64,
+    /// The copies.
+    pub ways: [BlockWay; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<BlockPending>() == (2 + 2 * 6) * 8);
 
 /// Pending copies per CPU in a [`LatencySet`].
 pub const LATENCY_WAYS: usize = 4;
@@ -1140,6 +1171,8 @@ mod pod {
     unsafe impl aya::Pod for super::NetPending {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::LatencySet {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::BlockPending {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::ProcessExit {}
     // SAFETY: see above.

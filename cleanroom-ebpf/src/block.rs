@@ -8,12 +8,14 @@
 //! (`RQ_START`); nothing is charged to whoever happens to be current at completion.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
-use cleanroom_common::{BlockKey, HistKey, drop_reason, hist_kind};
+use core::sync::atomic::{Ordering, compiler_fence};
+
+use cleanroom_common::{BlockKey, BlockStats, BlockWay, HistKey, drop_reason, hist_kind};
 
 use crate::{
     maps::{
-        BIO_OWNER, RQ_START, address, block_stats_of, count_drop, in_flight_slot, keep_owner,
-        record_block_latency,
+        BIO_OWNER, BLOCK_PENDING, RQ_START, address, block_stats_of, count_drop,
+        existing_block_stats, in_flight_slot, keep_owner, record_block_latency,
     },
     task::{
         OFF_BDEV_DEV, OFF_BIO_BDEV, OFF_BIO_BLKG, OFF_BIO_DISK, OFF_BIO_OPF, OFF_BIO_PARTNO,
@@ -106,16 +108,73 @@ fn on_bio_queue(bio: *const u8, layout: Layout) {
         dev,
         _pad: 0,
     };
-    if let Some(stats) = block_stats_of(key) {
-        if op == REQ_OP_READ {
-            stats.read_bytes += u64::from(size);
-            stats.read_ops += 1;
-        } else {
-            stats.write_bytes += u64::from(size);
-            stats.write_ops += 1;
-        }
-    }
+    count_bio(key, op == REQ_OP_READ, u64::from(size));
     keep_owner(address(bio), owner);
+}
+
+/// Counts a bio of `size` bytes to `key`: in one of this CPU's two pending copies
+/// ([`BLOCK_PENDING`]) when it is this key's, else in the copy used least recently once it is
+/// added to its entry (made when the copy is taken, as the scheduler's: see
+/// `maps::current_stats`). A bio submitted while another program updates the copies (from an
+/// interrupt) is counted straight into its entry.
+#[inline(always)]
+fn count_bio(key: BlockKey, read: bool, size: u64) {
+    let Some(set) = BLOCK_PENDING.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's element of a per-CPU array; a program interrupting this one on this
+    // CPU sees `busy` and leaves the set alone.
+    let set = unsafe { &mut *set };
+    // SAFETY: a field of the element above.
+    if unsafe { core::ptr::read_volatile(&set.busy) } != 0 {
+        if let Some(stats) = block_stats_of(key) {
+            add_bio(stats, read, size);
+        }
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&mut set.busy, 1) };
+    compiler_fence(Ordering::SeqCst);
+    let same = |k: &BlockKey| k.cgroup_id == key.cgroup_id && k.dev == key.dev;
+    let index = if same(&set.ways[0].key) {
+        0
+    } else if same(&set.ways[1].key) {
+        1
+    } else {
+        let victim = if set.last_used == 0 { 1 } else { 0 };
+        if let Some(way) = set.ways.get_mut(victim) {
+            if way.key.cgroup_id != 0
+                && let Some(entry) = existing_block_stats(&way.key)
+            {
+                *entry = entry.wrapping_add(way.stats);
+            }
+            let _ = block_stats_of(key);
+            *way = BlockWay {
+                key,
+                stats: BlockStats::default(),
+            };
+        }
+        victim
+    };
+    set.last_used = index as u64;
+    if let Some(way) = set.ways.get_mut(index) {
+        add_bio(&mut way.stats, read, size);
+    }
+    compiler_fence(Ordering::SeqCst);
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&mut set.busy, 0) };
+}
+
+/// Adds a bio of `size` bytes, read or written, to `stats`.
+#[inline(always)]
+fn add_bio(stats: &mut BlockStats, read: bool, size: u64) {
+    if read {
+        stats.read_bytes += size;
+        stats.read_ops += 1;
+    } else {
+        stats.write_bytes += size;
+        stats.write_ops += 1;
+    }
 }
 
 /// `block_split(struct bio *split, unsigned int new_sector)`: runs in the submitter when a bio

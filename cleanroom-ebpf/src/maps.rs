@@ -16,11 +16,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use cleanroom_common::{
-    BlockKey, BlockStats, CgroupNode, CgroupStats, ConnKey, ConnStats, Escape, HistKey, Histogram,
-    LATENCY_WAYS, LatencySet, MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS, MAX_CONNECTIONS,
-    MAX_ESCAPES, MAX_HISTOGRAMS, MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED,
-    NetPending, PENDING_WAITS, PendingLatencies, PendingSet, PendingStats, RunProc, drop_reason,
-    hist_bucket, hist_kind,
+    BlockKey, BlockPending, BlockStats, CgroupNode, CgroupStats, ConnKey, ConnStats, Escape,
+    HistKey, Histogram, LATENCY_WAYS, LatencySet, MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS,
+    MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS, MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS,
+    MAX_WATCHED, NetPending, PENDING_WAITS, PendingLatencies, PendingSet, PendingStats, RunProc,
+    drop_reason, hist_bucket, hist_kind,
 };
 
 /// cgroup v2 id → counters, one copy per CPU.
@@ -42,6 +42,11 @@ pub static NET_PENDING: PerCpuArray<NetPending> = PerCpuArray::with_max_entries(
 /// [`cleanroom_common::LatencySet`] and [`record_block_latency`]).
 #[map]
 pub static LATENCY_PENDING: PerCpuArray<LatencySet> = PerCpuArray::with_max_entries(1, 0);
+
+/// Block counters each CPU has not added to [`BLOCK_STATS`] yet (see
+/// [`cleanroom_common::BlockPending`] and `block::count_bio`).
+#[map]
+pub static BLOCK_PENDING: PerCpuArray<BlockPending> = PerCpuArray::with_max_entries(1, 0);
 
 /// How often [`WATCHED`] changed: element 0 counts the agent's changes, element 1 the
 /// programs' ([`bump_watch_generation`]). A copy of a lookup in [`WATCHED`] made at another sum
@@ -371,6 +376,13 @@ pub fn existing_stats(cgroup_id: u64) -> Option<&'static mut CgroupStats> {
     CGROUP_STATS
         .get_ptr_mut(&cgroup_id)
         .map(|v| unsafe { &mut *v })
+}
+
+/// This CPU's block counters for `key` if it has an entry (see [`existing_stats`]).
+#[inline(always)]
+pub fn existing_block_stats(key: &BlockKey) -> Option<&'static mut BlockStats> {
+    // SAFETY: as in `per_cpu_entry`.
+    BLOCK_STATS.get_ptr_mut(key).map(|v| unsafe { &mut *v })
 }
 
 /// This CPU's block counters for `key`, creating them at zero on first use.

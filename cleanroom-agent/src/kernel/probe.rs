@@ -18,8 +18,9 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use cleanroom_common::{
-    BlockKey, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, LatencySet, NetPending,
-    PendingSet, RunProc, drop_reason, escape_via, hist_kind, maps, profile_period, programs,
+    BlockKey, BlockPending, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, LatencySet,
+    NetPending, PendingSet, RunProc, drop_reason, escape_via, hist_kind, maps, profile_period,
+    programs,
 };
 
 pub use cleanroom_common::{ConnKey, ConnStats, OffCpuEnd, ProcessExit, StackSample, sample_kind};
@@ -1290,6 +1291,20 @@ impl Probes {
                 .iter()
                 .fold(BlockStats::default(), |acc, v| acc.wrapping_add(*v));
             tally.add_block(key, sum);
+        }
+        // Block counters each CPU has not added to their entries yet, read after them (as the
+        // pending counters above).
+        let block_pending: PerCpuArray<&MapData, BlockPending> =
+            PerCpuArray::try_from(self.map(maps::BLOCK_PENDING)?)
+                .map_err(map_err(maps::BLOCK_PENDING))?;
+        for way in block_pending
+            .get(&0, 0)
+            .map_err(map_err(maps::BLOCK_PENDING))?
+            .iter()
+            .flat_map(|set| set.ways.iter())
+            .filter(|w| w.key.cgroup_id != 0)
+        {
+            tally.add_block(way.key, way.stats);
         }
         Ok(tally.finish())
     }

@@ -1223,55 +1223,39 @@ impl Probes {
             }
             // Block latencies each CPU has not added to their histogram yet, read after it
             // (as the pending counters below).
-            let latencies: PerCpuArray<&MapData, LatencySet> =
-                PerCpuArray::try_from(self.map(maps::LATENCY_PENDING)?)
-                    .map_err(map_err(maps::LATENCY_PENDING))?;
-            for p in latencies
-                .get(&0, 0)
-                .map_err(map_err(maps::LATENCY_PENDING))?
-                .iter()
-                .flat_map(|set| set.ways.iter())
-                .filter(|p| p.key.cgroup_id != 0)
-            {
-                if let Some(h) = p.latencies.histogram() {
-                    tally.add_histogram(p.key, &h);
+            for set in self.every_cpus::<LatencySet>(maps::LATENCY_PENDING)? {
+                for p in set.ways.iter().filter(|p| p.key.cgroup_id != 0) {
+                    if let Some(h) = p.latencies.histogram() {
+                        tally.add_histogram(p.key, &h);
+                    }
                 }
             }
         }
         // Counters (and run-queue waits) each CPU keeps pending for the two cgroups it counted
-        // last (and for the socket cgroup whose packets it counted last), read after the entries and histograms: a CPU that adds them to an entry in
-        // between has them in neither read, so a read can fall short (never over) until the
-        // next one. A cgroup's counters are therefore never reported below an earlier read,
-        // and a read with nothing in flight is exact.
-        let pending: PerCpuArray<&MapData, PendingSet> =
-            PerCpuArray::try_from(self.map(maps::PENDING_STATS)?)
-                .map_err(map_err(maps::PENDING_STATS))?;
-        let sets = pending.get(&0, 0).map_err(map_err(maps::PENDING_STATS))?;
-        let ways: Vec<_> = sets
-            .iter()
-            .flat_map(|set| set.ways.iter())
-            .filter(|p| p.cgroup_id != 0 && tally.has(p.cgroup_id))
-            .collect();
-        let net: PerCpuArray<&MapData, NetPending> =
-            PerCpuArray::try_from(self.map(maps::NET_PENDING)?)
-                .map_err(map_err(maps::NET_PENDING))?;
-        for p in net
-            .get(&0, 0)
-            .map_err(map_err(maps::NET_PENDING))?
-            .iter()
-            .filter(|p| p.cgroup_id != 0 && tally.has(p.cgroup_id))
-        {
-            p.add_to(per_id.entry(p.cgroup_id).or_default());
+        // last, and for the socket cgroup whose packets it counted last, read after the entries
+        // and histograms: a CPU that adds them to an entry in between has them in neither read,
+        // so a read can fall short (never over) until the next one. A cgroup's counters are
+        // therefore never reported below an earlier read, and a read with nothing in flight is
+        // exact.
+        for net in self.every_cpus::<NetPending>(maps::NET_PENDING)? {
+            if net.cgroup_id != 0 && tally.has(net.cgroup_id) {
+                net.add_to(per_id.entry(net.cgroup_id).or_default());
+            }
         }
-        for p in ways {
-            p.add_to(per_id.entry(p.cgroup_id).or_default());
-            if histograms && let Some(waits) = p.waits.histogram() {
-                let key = HistKey {
-                    cgroup_id: p.cgroup_id,
-                    kind: hist_kind::RUNQUEUE,
-                    dev: 0,
-                };
-                tally.add_histogram(key, &waits);
+        for set in self.every_cpus::<PendingSet>(maps::PENDING_STATS)? {
+            for p in &set.ways {
+                if p.cgroup_id == 0 || !tally.has(p.cgroup_id) {
+                    continue;
+                }
+                p.add_to(per_id.entry(p.cgroup_id).or_default());
+                if histograms && let Some(waits) = p.waits.histogram() {
+                    let key = HistKey {
+                        cgroup_id: p.cgroup_id,
+                        kind: hist_kind::RUNQUEUE,
+                        dev: 0,
+                    };
+                    tally.add_histogram(key, &waits);
+                }
             }
         }
         let mut seen = self.stats_seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -1294,19 +1278,24 @@ impl Probes {
         }
         // Block counters each CPU has not added to their entries yet, read after them (as the
         // pending counters above).
-        let block_pending: PerCpuArray<&MapData, BlockPending> =
-            PerCpuArray::try_from(self.map(maps::BLOCK_PENDING)?)
-                .map_err(map_err(maps::BLOCK_PENDING))?;
-        for way in block_pending
-            .get(&0, 0)
-            .map_err(map_err(maps::BLOCK_PENDING))?
-            .iter()
-            .flat_map(|set| set.ways.iter())
-            .filter(|w| w.key.cgroup_id != 0)
-        {
-            tally.add_block(way.key, way.stats);
+        for set in self.every_cpus::<BlockPending>(maps::BLOCK_PENDING)? {
+            for way in set.ways.iter().filter(|w| w.key.cgroup_id != 0) {
+                tally.add_block(way.key, way.stats);
+            }
         }
         Ok(tally.finish())
+    }
+
+    /// Every CPU's value of the one-element per-CPU array `name` (the pending copies).
+    fn every_cpus<T: aya::Pod>(&self, name: &'static str) -> Result<Vec<T>, ProbeError> {
+        let map: PerCpuArray<&MapData, T> =
+            PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
+        Ok(map
+            .get(&0, 0)
+            .map_err(map_err(name))?
+            .iter()
+            .copied()
+            .collect())
     }
 
     /// Removes every trace of `ids` from the maps, so the bounded maps do not fill up with

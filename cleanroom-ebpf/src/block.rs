@@ -8,14 +8,12 @@
 //! (`RQ_START`); nothing is charged to whoever happens to be current at completion.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
-use core::sync::atomic::{Ordering, compiler_fence};
-
 use cleanroom_common::{BlockKey, BlockStats, BlockWay, HistKey, drop_reason, hist_kind};
 
 use crate::{
     maps::{
-        BIO_OWNER, BLOCK_PENDING, RQ_START, address, block_stats_of, count_drop,
-        existing_block_stats, in_flight_slot, keep_owner, record_block_latency,
+        BIO_OWNER, BLOCK_PENDING, RQ_START, address, block_stats_of, claim, count_drop,
+        existing_block_stats, in_flight_slot, keep_owner, record_block_latency, release,
     },
     task::{
         OFF_BDEV_DEV, OFF_BIO_BDEV, OFF_BIO_BLKG, OFF_BIO_DISK, OFF_BIO_OPF, OFF_BIO_PARTNO,
@@ -125,16 +123,12 @@ fn count_bio(key: BlockKey, read: bool, size: u64) {
     // SAFETY: this CPU's element of a per-CPU array; a program interrupting this one on this
     // CPU sees `busy` and leaves the set alone.
     let set = unsafe { &mut *set };
-    // SAFETY: a field of the element above.
-    if unsafe { core::ptr::read_volatile(&set.busy) } != 0 {
+    if !claim(&mut set.busy) {
         if let Some(stats) = block_stats_of(key) {
             add_bio(stats, read, size);
         }
         return;
     }
-    // SAFETY: as above.
-    unsafe { core::ptr::write_volatile(&mut set.busy, 1) };
-    compiler_fence(Ordering::SeqCst);
     let same = |k: &BlockKey| k.cgroup_id == key.cgroup_id && k.dev == key.dev;
     let index = if same(&set.ways[0].key) {
         0
@@ -160,9 +154,7 @@ fn count_bio(key: BlockKey, read: bool, size: u64) {
     if let Some(way) = set.ways.get_mut(index) {
         add_bio(&mut way.stats, read, size);
     }
-    compiler_fence(Ordering::SeqCst);
-    // SAFETY: as above.
-    unsafe { core::ptr::write_volatile(&mut set.busy, 0) };
+    release(&mut set.busy);
 }
 
 /// Adds a bio of `size` bytes, read or written, to `stats`.

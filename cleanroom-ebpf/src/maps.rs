@@ -414,6 +414,30 @@ fn per_cpu_entry<K, V: Default>(
     }
 }
 
+/// Takes a per-CPU pending copy for one update by its `busy` word: `false` when a program
+/// this one interrupted on this CPU is updating it (count straight into the entry then). The
+/// copies of hooks that can interrupt one another (packets, bios, block completions) use it;
+/// [`release`] gives the copy back.
+#[inline(always)]
+pub fn claim(busy: &mut u64) -> bool {
+    // SAFETY: a word of this CPU's element of a per-CPU array, read and written whole.
+    if unsafe { core::ptr::read_volatile(busy) } != 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(busy, 1) };
+    compiler_fence(Ordering::SeqCst);
+    true
+}
+
+/// Gives back a copy taken with [`claim`], after its update.
+#[inline(always)]
+pub fn release(busy: &mut u64) {
+    compiler_fence(Ordering::SeqCst);
+    // SAFETY: as in `claim`.
+    unsafe { core::ptr::write_volatile(busy, 0) };
+}
+
 /// Adds `value` to `target` atomically.
 #[inline(always)]
 pub fn atomic_add(target: &mut u64, value: u64) {
@@ -556,14 +580,10 @@ pub fn record_block_latency(key: HistKey, value_ns: u64) {
     // SAFETY: this CPU's element of a per-CPU array; a program interrupting this one on this
     // CPU sees `busy` and leaves the set alone.
     let set = unsafe { &mut *set };
-    // SAFETY: a field of the element above.
-    if unsafe { core::ptr::read_volatile(&set.busy) } != 0 {
+    if !claim(&mut set.busy) {
         record_latency(key.cgroup_id, key.kind, key.dev, value_ns);
         return;
     }
-    // SAFETY: as above.
-    unsafe { core::ptr::write_volatile(&mut set.busy, 1) };
-    compiler_fence(Ordering::SeqCst);
     let mut found = LATENCY_WAYS;
     for (i, way) in set.ways.iter().enumerate() {
         if way.key.cgroup_id == key.cgroup_id && way.key.kind == key.kind && way.key.dev == key.dev
@@ -589,7 +609,5 @@ pub fn record_block_latency(key: HistKey, value_ns: u64) {
         }
         push_latency(&mut way.latencies, value_ns);
     }
-    compiler_fence(Ordering::SeqCst);
-    // SAFETY: as above.
-    unsafe { core::ptr::write_volatile(&mut set.busy, 0) };
+    release(&mut set.busy);
 }

@@ -12,15 +12,13 @@ use aya_ebpf::{
     macros::{btf_tracepoint, cgroup_skb},
     programs::{BtfTracePointContext, SkBuffContext},
 };
-use core::sync::atomic::{Ordering, compiler_fence};
-
 use cleanroom_common::{ConnKey, NetPending, hist_kind};
 
 use crate::{
     escape::run_of_cgroup,
     maps::{
-        CONNECT_START, FIRST_LISTEN, NET_PENDING, address, atomic_add, connection_of,
-        existing_stats, in_flight_slot, record_latency, stats_of, watch_generation,
+        CONNECT_START, FIRST_LISTEN, NET_PENDING, address, atomic_add, claim, connection_of,
+        existing_stats, in_flight_slot, record_latency, release, stats_of, watch_generation,
     },
     sockets::{count_to_process, on_tcp_state},
     task::{
@@ -87,8 +85,7 @@ fn count_packet(cgroup: u64, len: u64, egress: bool) -> Option<u64> {
     // SAFETY: this CPU's element of a per-CPU array; a program interrupting this one on this CPU
     // sees `busy` and leaves the copy alone (below).
     let pending = unsafe { &mut *pending };
-    // SAFETY: a field of the element above.
-    if unsafe { core::ptr::read_volatile(&pending.busy) } != 0 {
+    if !claim(&mut pending.busy) {
         if let Some(stats) = stats_of(cgroup) {
             add_packet(
                 &mut stats.net_rx_bytes,
@@ -105,9 +102,6 @@ fn count_packet(cgroup: u64, len: u64, egress: bool) -> Option<u64> {
         }
         return run_of_cgroup(cgroup);
     }
-    // SAFETY: as above.
-    unsafe { core::ptr::write_volatile(&mut pending.busy, 1) };
-    compiler_fence(Ordering::SeqCst);
     let generation = watch_generation();
     if pending.cgroup_id != cgroup {
         // As the scheduler's pending copies (`maps::current_stats`): added only to an entry
@@ -132,9 +126,7 @@ fn count_packet(cgroup: u64, len: u64, egress: bool) -> Option<u64> {
     add_packet(&mut pending.rx_bytes, &mut pending.tx_bytes, len, egress);
     add_packet(&mut pending.rx_packets, &mut pending.tx_packets, 1, egress);
     let run_id = pending.run_id;
-    compiler_fence(Ordering::SeqCst);
-    // SAFETY: as above.
-    unsafe { core::ptr::write_volatile(&mut pending.busy, 0) };
+    release(&mut pending.busy);
     (run_id != 0).then_some(run_id)
 }
 

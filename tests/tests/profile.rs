@@ -382,6 +382,101 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// Short-lived processes are unwound whole even when every one of them has ended before its
+/// samples are read: `cleanroom` is stopped (SIGSTOP) while 40 runs of the C program, 8 ms of
+/// CPU each, start and end, then let go. Their mappings come from the kernel's reports of each
+/// `exec` and `mmap`, not from `/proc` (gone by then), and include the C library mapped after
+/// the loader started: the stacks reach `_start`, not `[unknown]` under `main`.
+#[test]
+fn processes_that_ended_before_their_samples_were_read_are_unwound_whole() {
+    if !privileged("processes_that_ended_before_their_samples_were_read_are_unwound_whole") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hot = build_hot_c(dir.path());
+    let (ready, go, done) = (
+        dir.path().join("ready"),
+        dir.path().join("go"),
+        dir.path().join("done"),
+    );
+    let script = format!(
+        "touch {ready}; while [ ! -e {go} ]; do sleep 0.02; done; \
+         for i in $(seq 40); do {hot} 8; done; touch {done}",
+        ready = ready.display(),
+        go = go.display(),
+        hot = hot.display(),
+        done = done.display(),
+    );
+    let cg = TestCgroup::new("profile-gone");
+    let report_path = dir.path().join("report.json");
+    let hz = 299;
+    let mut cleanroom = Command::new(cleanroom_tests::cleanroom_bin())
+        .args(["run", "-q", "--cgroup-parent"])
+        .arg(cg.path())
+        .arg("--report")
+        .arg(&report_path)
+        .args(["--profile-frequency", &hz.to_string(), "--", "sh", "-c"])
+        .arg(&script)
+        .spawn()
+        .expect("starting cleanroom");
+    let wait_for = |path: &std::path::Path| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !path.exists() {
+            assert!(
+                std::time::Instant::now() < until,
+                "{} never came",
+                path.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    wait_for(&ready);
+    let pid = cleanroom.id() as i32;
+    // SAFETY: signalling our own child, which is still running (not yet waited for).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    fs::write(&go, "").unwrap();
+    wait_for(&done);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let status = cleanroom.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&report_path).unwrap()).unwrap();
+    let profile = &report["profile"];
+
+    let (mut all, mut whole) = (0, 0);
+    for s in profile["stacks"].as_array().expect("profile stacks") {
+        let frames: Vec<&str> = s["stack"].as_str().unwrap().split(';').collect();
+        if frames[0] != "hotc" {
+            continue;
+        }
+        let n = u64_at(s, "/samples");
+        all += n;
+        let chain = frames.windows(4).any(|w| {
+            w[0] == "__libc_start_call_main"
+                && w[1] == "main"
+                && w[2] == "outer"
+                && (w[3] == "hot_a" || w[3] == "hot_b")
+        });
+        if frames.get(1) == Some(&"_start") && chain {
+            whole += n;
+        }
+    }
+    let gone = u64_at(profile, "/unwinding/process_gone");
+    eprintln!(
+        "{whole} of {all} samples of the ended processes whole from _start to hot_a/hot_b; \
+         {gone} of {} samples without mappings",
+        u64_at(profile, "/samples")
+    );
+    // 40 × 8 ms at 299 Hz: about 96 in hot_a and hot_b, a few more in the loader.
+    assert!(all >= 60, "{all} samples\n{profile:#}");
+    assert!(
+        whole as f64 >= 0.85 * all as f64,
+        "{whole} of {all} whole\n{profile:#}"
+    );
+    assert!(gone * 50 <= u64_at(profile, "/samples"), "{profile:#}");
+}
+
 /// A process that execs another program is unwound and named with the new program's files
 /// from its exec on, even where the new program's code lies at the addresses the old one's did.
 #[test]

@@ -14,7 +14,7 @@ use crate::{
     kernel::probe::{OffCpuEnd, ProfileRecord, SamplingRates, StackSample},
     metric::Unit,
     profile::{
-        mappings::FileId,
+        mappings::{FileId, MappingSource},
         model::{
             FoldedStack, KindTotal, Module, Profile, ProfileKind, Unwinding, WeightedProfile,
             rank_functions, share, top_functions,
@@ -113,15 +113,15 @@ impl Collector {
         }
     }
 
-    /// Counts one record.
-    pub fn add(&mut self, record: ProfileRecord<'_>) {
+    /// Counts one record, its process's mappings found in `source`.
+    pub fn add(&mut self, record: ProfileRecord<'_>, source: &mut dyn MappingSource) {
         match record {
-            ProfileRecord::Sample(s) => self.add_sample(s),
+            ProfileRecord::Sample(s) => self.add_sample(s, source),
             ProfileRecord::OffCpuEnd(e) => self.end_wait(&e),
         }
     }
 
-    fn add_sample(&mut self, sample: &StackSample) {
+    fn add_sample(&mut self, sample: &StackSample, source: &mut dyn MappingSource) {
         if sample.run_id != self.run_id {
             return;
         }
@@ -131,7 +131,7 @@ impl Collector {
         else {
             return;
         };
-        let (key, outcome) = self.stack_of(sample);
+        let (key, outcome) = self.stack_of(sample, source);
         let tally = self.tallies.entry(kind).or_default();
         tally.unwinding.note(outcome);
         match kind {
@@ -161,7 +161,11 @@ impl Collector {
     }
 
     /// A sample's stack, and how its user part was unwound (`None`: it has none).
-    fn stack_of(&mut self, sample: &StackSample) -> (StackKey, Option<Unwound>) {
+    fn stack_of(
+        &mut self,
+        sample: &StackSample,
+        source: &mut dyn MappingSource,
+    ) -> (StackKey, Option<Unwound>) {
         let kernel_frames = (sample.kernel_stack_bytes as usize / 8).min(sample.kernel_stack.len());
         let kernel = sample.kernel_stack[..kernel_frames]
             .iter()
@@ -175,11 +179,13 @@ impl Collector {
             let process = match self.processes.entry(sample.tgid) {
                 // Read again after an exec: the new program's files may lie where the old's did.
                 Entry::Occupied(mut e) if e.get().0 != sample.mm && sample.mm != 0 => {
-                    e.insert((sample.mm, ProcessUnwinder::new(sample.tgid, files)));
+                    e.insert((sample.mm, ProcessUnwinder::new(sample.tgid, files, source)));
                     e.into_mut()
                 }
                 Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => e.insert((sample.mm, ProcessUnwinder::new(sample.tgid, files))),
+                Entry::Vacant(e) => {
+                    e.insert((sample.mm, ProcessUnwinder::new(sample.tgid, files, source)))
+                }
             };
             match &mut process.1 {
                 None => (Vec::new(), Some(Unwound::NoMappings)),
@@ -187,6 +193,7 @@ impl Collector {
                     let len = (sample.user_stack_bytes as usize).min(sample.user_stack.len());
                     let (frames, outcome) = p.unwind(
                         files,
+                        source,
                         &mut self.cache,
                         (sample.user_ip, sample.user_sp, sample.user_bp),
                         &sample.user_stack[..len],

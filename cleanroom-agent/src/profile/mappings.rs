@@ -91,6 +91,31 @@ pub fn read(tgid: u32) -> io::Result<Vec<Mapping>> {
     ))?))
 }
 
+/// Where a sampled process's mappings are found.
+pub trait MappingSource {
+    /// Process `tgid`'s executable file mappings, with their version when they are followed
+    /// as they change (`None`: read from `/proc` as they are now); `None` if they cannot be
+    /// had (the process ended unfollowed).
+    fn mappings(&mut self, tgid: u32) -> Option<(Option<u64>, Vec<Mapping>)>;
+
+    /// The version of process `tgid`'s mappings, if they are followed.
+    fn version(&mut self, tgid: u32) -> Option<u64>;
+}
+
+/// Mappings read from `/proc` when asked for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcMaps;
+
+impl MappingSource for ProcMaps {
+    fn mappings(&mut self, tgid: u32) -> Option<(Option<u64>, Vec<Mapping>)> {
+        read(tgid).ok().map(|m| (None, m))
+    }
+
+    fn version(&mut self, _tgid: u32) -> Option<u64> {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

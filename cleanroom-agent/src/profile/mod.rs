@@ -25,6 +25,8 @@ pub mod collect;
 pub mod mappings;
 pub mod model;
 pub mod modules;
+pub mod sideband;
+pub mod spaces;
 pub mod symbols;
 pub mod unwind;
 pub mod waits;
@@ -46,6 +48,11 @@ pub use self::{
         FoldedStack, FunctionShare, KindTotal, Profile, ProfileKind, Unwinding, View,
         WeightedProfile, top_functions,
     },
+};
+use self::{
+    mappings::{Mapping, MappingSource, ProcMaps},
+    sideband::Sideband,
+    spaces::AddressSpaces,
 };
 use crate::kernel::probe::{Probes, ProfileSource, SamplingRates};
 
@@ -92,6 +99,7 @@ impl Sampler {
         let unavailable = source.unavailable.clone();
         let stopping = stop.clone();
         let (to_thread, requests) = mpsc::channel::<Take>();
+        let mut followed = Followed::start();
         let thread = std::thread::Builder::new()
             .name("cleanroom-sampler".into())
             .spawn(move || {
@@ -101,6 +109,7 @@ impl Sampler {
                 // nothing but memory once no such sample can still arrive.
                 let mut taken: HashSet<u64> = HashSet::new();
                 let drain = |source: &mut ProfileSource,
+                             followed: &mut Followed,
                              collectors: &mut HashMap<u64, Collector>,
                              taken: &HashSet<u64>| {
                     source.drain(|r| {
@@ -111,15 +120,16 @@ impl Sampler {
                         collectors
                             .entry(run_id)
                             .or_insert_with(|| Collector::new(run_id))
-                            .add(r);
+                            .add(r, followed);
                     });
+                    followed.end_round();
                 };
                 loop {
                     let last = stopping.load(Ordering::Relaxed);
                     if !last {
                         source.wait(Duration::from_millis(20));
                     }
-                    drain(&mut source, &mut collectors, &taken);
+                    drain(&mut source, &mut followed, &mut collectors, &taken);
                     while let Ok((run_id, reply)) = requests.try_recv() {
                         let collector = collectors
                             .remove(&run_id)
@@ -175,6 +185,76 @@ impl Sampler {
         self.requests.send((run_id, reply)).ok()?;
         let collector = answer.recv_timeout(TAKE_TIMEOUT).ok()?;
         Some(collector.finish(self.clock, self.rates, lost, &self.unavailable))
+    }
+}
+
+/// Sampled processes' mappings: followed through the kernel's reports of each `exec`, `fork`
+/// and `mmap` since profiling began ([`Sideband`], [`AddressSpaces`]), so that a process that
+/// ended before its samples were read, or was first sampled in its loader, is unwound with the
+/// mappings it had; read from `/proc` for a process not followed (started before).
+#[derive(Debug)]
+struct Followed {
+    sideband: Option<Sideband>,
+    spaces: AddressSpaces,
+    /// Processes that ended before the round of samples now being read began.
+    ended: Vec<u32>,
+}
+
+impl Followed {
+    /// Starts following; without the kernel's reports (a perf event refused), every process's
+    /// mappings are read from `/proc`.
+    fn start() -> Self {
+        let sideband = aya::util::online_cpus()
+            .map_err(|(what, e)| std::io::Error::other(format!("{what}: {e}")))
+            .and_then(|cpus| Sideband::open(&cpus));
+        let sideband = match sideband {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!(
+                    "processes' mappings are read from /proc when first sampled (the kernel's \
+                     mmap reports could not be had: {e}): a process that ends first is not \
+                     unwound"
+                );
+                None
+            }
+        };
+        Self {
+            sideband,
+            spaces: AddressSpaces::default(),
+            ended: Vec::new(),
+        }
+    }
+
+    /// Takes in what the kernel reported since the last call.
+    fn catch_up(&mut self) {
+        if let Some(sideband) = &mut self.sideband {
+            let spaces = &mut self.spaces;
+            sideband.drain(|event| spaces.apply(event));
+        }
+    }
+
+    /// A round of reading samples ended: processes that had ended before it began are
+    /// forgotten (every sample of theirs was sent before they ended, so it has been read).
+    fn end_round(&mut self) {
+        self.catch_up();
+        let ended = self.spaces.take_exited();
+        self.spaces
+            .forget(&std::mem::replace(&mut self.ended, ended));
+    }
+}
+
+impl MappingSource for Followed {
+    fn mappings(&mut self, tgid: u32) -> Option<(Option<u64>, Vec<Mapping>)> {
+        self.catch_up();
+        match self.spaces.get(tgid) {
+            Some((version, mappings)) => Some((Some(version), mappings.to_vec())),
+            None => ProcMaps.mappings(tgid),
+        }
+    }
+
+    fn version(&mut self, tgid: u32) -> Option<u64> {
+        self.catch_up();
+        self.spaces.get(tgid).map(|(version, _)| version)
     }
 }
 

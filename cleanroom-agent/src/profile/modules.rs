@@ -1,7 +1,10 @@
 //! The ELF files that sampled processes run code from: what unwinding needs of each (its
 //! `.eh_frame` and where its segments load), read once per file however many processes map it.
 
-use std::{collections::HashMap, fs::File, ops::Range, path::Path, sync::Arc};
+use std::{
+    collections::HashMap, fs::File, ops::Range, os::unix::fs::MetadataExt as _, path::Path,
+    sync::Arc,
+};
 
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, read::ReadCache};
 
@@ -118,8 +121,8 @@ impl ModuleFiles {
             .entry(mapping.file)
             .or_insert_with(|| {
                 let file = File::open(mapping.map_file(tgid))
-                    .or_else(|_| File::open(Path::new(&mapping.path)))
-                    .ok()?;
+                    .ok()
+                    .or_else(|| same_file(Path::new(&mapping.path), mapping.file))?;
                 match ModuleFile::read(file, &mapping.path) {
                     Ok(m) => Some(Arc::new(m)),
                     Err(e) => {
@@ -130,6 +133,19 @@ impl ModuleFiles {
             })
             .clone()
     }
+}
+
+/// The file at `path` if it is still file `id` (its process ended: the path may now name a
+/// rebuilt file, whose symbols would be wrong).
+fn same_file(path: &Path, id: FileId) -> Option<File> {
+    let file = File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    let dev = u64::from(libc::major(meta.dev())) << 32 | u64::from(libc::minor(meta.dev()));
+    (FileId {
+        dev,
+        inode: meta.ino(),
+    } == id)
+        .then_some(file)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use framehop::{
 };
 
 use crate::profile::{
-    mappings::{self, FileId, Mapping},
+    mappings::{FileId, Mapping, MappingSource},
     modules::{ModuleFile, ModuleFiles},
 };
 
@@ -44,10 +44,13 @@ pub enum Unwound {
 pub struct ProcessUnwinder {
     tgid: u32,
     mappings: Vec<Mapping>,
+    /// Their version, when followed as they change (see [`MappingSource`]).
+    version: Option<u64>,
     /// For each mapping, its file if readable, and the file's bias there.
     files: Vec<Option<(Arc<ModuleFile>, u64)>>,
     unwinder: UnwinderX86_64<Arc<[u8]>>,
-    /// Re-reads of the mappings for an address none held (`dlopen`), bounded.
+    /// Re-reads from `/proc` for an address no mapping held (`dlopen`, a process first sampled
+    /// in its loader), bounded.
     rereads: u32,
 }
 
@@ -60,25 +63,27 @@ impl std::fmt::Debug for ProcessUnwinder {
     }
 }
 
-/// Re-reads of a process's mappings allowed, for code it mapped after it was first sampled.
+/// Re-reads of an unfollowed process's mappings allowed, for code it mapped after it was
+/// first sampled.
 const MAX_REREADS: u32 = 8;
 
 impl ProcessUnwinder {
-    /// Process `tgid`'s mappings, read now; `None` if it has ended.
-    pub fn new(tgid: u32, files: &mut ModuleFiles) -> Option<Self> {
+    /// Process `tgid`'s mappings, from `source`; `None` if they cannot be had.
+    pub fn new(tgid: u32, files: &mut ModuleFiles, source: &mut dyn MappingSource) -> Option<Self> {
         let mut p = Self {
             tgid,
             mappings: Vec::new(),
+            version: None,
             files: Vec::new(),
             unwinder: UnwinderX86_64::new(),
             rereads: 0,
         };
-        p.load(files).then_some(p)
+        p.load(files, source).then_some(p)
     }
 
     /// (Re-)reads the mappings and builds the unwinder from them; false if they cannot be read.
-    fn load(&mut self, files: &mut ModuleFiles) -> bool {
-        let Ok(mappings) = mappings::read(self.tgid) else {
+    fn load(&mut self, files: &mut ModuleFiles, source: &mut dyn MappingSource) -> bool {
+        let Some((version, mappings)) = source.mappings(self.tgid) else {
             return false;
         };
         let mut unwinder = UnwinderX86_64::new();
@@ -93,9 +98,24 @@ impl ProcessUnwinder {
             found.push(file);
         }
         self.mappings = mappings;
+        self.version = version;
         self.files = found;
         self.unwinder = unwinder;
         true
+    }
+
+    /// Reads the mappings again if they may have changed: a followed process's when their
+    /// version moved, another's a bounded number of times. Whether they were read.
+    fn refresh(&mut self, files: &mut ModuleFiles, source: &mut dyn MappingSource) -> bool {
+        match source.version(self.tgid) {
+            Some(v) if Some(v) == self.version => false,
+            Some(_) => self.load(files, source),
+            None if self.rereads < MAX_REREADS => {
+                self.rereads += 1;
+                self.load(files, source)
+            }
+            None => false,
+        }
     }
 
     /// The mapping holding `address`, if any.
@@ -105,20 +125,38 @@ impl ProcessUnwinder {
     }
 
     /// The user stack from `ip`, `sp` and `bp` and `stack` (the bytes from `sp` up), innermost
-    /// frame first.
+    /// frame first. A stack through an address no mapping holds is unwound again once, with
+    /// the mappings read again if they may have changed since (code mapped after they were
+    /// read: the program's libraries, when they were read in its loader).
     pub fn unwind(
         &mut self,
         files: &mut ModuleFiles,
+        source: &mut dyn MappingSource,
+        cache: &mut CacheX86_64,
+        regs: (u64, u64, u64),
+        stack: &[u8],
+    ) -> (Vec<UserFrame>, Unwound) {
+        if self.mappings.is_empty() && !self.refresh(files, source) {
+            return (Vec::new(), Unwound::NoMappings);
+        }
+        let (mut frames, mut outcome) = self.walk(cache, regs, stack);
+        let unmapped = frames
+            .iter()
+            .any(|f| self.mapping_of(f.address_for_lookup()).is_none());
+        if unmapped && self.refresh(files, source) {
+            (frames, outcome) = self.walk(cache, regs, stack);
+        }
+        let frames = frames.into_iter().map(|f| self.frame(f)).collect();
+        (frames, outcome)
+    }
+
+    /// The frames the unwinder finds, innermost first.
+    fn walk(
+        &self,
         cache: &mut CacheX86_64,
         (ip, sp, bp): (u64, u64, u64),
         stack: &[u8],
-    ) -> (Vec<UserFrame>, Unwound) {
-        if self.mapping_of(ip).is_none() && self.rereads < MAX_REREADS {
-            self.rereads += 1;
-            if !self.load(files) && self.mappings.is_empty() {
-                return (Vec::new(), Unwound::NoMappings);
-            }
-        }
+    ) -> (Vec<FrameAddress>, Unwound) {
         let mut read_stack = |address: u64| -> Result<u64, ()> {
             let at = address.checked_sub(sp).ok_or(())? as usize;
             let bytes = stack.get(at..at + 8).ok_or(())?;
@@ -143,7 +181,6 @@ impl ProcessUnwinder {
                 Err(_) => break Unwound::Truncated,
             }
         };
-        let frames = frames.into_iter().map(|f| self.frame(f)).collect();
         (frames, outcome)
     }
 

@@ -444,14 +444,16 @@ fn processes_that_ended_before_their_samples_were_read_are_unwound_whole() {
         serde_json::from_str(&fs::read_to_string(&report_path).unwrap()).unwrap();
     let profile = &report["profile"];
 
-    let (mut all, mut whole) = (0, 0);
+    // Samples in hot_a or hot_b, and of those the ones whole from `_start` (a guest's slow
+    // loader takes many more samples of its own, whole or not: not counted here).
+    let (mut hot, mut whole) = (0, 0);
     for s in profile["stacks"].as_array().expect("profile stacks") {
         let frames: Vec<&str> = s["stack"].as_str().unwrap().split(';').collect();
-        if frames[0] != "hotc" {
+        if frames[0] != "hotc" || !frames.iter().any(|f| *f == "hot_a" || *f == "hot_b") {
             continue;
         }
         let n = u64_at(s, "/samples");
-        all += n;
+        hot += n;
         let chain = frames.windows(4).any(|w| {
             w[0] == "__libc_start_call_main"
                 && w[1] == "main"
@@ -464,15 +466,16 @@ fn processes_that_ended_before_their_samples_were_read_are_unwound_whole() {
     }
     let gone = u64_at(profile, "/unwinding/process_gone");
     eprintln!(
-        "{whole} of {all} samples of the ended processes whole from _start to hot_a/hot_b; \
+        "{whole} of {hot} samples of the ended processes in hot_a/hot_b whole from _start; \
          {gone} of {} samples without mappings",
         u64_at(profile, "/samples")
     );
-    // 40 × 8 ms at 299 Hz: about 96 in hot_a and hot_b, a few more in the loader.
-    assert!(all >= 60, "{all} samples\n{profile:#}");
+    // 40 × 8 ms at 299 Hz: about 96 samples in hot_a and hot_b. Unwound from `/proc`, those
+    // of ended processes have no user frames at all, or `[unknown]` for the C library.
+    assert!(whole >= 48, "{whole} whole of ~96 expected\n{profile:#}");
     assert!(
-        whole as f64 >= 0.85 * all as f64,
-        "{whole} of {all} whole\n{profile:#}"
+        whole as f64 >= 0.90 * hot as f64,
+        "{whole} of {hot} whole\n{profile:#}"
     );
     assert!(gone * 50 <= u64_at(profile, "/samples"), "{profile:#}");
 }

@@ -264,7 +264,7 @@ fn socket_connection(
     sk: *const u8,
     cgroup: u64,
 ) -> Option<&'static mut cleanroom_common::ConnStats> {
-    let run_id = run_of_cgroup(cgroup)?;
+    let run_id = watched_run(cgroup)?;
     connection_of(&socket_endpoint(sk, run_id)?)
 }
 

@@ -32,6 +32,8 @@
 //! `tcp-loop BYTES`                two processes: BYTES each way over loopback TCP
 //! `tcp-echo-serve ADDR`           accept once; read a length and that many bytes; send them back
 //! `tcp-send ADDR BYTES`           send BYTES to a tcp-echo-serve at ADDR and read them back
+//! `connects N`                    N loopback TCP connections one after another, each
+//!                                 accepted and closed by both ends (10 socket state changes)
 //! `subcgroup-spin MS`             make a sub-cgroup of its own, spin MS ms in it, remove it
 //! `clone-into DIR MS`             clone3(CLONE_INTO_CGROUP) a child into cgroup DIR that spins
 //!                                 MS ms; prints `{"child":PID}` on a line of its own first
@@ -598,6 +600,16 @@ fn main() {
             // SAFETY: waits for our own child.
             unsafe { libc::waitpid(pid, &mut status, 0) };
             assert_eq!(status, 0, "the client process failed");
+        }
+        Some("connects") => {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().unwrap();
+            for _ in 0..num(1) {
+                let client = std::net::TcpStream::connect(addr).expect("connect");
+                let (server, _) = listener.accept().expect("accept");
+                drop(client);
+                drop(server);
+            }
         }
         Some("tcp-echo-serve") => echo_serve(&args[1]),
         Some("tcp-send") => send_and_receive(&args[1], num(2) as usize),

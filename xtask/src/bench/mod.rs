@@ -528,8 +528,10 @@ impl Bench {
                 for w in WORKLOADS {
                     self.workload(w.0)?;
                 }
-                // Forks and exits, and cgroups made and removed, fire their hooks too.
-                output(Command::new(&self.workload).args(["fork", "50", "1"]))?;
+                // Forks and exits, TCP connections, and cgroups made and removed fire their
+                // hooks too: enough of each for a mean over more than 100 events.
+                output(Command::new(&self.workload).args(["fork", "100", "1"]))?;
+                output(Command::new(&self.workload).args(["connects", "1000"]))?;
                 for (hook, id) in &running.programs {
                     let (run_time, runs) = program_stats(*id)?;
                     let e = totals.entry((agent, hook.clone())).or_default();

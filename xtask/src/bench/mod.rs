@@ -238,11 +238,13 @@ impl Bench {
                 "machine": machine(),
                 "duration_s": started.elapsed().as_secs_f64(),
                 "repetitions": reps,
+                "goals": profiling::goals(&r),
                 "profiling": r,
             });
             let path = out.join("results-profiling.json");
             write_results(&path, &results)?;
             profiling::print(&results["profiling"]);
+            print_goals(&results);
             step(&format!("results written to {}", path.display()));
             return Ok(());
         }
@@ -354,6 +356,7 @@ impl Bench {
         let mut goals = goals(&per_event, &slowdown, &agent, &agent_sidecar);
         if let Some(g) = goals.as_array_mut() {
             g.extend(resolved::goals(&resolved, &per_switch));
+            g.extend(profiling::goals(&profile));
         }
         let results = json!({
             "machine": machine,

@@ -162,8 +162,7 @@ impl Ring {
             if len < 8 || tail + len > head {
                 break;
             }
-            let record = self.bytes(data, at, len as usize).to_vec();
-            each(kind, misc, &record[8..]);
+            each(kind, misc, &self.bytes(data, at, len as usize)[8..]);
             tail += len;
         }
         fence(Ordering::SeqCst);

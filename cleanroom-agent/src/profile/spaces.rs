@@ -92,7 +92,6 @@ impl AddressSpaces {
                 }
             }
             SpaceEvent::Map { tgid, mapping } => {
-                let version = self.next_version();
                 let Some(space) = self.spaces.get_mut(&tgid) else {
                     return;
                 };
@@ -101,7 +100,8 @@ impl AddressSpaces {
                     return;
                 }
                 insert(&mut space.mappings, mapping);
-                space.version = version;
+                self.last_version += 1;
+                space.version = self.last_version;
             }
             SpaceEvent::Exit { tgid } => {
                 if self.spaces.contains_key(&tgid) {
@@ -129,16 +129,6 @@ impl AddressSpaces {
         for tgid in tgids {
             self.spaces.remove(tgid);
         }
-    }
-
-    /// Processes followed.
-    pub fn len(&self) -> usize {
-        self.spaces.len()
-    }
-
-    /// Whether none is followed.
-    pub fn is_empty(&self) -> bool {
-        self.spaces.is_empty()
     }
 
     fn next_version(&mut self) -> u64 {
@@ -241,7 +231,7 @@ mod tests {
         s.forget(&ended);
         assert!(s.get(1).is_none() && s.get(2).is_some());
         s.apply(SpaceEvent::Lost);
-        assert!(s.is_empty());
+        assert!(s.get(2).is_none());
     }
 
     #[test]

@@ -19,12 +19,16 @@
 //!   since the last (as `perf record -c N` does).
 //!
 //! Samples and wait ends the buffer had no room for are counted.
+//!
+//! The reader is woken only once the buffer holds a batch ([`WAKE_AT_BYTES`]; [`wake_flags`]):
+//! a wakeup for each sample cost the machine more than the reading of it. Below that, it reads
+//! at its own pace (every 100 ms).
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_RB_AVAIL_DATA, pt_regs},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_stack,
         bpf_ktime_get_ns,
@@ -51,6 +55,22 @@ use crate::{
 /// The samples and off-CPU wait ends, for the agent to read.
 #[map]
 pub static STACK_SAMPLES: RingBuf = RingBuf::with_byte_size(STACK_SAMPLES_BYTES, 0);
+
+/// Bytes waiting in [`STACK_SAMPLES`] from which each record wakes the reader: some 50
+/// samples, an eighth of the buffer.
+const WAKE_AT_BYTES: u64 = STACK_SAMPLES_BYTES as u64 / 8;
+
+/// How a record is handed over: without waking the reader while the buffer holds less than
+/// [`WAKE_AT_BYTES`], else waking it (by default the kernel wakes it only for a record put in
+/// an empty buffer, which a batch never is).
+#[inline(always)]
+fn wake_flags() -> u64 {
+    if STACK_SAMPLES.query(u64::from(BPF_RB_AVAIL_DATA)) < WAKE_AT_BYTES {
+        u64::from(BPF_RB_NO_WAKEUP)
+    } else {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    }
+}
 
 /// [`profile_period`] slot → events per sample; 0 (never set) means every event.
 #[map]
@@ -244,7 +264,10 @@ fn switch_in(next: *const u8, pid: u32, now: u64) {
         captured,
         state,
     };
-    if STACK_SAMPLES.output::<OffCpuEnd>(&end, 0).is_err() {
+    if STACK_SAMPLES
+        .output::<OffCpuEnd>(&end, wake_flags())
+        .is_err()
+    {
         count_drop(drop_reason::OFF_CPU_END_LOST);
     }
 }
@@ -399,7 +422,7 @@ fn send(ctx: *mut c_void, head: Head, now: u64, user: (u64, u64, u64), kernel: b
             (*out).user_stack_bytes = copy_user_stack(sp, (*out).user_stack.as_mut_ptr());
         }
     }
-    entry.submit(0);
+    entry.submit(wake_flags());
     true
 }
 

@@ -540,12 +540,19 @@ impl ProfileSource {
             if item.len() < std::mem::size_of::<StackSample>() {
                 continue;
             }
-            // SAFETY: the kernel wrote a whole `StackSample` (repr(C), every bit pattern
-            // valid); read unaligned from the ring's bytes, into the heap (20 KiB).
+            let at = item.as_ptr();
+            if at.align_offset(std::mem::align_of::<StackSample>()) == 0 {
+                // SAFETY: the kernel wrote a whole `StackSample` there (repr(C), every bit
+                // pattern valid), aligned (records start 8-byte aligned in the ring), and it
+                // stays put while `item` is borrowed: read in place, not copied (20 KiB).
+                each(ProfileRecord::Sample(unsafe { &*at.cast::<StackSample>() }));
+                continue;
+            }
+            // SAFETY: as above, but unaligned: copied into the heap first.
             let sample: Box<StackSample> = unsafe {
                 let mut b = Box::<StackSample>::new_uninit();
                 std::ptr::copy_nonoverlapping(
-                    item.as_ptr(),
+                    at,
                     b.as_mut_ptr().cast::<u8>(),
                     std::mem::size_of::<StackSample>(),
                 );
@@ -555,16 +562,24 @@ impl ProfileSource {
         }
     }
 
-    /// Waits until samples may have arrived, at most `timeout`.
-    pub fn wait(&self, timeout: std::time::Duration) {
+    /// Waits until the buffer wakes its reader (the kernel's programs wake it only once it
+    /// holds a batch: see `profile::send` in the kernel's programs) or `also` becomes
+    /// readable, at most `timeout`.
+    pub fn wait(&self, timeout: std::time::Duration, also: std::os::fd::BorrowedFd<'_>) {
         use std::os::fd::AsRawFd as _;
-        let mut fd = libc::pollfd {
-            fd: self.ring.as_raw_fd(),
+        let mut fds = [self.ring.as_raw_fd(), also.as_raw_fd()].map(|fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
+        });
+        // SAFETY: two valid pollfds.
+        unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                timeout.as_millis().min(60_000) as i32,
+            )
         };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut fd, 1, timeout.as_millis().min(60_000) as i32) };
     }
 }
 

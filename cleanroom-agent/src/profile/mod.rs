@@ -32,7 +32,8 @@ pub mod unwind;
 pub mod waits;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
+    os::fd::AsFd as _,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -52,9 +53,11 @@ pub use self::{
 use self::{
     mappings::{Mapping, MappingSource, ProcMaps},
     sideband::Sideband,
-    spaces::AddressSpaces,
+    spaces::{AddressSpaces, SpaceEvent},
 };
-use crate::kernel::probe::{Probes, ProfileSource, SamplingRates};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::kernel::probe::{Probes, ProfileRecord, ProfileSource, SamplingRates};
 
 /// Samples a second on each CPU by default (not 100: not in step with timers).
 pub const DEFAULT_FREQUENCY_HZ: u64 = 99;
@@ -72,6 +75,8 @@ pub const DEFAULT_BLOCK_PERIOD_BYTES: u64 = 1 << 20;
 #[derive(Debug)]
 pub struct Sampler {
     stop: Arc<AtomicBool>,
+    /// Wakes the thread at once (a request, or the stop) rather than at its next read.
+    wake: Arc<EventFd>,
     requests: mpsc::Sender<Take>,
     thread: Option<JoinHandle<()>>,
     /// The event sampled.
@@ -91,6 +96,16 @@ const MAX_TAKEN: usize = 4_096;
 /// How long [`Sampler::take`] waits for the thread at most.
 const TAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long samples wait in the buffer at most: the kernel's programs wake the thread only
+/// once a batch is there (a wakeup per sample cost more than reading it), so at low rates the
+/// thread reads at this pace.
+const READ_EVERY: Duration = Duration::from_millis(100);
+
+/// How much later than its time a sample may still be put in the buffer (its program took the
+/// time, then copied the stacks): reported mappings older than the start of a read by more
+/// than this are taken in even where no sample has gone past them.
+const SAMPLE_LATENESS_NS: u64 = 10_000_000;
+
 impl Sampler {
     /// Starts taking `source`'s samples.
     pub fn start(mut source: ProfileSource, rates: SamplingRates) -> std::io::Result<Self> {
@@ -99,6 +114,11 @@ impl Sampler {
         let unavailable = source.unavailable.clone();
         let stopping = stop.clone();
         let (to_thread, requests) = mpsc::channel::<Take>();
+        let wake = Arc::new(EventFd::from_value_and_flags(
+            0,
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+        )?);
+        let woken = wake.clone();
         let mut followed = Followed::start();
         let thread = std::thread::Builder::new()
             .name("cleanroom-sampler".into())
@@ -117,19 +137,25 @@ impl Sampler {
                         if taken.contains(&run_id) {
                             return;
                         }
+                        if let ProfileRecord::Sample(sample) = &r {
+                            followed.at(sample.time_ns);
+                        }
                         collectors
                             .entry(run_id)
                             .or_insert_with(|| Collector::new(run_id))
                             .add(r, followed);
                     });
-                    followed.end_round();
                 };
                 loop {
                     let last = stopping.load(Ordering::Relaxed);
                     if !last {
-                        source.wait(Duration::from_millis(20));
+                        source.wait(READ_EVERY, woken.as_fd());
+                        // Nothing to read if not woken by it: the value only says it was.
+                        let _ = woken.read();
                     }
+                    let began = monotonic_ns();
                     drain(&mut source, &mut followed, &mut collectors, &taken);
+                    followed.end_round(began);
                     while let Ok((run_id, reply)) = requests.try_recv() {
                         let collector = collectors
                             .remove(&run_id)
@@ -147,6 +173,7 @@ impl Sampler {
             })?;
         Ok(Self {
             stop,
+            wake,
             requests: to_thread,
             thread: Some(thread),
             clock,
@@ -183,6 +210,7 @@ impl Sampler {
     pub fn take(&self, run_id: u64, lost: u64) -> Option<Profile> {
         let (reply, answer) = mpsc::channel();
         self.requests.send((run_id, reply)).ok()?;
+        let _ = self.wake.write(1);
         let collector = answer.recv_timeout(TAKE_TIMEOUT).ok()?;
         Some(collector.finish(self.clock, self.rates, lost, &self.unavailable))
     }
@@ -192,10 +220,18 @@ impl Sampler {
 /// and `mmap` since profiling began ([`Sideband`], [`AddressSpaces`]), so that a process that
 /// ended before its samples were read, or was first sampled in its loader, is unwound with the
 /// mappings it had; read from `/proc` for a process not followed (started before).
+///
+/// Samples are read in batches, some time after they were taken: each report is taken in only
+/// once the samples read have gone past its time ([`Self::at`]), so a sample taken before its
+/// process's `exec` is unwound with the program it was in.
 #[derive(Debug)]
 struct Followed {
     sideband: Option<Sideband>,
     spaces: AddressSpaces,
+    /// Reports read but not yet taken in (later than the samples read so far), oldest first.
+    pending: VecDeque<(u64, SpaceEvent)>,
+    /// The time reports are taken in up to: that of the latest sample read.
+    now: u64,
     /// Processes that ended before the round of samples now being read began.
     ended: Vec<u32>,
 }
@@ -221,26 +257,54 @@ impl Followed {
         Self {
             sideband,
             spaces: AddressSpaces::default(),
+            pending: VecDeque::new(),
+            now: 0,
             ended: Vec::new(),
         }
     }
 
-    /// Takes in what the kernel reported since the last call.
+    /// The sample about to be read was taken at `time_ns` (`CLOCK_MONOTONIC`).
+    fn at(&mut self, time_ns: u64) {
+        self.now = self.now.max(time_ns);
+    }
+
+    /// Reads what the kernel reported since the last call, and takes in what is not later
+    /// than [`Self::now`].
     fn catch_up(&mut self) {
         if let Some(sideband) = &mut self.sideband {
-            let spaces = &mut self.spaces;
-            sideband.drain(|event| spaces.apply(event));
+            let pending = &mut self.pending;
+            let mut unordered = false;
+            sideband.drain(|time, event| {
+                unordered |= pending.back().is_some_and(|(last, _)| *last > time);
+                pending.push_back((time, event));
+            });
+            if unordered {
+                pending.make_contiguous().sort_by_key(|(time, _)| *time);
+            }
+        }
+        while let Some((_, event)) = self.pending.pop_front_if(|(time, _)| *time <= self.now) {
+            self.spaces.apply(event);
         }
     }
 
-    /// A round of reading samples ended: processes that had ended before it began are
-    /// forgotten (every sample of theirs was sent before they ended, so it has been read).
-    fn end_round(&mut self) {
+    /// A round of reading samples, begun at `began` (`CLOCK_MONOTONIC` ns), ended: every
+    /// sample taken well before then has been read, so what was reported before is taken in;
+    /// processes that had ended before the round began are forgotten (every sample of theirs
+    /// was sent before they ended, so it has been read).
+    fn end_round(&mut self, began: u64) {
+        self.at(began.saturating_sub(SAMPLE_LATENESS_NS));
         self.catch_up();
         let ended = self.spaces.take_exited();
         self.spaces
             .forget(&std::mem::replace(&mut self.ended, ended));
     }
+}
+
+/// `CLOCK_MONOTONIC` now, in ns: the clock of the samples' times.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
 }
 
 impl MappingSource for Followed {
@@ -261,6 +325,7 @@ impl MappingSource for Followed {
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let _ = self.wake.write(1);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -4,7 +4,9 @@
 //! `perf record` learns the mappings of processes too short-lived to read from `/proc`.
 //!
 //! [`Sideband::drain`] reads what every CPU wrote since the last call, in time order, as
-//! [`SpaceEvent`]s for [`super::spaces::AddressSpaces`].
+//! [`SpaceEvent`]s for [`super::spaces::AddressSpaces`], each with its time on the clock of
+//! the samples' (`CLOCK_MONOTONIC`, `bpf_ktime_get_ns`), so a sample read late is unwound with
+//! the mappings of its moment, not those of a later `exec`.
 
 use std::{
     io,
@@ -51,8 +53,8 @@ impl Sideband {
         })
     }
 
-    /// Every event reported since the last call, oldest first, into `out`.
-    pub fn drain(&mut self, mut out: impl FnMut(SpaceEvent)) {
+    /// Every event reported since the last call, oldest first, with its time, into `out`.
+    pub fn drain(&mut self, mut out: impl FnMut(u64, SpaceEvent)) {
         for ring in &mut self.rings {
             ring.drain(|kind, misc, body| {
                 if let Some(event) = parse(kind, misc, body) {
@@ -62,8 +64,8 @@ impl Sideband {
         }
         // Stable: a CPU's records in the order written when two share a time.
         self.read.sort_by_key(|(time, _)| *time);
-        for (_, event) in self.read.drain(..) {
-            out(event);
+        for (time, event) in self.read.drain(..) {
+            out(time, event);
         }
     }
 }
@@ -97,6 +99,9 @@ impl Ring {
         attr.set_comm_exec(1);
         attr.set_task(1);
         attr.set_sample_id_all(1);
+        // The samples' clock (`bpf_ktime_get_ns`), not perf's own.
+        attr.set_use_clockid(1);
+        attr.clockid = libc::CLOCK_MONOTONIC;
         // SAFETY: `attr` is initialised and outlives the call; pid -1 with a CPU is every task
         // on that CPU.
         let fd = unsafe {

@@ -19,7 +19,8 @@ pub struct Unwinding {
     pub complete: u64,
     /// User stack unwound in part (the copy of the stack ended, or a frame had no unwind rule).
     pub truncated: u64,
-    /// No user stack: a kernel thread, or a task whose user registers could not be read.
+    /// No user stack: a kernel thread, a task whose user registers could not be read, or a
+    /// process in the middle of an `exec` (the old program unmapped, the new one not yet).
     pub kernel_only: u64,
     /// Not unwound: the process had ended before its mappings were read.
     pub process_gone: u64,
@@ -28,7 +29,7 @@ pub struct Unwinding {
 impl Unwinding {
     pub(super) fn note(&mut self, outcome: Option<Unwound>) {
         match outcome {
-            None => self.kernel_only += 1,
+            None | Some(Unwound::InExec) => self.kernel_only += 1,
             Some(Unwound::Complete) => self.complete += 1,
             Some(Unwound::Truncated) => self.truncated += 1,
             Some(Unwound::NoMappings) => self.process_gone += 1,

@@ -38,6 +38,9 @@ pub enum Unwound {
     Truncated,
     /// Not at all: the process's mappings could not be read (it had ended).
     NoMappings,
+    /// There was none: the process was in the middle of an `exec`, its old program unmapped
+    /// and nothing of the new one mapped yet (its followed mappings were empty then).
+    InExec,
 }
 
 /// One process's mapped files and unwinder.
@@ -137,7 +140,11 @@ impl ProcessUnwinder {
         stack: &[u8],
     ) -> (Vec<UserFrame>, Unwound) {
         if self.mappings.is_empty() && !self.refresh(files, source) {
-            return (Vec::new(), Unwound::NoMappings);
+            let why = match self.version {
+                Some(_) => Unwound::InExec,
+                None => Unwound::NoMappings,
+            };
+            return (Vec::new(), why);
         }
         let (mut frames, mut outcome) = self.walk(cache, regs, stack);
         let unmapped = frames

@@ -470,9 +470,16 @@ fn processes_that_ended_before_their_samples_were_read_are_unwound_whole() {
          {gone} of {} samples without mappings",
         u64_at(profile, "/samples")
     );
-    // 40 × 8 ms at 299 Hz: about 96 samples in hot_a and hot_b. Unwound from `/proc`, those
-    // of ended processes have no user frames at all, or `[unknown]` for the C library.
-    assert!(whole >= 48, "{whole} whole of ~96 expected\n{profile:#}");
+    // 40 × 8 ms at 299 Hz: about 96 samples in hot_a and hot_b, fewer where the buffer
+    // overflowed while cleanroom was stopped (a slow guest's loaders take many samples): the
+    // share kept of them is expected. Unwound from `/proc`, those of ended processes have no
+    // user frames at all, or `[unknown]` for the C library.
+    let kept = u64_at(profile, "/samples") as f64;
+    let expected = 96.0 * kept / (kept + u64_at(profile, "/lost") as f64);
+    assert!(
+        whole as f64 >= 0.5 * expected,
+        "{whole} whole of ~{expected:.0} expected\n{profile:#}"
+    );
     assert!(
         whole as f64 >= 0.90 * hot as f64,
         "{whole} of {hot} whole\n{profile:#}"

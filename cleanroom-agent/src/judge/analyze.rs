@@ -244,6 +244,25 @@ fn container_count(name: String, limit: u64, count: usize) -> ThresholdResult {
     }
 }
 
+/// The event of `spec` breached by `v` at `t_ns`.
+fn breach_event(spec: &ThresholdSpec, t_ns: u64, v: f64) -> Event {
+    Event {
+        t_ns,
+        kind: EventKind::ThresholdBreached,
+        subject: spec.name.clone(),
+        value: Some(v),
+        limit: Some(spec.limit),
+        message: format!(
+            "{} is {} over the limit {} ({}) at {:.1}s",
+            spec.series,
+            spec.kind.format(v),
+            spec.kind.format(spec.limit),
+            spec.name,
+            t_ns as f64 / 1e9
+        ),
+    }
+}
+
 /// Checks thresholds as samples arrive, reporting each breach once and again when it clears.
 #[derive(Debug, Default)]
 pub struct ThresholdMonitor {
@@ -283,21 +302,7 @@ impl ThresholdMonitor {
             let over = v > spec.limit;
             if over && !self.breached[i] {
                 self.breaches[i] += 1;
-                events.push(Event {
-                    t_ns,
-                    kind: EventKind::ThresholdBreached,
-                    subject: spec.name.clone(),
-                    value: Some(v),
-                    limit: Some(spec.limit),
-                    message: format!(
-                        "{} is {} over the limit {} ({}) at {:.1}s",
-                        spec.series,
-                        spec.kind.format(v),
-                        spec.kind.format(spec.limit),
-                        spec.name,
-                        t_ns as f64 / 1e9
-                    ),
-                });
+                events.push(breach_event(spec, t_ns, v));
             } else if !over && self.breached[i] {
                 events.push(Event {
                     t_ns,
@@ -316,6 +321,26 @@ impl ThresholdMonitor {
                 });
             }
             self.breached[i] = over;
+        }
+        events
+    }
+
+    /// Feeds the whole run's figures at its end (`t_ns`): totals, `wall_time`, the kernel's
+    /// memory peak. A limit they cross is a breach only when no sample crossed it: an excursion
+    /// the samples saw (and said cleared, or still under way) is not a second one. Nothing
+    /// clears here. Returns the events it causes.
+    pub fn observe_final(&mut self, t_ns: u64, values: &BTreeMap<String, f64>) -> Vec<Event> {
+        let mut events = Vec::new();
+        for (i, spec) in self.specs.iter().enumerate() {
+            let Some(v) = values.get(&spec.series).copied() else {
+                continue;
+            };
+            self.peak[i] = Some(self.peak[i].map_or(v, |p: f64| p.max(v)));
+            if v > spec.limit && self.breaches[i] == 0 {
+                self.breaches[i] = 1;
+                self.breached[i] = true;
+                events.push(breach_event(spec, t_ns, v));
+            }
         }
         events
     }

@@ -393,7 +393,8 @@ impl Session {
             })
             .collect();
         let finals = final_values(&sample, end.wall_time_ns);
-        self.observe(end.wall_time_ns, &finals);
+        let end_breaches = self.thresholds.observe_final(end.wall_time_ns, &finals);
+        self.events.extend(end_breaches);
         // The series is kept packed: made whole once, for the analysis and the report.
         let points = self.series.points();
         let (anomalies, anomalies_found) = analyze::keep_strongest(analyze::anomalies(&points));

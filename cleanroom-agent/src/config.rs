@@ -27,6 +27,8 @@ pub struct CleanroomConfig {
     pub slos: Vec<SloSpec>,
     /// How a run is compared with `--baseline` (and by `compare --config`).
     pub comparison: ComparisonConfig,
+    /// Where alerts go, and how.
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// `[comparison]`: tolerances against a baseline, by figure, e.g.
@@ -433,6 +435,17 @@ impl CleanroomConfig {
         let mut config: Self = parse(text, file)?;
         check_slos(&config.slos, text, file)?;
         check_comparison(&mut config.comparison, text, file)?;
+        config.alerts.check().map_err(|invalid| {
+            let mut e = ConfigError::at(file, text, invalid.span, invalid.message);
+            e.key = Some(invalid.key);
+            if e.line.is_none() {
+                e.line = text
+                    .lines()
+                    .position(|l| l.trim_start().starts_with("[alerts") || l.contains("alerts."))
+                    .map(|i| i + 1);
+            }
+            e
+        })?;
         if config.performance_monitoring.metrics_interval < Duration::from_millis(10) {
             return Err(ConfigError {
                 file: file.to_owned(),

@@ -27,6 +27,7 @@
 //! kernel side imports nothing above it. The front ends compose the rest.
 
 pub mod agent;
+pub mod alerts;
 pub mod cgroupfs;
 pub mod config;
 pub mod demo;

@@ -418,6 +418,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                         },
                         labels: container_label,
                     },
+                    alerts: None,
                 },
                 &outputs,
             )
@@ -445,6 +446,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                         when: run::Follow::Never,
                         labels: Vec::new(),
                     },
+                    alerts: None,
                 },
                 &outputs(out, true),
             )
@@ -606,13 +608,20 @@ fn emit(bytes: &[u8], output: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn measure(opts: run::RunOptions, outputs: &Outputs) -> anyhow::Result<ExitCode> {
+fn measure(mut opts: run::RunOptions, outputs: &Outputs) -> anyhow::Result<ExitCode> {
     deliver::check_outputs(outputs)?;
+    // Before the command runs: a channel that cannot work must not cost a run.
+    opts.alerts = cleanroom::alerts::Alerting::start(&opts.config.alerts)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut report = runtime.block_on(run::run(&opts))?;
-    let delivered = deliver::deliver(&mut report, outputs);
+    let target = run::alert_target(&opts);
+    let delivered = deliver::deliver(
+        &mut report,
+        outputs,
+        opts.alerts.as_ref().map(|a| (a, target.as_str())),
+    );
     Ok(ExitCode::from(exit_code(
         report.exit_code,
         !delivered.failures.is_empty(),

@@ -79,6 +79,8 @@ pub struct RunOptions {
     pub label: Option<Vec<String>>,
     /// Whether and which Docker containers are followed.
     pub containers: FollowContainers,
+    /// Where the run's alerts go, as they are raised (`[alerts]`).
+    pub alerts: Option<crate::alerts::Alerting>,
 }
 
 /// When Docker containers the command starts are followed.
@@ -160,6 +162,9 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
     let (specs, not_applicable) = analyze::threshold_specs(config);
     refuse_if_signalled(&mut signals).await?;
     let mut console = Console::new(opts.print_summary);
+    if let Some(alerts) = &opts.alerts {
+        console.alert(alerts.clone(), alert_target(opts));
+    }
     let options = session_options(config);
     let (mut session, child) = launch(&opts.command, &prepared, specs, options)?;
     let ended = supervise(
@@ -178,6 +183,23 @@ pub async fn run(opts: &RunOptions) -> Result<Report, Error> {
         assemble(opts, outcome, figures),
         not_applicable,
     ))
+}
+
+/// What the run's alerts name it: its name, else its command line.
+pub fn alert_target(opts: &RunOptions) -> String {
+    opts.name.clone().unwrap_or_else(|| {
+        let line: Vec<String> = opts.label.clone().unwrap_or_else(|| {
+            opts.command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        });
+        let line = line.join(" ");
+        match line.char_indices().nth(80) {
+            Some((cut, _)) => format!("{}…", &line[..cut]),
+            None => line,
+        }
+    })
 }
 
 /// What `prepare` puts in place before the command starts. Dropped on a way out with an error,

@@ -203,8 +203,8 @@ impl Installer {
 }
 
 /// Debian packages the tests drive (command → package): a browser for the HTML report, poppler
-/// for the PDF, the tools that build the tests' own loop devices and network namespaces, and a
-/// Prometheus that scrapes the agent's `/metrics`.
+/// for the PDF, the tools that build the tests' own loop devices and network namespaces, a
+/// Prometheus that scrapes the agent's `/metrics`, and `openssl` to check webhook signatures.
 const TEST_TOOLS: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     ("pdftoppm", "poppler-utils"),
@@ -222,6 +222,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("prlimit", "util-linux"),
     ("python3", "python3"),
+    // The alert tests check a webhook's HMAC signature with an implementation of their own.
+    ("openssl", "openssl"),
 ];
 
 /// Debian packages the benchmark drives: workloads and the bpftrace peer.

@@ -166,6 +166,11 @@ const HOST_ONLY: &[(&str, &str)] = &[
         "needs a Docker engine, which the host's tests start; the guests test kernels",
     ),
     (
+        "alerts",
+        "delivery is user space alone, the same on every kernel, and its timing checks (backoff, \
+         the samples' pace) need the host's CPU, not an emulated one",
+    ),
+    (
         "unprivileged",
         "adds users and a group, and the guests mount the host's root (its /etc) read-only",
     ),

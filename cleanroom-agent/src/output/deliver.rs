@@ -14,6 +14,7 @@ use std::{
 
 use crate::{
     Error,
+    alerts::{Alerting, config::AlertKind, policy::Raised},
     judge::compare::{self, Comparison, Spread, Tolerances},
     judge::verdict::Verdict,
     output::render::{self, Format},
@@ -147,10 +148,59 @@ pub fn newer_schema_warning(report: &Report) -> Option<String> {
     })
 }
 
+/// The alerts of a finished run's verdict: each SLO it failed, each figure that regressed
+/// against the baseline.
+fn end_alerts(report: &Report, target: &str) -> Vec<Raised> {
+    let t_ns = report.wall_time_ns;
+    let slos = report
+        .slos
+        .iter()
+        .filter(|s| s.status == crate::judge::verdict::Status::Fail)
+        .map(|s| Raised {
+            kind: AlertKind::SloFailed,
+            target: target.to_owned(),
+            rule: s.name.clone(),
+            summary: format!(
+                "SLO {} failed: {} measured, target {}",
+                s.name, s.measured_text, s.target_text
+            ),
+            value: s.measured,
+            limit: None,
+            t_ns,
+        });
+    let regressions = report
+        .comparison
+        .iter()
+        .flat_map(|c| c.changes.iter())
+        .filter(|ch| ch.regression)
+        .map(|ch| Raised {
+            kind: AlertKind::Regression,
+            target: target.to_owned(),
+            rule: ch.metric.clone(),
+            summary: format!(
+                "{} regressed against the baseline: {} -> {} (tolerance {})",
+                ch.metric,
+                ch.base_text,
+                ch.new_text,
+                ch.tolerance_text()
+            ),
+            value: Some(ch.new),
+            limit: Some(ch.base),
+            t_ns,
+        });
+    slos.chain(regressions).collect()
+}
+
 /// Delivers a finished run: every output is attempted; failures are printed and returned in
 /// [`Delivered::failures`], never cut the rest short. Regressions against the baseline turn
-/// the verdict to `fail`.
-pub fn deliver(report: &mut Report, outputs: &Outputs) -> Delivered {
+/// the verdict to `fail`. With `alerts` (and the name they give the run), the verdict's
+/// alerts (SLOs failed, regressions) are sent too, and the report gets what every alert of the
+/// run became, after at most the flush timeout.
+pub fn deliver(
+    report: &mut Report,
+    outputs: &Outputs,
+    alerts: Option<(&Alerting, &str)>,
+) -> Delivered {
     let mut delivered = Delivered::default();
     if let Some(base) = &outputs.baseline {
         let c = compare::compare(
@@ -190,6 +240,20 @@ pub fn deliver(report: &mut Report, outputs: &Outputs) -> Delivered {
         }
         report.comparison = Some(c.clone());
         delivered.comparison = Some(c);
+    }
+    if let Some((alerts, target)) = alerts {
+        for alert in end_alerts(report, target) {
+            alerts.raise_end(alert);
+        }
+        let sent = alerts.finish(report.wall_time_ns);
+        if sent.undelivered > 0 {
+            eprintln!(
+                "cleanroom: {} alert notification(s) not delivered (each try is in the report's \
+                 `alerts`); the run's exit code does not change for it",
+                sent.undelivered
+            );
+        }
+        report.alerts = Some(sent);
     }
     if outputs.summary {
         eprint!("{}", report.summary());
@@ -279,7 +343,7 @@ mod tests {
             tolerances: Tolerances::default(),
         };
         let mut r = Report::example();
-        let d = deliver(&mut r, &outputs);
+        let d = deliver(&mut r, &outputs, None);
         assert_eq!(d.failures.len(), 1, "{:?}", d.failures);
         assert!(good.exists(), "the Markdown report was not written");
         assert!(d.stored_as.is_some(), "the run was not stored");
@@ -334,12 +398,12 @@ mod tests {
             ..Outputs::default()
         };
         let mut r = run("suite", 1_168_000_000, 0);
-        let d = deliver(&mut r, &outputs(BTreeMap::new()));
+        let d = deliver(&mut r, &outputs(BTreeMap::new()), None);
         assert_eq!(d.comparison.unwrap().regressions, 1);
         let note = r.notes.join("\n");
         assert!(note.contains("+16.8%, tolerance +10% (default)"), "{note}");
         let mut r = run("suite", 1_168_000_000, 0);
-        let c = deliver(&mut r, &outputs(spreads)).comparison.unwrap();
+        let c = deliver(&mut r, &outputs(spreads), None).comparison.unwrap();
         assert_eq!(c.regressions, 0, "{c:#?}");
         let cpu = c
             .changes

@@ -64,6 +64,10 @@ pub struct Report {
     /// change, tolerance, and whether it regressed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comparison: Option<crate::judge::verdict::Comparison>,
+    /// The alerts sent while the run went on and at its end, with every delivery attempt
+    /// (when `[alerts]` has channels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<crate::alerts::AlertsReport>,
     /// Processes the command left running in its cgroup, killed at the end.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leftovers: Vec<Leftover>,
@@ -182,6 +186,7 @@ impl Report {
             interrupted: None,
             leftovers: Vec::new(),
             comparison: None,
+            alerts: None,
             escaped: Vec::new(),
             processes: Vec::new(),
             connections: Vec::new(),
@@ -597,6 +602,9 @@ impl Report {
         if let Some(probes) = &self.probes {
             let _ = writeln!(out, "\n  probes: {}", probes.line());
         }
+        if let Some(alerts) = &self.alerts {
+            let _ = writeln!(out, "\n  alerts: {}", alerts.line());
+        }
         for note in &self.notes {
             let _ = writeln!(out, "\n  note: {note}");
         }
@@ -728,6 +736,7 @@ impl Report {
             leftovers: vec![],
             series_resolution: None,
             comparison: None,
+            alerts: None,
             escaped: vec![],
             processes: vec![],
             connections: vec![],

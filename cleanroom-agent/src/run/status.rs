@@ -2,11 +2,13 @@
 //! (thresholds breached or cleared, the time limit, OOM kills), and on a terminal a live status
 //! line drawn from the session's latest interval.
 //!
-//! The measuring session prints nothing; this is the run front end's view of it.
+//! The measuring session prints nothing; this is the run front end's view of it. Events go to
+//! the run's alert channels too ([`crate::alerts`]), queued, as they are said.
 
 use std::io::{IsTerminal as _, Write as _};
 
 use crate::{
+    alerts::Alerting,
     judge::verdict::{Event, EventKind},
     measure::model::SeriesPoint,
     measure::session::Tick,
@@ -18,6 +20,8 @@ use crate::{
 pub struct Console {
     status_line: bool,
     line_shown: bool,
+    /// Where events are alerted, and the name they give the run.
+    alerts: Option<(Alerting, String)>,
 }
 
 impl Console {
@@ -26,13 +30,22 @@ impl Console {
         Self {
             status_line: status_line && std::io::stderr().is_terminal(),
             line_shown: false,
+            alerts: None,
         }
+    }
+
+    /// Alerts each event to `alerts`, naming the run `target`.
+    pub fn alert(&mut self, alerts: Alerting, target: String) {
+        self.alerts = Some((alerts, target));
     }
 
     /// Says a tick's events, then shows its interval on the status line.
     pub fn tick(&mut self, tick: &Tick) {
         for event in &tick.events {
             self.event(event);
+        }
+        if let Some((alerts, _)) = &self.alerts {
+            alerts.tick();
         }
         if let Some(point) = &tick.point {
             self.draw(point);
@@ -41,6 +54,9 @@ impl Console {
 
     /// Says an event on stderr.
     pub fn event(&mut self, event: &Event) {
+        if let Some((alerts, target)) = &self.alerts {
+            alerts.raise(target, event);
+        }
         self.clear_line();
         match event.kind {
             EventKind::ThresholdBreached => {

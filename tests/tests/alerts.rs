@@ -1,0 +1,471 @@
+//! Alerts delivered to real receivers while a real run goes on: a local HTTP server taking
+//! webhook, Slack and SMS-gateway POSTs (checking the webhook's HMAC signature with `openssl`,
+//! failing or hanging on demand), and a run whose memory crosses a threshold and falls back.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use cleanroom_tests::{assert_matches_schema, cleanroom_bin, privileged, workload_bin};
+
+/// What the receiver does with requests to a path.
+#[derive(Clone, Copy, Debug)]
+enum Behaviour {
+    /// 200.
+    Accept,
+    /// 503 for the first N requests, then 200.
+    FailFirst(usize),
+    /// Reads the request and never answers.
+    Hang,
+}
+
+/// One request the receiver took.
+#[derive(Clone, Debug)]
+struct Received {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+    at: Instant,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// A local HTTP receiver on a free loopback port.
+struct Receiver {
+    port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    fn start(behaviour: fn(&str) -> Behaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let log = log.clone();
+                std::thread::spawn(move || serve(stream, &log, behaviour));
+            }
+        });
+        Self { port, received }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn on(&self, path: &str) -> Vec<Received> {
+        let all = self.received.lock().unwrap();
+        all.iter().filter(|r| r.path == path).cloned().collect()
+    }
+}
+
+fn serve(stream: TcpStream, log: &Mutex<Vec<Received>>, behaviour: fn(&str) -> Behaviour) {
+    let at = Instant::now();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.trim_end().split_once(':') {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    let _ = reader.read_exact(&mut body);
+    let seen = {
+        let mut all = log.lock().unwrap();
+        all.push(Received {
+            path: path.clone(),
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            at,
+        });
+        all.iter().filter(|r| r.path == path).count()
+    };
+    let status = match behaviour(&path) {
+        Behaviour::Accept => "200 OK",
+        Behaviour::FailFirst(n) if seen <= n => "503 Service Unavailable",
+        Behaviour::FailFirst(_) => "200 OK",
+        Behaviour::Hang => {
+            std::thread::sleep(Duration::from_secs(120));
+            return;
+        }
+    };
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+}
+
+/// `sha256=HEX` of the HMAC-SHA256 of `body` under `key`, by `openssl`.
+fn openssl_hmac(key: &str, body: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    format!("sha256={}", text.trim().rsplit(' ').next().unwrap())
+}
+
+/// Runs `cleanroom run` with `config`, the report and the history store in `dir`, and the
+/// environment `env`; the command holds 128 MiB for `hold_ms`, then lives on 1.5 s without it.
+fn run_holding(dir: &Path, config: &str, env: &[(&str, &str)], hold_ms: u64) -> (Output, f64) {
+    let cfg = dir.join("cleanroom.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let script = format!(
+        "{} hold 32768 {hold_ms}; sleep 1.5",
+        workload_bin!().display()
+    );
+    let started = Instant::now();
+    let out = Command::new(cleanroom_bin())
+        .envs(env.iter().copied())
+        .env("CLEANROOM_STORE", dir.join("history.db"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .arg("--report")
+        .arg(dir.join("report.json"))
+        .args(["--name", "alerting", "--", "sh", "-c", &script])
+        .output()
+        .expect("starting cleanroom");
+    (out, started.elapsed().as_secs_f64())
+}
+
+const THRESHOLD: &str = r#"
+[performance_monitoring]
+metrics_interval = "200ms"
+[performance_monitoring.thresholds]
+max_memory_usage_bytes = "64MiB"
+"#;
+
+const HOOK_SECRET: &str = "s3cr3t-hook-key-7f1d9a";
+const SMS_TOKEN: &str = "tok-5c2e8b0a-sms";
+
+/// Asserts `secret` is nowhere in the run's output, report or history.
+fn assert_secret_kept(secret: &str, out: &Output, dir: &Path) {
+    for (what, bytes) in [
+        ("stdout", out.stdout.clone()),
+        ("stderr", out.stderr.clone()),
+        ("report", std::fs::read(dir.join("report.json")).unwrap()),
+        ("history", std::fs::read(dir.join("history.db")).unwrap()),
+    ] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the secret is in the {what}"
+        );
+    }
+}
+
+#[test]
+fn a_breach_sends_one_alert_and_one_resolve_to_every_channel() {
+    if !privileged("a_breach_sends_one_alert_and_one_resolve_to_every_channel") {
+        return;
+    }
+    let receiver = Receiver::start(|_| Behaviour::Accept);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"{THRESHOLD}
+[[alerts.channels]]
+name = "hook"
+kind = "webhook"
+url = "{hook}"
+secret_env = "CLEANROOM_TEST_HOOK_SECRET"
+
+[[alerts.channels]]
+name = "chat"
+kind = "slack"
+url = "{slack}"
+
+[[alerts.channels]]
+name = "phone"
+kind = "sms"
+url = "{sms}"
+account = "AC0001"
+to = "+15550100"
+from = "+15550199"
+secret_env = "CLEANROOM_TEST_SMS_TOKEN"
+"#,
+        hook = receiver.url("/hook"),
+        slack = receiver.url("/slack"),
+        sms = receiver.url("/sms"),
+    );
+    let (out, _) = run_holding(
+        dir.path(),
+        &config,
+        &[
+            ("CLEANROOM_TEST_HOOK_SECRET", HOOK_SECRET),
+            ("CLEANROOM_TEST_SMS_TOKEN", SMS_TOKEN),
+        ],
+        2000,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A breached threshold fails the verdict (exit 3); the alerts do not change that.
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_matches_schema(&report);
+
+    // The webhook: a firing then its resolve, signed, with the measured values.
+    let hook = receiver.on("/hook");
+    assert_eq!(hook.len(), 2, "{hook:#?}\n{stderr}");
+    let (firing, resolved) = (hook[0].json(), hook[1].json());
+    assert_eq!(firing["state"], "firing");
+    assert_eq!(resolved["state"], "resolved");
+    assert_eq!(firing["id"], resolved["id"]);
+    assert_eq!(firing["type"], "memory");
+    assert_eq!(firing["target"], "alerting");
+    let limit = 64.0 * 1024.0 * 1024.0;
+    assert_eq!(firing["limit"].as_f64(), Some(limit));
+    let over = firing["value"].as_f64().unwrap();
+    assert!(over > limit && over < 200.0 * 1024.0 * 1024.0, "{firing}");
+    assert!(resolved["value"].as_f64().unwrap() <= limit, "{resolved}");
+    // The breach the report's events hold is the one alerted.
+    let breach = report["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "threshold_breached")
+        .expect("a breach event");
+    assert_eq!(breach["value"].as_f64(), Some(over));
+    for r in &hook {
+        assert_eq!(
+            r.header("X-Cleanroom-Signature"),
+            Some(openssl_hmac(HOOK_SECRET, &r.body).as_str()),
+            "the signature is the HMAC-SHA256 of the body"
+        );
+    }
+    // Resolved some 2 s after it fired (the hold), not at the end of the run.
+    let gap = hook[1].at.duration_since(hook[0].at);
+    assert!(
+        gap > Duration::from_millis(1200) && gap < Duration::from_millis(3500),
+        "{gap:?}"
+    );
+
+    // Slack: readable blocks; the SMS gateway: a form with the account's basic auth.
+    let slack = receiver.on("/slack");
+    assert_eq!(slack.len(), 2, "{slack:#?}");
+    let s = slack[0].json();
+    assert!(
+        s["text"]
+            .as_str()
+            .unwrap()
+            .contains("max_memory_usage_bytes"),
+        "{s}"
+    );
+    assert!(s["blocks"].as_array().unwrap().len() >= 2, "{s}");
+    let sms = receiver.on("/sms");
+    assert_eq!(sms.len(), 2, "{sms:#?}");
+    assert!(sms[0].body.contains("To=%2B15550100"), "{}", sms[0].body);
+    assert!(sms[0].body.contains("FIRING"), "{}", sms[0].body);
+    assert!(sms[1].body.contains("RESOLVED"), "{}", sms[1].body);
+    assert!(
+        sms[0]
+            .header("Authorization")
+            .is_some_and(|a| a.starts_with("Basic ")),
+        "{sms:#?}"
+    );
+
+    // The report: six deliveries, each delivered at its first try.
+    let alerts = &report["alerts"];
+    assert_eq!(alerts["undelivered"], 0, "{alerts:#}");
+    let deliveries = alerts["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 6, "{alerts:#}");
+    for d in deliveries {
+        assert_eq!(d["delivered"], true, "{d}");
+        assert_eq!(d["attempts"].as_array().unwrap().len(), 1, "{d}");
+    }
+    assert_secret_kept(HOOK_SECRET, &out, dir.path());
+    assert_secret_kept(SMS_TOKEN, &out, dir.path());
+}
+
+#[test]
+fn failing_receivers_are_retried_and_hanging_ones_cost_neither_samples_nor_the_end() {
+    if !privileged(
+        "failing_receivers_are_retried_and_hanging_ones_cost_neither_samples_nor_the_end",
+    ) {
+        return;
+    }
+    let receiver = Receiver::start(|path| match path {
+        "/flaky" => Behaviour::FailFirst(2),
+        "/hang" => Behaviour::Hang,
+        _ => Behaviour::Accept,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"{THRESHOLD}
+[alerts]
+flush_timeout = "2s"
+
+[alerts.retry]
+attempts = 3
+backoff = "400ms"
+timeout = "1s"
+
+[[alerts.channels]]
+name = "flaky"
+kind = "webhook"
+url = "{flaky}"
+
+[[alerts.channels]]
+name = "stuck"
+kind = "webhook"
+url = "{hang}"
+"#,
+        flaky = receiver.url("/flaky"),
+        hang = receiver.url("/hang"),
+    );
+    let (out, took) = run_holding(dir.path(), &config, &[], 1000);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "the verdict's code: {stderr}");
+    assert!(stderr.contains("not delivered"), "{stderr}");
+    assert!(
+        stderr.contains("  alerts: 2 notification(s) delivered, "),
+        "{stderr}"
+    );
+    assert!(stderr.contains(" not (stuck)"), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_matches_schema(&report);
+
+    // The flaky receiver: 503, 503, 200 for the firing, at the configured backoff (400 ms,
+    // then 800 ms, each ±20%); then the resolve at its first try.
+    let flaky = receiver.on("/flaky");
+    assert_eq!(flaky.len(), 4, "{flaky:#?}\n{stderr}");
+    let waits = [
+        flaky[1].at.duration_since(flaky[0].at),
+        flaky[2].at.duration_since(flaky[1].at),
+    ];
+    for (wait, backoff) in waits.iter().zip([400u64, 800]) {
+        let ms = wait.as_millis() as u64;
+        assert!(
+            ms >= backoff * 8 / 10 && ms <= backoff * 12 / 10 + 150,
+            "waited {ms} ms for a backoff of {backoff} ms"
+        );
+    }
+    let deliveries = report["alerts"]["deliveries"].as_array().unwrap();
+    let of = |channel: &str| -> Vec<&serde_json::Value> {
+        deliveries
+            .iter()
+            .filter(|d| d["channel"] == channel)
+            .collect()
+    };
+    let firing = of("flaky")[0];
+    let outcomes: Vec<&str> = firing["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes.len(), 3, "{firing}");
+    assert!(
+        outcomes[..2].iter().all(|o| o.starts_with("HTTP 503")) && outcomes[2] == "delivered",
+        "{firing}"
+    );
+    assert_eq!(firing["delivered"], true);
+
+    // The hanging receiver: every try timed out, listed undelivered; the run ended within the
+    // flush timeout of the command's end.
+    let stuck = of("stuck");
+    assert!(!stuck.is_empty());
+    assert!(stuck.iter().all(|d| d["delivered"] == false), "{stuck:#?}");
+    assert!(report["alerts"]["undelivered"].as_u64().unwrap() >= 1);
+    let command_s = report["wall_time_ns"].as_f64().unwrap() / 1e9;
+    assert!(
+        took < command_s + 2.0 + 2.5,
+        "the run took {took:.1} s, its command {command_s:.1} s, flush timeout 2 s"
+    );
+    assert!(report["alerts"]["flush_ms"].as_u64().unwrap() <= 2300);
+
+    // The samples kept their pace: every full interval within 10% of 200 ms.
+    let series = report["series"].as_array().unwrap();
+    assert!(series.len() >= 10, "{} points", series.len());
+    for p in &series[..series.len() - 1] {
+        let ns = p["interval_ns"].as_f64().unwrap();
+        assert!(
+            (ns - 200e6).abs() <= 20e6,
+            "an interval of {:.1} ms",
+            ns / 1e6
+        );
+    }
+}
+
+#[test]
+fn a_bad_alerts_config_is_named_and_costs_no_run() {
+    if !privileged("a_bad_alerts_config_is_named_and_costs_no_run") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let hook =
+        "[[alerts.channels]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n";
+    for (config, expected) in [
+        (
+            format!("{hook}\n[[alerts.routes]]\nchannels = [\"opz\"]\n"),
+            "cleanroom.toml:7: key `alerts.routes[0].channels`: no channel is named \"opz\"",
+        ),
+        (
+            hook.replace("webhook", "webhok"),
+            "cleanroom.toml:3: key `kind`: unknown variant `webhok`",
+        ),
+        (
+            format!("{hook}secret_env = \"CLEANROOM_TEST_UNSET_SECRET\"\n"),
+            "the environment variable CLEANROOM_TEST_UNSET_SECRET (secret_env) is not set",
+        ),
+    ] {
+        let cfg = dir.path().join("cleanroom.toml");
+        std::fs::write(&cfg, &config).unwrap();
+        let out = Command::new(cleanroom_bin())
+            .env_remove("CLEANROOM_TEST_UNSET_SECRET")
+            .args(["run", "--no-store", "--config"])
+            .arg(&cfg)
+            .args(["--", "touch"])
+            .arg(&ran)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!ran.exists(), "the command ran despite {stderr}");
+    }
+}

@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cleanroom_tests::{assert_matches_schema, cleanroom_bin, privileged, workload_bin};
+use cleanroom_tests::{
+    assert_matches_schema, cleanroom_bin, free_loopback_port, privileged, tool, workload_bin,
+};
 
 /// What the receiver does with requests to a path.
 #[derive(Clone, Copy, Debug)]
@@ -468,4 +470,119 @@ fn a_bad_alerts_config_is_named_and_costs_no_run() {
         assert!(stderr.contains(expected), "{stderr}");
         assert!(!ran.exists(), "the command ran despite {stderr}");
     }
+}
+
+/// An SMTP server (`aiosmtpd`, Debian's) on a loopback port, keeping what it receives in a
+/// Maildir; stopped on drop.
+struct SmtpServer {
+    child: std::process::Child,
+    port: u16,
+    maildir: std::path::PathBuf,
+}
+
+impl SmtpServer {
+    fn start(dir: &Path) -> Self {
+        let port = free_loopback_port();
+        let maildir = dir.join("maildir");
+        let child = Command::new("aiosmtpd")
+            .args(["-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting aiosmtpd");
+        let until = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "aiosmtpd never listened on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            maildir,
+        }
+    }
+
+    /// Each message received, parsed by Python's `email` package: subject, then the body.
+    fn messages(&self) -> Vec<(String, String)> {
+        let script = r#"
+import email, email.policy, json, pathlib, sys
+out = []
+for p in sorted(pathlib.Path(sys.argv[1], "new").iterdir(), key=lambda p: p.stat().st_mtime_ns):
+    m = email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+    out.append([m["subject"], m.get_body(preferencelist=("plain",)).get_content()])
+print(json.dumps(out))
+"#;
+        let out = Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .arg(&self.maildir)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_email_alert_and_its_resolve_arrive_through_smtp() {
+    if !privileged("an_email_alert_and_its_resolve_arrive_through_smtp")
+        || !tool(
+            "an_email_alert_and_its_resolve_arrive_through_smtp",
+            "aiosmtpd",
+        )
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(dir.path());
+    let config = format!(
+        r#"{THRESHOLD}
+[[alerts.channels]]
+name = "mail"
+kind = "email"
+host = "127.0.0.1"
+port = {port}
+security = "plain"
+from = "cleanroom@ci.example"
+to = "oncall@ci.example, lead@ci.example"
+"#,
+        port = smtp.port
+    );
+    let (out, _) = run_holding(dir.path(), &config, &[], 2000);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["alerts"]["undelivered"], 0, "{:#}", report["alerts"]);
+    let firing = report["alerts"]["deliveries"][0]["alert"].clone();
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    let (subject, body) = &messages[0];
+    assert!(
+        subject.starts_with("[Cleanroom] FIRING: performance_monitoring.thresholds.max_memory_usage_bytes on alerting"),
+        "{subject}"
+    );
+    // The measured value and the limit, as the report has them.
+    assert!(
+        body.contains(&format!("measured:  {}", firing["value"].as_f64().unwrap())),
+        "{body}"
+    );
+    assert!(body.contains("limit:     67108864"), "{body}");
+    assert!(
+        messages[1].0.starts_with("[Cleanroom] RESOLVED"),
+        "{messages:#?}"
+    );
 }

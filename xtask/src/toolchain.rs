@@ -224,6 +224,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("python3", "python3"),
     // The alert tests check a webhook's HMAC signature with an implementation of their own.
     ("openssl", "openssl"),
+    // The email alert tests send to a real SMTP server.
+    ("aiosmtpd", "python3-aiosmtpd"),
 ];
 
 /// Debian packages the benchmark drives: workloads and the bpftrace peer.

@@ -8,6 +8,8 @@
 //! - `sms`: a form (`To`, `From`, `Body`) or JSON POST, the account and token as HTTP basic
 //!   auth, as Twilio-style gateways take it.
 //! - `command`: the program, given the alert as JSON on stdin; exit status 0 is delivered.
+//! - `email`: a plain-text message through an SMTP server (STARTTLS, TLS or plain, with a
+//!   login when a user is named), the password from the environment.
 
 use std::{
     io::Write as _,
@@ -19,7 +21,7 @@ use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 
 use super::{
-    config::{ChannelConfig, ChannelKind, SmsFormat},
+    config::{ChannelConfig, ChannelKind, SmsFormat, SmtpSecurity},
     policy::{Alert, AlertState},
 };
 
@@ -76,6 +78,7 @@ impl Channel {
         let c = &self.config;
         match c.kind {
             ChannelKind::Command => run_command(&c.command, &alert_json(alert), timeout),
+            ChannelKind::Email => self.email(alert, timeout),
             ChannelKind::Webhook => {
                 let body = alert_json(alert);
                 let mut headers = vec![("Content-Type", "application/json".to_owned())];
@@ -114,6 +117,52 @@ impl Channel {
                 post(self.url(), &headers, body, timeout)
             }
         }
+    }
+
+    /// Sends `alert` as an email, within `timeout` for each step of the SMTP dialogue.
+    fn email(&self, alert: &Alert, timeout: Duration) -> Result<(), String> {
+        use lettre::{
+            Message, SmtpTransport, Transport as _,
+            message::header::ContentType,
+            transport::smtp::{authentication::Credentials, client::Tls},
+        };
+        let c = &self.config;
+        let (subject, body) = email_text(alert);
+        let mut message = Message::builder()
+            .from(
+                c.from
+                    .as_deref()
+                    .unwrap_or("")
+                    .parse()
+                    .map_err(|e| format!("from: {e}"))?,
+            )
+            .subject(subject)
+            .header(ContentType::TEXT_PLAIN);
+        for to in c.to.iter().flat_map(|t| t.split(',')) {
+            message = message.to(to.trim().parse().map_err(|e| format!("to: {e}"))?);
+        }
+        let message = message.body(body).map_err(|e| e.to_string())?;
+        let host = c.host.as_deref().unwrap_or("");
+        let builder = match c.security {
+            SmtpSecurity::Starttls => SmtpTransport::starttls_relay(host),
+            SmtpSecurity::Tls => SmtpTransport::relay(host),
+            SmtpSecurity::Plain => Ok(SmtpTransport::builder_dangerous(host).tls(Tls::None)),
+        }
+        .map_err(|e| format!("{host}: {e}"))?;
+        let mut builder = builder
+            .port(c.port.unwrap_or(c.security.default_port()))
+            .timeout(Some(timeout));
+        if let Some(user) = &c.username {
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                self.secret.clone().unwrap_or_default(),
+            ));
+        }
+        builder
+            .build()
+            .send(&message)
+            .map(|_| ())
+            .map_err(|e| format!("SMTP {host}: {e}"))
     }
 
     fn url(&self) -> &str {
@@ -166,6 +215,32 @@ pub fn slack_json(alert: &Alert) -> String {
         ],
     })
     .to_string()
+}
+
+/// An email's subject and plain-text body.
+pub fn email_text(alert: &Alert) -> (String, String) {
+    let state = match alert.state {
+        AlertState::Firing if alert.escalated => "STILL FIRING",
+        AlertState::Firing => "FIRING",
+        AlertState::Resolved => "RESOLVED",
+    };
+    let subject = format!(
+        "[Cleanroom] {state}: {} on {} (#{})",
+        alert.rule, alert.target, alert.id.0
+    );
+    let mut body = format!("{}\n\n", alert.summary);
+    body += &format!("run:       {}\n", alert.target);
+    body += &format!("rule:      {}\n", alert.rule);
+    body += &format!("kind:      {:?}\n", alert.kind).to_lowercase();
+    body += &format!("severity:  {:?}\n", alert.severity).to_lowercase();
+    if let Some(v) = alert.value {
+        body += &format!("measured:  {v}\n");
+    }
+    if let Some(l) = alert.limit {
+        body += &format!("limit:     {l}\n");
+    }
+    body += &format!("at:        {:.1} s into the run\n", alert.t_ns as f64 / 1e9);
+    (subject, body)
 }
 
 /// The one line an SMS carries.

@@ -58,12 +58,24 @@ pub struct ChannelConfig {
     /// `sms`: the account the gateway knows (sent as HTTP basic auth user with the token).
     #[serde(default)]
     pub account: Option<String>,
-    /// `sms`: the number messages go to.
+    /// `sms`: the number messages go to; `email`: the addresses, separated by commas.
     #[serde(default)]
     pub to: Option<String>,
-    /// `sms`: the number messages come from.
+    /// `sms`: the number messages come from; `email`: the sender's address.
     #[serde(default)]
     pub from: Option<String>,
+    /// `email`: the SMTP server.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `email`: its port (default 587 with `starttls`, 465 with `tls`, 25 with `plain`).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `email`: how the connection is protected.
+    #[serde(default)]
+    pub security: SmtpSecurity,
+    /// `email`: the user to log in as (the password from `secret_env`); none: no login.
+    #[serde(default)]
+    pub username: Option<String>,
     /// `sms`: the body is a form (`form`, as Twilio takes it: `To`, `From`, `Body`) or JSON
     /// (`json`: `to`, `from`, `body`).
     #[serde(default)]
@@ -86,6 +98,32 @@ pub enum ChannelKind {
     Sms,
     /// A program given the alert as JSON on stdin.
     Command,
+    /// An email through an SMTP server.
+    Email,
+}
+
+/// How an `email` channel's SMTP connection is protected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpSecurity {
+    /// Plain SMTP, upgraded with STARTTLS (refused if the server cannot).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
+    /// No encryption: for a relay on the same host or network only.
+    Plain,
+}
+
+impl SmtpSecurity {
+    /// The usual port.
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpSecurity::Starttls => 587,
+            SmtpSecurity::Tls => 465,
+            SmtpSecurity::Plain => 25,
+        }
+    }
 }
 
 /// How an `sms` channel's body is written.
@@ -238,6 +276,26 @@ impl AlertsConfig {
                             "url",
                             format!("{url:?} is not an http:// or https:// URL"),
                         ));
+                    }
+                }
+                ChannelKind::Email => {
+                    if c.host.is_none() || c.to.is_none() || c.from.is_none() {
+                        return Err(invalid(
+                            "host",
+                            "an email channel needs `host`, `from` and `to`".into(),
+                        ));
+                    }
+                    for address in
+                        c.to.iter()
+                            .flat_map(|t| t.split(','))
+                            .chain(c.from.as_deref())
+                    {
+                        if address.trim().parse::<lettre::Address>().is_err() {
+                            return Err(invalid(
+                                "to",
+                                format!("{:?} is not an email address", address.trim()),
+                            ));
+                        }
                     }
                 }
                 ChannelKind::Command => {

@@ -586,3 +586,98 @@ to = "oncall@ci.example, lead@ci.example"
         "{messages:#?}"
     );
 }
+
+#[test]
+fn flapping_is_rate_limited_and_a_long_breach_escalates_once() {
+    if !privileged("flapping_is_rate_limited_and_a_long_breach_escalates_once") {
+        return;
+    }
+    let receiver = Receiver::start(|_| Behaviour::Accept);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[performance_monitoring]
+metrics_interval = "100ms"
+[performance_monitoring.thresholds]
+max_memory_usage_bytes = "64MiB"
+
+[[alerts.channels]]
+name = "all"
+kind = "webhook"
+url = "{all}"
+
+[[alerts.channels]]
+name = "limited"
+kind = "webhook"
+url = "{limited}"
+max_per_minute = 3
+
+[[alerts.channels]]
+name = "pager"
+kind = "webhook"
+url = "{pager}"
+
+[[alerts.routes]]
+events = ["threshold"]
+channels = ["all", "limited"]
+escalate_after = "1s"
+escalate_to = ["pager"]
+"#,
+        all = receiver.url("/all"),
+        limited = receiver.url("/limited"),
+        pager = receiver.url("/pager"),
+    );
+    let cfg = dir.path().join("cleanroom.toml");
+    std::fs::write(&cfg, config).unwrap();
+    // One breach of 2.5 s, then 20 of 300 ms, 400 ms apart.
+    let w = workload_bin!().display().to_string();
+    let script = format!(
+        "{w} hold 32768 2500; sleep 0.5; for i in $(seq 20); do {w} hold 32768 300; sleep 0.4; done"
+    );
+    let out = Command::new(cleanroom_bin())
+        .args(["run", "--no-store", "-q", "--config"])
+        .arg(&cfg)
+        .arg("--report")
+        .arg(dir.path().join("report.json"))
+        .args(["--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    // The documented numbers, from the breaches the run's events say (each flap is one when
+    // the samples catch it).
+    let breaches = report["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "threshold_breached")
+        .count();
+    assert!(breaches >= 15, "{breaches} breaches seen of 21");
+    let all = receiver.on("/all");
+    let limited = receiver.on("/limited");
+    let pager = receiver.on("/pager");
+    let states = |rs: &[Received]| -> Vec<String> {
+        rs.iter()
+            .map(|r| r.json()["state"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Every alert and its resolve where there is no limit.
+    assert_eq!(all.len(), 2 * breaches, "{:?}", states(&all));
+    // The limit: 3 alerts a minute (the run is shorter) and their 3 resolves.
+    assert_eq!(limited.len(), 6, "{:?}", states(&limited));
+    let channels = report["alerts"]["channels"].as_array().unwrap();
+    let limited_summary = channels.iter().find(|c| c["name"] == "limited").unwrap();
+    assert_eq!(limited_summary["suppressed"], breaches as u64 - 3);
+    // The long breach reached the pager once, escalated, about 1 s after it began; its resolve
+    // followed it there. No 300 ms flap did.
+    assert_eq!(states(&pager), ["firing", "resolved"], "{pager:#?}");
+    let escalated = pager[0].json();
+    assert_eq!(escalated["escalated"], true);
+    assert_eq!(escalated["id"], all[0].json()["id"]);
+    let after = pager[0].at.duration_since(all[0].at);
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_millis(1600),
+        "escalated {after:?} after the alert"
+    );
+}

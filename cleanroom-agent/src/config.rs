@@ -29,6 +29,8 @@ pub struct CleanroomConfig {
     pub comparison: ComparisonConfig,
     /// Where alerts go, and how.
     pub alerts: crate::alerts::AlertsConfig,
+    /// Where the finished report is sent (`[[distribute]]`).
+    pub distribute: Vec<crate::output::distribute::DistributeConfig>,
 }
 
 /// `[comparison]`: tolerances against a baseline, by figure, e.g.
@@ -435,6 +437,19 @@ impl CleanroomConfig {
         let mut config: Self = parse(text, file)?;
         check_slos(&config.slos, text, file)?;
         check_comparison(&mut config.comparison, text, file)?;
+        for (i, d) in config.distribute.iter().enumerate() {
+            d.check().map_err(|(field, message)| ConfigError {
+                file: file.to_owned(),
+                line: text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| l.trim_start().starts_with("[[distribute]]"))
+                    .nth(i)
+                    .map(|(n, _)| n + 1),
+                key: Some(format!("distribute[{i}].{field}")),
+                message,
+            })?;
+        }
         config.alerts.check().map_err(|invalid| {
             let mut e = ConfigError::at(file, text, invalid.span, invalid.message);
             e.key = Some(invalid.key);

@@ -38,6 +38,7 @@ pub mod files;
 pub mod host;
 pub mod judge;
 pub mod kernel;
+pub mod mail;
 pub mod measure;
 pub mod metric;
 pub mod output;

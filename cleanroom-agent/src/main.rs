@@ -344,6 +344,7 @@ fn outputs(out: OutputArgs, summary: bool) -> Outputs {
         store: (!out.no_store).then(|| out.store.unwrap_or_else(store::default_path)),
         baseline: None,
         tolerances: compare::Tolerances::default(),
+        distribute: Vec::new(),
     }
 }
 
@@ -384,6 +385,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 cfg.performance_monitoring.profiling_frequency_hz = hz;
             }
             let mut outputs = outputs(out, !quiet);
+            // Secrets read before the command runs: a destination that cannot work must not
+            // cost a run.
+            outputs.distribute = cfg
+                .distribute
+                .iter()
+                .cloned()
+                .map(cleanroom::output::distribute::Destination::new)
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?;
             // Checked before the command runs: a bad baseline must not cost a run.
             outputs.baseline = baseline
                 .map(|b| {

@@ -472,6 +472,9 @@ fn a_bad_alerts_config_is_named_and_costs_no_run() {
     }
 }
 
+/// A message received: subject, plain-text body, attachments (file name, MIME type, content).
+type Mail = (String, String, Vec<(String, String, String)>);
+
 /// An SMTP server (`aiosmtpd`, Debian's) on a loopback port, keeping what it receives in a
 /// Maildir; stopped on drop.
 struct SmtpServer {
@@ -504,14 +507,17 @@ impl SmtpServer {
         }
     }
 
-    /// Each message received, parsed by Python's `email` package: subject, then the body.
-    fn messages(&self) -> Vec<(String, String)> {
+    /// Each message received, parsed by Python's `email` package: subject, the plain-text
+    /// body, and each attachment (file name, MIME type, content).
+    fn messages(&self) -> Vec<Mail> {
         let script = r#"
 import email, email.policy, json, pathlib, sys
 out = []
 for p in sorted(pathlib.Path(sys.argv[1], "new").iterdir(), key=lambda p: p.stat().st_mtime_ns):
     m = email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
-    out.append([m["subject"], m.get_body(preferencelist=("plain",)).get_content()])
+    files = [[a.get_filename(), a.get_content_type(), a.get_content()] for a in m.iter_attachments()]
+    files = [[n, t, c if isinstance(c, str) else c.decode("utf-8", "replace")] for n, t, c in files]
+    out.append([m["subject"], m.get_body(preferencelist=("plain",)).get_content(), files])
 print(json.dumps(out))
 "#;
         let out = Command::new("/usr/bin/python3")
@@ -536,17 +542,15 @@ impl Drop for SmtpServer {
 }
 
 #[test]
-fn an_email_alert_and_its_resolve_arrive_through_smtp() {
-    if !privileged("an_email_alert_and_its_resolve_arrive_through_smtp")
-        || !tool(
-            "an_email_alert_and_its_resolve_arrive_through_smtp",
-            "aiosmtpd",
-        )
-    {
+fn alerts_and_the_report_arrive_by_email_and_the_report_is_posted_and_copied() {
+    let test = "alerts_and_the_report_arrive_by_email_and_the_report_is_posted_and_copied";
+    if !privileged(test) || !tool(test, "aiosmtpd") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let smtp = SmtpServer::start(dir.path());
+    let receiver = Receiver::start(|_| Behaviour::Accept);
+    let copies = dir.path().join("copies");
     let config = format!(
         r#"{THRESHOLD}
 [[alerts.channels]]
@@ -557,20 +561,56 @@ port = {port}
 security = "plain"
 from = "cleanroom@ci.example"
 to = "oncall@ci.example, lead@ci.example"
+
+[[distribute]]
+kind = "email"
+host = "127.0.0.1"
+port = {port}
+security = "plain"
+from = "cleanroom@ci.example"
+to = "lead@ci.example"
+attach = "html"
+
+[[distribute]]
+kind = "post"
+url = "{post}"
+secret_env = "CLEANROOM_TEST_HOOK_SECRET"
+
+[[distribute]]
+kind = "directory"
+path = "{copies}"
+
+[[distribute]]
+kind = "post"
+url = "http://127.0.0.1:{closed}/nobody-listens"
+timeout = "2s"
 "#,
-        port = smtp.port
+        port = smtp.port,
+        post = receiver.url("/reports"),
+        copies = copies.display(),
+        closed = free_loopback_port(),
     );
-    let (out, _) = run_holding(dir.path(), &config, &[], 2000);
+    let (out, _) = run_holding(
+        dir.path(),
+        &config,
+        &[("CLEANROOM_TEST_HOOK_SECRET", HOOK_SECRET)],
+        2000,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    // A distribution that failed is an output not written: exit 2, as for a report file.
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("report not distributed (post to http://127.0.0.1:"),
+        "{stderr}"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
             .unwrap();
     assert_eq!(report["alerts"]["undelivered"], 0, "{:#}", report["alerts"]);
     let firing = report["alerts"]["deliveries"][0]["alert"].clone();
     let messages = smtp.messages();
-    assert_eq!(messages.len(), 2, "{messages:#?}");
-    let (subject, body) = &messages[0];
+    assert_eq!(messages.len(), 3, "{messages:#?}");
+    let (subject, body, _) = &messages[0];
     assert!(
         subject.starts_with("[Cleanroom] FIRING: performance_monitoring.thresholds.max_memory_usage_bytes on alerting"),
         "{subject}"
@@ -585,6 +625,72 @@ to = "oncall@ci.example, lead@ci.example"
         messages[1].0.starts_with("[Cleanroom] RESOLVED"),
         "{messages:#?}"
     );
+
+    // The report by email: the verdict in the subject, the summary's figures in the body, the
+    // HTML report attached.
+    let (subject, body, files) = &messages[2];
+    assert_eq!(subject, "[Cleanroom] FAIL: alerting");
+    assert!(body.contains("verdict: FAIL"), "{body}");
+    assert!(body.contains("max_memory_usage_bytes"), "{body}");
+    assert_eq!(files.len(), 1, "{files:#?}");
+    let (name, mime, html) = &files[0];
+    assert_eq!(
+        (name.as_str(), mime.as_str()),
+        ("cleanroom-report.html", "text/html")
+    );
+    assert!(
+        html.contains("<html") && html.contains("alerting"),
+        "{}",
+        &html[..200]
+    );
+
+    // POSTed: the JSON report, signed; copied: the same report, under its name and start.
+    let posted = receiver.on("/reports");
+    assert_eq!(posted.len(), 1);
+    assert_eq!(
+        posted[0].header("X-Cleanroom-Signature"),
+        Some(openssl_hmac(HOOK_SECRET, &posted[0].body).as_str())
+    );
+    let sent: serde_json::Value = posted[0].json();
+    assert_eq!(sent["totals"], report["totals"]);
+    assert!(
+        sent.get("distribution").is_none(),
+        "a copy does not list its own sending"
+    );
+    let copied: Vec<_> = std::fs::read_dir(&copies).unwrap().flatten().collect();
+    assert_eq!(copied.len(), 1);
+    let copy: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copied[0].path()).unwrap()).unwrap();
+    assert_eq!(copy, sent);
+    assert!(
+        copied[0]
+            .file_name()
+            .to_string_lossy()
+            .starts_with("alerting-")
+    );
+
+    // The local report lists how each went: three delivered, one not, with why.
+    let listed: Vec<(&str, bool)> = report["distribution"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap(),
+                d["delivered"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("email", true),
+            ("post", true),
+            ("directory", true),
+            ("post", false)
+        ]
+    );
+    assert_secret_kept(HOOK_SECRET, &out, dir.path());
 }
 
 #[test]

@@ -21,7 +21,7 @@ use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 
 use super::{
-    config::{ChannelConfig, ChannelKind, SmsFormat, SmtpSecurity},
+    config::{ChannelConfig, ChannelKind, SmsFormat},
     policy::{Alert, AlertState},
 };
 
@@ -121,48 +121,28 @@ impl Channel {
 
     /// Sends `alert` as an email, within `timeout` for each step of the SMTP dialogue.
     fn email(&self, alert: &Alert, timeout: Duration) -> Result<(), String> {
-        use lettre::{
-            Message, SmtpTransport, Transport as _,
-            message::header::ContentType,
-            transport::smtp::{authentication::Credentials, client::Tls},
-        };
         let c = &self.config;
         let (subject, body) = email_text(alert);
-        let mut message = Message::builder()
-            .from(
-                c.from
-                    .as_deref()
-                    .unwrap_or("")
-                    .parse()
-                    .map_err(|e| format!("from: {e}"))?,
-            )
-            .subject(subject)
-            .header(ContentType::TEXT_PLAIN);
-        for to in c.to.iter().flat_map(|t| t.split(',')) {
-            message = message.to(to.trim().parse().map_err(|e| format!("to: {e}"))?);
-        }
-        let message = message.body(body).map_err(|e| e.to_string())?;
-        let host = c.host.as_deref().unwrap_or("");
-        let builder = match c.security {
-            SmtpSecurity::Starttls => SmtpTransport::starttls_relay(host),
-            SmtpSecurity::Tls => SmtpTransport::relay(host),
-            SmtpSecurity::Plain => Ok(SmtpTransport::builder_dangerous(host).tls(Tls::None)),
-        }
-        .map_err(|e| format!("{host}: {e}"))?;
-        let mut builder = builder
-            .port(c.port.unwrap_or(c.security.default_port()))
-            .timeout(Some(timeout));
-        if let Some(user) = &c.username {
-            builder = builder.credentials(Credentials::new(
-                user.clone(),
-                self.secret.clone().unwrap_or_default(),
-            ));
-        }
-        builder
-            .build()
-            .send(&message)
-            .map(|_| ())
-            .map_err(|e| format!("SMTP {host}: {e}"))
+        let server = crate::mail::Server {
+            host: c.host.as_deref().unwrap_or(""),
+            port: c.port,
+            security: c.security,
+            login: c
+                .username
+                .as_deref()
+                .map(|user| (user, self.secret.as_deref().unwrap_or(""))),
+            timeout,
+        };
+        crate::mail::send(
+            &server,
+            crate::mail::Mail {
+                from: c.from.as_deref().unwrap_or(""),
+                to: c.to.as_deref().unwrap_or(""),
+                subject,
+                body,
+                attachment: None,
+            },
+        )
     }
 
     fn url(&self) -> &str {
@@ -273,7 +253,7 @@ fn basic_auth(user: &str, password: &str) -> String {
 }
 
 /// POSTs `body` to `url`; a 2xx answer within `timeout` is delivered.
-fn post(
+pub fn post(
     url: &str,
     headers: &[(&str, String)],
     body: String,

@@ -8,6 +8,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use serde::Deserialize;
 
+pub use crate::mail::SmtpSecurity;
 use crate::units::{de_duration, de_opt_duration};
 
 /// `[alerts]`.
@@ -100,30 +101,6 @@ pub enum ChannelKind {
     Command,
     /// An email through an SMTP server.
     Email,
-}
-
-/// How an `email` channel's SMTP connection is protected.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SmtpSecurity {
-    /// Plain SMTP, upgraded with STARTTLS (refused if the server cannot).
-    #[default]
-    Starttls,
-    /// TLS from the first byte (SMTPS).
-    Tls,
-    /// No encryption: for a relay on the same host or network only.
-    Plain,
-}
-
-impl SmtpSecurity {
-    /// The usual port.
-    pub fn default_port(self) -> u16 {
-        match self {
-            SmtpSecurity::Starttls => 587,
-            SmtpSecurity::Tls => 465,
-            SmtpSecurity::Plain => 25,
-        }
-    }
 }
 
 /// How an `sms` channel's body is written.

@@ -17,6 +17,7 @@ use crate::{
     alerts::{Alerting, config::AlertKind, policy::Raised},
     judge::compare::{self, Comparison, Spread, Tolerances},
     judge::verdict::Verdict,
+    output::distribute::Destination,
     output::render::{self, Format},
     output::report::{Report, SCHEMA_VERSION},
     store::Store,
@@ -35,6 +36,8 @@ pub struct Outputs {
     pub baseline: Option<Baseline>,
     /// Tolerances overriding the static defaults: `--tolerance`, `[comparison]`, the history.
     pub tolerances: Tolerances,
+    /// Where the report is sent beyond this machine (`[[distribute]]`), secrets read.
+    pub distribute: Vec<Destination>,
 }
 
 /// A past run to compare with: how to name it, and its report.
@@ -255,6 +258,24 @@ pub fn deliver(
         }
         report.alerts = Some(sent);
     }
+    // Sent before the local copies are written, which then list how each went (the copies
+    // sent do not).
+    let mut distribution = Vec::new();
+    for destination in &outputs.distribute {
+        let sent = destination.send(report);
+        if !sent.delivered {
+            let failure = format!(
+                "report not distributed ({} to {}): {}",
+                sent.kind.as_str(),
+                sent.to,
+                sent.outcome
+            );
+            log::error!("{failure}");
+            delivered.failures.push(failure);
+        }
+        distribution.push(sent);
+    }
+    report.distribution = distribution;
     if outputs.summary {
         eprint!("{}", report.summary());
     }
@@ -341,6 +362,7 @@ mod tests {
             store: Some(store.clone()),
             baseline: None,
             tolerances: Tolerances::default(),
+            distribute: Vec::new(),
         };
         let mut r = Report::example();
         let d = deliver(&mut r, &outputs, None);

@@ -68,6 +68,10 @@ pub struct Report {
     /// (when `[alerts]` has channels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<crate::alerts::AlertsReport>,
+    /// Where the report was sent (`[[distribute]]`) and how that went; the copies sent do not
+    /// hold this.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distribution: Vec<crate::output::distribute::Distributed>,
     /// Processes the command left running in its cgroup, killed at the end.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leftovers: Vec<Leftover>,
@@ -187,6 +191,7 @@ impl Report {
             leftovers: Vec::new(),
             comparison: None,
             alerts: None,
+            distribution: Vec::new(),
             escaped: Vec::new(),
             processes: Vec::new(),
             connections: Vec::new(),
@@ -737,6 +742,7 @@ impl Report {
             series_resolution: None,
             comparison: None,
             alerts: None,
+            distribution: Vec::new(),
             escaped: vec![],
             processes: vec![],
             connections: vec![],

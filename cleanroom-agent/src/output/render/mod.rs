@@ -180,6 +180,11 @@ pub fn trend(t: &Trend, format: Format) -> Result<Vec<u8>, RenderError> {
     })
 }
 
+/// The JSON report, as `--report x.json` writes it.
+pub fn report_json(report: &Report) -> Vec<u8> {
+    pretty_json(report)
+}
+
 fn pretty_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     let mut text = serde_json::to_vec_pretty(v).expect("reports always serialize");
     text.push(b'\n');

@@ -381,6 +381,25 @@ pub(crate) fn check_slos(slos: &[SloSpec], text: &str, file: &str) -> Result<(),
     Ok(())
 }
 
+/// Checks `[alerts]` (channel names, each kind's fields, routes' channels) where it is written.
+pub(crate) fn check_alerts(
+    alerts: &crate::alerts::AlertsConfig,
+    text: &str,
+    file: &str,
+) -> Result<(), ConfigError> {
+    alerts.check().map_err(|invalid| {
+        let mut e = ConfigError::at(file, text, invalid.span, invalid.message);
+        e.key = Some(invalid.key);
+        if e.line.is_none() {
+            e.line = text
+                .lines()
+                .position(|l| l.trim_start().starts_with("[alerts") || l.contains("alerts."))
+                .map(|i| i + 1);
+        }
+        e
+    })
+}
+
 /// Checks the `[comparison]` tolerances where they are written (an unknown figure or a bad
 /// percentage names its line and key) and keeps them by figure name, as fractions.
 fn check_comparison(c: &mut ComparisonConfig, text: &str, file: &str) -> Result<(), ConfigError> {
@@ -450,17 +469,7 @@ impl CleanroomConfig {
                 message,
             })?;
         }
-        config.alerts.check().map_err(|invalid| {
-            let mut e = ConfigError::at(file, text, invalid.span, invalid.message);
-            e.key = Some(invalid.key);
-            if e.line.is_none() {
-                e.line = text
-                    .lines()
-                    .position(|l| l.trim_start().starts_with("[alerts") || l.contains("alerts."))
-                    .map(|i| i + 1);
-            }
-            e
-        })?;
+        check_alerts(&config.alerts, text, file)?;
         if config.performance_monitoring.metrics_interval < Duration::from_millis(10) {
             return Err(ConfigError {
                 file: file.to_owned(),

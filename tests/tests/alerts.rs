@@ -787,3 +787,107 @@ escalate_to = ["pager"]
         "escalated {after:?} after the alert"
     );
 }
+
+/// The agent alerts about the cgroups it watches, as `cleanroom run` does about its command:
+/// a watched cgroup's CPU crossing a threshold and falling back sends one alert and one
+/// resolve, and the cgroup's stored report lists them. (CPU, not memory: on a hybrid host the
+/// v2 hierarchy the agent watches has no memory controller.)
+#[test]
+fn the_agent_alerts_about_a_watched_cgroup() {
+    if !privileged("the_agent_alerts_about_a_watched_cgroup") {
+        return;
+    }
+    let receiver = Receiver::start(|_| Behaviour::Accept);
+    let parent = cleanroom_tests::TestCgroup::new("agent-alerts");
+    let relative = parent
+        .path()
+        .strip_prefix(cleanroom_tests::v2_mount())
+        .unwrap()
+        .display()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"interval = "200ms"
+
+[[watch]]
+glob = "{relative}/*"
+name = "jobs"
+thresholds = {{ max_cpu_usage_percent = 50 }}
+
+[[alerts.channels]]
+name = "hook"
+kind = "webhook"
+url = "{hook}"
+"#,
+            hook = receiver.url("/hook")
+        ),
+    )
+    .unwrap();
+    let store = dir.path().join("history.db");
+    let port = free_loopback_port();
+    let mut agent = Command::new(cleanroom_bin())
+        .args(["agent", "--no-socket", "--config"])
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--store"])
+        .arg(&store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting cleanroom agent");
+    let until = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "the agent never listened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let job = parent.path().join("job");
+    std::fs::create_dir(&job).unwrap();
+    // Picked up within an interval; then a CPU busy for 1.5 s, and 1 s idle.
+    std::thread::sleep(Duration::from_millis(600));
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs || exit 1\n{} spin-ms 1500; sleep 1",
+            job.display(),
+            workload_bin!().display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_dir(&job).unwrap();
+    // The watch ends at the next interval; its report is stored.
+    std::thread::sleep(Duration::from_millis(800));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    assert!(agent.wait().unwrap().success());
+
+    let hook = receiver.on("/hook");
+    let states: Vec<String> = hook
+        .iter()
+        .map(|r| r.json()["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, ["firing", "resolved"], "{hook:#?}");
+    let firing = hook[0].json();
+    assert_eq!(firing["target"], format!("{relative}/job"));
+    assert_eq!(firing["type"], "cpu");
+    assert!(firing["value"].as_f64().unwrap() > 50.0, "{firing}");
+
+    let out = cleanroom_tests::cleanroom(&store, &["history", "--last", "10"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let id = text
+        .lines()
+        .skip(1)
+        .find_map(|l| l.split_whitespace().next()?.parse::<i64>().ok())
+        .unwrap_or_else(|| panic!("no stored run: {text}"));
+    let out = cleanroom_tests::cleanroom(&store, &["report", &id.to_string(), "--format", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_matches_schema(&report);
+    let deliveries = report["alerts"]["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 2, "{:#}", report["alerts"]);
+    assert!(
+        deliveries.iter().all(|d| d["delivered"] == true),
+        "{deliveries:#?}"
+    );
+}

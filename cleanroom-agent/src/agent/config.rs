@@ -1,7 +1,8 @@
 //! The agent's configuration file (`cleanroom agent --config agent.toml`): where it listens,
 //! its token, how often it samples, where reports are stored, and the `[[watch]]` rules with
-//! their names, tags, thresholds, SLOs and whether their cgroups are profiled. A bad file is an error naming the file, line and key,
-//! as for `cleanroom run`'s configuration.
+//! their names, tags, thresholds, SLOs and whether their cgroups are profiled, and where alerts
+//! go. A bad file is an error naming the file, line and key, as for `cleanroom run`'s
+//! configuration.
 //!
 //! ```toml
 //! listen = "127.0.0.1:9464"
@@ -17,6 +18,11 @@
 //! tags = { team = "infra" }
 //! thresholds = { max_memory_usage_bytes = "2GiB" }
 //! slos = [{ name = "cpu", objective = "cpu_time <= 10m" }]
+//!
+//! [[alerts.channels]]            # as for `cleanroom run` (see `crate::alerts`)
+//! name = "ops"
+//! kind = "webhook"
+//! url = "http://127.0.0.1:8080/hook"
 //! ```
 
 use std::{net::SocketAddr, path::Path, path::PathBuf, time::Duration};
@@ -26,8 +32,8 @@ use serde::Deserialize;
 use crate::{
     cgroupfs::watch::WatchRule,
     config::{
-        ConfigError, MAX_PROFILING_FREQUENCY_HZ, PerformanceMonitoring, check_slos, parse,
-        read_config,
+        ConfigError, MAX_PROFILING_FREQUENCY_HZ, PerformanceMonitoring, check_alerts, check_slos,
+        parse, read_config,
     },
     kernel::probe::SamplingRates,
     output::serve::DEFAULT_LISTEN,
@@ -73,6 +79,9 @@ pub struct AgentConfig {
     /// Where the clients' runs are made (default `<v2 mount>/cleanroom`).
     #[serde(default)]
     pub runs_cgroup: Option<PathBuf>,
+    /// Where alerts about the watched cgroups go (`[alerts]`, as for `cleanroom run`).
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 impl AgentConfig {
@@ -82,6 +91,7 @@ impl AgentConfig {
         for rule in &config.watch {
             check_slos(&rule.slos, text, file)?;
         }
+        check_alerts(&config.alerts, text, file)?;
         if config.interval.is_some_and(|i| i < MIN_INTERVAL) {
             return Err(ConfigError {
                 file: file.to_owned(),

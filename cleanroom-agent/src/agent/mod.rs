@@ -39,6 +39,7 @@ use self::{
 };
 use crate::{
     Error,
+    alerts::Alerting,
     cgroupfs::cgroup::{CgroupError, Hierarchy, check_parent},
     cgroupfs::watch::{WatchError, WatchRule, Watcher},
     kernel::probe::Probes,
@@ -95,6 +96,9 @@ pub enum AgentError {
     /// The listen address and token do not go together.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// An alert channel cannot be made ready.
+    #[error(transparent)]
+    Alerts(#[from] crate::alerts::AlertsError),
     /// The address cannot be listened on.
     #[error(
         "cannot listen on {addr}: {source}; choose another with --listen ADDR (or `listen` in the config)"
@@ -165,6 +169,8 @@ struct Prepared {
     /// The clients' runs, when a socket is served.
     clients: Option<(AgentSocket, Clients)>,
     probes: Probes,
+    /// Where the watched cgroups' alerts go.
+    alerting: Option<Alerting>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT; then every live watch's report is stored.
@@ -179,7 +185,9 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
         store,
         clients,
         mut probes,
+        alerting,
     } = prepared;
+    let alerting = alerting.as_ref();
     let listen = config.listen();
     let (calls_in, mut calls) = tokio::sync::mpsc::channel(64);
     let mut clients = clients.map(|(socket, clients)| {
@@ -207,7 +215,7 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
         tokio::select! {
             _ = ticker.tick() => {
                 let keep = clients.as_ref().map(Clients::ids).unwrap_or_default();
-                tick(&mut watched, &mut probes, &board, &keep);
+                tick(&mut watched, &mut probes, &board, &keep, alerting);
             }
             () = sleep_until(client_tick) => {
                 if let Some(clients) = clients.as_mut() {
@@ -231,7 +239,17 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
     if let Some(clients) = clients.as_mut() {
         clients.stop(&mut probes, watched.profiling());
     }
-    stop(&mut watched, &mut probes, &board)
+    let stopped = stop(&mut watched, &mut probes, &board, alerting);
+    if let Some(alerting) = alerting {
+        let flushed = alerting.finish(0);
+        if flushed.undelivered > 0 {
+            log::warn!(
+                "{} alert notification(s) not delivered",
+                flushed.undelivered
+            );
+        }
+    }
+    stopped
 }
 
 /// Sleeps until `at`; forever when there is nothing to wait for.
@@ -250,6 +268,8 @@ fn prepare(opts: &AgentOptions) -> Result<Prepared, Error> {
     let watcher = AgentOptions::watcher(&config)?;
     let listen = config.listen();
     serve::check_listen(listen, config.token.as_deref()).map_err(AgentError::from)?;
+    // Before anything is bound or loaded: a channel that cannot work stops the agent here.
+    let alerting = Alerting::start(&config.alerts).map_err(AgentError::from)?;
     crate::run::require_privileges("cleanroom agent")?;
     let hierarchy = Hierarchy::detect()?;
     let listener = std::net::TcpListener::bind(listen).map_err(|source| AgentError::Listen {
@@ -296,6 +316,7 @@ fn prepare(opts: &AgentOptions) -> Result<Prepared, Error> {
         store,
         clients,
         probes,
+        alerting,
     })
 }
 
@@ -337,7 +358,13 @@ fn raise_open_files() {
 /// One tick: the watches sampled, the board updated, finished watches reported and stored. A
 /// failure is logged and the next tick tries again: a sidecar keeps watching. The subtrees of
 /// `keep` (the clients' runs) are left to their own sessions.
-fn tick(watched: &mut Watched, probes: &mut Probes, board: &Board, keep: &[u64]) {
+fn tick(
+    watched: &mut Watched,
+    probes: &mut Probes,
+    board: &Board,
+    keep: &[u64],
+    alerting: Option<&Alerting>,
+) {
     let began = Instant::now();
     let report = match watched.tick(probes, keep) {
         Ok(report) => report,
@@ -355,6 +382,17 @@ fn tick(watched: &mut Watched, probes: &mut Probes, board: &Board, keep: &[u64])
             );
         }
     }
+    if let Some(alerting) = alerting {
+        for (id, t) in &report.ticks {
+            if let Some(w) = watched.watches().get(id) {
+                let target = w.relative.display().to_string();
+                for event in &t.events {
+                    alerting.raise(&target, event);
+                }
+            }
+        }
+        alerting.tick();
+    }
     let drops = probes.drops().unwrap_or_default();
     let took = began.elapsed();
     let map_entries = probes
@@ -362,12 +400,12 @@ fn tick(watched: &mut Watched, probes: &mut Probes, board: &Board, keep: &[u64])
         .map(|m| m.into_iter().map(|(k, v)| (k, v as u64)).collect())
         .unwrap_or_default();
     board.update(watched, drops, map_entries, took);
-    conclude(report.finished, board);
+    conclude(report.finished, board, alerting);
 }
 
 /// Reports and stores finished watches (in one transaction), saying where each went. When the
 /// store fails, each report is written as JSON beside it instead, so none is lost.
-fn conclude(finished: Vec<Finished>, board: &Board) {
+fn conclude(finished: Vec<Finished>, board: &Board, alerting: Option<&Alerting>) {
     if finished.is_empty() {
         return;
     }
@@ -377,7 +415,17 @@ fn conclude(finished: Vec<Finished>, board: &Board) {
         .collect();
     let reports: Vec<Report> = finished
         .into_iter()
-        .map(|f| report::report(f, board.host()))
+        .map(|f| {
+            let target = f.relative.display().to_string();
+            let mut report = report::report(f, board.host());
+            if let Some(alerting) = alerting {
+                for alert in crate::output::deliver::end_alerts(&report, &target) {
+                    alerting.raise_end(alert);
+                }
+                report.alerts = Some(alerting.end_target(&target, report.wall_time_ns));
+            }
+            report
+        })
         .collect();
     match board.store(&reports) {
         Ok(Some(ids)) => {
@@ -450,9 +498,14 @@ fn reload(opts: &AgentOptions, watched: &mut Watched) {
 }
 
 /// Finishes and stores every live watch.
-fn stop(watched: &mut Watched, probes: &mut Probes, board: &Board) -> Result<(), Error> {
+fn stop(
+    watched: &mut Watched,
+    probes: &mut Probes,
+    board: &Board,
+    alerting: Option<&Alerting>,
+) -> Result<(), Error> {
     let finished = watched.stop(probes)?;
-    conclude(finished, board);
+    conclude(finished, board, alerting);
     board.update(watched, BTreeMap::new(), BTreeMap::new(), Duration::ZERO);
     Ok(())
 }

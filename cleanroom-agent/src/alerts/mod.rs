@@ -173,6 +173,27 @@ impl Alerting {
         self.queue(made);
     }
 
+    /// The watch of `target` ended at `ended_t_ns` (ns since it began): its alerts still
+    /// firing are resolved, and what its alerts became so far is returned (the agent, which
+    /// goes on, waits for nothing: a delivery under way shows with the tries made so far).
+    pub fn end_target(&self, target: &str, ended_t_ns: u64) -> AlertsReport {
+        let resolves = self.with_policy(|p| p.end_target(target, ended_t_ns));
+        self.queue(resolves);
+        let deliveries: Vec<Delivery> = self
+            .0
+            .ledger
+            .lock()
+            .map(|l| {
+                l.deliveries
+                    .iter()
+                    .filter(|d| d.alert.target == target)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.summarise(deliveries, 0)
+    }
+
     /// Ends alerting for a run that ended at `ended_t_ns` (ns since its command started): alerts
     /// still firing are resolved (the run is over), then the end waits at most
     /// `flush_timeout` for deliveries under way and says what happened to each. Later calls
@@ -204,6 +225,12 @@ impl Alerting {
             .lock()
             .map(|l| l.deliveries.clone())
             .unwrap_or_default();
+        self.summarise(deliveries, began.elapsed().as_millis() as u64)
+    }
+
+    /// The report of `deliveries`, with each channel's share (its suppressed count is of the
+    /// whole alerting's).
+    fn summarise(&self, deliveries: Vec<Delivery>, flush_ms: u64) -> AlertsReport {
         let suppressed = self.with_policy(|p| p.suppressed());
         let channels = self
             .0
@@ -226,7 +253,7 @@ impl Alerting {
             channels,
             undelivered: deliveries.iter().filter(|d| !d.delivered).count() as u32,
             deliveries,
-            flush_ms: began.elapsed().as_millis() as u64,
+            flush_ms,
         }
     }
 

@@ -306,8 +306,22 @@ impl Policy {
     /// The run ended at `t_ns` (ns since its command started): every alert still firing is
     /// resolved, to the channels that took it, saying so.
     pub fn end(&mut self, t_ns: u64) -> Vec<Notification> {
-        std::mem::take(&mut self.firing)
-            .into_values()
+        let all = std::mem::take(&mut self.firing);
+        Self::ended(all.into_values(), t_ns)
+    }
+
+    /// The watch of `target` ended at `t_ns`: its alerts still firing are resolved, as
+    /// [`Self::end`] does for all.
+    pub fn end_target(&mut self, target: &str, t_ns: u64) -> Vec<Notification> {
+        let (theirs, others) = std::mem::take(&mut self.firing)
+            .into_iter()
+            .partition(|((t, _), _)| t == target);
+        self.firing = others;
+        Self::ended(theirs.into_values(), t_ns)
+    }
+
+    fn ended(firing: impl Iterator<Item = Firing>, t_ns: u64) -> Vec<Notification> {
+        firing
             .filter(|f| !f.sent_to.is_empty())
             .map(|f| Notification {
                 alert: Alert {
@@ -480,6 +494,12 @@ mod tests {
             .len(),
             1
         );
+        // Its watch ending resolves its alert, and no other target's.
+        p.on_event(6 * s, "run", &event(EventKind::ThresholdBreached, 6, 150.0));
+        let ended = p.end_target("other", 7 * s);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].alert.target, "other");
+        assert_eq!(p.end(8 * s)[0].alert.target, "run");
     }
 
     #[test]

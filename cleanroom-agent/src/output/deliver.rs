@@ -153,7 +153,7 @@ pub fn newer_schema_warning(report: &Report) -> Option<String> {
 
 /// The alerts of a finished run's verdict: each SLO it failed, each figure that regressed
 /// against the baseline.
-fn end_alerts(report: &Report, target: &str) -> Vec<Raised> {
+pub(crate) fn end_alerts(report: &Report, target: &str) -> Vec<Raised> {
     let t_ns = report.wall_time_ns;
     let slos = report
         .slos

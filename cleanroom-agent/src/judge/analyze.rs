@@ -244,22 +244,26 @@ fn container_count(name: String, limit: u64, count: usize) -> ThresholdResult {
     }
 }
 
-/// The event of `spec` breached by `v` at `t_ns`.
-fn breach_event(spec: &ThresholdSpec, t_ns: u64, v: f64) -> Event {
+/// The event of `spec` breached (`kind` `ThresholdBreached`) or cleared by `v` at `t_ns`.
+fn threshold_event(spec: &ThresholdSpec, kind: EventKind, t_ns: u64, v: f64) -> Event {
+    let (verb, relation) = match kind {
+        EventKind::ThresholdCleared => ("back to", "within"),
+        _ => ("is", "over"),
+    };
     Event {
         t_ns,
-        kind: EventKind::ThresholdBreached,
         subject: spec.name.clone(),
         value: Some(v),
         limit: Some(spec.limit),
         message: format!(
-            "{} is {} over the limit {} ({}) at {:.1}s",
+            "{} {verb} {} {relation} the limit {} ({}) at {:.1}s",
             spec.series,
             spec.kind.format(v),
             spec.kind.format(spec.limit),
             spec.name,
             t_ns as f64 / 1e9
         ),
+        kind,
     }
 }
 
@@ -302,23 +306,9 @@ impl ThresholdMonitor {
             let over = v > spec.limit;
             if over && !self.breached[i] {
                 self.breaches[i] += 1;
-                events.push(breach_event(spec, t_ns, v));
+                events.push(threshold_event(spec, EventKind::ThresholdBreached, t_ns, v));
             } else if !over && self.breached[i] {
-                events.push(Event {
-                    t_ns,
-                    kind: EventKind::ThresholdCleared,
-                    subject: spec.name.clone(),
-                    value: Some(v),
-                    limit: Some(spec.limit),
-                    message: format!(
-                        "{} back to {} within the limit {} ({}) at {:.1}s",
-                        spec.series,
-                        spec.kind.format(v),
-                        spec.kind.format(spec.limit),
-                        spec.name,
-                        t_ns as f64 / 1e9
-                    ),
-                });
+                events.push(threshold_event(spec, EventKind::ThresholdCleared, t_ns, v));
             }
             self.breached[i] = over;
         }
@@ -339,7 +329,7 @@ impl ThresholdMonitor {
             if v > spec.limit && self.breaches[i] == 0 {
                 self.breaches[i] = 1;
                 self.breached[i] = true;
-                events.push(breach_event(spec, t_ns, v));
+                events.push(threshold_event(spec, EventKind::ThresholdBreached, t_ns, v));
             }
         }
         events

@@ -381,6 +381,28 @@ pub(crate) fn check_slos(slos: &[SloSpec], text: &str, file: &str) -> Result<(),
     Ok(())
 }
 
+/// Checks `[[distribute]]` destinations, naming the `n`th `[[distribute]]` line of `text`.
+pub(crate) fn check_distribute(
+    list: &[crate::output::distribute::DistributeConfig],
+    text: &str,
+    file: &str,
+) -> Result<(), ConfigError> {
+    for (i, d) in list.iter().enumerate() {
+        d.check().map_err(|(field, message)| ConfigError {
+            file: file.to_owned(),
+            line: text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| l.trim_start().starts_with("[[distribute]]"))
+                .nth(i)
+                .map(|(n, _)| n + 1),
+            key: Some(format!("distribute[{i}].{field}")),
+            message,
+        })?;
+    }
+    Ok(())
+}
+
 /// Checks `[alerts]` (channel names, each kind's fields, routes' channels) where it is written.
 pub(crate) fn check_alerts(
     alerts: &crate::alerts::AlertsConfig,
@@ -456,19 +478,7 @@ impl CleanroomConfig {
         let mut config: Self = parse(text, file)?;
         check_slos(&config.slos, text, file)?;
         check_comparison(&mut config.comparison, text, file)?;
-        for (i, d) in config.distribute.iter().enumerate() {
-            d.check().map_err(|(field, message)| ConfigError {
-                file: file.to_owned(),
-                line: text
-                    .lines()
-                    .enumerate()
-                    .filter(|(_, l)| l.trim_start().starts_with("[[distribute]]"))
-                    .nth(i)
-                    .map(|(n, _)| n + 1),
-                key: Some(format!("distribute[{i}].{field}")),
-                message,
-            })?;
-        }
+        check_distribute(&config.distribute, text, file)?;
         check_alerts(&config.alerts, text, file)?;
         if config.performance_monitoring.metrics_interval < Duration::from_millis(10) {
             return Err(ConfigError {

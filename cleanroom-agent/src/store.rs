@@ -282,6 +282,24 @@ impl Store {
         Ok(ids)
     }
 
+    /// Replaces run `id`'s report with `report`, a later account of the same run (the agent's
+    /// report once it has been distributed); its verdict follows.
+    pub fn replace_report(&mut self, id: i64, report: &Report) -> Result<(), StoreError> {
+        self.check()?;
+        let json = serde_json::to_string(report).expect("a report always serializes");
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE runs SET report = ?1, verdict = ?2 WHERE id = ?3",
+                params![json, report.verdict.as_str(), id],
+            )
+            .map_err(self.err())?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        Ok(())
+    }
+
     /// Past runs, newest first, optionally of one name, at most `last`.
     pub fn list(&self, name: Option<&str>, last: usize) -> Result<Vec<RunRow>, StoreError> {
         let mut stmt = self
@@ -364,6 +382,23 @@ mod tests {
         let link = dir.path().join("link.db");
         std::os::unix::fs::symlink(&path, &link).unwrap();
         assert!(Store::open(&link).is_err(), "a symlinked store was opened");
+    }
+
+    #[test]
+    fn a_report_replaced_is_read_back_and_an_unknown_run_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("history.db")).unwrap();
+        let id = s.insert(&Report::example()).unwrap();
+        let mut later = Report::example();
+        later.verdict = crate::judge::verdict::Verdict::Fail;
+        later.notes.push("distributed".into());
+        s.replace_report(id, &later).unwrap();
+        assert_eq!(s.report(id).unwrap().notes, later.notes);
+        assert_eq!(s.list(None, 1).unwrap()[0].verdict, "fail");
+        assert!(matches!(
+            s.replace_report(id + 1, &later),
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[test]

@@ -788,10 +788,103 @@ escalate_to = ["pager"]
     );
 }
 
+/// A run's anomalies make one alert at its end, sent only where a route names `anomaly`: a
+/// route of every kind does not take it (most runs have anomalies), nor its verdict.
+#[test]
+fn anomalies_are_one_alert_and_only_where_a_route_names_them() {
+    if !privileged("anomalies_are_one_alert_and_only_where_a_route_names_them") {
+        return;
+    }
+    let receiver = Receiver::start(|_| Behaviour::Accept);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cleanroom.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[performance_monitoring]
+metrics_interval = "100ms"
+
+[[alerts.channels]]
+name = "all"
+kind = "webhook"
+url = "{all}"
+
+[[alerts.channels]]
+name = "odd"
+kind = "webhook"
+url = "{odd}"
+
+[[alerts.routes]]
+channels = ["all"]
+
+[[alerts.routes]]
+events = ["anomaly"]
+channels = ["odd"]
+"#,
+            all = receiver.url("/all"),
+            odd = receiver.url("/odd"),
+        ),
+    )
+    .unwrap();
+    // A CPU busy some 20% of each 100 ms, then a second of it all, then as before.
+    let w = workload_bin!().display().to_string();
+    let script = format!(
+        "for i in $(seq 25); do {w} spin-ms 20; sleep 0.08; done; {w} spin-ms 1000; \
+         for i in $(seq 10); do {w} spin-ms 20; sleep 0.08; done"
+    );
+    let out = Command::new(cleanroom_bin())
+        .env("CLEANROOM_STORE", dir.path().join("history.db"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .arg("--report")
+        .arg(dir.path().join("report.json"))
+        .args(["--name", "spiky", "--", "sh", "-c", &script])
+        .output()
+        .expect("starting cleanroom");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_matches_schema(&report);
+    let anomalies = report["anomalies"].as_array().unwrap();
+    assert!(!anomalies.is_empty(), "the spike was not found: {stderr}");
+    let count = report["anomalies_found"]
+        .as_u64()
+        .unwrap_or(0)
+        .max(anomalies.len() as u64);
+
+    let odd = receiver.on("/odd");
+    assert_eq!(odd.len(), 1, "{odd:#?}");
+    let alert = odd[0].json();
+    assert_eq!(alert["kind"], "anomaly");
+    assert_eq!(alert["severity"], "info");
+    assert_eq!(alert["state"], "firing");
+    assert_eq!(alert["target"], "spiky");
+    assert_eq!(alert["value"].as_f64(), Some(count as f64), "{alert}");
+    let strongest = anomalies
+        .iter()
+        .max_by(|a, b| {
+            let score = |x: &serde_json::Value| x["score"].as_f64().unwrap().abs();
+            score(a).total_cmp(&score(b))
+        })
+        .unwrap();
+    assert!(
+        alert["summary"]
+            .as_str()
+            .unwrap()
+            .contains(strongest["metric"].as_str().unwrap()),
+        "{alert}"
+    );
+    assert!(receiver.on("/all").is_empty(), "{:#?}", receiver.on("/all"));
+}
+
 /// The agent alerts about the cgroups it watches, as `cleanroom run` does about its command:
 /// a watched cgroup's CPU crossing a threshold and falling back sends one alert and one
-/// resolve, and the cgroup's stored report lists them. (CPU, not memory: on a hybrid host the
-/// v2 hierarchy the agent watches has no memory controller.)
+/// resolve, linking the agent's page (it listens beyond loopback); its verdict goes to the
+/// route that names verdicts, and only there; the cgroup's stored report lists them, and is
+/// distributed (POSTed and copied into a directory), the stored run listing how. (CPU, not
+/// memory: on a hybrid host the v2 hierarchy the agent watches has no memory controller.)
 #[test]
 fn the_agent_alerts_about_a_watched_cgroup() {
     if !privileged("the_agent_alerts_about_a_watched_cgroup") {
@@ -811,6 +904,7 @@ fn the_agent_alerts_about_a_watched_cgroup() {
         &config,
         format!(
             r#"interval = "200ms"
+token = "agent-token-1"
 
 [[watch]]
 glob = "{relative}/*"
@@ -821,8 +915,31 @@ thresholds = {{ max_cpu_usage_percent = 50 }}
 name = "hook"
 kind = "webhook"
 url = "{hook}"
+
+[[alerts.channels]]
+name = "verdicts"
+kind = "webhook"
+url = "{verdicts}"
+
+[[alerts.routes]]
+channels = ["hook"]
+
+[[alerts.routes]]
+events = ["verdict"]
+channels = ["verdicts"]
+
+[[distribute]]
+kind = "post"
+url = "{posted}"
+
+[[distribute]]
+kind = "directory"
+path = "{copies}"
 "#,
-            hook = receiver.url("/hook")
+            hook = receiver.url("/hook"),
+            verdicts = receiver.url("/verdict"),
+            posted = receiver.url("/report"),
+            copies = dir.path().join("copies").display(),
         ),
     )
     .unwrap();
@@ -831,7 +948,7 @@ url = "{hook}"
     let mut agent = Command::new(cleanroom_bin())
         .args(["agent", "--no-socket", "--config"])
         .arg(&config)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--store"])
+        .args(["--listen", &format!("0.0.0.0:{port}"), "--store"])
         .arg(&store)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -873,6 +990,29 @@ url = "{hook}"
     assert_eq!(firing["target"], format!("{relative}/job"));
     assert_eq!(firing["type"], "cpu");
     assert!(firing["value"].as_f64().unwrap() > 50.0, "{firing}");
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(
+        firing["link"],
+        format!("http://{}:{port}/", hostname.trim()),
+        "the agent's page, by the host's name"
+    );
+    // The verdict: to its route's channel alone, and only the verdict goes there.
+    let verdict = receiver.on("/verdict");
+    assert_eq!(verdict.len(), 1, "{verdict:#?}");
+    let verdict = verdict[0].json();
+    assert_eq!(verdict["kind"], "verdict");
+    assert_eq!(
+        verdict["severity"], "critical",
+        "a breached threshold fails it"
+    );
+    assert_eq!(verdict["target"], format!("{relative}/job"));
+    assert!(
+        verdict["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("verdict fail after"),
+        "{verdict}"
+    );
 
     let out = cleanroom_tests::cleanroom(&store, &["history", "--last", "10"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -885,9 +1025,47 @@ url = "{hook}"
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_matches_schema(&report);
     let deliveries = report["alerts"]["deliveries"].as_array().unwrap();
-    assert_eq!(deliveries.len(), 2, "{:#}", report["alerts"]);
+    // The firing and the resolve, delivered; the verdict, raised as the watch ended, listed
+    // with the tries made by then.
+    assert_eq!(deliveries.len(), 3, "{:#}", report["alerts"]);
     assert!(
-        deliveries.iter().all(|d| d["delivered"] == true),
+        deliveries
+            .iter()
+            .filter(|d| d["alert"]["kind"] == "threshold")
+            .all(|d| d["delivered"] == true),
         "{deliveries:#?}"
+    );
+    assert_eq!(
+        deliveries
+            .iter()
+            .filter(|d| d["alert"]["kind"] == "verdict")
+            .count(),
+        1
+    );
+
+    // Distributed: the JSON POSTed and the copy are the cgroup's report; the stored run lists
+    // both destinations, delivered.
+    let posted = receiver.on("/report");
+    assert_eq!(posted.len(), 1, "{posted:#?}");
+    let posted = posted[0].json();
+    assert_eq!(posted["cgroup"]["path"], report["cgroup"]["path"]);
+    assert_eq!(posted["totals"], report["totals"]);
+    let copies: Vec<_> = std::fs::read_dir(dir.path().join("copies"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let copy: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&copies[0]).unwrap()).unwrap();
+    assert_eq!(copy["totals"], report["totals"]);
+    let distribution = report["distribution"].as_array().unwrap();
+    let kinds: Vec<&str> = distribution
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["post", "directory"], "{distribution:#?}");
+    assert!(
+        distribution.iter().all(|d| d["delivered"] == true),
+        "{distribution:#?}"
     );
 }

@@ -96,6 +96,17 @@ impl Board {
         }
     }
 
+    /// Replaces stored run `id`'s report with a later account of it ([`Store::replace_report`]).
+    pub fn replace_report(&self, id: i64, report: &Report) -> Result<(), StoreError> {
+        match &self.store {
+            Some(store) => {
+                let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+                store.replace_report(id, report)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Where reports go that the store could not take: beside the store's file.
     pub fn unstored_dir(&self) -> Option<PathBuf> {
         let store = self.store.as_ref()?;

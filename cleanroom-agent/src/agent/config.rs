@@ -1,7 +1,7 @@
 //! The agent's configuration file (`cleanroom agent --config agent.toml`): where it listens,
 //! its token, how often it samples, where reports are stored, and the `[[watch]]` rules with
-//! their names, tags, thresholds, SLOs and whether their cgroups are profiled, and where alerts
-//! go. A bad file is an error naming the file, line and key, as for `cleanroom run`'s
+//! their names, tags, thresholds, SLOs and whether their cgroups are profiled, where alerts
+//! go and where reports are sent. A bad file is an error naming the file, line and key, as for `cleanroom run`'s
 //! configuration.
 //!
 //! ```toml
@@ -23,6 +23,10 @@
 //! name = "ops"
 //! kind = "webhook"
 //! url = "http://127.0.0.1:8080/hook"
+//!
+//! [[distribute]]                 # each finished watch's report, as for `cleanroom run`
+//! kind = "directory"
+//! path = "/srv/cleanroom/reports"
 //! ```
 
 use std::{net::SocketAddr, path::Path, path::PathBuf, time::Duration};
@@ -32,8 +36,8 @@ use serde::Deserialize;
 use crate::{
     cgroupfs::watch::WatchRule,
     config::{
-        ConfigError, MAX_PROFILING_FREQUENCY_HZ, PerformanceMonitoring, check_alerts, check_slos,
-        parse, read_config,
+        ConfigError, MAX_PROFILING_FREQUENCY_HZ, PerformanceMonitoring, check_alerts,
+        check_distribute, check_slos, parse, read_config,
     },
     kernel::probe::SamplingRates,
     output::serve::DEFAULT_LISTEN,
@@ -82,6 +86,9 @@ pub struct AgentConfig {
     /// Where alerts about the watched cgroups go (`[alerts]`, as for `cleanroom run`).
     #[serde(default)]
     pub alerts: crate::alerts::AlertsConfig,
+    /// Where each finished watch's report is sent (`[[distribute]]`, as for `cleanroom run`).
+    #[serde(default)]
+    pub distribute: Vec<crate::output::distribute::DistributeConfig>,
 }
 
 impl AgentConfig {
@@ -92,6 +99,7 @@ impl AgentConfig {
             check_slos(&rule.slos, text, file)?;
         }
         check_alerts(&config.alerts, text, file)?;
+        check_distribute(&config.distribute, text, file)?;
         if config.interval.is_some_and(|i| i < MIN_INTERVAL) {
             return Err(ConfigError {
                 file: file.to_owned(),
@@ -141,6 +149,26 @@ impl AgentConfig {
                 .parse()
                 .expect("the default listen address parses")
         })
+    }
+
+    /// The alerts' configuration, linking the agent's page (when `alerts.link` is not set) if
+    /// it listens beyond loopback, where the people alerted can reach it: the address it
+    /// listens on, or `hostname` when that is any address.
+    pub fn alerts_linked(&self, hostname: &str) -> crate::alerts::AlertsConfig {
+        let mut alerts = self.alerts.clone();
+        let listen = self.listen();
+        if alerts.link.is_none() && !listen.ip().is_loopback() {
+            let host = if listen.ip().is_unspecified() {
+                hostname.to_owned()
+            } else {
+                match listen {
+                    SocketAddr::V4(a) => a.ip().to_string(),
+                    SocketAddr::V6(a) => format!("[{}]", a.ip()),
+                }
+            };
+            alerts.link = Some(format!("http://{host}:{}/", listen.port()));
+        }
+        alerts
     }
 
     /// The sampling interval.
@@ -197,6 +225,33 @@ glob = "docker/*"
         assert_eq!(c.watch[1].run_name(), "docker/*");
         assert!(c.watch[0].profile && !c.watch[1].profile);
         assert_eq!(c.sampling_rates().frequency_hz, 49);
+        // Listening on any address: alerts link the page by the host's name.
+        assert_eq!(
+            c.alerts_linked("ci-7").link.as_deref(),
+            Some("http://ci-7:9500/")
+        );
+    }
+
+    #[test]
+    fn alerts_link_the_page_only_where_people_can_reach_it() {
+        let linked = |text: &str| {
+            AgentConfig::from_toml(text, "agent.toml")
+                .unwrap()
+                .alerts_linked("ci-7")
+                .link
+        };
+        assert_eq!(linked(""), None, "loopback: not reachable by those alerted");
+        assert_eq!(
+            linked("listen = \"10.0.0.5:9464\"\ntoken = \"t\""),
+            Some("http://10.0.0.5:9464/".into())
+        );
+        assert_eq!(
+            linked(
+                "listen = \"[::]:9464\"\ntoken = \"t\"\n[alerts]\nlink = \"https://ci.example/\""
+            ),
+            Some("https://ci.example/".into()),
+            "a link set is kept"
+        );
     }
 
     #[test]

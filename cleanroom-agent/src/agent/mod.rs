@@ -13,6 +13,7 @@
 pub mod board;
 mod clients;
 pub mod config;
+mod outward;
 pub mod profiling;
 pub mod protocol;
 mod report;
@@ -34,6 +35,7 @@ use self::{
     board::Board,
     clients::Clients,
     config::AgentConfig,
+    outward::Outward,
     socket::{Access, AgentSocket},
     watched::{Finished, Watched},
 };
@@ -43,6 +45,7 @@ use crate::{
     cgroupfs::cgroup::{CgroupError, Hierarchy, check_parent},
     cgroupfs::watch::{WatchError, WatchRule, Watcher},
     kernel::probe::Probes,
+    output::distribute::Destination,
     output::report::Report,
     output::serve::{self, ServeError},
     store::Store,
@@ -99,6 +102,9 @@ pub enum AgentError {
     /// An alert channel cannot be made ready.
     #[error(transparent)]
     Alerts(#[from] crate::alerts::AlertsError),
+    /// A `[[distribute]]` destination cannot be made ready.
+    #[error("{0}")]
+    Distribute(String),
     /// The address cannot be listened on.
     #[error(
         "cannot listen on {addr}: {source}; choose another with --listen ADDR (or `listen` in the config)"
@@ -171,6 +177,8 @@ struct Prepared {
     probes: Probes,
     /// Where the watched cgroups' alerts go.
     alerting: Option<Alerting>,
+    /// Where their reports are sent, secrets read.
+    destinations: Vec<Destination>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT; then every live watch's report is stored.
@@ -186,8 +194,8 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
         clients,
         mut probes,
         alerting,
+        destinations,
     } = prepared;
-    let alerting = alerting.as_ref();
     let listen = config.listen();
     let (calls_in, mut calls) = tokio::sync::mpsc::channel(64);
     let mut clients = clients.map(|(socket, clients)| {
@@ -195,6 +203,7 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
         clients
     });
     let board = Arc::new(Board::new(store, config.interval(), listen.to_string()));
+    let outward = Outward::new(alerting, destinations, &board);
     serve(listener, Arc::clone(&board), config.token.clone())?;
     log::info!(
         "watching {} rule(s) below {} every {}; http://{listen}/ (metrics at /metrics)",
@@ -215,7 +224,7 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
         tokio::select! {
             _ = ticker.tick() => {
                 let keep = clients.as_ref().map(Clients::ids).unwrap_or_default();
-                tick(&mut watched, &mut probes, &board, &keep, alerting);
+                tick(&mut watched, &mut probes, &board, &keep, &outward);
             }
             () = sleep_until(client_tick) => {
                 if let Some(clients) = clients.as_mut() {
@@ -239,16 +248,8 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
     if let Some(clients) = clients.as_mut() {
         clients.stop(&mut probes, watched.profiling());
     }
-    let stopped = stop(&mut watched, &mut probes, &board, alerting);
-    if let Some(alerting) = alerting {
-        let flushed = alerting.finish(0);
-        if flushed.undelivered > 0 {
-            log::warn!(
-                "{} alert notification(s) not delivered",
-                flushed.undelivered
-            );
-        }
-    }
+    let stopped = stop(&mut watched, &mut probes, &board, &outward);
+    outward.finish();
     stopped
 }
 
@@ -268,8 +269,17 @@ fn prepare(opts: &AgentOptions) -> Result<Prepared, Error> {
     let watcher = AgentOptions::watcher(&config)?;
     let listen = config.listen();
     serve::check_listen(listen, config.token.as_deref()).map_err(AgentError::from)?;
-    // Before anything is bound or loaded: a channel that cannot work stops the agent here.
-    let alerting = Alerting::start(&config.alerts).map_err(AgentError::from)?;
+    // Before anything is bound or loaded: a channel or destination that cannot work stops the
+    // agent here.
+    let alerts = config.alerts_linked(&crate::host::hostname());
+    let alerting = Alerting::start(&alerts).map_err(AgentError::from)?;
+    let destinations = config
+        .distribute
+        .iter()
+        .cloned()
+        .map(Destination::new)
+        .collect::<Result<_, _>>()
+        .map_err(AgentError::Distribute)?;
     crate::run::require_privileges("cleanroom agent")?;
     let hierarchy = Hierarchy::detect()?;
     let listener = std::net::TcpListener::bind(listen).map_err(|source| AgentError::Listen {
@@ -317,6 +327,7 @@ fn prepare(opts: &AgentOptions) -> Result<Prepared, Error> {
         clients,
         probes,
         alerting,
+        destinations,
     })
 }
 
@@ -363,7 +374,7 @@ fn tick(
     probes: &mut Probes,
     board: &Board,
     keep: &[u64],
-    alerting: Option<&Alerting>,
+    outward: &Outward,
 ) {
     let began = Instant::now();
     let report = match watched.tick(probes, keep) {
@@ -382,7 +393,7 @@ fn tick(
             );
         }
     }
-    if let Some(alerting) = alerting {
+    if let Some(alerting) = outward.alerting() {
         for (id, t) in &report.ticks {
             if let Some(w) = watched.watches().get(id) {
                 let target = w.relative.display().to_string();
@@ -400,12 +411,13 @@ fn tick(
         .map(|m| m.into_iter().map(|(k, v)| (k, v as u64)).collect())
         .unwrap_or_default();
     board.update(watched, drops, map_entries, took);
-    conclude(report.finished, board, alerting);
+    conclude(report.finished, board, outward);
 }
 
-/// Reports and stores finished watches (in one transaction), saying where each went. When the
-/// store fails, each report is written as JSON beside it instead, so none is lost.
-fn conclude(finished: Vec<Finished>, board: &Board, alerting: Option<&Alerting>) {
+/// Reports and stores finished watches (in one transaction), saying where each went, and
+/// queues them for their destinations. When the store fails, each report is written as JSON
+/// beside it instead, so none is lost.
+fn conclude(finished: Vec<Finished>, board: &Board, outward: &Outward) {
     if finished.is_empty() {
         return;
     }
@@ -418,7 +430,7 @@ fn conclude(finished: Vec<Finished>, board: &Board, alerting: Option<&Alerting>)
         .map(|f| {
             let target = f.relative.display().to_string();
             let mut report = report::report(f, board.host());
-            if let Some(alerting) = alerting {
+            if let Some(alerting) = outward.alerting() {
                 for alert in crate::output::deliver::end_alerts(&report, &target) {
                     alerting.raise_end(alert);
                 }
@@ -427,14 +439,15 @@ fn conclude(finished: Vec<Finished>, board: &Board, alerting: Option<&Alerting>)
             report
         })
         .collect();
-    match board.store(&reports) {
+    let ids: Vec<Option<i64>> = match board.store(&reports) {
         Ok(Some(ids)) => {
-            for ((name, report), id) in names.iter().zip(&reports).zip(ids) {
+            for ((name, report), id) in names.iter().zip(&reports).zip(&ids) {
                 log::info!(
                     "{name}: run {id} stored, verdict {}",
                     report.verdict.as_str()
                 );
             }
+            ids.into_iter().map(Some).collect()
         }
         Ok(None) => {
             for (name, report) in names.iter().zip(&reports) {
@@ -443,11 +456,16 @@ fn conclude(finished: Vec<Finished>, board: &Board, alerting: Option<&Alerting>)
                     report.verdict.as_str()
                 );
             }
+            vec![None; reports.len()]
         }
         Err(e) => {
             log::error!("{} report(s) could not be stored: {e}", reports.len());
             keep_unstored(&reports, &names, board);
+            vec![None; reports.len()]
         }
+    };
+    for ((name, report), id) in names.iter().zip(&reports).zip(ids) {
+        outward.distribute(name, id, report);
     }
 }
 
@@ -502,10 +520,10 @@ fn stop(
     watched: &mut Watched,
     probes: &mut Probes,
     board: &Board,
-    alerting: Option<&Alerting>,
+    outward: &Outward,
 ) -> Result<(), Error> {
     let finished = watched.stop(probes)?;
-    conclude(finished, board, alerting);
+    conclude(finished, board, outward);
     board.update(watched, BTreeMap::new(), BTreeMap::new(), Duration::ZERO);
     Ok(())
 }

@@ -184,15 +184,23 @@ pub fn slack_json(alert: &Alert) -> String {
     if let Some(l) = alert.limit {
         fields.push(format!("*Limit*\n{l}"));
     }
+    let mut blocks = vec![
+        serde_json::json!({"type": "header", "text": {"type": "plain_text", "text": title}}),
+        serde_json::json!({"type": "section", "text": {"type": "mrkdwn", "text": alert.summary}}),
+        serde_json::json!({"type": "section", "fields": fields.iter()
+            .map(|f| serde_json::json!({"type": "mrkdwn", "text": f}))
+            .collect::<Vec<_>>()}),
+    ];
+    if let Some(link) = &alert.link {
+        blocks.push(serde_json::json!({"type": "actions", "elements": [{
+            "type": "button",
+            "text": {"type": "plain_text", "text": "Open in Cleanroom"},
+            "url": link,
+        }]}));
+    }
     serde_json::json!({
         "text": format!("{title} — {}", alert.summary),
-        "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": title}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": alert.summary}},
-            {"type": "section", "fields": fields.iter()
-                .map(|f| serde_json::json!({"type": "mrkdwn", "text": f}))
-                .collect::<Vec<_>>()},
-        ],
+        "blocks": blocks,
     })
     .to_string()
 }
@@ -220,6 +228,9 @@ pub fn email_text(alert: &Alert) -> (String, String) {
         body += &format!("limit:     {l}\n");
     }
     body += &format!("at:        {:.1} s into the run\n", alert.t_ns as f64 / 1e9);
+    if let Some(link) = &alert.link {
+        body += &format!("more:      {link}\n");
+    }
     (subject, body)
 }
 
@@ -331,6 +342,7 @@ mod tests {
             limit: Some(104_857_600.0),
             t_ns: 2_000_000_000,
             escalated: false,
+            link: None,
         }
     }
 

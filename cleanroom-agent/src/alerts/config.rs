@@ -25,6 +25,9 @@ pub struct AlertsConfig {
     /// what is not delivered by then is listed in the report as undelivered.
     #[serde(deserialize_with = "de_duration")]
     pub flush_timeout: Duration,
+    /// A page each alert links to (Slack's button, the email's and webhook's `link`): a CI
+    /// job's page, a dashboard. The agent links its own page when it listens beyond loopback.
+    pub link: Option<String>,
 }
 
 impl Default for AlertsConfig {
@@ -34,6 +37,7 @@ impl Default for AlertsConfig {
             routes: Vec::new(),
             retry: RetryConfig::default(),
             flush_timeout: Duration::from_secs(10),
+            link: None,
         }
     }
 }
@@ -119,14 +123,15 @@ pub enum SmsFormat {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// The kinds of alert (`threshold`, `slo_failed`, `oom_kill`, `timeout`, `regression`);
-    /// empty: all.
+    /// The kinds of alert (`threshold`, `slo_failed`, `oom_kill`, `timeout`, `regression`,
+    /// `anomaly`, `verdict`); empty: all but `anomaly` and `verdict`, which go only where a
+    /// route names them.
     #[serde(default)]
     pub events: Vec<AlertKind>,
     /// The types of alert (`cpu`, `memory`, `time`, `network`, `disk`, `other`); empty: all.
     #[serde(default)]
     pub types: Vec<AlertType>,
-    /// The severities (`warning`, `critical`); empty: all.
+    /// The severities (`info`, `warning`, `critical`); empty: all.
     #[serde(default)]
     pub severities: Vec<Severity>,
     /// The channels, by name.
@@ -153,6 +158,20 @@ pub enum AlertKind {
     Timeout,
     /// A figure regressed against the baseline.
     Regression,
+    /// Intervals of the run far from its usual (the report's anomalies): one alert a run,
+    /// with the strongest. Only to routes that name `anomaly`: most runs have some.
+    Anomaly,
+    /// A watched cgroup's verdict when its watch ends (the agent): `critical` when it
+    /// failed, `info` otherwise. Only to routes that name `verdict`.
+    Verdict,
+}
+
+impl AlertKind {
+    /// Whether alerts of this kind go only to routes that name it (with no routes: nowhere),
+    /// rather than to every channel: they come with most runs, not only with trouble.
+    pub fn opt_in(self) -> bool {
+        matches!(self, Self::Anomaly | Self::Verdict)
+    }
 }
 
 /// Which resource an alert is about (the seed's alert types).
@@ -177,6 +196,8 @@ pub enum AlertType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
+    /// For the record: anomalies, a verdict that did not fail.
+    Info,
     /// A threshold or regression: worth a look.
     Warning,
     /// An OOM kill, a timeout, a failed SLO.
@@ -334,6 +355,15 @@ impl AlertsConfig {
                 key: "alerts.retry.timeout".into(),
                 span: None,
                 message: "must be more than 0".into(),
+            });
+        }
+        if let Some(link) = &self.link
+            && !(link.starts_with("http://") || link.starts_with("https://"))
+        {
+            return Err(Invalid {
+                key: "alerts.link".into(),
+                span: None,
+                message: format!("{link:?} is not an http:// or https:// URL"),
             });
         }
         Ok(())

@@ -69,6 +69,9 @@ pub struct Alert {
     pub t_ns: u64,
     /// Sent to a route's next tier: it fired longer than `escalate_after`.
     pub escalated: bool,
+    /// A page about it (`alerts.link`, or the agent's page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 /// An alert and the channels it goes to now.
@@ -148,6 +151,7 @@ pub struct Policy {
     limiters: Vec<Limiter>,
     firing: BTreeMap<(String, String), Firing>,
     next_id: u64,
+    link: Option<String>,
 }
 
 impl Policy {
@@ -191,6 +195,7 @@ impl Policy {
                 .collect(),
             firing: BTreeMap::new(),
             next_id: 0,
+            link: config.link.clone(),
         }
     }
 
@@ -225,6 +230,7 @@ impl Policy {
         }
         let raised = Raised {
             kind,
+            severity,
             target: target.to_owned(),
             rule: event.subject.clone(),
             summary: event.message.clone(),
@@ -232,30 +238,27 @@ impl Policy {
             limit: event.limit,
             t_ns: event.t_ns,
         };
-        let alert = self.new_alert(raised, severity);
+        let alert = self.new_alert(raised);
         self.send(now_ns, alert, lasting, key)
     }
 
-    /// A one-off alert of the end of a run (an SLO failed, a regression).
+    /// A one-off alert of the end of a run (an SLO failed, a regression, anomalies, a
+    /// watched cgroup's verdict).
     pub fn on_end(&mut self, now_ns: u64, alert: Raised) -> Vec<Notification> {
-        let severity = match alert.kind {
-            AlertKind::Regression | AlertKind::Threshold => Severity::Warning,
-            _ => Severity::Critical,
-        };
         let key = (alert.target.clone(), alert.rule.clone());
-        let a = self.new_alert(alert, severity);
+        let a = self.new_alert(alert);
         self.send(now_ns, a, false, key)
     }
 
     /// A new alert, firing, with the next number.
-    fn new_alert(&mut self, raised: Raised, severity: Severity) -> Alert {
+    fn new_alert(&mut self, raised: Raised) -> Alert {
         self.next_id += 1;
         Alert {
             id: AlertId(self.next_id),
             state: AlertState::Firing,
             kind: raised.kind,
             alert_type: type_of(&raised.rule),
-            severity,
+            severity: raised.severity,
             target: raised.target,
             rule: raised.rule,
             summary: raised.summary,
@@ -263,6 +266,7 @@ impl Policy {
             limit: raised.limit,
             t_ns: raised.t_ns,
             escalated: false,
+            link: self.link.clone(),
         }
     }
 
@@ -352,12 +356,17 @@ impl Policy {
         lasts: bool,
         key: (String, String),
     ) -> Vec<Notification> {
+        let opt_in = alert.kind.opt_in();
         let mut wanted: Vec<ChannelId> = if self.routes.is_empty() {
-            (0..self.channels).map(ChannelId).collect()
+            if opt_in {
+                Vec::new()
+            } else {
+                (0..self.channels).map(ChannelId).collect()
+            }
         } else {
             self.routes
                 .iter()
-                .filter(|r| r.takes(&alert))
+                .filter(|r| r.takes(&alert) && (!opt_in || r.kinds.contains(&alert.kind)))
                 .flat_map(|r| r.channels.iter().copied())
                 .collect()
         };
@@ -388,8 +397,10 @@ impl Policy {
 /// An alert raised: by an event as the run goes, or at its end from its verdict.
 #[derive(Clone, Debug)]
 pub struct Raised {
-    /// What it is about (at the end: `SloFailed` or `Regression`).
+    /// What it is about (at the end: `SloFailed`, `Regression`, `Anomaly`, `Verdict`).
     pub kind: AlertKind,
+    /// How urgent (events: by their kind, whatever this says).
+    pub severity: Severity,
     /// The run.
     pub target: String,
     /// The SLO's name, or the figure.
@@ -500,6 +511,57 @@ mod tests {
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].alert.target, "other");
         assert_eq!(p.end(8 * s)[0].alert.target, "run");
+    }
+
+    fn ended(kind: AlertKind, severity: Severity) -> Raised {
+        Raised {
+            kind,
+            severity,
+            target: "run".into(),
+            rule: format!("{kind:?}"),
+            summary: "the end".into(),
+            value: None,
+            limit: None,
+            t_ns: 0,
+        }
+    }
+
+    #[test]
+    fn anomalies_and_verdicts_go_only_where_a_route_names_them() {
+        // No routes: an SLO failed goes everywhere, anomalies and verdicts nowhere.
+        let mut p = Policy::new(&config(TWO));
+        let slo = p.on_end(1, ended(AlertKind::SloFailed, Severity::Critical));
+        assert_eq!(slo[0].channels, vec![ChannelId(0), ChannelId(1)]);
+        assert!(
+            p.on_end(2, ended(AlertKind::Anomaly, Severity::Info))
+                .is_empty()
+        );
+        assert!(
+            p.on_end(3, ended(AlertKind::Verdict, Severity::Critical))
+                .is_empty()
+        );
+        // A route of every kind still leaves them out; one naming `verdict` takes verdicts.
+        let text = format!(
+            "[alerts]\nlink = \"https://ci.example/job/7\"\n{TWO}\
+             [[alerts.routes]]\nchannels = [\"a\"]\n\
+             [[alerts.routes]]\nevents = [\"verdict\"]\nseverities = [\"critical\"]\n\
+             channels = [\"b\"]\n"
+        );
+        let mut p = Policy::new(&config(&text));
+        assert!(
+            p.on_end(1, ended(AlertKind::Anomaly, Severity::Info))
+                .is_empty()
+        );
+        assert!(
+            p.on_end(2, ended(AlertKind::Verdict, Severity::Info))
+                .is_empty()
+        );
+        let failed = p.on_end(3, ended(AlertKind::Verdict, Severity::Critical));
+        assert_eq!(failed[0].channels, vec![ChannelId(1)]);
+        assert_eq!(
+            failed[0].alert.link.as_deref(),
+            Some("https://ci.example/job/7")
+        );
     }
 
     #[test]

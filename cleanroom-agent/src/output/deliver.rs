@@ -14,7 +14,11 @@ use std::{
 
 use crate::{
     Error,
-    alerts::{Alerting, config::AlertKind, policy::Raised},
+    alerts::{
+        Alerting,
+        config::{AlertKind, Severity},
+        policy::Raised,
+    },
     judge::compare::{self, Comparison, Spread, Tolerances},
     judge::verdict::Verdict,
     output::distribute::Destination,
@@ -152,46 +156,121 @@ pub fn newer_schema_warning(report: &Report) -> Option<String> {
 }
 
 /// The alerts of a finished run's verdict: each SLO it failed, each figure that regressed
-/// against the baseline.
+/// against the baseline, its anomalies (one alert, the strongest named) and its verdict. The
+/// last two go only where a route names them ([`AlertKind::opt_in`]).
 pub(crate) fn end_alerts(report: &Report, target: &str) -> Vec<Raised> {
     let t_ns = report.wall_time_ns;
+    let raised = |kind, severity, rule: String, summary, value, limit| Raised {
+        kind,
+        severity,
+        target: target.to_owned(),
+        rule,
+        summary,
+        value,
+        limit,
+        t_ns,
+    };
     let slos = report
         .slos
         .iter()
         .filter(|s| s.status == crate::judge::verdict::Status::Fail)
-        .map(|s| Raised {
-            kind: AlertKind::SloFailed,
-            target: target.to_owned(),
-            rule: s.name.clone(),
-            summary: format!(
-                "SLO {} failed: {} measured, target {}",
-                s.name, s.measured_text, s.target_text
-            ),
-            value: s.measured,
-            limit: None,
-            t_ns,
+        .map(|s| {
+            raised(
+                AlertKind::SloFailed,
+                Severity::Critical,
+                s.name.clone(),
+                format!(
+                    "SLO {} failed: {} measured, target {}",
+                    s.name, s.measured_text, s.target_text
+                ),
+                s.measured,
+                None,
+            )
         });
     let regressions = report
         .comparison
         .iter()
         .flat_map(|c| c.changes.iter())
         .filter(|ch| ch.regression)
-        .map(|ch| Raised {
-            kind: AlertKind::Regression,
-            target: target.to_owned(),
-            rule: ch.metric.clone(),
-            summary: format!(
-                "{} regressed against the baseline: {} -> {} (tolerance {})",
-                ch.metric,
-                ch.base_text,
-                ch.new_text,
-                ch.tolerance_text()
-            ),
-            value: Some(ch.new),
-            limit: Some(ch.base),
-            t_ns,
+        .map(|ch| {
+            raised(
+                AlertKind::Regression,
+                Severity::Warning,
+                ch.metric.clone(),
+                format!(
+                    "{} regressed against the baseline: {} -> {} (tolerance {})",
+                    ch.metric,
+                    ch.base_text,
+                    ch.new_text,
+                    ch.tolerance_text()
+                ),
+                Some(ch.new),
+                Some(ch.base),
+            )
         });
-    slos.chain(regressions).collect()
+    let anomalies = (!report.anomalies.is_empty()).then(|| {
+        let (listed, more) = report.listed_anomalies();
+        let count = report.anomaly_count();
+        raised(
+            AlertKind::Anomaly,
+            Severity::Info,
+            "anomalies".into(),
+            format!(
+                "{count} anomalous interval(s), the strongest: {}{}",
+                listed.join("; "),
+                if more > 0 {
+                    format!(" (and {more} more)")
+                } else {
+                    String::new()
+                }
+            ),
+            Some(count as f64),
+            None,
+        )
+    });
+    let failed = report.verdict == Verdict::Fail;
+    let verdict = raised(
+        AlertKind::Verdict,
+        if failed {
+            Severity::Critical
+        } else {
+            Severity::Info
+        },
+        "verdict".into(),
+        verdict_text(report),
+        None,
+        None,
+    );
+    slos.chain(regressions)
+        .chain(anomalies)
+        .chain(std::iter::once(verdict))
+        .collect()
+}
+
+/// Pure: a finished run's verdict in one line, with what it rests on.
+fn verdict_text(report: &Report) -> String {
+    use crate::judge::verdict::Status;
+    let failed_slos = report
+        .slos
+        .iter()
+        .filter(|s| s.status == Status::Fail)
+        .count();
+    let breached = report.thresholds.iter().filter(|t| t.breaches > 0).count();
+    let regressions = report.comparison.as_ref().map_or(0, |c| c.regressions);
+    format!(
+        "verdict {} after {:.1}s, exit code {}: {failed_slos} of {} SLO(s) failed, {breached} of \
+         {} threshold(s) breached{}",
+        report.verdict.as_str(),
+        report.wall_time_ns as f64 / 1e9,
+        report.exit_code,
+        report.slos.len(),
+        report.thresholds.len(),
+        if report.comparison.is_some() {
+            format!(", {regressions} regression(s) against the baseline")
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// Delivers a finished run: every output is attempted; failures are printed and returned in

@@ -160,6 +160,11 @@ impl Destination {
         Ok(Self { config, secret })
     }
 
+    /// How long one send may take.
+    pub fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
     /// Sends `report` there, once.
     pub fn send(&self, report: &Report) -> Distributed {
         let c = &self.config;

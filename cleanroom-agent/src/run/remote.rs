@@ -2,7 +2,8 @@
 //! cgroup delegated to this user and measures it; this process starts the command (which asks
 //! the agent, from between `fork` and `exec`, to be moved into the run), passes signals and
 //! phase marks on, and at the end gets the report — the same one a root run makes — to judge,
-//! render and store as a root run does.
+//! render and store as a root run does. Its thresholds are judged then too, so their alerts
+//! are sent at the end, not as the run goes.
 
 use std::{
     io,
@@ -178,7 +179,16 @@ pub async fn run(
     })?;
     report.name = opts.name.clone();
     report.tags = opts.tags.clone();
-    Ok(analyze::judge(config, report, not_applicable))
+    let report = analyze::judge(config, report, not_applicable);
+    // The agent's figures are judged here, once the command ended: the thresholds' breaches
+    // and clearings are alerted now, in their order, not as they happened.
+    if let Some(alerts) = &opts.alerts {
+        let target = super::alert_target(opts);
+        for event in &report.events {
+            alerts.raise(&target, event);
+        }
+    }
+    Ok(report)
 }
 
 /// Listens for `cleanroom mark` in a directory of this user's own (removed with it).

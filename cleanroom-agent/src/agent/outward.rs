@@ -1,0 +1,192 @@
+//! What leaves the machine about the watched cgroups: their alerts ([`Alerting`]) and their
+//! finished reports (`[[distribute]]`). Neither waits on the sampling path: alerts are queued
+//! to their channels' threads, and finished reports to one sending thread, which tries each
+//! destination once (within its timeout) and then lists how each went in the stored run. When
+//! the agent stops, [`Outward::finish`] waits for both, bounded: the alerts' `flush_timeout`,
+//! and for reports the longest destination timeout for each report still queued, at most
+//! [`MAX_FINISH`].
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::board::Board;
+use crate::{
+    alerts::Alerting,
+    output::{distribute::Destination, report::Report},
+};
+
+/// Reports waiting to be sent at most; more are not distributed (said in the log), so a dead
+/// destination cannot make the agent hold every report in memory.
+const MAX_QUEUED: usize = 256;
+
+/// The longest the agent's stop waits for reports still to be sent.
+pub const MAX_FINISH: Duration = Duration::from_secs(120);
+
+/// A finished watch's report to send: what the log calls it, its run id in the store.
+struct Parcel {
+    name: String,
+    stored_as: Option<i64>,
+    report: Report,
+}
+
+/// The sending thread and what it still has to do.
+struct Sender {
+    queue: mpsc::SyncSender<Parcel>,
+    pending: Arc<AtomicUsize>,
+    done: mpsc::Receiver<()>,
+    longest: Duration,
+}
+
+/// The agent's alerts and its reports' distribution.
+pub struct Outward {
+    alerting: Option<Alerting>,
+    sender: Option<Sender>,
+}
+
+impl Outward {
+    /// Alerts through `alerting`; reports sent to `destinations` (none: not sent), stored runs
+    /// updated on `board`.
+    pub fn new(
+        alerting: Option<Alerting>,
+        destinations: Vec<Destination>,
+        board: &Arc<Board>,
+    ) -> Self {
+        let sender = (!destinations.is_empty()).then(|| start(destinations, Arc::clone(board)));
+        Self { alerting, sender }
+    }
+
+    /// Where alerts go, if anywhere.
+    pub fn alerting(&self) -> Option<&Alerting> {
+        self.alerting.as_ref()
+    }
+
+    /// Queues a finished watch's report (`stored_as`: its run in the store) for every
+    /// destination; returns at once.
+    pub fn distribute(&self, name: &str, stored_as: Option<i64>, report: &Report) {
+        let Some(sender) = &self.sender else {
+            return;
+        };
+        let parcel = Parcel {
+            name: name.to_owned(),
+            stored_as,
+            report: report.clone(),
+        };
+        sender.pending.fetch_add(1, Ordering::SeqCst);
+        if sender.queue.try_send(parcel).is_err() {
+            sender.pending.fetch_sub(1, Ordering::SeqCst);
+            log::error!(
+                "{name}: report not distributed: {MAX_QUEUED} reports are already waiting for \
+                 their destinations"
+            );
+        }
+    }
+
+    /// The agent stops: waits for deliveries under way, bounded (see the module's doc), and
+    /// says what was not delivered.
+    pub fn finish(self) {
+        if let Some(alerting) = &self.alerting {
+            let flushed = alerting.finish(0);
+            if flushed.undelivered > 0 {
+                log::warn!(
+                    "{} alert notification(s) not delivered",
+                    flushed.undelivered
+                );
+            }
+        }
+        let Some(sender) = self.sender else {
+            return;
+        };
+        let pending = Arc::clone(&sender.pending);
+        let queued = pending.load(Ordering::SeqCst);
+        let bound = sender
+            .longest
+            .saturating_mul(u32::try_from(queued).unwrap_or(u32::MAX))
+            .min(MAX_FINISH);
+        drop(sender.queue);
+        let began = Instant::now();
+        if queued > 0 {
+            log::info!(
+                "sending {queued} report(s) to their destinations (at most {})",
+                humantime::format_duration(bound)
+            );
+        }
+        match sender.done.recv_timeout(bound + Duration::from_secs(1)) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => log::error!(
+                "{} report(s) not distributed: the agent stopped after waiting {}",
+                pending.load(Ordering::SeqCst),
+                humantime::format_duration(began.elapsed())
+            ),
+        }
+    }
+}
+
+/// Starts the sending thread.
+fn start(destinations: Vec<Destination>, board: Arc<Board>) -> Sender {
+    let (queue, parcels) = mpsc::sync_channel::<Parcel>(MAX_QUEUED);
+    let (finished, done) = mpsc::channel();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let longest = destinations
+        .iter()
+        .map(Destination::timeout)
+        .max()
+        .unwrap_or_default();
+    let left = Arc::clone(&pending);
+    thread::Builder::new()
+        .name("distribute".into())
+        .spawn(move || {
+            for parcel in parcels {
+                send(parcel, &destinations, &board);
+                left.fetch_sub(1, Ordering::SeqCst);
+            }
+            let _ = finished.send(());
+        })
+        .expect("spawning the distribution thread");
+    Sender {
+        queue,
+        pending,
+        done,
+        longest,
+    }
+}
+
+/// Sends one report to every destination, then lists how each went in its stored run.
+fn send(parcel: Parcel, destinations: &[Destination], board: &Board) {
+    let Parcel {
+        name,
+        stored_as,
+        mut report,
+    } = parcel;
+    let sent: Vec<_> = destinations.iter().map(|d| d.send(&report)).collect();
+    for s in sent.iter().filter(|s| !s.delivered) {
+        log::error!(
+            "{name}: report not distributed ({} to {}): {}",
+            s.kind.as_str(),
+            s.to,
+            s.outcome
+        );
+    }
+    let delivered = sent.iter().filter(|s| s.delivered).count();
+    report.distribution = sent;
+    let Some(id) = stored_as else {
+        log::info!(
+            "{name}: report distributed to {delivered} of {} destination(s)",
+            destinations.len()
+        );
+        return;
+    };
+    match board.replace_report(id, &report) {
+        Ok(()) => log::info!(
+            "{name}: run {id} distributed to {delivered} of {} destination(s)",
+            destinations.len()
+        ),
+        Err(e) => log::error!("{name}: run {id}'s distribution not recorded in the store: {e}"),
+    }
+}

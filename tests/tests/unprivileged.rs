@@ -390,6 +390,66 @@ fn exit_codes_are_a_root_runs() {
     assert!(stderr.contains("no agent socket"), "{stderr}");
 }
 
+/// A run through the agent is judged once its command has ended: a threshold it crossed and
+/// fell back from is alerted then, its breach and its resolve, with the values of the report's
+/// events. (A `command` channel the user's run starts writes each alert it is given.)
+#[test]
+fn a_run_through_the_agent_alerts_its_thresholds_at_its_end() {
+    if !privileged("a_run_through_the_agent_alerts_its_thresholds_at_its_end") {
+        return;
+    }
+    let s = Setup::new("a");
+    let user = &s.member;
+    let alerts = user.home.path().join("alerts.json");
+    let config = user.home.path().join("alerting.toml");
+    fs::write(
+        &config,
+        format!(
+            "[performance_monitoring]\nmetrics_interval = \"200ms\"\n\
+             [performance_monitoring.thresholds]\nmax_cpu_usage_percent = 50\n\
+             [[alerts.channels]]\nname = \"log\"\nkind = \"command\"\n\
+             command = [\"sh\", \"-c\", \"cat >> {}\"]\n",
+            alerts.display()
+        ),
+    )
+    .unwrap();
+    let out = s.measure(
+        user,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--name",
+            "remote-alerts",
+            "--report",
+            user.home.path().join("a.json").to_str().unwrap(),
+        ],
+        &format!("{} spin-ms 1500; sleep 1", s.workload()),
+    );
+    // The breach fails the verdict: 3.
+    assert_eq!(out.status.code(), Some(3), "{out:?}\n{}", s.agent.log());
+    let report = report_of(user, "a.json");
+    let text = fs::read_to_string(&alerts).unwrap_or_default();
+    let sent: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&text)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let states: Vec<&str> = sent.iter().map(|a| a["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["firing", "resolved"], "{text}");
+    assert_eq!(sent[0]["id"], sent[1]["id"]);
+    assert_eq!(sent[0]["target"], "remote-alerts");
+    let events = report["events"].as_array().unwrap();
+    let value_of = |kind: &str| {
+        events
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} event: {events:#?}"))["value"]
+            .clone()
+    };
+    assert_eq!(sent[0]["value"], value_of("threshold_breached"));
+    assert_eq!(sent[1]["value"], value_of("threshold_cleared"));
+    assert_eq!(report["alerts"]["undelivered"], 0, "{:#}", report["alerts"]);
+}
+
 /// One JSON request on a fresh connection, as `user`, and the reply line.
 fn ask_as(s: &Setup, user: &TestUser, request: &str) -> serde_json::Value {
     let script = format!(

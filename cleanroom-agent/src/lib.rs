@@ -45,6 +45,7 @@ pub mod output;
 pub mod profile;
 pub mod run;
 pub mod store;
+pub mod trust;
 pub mod units;
 
 pub use error::Error;

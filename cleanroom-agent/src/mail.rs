@@ -1,6 +1,7 @@
 //! Sending one email through an SMTP server: what alerts (an `email` channel) and report
-//! distribution (`[[distribute]]` by email) share. STARTTLS, TLS or plain; a login when a user
-//! is named, the password from the environment (read by the caller).
+//! distribution (`[[distribute]]` by email) share. STARTTLS, TLS or plain, the server's
+//! certificate checked against the public roots or a `ca_file` ([`Trust`]); a login when a
+//! user is named, the password from the environment (read by the caller).
 
 use std::time::Duration;
 
@@ -10,6 +11,8 @@ use lettre::{
     transport::smtp::{authentication::Credentials, client::Tls},
 };
 use serde::Deserialize;
+
+use crate::trust::Trust;
 
 /// How an SMTP connection is protected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -48,6 +51,8 @@ pub struct Server<'a> {
     pub login: Option<(&'a str, &'a str)>,
     /// How long each step of the dialogue may take.
     pub timeout: Duration,
+    /// The authorities its certificate may be signed by.
+    pub trust: &'a Trust,
 }
 
 /// One message.
@@ -99,12 +104,12 @@ pub fn send(server: &Server<'_>, mail: Mail<'_>) -> Result<(), String> {
     }
     .map_err(|e| e.to_string())?;
     let host = server.host;
-    let builder = match server.security {
-        SmtpSecurity::Starttls => SmtpTransport::starttls_relay(host),
-        SmtpSecurity::Tls => SmtpTransport::relay(host),
-        SmtpSecurity::Plain => Ok(SmtpTransport::builder_dangerous(host).tls(Tls::None)),
-    }
-    .map_err(|e| format!("{host}: {e}"))?;
+    let tls = match server.security {
+        SmtpSecurity::Starttls => Tls::Required(server.trust.smtp_tls(host)?),
+        SmtpSecurity::Tls => Tls::Wrapper(server.trust.smtp_tls(host)?),
+        SmtpSecurity::Plain => Tls::None,
+    };
+    let builder = SmtpTransport::builder_dangerous(host).tls(tls);
     let mut builder = builder
         .port(server.port.unwrap_or(server.security.default_port()))
         .timeout(Some(server.timeout));

@@ -485,10 +485,16 @@ struct SmtpServer {
 
 impl SmtpServer {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, "maildir", &[])
+    }
+
+    /// A server keeping its mail in `dir/name`, with aiosmtpd's `options` (TLS).
+    fn start_with(dir: &Path, name: &str, options: &[&str]) -> Self {
         let port = free_loopback_port();
-        let maildir = dir.join("maildir");
+        let maildir = dir.join(name);
         let child = Command::new("aiosmtpd")
             .args(["-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(options)
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(&maildir)
             .stdout(Stdio::null())
@@ -1064,6 +1070,232 @@ path = "{copies}"
         .map(|d| d["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["post", "directory"], "{distribution:#?}");
+    assert!(
+        distribution.iter().all(|d| d["delivered"] == true),
+        "{distribution:#?}"
+    );
+}
+
+/// A certificate authority of the test's own and a server certificate it signed for
+/// 127.0.0.1, made by `openssl` in `dir`: (the CA's PEM, the server's certificate, its key).
+fn test_pki(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    // Each command line in `dir` (no argument has a space).
+    let openssl = |line: &str| {
+        let out = Command::new("openssl")
+            .args(line.split_whitespace())
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {line}: {out:?}");
+    };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    openssl(&format!(
+        "req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN=cleanroom-test-ca \
+         -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+    ));
+    openssl(&format!(
+        "req -new {ec} -keyout server.key -out server.csr -subj /CN=127.0.0.1"
+    ));
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+         -extfile server.ext -out server.pem",
+    );
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+/// An HTTPS receiver (Python's `http.server` behind `ssl`) answering 200 to every POST and
+/// writing each down, a JSON line of path and body; stopped on drop.
+struct HttpsReceiver {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl HttpsReceiver {
+    fn start(dir: &Path, cert: &Path, key: &Path) -> Self {
+        let script = r#"
+import http.server, json, ssl, sys
+log = open(sys.argv[3], "a")
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        log.write(json.dumps({"path": self.path, "body": body}) + "\n"); log.flush()
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+        let log = dir.join("https.log");
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .args([cert, key, &log])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the receiver's port");
+        Self { child, port, log }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The bodies POSTed to `path`.
+    fn on(&self, path: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["path"] == path)
+            .map(|r| serde_json::from_str(r["body"].as_str().unwrap()).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for HttpsReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Receivers behind TLS, with a certificate of a CA of their own: reached by HTTPS, SMTP with
+/// STARTTLS and SMTPS when `ca_file` names that CA, and refused (the certificate unknown, not
+/// delivered, said in the report) by a channel trusting the public roots only.
+#[test]
+fn tls_receivers_are_reached_when_their_ca_is_trusted_and_only_then() {
+    if !privileged("tls_receivers_are_reached_when_their_ca_is_trusted_and_only_then") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(dir.path());
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let https = HttpsReceiver::start(dir.path(), &cert, &key);
+    let starttls = SmtpServer::start_with(
+        dir.path(),
+        "starttls",
+        &["--tlscert", &cert_s, "--tlskey", &key_s],
+    );
+    let smtps = SmtpServer::start_with(
+        dir.path(),
+        "smtps",
+        &["--smtpscert", &cert_s, "--smtpskey", &key_s],
+    );
+    let config = format!(
+        r#"{THRESHOLD}
+[alerts.retry]
+attempts = 1
+
+[[alerts.channels]]
+name = "secure"
+kind = "webhook"
+url = "{secure}"
+ca_file = "{ca}"
+
+[[alerts.channels]]
+name = "untrusted"
+kind = "webhook"
+url = "{untrusted}"
+
+[[alerts.channels]]
+name = "mail"
+kind = "email"
+host = "127.0.0.1"
+port = {starttls}
+security = "starttls"
+from = "cleanroom@ci.example"
+to = "oncall@ci.example"
+ca_file = "{ca}"
+
+[[distribute]]
+kind = "email"
+host = "127.0.0.1"
+port = {smtps}
+security = "tls"
+from = "cleanroom@ci.example"
+to = "lead@ci.example"
+attach = "json"
+ca_file = "{ca}"
+
+[[distribute]]
+kind = "post"
+url = "{report}"
+ca_file = "{ca}"
+"#,
+        secure = https.url("/secure"),
+        untrusted = https.url("/untrusted"),
+        report = https.url("/report"),
+        starttls = starttls.port,
+        smtps = smtps.port,
+        ca = ca.display(),
+    );
+    let (out, _) = run_holding(dir.path(), &config, &[], 2000);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_matches_schema(&report);
+
+    // HTTPS with the CA trusted: the firing and the resolve.
+    let states: Vec<String> = https
+        .on("/secure")
+        .iter()
+        .map(|a| a["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, ["firing", "resolved"], "{stderr}");
+    // The public roots only: never reached past the handshake, and the report says why.
+    assert!(https.on("/untrusted").is_empty());
+    let deliveries = report["alerts"]["deliveries"].as_array().unwrap();
+    let refused: Vec<&serde_json::Value> = deliveries
+        .iter()
+        .filter(|d| d["channel"] == "untrusted")
+        .collect();
+    assert_eq!(refused.len(), 2, "{deliveries:#?}");
+    for d in &refused {
+        assert_eq!(d["delivered"], false, "{d}");
+        let outcome = d["attempts"][0]["outcome"].as_str().unwrap().to_lowercase();
+        assert!(outcome.contains("certificate"), "{outcome}");
+    }
+    assert!(
+        deliveries
+            .iter()
+            .filter(|d| d["channel"] != "untrusted")
+            .all(|d| d["delivered"] == true),
+        "{deliveries:#?}"
+    );
+    // SMTP upgraded with STARTTLS (the server refuses mail without it): both alerts.
+    let mails = starttls.messages();
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    assert!(mails[0].0.starts_with("[Cleanroom] FIRING"), "{mails:#?}");
+    // SMTPS: the report, its JSON attached; HTTPS: the report POSTed.
+    let mails = smtps.messages();
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    let attached: serde_json::Value = serde_json::from_str(&mails[0].2[0].2).unwrap();
+    assert_eq!(attached["totals"], report["totals"]);
+    let posted = https.on("/report");
+    assert_eq!(posted.len(), 1);
+    assert_eq!(posted[0]["totals"], report["totals"]);
+    let distribution = report["distribution"].as_array().unwrap();
     assert!(
         distribution.iter().all(|d| d["delivered"] == true),
         "{distribution:#?}"

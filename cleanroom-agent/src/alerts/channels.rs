@@ -20,6 +20,8 @@ use std::{
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 
+use crate::trust::Trust;
+
 use super::{
     config::{ChannelConfig, ChannelKind, SmsFormat},
     policy::{Alert, AlertState},
@@ -34,6 +36,8 @@ pub struct Channel {
     pub config: ChannelConfig,
     /// Its secret (never printed: [`std::fmt::Debug`] leaves it out).
     secret: Option<String>,
+    /// The authorities its TLS certificate may be signed by.
+    trust: Trust,
 }
 
 impl std::fmt::Debug for Channel {
@@ -57,11 +61,24 @@ pub enum ChannelError {
         /// The variable.
         var: String,
     },
+    /// Its `ca_file` cannot be used.
+    #[error("alerts channel {channel:?}: {detail}")]
+    Trust {
+        /// The channel.
+        channel: String,
+        /// Why.
+        detail: String,
+    },
 }
 
 impl Channel {
-    /// Reads `config`'s secret from the environment.
+    /// Reads `config`'s secret from the environment, and its `ca_file`.
     pub fn new(config: ChannelConfig) -> Result<Self, ChannelError> {
+        let trust =
+            Trust::load(config.ca_file.as_deref()).map_err(|detail| ChannelError::Trust {
+                channel: config.name.get_ref().clone(),
+                detail,
+            })?;
         let secret = match &config.secret_env {
             Some(var) => Some(std::env::var(var).map_err(|_| ChannelError::SecretMissing {
                 channel: config.name.get_ref().clone(),
@@ -69,7 +86,11 @@ impl Channel {
             })?),
             None => None,
         };
-        Ok(Self { config, secret })
+        Ok(Self {
+            config,
+            secret,
+            trust,
+        })
     }
 
     /// One attempt to deliver `alert`, within `timeout`. `Err` says why it failed, in words
@@ -85,13 +106,14 @@ impl Channel {
                 if let Some(secret) = &self.secret {
                     headers.push((SIGNATURE_HEADER, sign(secret, &body)));
                 }
-                post(self.url(), &headers, body, timeout)
+                post(self.url(), &headers, body, timeout, &self.trust)
             }
             ChannelKind::Slack => post(
                 self.url(),
                 &[("Content-Type", "application/json".to_owned())],
                 slack_json(alert),
                 timeout,
+                &self.trust,
             ),
             ChannelKind::Sms => {
                 let text = sms_text(alert);
@@ -114,7 +136,7 @@ impl Channel {
                     let token = self.secret.as_deref().unwrap_or("");
                     headers.push(("Authorization", basic_auth(account, token)));
                 }
-                post(self.url(), &headers, body, timeout)
+                post(self.url(), &headers, body, timeout, &self.trust)
             }
         }
     }
@@ -132,6 +154,7 @@ impl Channel {
                 .as_deref()
                 .map(|user| (user, self.secret.as_deref().unwrap_or(""))),
             timeout,
+            trust: &self.trust,
         };
         crate::mail::send(
             &server,
@@ -269,12 +292,9 @@ pub fn post(
     headers: &[(&str, String)],
     body: String,
     timeout: Duration,
+    trust: &Trust,
 ) -> Result<(), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = trust.http_agent(timeout);
     let mut request = agent.post(url);
     for (name, value) in headers {
         request = request.header(*name, value);

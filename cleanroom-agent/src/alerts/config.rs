@@ -81,6 +81,10 @@ pub struct ChannelConfig {
     /// `email`: the user to log in as (the password from `secret_env`); none: no login.
     #[serde(default)]
     pub username: Option<String>,
+    /// The CA certificates (PEM) the receiver's TLS certificate must be signed by, instead of
+    /// the public roots: for `https://` and SMTP receivers of a company's own PKI.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// `sms`: the body is a form (`form`, as Twilio takes it: `To`, `From`, `Body`) or JSON
     /// (`json`: `to`, `from`, `body`).
     #[serde(default)]

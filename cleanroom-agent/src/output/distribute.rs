@@ -13,6 +13,7 @@ use crate::{
         render::{self, Format},
         report::Report,
     },
+    trust::Trust,
     units::de_duration,
 };
 
@@ -53,6 +54,10 @@ pub struct DistributeConfig {
     /// `email`: the addresses, separated by commas.
     #[serde(default)]
     pub to: Option<String>,
+    /// `post`, `email`: the CA certificates (PEM) the receiver's TLS certificate must be
+    /// signed by, instead of the public roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// How long it may take (default 30 s).
     #[serde(default = "default_timeout", deserialize_with = "de_duration")]
     pub timeout: Duration,
@@ -137,6 +142,7 @@ impl DistributeConfig {
 pub struct Destination {
     config: DistributeConfig,
     secret: Option<String>,
+    trust: Trust,
 }
 
 impl std::fmt::Debug for Destination {
@@ -149,15 +155,22 @@ impl std::fmt::Debug for Destination {
 }
 
 impl Destination {
-    /// Reads `config`'s secret; an unset variable is an error naming it.
+    /// Reads `config`'s secret and its `ca_file`; an unset variable or an unusable file is
+    /// an error naming it.
     pub fn new(config: DistributeConfig) -> Result<Self, String> {
+        let trust =
+            Trust::load(config.ca_file.as_deref()).map_err(|e| format!("distribute: {e}"))?;
         let secret = match &config.secret_env {
             Some(var) => Some(std::env::var(var).map_err(|_| {
                 format!("distribute: the environment variable {var} (secret_env) is not set")
             })?),
             None => None,
         };
-        Ok(Self { config, secret })
+        Ok(Self {
+            config,
+            secret,
+            trust,
+        })
     }
 
     /// How long one send may take.
@@ -191,7 +204,8 @@ impl Destination {
                         crate::alerts::channels::sign(secret, &body),
                     ));
                 }
-                let result = crate::alerts::channels::post(&url, &headers, body, c.timeout);
+                let result =
+                    crate::alerts::channels::post(&url, &headers, body, c.timeout, &self.trust);
                 (url, result)
             }
             DistributeKind::Email => {
@@ -226,6 +240,7 @@ impl Destination {
                 .as_deref()
                 .map(|user| (user, self.secret.as_deref().unwrap_or(""))),
             timeout: c.timeout,
+            trust: &self.trust,
         };
         mail::send(
             &server,

@@ -34,12 +34,47 @@ struct OutputArgs {
     /// .md, .xml (JUnit), .html, .pdf. Repeatable.
     #[arg(long, value_name = "FILE")]
     report: Vec<PathBuf>,
-    /// History database (default: $CLEANROOM_STORE, else ~/.local/share/cleanroom/history.db).
-    #[arg(long, value_name = "FILE", env = "CLEANROOM_STORE")]
-    store: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArg,
     /// Do not store this run in the history.
     #[arg(long)]
     no_store: bool,
+}
+
+/// `--store`: where the history is.
+#[derive(Debug, clap::Args)]
+struct StoreArg {
+    /// History store: a SQLite file, or a postgres:// URL shared by a fleet (default:
+    /// $CLEANROOM_STORE, else ~/.local/share/cleanroom/history.db).
+    #[arg(
+        id = "store",
+        long = "store",
+        value_name = "PATH|URL",
+        env = "CLEANROOM_STORE",
+        hide_env_values = true
+    )]
+    location: Option<store::StoreLocation>,
+}
+
+impl StoreArg {
+    /// The store named, else the default one.
+    fn or_default(self) -> store::StoreLocation {
+        self.location.unwrap_or_else(store::default_location)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copy every run of another store into this one, oldest first, with new ids: a runner's
+    /// local SQLite history into the fleet's PostgreSQL, or back. Copy a history once: runs
+    /// copied twice are there twice.
+    Import {
+        /// The store to copy from: a SQLite file or a postgres:// URL.
+        #[arg(value_name = "FROM")]
+        from: store::StoreLocation,
+        #[command(flatten)]
+        store: StoreArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,9 +185,8 @@ enum Command {
         /// Sample every DURATION (default 1s, at least 100ms).
         #[arg(long, value_name = "DURATION", value_parser = parse_agent_interval)]
         interval: Option<std::time::Duration>,
-        /// History database for the reports (default: $CLEANROOM_STORE, else as `run`'s).
-        #[arg(long, value_name = "FILE", env = "CLEANROOM_STORE")]
-        store: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArg,
         /// Do not store reports.
         #[arg(long, conflicts_with = "store")]
         no_store: bool,
@@ -188,9 +222,8 @@ enum Command {
         /// Write here instead of stdout.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// History database.
-        #[arg(long, value_name = "FILE", env = "CLEANROOM_STORE")]
-        store: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// List past runs, newest first, with their verdicts.
     History {
@@ -200,9 +233,8 @@ enum Command {
         /// At most N runs.
         #[arg(long, default_value_t = 20)]
         last: usize,
-        /// History database.
-        #[arg(long, value_name = "FILE", env = "CLEANROOM_STORE")]
-        store: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Compare two runs (ids in the history or JSON reports): every metric and percentile, with
     /// regressions beyond tolerance flagged (exit 3 if any).
@@ -225,9 +257,8 @@ enum Command {
         /// Write here instead of stdout.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// History database.
-        #[arg(long, value_name = "FILE", env = "CLEANROOM_STORE")]
-        store: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Each metric across the last N runs of one name: series, slope, and where it moved most.
     Trend {
@@ -243,10 +274,12 @@ enum Command {
         /// Write here instead of stdout.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// History database.
-        #[arg(long, value_name = "FILE", env = "CLEANROOM_STORE")]
-        store: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArg,
     },
+    /// The history store itself.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Start a named phase of the run this command is part of, ending the phase before: the
     /// report gets each phase's wall time and totals, and an SLO can judge one phase
     /// (`phase = "build"` in `[[slos]]`). For the scripts `cleanroom run` measures, which it
@@ -341,7 +374,7 @@ fn outputs(out: OutputArgs, summary: bool) -> Outputs {
     Outputs {
         summary,
         reports: out.report,
-        store: (!out.no_store).then(|| out.store.unwrap_or_else(store::default_path)),
+        store: (!out.no_store).then(|| out.store.or_default()),
         baseline: None,
         tolerances: compare::Tolerances::default(),
         distribute: Vec::new(),
@@ -397,7 +430,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             // Checked before the command runs: a bad baseline must not cost a run.
             outputs.baseline = baseline
                 .map(|b| {
-                    let store = outputs.store.clone().unwrap_or_else(store::default_path);
+                    let store = outputs
+                        .store
+                        .clone()
+                        .unwrap_or_else(store::default_location);
                     deliver::Baseline::load(&b, &store)
                 })
                 .transpose()?;
@@ -408,7 +444,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             // Noise-aware defaults: how far apart earlier runs of this name have been.
             if let (Some(_), Some(name)) = (&outputs.baseline, &name) {
-                let store = outputs.store.clone().unwrap_or_else(store::default_path);
+                let store = outputs
+                    .store
+                    .clone()
+                    .unwrap_or_else(store::default_location);
                 outputs.tolerances.history = deliver::history_spreads(&store, name);
             }
             measure(
@@ -480,7 +519,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 watch,
                 listen,
                 interval,
-                store,
+                store: store.location,
                 no_store,
                 profile,
                 profile_frequency,
@@ -504,17 +543,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             output,
             store,
         } => {
-            let store = store.unwrap_or_else(store::default_path);
+            let store = store.or_default();
             let (_, report) = deliver::load_run(&run, &store)?;
             let format = pick_format(format.as_deref(), output.as_deref())?;
             emit(&render::report(&report, format)?, output.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::History { name, last, store } => {
-            let store = store.unwrap_or_else(store::default_path);
+            let store = store.or_default();
             let rows = store::Store::open(&store)?.list(name.as_deref(), last)?;
             if rows.is_empty() {
-                eprintln!("no runs in {}", store.display());
+                eprintln!("no runs in {}", store);
             } else {
                 print!("{}", store::history_table(&rows));
             }
@@ -533,7 +572,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Some(path) => CleanroomConfig::from_file(path)?,
                 None => CleanroomConfig::default(),
             };
-            let store = store.unwrap_or_else(store::default_path);
+            let store = store.or_default();
             let (bl, b) = deliver::load_run(&base, &store)?;
             let (nl, n) = deliver::load_run(&new, &store)?;
             let tolerances = compare::Tolerances {
@@ -557,16 +596,23 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             output,
             store,
         } => {
-            let store = store.unwrap_or_else(store::default_path);
+            let store = store.or_default();
             let runs = store::Store::open(&store)?.reports_named(&name, last)?;
-            anyhow::ensure!(
-                !runs.is_empty(),
-                "no runs named `{name}` in {}",
-                store.display()
-            );
+            anyhow::ensure!(!runs.is_empty(), "no runs named `{name}` in {}", store);
             let t = compare::trend(&name, &runs);
             let format = pick_format(format.as_deref(), output.as_deref())?;
             emit(&render::trend(&t, format)?, output.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Store(StoreCommand::Import { from, store }) => {
+            let store = store.or_default();
+            anyhow::ensure!(from != store, "{from} is the store to import into");
+            let mut source = store::Store::open(&from)?;
+            let mut target = store::Store::open(&store)?;
+            let copied = target.import(&mut source, |done, all| {
+                eprint!("\rcleanroom: {done} of {all} run(s) copied");
+            })?;
+            eprintln!("\rcleanroom: {copied} run(s) copied from {from} into {store}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Mark { name } => {

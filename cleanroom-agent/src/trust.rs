@@ -1,7 +1,8 @@
 //! Which certificate authorities a TLS connection to a receiver trusts: by default the public
 //! ones (Mozilla's roots, built in); with a channel's or destination's `ca_file`, only the CA
 //! certificates that file holds (PEM), for receivers inside a company's own PKI. Shared by the
-//! HTTP POSTs (webhook, Slack, SMS, a distributed report) and SMTP (email).
+//! HTTP POSTs (webhook, Slack, SMS, a distributed report), SMTP (email) and the PostgreSQL
+//! store (`sslrootcert`).
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -64,6 +65,24 @@ impl Trust {
             );
         }
         config.build().into()
+    }
+
+    /// The roots a rustls client trusts: the public ones, or these.
+    pub fn rustls_roots(&self) -> rustls::RootCertStore {
+        match &self.pem {
+            None => rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certificates(pem).unwrap_or_default() {
+                    // A certificate rustls cannot take is left out: the server's is then
+                    // not trusted, and the connection says so.
+                    let _ = roots.add(rustls::pki_types::CertificateDer::from(c.der().to_vec()));
+                }
+                roots
+            }
+        }
     }
 
     /// TLS parameters for an SMTP connection to `host`, trusting these authorities.

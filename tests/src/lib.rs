@@ -526,8 +526,9 @@ pub fn tool(test: &str, tool: &str) -> bool {
     }
 }
 
-/// Runs `cleanroom ARGS` with a history store of the test's own; returns the output.
-pub fn cleanroom(store: &Path, args: &[&str]) -> Output {
+/// Runs `cleanroom ARGS` with a history store of the test's own (a file, or a `postgres://`
+/// URL); returns the output.
+pub fn cleanroom(store: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
     Command::new(cleanroom_bin())
         .env("CLEANROOM_STORE", store)
         .args(args)
@@ -541,7 +542,7 @@ pub fn markdown_of(report: &serde_json::Value) -> String {
     let json = dir.path().join("run.json");
     fs::write(&json, report.to_string()).expect("writing the report");
     let out = cleanroom(
-        &dir.path().join("history.db"),
+        dir.path().join("history.db"),
         &[
             "report",
             json.to_str().expect("a UTF-8 path"),
@@ -858,10 +859,181 @@ impl Drop for Prometheus {
     }
 }
 
+/// Waits until something listens on loopback `port`; panics after 30 s, naming `what`.
+pub fn wait_for_port(port: u16, what: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "{what} never listened on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `sh -c SCRIPT` with the shell moved into `cgroup` first; waits for it, and panics if it
+/// failed.
+pub fn run_in_cgroup(cgroup: &Path, script: &str) -> Output {
+    let output = Command::new("sh")
+        .arg("-c")
+        // On a line of its own: `a && b &` would background both in a subshell.
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs || exit 1\n{script}",
+            cgroup.display()
+        ))
+        .output()
+        .expect("sh");
+    assert!(output.status.success(), "{script}: {output:?}");
+    output
+}
+
 /// A loopback TCP port that was free a moment ago (bound to port 0, read and released).
 pub fn free_loopback_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("binding 127.0.0.1:0")
         .port()
+}
+
+/// A throwaway PostgreSQL cluster of the test's own (Debian's `postgresql`): `initdb` and
+/// `pg_ctl` run as the `postgres` user in a private directory, the server listening on a free
+/// loopback port (and a socket in that directory), trusting local connections. Stopped and
+/// removed on drop.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl PgCluster {
+    /// Makes and starts a cluster, or, when PostgreSQL is not installed, panics in CI and
+    /// returns `None` elsewhere, printing why `test` skips.
+    pub fn start(test: &str) -> Option<Self> {
+        let bin = fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").is_file())
+            .max();
+        let Some(bin) = bin else {
+            assert!(
+                !in_ci(),
+                "{test}: PostgreSQL is not installed, and CI=true forbids skipping"
+            );
+            eprintln!("SKIPPED {test}: PostgreSQL is not installed (cargo xtask test installs it)");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        sh(&["chown", "postgres:postgres", dir.path().to_str().unwrap()]);
+        let cluster = Self {
+            dir,
+            bin,
+            port: free_loopback_port(),
+        };
+        let data = cluster.data();
+        cluster.as_postgres(&[
+            "initdb",
+            "-D",
+            &data,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        cluster.resume();
+        Some(cluster)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// Runs one of PostgreSQL's programs as `postgres`; panics with its output if it fails.
+    fn as_postgres(&self, args: &[&str]) -> String {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ])
+            .arg(self.bin.join(args[0]))
+            .args(&args[1..])
+            .current_dir(self.dir.path())
+            .output()
+            .expect("setpriv");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts the server (again), waiting until it takes connections.
+    pub fn resume(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log").display().to_string();
+        self.as_postgres(&[
+            "pg_ctl",
+            "-D",
+            &self.data(),
+            "-l",
+            &log,
+            "-o",
+            &options,
+            "-w",
+            "start",
+        ]);
+    }
+
+    /// Stops the server (fast: connections are cut), as a database that goes away does.
+    pub fn pause(&self) {
+        self.as_postgres(&["pg_ctl", "-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    /// The URL of database `postgres` as user `postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// `psql -At -c SQL`: the rows, one a line, columns separated by `|`.
+    pub fn psql(&self, sql: &str) -> String {
+        let port = self.port.to_string();
+        self.as_postgres(&[
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-At",
+            "-c",
+            sql,
+        ])
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("setpriv")
+            .args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .current_dir(self.dir.path())
+            .output();
+    }
 }

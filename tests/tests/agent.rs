@@ -7,14 +7,14 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use cleanroom_tests::{
     LoopDevice, Prometheus, TestCgroup, block_device, cleanroom, cleanroom_bin, free_loopback_port,
-    privileged, rel_diff, run_measured, tool, u64_at, v2_mount, workload_bin,
+    privileged, rel_diff, run_in_cgroup, run_measured, tool, u64_at, v2_mount, workload_bin,
 };
 
 const MIB: u64 = 1 << 20;
@@ -189,21 +189,6 @@ impl Drop for Agent {
     }
 }
 
-/// `sh -c SCRIPT` with the shell moved into `cgroup` first; waits for it.
-fn run_in(cgroup: &Path, script: &str) -> Output {
-    let output = Command::new("sh")
-        .arg("-c")
-        // On a line of its own: `a && b &` would background both in a subshell.
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs || exit 1\n{script}",
-            cgroup.display()
-        ))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{script}: {output:?}");
-    output
-}
-
 /// The workload of the accuracy tests: two spinners of 1 s beside each other, then 16 MiB
 /// written and read back with O_DIRECT on `dev`.
 fn known_workload(dev: &LoopDevice) -> String {
@@ -260,7 +245,7 @@ fn prometheus_and_the_stored_report_agree_with_the_kernel_and_with_run() {
             .iter()
             .any(|c| c["cgroup"] == job_rel)
     });
-    run_in(&job, &known_workload(&dev));
+    run_in_cgroup(&job, &known_workload(&dev));
     let kernel_cpu = cpu_usage_ns(&job);
 
     let cpu = format!("cleanroom_cpu_time_seconds_total{{cgroup=\"{job_rel}\"}}");
@@ -650,7 +635,7 @@ fn a_profiling_agent_reports_each_watched_cgroups_stacks() {
         .unwrap();
     let inner = job.join("inner");
     fs::create_dir(&inner).unwrap();
-    run_in(&inner, &format!("{w} hot-chain 1500"));
+    run_in_cgroup(&inner, &format!("{w} hot-chain 1500"));
     let mut beside = beside;
     assert!(beside.wait().unwrap().success());
     fs::remove_dir(&inner).unwrap();

@@ -960,25 +960,15 @@ path = "{copies}"
         .stderr(Stdio::null())
         .spawn()
         .expect("starting cleanroom agent");
-    let until = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "the agent never listened");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cleanroom_tests::wait_for_port(port, "the agent");
     let job = parent.path().join("job");
     std::fs::create_dir(&job).unwrap();
     // Picked up within an interval; then a CPU busy for 1.5 s, and 1 s idle.
     std::thread::sleep(Duration::from_millis(600));
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs || exit 1\n{} spin-ms 1500; sleep 1",
-            job.display(),
-            workload_bin!().display()
-        ))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    cleanroom_tests::run_in_cgroup(
+        &job,
+        &format!("{} spin-ms 1500; sleep 1", workload_bin!().display()),
+    );
     std::fs::remove_dir(&job).unwrap();
     // The watch ends at the next interval; its report is stored.
     std::thread::sleep(Duration::from_millis(800));

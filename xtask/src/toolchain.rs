@@ -226,6 +226,9 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     // The email alert tests send to a real SMTP server.
     ("aiosmtpd", "python3-aiosmtpd"),
+    // The fleet tests keep the history in a real PostgreSQL (its programs are not on PATH:
+    // the package itself is checked).
+    ("", "postgresql"),
 ];
 
 /// Debian packages the benchmark drives: workloads and the bpftrace peer.
@@ -247,7 +250,13 @@ pub fn ensure_test_tools() -> Result<()> {
 pub fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = tools
         .iter()
-        .filter(|(cmd, _)| !on_path(cmd))
+        .filter(|(cmd, pkg)| {
+            if cmd.is_empty() {
+                !dpkg_installed(pkg)
+            } else {
+                !on_path(cmd)
+            }
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     let mut installer = Installer::default();

@@ -174,6 +174,11 @@ const HOST_ONLY: &[(&str, &str)] = &[
         "unprivileged",
         "adds users and a group, and the guests mount the host's root (its /etc) read-only",
     ),
+    (
+        "fleet",
+        "starts a PostgreSQL cluster as the host's `postgres` user; the store is user space \
+         alone, the same on every kernel",
+    ),
 ];
 
 /// Runs the tests in `executables` inside each kernel named in `kernels`, prints the table,

@@ -107,11 +107,11 @@ impl Board {
         }
     }
 
-    /// Where reports go that the store could not take: beside the store's file.
+    /// Where reports go that the store could not take: beside a SQLite store's file.
     pub fn unstored_dir(&self) -> Option<PathBuf> {
         let store = self.store.as_ref()?;
         let store = store.lock().unwrap_or_else(|e| e.into_inner());
-        Some(store.path().parent()?.join("unstored"))
+        Some(store.location().sqlite_path()?.parent()?.join("unstored"))
     }
 
     /// Takes what the tick just read: every live watch's figures and its newest point and
@@ -223,10 +223,13 @@ impl Board {
         }
     }
 
-    fn with_store<T>(&self, f: impl FnOnce(&Store) -> Result<T, StoreError>) -> Result<T, String> {
+    fn with_store<T>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, String> {
         match &self.store {
             Some(store) => {
-                f(&store.lock().unwrap_or_else(|e| e.into_inner())).map_err(|e| e.to_string())
+                f(&mut store.lock().unwrap_or_else(|e| e.into_inner())).map_err(|e| e.to_string())
             }
             None => Err("the agent stores no reports (--no-store)".into()),
         }

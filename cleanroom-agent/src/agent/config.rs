@@ -62,9 +62,10 @@ pub struct AgentConfig {
     /// How often each watched cgroup is sampled and new cgroups are looked for (default 1s).
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub interval: Option<Duration>,
-    /// History database the reports of finished cgroups go to (default: as `cleanroom run`'s).
+    /// History store the reports of finished cgroups go to, a SQLite file or a `postgres://`
+    /// URL (default: as `cleanroom run`'s).
     #[serde(default)]
-    pub store: Option<PathBuf>,
+    pub store: Option<crate::store::StoreLocation>,
     /// Samples a second on each CPU when profiling (rules with `profile = true`; default 99,
     /// 1 to 1000).
     #[serde(default)]

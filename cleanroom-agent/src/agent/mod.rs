@@ -65,8 +65,8 @@ pub struct AgentOptions {
     pub listen: Option<SocketAddr>,
     /// `--interval DURATION`.
     pub interval: Option<Duration>,
-    /// `--store FILE`.
-    pub store: Option<PathBuf>,
+    /// `--store PATH|URL`.
+    pub store: Option<crate::store::StoreLocation>,
     /// `--no-store`.
     pub no_store: bool,
     /// `--profile`: every rule profiles its cgroups.
@@ -289,7 +289,7 @@ fn prepare(opts: &AgentOptions) -> Result<Prepared, Error> {
     let store = match (opts.no_store, &opts.store, &config.store) {
         (true, _, _) => None,
         (false, Some(path), _) | (false, None, Some(path)) => Some(Store::open(path)?),
-        (false, None, None) => Some(Store::open(&crate::store::default_path())?),
+        (false, None, None) => Some(Store::open(&crate::store::default_location())?),
     };
     let v2_root = File::open(&hierarchy.v2_mount).map_err(|source| CgroupError::Io {
         action: "opening",

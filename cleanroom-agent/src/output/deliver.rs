@@ -24,7 +24,7 @@ use crate::{
     output::distribute::Destination,
     output::render::{self, Format},
     output::report::{Report, SCHEMA_VERSION},
-    store::Store,
+    store::{Store, StoreLocation},
 };
 
 /// What to do with a finished run.
@@ -35,7 +35,7 @@ pub struct Outputs {
     /// Report files; the format comes from each name.
     pub reports: Vec<PathBuf>,
     /// The history store, or `None` not to store.
-    pub store: Option<PathBuf>,
+    pub store: Option<StoreLocation>,
     /// The run to compare against, loaded before the command starts.
     pub baseline: Option<Baseline>,
     /// Tolerances overriding the static defaults: `--tolerance`, `[comparison]`, the history.
@@ -55,7 +55,7 @@ pub struct Baseline {
 
 impl Baseline {
     /// Loads a baseline by reference (see [`load_run`]), before the run it judges starts.
-    pub fn load(reference: &str, store: &Path) -> Result<Self, Error> {
+    pub fn load(reference: &str, store: &StoreLocation) -> Result<Self, Error> {
         let (label, report) = load_run(reference, store)?;
         Ok(Self {
             label,
@@ -69,11 +69,11 @@ impl Baseline {
 /// [`compare::HISTORY_MAX_RUNS`] runs, leaving out those whose command failed or was
 /// interrupted (a crashed run is not a rerun). A store that does not exist is not made; one
 /// that cannot be read costs the history only, with a warning.
-pub fn history_spreads(store: &Path, name: &str) -> BTreeMap<String, Spread> {
+pub fn history_spreads(store: &StoreLocation, name: &str) -> BTreeMap<String, Spread> {
     if !store.exists() {
         return BTreeMap::new();
     }
-    match Store::open(store).and_then(|s| s.reports_named(name, compare::HISTORY_MAX_RUNS)) {
+    match Store::open(store).and_then(|mut s| s.reports_named(name, compare::HISTORY_MAX_RUNS)) {
         Ok(runs) => {
             let steady: Vec<Report> = runs
                 .into_iter()
@@ -115,7 +115,7 @@ pub fn check_outputs(outputs: &Outputs) -> Result<(), Error> {
 /// A run by reference: an id in the store, or a JSON report file (a regular file of at most
 /// 16 MiB). Returns a label and the report. A report of a newer schema than this build knows
 /// is read with a warning: the fields this build knows are rendered, the rest is ignored.
-pub fn load_run(reference: &str, store: &Path) -> Result<(String, Report), Error> {
+pub fn load_run(reference: &str, store: &StoreLocation) -> Result<(String, Report), Error> {
     let path = Path::new(reference);
     if !path.exists()
         && let Ok(id) = reference.trim_start_matches('#').parse::<i64>()
@@ -377,7 +377,7 @@ pub fn deliver(
             Ok(id) => {
                 delivered.stored_as = Some(id);
                 if outputs.summary {
-                    eprintln!("  stored as run {id} in {}", store.display());
+                    eprintln!("  stored as run {id} in {store}");
                 }
             }
             Err(e) => {
@@ -438,7 +438,7 @@ mod tests {
         let outputs = Outputs {
             summary: false,
             reports: vec![dir.path().join("missing/r.json"), good.clone()],
-            store: Some(store.clone()),
+            store: Some(StoreLocation::Sqlite(store.clone())),
             baseline: None,
             tolerances: Tolerances::default(),
             distribute: Vec::new(),
@@ -455,7 +455,8 @@ mod tests {
     fn the_history_of_a_name_widens_default_tolerances() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.db");
-        assert!(history_spreads(&path, "suite").is_empty());
+        let location = StoreLocation::Sqlite(path.clone());
+        assert!(history_spreads(&location, "suite").is_empty());
         assert!(!path.exists(), "reading the history made a store");
         let run = |name: &str, cpu: u64, exit_code: i32| {
             let mut r = Report::example();
@@ -467,7 +468,7 @@ mod tests {
             );
             r
         };
-        let mut store = Store::open(&path).unwrap();
+        let mut store = Store::open(&location).unwrap();
         for (name, cpu, exit_code) in [
             ("suite", 1_000_000_000, 0),
             ("suite", 9_000_000_000, 1), // failed: not a rerun, left out
@@ -477,11 +478,11 @@ mod tests {
             store.insert(&run(name, cpu, exit_code)).unwrap();
         }
         assert!(
-            history_spreads(&path, "suite").is_empty(),
+            history_spreads(&location, "suite").is_empty(),
             "two good runs are too few"
         );
         store.insert(&run("suite", 1_168_000_000, 0)).unwrap();
-        let spreads = history_spreads(&path, "suite");
+        let spreads = history_spreads(&location, "suite");
         let cpu = spreads["cpu_time_ns"];
         assert_eq!(cpu.runs, 3, "{spreads:?}");
         assert!((cpu.spread - 0.168).abs() < 1e-9, "{cpu:?}");

@@ -1,8 +1,6 @@
-//! The history of runs: an embedded SQLite database, one row per run with its whole JSON report.
+//! The history in an embedded SQLite database, one row per run with its whole JSON report.
 //!
 //! Safe for concurrent runs and crashes: WAL journal, a busy timeout, one transaction per run.
-//! Default place: `$CLEANROOM_STORE`, else `$XDG_DATA_HOME/cleanroom/history.db`, else
-//! `~/.local/share/cleanroom/history.db`.
 
 use std::{
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
@@ -12,112 +10,8 @@ use std::{
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use super::{RunRow, StoreError};
 use crate::output::report::Report;
-
-/// Errors of the history store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite failed.
-    #[error("history store {}: {source}", path.display())]
-    Sqlite {
-        /// The database.
-        path: PathBuf,
-        /// Why.
-        source: rusqlite::Error,
-    },
-    /// The directory could not be made.
-    #[error("creating {}: {source}", path.display())]
-    Io {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A stored report does not parse.
-    #[error("run {id} in the history store has an unreadable report: {source}")]
-    Corrupt {
-        /// The run.
-        id: i64,
-        /// Why.
-        source: serde_json::Error,
-    },
-    /// No such run.
-    #[error("no run {0} in the history store (see `cleanroom history`)")]
-    NotFound(i64),
-    /// The database file is damaged: nothing is written to it.
-    #[error(
-        "history store {p} is damaged ({detail}); nothing was written to it. Move it aside \
-         (e.g. `mv {p} {p}.damaged`) to start a new history, or try to rescue it with \
-         `sqlite3 {p} .recover`",
-        p = path.display()
-    )]
-    Damaged {
-        /// The database.
-        path: PathBuf,
-        /// What SQLite's integrity check said (first lines).
-        detail: String,
-    },
-}
-
-/// The default database path.
-pub fn default_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("CLEANROOM_STORE") {
-        return PathBuf::from(p);
-    }
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("/var/lib"));
-    data.join("cleanroom/history.db")
-}
-
-/// One past run, as `history` lists it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct RunRow {
-    /// Its id in the store.
-    pub id: i64,
-    /// `--name`.
-    pub name: Option<String>,
-    /// Start time.
-    pub started_at: String,
-    /// The command.
-    pub command: String,
-    /// Host name.
-    pub host: String,
-    /// Git commit, when run in a repository.
-    pub git_commit: Option<String>,
-    /// Git branch.
-    pub git_branch: Option<String>,
-    /// The command's exit code.
-    pub exit_code: i32,
-    /// `pass`, `fail` or `none`.
-    pub verdict: String,
-    /// Wall time, ns.
-    pub wall_time_ns: i64,
-}
-
-/// The `history` table: a header and one line per run.
-pub fn history_table(rows: &[RunRow]) -> String {
-    use std::fmt::Write as _;
-    let mut out = format!(
-        "{:>5}  {:<20}  {:<16}  {:>10}  {:>4}  {:<7}  command\n",
-        "id", "started", "name", "wall", "exit", "verdict"
-    );
-    for r in rows {
-        let _ = writeln!(
-            out,
-            "{:>5}  {:<20}  {:<16}  {:>10}  {:>4}  {:<7}  {}",
-            r.id,
-            r.started_at,
-            r.name.as_deref().unwrap_or_default(),
-            crate::units::human_duration_ns(r.wall_time_ns.max(0) as u64),
-            r.exit_code,
-            r.verdict,
-            r.command
-        );
-    }
-    out
-}
 
 /// A SQLite error, told apart when it means the file is damaged.
 fn sqlite_error(path: &Path, source: rusqlite::Error) -> StoreError {
@@ -135,12 +29,12 @@ fn sqlite_error(path: &Path, source: rusqlite::Error) -> StoreError {
 }
 
 /// An open history store.
-pub struct Store {
+pub struct Sqlite {
     conn: Connection,
     path: PathBuf,
 }
 
-impl Store {
+impl Sqlite {
     fn err(&self) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
         |source| sqlite_error(&self.path, source)
     }
@@ -234,16 +128,6 @@ impl Store {
             path: self.path.clone(),
             detail: crate::units::truncate_quote(&lines.join("; "), 200),
         })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Stores a run, after checking the file is sound; returns its id.
-    pub fn insert(&mut self, report: &Report) -> Result<i64, StoreError> {
-        Ok(self.insert_all(std::slice::from_ref(report))?[0])
     }
 
     /// Stores `reports` in one transaction (all or none): what the agent stopping with many
@@ -344,15 +228,6 @@ impl Store {
         let text = text.ok_or(StoreError::NotFound(id))?;
         serde_json::from_str(&text).map_err(|source| StoreError::Corrupt { id, source })
     }
-
-    /// Reports of the last `last` runs named `name`, oldest first, with their ids.
-    pub fn reports_named(&self, name: &str, last: usize) -> Result<Vec<(i64, Report)>, StoreError> {
-        let mut rows = self.list(Some(name), last)?;
-        rows.reverse();
-        rows.into_iter()
-            .map(|r| Ok((r.id, self.report(r.id)?)))
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -371,7 +246,8 @@ mod tests {
         // depend on the umask otherwise.
         let old = unsafe { libc::umask(0) };
         let path = dir.path().join("sub/history.db");
-        let opened = Store::open(&path).map(|mut s| s.insert(&Report::example()));
+        let opened =
+            Sqlite::open(&path).map(|mut s| s.insert_all(&[Report::example()]).map(|ids| ids[0]));
         // SAFETY: as above.
         unsafe { libc::umask(old) };
         opened.unwrap().unwrap();
@@ -381,14 +257,17 @@ mod tests {
 
         let link = dir.path().join("link.db");
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(Store::open(&link).is_err(), "a symlinked store was opened");
+        assert!(Sqlite::open(&link).is_err(), "a symlinked store was opened");
     }
 
     #[test]
     fn a_report_replaced_is_read_back_and_an_unknown_run_is_not_found() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("history.db")).unwrap();
-        let id = s.insert(&Report::example()).unwrap();
+        let mut s = Sqlite::open(&dir.path().join("history.db")).unwrap();
+        let id = s
+            .insert_all(&[Report::example()])
+            .map(|ids| ids[0])
+            .unwrap();
         let mut later = Report::example();
         later.verdict = crate::judge::verdict::Verdict::Fail;
         later.notes.push("distributed".into());
@@ -406,9 +285,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.db");
         {
-            let mut s = Store::open(&path).unwrap();
+            let mut s = Sqlite::open(&path).unwrap();
             for _ in 0..20 {
-                s.insert(&Report::example()).unwrap();
+                s.insert_all(&[Report::example()])
+                    .map(|ids| ids[0])
+                    .unwrap();
             }
             s.conn
                 .pragma_update(None, "wal_checkpoint", "TRUNCATE")
@@ -420,8 +301,8 @@ mod tests {
         f.seek(SeekFrom::Start(len / 2 / 4096 * 4096)).unwrap();
         f.write_all(&[0xA5; 4096]).unwrap();
         drop(f);
-        let e = Store::open(&path)
-            .and_then(|mut s| s.insert(&Report::example()))
+        let e = Sqlite::open(&path)
+            .and_then(|mut s| s.insert_all(&[Report::example()]).map(|ids| ids[0]))
             .unwrap_err();
         assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
         assert!(e.to_string().contains("is damaged"), "{e}");

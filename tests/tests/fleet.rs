@@ -1,0 +1,226 @@
+//! The history shared by a fleet of runners in a real PostgreSQL, a throwaway cluster each test
+//! starts itself (Debian's `postgresql`, `initdb` and `pg_ctl` as `postgres`): the same
+//! history, comparisons and trends as the SQLite file's, runs of several hosts and of runners
+//! starting together landing in one database, and a password never shown.
+
+use std::{
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use cleanroom_tests::{
+    PgCluster, TestCgroup, cleanroom, cleanroom_bin, free_loopback_port, privileged, run_in_cgroup,
+    v2_mount, wait_for_port, workload_bin,
+};
+
+/// `cleanroom run -q --name NAME --store STORE -- ARGS`.
+fn run_stored(store: &str, name: &str, args: &[&str]) -> Output {
+    Command::new(cleanroom_bin())
+        .args(["run", "-q", "--name", name, "--store", store, "--"])
+        .args(args)
+        .output()
+        .expect("starting cleanroom")
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn history_compare_and_trend_agree_between_sqlite_and_postgres() {
+    let test = "history_compare_and_trend_agree_between_sqlite_and_postgres";
+    if !privileged(test) {
+        return;
+    }
+    let Some(pg) = PgCluster::start(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("history.db");
+    let file = file.to_str().unwrap();
+    let workload = workload_bin!().display().to_string();
+    for ms in ["40", "80", "120"] {
+        let out = run_stored(file, "suite", &[&workload, "spin-ms", ms]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let url = pg.url();
+    let out = cleanroom(&url, &["store", "import", file]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("3 run(s) copied"), "{stderr}");
+    // The tables were made by the first migration, and hold the three runs.
+    assert_eq!(
+        pg.psql("SELECT max(version) FROM cleanroom_schema").trim(),
+        "1"
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM runs").trim(), "3");
+
+    for args in [
+        &["history", "--last", "10"][..],
+        &["history", "--name", "suite"],
+        &["compare", "1", "3", "--format", "json"],
+        &["trend", "--name", "suite", "--format", "json"],
+        &["report", "2", "--format", "json"],
+    ] {
+        let (local, shared) = (cleanroom(file, args), cleanroom(&url, args));
+        assert!(local.status.code() == shared.status.code(), "{args:?}");
+        assert!(!text(&local).is_empty(), "{args:?}: {local:?}");
+        assert_eq!(text(&local), text(&shared), "{args:?}");
+    }
+    // The spins took longer each run: the trend has seen them.
+    let trend: serde_json::Value = serde_json::from_str(&text(&cleanroom(
+        &url,
+        &["trend", "--name", "suite", "--format", "json"],
+    )))
+    .unwrap();
+    assert!(trend.to_string().contains("cpu_time"), "{trend}");
+}
+
+#[test]
+fn runs_of_two_hosts_starting_together_all_land_in_one_database() {
+    let test = "runs_of_two_hosts_starting_together_all_land_in_one_database";
+    if !privileged(test) {
+        return;
+    }
+    let Some(pg) = PgCluster::start(test) else {
+        return;
+    };
+    let url = pg.url();
+    // Eight runners at once, on a fresh database: all of them make sure of its schema first.
+    // Half run on a host named `runner-b` (a UTS namespace of its own).
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            let run = format!(
+                "{} run -q --name fleet --store {url} -- true",
+                cleanroom_bin().display()
+            );
+            let script = if i % 2 == 0 {
+                run
+            } else {
+                format!("hostname runner-b && {run}")
+            };
+            let mut cmd = if i % 2 == 0 {
+                Command::new("sh")
+            } else {
+                let mut c = Command::new("unshare");
+                c.args(["--uts", "sh"]);
+                c
+            };
+            cmd.args(["-c", &script])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let local = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let mut expected = vec![format!("{}|4", local.trim()), "runner-b|4".to_owned()];
+    expected.sort();
+    let mut hosts: Vec<String> = pg
+        .psql("SELECT host, count(*) FROM runs GROUP BY host")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, expected);
+    assert_eq!(
+        pg.psql("SELECT count(DISTINCT id) FROM runs WHERE name = 'fleet'")
+            .trim(),
+        "8"
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM cleanroom_schema").trim(), "1");
+    let history = text(&cleanroom(&url, &["history", "--name", "fleet"]));
+    assert_eq!(history.lines().count(), 9, "{history}");
+}
+
+#[test]
+fn an_unreachable_database_is_said_in_time_without_its_password() {
+    let test = "an_unreachable_database_is_said_in_time_without_its_password";
+    if !privileged(test) {
+        return;
+    }
+    let url = format!(
+        "postgres://ci:hunter2-secret@127.0.0.1:{}/cleanroom",
+        free_loopback_port()
+    );
+    let began = Instant::now();
+    let out = cleanroom(&url, &["history"]);
+    let took = began.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("postgres://ci:***@127.0.0.1:"),
+        "the store is named: {stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password is shown: {stderr}"
+    );
+    // Retried, then given up on: within the connection deadline (10 s) and a margin.
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert!(stderr.contains("tries"), "{stderr}");
+    // Nor does help show it, though the URL is in the environment.
+    let help = cleanroom(&url, &["history", "--help"]);
+    assert!(!text(&help).contains("hunter2"), "{}", text(&help));
+}
+
+/// The agent keeps its watched cgroups' reports in the fleet's database too (its store calls
+/// made from its async loop).
+#[test]
+fn the_agent_stores_a_watched_cgroups_report_in_postgres() {
+    let test = "the_agent_stores_a_watched_cgroups_report_in_postgres";
+    if !privileged(test) {
+        return;
+    }
+    let Some(pg) = PgCluster::start(test) else {
+        return;
+    };
+    let parent = TestCgroup::new("fleet-agent");
+    let relative = parent
+        .path()
+        .strip_prefix(v2_mount())
+        .unwrap()
+        .display()
+        .to_string();
+    let port = free_loopback_port();
+    let agent = Command::new(cleanroom_bin())
+        .args(["agent", "--no-socket", "--interval", "200ms"])
+        .args(["--watch", &format!("{relative}/*")])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--store",
+            &pg.url(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting cleanroom agent");
+    wait_for_port(port, "the agent");
+    let job = parent.path().join("job");
+    std::fs::create_dir(&job).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    run_in_cgroup(&job, &format!("{} spin-ms 300", workload_bin!().display()));
+    std::fs::remove_dir(&job).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let out = agent.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let cpu: u64 = pg
+        .psql("SELECT report->'totals'->>'cpu_time_ns' FROM runs")
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {log}"));
+    assert!(cpu > 250_000_000, "{cpu} ns for 300 ms of spinning");
+    assert_eq!(pg.psql("SELECT count(*) FROM runs").trim(), "1", "{log}");
+}

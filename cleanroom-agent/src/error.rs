@@ -96,4 +96,7 @@ pub enum Error {
         /// Why.
         detail: String,
     },
+    /// The baseline asked for cannot be found.
+    #[error("baseline: {0}")]
+    Baseline(String),
 }

@@ -48,8 +48,22 @@ pub fn git_revision() -> (Option<String>, Option<String>) {
     };
     (
         git(&["rev-parse", "HEAD"]),
-        git(&["rev-parse", "--abbrev-ref", "HEAD"]),
+        branch(git(&["rev-parse", "--abbrev-ref", "HEAD"]), |var| {
+            std::env::var(var).ok()
+        }),
     )
+}
+
+/// Pure: the branch a run is on: `$CLEANROOM_GIT_BRANCH` if set, else git's, else, when git
+/// has none (a detached checkout, as CI jobs make), the one the CI system names
+/// (`GITHUB_HEAD_REF` of a pull request, `GITHUB_REF_NAME`, GitLab's `CI_COMMIT_REF_NAME`).
+fn branch(git: Option<String>, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let set = |var: &str| env(var).filter(|v| !v.is_empty());
+    set("CLEANROOM_GIT_BRANCH")
+        .or(git.filter(|b| b != "HEAD"))
+        .or_else(|| set("GITHUB_HEAD_REF"))
+        .or_else(|| set("GITHUB_REF_NAME"))
+        .or_else(|| set("CI_COMMIT_REF_NAME"))
 }
 
 /// CPUs this process may run on.
@@ -90,6 +104,35 @@ pub fn mounted(path: &Path, fs_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detached_checkout_takes_the_branch_ci_names() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |var: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == var)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let git = |b: &str| Some(b.to_owned());
+        assert_eq!(branch(git("main"), env(&[])), git("main"));
+        assert_eq!(
+            branch(git("HEAD"), env(&[("GITHUB_REF_NAME", "main")])),
+            git("main")
+        );
+        assert_eq!(
+            branch(
+                git("HEAD"),
+                env(&[("GITHUB_HEAD_REF", ""), ("CI_COMMIT_REF_NAME", "dev")])
+            ),
+            git("dev")
+        );
+        assert_eq!(
+            branch(git("topic"), env(&[("CLEANROOM_GIT_BRANCH", "main")])),
+            git("main")
+        );
+        assert_eq!(branch(None, env(&[])), None);
+    }
 
     #[test]
     fn cap_eff_parses() {

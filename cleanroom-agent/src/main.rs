@@ -104,10 +104,16 @@ enum Command {
         /// Tag the run (repeatable), e.g. --tag ci=nightly.
         #[arg(long, value_name = "KEY=VALUE", value_parser = parse_tag)]
         tag: Vec<(String, String)>,
-        /// Compare with a past run (id in the history, or a JSON report); regressions beyond
-        /// tolerance fail the run (exit 3).
+        /// Compare with a past run: an id in the history, a JSON report, or NAME@BRANCH, the
+        /// latest passing run of that name on that git branch from any host of the store
+        /// (e.g. unit-tests@main); regressions beyond tolerance fail the run (exit 3).
         #[arg(long, value_name = "RUN")]
         baseline: Option<String>,
+        /// Compare with the medians of the latest N passing runs of --baseline NAME@BRANCH
+        /// (steadier than one run); the comparison lists the runs it used.
+        #[arg(long, value_name = "N", default_value_t = 1, requires = "baseline",
+              value_parser = clap::value_parser!(u16).range(1..=100))]
+        baseline_window: u16,
         /// Tolerance for a figure against --baseline, e.g. --tolerance cpu_time=25%
         /// (repeatable; overrides the config's [comparison] and the defaults; see
         /// `cleanroom compare --help`).
@@ -391,6 +397,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             name,
             tag,
             baseline,
+            baseline_window,
             tolerance,
             cgroup_parent,
             follow_containers,
@@ -434,7 +441,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                         .store
                         .clone()
                         .unwrap_or_else(store::default_location);
-                    deliver::Baseline::load(&b, &store)
+                    deliver::Baseline::load(&b, &store, usize::from(baseline_window))
                 })
                 .transpose()?;
             outputs.tolerances = compare::Tolerances {

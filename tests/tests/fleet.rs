@@ -224,3 +224,129 @@ fn the_agent_stores_a_watched_cgroups_report_in_postgres() {
     assert!(cpu > 250_000_000, "{cpu} ns for 300 ms of spinning");
     assert_eq!(pg.psql("SELECT count(*) FROM runs").trim(), "1", "{log}");
 }
+
+/// `--baseline NAME@BRANCH` finds the latest passing run of that name on that branch, from
+/// whichever host ran it; `--baseline-window N` compares with the medians of the latest N,
+/// and the comparison lists the runs it used.
+#[test]
+fn a_baseline_by_name_comes_from_any_host_and_a_window_is_its_medians() {
+    let test = "a_baseline_by_name_comes_from_any_host_and_a_window_is_its_medians";
+    if !privileged(test) {
+        return;
+    }
+    let Some(pg) = PgCluster::start(test) else {
+        return;
+    };
+    let url = pg.url();
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=ci", "-c", "user.email=ci@example.com"])
+            .args(args)
+            .current_dir(repo.path())
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["commit", "-q", "--allow-empty", "-m", "base"]);
+    let workload = workload_bin!().display().to_string();
+    // `cleanroom run` in the repository, on this host or, with `other_host`, on `runner-b`.
+    let run = |extra: &str, command: &str, other_host: bool| {
+        let line = format!(
+            "{} run -q --name suite --store {url} {extra} -- {command}",
+            cleanroom_bin().display()
+        );
+        let mut cmd = if other_host {
+            let mut c = Command::new("unshare");
+            c.args(["--uts", "sh", "-c", &format!("hostname runner-b && {line}")]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.args(["-c", &line]);
+            c
+        };
+        cmd.current_dir(repo.path()).output().expect("sh")
+    };
+    let spin = format!("{workload} spin-ms 100");
+    for _ in 0..3 {
+        assert!(run("", &spin, false).status.success());
+    }
+    // Neither a failed run on main nor a passing one on another branch is a baseline.
+    assert_eq!(run("", "sh -c 'exit 1'", false).status.code(), Some(1));
+    let topic = run("", &format!("env CLEANROOM_GIT_BRANCH=topic {spin}"), false);
+    assert!(topic.status.success());
+    let ids = |sql: &str| -> Vec<i64> {
+        pg.psql(sql)
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect()
+    };
+    let passing_on_main = "SELECT id FROM runs WHERE name = 'suite' AND git_branch = 'main' \
+                           AND exit_code = 0 ORDER BY id DESC";
+    let latest = ids(passing_on_main)[0];
+
+    // The other host: the latest passing run on main is this host's third.
+    let report = repo.path().join("one.json");
+    let out = run(
+        &format!("--baseline suite@main --report {}", report.display()),
+        &spin,
+        true,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["host"]["hostname"], "runner-b");
+    let base = &r["comparison"]["base"];
+    assert_eq!(base["runs"], serde_json::json!([latest]), "{base}");
+    assert_eq!(base["label"], format!("suite@main (run {latest})"));
+
+    // A window of three: the medians of the three latest passing runs on main, whichever host.
+    let window = ids(passing_on_main)[..3].to_vec();
+    let report = repo.path().join("three.json");
+    let out = run(
+        &format!(
+            "--baseline suite@main --baseline-window 3 --report {}",
+            report.display()
+        ),
+        &spin,
+        true,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(
+        r["comparison"]["base"]["runs"],
+        serde_json::json!(window),
+        "{:#}",
+        r["comparison"]["base"]
+    );
+    let mut cpus: Vec<u64> = window
+        .iter()
+        .map(|id| {
+            pg.psql(&format!(
+                "SELECT report->'totals'->>'cpu_time_ns' FROM runs WHERE id = {id}"
+            ))
+            .trim()
+            .parse()
+            .unwrap()
+        })
+        .collect();
+    cpus.sort_unstable();
+    let change = r["comparison"]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["metric"] == "cpu_time_ns")
+        .unwrap();
+    assert_eq!(change["base"].as_f64(), Some(cpus[1] as f64), "{change}");
+
+    // Nothing of that name: said before the command runs (exit 2).
+    let out = run("--baseline nosuch@main", "true", false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no passing run named `nosuch` on branch `main`"),
+        "{stderr}"
+    );
+}

@@ -259,8 +259,71 @@ impl RunLabel {
             command: report.command_line(),
             started_at: report.started_at.clone(),
             git_commit: report.host.git_commit.clone(),
+            runs: Vec::new(),
         }
     }
+}
+
+/// Pure: a report whose figures are the medians of `reports`' (wall time, each total every
+/// report has, each latency percentile), the rest the first report's: a baseline of several
+/// runs, steadier than one. `None` without reports.
+pub fn median_report(reports: &[Report]) -> Option<Report> {
+    fn median(mut v: Vec<u64>) -> u64 {
+        v.sort_unstable();
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            v[n / 2 - 1] / 2 + v[n / 2] / 2 + (v[n / 2 - 1] % 2 + v[n / 2] % 2) / 2
+        }
+    }
+    let mut out = reports.first()?.clone();
+    out.wall_time_ns = median(reports.iter().map(|r| r.wall_time_ns).collect());
+    out.totals = out
+        .totals
+        .iter()
+        .filter_map(|(name, total)| {
+            let all: Vec<&Total> = reports
+                .iter()
+                .map(|r| r.totals.get(name))
+                .collect::<Option<_>>()?;
+            let total = match total {
+                Total::Value(_) => Total::Value(median(
+                    all.iter()
+                        .map(|t| match t {
+                            Total::Value(v) => Some(*v),
+                            Total::Latency(_) => None,
+                        })
+                        .collect::<Option<_>>()?,
+                )),
+                Total::Latency(first) => {
+                    let ls: Vec<_> = all
+                        .iter()
+                        .map(|t| match t {
+                            Total::Latency(l) => Some(l),
+                            Total::Value(_) => None,
+                        })
+                        .collect::<Option<_>>()?;
+                    let of = |f: fn(&crate::measure::model::LatencySummary) -> u64| {
+                        median(ls.iter().map(|l| f(l)).collect())
+                    };
+                    Total::Latency(crate::measure::model::LatencySummary {
+                        count: of(|l| l.count),
+                        sum_ns: of(|l| l.sum_ns),
+                        p50_ns: of(|l| l.p50_ns),
+                        p90_ns: of(|l| l.p90_ns),
+                        p99_ns: of(|l| l.p99_ns),
+                        max_ns: of(|l| l.max_ns),
+                        relative_error: first.relative_error,
+                        // A median has no histogram of its own.
+                        buckets: Vec::new(),
+                    })
+                }
+            };
+            Some((name.clone(), total))
+        })
+        .collect();
+    Some(out)
 }
 
 /// Compares `new` against `base`, each figure with the tolerance [`Tolerances::pick`] gives it.
@@ -585,6 +648,26 @@ mod tests {
         .unwrap();
         r.verdict = crate::judge::verdict::Verdict::None;
         r
+    }
+
+    #[test]
+    fn a_window_of_runs_is_their_medians() {
+        let mut runs = vec![
+            report(1_000, 40),
+            report(5_000, 10),
+            report(3_000, 20),
+            report(9, 30),
+        ];
+        // A figure one run lacks is left out.
+        runs[3].totals.remove("block_write_bytes");
+        let m = median_report(&runs[..3]).unwrap();
+        assert_eq!(figures(&m)["cpu_time_ns"].0, 3_000.0);
+        assert_eq!(m.wall_time_ns, 20);
+        let m = median_report(&runs).unwrap();
+        assert_eq!(m.wall_time_ns, 25, "even: the mean of the middle two");
+        assert_eq!(figures(&m)["cpu_time_ns"].0, 2_000.0);
+        assert!(!m.totals.contains_key("block_write_bytes"));
+        assert!(median_report(&[]).is_none());
     }
 
     #[test]

@@ -361,6 +361,10 @@ pub struct RunLabel {
     pub started_at: String,
     /// Git commit, when known.
     pub git_commit: Option<String>,
+    /// The stored runs its figures are from, when it is a baseline found by name: the run, or
+    /// those whose median it is (`--baseline-window`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<i64>,
 }
 
 /// A comparison of two runs.

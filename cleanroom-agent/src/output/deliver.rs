@@ -24,7 +24,7 @@ use crate::{
     output::distribute::Destination,
     output::render::{self, Format},
     output::report::{Report, SCHEMA_VERSION},
-    store::{Store, StoreLocation},
+    store::{RunQuery, Store, StoreLocation},
 };
 
 /// What to do with a finished run.
@@ -47,19 +47,69 @@ pub struct Outputs {
 /// A past run to compare with: how to name it, and its report.
 #[derive(Clone, Debug)]
 pub struct Baseline {
-    /// "run 7" or the file name.
+    /// "run 7", the file name, or "unit-tests@main (run 12)".
     pub label: String,
-    /// Its report.
+    /// Its report (for a window of runs, their medians).
     pub report: Box<Report>,
+    /// The stored runs it is from, when found by name.
+    pub runs: Vec<i64>,
 }
 
 impl Baseline {
-    /// Loads a baseline by reference (see [`load_run`]), before the run it judges starts.
-    pub fn load(reference: &str, store: &StoreLocation) -> Result<Self, Error> {
-        let (label, report) = load_run(reference, store)?;
+    /// Loads a baseline before the run it judges starts: by reference (see [`load_run`]), or
+    /// `NAME@BRANCH`, the latest passing run of that name on that git branch from any host
+    /// of the store, or with `window` > 1 the medians of the latest `window` such runs.
+    pub fn load(reference: &str, store: &StoreLocation, window: usize) -> Result<Self, Error> {
+        let by_name = (!Path::new(reference).exists())
+            .then(|| reference.split_once('@'))
+            .flatten();
+        let Some((name, branch)) = by_name else {
+            if window > 1 {
+                return Err(Error::Baseline(format!(
+                    "--baseline-window {window} needs a baseline by name (NAME@BRANCH), not \
+                     `{reference}`"
+                )));
+            }
+            let (label, report) = load_run(reference, store)?;
+            return Ok(Self {
+                label,
+                report: Box::new(report),
+                runs: Vec::new(),
+            });
+        };
+        let mut s = Store::open(store)?;
+        let rows = s.query(&RunQuery {
+            name: Some(name),
+            branch: Some(branch),
+            passing: true,
+            last: window.max(1),
+        })?;
+        if rows.is_empty() {
+            return Err(Error::Baseline(format!(
+                "no passing run named `{name}` on branch `{branch}` in {store} (`cleanroom \
+                 history --name {name}` lists its runs)"
+            )));
+        }
+        let runs: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let reports = runs
+            .iter()
+            .map(|id| s.report(*id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids = runs
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let label = match runs.len() {
+            1 if window <= 1 => format!("{reference} (run {ids})"),
+            n if n == window => format!("{reference} (median of runs {ids})"),
+            n => format!("{reference} (median of runs {ids}: {n} of the {window} asked)"),
+        };
+        let report = compare::median_report(&reports).expect("at least one report");
         Ok(Self {
             label,
             report: Box::new(report),
+            runs,
         })
     }
 }
@@ -320,6 +370,8 @@ pub fn deliver(
                 c.tolerance_sources()
             );
         }
+        let mut c = c;
+        c.base.runs = base.runs.clone();
         report.comparison = Some(c.clone());
         delivered.comparison = Some(c);
     }
@@ -492,6 +544,7 @@ mod tests {
             baseline: Some(Baseline {
                 label: "run 1".into(),
                 report: Box::new(run("suite", 1_000_000_000, 0)),
+                runs: Vec::new(),
             }),
             tolerances: Tolerances {
                 history,

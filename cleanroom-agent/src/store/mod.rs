@@ -206,6 +206,19 @@ impl fmt::Display for StoreLocation {
     }
 }
 
+/// Which past runs to list.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunQuery<'a> {
+    /// Only runs of this name.
+    pub name: Option<&'a str>,
+    /// Only runs on this git branch.
+    pub branch: Option<&'a str>,
+    /// Only runs that passed: the command exited 0 and the verdict is not `fail`.
+    pub passing: bool,
+    /// At most this many, the newest.
+    pub last: usize,
+}
+
 /// Runs [`Store::import`] copies in one transaction.
 pub const IMPORT_BATCH: usize = 100;
 
@@ -265,9 +278,18 @@ impl Store {
 
     /// Past runs, newest first, optionally of one name, at most `last`.
     pub fn list(&mut self, name: Option<&str>, last: usize) -> Result<Vec<RunRow>, StoreError> {
+        self.query(&RunQuery {
+            name,
+            last,
+            ..RunQuery::default()
+        })
+    }
+
+    /// Past runs `query` picks, newest first.
+    pub fn query(&mut self, query: &RunQuery<'_>) -> Result<Vec<RunRow>, StoreError> {
         match &mut self.backend {
-            Backend::Sqlite(s) => s.list(name, last),
-            Backend::Postgres(p) => p.list(name, last),
+            Backend::Sqlite(s) => s.list(query),
+            Backend::Postgres(p) => p.list(query),
         }
     }
 

@@ -20,7 +20,7 @@ use std::{
 use postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{RunRow, StoreError};
+use super::{RunQuery, RunRow, StoreError};
 use crate::{output::report::Report, trust::Trust};
 
 /// How long connecting may take in all, tries included.
@@ -252,14 +252,18 @@ impl Postgres {
     }
 
     /// Past runs, newest first, optionally of one name, at most `last`.
-    pub fn list(&mut self, name: Option<&str>, last: usize) -> Result<Vec<RunRow>, StoreError> {
-        let last = i64::try_from(last).unwrap_or(i64::MAX);
+    pub fn list(&mut self, query: &RunQuery<'_>) -> Result<Vec<RunRow>, StoreError> {
+        let last = i64::try_from(query.last).unwrap_or(i64::MAX);
+        let (name, branch, passing) = (query.name, query.branch, query.passing);
         let rows = self.call(|client| {
             client.query(
                 "SELECT id, name, started_at, command, host, git_commit, git_branch, exit_code,
                         verdict, wall_time_ns
-                 FROM runs WHERE ($1::TEXT IS NULL OR name = $1) ORDER BY id DESC LIMIT $2",
-                &[&name, &last],
+                 FROM runs
+                 WHERE ($1::TEXT IS NULL OR name = $1) AND ($2::TEXT IS NULL OR git_branch = $2)
+                   AND (NOT $3 OR (exit_code = 0 AND verdict <> 'fail'))
+                 ORDER BY id DESC LIMIT $4",
+                &[&name, &branch, &passing, &last],
             )
         })?;
         Ok(rows

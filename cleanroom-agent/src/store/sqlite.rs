@@ -10,7 +10,7 @@ use std::{
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{RunRow, StoreError};
+use super::{RunQuery, RunRow, StoreError};
 use crate::output::report::Report;
 
 /// A SQLite error, told apart when it means the file is damaged.
@@ -185,18 +185,26 @@ impl Sqlite {
     }
 
     /// Past runs, newest first, optionally of one name, at most `last`.
-    pub fn list(&self, name: Option<&str>, last: usize) -> Result<Vec<RunRow>, StoreError> {
+    pub fn list(&self, query: &RunQuery<'_>) -> Result<Vec<RunRow>, StoreError> {
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT id, name, started_at, command, host, git_commit, git_branch, exit_code,
                         verdict, wall_time_ns
-                 FROM runs WHERE (?1 IS NULL OR name = ?1) ORDER BY id DESC LIMIT ?2",
+                 FROM runs
+                 WHERE (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR git_branch = ?2)
+                   AND (?3 = 0 OR (exit_code = 0 AND verdict <> 'fail'))
+                 ORDER BY id DESC LIMIT ?4",
             )
             .map_err(self.err())?;
         let rows = stmt
             .query_map(
-                params![name, i64::try_from(last).unwrap_or(i64::MAX)],
+                params![
+                    query.name,
+                    query.branch,
+                    query.passing,
+                    i64::try_from(query.last).unwrap_or(i64::MAX)
+                ],
                 |r| {
                     Ok(RunRow {
                         id: r.get(0)?,
@@ -273,7 +281,15 @@ mod tests {
         later.notes.push("distributed".into());
         s.replace_report(id, &later).unwrap();
         assert_eq!(s.report(id).unwrap().notes, later.notes);
-        assert_eq!(s.list(None, 1).unwrap()[0].verdict, "fail");
+        assert_eq!(
+            s.list(&crate::store::RunQuery {
+                last: 1,
+                ..Default::default()
+            })
+            .unwrap()[0]
+                .verdict,
+            "fail"
+        );
         assert!(matches!(
             s.replace_report(id + 1, &later),
             Err(StoreError::NotFound(_))

@@ -66,12 +66,20 @@ impl StoreArg {
 #[derive(Debug, Subcommand)]
 enum StoreCommand {
     /// Copy every run of another store into this one, oldest first, with new ids: a runner's
-    /// local SQLite history into the fleet's PostgreSQL, or back. Copy a history once: runs
-    /// copied twice are there twice.
+    /// local SQLite history into the fleet's PostgreSQL, or back. A PostgreSQL store keeps
+    /// each run once (by its run id), so importing again adds only what is new; a SQLite
+    /// file takes runs copied twice twice.
     Import {
         /// The store to copy from: a SQLite file or a postgres:// URL.
         #[arg(value_name = "FROM")]
         from: store::StoreLocation,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Send the runs spooled while the store was out of reach (kept on this machine when a
+    /// run could not reach its PostgreSQL), oldest first; each run is kept once. Exit 1 if
+    /// the store still cannot be reached (the runs stay spooled).
+    Flush {
         #[command(flatten)]
         store: StoreArg,
     },
@@ -621,6 +629,31 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })?;
             eprintln!("\rcleanroom: {copied} run(s) copied from {from} into {store}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Store(StoreCommand::Flush { store }) => {
+            let store = store.or_default();
+            let waiting = store::spool::pending(&store).len();
+            if waiting == 0 {
+                eprintln!("cleanroom: nothing spooled for {store}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let flushed = store::Store::open(&store).and_then(|mut s| store::spool::flush(&mut s));
+            match flushed {
+                Ok(f) => {
+                    eprintln!("cleanroom: {} spooled run(s) stored in {store}", f.stored);
+                    for path in &f.unreadable {
+                        eprintln!(
+                            "cleanroom: {} is not a report; left where it is",
+                            path.display()
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("cleanroom: {waiting} run(s) stay spooled: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
         Command::Mark { name } => {
             cleanroom::run::marks::mark(&name)?;

@@ -13,6 +13,10 @@ use cleanroom_tests::{
     v2_mount, wait_for_port, workload_bin,
 };
 
+/// True when the schema's versions are 1 to N, each once.
+const EACH_MIGRATION_ONCE: &str = "SELECT count(*) = count(DISTINCT version) AND count(*) = \
+                                   max(version) AND count(*) >= 2 FROM cleanroom_schema";
+
 /// `cleanroom run -q --name NAME --store STORE -- ARGS`.
 fn run_stored(store: &str, name: &str, args: &[&str]) -> Output {
     Command::new(cleanroom_bin())
@@ -48,11 +52,10 @@ fn history_compare_and_trend_agree_between_sqlite_and_postgres() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("3 run(s) copied"), "{stderr}");
-    // The tables were made by the first migration, and hold the three runs.
-    assert_eq!(
-        pg.psql("SELECT max(version) FROM cleanroom_schema").trim(),
-        "1"
-    );
+    // The tables were made by the migrations, each applied once and in order, and hold the
+    // three runs; importing them again adds none (each run's id is kept once).
+    assert_eq!(pg.psql(EACH_MIGRATION_ONCE).trim(), "t");
+    assert!(cleanroom(&url, &["store", "import", file]).status.success());
     assert_eq!(pg.psql("SELECT count(*) FROM runs").trim(), "3");
 
     for args in [
@@ -136,7 +139,7 @@ fn runs_of_two_hosts_starting_together_all_land_in_one_database() {
             .trim(),
         "8"
     );
-    assert_eq!(pg.psql("SELECT count(*) FROM cleanroom_schema").trim(), "1");
+    assert_eq!(pg.psql(EACH_MIGRATION_ONCE).trim(), "t");
     let history = text(&cleanroom(&url, &["history", "--name", "fleet"]));
     assert_eq!(history.lines().count(), 9, "{history}");
 }
@@ -349,4 +352,82 @@ fn a_baseline_by_name_comes_from_any_host_and_a_window_is_its_medians() {
         stderr.contains("no passing run named `nosuch` on branch `main`"),
         "{stderr}"
     );
+}
+
+/// With the database stopped, a run still writes its report and spools itself (said, exit
+/// code unchanged); the next run that reaches the database stores both, and a run offered
+/// twice is kept once.
+#[test]
+fn a_run_while_the_database_is_away_is_spooled_and_sent_with_the_next() {
+    let test = "a_run_while_the_database_is_away_is_spooled_and_sent_with_the_next";
+    if !privileged(test) {
+        return;
+    }
+    let Some(pg) = PgCluster::start(test) else {
+        return;
+    };
+    let url = pg.url();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let run = |report: &str| {
+        Command::new(cleanroom_bin())
+            .env("CLEANROOM_SPOOL", &spool)
+            .args(["run", "-q", "--name", "away", "--store", &url, "--report"])
+            .arg(dir.path().join(report))
+            .args(["--", "true"])
+            .output()
+            .expect("starting cleanroom")
+    };
+    assert!(run("first.json").status.success());
+    pg.pause();
+    let out = run("second.json");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("spooled in"), "{stderr}");
+    let second: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("second.json")).unwrap()).unwrap();
+    let spooled: Vec<_> = walk(&spool);
+    assert_eq!(spooled.len(), 1, "{spooled:?}");
+    // Kept aside, to offer it again later.
+    let copy = std::fs::read(&spooled[0]).unwrap();
+
+    pg.resume();
+    let out = run("third.json");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("1 spooled run(s) stored too"), "{stderr}");
+    assert!(walk(&spool).is_empty());
+    let run_ids = pg.psql("SELECT run_id FROM runs ORDER BY id");
+    assert_eq!(run_ids.lines().count(), 3, "{run_ids}");
+    assert!(
+        run_ids.contains(second["run_id"].as_str().unwrap()),
+        "{run_ids}"
+    );
+
+    // The same run spooled again (a flush cut short after the store took it): kept once.
+    std::fs::write(&spooled[0], copy).unwrap();
+    let out = Command::new(cleanroom_bin())
+        .env("CLEANROOM_SPOOL", &spool)
+        .args(["store", "flush", "--store", &url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("1 spooled run(s) stored"), "{stderr}");
+    assert_eq!(pg.psql("SELECT count(*) FROM runs").trim(), "3");
+    assert!(walk(&spool).is_empty());
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -24,7 +24,7 @@ use crate::{
     output::distribute::Destination,
     output::render::{self, Format},
     output::report::{Report, SCHEMA_VERSION},
-    store::{RunQuery, Store, StoreLocation},
+    store::{RunQuery, Store, StoreLocation, spool},
 };
 
 /// What to do with a finished run.
@@ -150,6 +150,8 @@ pub struct Delivered {
     pub failures: Vec<String>,
     /// Where the JSON report was saved because no asked-for output holds the run.
     pub rescued_to: Option<PathBuf>,
+    /// Where the run was spooled because its shared store was out of reach.
+    pub spooled_to: Option<PathBuf>,
 }
 
 /// Checks every report path before the run, so a typo or an unwritable place does not cost a
@@ -425,23 +427,58 @@ pub fn deliver(
         }
     }
     if let Some(store) = &outputs.store {
-        match Store::open(store).and_then(|mut s| s.insert(report)) {
-            Ok(id) => {
-                delivered.stored_as = Some(id);
-                if outputs.summary {
-                    eprintln!("  stored as run {id} in {store}");
-                }
-            }
-            Err(e) => {
-                log::error!("run not stored: {e}");
-                delivered.failures.push(format!("run not stored: {e}"));
-            }
-        }
+        store_run(store, report, outputs.summary, &mut delivered);
     }
     if !delivered.failures.is_empty() && !json_written && delivered.stored_as.is_none() {
         delivered.rescued_to = rescue(report);
     }
     delivered
+}
+
+/// Stores `report` at `store`, then the runs spooled for it. A shared store (PostgreSQL) that
+/// cannot take the run gets it spooled instead ([`spool`]), said, and not a failure: nothing
+/// is lost. A file that cannot is a failure.
+fn store_run(store: &StoreLocation, report: &Report, summary: bool, delivered: &mut Delivered) {
+    let stored = Store::open(store).and_then(|mut s| {
+        let id = s.insert(report)?;
+        Ok((id, spool::flush(&mut s)))
+    });
+    match stored {
+        Ok((id, flushed)) => {
+            delivered.stored_as = Some(id);
+            if summary {
+                eprintln!("  stored as run {id} in {store}");
+            }
+            match flushed {
+                Ok(f) if f.stored > 0 => log::warn!(
+                    "{} spooled run(s) stored too, kept here while {store} was out of reach",
+                    f.stored
+                ),
+                Ok(_) => {}
+                Err(e) => log::warn!("spooled runs stay spooled for the next time: {e}"),
+            }
+        }
+        Err(e) if store.sqlite_path().is_none() => match spool::put(store, report) {
+            Ok(path) => {
+                log::warn!(
+                    "run not stored ({e}); spooled in {}: it goes to the store with the next \
+                     run that reaches it, or with `cleanroom store flush`",
+                    path.display()
+                );
+                delivered.spooled_to = Some(path);
+            }
+            Err(spooling) => {
+                log::error!("run not stored: {e}; nor spooled: {spooling}");
+                delivered
+                    .failures
+                    .push(format!("run not stored: {e}; nor spooled: {spooling}"));
+            }
+        },
+        Err(e) => {
+            log::error!("run not stored: {e}");
+            delivered.failures.push(format!("run not stored: {e}"));
+        }
+    }
 }
 
 /// Saves the JSON report in the temporary directory, when nothing else holds the run.

@@ -28,6 +28,11 @@ pub use crate::kernel::probe::LATENCY_START_UNSEEN;
 pub struct Report {
     /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
+    /// This run's own id, random (a UUID): a store keeps a run once however often it is
+    /// offered (a spooled run sent again, a history imported twice). Absent from reports
+    /// made before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     /// The command and its arguments.
     pub command: Vec<String>,
     /// The command's exit code; 128 + N when it died of signal N.
@@ -159,6 +164,11 @@ pub struct HostInfo {
     pub git_branch: Option<String>,
 }
 
+/// A new run id: a random (version 4) UUID.
+pub fn new_run_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 impl Report {
     /// The report of a session's `figures`, not yet judged: measured in `cgroup`, by `command`,
     /// on `host`. What only a front end knows (exit code, notes, interruption, leftovers,
@@ -170,6 +180,7 @@ impl Report {
         host: HostInfo,
     ) -> Self {
         Self {
+            run_id: Some(new_run_id()),
             schema_version: SCHEMA_VERSION,
             command,
             exit_code: 0,
@@ -708,6 +719,7 @@ impl Report {
     /// A small report for tests.
     pub(crate) fn example() -> Report {
         Report {
+            run_id: None,
             schema_version: SCHEMA_VERSION,
             command: vec!["true".into()],
             exit_code: 0,

@@ -7,6 +7,7 @@
 //! of a fleet.
 
 mod postgres;
+pub mod spool;
 mod sqlite;
 
 use std::{

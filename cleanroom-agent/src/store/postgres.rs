@@ -48,6 +48,9 @@ const MIGRATIONS: &[&str] = &[
          report JSONB NOT NULL
      );
      CREATE INDEX runs_by_name ON runs (name, id);",
+    // 2: each run's own id, kept once: a run offered again (spooled, imported) is not doubled.
+    "ALTER TABLE runs ADD COLUMN run_id TEXT;
+     CREATE UNIQUE INDEX runs_by_run_id ON runs (run_id);",
 ];
 
 /// Whether `s` is a PostgreSQL URL.
@@ -208,11 +211,19 @@ impl Postgres {
             let mut tx = client.transaction()?;
             let mut ids = Vec::with_capacity(reports.len());
             for (report, [tags, json]) in reports.iter().zip(&rows) {
+                // A run stored before (its run id known) keeps its row and id.
+                if let Some(run_id) = &report.run_id
+                    && let Some(row) =
+                        tx.query_opt("SELECT id FROM runs WHERE run_id = $1", &[run_id])?
+                {
+                    ids.push(row.get(0));
+                    continue;
+                }
                 let row = tx.query_one(
                     "INSERT INTO runs (name, started_at, command, host, git_commit, git_branch,
-                                       exit_code, verdict, wall_time_ns, tags, report)
+                                       exit_code, verdict, wall_time_ns, tags, report, run_id)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::TEXT::JSONB,
-                             $11::TEXT::JSONB)
+                             $11::TEXT::JSONB, $12)
                      RETURNING id",
                     &[
                         &report.name,
@@ -226,6 +237,7 @@ impl Postgres {
                         &i64::try_from(report.wall_time_ns).unwrap_or(i64::MAX),
                         tags,
                         json,
+                        &report.run_id,
                     ],
                 )?;
                 ids.push(row.get(0));

@@ -31,6 +31,16 @@ pub struct CleanroomConfig {
     pub alerts: crate::alerts::AlertsConfig,
     /// Where the finished report is sent (`[[distribute]]`).
     pub distribute: Vec<crate::output::distribute::DistributeConfig>,
+    /// Where each run's metrics are exported (`[export]`).
+    pub export: ExportConfig,
+}
+
+/// `[export]`: metrics sent to systems a team already runs.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// `[export.otlp]`: an OpenTelemetry collector, over OTLP/HTTP.
+    pub otlp: Option<crate::output::otlp::OtlpConfig>,
 }
 
 /// `[comparison]`: tolerances against a baseline, by figure, e.g.
@@ -479,6 +489,17 @@ impl CleanroomConfig {
         check_slos(&config.slos, text, file)?;
         check_comparison(&mut config.comparison, text, file)?;
         check_distribute(&config.distribute, text, file)?;
+        if let Some(otlp) = &config.export.otlp {
+            otlp.check().map_err(|(field, message)| ConfigError {
+                file: file.to_owned(),
+                line: text
+                    .lines()
+                    .position(|l| l.trim_start().starts_with(field))
+                    .map(|i| i + 1),
+                key: Some(format!("export.otlp.{field}")),
+                message,
+            })?;
+        }
         check_alerts(&config.alerts, text, file)?;
         if config.performance_monitoring.metrics_interval < Duration::from_millis(10) {
             return Err(ConfigError {

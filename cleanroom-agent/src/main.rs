@@ -392,6 +392,7 @@ fn outputs(out: OutputArgs, summary: bool) -> Outputs {
         baseline: None,
         tolerances: compare::Tolerances::default(),
         distribute: Vec::new(),
+        otlp: None,
     }
 }
 
@@ -442,6 +443,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .map(cleanroom::output::distribute::Destination::new)
                 .collect::<Result<_, _>>()
                 .map_err(anyhow::Error::msg)?;
+            outputs.otlp = cfg.export.otlp.clone();
             // Checked before the command runs: a bad baseline must not cost a run.
             outputs.baseline = baseline
                 .map(|b| {

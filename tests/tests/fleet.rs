@@ -13,6 +13,25 @@ use cleanroom_tests::{
     v2_mount, wait_for_port, workload_bin,
 };
 
+/// A git repository of one commit on branch `main`, and that commit.
+fn repo_on_main() -> (tempfile::TempDir, String) {
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=ci", "-c", "user.email=ci@example.com"])
+            .args(args)
+            .current_dir(repo.path())
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["commit", "-q", "--allow-empty", "-m", "base"]);
+    let commit = git(&["rev-parse", "HEAD"]);
+    (repo, commit)
+}
+
 /// True when the schema's versions are 1 to N, each once.
 const EACH_MIGRATION_ONCE: &str = "SELECT count(*) = count(DISTINCT version) AND count(*) = \
                                    max(version) AND count(*) >= 2 FROM cleanroom_schema";
@@ -241,18 +260,7 @@ fn a_baseline_by_name_comes_from_any_host_and_a_window_is_its_medians() {
         return;
     };
     let url = pg.url();
-    let repo = tempfile::tempdir().unwrap();
-    let git = |args: &[&str]| {
-        let out = Command::new("git")
-            .args(["-c", "user.name=ci", "-c", "user.email=ci@example.com"])
-            .args(args)
-            .current_dir(repo.path())
-            .output()
-            .expect("git");
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-    };
-    git(&["init", "-q", "-b", "main"]);
-    git(&["commit", "-q", "--allow-empty", "-m", "base"]);
+    let (repo, _) = repo_on_main();
     let workload = workload_bin!().display().to_string();
     // `cleanroom run` in the repository, on this host or, with `other_host`, on `runner-b`.
     let run = |extra: &str, command: &str, other_host: bool| {
@@ -430,4 +438,140 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// One request an OTLP receiver took: path, content type, body.
+type Posted = (String, String, Vec<u8>);
+
+/// A receiver on a free loopback port answering 503 to the first request and 200 after,
+/// keeping each request.
+fn otlp_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Posted>>>) {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = got.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let (mut len, mut kind) = (0, String::new());
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.trim_end().split_once(':') {
+                    match k.to_ascii_lowercase().as_str() {
+                        "content-length" => len = v.trim().parse().unwrap_or(0),
+                        "content-type" => kind = v.trim().to_owned(),
+                        _ => {}
+                    }
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            let first = {
+                let mut all = log.lock().unwrap();
+                all.push((path, kind, body));
+                all.len() == 1
+            };
+            let status = if first {
+                "503 Service Unavailable"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (port, got)
+}
+
+/// `[export.otlp]`: the run's totals reach an OTLP/HTTP receiver (decoded with the
+/// OpenTelemetry protocol's own types) under a resource naming the host, the service, the
+/// run and its git commit and branch, after one refusal; the CPU time is the report's.
+#[test]
+fn a_runs_metrics_reach_an_otlp_receiver_under_its_resource() {
+    use opentelemetry_proto::tonic::{
+        collector::metrics::v1::ExportMetricsServiceRequest,
+        common::v1::any_value,
+        metrics::v1::{metric::Data, number_data_point},
+    };
+    use prost::Message as _;
+    let test = "a_runs_metrics_reach_an_otlp_receiver_under_its_resource";
+    if !privileged(test) {
+        return;
+    }
+    let (port, got) = otlp_receiver();
+    let (dir, commit) = repo_on_main();
+    let config = dir.path().join("cleanroom.toml");
+    std::fs::write(
+        &config,
+        format!("[export.otlp]\nendpoint = \"http://127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let report = dir.path().join("r.json");
+    let out = Command::new(cleanroom_bin())
+        .current_dir(dir.path())
+        .args(["run", "-q", "--no-store", "--name", "otlp-run", "--config"])
+        .arg(&config)
+        .arg("--report")
+        .arg(&report)
+        .args([
+            "--",
+            &workload_bin!().display().to_string(),
+            "spin-ms",
+            "100",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 2, "one refusal, then the retry");
+    let (path, kind, body) = &got[1];
+    assert_eq!(path, "/v1/metrics");
+    assert_eq!(kind, "application/x-protobuf");
+    let request = ExportMetricsServiceRequest::decode(&body[..]).unwrap();
+    let rm = &request.resource_metrics[0];
+    let attribute = |key: &str| {
+        rm.resource
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                any_value::Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no attribute {key}"))
+    };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(attribute("host.name"), hostname.trim());
+    assert_eq!(attribute("service.name"), "cleanroom");
+    assert_eq!(attribute("cleanroom.run.name"), "otlp-run");
+    assert_eq!(attribute("vcs.ref.head.revision"), commit);
+    assert_eq!(attribute("vcs.ref.head.name"), "main");
+    let cpu = rm.scope_metrics[0]
+        .metrics
+        .iter()
+        .find(|m| m.name == "cleanroom.run.cpu_time_ns")
+        .and_then(|m| match m.data.as_ref()? {
+            Data::Gauge(g) => match g.data_points.first()?.value? {
+                number_data_point::Value::AsDouble(v) => Some(v),
+                number_data_point::Value::AsInt(v) => Some(v as f64),
+            },
+            _ => None,
+        })
+        .expect("cleanroom.run.cpu_time_ns");
+    assert_eq!(cpu, report["totals"]["cpu_time_ns"].as_f64().unwrap());
+    assert!(cpu > 90e6, "{cpu} ns for 100 ms of spinning");
 }

@@ -42,6 +42,8 @@ pub struct Outputs {
     pub tolerances: Tolerances,
     /// Where the report is sent beyond this machine (`[[distribute]]`), secrets read.
     pub distribute: Vec<Destination>,
+    /// The OpenTelemetry collector the run's metrics go to (`[export.otlp]`).
+    pub otlp: Option<crate::output::otlp::OtlpConfig>,
 }
 
 /// A past run to compare with: how to name it, and its report.
@@ -429,6 +431,12 @@ pub fn deliver(
     if let Some(store) = &outputs.store {
         store_run(store, report, outputs.summary, &mut delivered);
     }
+    // Last, and never a failure: the run's record is safe already.
+    if let Some(otlp) = &outputs.otlp
+        && let Err(e) = crate::output::otlp::export(otlp, report)
+    {
+        log::warn!("the run's metrics were not exported to the OTLP collector: {e}");
+    }
     if !delivered.failures.is_empty() && !json_written && delivered.stored_as.is_none() {
         delivered.rescued_to = rescue(report);
     }
@@ -531,6 +539,7 @@ mod tests {
             baseline: None,
             tolerances: Tolerances::default(),
             distribute: Vec::new(),
+            otlp: None,
         };
         let mut r = Report::example();
         let d = deliver(&mut r, &outputs, None);

@@ -132,8 +132,14 @@ fn contend(threads: usize, budget: Duration) {
             "pinning to CPU 0"
         );
     }
+    // Each thread reads its run_delay only once all have stopped spinning (a barrier: they
+    // sleep, not queue, until then): a thread that read it while the others still spun could
+    // wait on the run queue again before it exits, a wait the probes rightly see and the
+    // reading missed (some 200 ms of it in an emulated 5.10 guest).
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
+            let barrier = barrier.clone();
             std::thread::spawn(move || {
                 let start = thread_cpu_time();
                 let mut x = 0u64;
@@ -142,6 +148,7 @@ fn contend(threads: usize, budget: Duration) {
                         x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
                     }
                 }
+                barrier.wait();
                 own_run_delay()
             })
         })

@@ -391,6 +391,26 @@ pub(crate) fn check_slos(slos: &[SloSpec], text: &str, file: &str) -> Result<(),
     Ok(())
 }
 
+/// Checks `[export]`, naming the line of the key at fault.
+pub(crate) fn check_export(
+    export: &ExportConfig,
+    text: &str,
+    file: &str,
+) -> Result<(), ConfigError> {
+    let Some(otlp) = &export.otlp else {
+        return Ok(());
+    };
+    otlp.check().map_err(|(field, message)| ConfigError {
+        file: file.to_owned(),
+        line: text
+            .lines()
+            .position(|l| l.trim_start().starts_with(field))
+            .map(|i| i + 1),
+        key: Some(format!("export.otlp.{field}")),
+        message,
+    })
+}
+
 /// Checks `[[distribute]]` destinations, naming the `n`th `[[distribute]]` line of `text`.
 pub(crate) fn check_distribute(
     list: &[crate::output::distribute::DistributeConfig],
@@ -489,17 +509,7 @@ impl CleanroomConfig {
         check_slos(&config.slos, text, file)?;
         check_comparison(&mut config.comparison, text, file)?;
         check_distribute(&config.distribute, text, file)?;
-        if let Some(otlp) = &config.export.otlp {
-            otlp.check().map_err(|(field, message)| ConfigError {
-                file: file.to_owned(),
-                line: text
-                    .lines()
-                    .position(|l| l.trim_start().starts_with(field))
-                    .map(|i| i + 1),
-                key: Some(format!("export.otlp.{field}")),
-                message,
-            })?;
-        }
+        check_export(&config.export, text, file)?;
         check_alerts(&config.alerts, text, file)?;
         if config.performance_monitoring.metrics_interval < Duration::from_millis(10) {
             return Err(ConfigError {

@@ -575,3 +575,122 @@ fn a_runs_metrics_reach_an_otlp_receiver_under_its_resource() {
     assert_eq!(cpu, report["totals"]["cpu_time_ns"].as_f64().unwrap());
     assert!(cpu > 90e6, "{cpu} ns for 100 ms of spinning");
 }
+
+/// The agent exports every `[export.otlp] interval` its watched cgroups' figures so far (a
+/// cumulative sum a figure, a resource a cgroup) and, when a watch ends, its run's metrics:
+/// the CPU time exported is the stored report's.
+#[test]
+fn the_agent_exports_its_cgroups_figures_and_each_finished_watch() {
+    use opentelemetry_proto::tonic::{
+        collector::metrics::v1::ExportMetricsServiceRequest,
+        common::v1::any_value,
+        metrics::v1::{ResourceMetrics, metric::Data, number_data_point},
+    };
+    use prost::Message as _;
+    let test = "the_agent_exports_its_cgroups_figures_and_each_finished_watch";
+    if !privileged(test) {
+        return;
+    }
+    let (port, got) = otlp_receiver();
+    let parent = TestCgroup::new("fleet-otlp");
+    let relative = parent
+        .path()
+        .strip_prefix(v2_mount())
+        .unwrap()
+        .display()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interval = \"200ms\"\n\n[[watch]]\nglob = \"{relative}/*\"\nname = \"jobs\"\n\n\
+             [export.otlp]\nendpoint = \"http://127.0.0.1:{port}\"\ninterval = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    let store = dir.path().join("history.db");
+    let listen = free_loopback_port();
+    let agent = Command::new(cleanroom_bin())
+        .args(["agent", "--no-socket", "--config"])
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{listen}"), "--store"])
+        .arg(&store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting cleanroom agent");
+    wait_for_port(listen, "the agent");
+    let job = parent.path().join("job");
+    std::fs::create_dir(&job).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    run_in_cgroup(&job, &format!("{} spin-ms 2500", workload_bin!().display()));
+    std::fs::remove_dir(&job).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let out = agent.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+
+    let requests: Vec<ExportMetricsServiceRequest> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .skip(1) // refused
+        .map(|(_, _, body)| ExportMetricsServiceRequest::decode(&body[..]).unwrap())
+        .collect();
+    let attribute = |rm: &ResourceMetrics, key: &str| -> Option<String> {
+        rm.resource
+            .as_ref()?
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                any_value::Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+    };
+    let value = |rm: &ResourceMetrics, name: &str| -> Option<f64> {
+        let m = rm.scope_metrics[0]
+            .metrics
+            .iter()
+            .find(|m| m.name == name)?;
+        let point = match m.data.as_ref()? {
+            Data::Gauge(g) => g.data_points.first()?,
+            Data::Sum(s) => s.data_points.first()?,
+            _ => return None,
+        };
+        Some(match point.value? {
+            number_data_point::Value::AsDouble(v) => v,
+            number_data_point::Value::AsInt(v) => v as f64,
+        })
+    };
+    let cgroup = format!("{relative}/job");
+    let periodic: Vec<f64> = requests
+        .iter()
+        .flat_map(|r| &r.resource_metrics)
+        .filter(|rm| attribute(rm, "cleanroom.cgroup").as_deref() == Some(cgroup.as_str()))
+        .filter_map(|rm| value(rm, "cleanroom.cgroup.cpu_time_ns"))
+        .collect();
+    assert!(
+        periodic.iter().any(|v| *v > 0.0),
+        "no periodic figures of {cgroup}: {periodic:?}\n{log}"
+    );
+    let run_cpu: Vec<f64> = requests
+        .iter()
+        .flat_map(|r| &r.resource_metrics)
+        .filter(|rm| attribute(rm, "cleanroom.run.name").as_deref() == Some("jobs"))
+        .filter_map(|rm| value(rm, "cleanroom.run.cpu_time_ns"))
+        .collect();
+    let out = cleanroom(&store, &["report", "1", "--format", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stored = report["totals"]["cpu_time_ns"].as_f64().unwrap();
+    assert_eq!(run_cpu, [stored], "{log}");
+    assert!(stored > 2.0e9, "{stored} ns for 2.5 s of spinning");
+    // The periodic figures are the watch's so far: never above its end.
+    assert!(
+        periodic.iter().all(|v| *v <= stored),
+        "{periodic:?} vs {stored}"
+    );
+}

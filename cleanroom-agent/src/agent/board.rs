@@ -107,6 +107,15 @@ impl Board {
         }
     }
 
+    /// Every live cgroup's figures now, as a scrape sees them.
+    pub fn cgroup_snapshots(&self) -> Vec<CgroupSnapshot> {
+        self.state()
+            .live
+            .values()
+            .map(|l| l.snapshot.clone())
+            .collect()
+    }
+
     /// Where reports go that the store could not take: beside a SQLite store's file.
     pub fn unstored_dir(&self) -> Option<PathBuf> {
         let store = self.store.as_ref()?;

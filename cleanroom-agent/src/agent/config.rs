@@ -37,7 +37,7 @@ use crate::{
     cgroupfs::watch::WatchRule,
     config::{
         ConfigError, MAX_PROFILING_FREQUENCY_HZ, PerformanceMonitoring, check_alerts,
-        check_distribute, check_slos, parse, read_config,
+        check_distribute, check_export, check_slos, parse, read_config,
     },
     kernel::probe::SamplingRates,
     output::serve::DEFAULT_LISTEN,
@@ -90,6 +90,10 @@ pub struct AgentConfig {
     /// Where each finished watch's report is sent (`[[distribute]]`, as for `cleanroom run`).
     #[serde(default)]
     pub distribute: Vec<crate::output::distribute::DistributeConfig>,
+    /// `[export.otlp]`: the watched cgroups' figures every `interval`, and each finished
+    /// watch's run, to an OpenTelemetry collector.
+    #[serde(default)]
+    pub export: crate::config::ExportConfig,
 }
 
 impl AgentConfig {
@@ -101,6 +105,7 @@ impl AgentConfig {
         }
         check_alerts(&config.alerts, text, file)?;
         check_distribute(&config.distribute, text, file)?;
+        check_export(&config.export, text, file)?;
         if config.interval.is_some_and(|i| i < MIN_INTERVAL) {
             return Err(ConfigError {
                 file: file.to_owned(),

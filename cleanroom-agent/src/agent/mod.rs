@@ -203,7 +203,12 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
         clients
     });
     let board = Arc::new(Board::new(store, config.interval(), listen.to_string()));
-    let outward = Outward::new(alerting, destinations, &board);
+    let outward = Outward::new(alerting, destinations, config.export.otlp.clone(), &board);
+    let mut exports = outward.export_interval().map(|every| {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    });
     serve(listener, Arc::clone(&board), config.token.clone())?;
     log::info!(
         "watching {} rule(s) below {} every {}; http://{listen}/ (metrics at /metrics)",
@@ -226,6 +231,7 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
                 let keep = clients.as_ref().map(Clients::ids).unwrap_or_default();
                 tick(&mut watched, &mut probes, &board, &keep, &outward);
             }
+            () = next_tick(&mut exports) => outward.export_figures(&board),
             () = sleep_until(client_tick) => {
                 if let Some(clients) = clients.as_mut() {
                     clients.tick(&mut probes);
@@ -251,6 +257,16 @@ pub async fn agent(opts: AgentOptions) -> Result<(), Error> {
     let stopped = stop(&mut watched, &mut probes, &board, &outward);
     outward.finish();
     stopped
+}
+
+/// The next tick of `ticker`; never without one.
+async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Sleeps until `at`; forever when there is nothing to wait for.

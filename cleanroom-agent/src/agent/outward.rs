@@ -1,7 +1,9 @@
-//! What leaves the machine about the watched cgroups: their alerts ([`Alerting`]) and their
-//! finished reports (`[[distribute]]`). Neither waits on the sampling path: alerts are queued
-//! to their channels' threads, and finished reports to one sending thread, which tries each
-//! destination once (within its timeout) and then lists how each went in the stored run. When
+//! What leaves the machine about the watched cgroups: their alerts ([`Alerting`]), their
+//! finished reports (`[[distribute]]`, and `[export.otlp]` each as a run's metrics) and, every
+//! `[export.otlp] interval`, their figures so far. None waits on the sampling path: alerts are
+//! queued to their channels' threads; finished reports to one sending thread, which tries each
+//! destination once (within its timeout) and then lists how each went in the stored run; the
+//! periodic figures go from a thread of their own, skipped while the last is under way. When
 //! the agent stops, [`Outward::finish`] waits for both, bounded: the alerts' `flush_timeout`,
 //! and for reports the longest destination timeout for each report still queued, at most
 //! [`MAX_FINISH`].
@@ -19,7 +21,7 @@ use std::{
 use super::board::Board;
 use crate::{
     alerts::Alerting,
-    output::{distribute::Destination, report::Report},
+    output::{distribute::Destination, otlp::OtlpConfig, report::Report},
 };
 
 /// Reports waiting to be sent at most; more are not distributed (said in the log), so a dead
@@ -44,10 +46,15 @@ struct Sender {
     longest: Duration,
 }
 
-/// The agent's alerts and its reports' distribution.
+/// The agent's alerts, its reports' distribution and its metrics' export.
 pub struct Outward {
     alerting: Option<Alerting>,
     sender: Option<Sender>,
+    otlp: Option<Arc<OtlpConfig>>,
+    /// A periodic export is under way.
+    exporting: Arc<std::sync::atomic::AtomicBool>,
+    /// The last periodic export failed (said once, until one succeeds).
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Outward {
@@ -56,10 +63,72 @@ impl Outward {
     pub fn new(
         alerting: Option<Alerting>,
         destinations: Vec<Destination>,
+        otlp: Option<OtlpConfig>,
         board: &Arc<Board>,
     ) -> Self {
-        let sender = (!destinations.is_empty()).then(|| start(destinations, Arc::clone(board)));
-        Self { alerting, sender }
+        let otlp = otlp.map(Arc::new);
+        let sender = (!destinations.is_empty() || otlp.is_some())
+            .then(|| start(destinations, otlp.clone(), Arc::clone(board)));
+        Self {
+            alerting,
+            sender,
+            otlp,
+            exporting: Arc::default(),
+            failing: Arc::default(),
+        }
+    }
+
+    /// How often the watched cgroups' figures are exported, if they are.
+    pub fn export_interval(&self) -> Option<Duration> {
+        self.otlp.as_ref().map(|o| o.interval())
+    }
+
+    /// Sends the watched cgroups' figures now, from a thread of its own; skipped while the
+    /// last send is under way. A failure is said once, until a send succeeds.
+    pub fn export_figures(&self, board: &Board) {
+        let Some(otlp) = &self.otlp else {
+            return;
+        };
+        if self.exporting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let request = crate::output::otlp::cgroups_request(
+            &board.cgroup_snapshots(),
+            &board.host().hostname,
+            &otlp.service_name,
+            now_ns,
+        );
+        let (otlp, exporting, failing) = (
+            Arc::clone(otlp),
+            Arc::clone(&self.exporting),
+            Arc::clone(&self.failing),
+        );
+        let spawned = thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || {
+                match crate::output::otlp::send(&otlp, &request, 1) {
+                    Ok(()) => {
+                        if failing.swap(false, Ordering::SeqCst) {
+                            log::info!("the OTLP collector takes the figures again");
+                        }
+                    }
+                    Err(e) => {
+                        if !failing.swap(true, Ordering::SeqCst) {
+                            log::warn!(
+                                "the watched cgroups' figures were not exported (said once \
+                                 until it works again): {e}"
+                            );
+                        }
+                    }
+                }
+                exporting.store(false, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            self.exporting.store(false, Ordering::SeqCst);
+        }
     }
 
     /// Where alerts go, if anywhere.
@@ -129,13 +198,18 @@ impl Outward {
 }
 
 /// Starts the sending thread.
-fn start(destinations: Vec<Destination>, board: Arc<Board>) -> Sender {
+fn start(
+    destinations: Vec<Destination>,
+    otlp: Option<Arc<OtlpConfig>>,
+    board: Arc<Board>,
+) -> Sender {
     let (queue, parcels) = mpsc::sync_channel::<Parcel>(MAX_QUEUED);
     let (finished, done) = mpsc::channel();
     let pending = Arc::new(AtomicUsize::new(0));
     let longest = destinations
         .iter()
         .map(Destination::timeout)
+        .chain(otlp.as_ref().map(|o| o.timeout * o.attempts))
         .max()
         .unwrap_or_default();
     let left = Arc::clone(&pending);
@@ -143,7 +217,14 @@ fn start(destinations: Vec<Destination>, board: Arc<Board>) -> Sender {
         .name("distribute".into())
         .spawn(move || {
             for parcel in parcels {
-                send(parcel, &destinations, &board);
+                if let Some(otlp) = &otlp
+                    && let Err(e) = crate::output::otlp::export(otlp, &parcel.report)
+                {
+                    log::warn!("{}: the run's metrics were not exported: {e}", parcel.name);
+                }
+                if !destinations.is_empty() {
+                    send(parcel, &destinations, &board);
+                }
                 left.fetch_sub(1, Ordering::SeqCst);
             }
             let _ = finished.send(());

@@ -4,6 +4,9 @@
 //! run, and its git commit and branch. Tried a few times with a growing wait; a collector
 //! that does not take it is said on stderr and never fails the run.
 //!
+//! The agent sends the same for each finished watch, and every `interval` the figures of the
+//! cgroups it watches ([`cgroups_request`]), off its sampling loop.
+//!
 //! The metrics: `cleanroom.run.<total>` for each total (`cleanroom.run.cpu_time_ns`, ...),
 //! `cleanroom.run.<latency>.p50_ns` (`p90`, `p99`, `max`) for each latency measured,
 //! `cleanroom.run.wall_time_ns`, `cleanroom.run.exit_code`, `cleanroom.run.passed` (1 or 0,
@@ -51,6 +54,10 @@ pub struct OtlpConfig {
     /// instead of the public roots.
     #[serde(default)]
     pub ca_file: Option<std::path::PathBuf>,
+    /// The agent: how often the watched cgroups' figures are sent (default 10 s, at least
+    /// 1 s).
+    #[serde(default, deserialize_with = "crate::units::de_opt_duration")]
+    pub interval: Option<Duration>,
 }
 
 fn default_service() -> String {
@@ -77,7 +84,15 @@ impl OtlpConfig {
         if !(1..=10).contains(&self.attempts) {
             return Err(("attempts", "must be 1 to 10".into()));
         }
+        if self.interval.is_some_and(|i| i < Duration::from_secs(1)) {
+            return Err(("interval", "must be at least 1s".into()));
+        }
         Ok(())
+    }
+
+    /// How often the agent sends the watched cgroups' figures.
+    pub fn interval(&self) -> Duration {
+        self.interval.unwrap_or(Duration::from_secs(10))
     }
 
     /// Where metrics are POSTed.
@@ -89,13 +104,26 @@ impl OtlpConfig {
 /// Sends `report`'s metrics to the collector, trying up to `attempts` times. `Err` says why
 /// the last try failed, and how many were made.
 pub fn export(config: &OtlpConfig, report: &Report) -> Result<(), String> {
+    send(
+        config,
+        &request(report, &config.service_name),
+        config.attempts,
+    )
+}
+
+/// Sends `request` to the collector, trying up to `attempts` times.
+pub fn send(
+    config: &OtlpConfig,
+    request: &ExportMetricsServiceRequest,
+    attempts: u32,
+) -> Result<(), String> {
     let trust = Trust::load(config.ca_file.as_deref())?;
     let agent = trust.http_agent(config.timeout);
-    let body = request(report, &config.service_name).encode_to_vec();
+    let body = request.encode_to_vec();
     let url = config.url();
     let mut wait = Duration::from_secs(1);
     let mut last = String::new();
-    for attempt in 1..=config.attempts {
+    for attempt in 1..=attempts {
         let sent = agent
             .post(&url)
             .header("Content-Type", "application/x-protobuf")
@@ -105,12 +133,81 @@ pub fn export(config: &OtlpConfig, report: &Report) -> Result<(), String> {
             Ok(r) => last = format!("HTTP {}", r.status()),
             Err(e) => last = e.to_string(),
         }
-        if attempt < config.attempts {
+        if attempt < attempts {
             std::thread::sleep(wait);
             wait *= 2;
         }
     }
-    Err(format!("{url}: {last} ({} tries)", config.attempts))
+    Err(format!("{url}: {last} ({attempts} tries)"))
+}
+
+/// Pure: the agent's figures of the cgroups it watches, at `now_ns` (Unix time): one resource
+/// a cgroup (`cleanroom.cgroup`, `cleanroom.rule`, `host.name`, `service.name`), each total
+/// a cumulative sum since its watch began (`cleanroom.cgroup.cpu_time_ns`, ...).
+pub fn cgroups_request(
+    cgroups: &[crate::output::exposition::CgroupSnapshot],
+    host: &str,
+    service_name: &str,
+    now_ns: u64,
+) -> ExportMetricsServiceRequest {
+    use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, Sum};
+    let resource_metrics = cgroups
+        .iter()
+        .map(|c| {
+            let metrics = c
+                .totals
+                .iter()
+                .map(|(metric, value)| Metric {
+                    name: format!("cleanroom.cgroup.{}", metric.name()),
+                    unit: match metric.unit() {
+                        crate::metric::Unit::Nanoseconds => "ns",
+                        crate::metric::Unit::Bytes => "By",
+                        crate::metric::Unit::Count => "1",
+                    }
+                    .to_owned(),
+                    data: Some(Data::Sum(Sum {
+                        data_points: vec![NumberDataPoint {
+                            time_unix_nano: now_ns,
+                            value: Some(number_data_point::Value::AsInt(
+                                i64::try_from(*value).unwrap_or(i64::MAX),
+                            )),
+                            ..NumberDataPoint::default()
+                        }],
+                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                        is_monotonic: true,
+                    })),
+                    ..Metric::default()
+                })
+                .collect();
+            ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![
+                        attribute("service.name", service_name),
+                        attribute("host.name", host),
+                        attribute("cleanroom.cgroup", &c.cgroup),
+                        attribute("cleanroom.rule", &c.rule),
+                    ],
+                    ..Resource::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(scope()),
+                    metrics,
+                    ..ScopeMetrics::default()
+                }],
+                ..ResourceMetrics::default()
+            }
+        })
+        .collect();
+    ExportMetricsServiceRequest { resource_metrics }
+}
+
+/// This program, as the instrumentation scope.
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "cleanroom".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..InstrumentationScope::default()
+    }
 }
 
 /// Pure: the OTLP request of `report`'s metrics.
@@ -231,11 +328,7 @@ pub fn request(report: &Report, service_name: &str) -> ExportMetricsServiceReque
                 ..Resource::default()
             }),
             scope_metrics: vec![ScopeMetrics {
-                scope: Some(InstrumentationScope {
-                    name: "cleanroom".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..InstrumentationScope::default()
-                }),
+                scope: Some(scope()),
                 metrics,
                 ..ScopeMetrics::default()
             }],

@@ -179,23 +179,15 @@ pub fn cgroups_request(
                     ..Metric::default()
                 })
                 .collect();
-            ResourceMetrics {
-                resource: Some(Resource {
-                    attributes: vec![
-                        attribute("service.name", service_name),
-                        attribute("host.name", host),
-                        attribute("cleanroom.cgroup", &c.cgroup),
-                        attribute("cleanroom.rule", &c.rule),
-                    ],
-                    ..Resource::default()
-                }),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(scope()),
-                    metrics,
-                    ..ScopeMetrics::default()
-                }],
-                ..ResourceMetrics::default()
-            }
+            resource_metrics(
+                vec![
+                    attribute("service.name", service_name),
+                    attribute("host.name", host),
+                    attribute("cleanroom.cgroup", &c.cgroup),
+                    attribute("cleanroom.rule", &c.rule),
+                ],
+                metrics,
+            )
         })
         .collect();
     ExportMetricsServiceRequest { resource_metrics }
@@ -322,18 +314,23 @@ pub fn request(report: &Report, service_name: &str) -> ExportMetricsServiceReque
         }
     }
     ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes,
-                ..Resource::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                scope: Some(scope()),
-                metrics,
-                ..ScopeMetrics::default()
-            }],
-            ..ResourceMetrics::default()
+        resource_metrics: vec![resource_metrics(attributes, metrics)],
+    }
+}
+
+/// One resource's metrics, under this program's scope.
+fn resource_metrics(attributes: Vec<KeyValue>, metrics: Vec<Metric>) -> ResourceMetrics {
+    ResourceMetrics {
+        resource: Some(Resource {
+            attributes,
+            ..Resource::default()
+        }),
+        scope_metrics: vec![ScopeMetrics {
+            scope: Some(scope()),
+            metrics,
+            ..ScopeMetrics::default()
         }],
+        ..ResourceMetrics::default()
     }
 }
 

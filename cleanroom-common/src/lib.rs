@@ -334,8 +334,7 @@ pub struct PendingStats {
     /// As [`CgroupStats::page_faults_kernel`].
     pub page_faults_kernel: u64,
     /// Run-queue waits measured for the cgroup and not yet in its [`hist_kind::RUNQUEUE`]
-    /// histogram: added `PENDING_WAITS` at a time, sparing a hash lookup and two atomic adds
-    /// per wait; a reader adds them ([`PendingLatencies::histogram`]).
+    /// histogram, counted by bucket; a reader adds them ([`PendingLatencies::histogram`]).
     pub waits: PendingLatencies,
 }
 
@@ -379,16 +378,20 @@ impl NetPending {
 }
 
 /// Latencies measured and not yet added to their histogram (a kernel-side buffer, see
-/// [`PendingStats::waits`] and [`LatencyPending`]): the bucket ([`hist_bucket`]) of each of the
-/// first `count`, their sum and their largest. Buckets rather than values: the bucket of each is
-/// found when it is measured, so adding them later takes no branch per value (which the
-/// verifier would walk in every combination).
+/// [`PendingStats::waits`] and [`LatencyPending`]): how many fell in each of up to
+/// [`PENDING_WAITS`] distinct buckets ([`hist_bucket`]), their sum and their largest. They are
+/// added to the shared histogram only when an eighth distinct bucket comes (or the copy is
+/// taken for another histogram): latencies of one source mostly fall in a few buckets, so the
+/// shared histogram's cache lines, which every CPU writes, are touched once for many latencies
+/// instead of once each. Buckets rather than values: the bucket of each is found when it is
+/// measured, so adding them later takes no branch per value (which the verifier would walk in
+/// every combination).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PendingLatencies {
-    /// The bucket of each latency.
+    /// Each distinct bucket (low 32 bits) with how many latencies fell in it (high 32 bits).
     pub buckets: [u64; PENDING_WAITS],
-    /// How many of `buckets` are pending.
+    /// How many of `buckets` are in use.
     pub count: u64,
     /// The sum of the pending latencies (ns).
     pub sum: u64,
@@ -398,6 +401,14 @@ pub struct PendingLatencies {
 
 const _: () = assert!(core::mem::size_of::<PendingLatencies>() == 10 * 8);
 
+/// One latency in a [`PendingLatencies`] entry: its count's unit.
+pub const PENDING_ONE: u64 = 1 << 32;
+
+/// A [`PendingLatencies`] entry's count past which the copy is added to its histogram first:
+/// far from overflowing into nothing, and never reached in practice (2^31 latencies of one
+/// bucket without another coming).
+pub const PENDING_FULL_COUNT: u64 = 1 << 31;
+
 impl PendingLatencies {
     /// The pending latencies as a histogram, or `None` when there are none.
     pub fn histogram(&self) -> Option<Histogram> {
@@ -406,19 +417,20 @@ impl PendingLatencies {
             return None;
         }
         let mut h = Histogram::EMPTY;
-        for &b in &self.buckets[..n] {
-            h.buckets[(b as usize).min(HIST_BUCKETS - 1)] += 1;
+        for &entry in &self.buckets[..n] {
+            let bucket = ((entry & 0xffff_ffff) as usize).min(HIST_BUCKETS - 1);
+            h.buckets[bucket] += entry >> 32;
+            h.count += entry >> 32;
         }
-        h.count = n as u64;
         h.sum = self.sum;
         h.max = self.max;
         Some(h)
     }
 }
 
-/// Block latencies a CPU measured for the histogram `key` and has not added to it yet. Added
-/// `PENDING_WAITS` at a time (one lookup, one count and one sum for all), or when the copy is
-/// taken for another histogram ([`LatencySet`]).
+/// Block latencies a CPU measured for the histogram `key` and has not added to it yet, counted
+/// by bucket ([`PendingLatencies`]) until more distinct buckets come than it holds, or the copy
+/// is taken for another histogram ([`LatencySet`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LatencyPending {
@@ -479,7 +491,8 @@ pub struct LatencySet {
 
 const _: () = assert!(core::mem::size_of::<LatencySet>() == (2 + 12 * LATENCY_WAYS) * 8);
 
-/// Run-queue waits a pending copy holds before they are added to their histogram.
+/// Distinct buckets a pending copy of latencies holds before they are added to their
+/// histogram.
 pub const PENDING_WAITS: usize = 7;
 
 const _: () = assert!(core::mem::size_of::<PendingStats>() == 17 * 8);
@@ -1211,29 +1224,33 @@ mod tests {
 
     #[test]
     fn pending_latencies_are_the_counted_ones_and_never_past_the_buffer() {
+        let entry = |bucket: usize, count: u64| count * PENDING_ONE + bucket as u64;
         let mut pending = PendingLatencies {
             buckets: [
-                hist_bucket(5) as u64,
-                hist_bucket(9) as u64,
-                hist_bucket(2_000) as u64,
-                7,
-                7,
-                7,
-                7,
+                entry(hist_bucket(5), 2),
+                entry(hist_bucket(9), 1),
+                entry(hist_bucket(2_000), 3),
+                entry(7, 9),
+                entry(7, 9),
+                entry(7, 9),
+                entry(7, 9),
             ],
             count: 3,
-            sum: 2_014,
+            sum: 2 * 5 + 9 + 3 * 2_000,
             max: 2_000,
         };
         let h = pending.histogram().unwrap();
-        assert_eq!((h.count, h.sum, h.max), (3, 2_014, 2_000));
-        assert_eq!(h.buckets.iter().sum::<u64>(), 3);
+        assert_eq!((h.count, h.sum, h.max), (6, 6_019, 2_000));
+        assert_eq!(h.buckets.iter().sum::<u64>(), 6);
+        assert_eq!(h.buckets[hist_bucket(5)], 2);
         assert_eq!(h.buckets[hist_bucket(9)], 1);
-        assert_eq!(h.buckets[hist_bucket(2_000)], 1);
+        assert_eq!(h.buckets[hist_bucket(2_000)], 3);
         // A torn count or bucket read from a live map cannot index past either array.
         pending.count = 1_000;
         pending.buckets[0] = u64::MAX;
-        assert_eq!(pending.histogram().unwrap().count, PENDING_WAITS as u64);
+        let h = pending.histogram().unwrap();
+        assert_eq!(h.buckets[HIST_BUCKETS - 1], u64::MAX >> 32);
+        assert_eq!(h.count, (u64::MAX >> 32) + 1 + 3 + 4 * 9);
         pending.count = 0;
         assert!(pending.histogram().is_none());
     }

@@ -19,8 +19,8 @@ use cleanroom_common::{
     BlockKey, BlockPending, BlockStats, CgroupNode, CgroupStats, ConnKey, ConnStats, Escape,
     HistKey, Histogram, LATENCY_WAYS, LatencySet, MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS,
     MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS, MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS,
-    MAX_WATCHED, NetPending, PENDING_WAITS, PendingLatencies, PendingSet, PendingStats, RunProc,
-    drop_reason, hist_bucket, hist_kind,
+    MAX_WATCHED, NetPending, PENDING_FULL_COUNT, PENDING_ONE, PendingLatencies, PendingSet,
+    PendingStats, RunProc, drop_reason, hist_bucket, hist_kind,
 };
 
 /// cgroup v2 id → counters, one copy per CPU.
@@ -495,13 +495,14 @@ pub fn record_latency(cgroup_id: u64, kind: u32, dev: u32, value_ns: u64) {
 }
 
 /// Keeps a run-queue wait of the pending copy's cgroup in the copy, adding the ones it holds
-/// to the histogram first when it is full ([`PendingStats::waits`]).
+/// to the histogram first when it has no room for the wait's bucket ([`PendingStats::waits`]).
 #[inline(always)]
 pub fn push_wait(way: &mut PendingStats, wait_ns: u64) {
-    if way.waits.count as usize >= PENDING_WAITS {
+    let bucket = hist_bucket(wait_ns) as u64;
+    if !push_latency(&mut way.waits, bucket, wait_ns) {
         flush_waits(way);
+        restart_latencies(&mut way.waits, bucket, wait_ns);
     }
-    push_latency(&mut way.waits, wait_ns);
 }
 
 /// Adds the run-queue waits a pending copy holds to its cgroup's histogram.
@@ -516,21 +517,50 @@ fn flush_waits(way: &mut PendingStats) {
     add_latencies(&key, &mut way.waits, true);
 }
 
-/// Keeps `value_ns` in `pending` (its bucket, and in its sum and maximum); there must be room.
+/// Counts `value_ns`, of `bucket`, in `pending` (in its bucket's entry, its sum and its
+/// maximum). False, and `pending` unchanged, when it has no room: no entry of this bucket and
+/// none free, or that entry's count is full ([`PENDING_FULL_COUNT`]).
 #[inline(always)]
-fn push_latency(pending: &mut PendingLatencies, value_ns: u64) {
-    if let Some(slot) = pending.buckets.get_mut(pending.count as usize) {
-        *slot = hist_bucket(value_ns) as u64;
-        pending.count += 1;
+fn push_latency(pending: &mut PendingLatencies, bucket: u64, value_ns: u64) -> bool {
+    let used = pending.count;
+    let mut counted = false;
+    for (i, entry) in pending.buckets.iter_mut().enumerate() {
+        if i as u64 >= used {
+            *entry = PENDING_ONE | bucket;
+            pending.count = used + 1;
+            counted = true;
+            break;
+        }
+        if *entry & 0xffff_ffff == bucket {
+            if *entry >> 32 >= PENDING_FULL_COUNT {
+                return false;
+            }
+            *entry += PENDING_ONE;
+            counted = true;
+            break;
+        }
+    }
+    if counted {
         pending.sum = pending.sum.wrapping_add(value_ns);
         if value_ns > pending.max {
             pending.max = value_ns;
         }
     }
+    counted
 }
 
-/// Adds the latencies `pending` holds to the histogram of `key` and empties it: one lookup and
-/// one count and sum for all of them. The histogram is made if it has none and `make`; else
+/// Makes `value_ns`, of `bucket`, the only latency in `pending`, just emptied by
+/// [`add_latencies`].
+#[inline(always)]
+fn restart_latencies(pending: &mut PendingLatencies, bucket: u64, value_ns: u64) {
+    pending.buckets[0] = PENDING_ONE | bucket;
+    pending.count = 1;
+    pending.sum = value_ns;
+    pending.max = value_ns;
+}
+
+/// Adds the latencies `pending` holds to the histogram of `key` and empties it: one lookup, one
+/// add per distinct bucket, and one count and sum for all of them. The histogram is made if it has none and `make`; else
 /// they are dropped (see [`record_block_latency`]).
 #[inline(always)]
 fn add_latencies(key: &HistKey, pending: &mut PendingLatencies, make: bool) {
@@ -552,14 +582,15 @@ fn add_latencies(key: &HistKey, pending: &mut PendingLatencies, make: bool) {
         return;
     };
     let mut count = 0u64;
-    for (i, &bucket) in pending.buckets.iter().enumerate() {
+    for (i, &entry) in pending.buckets.iter().enumerate() {
         if i as u64 >= n {
             break;
         }
-        if let Some(b) = hist.buckets.get_mut(bucket as usize) {
-            atomic_add(b, 1);
+        let in_bucket = entry >> 32;
+        if let Some(b) = hist.buckets.get_mut((entry & 0xffff_ffff) as usize) {
+            atomic_add(b, in_bucket);
         }
-        count += 1;
+        count += in_bucket;
     }
     atomic_add(&mut hist.count, count);
     atomic_add(&mut hist.sum, sum);
@@ -604,10 +635,11 @@ pub fn record_block_latency(key: HistKey, value_ns: u64) {
         let _ = histogram_of(&key);
     }
     if let Some(way) = set.ways.get_mut(found) {
-        if way.latencies.count as usize >= PENDING_WAITS {
+        let bucket = hist_bucket(value_ns) as u64;
+        if !push_latency(&mut way.latencies, bucket, value_ns) {
             add_latencies(&way.key, &mut way.latencies, false);
+            restart_latencies(&mut way.latencies, bucket, value_ns);
         }
-        push_latency(&mut way.latencies, value_ns);
     }
     release(&mut set.busy);
 }

@@ -194,18 +194,13 @@ fn an_unreachable_database_is_said_in_time_without_its_password() {
     assert!(!text(&help).contains("hunter2"), "{}", text(&help));
 }
 
-/// The agent keeps its watched cgroups' reports in the fleet's database too (its store calls
-/// made from its async loop).
-#[test]
-fn the_agent_stores_a_watched_cgroups_report_in_postgres() {
-    let test = "the_agent_stores_a_watched_cgroups_report_in_postgres";
-    if !privileged(test) {
-        return;
-    }
-    let Some(pg) = PgCluster::start(test) else {
-        return;
-    };
-    let parent = TestCgroup::new("fleet-agent");
+/// `cleanroom agent` watching the children of `parent` every 200 ms and storing their reports
+/// in `pg`, with `env` set; once it listens. Its log is piped to stderr.
+fn agent_storing_in(
+    pg: &PgCluster,
+    parent: &TestCgroup,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> std::process::Child {
     let relative = parent
         .path()
         .strip_prefix(v2_mount())
@@ -214,6 +209,7 @@ fn the_agent_stores_a_watched_cgroups_report_in_postgres() {
         .to_string();
     let port = free_loopback_port();
     let agent = Command::new(cleanroom_bin())
+        .envs(env.iter().copied())
         .args(["agent", "--no-socket", "--interval", "200ms"])
         .args(["--watch", &format!("{relative}/*")])
         .args([
@@ -227,6 +223,22 @@ fn the_agent_stores_a_watched_cgroups_report_in_postgres() {
         .spawn()
         .expect("starting cleanroom agent");
     wait_for_port(port, "the agent");
+    agent
+}
+
+/// The agent keeps its watched cgroups' reports in the fleet's database too (its store calls
+/// made from its async loop).
+#[test]
+fn the_agent_stores_a_watched_cgroups_report_in_postgres() {
+    let test = "the_agent_stores_a_watched_cgroups_report_in_postgres";
+    if !privileged(test) {
+        return;
+    }
+    let Some(pg) = PgCluster::start(test) else {
+        return;
+    };
+    let parent = TestCgroup::new("fleet-agent");
+    let agent = agent_storing_in(&pg, &parent, &[]);
     let job = parent.path().join("job");
     std::fs::create_dir(&job).unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -245,6 +257,65 @@ fn the_agent_stores_a_watched_cgroups_report_in_postgres() {
         .unwrap_or_else(|e| panic!("{e}: {log}"));
     assert!(cpu > 250_000_000, "{cpu} ns for 300 ms of spinning");
     assert_eq!(pg.psql("SELECT count(*) FROM runs").trim(), "1", "{log}");
+}
+
+/// The agent outlives its database's restart: a watch that ends while the database is down is
+/// spooled, and once it is back the agent connects again (its first try after the failed one
+/// waits `RECONNECT_EVERY`, 10 s) and stores the next report with the spooled one.
+#[test]
+fn the_agent_spools_while_its_database_is_down_and_connects_again() {
+    let test = "the_agent_spools_while_its_database_is_down_and_connects_again";
+    if !privileged(test) {
+        return;
+    }
+    let Some(pg) = PgCluster::start(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let parent = TestCgroup::new("fleet-agent-restart");
+    let agent = agent_storing_in(&pg, &parent, &[("CLEANROOM_SPOOL", spool.as_os_str())]);
+    let workload = workload_bin!().display().to_string();
+    // A watched cgroup that spins 100 ms and is removed; its watch ends in the next tick.
+    let watch = |name: &str| {
+        let job = parent.path().join(name);
+        std::fs::create_dir(&job).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        run_in_cgroup(&job, &format!("{workload} spin-ms 100"));
+        std::fs::remove_dir(&job).unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+    };
+    let stored = || pg.psql("SELECT count(*) FROM runs").trim().to_owned();
+    watch("first");
+    assert_eq!(stored(), "1");
+
+    pg.pause();
+    let down_at = Instant::now();
+    watch("second");
+    let spooled = walk(&spool);
+    assert_eq!(spooled.len(), 1, "{spooled:?}");
+    let second: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&spooled[0]).unwrap()).unwrap();
+
+    pg.resume();
+    if let Some(wait) = Duration::from_secs(11).checked_sub(down_at.elapsed()) {
+        std::thread::sleep(wait);
+    }
+    watch("third");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let out = agent.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("report spooled in"), "{log}");
+    assert!(log.contains("1 spooled run(s) stored too"), "{log}");
+    assert_eq!(stored(), "3", "{log}");
+    assert!(walk(&spool).is_empty(), "{log}");
+    let run_ids = pg.psql("SELECT run_id FROM runs ORDER BY id");
+    assert!(
+        run_ids.contains(second["run_id"].as_str().unwrap()),
+        "{run_ids}"
+    );
 }
 
 /// `--baseline NAME@BRANCH` finds the latest passing run of that name on that branch, from

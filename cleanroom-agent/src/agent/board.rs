@@ -24,7 +24,7 @@ use crate::{
     output::render,
     output::report::{HostInfo, Report},
     output::serve::View,
-    store::{Store, StoreError},
+    store::{Store, StoreError, StoreLocation, spool},
 };
 
 /// Recent interval points kept per live cgroup for the API (older ones merged pairwise).
@@ -85,15 +85,35 @@ impl Board {
     }
 
     /// Stores finished watches' reports, in one transaction; their ids in the store, or
-    /// `None` without a store.
+    /// `None` without a store. Once a shared store takes them, the runs spooled for it while
+    /// it was away go to it too ([`spool::flush`]).
     pub fn store(&self, reports: &[Report]) -> Result<Option<Vec<i64>>, StoreError> {
-        match &self.store {
-            Some(store) => {
-                let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
-                store.insert_all(reports).map(Some)
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+        let ids = store.insert_all(reports)?;
+        if store.location().sqlite_path().is_none() {
+            match spool::flush(&mut store) {
+                Ok(f) if f.stored > 0 => log::warn!(
+                    "{} spooled run(s) stored too, kept here while {} was out of reach",
+                    f.stored,
+                    store.location()
+                ),
+                Ok(_) => {}
+                Err(e) => log::warn!("spooled runs stay spooled for the next time: {e}"),
             }
-            None => Ok(None),
         }
+        Ok(Some(ids))
+    }
+
+    /// Where reports a shared store did not take are kept until it does: its spool
+    /// ([`spool`]); `None` for a file store, or without a store.
+    pub fn spool_for(&self) -> Option<StoreLocation> {
+        let store = self.store.as_ref()?;
+        let store = store.lock().unwrap_or_else(|e| e.into_inner());
+        let location = store.location();
+        location.sqlite_path().is_none().then(|| location.clone())
     }
 
     /// Replaces stored run `id`'s report with a later account of it ([`Store::replace_report`]).

@@ -48,7 +48,7 @@ use crate::{
     output::distribute::Destination,
     output::report::Report,
     output::serve::{self, ServeError},
-    store::Store,
+    store::{Store, StoreLocation, spool},
 };
 
 /// The environment variable that holds the bearer token (rather than the config file).
@@ -431,8 +431,9 @@ fn tick(
 }
 
 /// Reports and stores finished watches (in one transaction), saying where each went, and
-/// queues them for their destinations. When the store fails, each report is written as JSON
-/// beside it instead, so none is lost.
+/// queues them for their destinations. When the store fails, each report is spooled for a
+/// shared store (stored with the next that it takes) or, for a file, written as JSON beside
+/// it, so none is lost.
 fn conclude(finished: Vec<Finished>, board: &Board, outward: &Outward) {
     if finished.is_empty() {
         return;
@@ -476,12 +477,38 @@ fn conclude(finished: Vec<Finished>, board: &Board, outward: &Outward) {
         }
         Err(e) => {
             log::error!("{} report(s) could not be stored: {e}", reports.len());
-            keep_unstored(&reports, &names, board);
+            match board.spool_for() {
+                Some(location) => spool_unstored(&reports, &names, &location, board),
+                None => keep_unstored(&reports, &names, board),
+            }
             vec![None; reports.len()]
         }
     };
     for ((name, report), id) in names.iter().zip(&reports).zip(ids) {
         outward.distribute(name, id, report);
+    }
+}
+
+/// Spools reports the shared store at `location` did not take, for the next time it does
+/// ([`Board::store`]); a report that cannot be spooled is written as JSON as
+/// [`keep_unstored`] does.
+fn spool_unstored(reports: &[Report], names: &[String], location: &StoreLocation, board: &Board) {
+    for (report, name) in reports.iter().zip(names) {
+        match spool::put(location, report) {
+            Ok(path) => log::warn!(
+                "{name}: report spooled in {}: it goes to {location} once that takes a run \
+                 again, or with `cleanroom store flush`",
+                path.display()
+            ),
+            Err(e) => {
+                log::error!("{name}: the report could not be spooled: {e}");
+                keep_unstored(
+                    std::slice::from_ref(report),
+                    std::slice::from_ref(name),
+                    board,
+                );
+            }
+        }
     }
 }
 

@@ -10,6 +10,11 @@
 //!
 //! The client is synchronous and drives a runtime of its own, which must not run inside
 //! another: each call runs on a short-lived thread, so the agent's async loop can use it.
+//!
+//! A store stays open for as long as its user lives (the agent's, for days). A connection the
+//! server closed (a restart, a failover, an idle timeout) is opened again by the next call: one
+//! try, and after a failed one no other for [`RECONNECT_EVERY`], so that a database away
+//! costs its user one connect timeout now and then rather than one on every call.
 
 use std::{
     path::PathBuf,
@@ -25,6 +30,9 @@ use crate::{output::report::Report, trust::Trust};
 
 /// How long connecting may take in all, tries included.
 pub const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long after a failed try to connect again the next try may come.
+pub const RECONNECT_EVERY: Duration = Duration::from_secs(10);
 
 /// The key of the advisory lock migrations are applied under.
 const MIGRATION_LOCK: i64 = 0x636c_6561_6e72_6f6f;
@@ -116,6 +124,11 @@ pub struct Postgres {
     client: Client,
     /// The URL, its password left out.
     url: String,
+    /// What it connected with, to connect again.
+    config: Config,
+    tls: MakeRustlsConnect,
+    /// When a try to connect again last failed, and why.
+    failed_reconnect: Option<(Instant, String)>,
 }
 
 impl Postgres {
@@ -140,16 +153,61 @@ impl Postgres {
         }
         let tls = tls(root_cert).map_err(&fail)?;
         let client = on_own_thread(|| connect(&config, &tls)).map_err(&fail)?;
-        let mut store = Self { client, url: shown };
+        let mut store = Self {
+            client,
+            url: shown,
+            config,
+            tls,
+            failed_reconnect: None,
+        };
         store.migrate()?;
         Ok(store)
     }
 
-    /// Runs `f` with the client on a thread of its own.
+    /// Connects again if the server closed the connection (see the module doc).
+    fn ensure_connected(&mut self) -> Result<(), StoreError> {
+        if !self.client.is_closed() {
+            return Ok(());
+        }
+        let fail = |detail: String| StoreError::Postgres {
+            url: self.url.clone(),
+            detail,
+        };
+        if let Some((at, why)) = &self.failed_reconnect
+            && at.elapsed() < RECONNECT_EVERY
+        {
+            return Err(fail(format!(
+                "the connection was closed and connecting again failed {:.0?} ago: {why}",
+                at.elapsed()
+            )));
+        }
+        let (config, tls) = (&self.config, &self.tls);
+        match on_own_thread(|| config.connect(tls.clone())) {
+            Ok(client) => {
+                log::info!("connected again to {}", self.url);
+                let closed = std::mem::replace(&mut self.client, client);
+                // Dropping a client drives its runtime: off the caller's thread too.
+                on_own_thread(move || drop(closed));
+                self.failed_reconnect = None;
+                Ok(())
+            }
+            Err(e) => {
+                let why = detail(&e);
+                self.failed_reconnect = Some((Instant::now(), why.clone()));
+                Err(fail(format!(
+                    "the connection was closed and connecting again failed: {why}"
+                )))
+            }
+        }
+    }
+
+    /// Runs `f` with the client on a thread of its own, connected again first if the server
+    /// closed the connection.
     fn call<T: Send>(
         &mut self,
         f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
     ) -> Result<T, StoreError> {
+        self.ensure_connected()?;
         let client = &mut self.client;
         on_own_thread(move || f(client)).map_err(|e| StoreError::Postgres {
             url: self.url.clone(),

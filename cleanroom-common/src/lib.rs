@@ -404,6 +404,18 @@ const _: () = assert!(core::mem::size_of::<PendingLatencies>() == 10 * 8);
 /// One latency in a [`PendingLatencies`] entry: its count's unit.
 pub const PENDING_ONE: u64 = 1 << 32;
 
+/// The bucket of a [`PendingLatencies`] entry.
+#[inline(always)]
+pub const fn pending_bucket(entry: u64) -> u64 {
+    entry & (PENDING_ONE - 1)
+}
+
+/// How many latencies a [`PendingLatencies`] entry holds.
+#[inline(always)]
+pub const fn pending_count(entry: u64) -> u64 {
+    entry >> 32
+}
+
 /// A [`PendingLatencies`] entry's count past which the copy is added to its histogram first:
 /// far from overflowing into nothing, and never reached in practice (2^31 latencies of one
 /// bucket without another coming).
@@ -418,9 +430,9 @@ impl PendingLatencies {
         }
         let mut h = Histogram::EMPTY;
         for &entry in &self.buckets[..n] {
-            let bucket = ((entry & 0xffff_ffff) as usize).min(HIST_BUCKETS - 1);
-            h.buckets[bucket] += entry >> 32;
-            h.count += entry >> 32;
+            let bucket = (pending_bucket(entry) as usize).min(HIST_BUCKETS - 1);
+            h.buckets[bucket] += pending_count(entry);
+            h.count += pending_count(entry);
         }
         h.sum = self.sum;
         h.max = self.max;

@@ -20,7 +20,7 @@ use cleanroom_common::{
     HistKey, Histogram, LATENCY_WAYS, LatencySet, MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS,
     MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS, MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS,
     MAX_WATCHED, NetPending, PENDING_FULL_COUNT, PENDING_ONE, PendingLatencies, PendingSet,
-    PendingStats, RunProc, drop_reason, hist_bucket, hist_kind,
+    PendingStats, RunProc, drop_reason, hist_bucket, hist_kind, pending_bucket, pending_count,
 };
 
 /// cgroup v2 id → counters, one copy per CPU.
@@ -531,8 +531,8 @@ fn push_latency(pending: &mut PendingLatencies, bucket: u64, value_ns: u64) -> b
             counted = true;
             break;
         }
-        if *entry & 0xffff_ffff == bucket {
-            if *entry >> 32 >= PENDING_FULL_COUNT {
+        if pending_bucket(*entry) == bucket {
+            if pending_count(*entry) >= PENDING_FULL_COUNT {
                 return false;
             }
             *entry += PENDING_ONE;
@@ -560,8 +560,8 @@ fn restart_latencies(pending: &mut PendingLatencies, bucket: u64, value_ns: u64)
 }
 
 /// Adds the latencies `pending` holds to the histogram of `key` and empties it: one lookup, one
-/// add per distinct bucket, and one count and sum for all of them. The histogram is made if it has none and `make`; else
-/// they are dropped (see [`record_block_latency`]).
+/// add per distinct bucket, and one count and sum for all of them. The histogram is made if it
+/// has none and `make`; else they are dropped (see [`record_block_latency`]).
 #[inline(always)]
 fn add_latencies(key: &HistKey, pending: &mut PendingLatencies, make: bool) {
     let n = pending.count;
@@ -586,8 +586,8 @@ fn add_latencies(key: &HistKey, pending: &mut PendingLatencies, make: bool) {
         if i as u64 >= n {
             break;
         }
-        let in_bucket = entry >> 32;
-        if let Some(b) = hist.buckets.get_mut((entry & 0xffff_ffff) as usize) {
+        let in_bucket = pending_count(entry);
+        if let Some(b) = hist.buckets.get_mut(pending_bucket(entry) as usize) {
             atomic_add(b, in_bucket);
         }
         count += in_bucket;

@@ -94,15 +94,8 @@ impl Board {
         let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
         let ids = store.insert_all(reports)?;
         if store.location().sqlite_path().is_none() {
-            match spool::flush(&mut store) {
-                Ok(f) if f.stored > 0 => log::warn!(
-                    "{} spooled run(s) stored too, kept here while {} was out of reach",
-                    f.stored,
-                    store.location()
-                ),
-                Ok(_) => {}
-                Err(e) => log::warn!("spooled runs stay spooled for the next time: {e}"),
-            }
+            let flushed = spool::flush(&mut store);
+            spool::say_flushed(store.location(), flushed);
         }
         Ok(Some(ids))
     }

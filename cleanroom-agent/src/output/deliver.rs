@@ -457,14 +457,7 @@ fn store_run(store: &StoreLocation, report: &Report, summary: bool, delivered: &
             if summary {
                 eprintln!("  stored as run {id} in {store}");
             }
-            match flushed {
-                Ok(f) if f.stored > 0 => log::warn!(
-                    "{} spooled run(s) stored too, kept here while {store} was out of reach",
-                    f.stored
-                ),
-                Ok(_) => {}
-                Err(e) => log::warn!("spooled runs stay spooled for the next time: {e}"),
-            }
+            spool::say_flushed(store, flushed);
         }
         Err(e) if store.sqlite_path().is_none() => match spool::put(store, report) {
             Ok(path) => {

@@ -99,6 +99,19 @@ pub fn flush(store: &mut Store) -> Result<Flushed, StoreError> {
     Ok(flushed)
 }
 
+/// Says what a [`flush`] to `location` did, after a run was stored there: the runs it stored
+/// too, or why the rest stay.
+pub fn say_flushed(location: &StoreLocation, flushed: Result<Flushed, StoreError>) {
+    match flushed {
+        Ok(f) if f.stored > 0 => log::warn!(
+            "{} spooled run(s) stored too, kept here while {location} was out of reach",
+            f.stored
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("spooled runs stay spooled for the next time: {e}"),
+    }
+}
+
 /// The 64-bit FNV-1a hash.
 struct Fnv(u64);
 

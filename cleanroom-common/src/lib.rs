@@ -15,8 +15,8 @@ pub mod maps {
     /// Per-CPU array of one [`crate::NetPending`]: the packet counters of the socket cgroup a
     /// CPU's `cgroup_skb` programs counted last; a reader adds them to the cgroup they name.
     pub const NET_PENDING: &str = "NET_PENDING";
-    /// Per-CPU array of one [`crate::LatencySet`]: block latencies a CPU measured and has not
-    /// added to their histograms yet; a reader adds them.
+    /// Per-CPU array of one [`crate::LatencySet`]: block and TCP connect latencies a CPU measured
+    /// and has not added to their histograms yet; a reader adds them.
     pub const LATENCY_PENDING: &str = "LATENCY_PENDING";
     /// Per-CPU array of one [`crate::BlockPending`]: block counters a CPU counted and has not
     /// added to [`BLOCK_STATS`] yet; a reader adds them.
@@ -440,7 +440,7 @@ impl PendingLatencies {
     }
 }
 
-/// Block latencies a CPU measured for the histogram `key` and has not added to it yet, counted
+/// Latencies a CPU measured for the histogram `key` and has not added to it yet, counted
 /// by bucket ([`PendingLatencies`]) until more distinct buckets come than it holds, or the copy
 /// is taken for another histogram ([`LatencySet`]).
 #[repr(C)]
@@ -485,9 +485,9 @@ const _: () = assert!(core::mem::size_of::<BlockPending>() == (2 + 2 * 6) * 8);
 /// Pending copies per CPU in a [`LatencySet`].
 pub const LATENCY_WAYS: usize = 4;
 
-/// A CPU's pending block latencies for the [`LATENCY_WAYS`] histograms it recorded last: a
-/// device's reads and writes alternate, and a loop device's I/O completes beside the disk's
-/// below it. A latency of a fifth histogram takes the copy `next_victim` names (in turn).
+/// A CPU's pending latencies for the [`LATENCY_WAYS`] histograms it recorded last: a device's
+/// reads and writes alternate, a loop device's I/O completes beside the disk's below it, and
+/// TCP connects complete among them. A latency of a fifth histogram takes the copy `next_victim` names (in turn).
 /// Completions can interrupt one another (a hard interrupt during a soft one): one that finds
 /// the set `busy` adds its latency to the histogram at once.
 #[repr(C)]

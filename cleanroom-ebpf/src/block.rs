@@ -13,7 +13,7 @@ use cleanroom_common::{BlockKey, BlockStats, BlockWay, HistKey, drop_reason, his
 use crate::{
     maps::{
         BIO_OWNER, BLOCK_PENDING, RQ_START, address, block_stats_of, claim, count_drop,
-        existing_block_stats, in_flight_slot, keep_owner, record_block_latency, release,
+        existing_block_stats, in_flight_slot, keep_owner, record_latency_batched, release,
     },
     task::{
         OFF_BDEV_DEV, OFF_BIO_BDEV, OFF_BIO_BLKG, OFF_BIO_DISK, OFF_BIO_OPF, OFF_BIO_PARTNO,
@@ -295,6 +295,6 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
         kind,
         dev,
     };
-    record_block_latency(key, now.saturating_sub(issued_ns));
+    record_latency_batched(key, now.saturating_sub(issued_ns));
     0
 }

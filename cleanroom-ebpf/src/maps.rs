@@ -38,8 +38,8 @@ pub static PENDING_STATS: PerCpuArray<PendingSet> = PerCpuArray::with_max_entrie
 #[map]
 pub static NET_PENDING: PerCpuArray<NetPending> = PerCpuArray::with_max_entries(1, 0);
 
-/// Block latencies each CPU has not added to their histograms yet (see
-/// [`cleanroom_common::LatencySet`] and [`record_block_latency`]).
+/// Block and TCP connect latencies each CPU has not added to their histograms yet (see
+/// [`cleanroom_common::LatencySet`] and [`record_latency_batched`]).
 #[map]
 pub static LATENCY_PENDING: PerCpuArray<LatencySet> = PerCpuArray::with_max_entries(1, 0);
 
@@ -561,7 +561,7 @@ fn restart_latencies(pending: &mut PendingLatencies, bucket: u64, value_ns: u64)
 
 /// Adds the latencies `pending` holds to the histogram of `key` and empties it: one lookup, one
 /// add per distinct bucket, and one count and sum for all of them. The histogram is made if it
-/// has none and `make`; else they are dropped (see [`record_block_latency`]).
+/// has none and `make`; else they are dropped (see [`record_latency_batched`]).
 #[inline(always)]
 fn add_latencies(key: &HistKey, pending: &mut PendingLatencies, make: bool) {
     let n = pending.count;
@@ -599,12 +599,13 @@ fn add_latencies(key: &HistKey, pending: &mut PendingLatencies, make: bool) {
     }
 }
 
-/// Records a block latency of histogram `key`: kept in one of this CPU's [`LATENCY_PENDING`]
-/// copies, which is added to its histogram when full or when taken for another histogram. A
-/// completion that interrupted another's update of the set records straight into the
-/// histogram.
+/// Records a latency of histogram `key` (a block I/O's, a TCP connect's): kept in one of this
+/// CPU's [`LATENCY_PENDING`] copies, which is added to its histogram when full or when taken for
+/// another histogram. A program that interrupted another's update of the set (a block
+/// completion in a hard interrupt, a connect completing in a soft one) records straight into
+/// the histogram.
 #[inline(always)]
-pub fn record_block_latency(key: HistKey, value_ns: u64) {
+pub fn record_latency_batched(key: HistKey, value_ns: u64) {
     let Some(set) = LATENCY_PENDING.get_ptr_mut(0) else {
         return;
     };

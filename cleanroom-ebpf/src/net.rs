@@ -12,13 +12,14 @@ use aya_ebpf::{
     macros::{btf_tracepoint, cgroup_skb},
     programs::{BtfTracePointContext, SkBuffContext},
 };
-use cleanroom_common::{ConnKey, NetPending, hist_kind};
+use cleanroom_common::{ConnKey, HistKey, NetPending, hist_kind};
 
 use crate::{
     escape::run_of_cgroup,
     maps::{
         CONNECT_START, FIRST_LISTEN, NET_PENDING, address, atomic_add, claim, connection_of,
-        existing_stats, in_flight_slot, record_latency, release, stats_of, watch_generation,
+        existing_stats, in_flight_slot, record_latency_batched, release, stats_of,
+        watch_generation,
     },
     sockets::{count_to_process, on_tcp_state},
     task::{
@@ -268,6 +269,13 @@ fn socket_connection(
     connection_of(&socket_endpoint(sk, run_id)?)
 }
 
+/// The watched run socket `sk` belongs to (by its cgroup, as `cgroup_skb` counts its packets),
+/// if any.
+#[inline(always)]
+pub fn socket_run(sk: *const u8) -> Option<u64> {
+    sock_cgroup(sk).and_then(watched_run)
+}
+
 /// The v2 id of a `struct sock *`'s cgroup.
 #[inline(always)]
 fn sock_cgroup(sk: *const u8) -> Option<u64> {
@@ -335,7 +343,14 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
             && let Some(id) = sock_cgroup(sk)
         {
             let took = now_ns().saturating_sub(start);
-            record_latency(id, hist_kind::TCP_CONNECT, 0, took);
+            record_latency_batched(
+                HistKey {
+                    cgroup_id: id,
+                    kind: hist_kind::TCP_CONNECT,
+                    dev: 0,
+                },
+                took,
+            );
             if let Some(conn) = socket_connection(sk, id) {
                 atomic_add(&mut conn.connects, 1);
                 atomic_add(&mut conn.connect_ns_sum, took);

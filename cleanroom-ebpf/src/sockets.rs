@@ -27,7 +27,7 @@ use crate::{
     maps::{atomic_add, count_drop},
     net::{
         TCP_CLOSE, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN, TCP_SYN_RECV,
-        TCP_SYN_SENT, watched_run,
+        TCP_SYN_SENT, socket_run, watched_run,
     },
     task::current_cgroup_id,
 };
@@ -67,11 +67,13 @@ pub fn on_tcp_state(sk: *const u8, old: i32, new: i32) {
         TCP_SYN_SENT | TCP_LISTEN | TCP_LAST_ACK => claim(sk),
         TCP_FIN_WAIT1 if old == TCP_ESTABLISHED || old == TCP_SYN_RECV => claim(sk),
         // A connection a listener accepted, made in softirq: no owner until one uses it (its
-        // memory may be an old socket's). A closed socket's entry goes too. Looked up first:
-        // a removal takes the bucket's lock, and most sockets are not a run's.
+        // memory may be an old socket's). A closed socket's entry goes too. Only a watched
+        // run's socket is looked for: its packets are the only ones counted to an owner, and
+        // its cgroup is three loads where the lookup is a hash. Looked up before it is removed:
+        // a removal takes the bucket's lock.
         TCP_SYN_RECV | TCP_CLOSE => {
             let key = sk as u64;
-            if SOCKETS.get_ptr(&key).is_some() {
+            if socket_run(sk).is_some() && SOCKETS.get_ptr(&key).is_some() {
                 let _ = SOCKETS.remove(&key);
             }
         }

@@ -859,6 +859,37 @@ impl Drop for Prometheus {
     }
 }
 
+/// A child a test started (an agent), killed and reaped on drop unless the test stopped it
+/// itself: a test that fails before its end leaves nothing running.
+pub struct Started(Option<Child>);
+
+impl Started {
+    /// Takes charge of `child`.
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// Sends SIGTERM and waits for the child's exit: its status and what it printed to the
+    /// pipes it was given.
+    pub fn terminate(mut self) -> Output {
+        let child = self.0.take().expect("a child not yet stopped");
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill has no memory preconditions; the child is ours and not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        child.wait_with_output().expect("waiting for a child")
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Waits until something listens on loopback `port`; panics after 30 s, naming `what`.
 pub fn wait_for_port(port: u16, what: &str) {
     let until = Instant::now() + Duration::from_secs(30);

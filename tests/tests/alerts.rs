@@ -951,15 +951,17 @@ path = "{copies}"
     .unwrap();
     let store = dir.path().join("history.db");
     let port = free_loopback_port();
-    let mut agent = Command::new(cleanroom_bin())
-        .args(["agent", "--no-socket", "--config"])
-        .arg(&config)
-        .args(["--listen", &format!("0.0.0.0:{port}"), "--store"])
-        .arg(&store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting cleanroom agent");
+    let agent = cleanroom_tests::Started::new(
+        Command::new(cleanroom_bin())
+            .args(["agent", "--no-socket", "--config"])
+            .arg(&config)
+            .args(["--listen", &format!("0.0.0.0:{port}"), "--store"])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting cleanroom agent"),
+    );
     cleanroom_tests::wait_for_port(port, "the agent");
     let job = parent.path().join("job");
     std::fs::create_dir(&job).unwrap();
@@ -972,9 +974,7 @@ path = "{copies}"
     std::fs::remove_dir(&job).unwrap();
     // The watch ends at the next interval; its report is stored.
     std::thread::sleep(Duration::from_millis(800));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    assert!(agent.wait().unwrap().success());
+    assert!(agent.terminate().status.success());
 
     let hook = receiver.on("/hook");
     let states: Vec<String> = hook

@@ -9,8 +9,8 @@ use std::{
 };
 
 use cleanroom_tests::{
-    PgCluster, TestCgroup, cleanroom, cleanroom_bin, free_loopback_port, privileged, run_in_cgroup,
-    v2_mount, wait_for_port, workload_bin,
+    PgCluster, Started, TestCgroup, cleanroom, cleanroom_bin, free_loopback_port, privileged,
+    run_in_cgroup, v2_mount, wait_for_port, workload_bin,
 };
 
 /// A git repository of one commit on branch `main`, and that commit.
@@ -200,7 +200,7 @@ fn agent_storing_in(
     pg: &PgCluster,
     parent: &TestCgroup,
     env: &[(&str, &std::ffi::OsStr)],
-) -> std::process::Child {
+) -> Started {
     let relative = parent
         .path()
         .strip_prefix(v2_mount())
@@ -222,6 +222,7 @@ fn agent_storing_in(
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting cleanroom agent");
+    let agent = Started::new(agent);
     wait_for_port(port, "the agent");
     agent
 }
@@ -245,9 +246,7 @@ fn the_agent_stores_a_watched_cgroups_report_in_postgres() {
     run_in_cgroup(&job, &format!("{} spin-ms 300", workload_bin!().display()));
     std::fs::remove_dir(&job).unwrap();
     std::thread::sleep(Duration::from_millis(800));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let out = agent.wait_with_output().unwrap();
+    let out = agent.terminate();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     let cpu: u64 = pg
@@ -302,9 +301,7 @@ fn the_agent_spools_while_its_database_is_down_and_connects_again() {
         std::thread::sleep(wait);
     }
     watch("third");
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let out = agent.wait_with_output().unwrap();
+    let out = agent.terminate();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("report spooled in"), "{log}");
@@ -691,6 +688,7 @@ fn the_agent_exports_its_cgroups_figures_and_each_finished_watch() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting cleanroom agent");
+    let agent = Started::new(agent);
     wait_for_port(listen, "the agent");
     let job = parent.path().join("job");
     std::fs::create_dir(&job).unwrap();
@@ -698,9 +696,7 @@ fn the_agent_exports_its_cgroups_figures_and_each_finished_watch() {
     run_in_cgroup(&job, &format!("{} spin-ms 2500", workload_bin!().display()));
     std::fs::remove_dir(&job).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let out = agent.wait_with_output().unwrap();
+    let out = agent.terminate();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
 

@@ -81,11 +81,15 @@ pub fn on_tcp_state(sk: *const u8, old: i32, new: i32) {
     }
 }
 
-/// The current process uses socket `sk`: if it belongs to a watched run, the socket is its
-/// from now on, with the traffic that waited for an owner.
+/// The current process uses socket `sk`: if both belong to a watched run, the socket is the
+/// process's from now on, with the traffic that waited for an owner. The socket's run is asked
+/// first: only a watched run's socket has its packets counted to an owner, and its cgroup is
+/// three loads from a line the caller has just used, where the current task's is four loads
+/// from the task. Measured during iperf3 on loopback, this hook's work went from ≈ 35 to
+/// ≈ 15 ns a send (see BENCHMARKS.md).
 #[inline(always)]
 fn claim(sk: *const u8) {
-    if sk.is_null() || watched_run(current_cgroup_id()).is_none() {
+    if sk.is_null() || socket_run(sk).is_none() || watched_run(current_cgroup_id()).is_none() {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

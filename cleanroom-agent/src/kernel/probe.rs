@@ -376,14 +376,14 @@ pub const HOOKS: &[Hook] = &[
         program: programs::SOCK_SEND_LENGTH,
         attach: Attach::TpBtf("sock_send_length"),
         metrics: &[],
-        needs: &[],
+        needs: &["OFF_SOCK_CGROUP", "OFF_CGROUP_KN", "OFF_KERNFS_NODE_ID"],
         fallbacks: &[],
     },
     Hook {
         program: programs::SOCK_RECV_LENGTH,
         attach: Attach::TpBtf("sock_recv_length"),
         metrics: &[],
-        needs: &[],
+        needs: &["OFF_SOCK_CGROUP", "OFF_CGROUP_KN", "OFF_KERNFS_NODE_ID"],
         fallbacks: &[],
     },
     Hook {

@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user_buf},
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use cleanroom_common::{
@@ -22,7 +22,7 @@ use cleanroom_common::{
 
 use crate::{
     escape::{E2BIG, run_of_cgroup},
-    maps::count_drop,
+    maps::{atomic_add, count_drop},
     sockets::take_process,
     task::{
         OFF_MM_ARG_END, OFF_MM_ARG_START, OFF_SIGNAL_IOAC_READ_BYTES, OFF_SIGNAL_IOAC_WRITE_BYTES,
@@ -49,6 +49,52 @@ pub static PROCESS_RECORDS: RingBuf = RingBuf::with_byte_size(PROCESS_RECORDS_BY
 #[map]
 pub static COMMAND_LINES: HashMap<u32, CommandLine> =
     HashMap::with_max_entries(MAX_COMMAND_LINES, 0);
+
+/// How many entries [`COMMAND_LINES`] and `sockets::PROCESS_NET` hold between them: counted up
+/// when one is made, down when one goes. While it is 0, an exiting process that is not a run's
+/// has none to drop, and its exit does not look: the two lookups in maps no other hook reads
+/// miss the cache, and were most of what an exit cost (see BENCHMARKS.md).
+#[map]
+static PROCESS_ENTRIES: Array<u64> = Array::with_max_entries(1, 0);
+
+/// An entry was made in [`COMMAND_LINES`] or `sockets::PROCESS_NET`.
+#[inline(always)]
+pub fn entry_made() {
+    count_entries(1);
+}
+
+/// An entry of [`COMMAND_LINES`] or `sockets::PROCESS_NET` was removed.
+#[inline(always)]
+pub fn entry_gone() {
+    count_entries(1u64.wrapping_neg());
+}
+
+#[inline(always)]
+fn count_entries(delta: u64) {
+    if let Some(n) = PROCESS_ENTRIES.get_ptr_mut(0) {
+        // SAFETY: an element of an array map, only changed by atomic adds.
+        atomic_add(unsafe { &mut *n }, delta);
+    }
+}
+
+/// Whether no process has an entry in [`COMMAND_LINES`] or `sockets::PROCESS_NET`. Exact for
+/// the process asking about itself: its entries are made by itself (or, at its fork, by its
+/// parent before it runs), each counted as soon as it is made.
+#[inline(always)]
+fn no_process_entries() -> bool {
+    // SAFETY: an element of an array map, read whole.
+    PROCESS_ENTRIES
+        .get_ptr(0)
+        .is_some_and(|n| unsafe { core::ptr::read_volatile(n) } == 0)
+}
+
+/// Removes `tgid`'s command line, counting it if there was one.
+#[inline(always)]
+fn forget_command_line(tgid: u32) {
+    if COMMAND_LINES.remove(&tgid).is_ok() {
+        entry_gone();
+    }
+}
 
 /// Room to read a command line into before it goes into [`COMMAND_LINES`] (too big for the
 /// stack).
@@ -94,8 +140,12 @@ fn on_exec(task: *const u8) {
     {
         line.len = 0;
     }
-    if COMMAND_LINES.insert(&tgid, line, 0) == Err(E2BIG) {
-        count_drop(drop_reason::COMMAND_LINES_MAP_FULL);
+    // A second exec of the process replaces its line: counted once.
+    let new = COMMAND_LINES.get_ptr(&tgid).is_none();
+    match COMMAND_LINES.insert(&tgid, line, 0) {
+        Ok(()) if new => entry_made(),
+        Err(E2BIG) => count_drop(drop_reason::COMMAND_LINES_MAP_FULL),
+        _ => {}
     }
 }
 
@@ -108,8 +158,10 @@ pub fn on_fork(parent_tgid: u32, child_tgid: u32) {
         return;
     };
     // SAFETY: a map value, handed straight to the update helper.
-    if COMMAND_LINES.insert(&child_tgid, unsafe { &*line }, u64::from(BPF_NOEXIST)) == Err(E2BIG) {
-        count_drop(drop_reason::COMMAND_LINES_MAP_FULL);
+    match COMMAND_LINES.insert(&child_tgid, unsafe { &*line }, u64::from(BPF_NOEXIST)) {
+        Ok(()) => entry_made(),
+        Err(E2BIG) => count_drop(drop_reason::COMMAND_LINES_MAP_FULL),
+        Err(_) => {}
     }
 }
 
@@ -118,11 +170,15 @@ pub fn on_fork(parent_tgid: u32, child_tgid: u32) {
 #[inline(always)]
 pub fn on_group_dead(run: u64, task: *const u8) {
     if run == 0 {
-        // Looked up before removing: a removal takes the bucket's lock, and almost every
-        // process ending on the host was never a run's.
+        // Almost every process ending on the host was never a run's: none looked for while no
+        // process has an entry; else looked up before removing, as a removal takes the
+        // bucket's lock.
+        if no_process_entries() {
+            return;
+        }
         let tgid = read::<u32>(task, &OFF_TASK_TGID).unwrap_or(0);
         if COMMAND_LINES.get_ptr(&tgid).is_some() {
-            let _ = COMMAND_LINES.remove(&tgid);
+            forget_command_line(tgid);
         }
         let _ = take_process(tgid);
         return;
@@ -165,7 +221,7 @@ pub fn on_switch_away(prev: *const u8, prev_state: u64) {
     // Written in place: with its command line the record is too big for the stack.
     let Some(mut entry) = PROCESS_RECORDS.reserve::<ProcessExit>(0) else {
         count_drop(drop_reason::PROCESS_RECORD_LOST);
-        let _ = COMMAND_LINES.remove(&tgid);
+        forget_command_line(tgid);
         let _ = take_process(tgid);
         return;
     };
@@ -198,6 +254,6 @@ pub fn on_switch_away(prev: *const u8, prev_state: u64) {
             }
         }
     }
-    let _ = COMMAND_LINES.remove(&tgid);
+    forget_command_line(tgid);
     entry.submit(0);
 }

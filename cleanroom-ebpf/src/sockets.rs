@@ -29,6 +29,7 @@ use crate::{
         TCP_CLOSE, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN, TCP_SYN_RECV,
         TCP_SYN_SENT, socket_run, watched_run,
     },
+    process::{entry_gone, entry_made},
     task::current_cgroup_id,
 };
 
@@ -142,7 +143,12 @@ fn ensure_process(tgid: u32) -> Option<&'static mut ProcessNet> {
         // SAFETY: a live map element, only updated with atomic adds.
         return Some(unsafe { &mut *p });
     }
-    let _ = PROCESS_NET.insert(&tgid, &ProcessNet::default(), u64::from(BPF_NOEXIST));
+    if PROCESS_NET
+        .insert(&tgid, &ProcessNet::default(), u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        entry_made();
+    }
     match PROCESS_NET.get_ptr_mut(&tgid) {
         // SAFETY: as above.
         Some(p) => Some(unsafe { &mut *p }),
@@ -206,6 +212,8 @@ pub fn take_process(tgid: u32) -> ProcessNet {
         Some(p) => unsafe { *p },
         None => return ProcessNet::default(),
     };
-    let _ = PROCESS_NET.remove(&tgid);
+    if PROCESS_NET.remove(&tgid).is_ok() {
+        entry_gone();
+    }
     net
 }

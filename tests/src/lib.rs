@@ -881,6 +881,15 @@ impl Started {
     }
 }
 
+impl Started {
+    /// Waits for the child's own exit: its status and what it printed to the pipes it was
+    /// given.
+    pub fn wait(mut self) -> Output {
+        let child = self.0.take().expect("a child not yet stopped");
+        child.wait_with_output().expect("waiting for a child")
+    }
+}
+
 impl Drop for Started {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {

@@ -1,9 +1,16 @@
 //! Each process of a run in the report's `processes`, against the kernel's own per-process
 //! accounting as its parent saw it (`getrusage(RUSAGE_CHILDREN)` across each reap).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
-use cleanroom_tests::{TestCgroup, privileged, rel_diff, run_measured, u64_at, workload_bin};
+use cleanroom_tests::{
+    Started, TestCgroup, cleanroom_bin, privileged, rel_diff, run_measured, u64_at, v2_mount,
+    workload_bin,
+};
 
 /// 20 processes of 50 ms of CPU and one of 500 ms, one after the other: each is listed with
 /// its CPU time within 2% of what the kernel gave its parent's `getrusage(RUSAGE_CHILDREN)`
@@ -163,4 +170,130 @@ fn command_lines_and_parents_are_the_processes_own() {
             assert!(line.len() >= 250, "{line}");
         }
     }
+}
+
+/// The per-process entries the programs keep (command lines, socket traffic by process) are
+/// counted as they are made and dropped, so that the exit of a process with none can skip
+/// looking for them while no process has any. Held against the maps themselves, read with
+/// bpftool from outside the run while it sleeps: the count equals the entries, and a process
+/// that left the run and ended outside it had its command line dropped at its exit.
+#[test]
+fn per_process_entries_are_counted_and_dropped_outside_the_run() {
+    let test = "per_process_entries_are_counted_and_dropped_outside_the_run";
+    if !privileged(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("left");
+    let cg = TestCgroup::new("process-entries");
+    let w = workload_bin!().display().to_string();
+    // Two processes with sockets and programs of their own; one that leaves the run for the
+    // root cgroup and ends there; then the command sleeps while the test looks.
+    let script = format!(
+        "{w} tcp-loop 200000 >/dev/null\n\
+         sh -c 'echo $$ > {root}/cgroup.procs && exec sleep 0.3' >/dev/null 2>&1 &\n\
+         echo $! > {marker}\n\
+         exec sleep 4",
+        root = v2_mount().display(),
+        marker = marker.display()
+    );
+    let run = Started::new(
+        Command::new(cleanroom_bin())
+            .args(["run", "-q", "--cgroup-parent"])
+            .arg(cg.path())
+            .arg("--report")
+            .arg(dir.path().join("report.json"))
+            .args(["--", "sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting cleanroom run"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let left: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the script did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Ended: gone, or a zombie (its parent, now `sleep`, never reaps it).
+    while std::fs::read_to_string(format!("/proc/{left}/stat")).is_ok_and(|stat| {
+        stat.rsplit(") ")
+            .next()
+            .is_some_and(|s| !s.starts_with('Z'))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the process that left did not end"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (counted, lines, nets) = process_entries();
+    assert!(
+        !lines.contains(&left),
+        "{left} ended outside the run: {lines:?}"
+    );
+    assert!(!lines.is_empty(), "the sleeping command's line");
+    assert_eq!(
+        counted,
+        (lines.len() + nets) as u64,
+        "{lines:?}, {nets} by process"
+    );
+    let out = run.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The newest loaded Cleanroom object's count of per-process entries, the tgids its
+/// command-line map holds, and how many processes its traffic-by-process map holds, read with
+/// bpftool.
+fn process_entries() -> (u64, Vec<u32>, usize) {
+    let bpftool = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()
+            .expect("bpftool");
+        assert!(out.status.success(), "bpftool {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let maps = bpftool(&["map", "show"]);
+    let newest = |name: &str| -> String {
+        maps.as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["name"] == name)
+            .filter_map(|m| m["id"].as_u64())
+            .max()
+            .unwrap_or_else(|| panic!("no map {name} loaded"))
+            .to_string()
+    };
+    let entries = |name: &str| -> Vec<serde_json::Value> {
+        bpftool(&["map", "dump", "id", &newest(name)])
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let bytes = |v: &serde_json::Value| -> Vec<u8> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect()
+    };
+    let count = entries("PROCESS_ENTRIES");
+    let counted = u64::from_le_bytes(bytes(&count[0]["value"]).try_into().unwrap());
+    let lines = entries("COMMAND_LINES")
+        .iter()
+        .map(|e| u32::from_le_bytes(bytes(&e["key"]).try_into().unwrap()))
+        .collect();
+    (counted, lines, entries("PROCESS_NET").len())
 }

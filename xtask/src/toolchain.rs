@@ -226,6 +226,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     // The email alert tests send to a real SMTP server.
     ("aiosmtpd", "python3-aiosmtpd"),
+    // A process test reads the programs' own maps from the kernel.
+    ("bpftool", "bpftool"),
     // The fleet tests keep the history in a real PostgreSQL (its programs are not on PATH:
     // the package itself is checked).
     ("", "postgresql"),

@@ -487,9 +487,9 @@ pub const LATENCY_WAYS: usize = 4;
 
 /// A CPU's pending latencies for the [`LATENCY_WAYS`] histograms it recorded last: a device's
 /// reads and writes alternate, a loop device's I/O completes beside the disk's below it, and
-/// TCP connects complete among them. A latency of a fifth histogram takes the copy `next_victim` names (in turn).
-/// Completions can interrupt one another (a hard interrupt during a soft one): one that finds
-/// the set `busy` adds its latency to the histogram at once.
+/// TCP connects complete among them. A latency of a fifth histogram takes the copy
+/// `next_victim` names (in turn). Completions can interrupt one another (a hard interrupt
+/// during a soft one): one that finds the set `busy` adds its latency to the histogram at once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LatencySet {

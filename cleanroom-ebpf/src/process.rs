@@ -69,6 +69,7 @@ pub fn entry_gone() {
     count_entries(1u64.wrapping_neg());
 }
 
+/// Adds `delta` (wrapping: minus one is `u64::MAX`) to [`PROCESS_ENTRIES`].
 #[inline(always)]
 fn count_entries(delta: u64) {
     if let Some(n) = PROCESS_ENTRIES.get_ptr_mut(0) {

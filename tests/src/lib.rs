@@ -869,21 +869,20 @@ impl Started {
         Self(Some(child))
     }
 
-    /// Sends SIGTERM and waits for the child's exit: its status and what it printed to the
-    /// pipes it was given.
-    pub fn terminate(mut self) -> Output {
-        let child = self.0.take().expect("a child not yet stopped");
-        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+    /// Sends SIGTERM, then [`Started::wait`]s.
+    pub fn terminate(self) -> Output {
+        if let Some(pid) = self
+            .0
+            .as_ref()
+            .and_then(|c| libc::pid_t::try_from(c.id()).ok())
+        {
             // SAFETY: kill has no memory preconditions; the child is ours and not yet reaped.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
-        child.wait_with_output().expect("waiting for a child")
+        self.wait()
     }
-}
 
-impl Started {
-    /// Waits for the child's own exit: its status and what it printed to the pipes it was
-    /// given.
+    /// Waits for the child's exit: its status and what it printed to the pipes it was given.
     pub fn wait(mut self) -> Output {
         let child = self.0.take().expect("a child not yet stopped");
         child.wait_with_output().expect("waiting for a child")

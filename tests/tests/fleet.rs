@@ -227,6 +227,20 @@ fn agent_storing_in(
     agent
 }
 
+/// A child `name` of `parent` (which an agent watches every 200 ms) that spins `spin_ms` and
+/// is removed: the agent picks it up first, and its watch has ended when this returns.
+fn watched_job(parent: &TestCgroup, name: &str, spin_ms: u32) {
+    let job = parent.path().join(name);
+    std::fs::create_dir(&job).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    run_in_cgroup(
+        &job,
+        &format!("{} spin-ms {spin_ms}", workload_bin!().display()),
+    );
+    std::fs::remove_dir(&job).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+}
+
 /// The agent keeps its watched cgroups' reports in the fleet's database too (its store calls
 /// made from its async loop).
 #[test]
@@ -240,12 +254,7 @@ fn the_agent_stores_a_watched_cgroups_report_in_postgres() {
     };
     let parent = TestCgroup::new("fleet-agent");
     let agent = agent_storing_in(&pg, &parent, &[]);
-    let job = parent.path().join("job");
-    std::fs::create_dir(&job).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    run_in_cgroup(&job, &format!("{} spin-ms 300", workload_bin!().display()));
-    std::fs::remove_dir(&job).unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    watched_job(&parent, "job", 300);
     let out = agent.terminate();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
@@ -274,16 +283,7 @@ fn the_agent_spools_while_its_database_is_down_and_connects_again() {
     let spool = dir.path().join("spool");
     let parent = TestCgroup::new("fleet-agent-restart");
     let agent = agent_storing_in(&pg, &parent, &[("CLEANROOM_SPOOL", spool.as_os_str())]);
-    let workload = workload_bin!().display().to_string();
-    // A watched cgroup that spins 100 ms and is removed; its watch ends in the next tick.
-    let watch = |name: &str| {
-        let job = parent.path().join(name);
-        std::fs::create_dir(&job).unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        run_in_cgroup(&job, &format!("{workload} spin-ms 100"));
-        std::fs::remove_dir(&job).unwrap();
-        std::thread::sleep(Duration::from_millis(800));
-    };
+    let watch = |name: &str| watched_job(&parent, name, 100);
     let stored = || pg.psql("SELECT count(*) FROM runs").trim().to_owned();
     watch("first");
     assert_eq!(stored(), "1");

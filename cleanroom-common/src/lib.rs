@@ -15,6 +15,12 @@ pub mod maps {
     /// Per-CPU array of one [`crate::NetPending`]: the packet counters of the socket cgroup a
     /// CPU's `cgroup_skb` programs counted last; a reader adds them to the cgroup they name.
     pub const NET_PENDING: &str = "NET_PENDING";
+    /// Per-CPU array of one [`crate::ForkPending`] ([`crate::CgroupPending`]): the fork counter of the cgroup whose
+    /// processes' forks a CPU counted last; a reader adds it to the cgroup it names.
+    pub const FORK_PENDING: &str = "FORK_PENDING";
+    /// Per-CPU array of one [`crate::ExitPending`]: the exit counters of the cgroup whose
+    /// thread exits a CPU counted last; a reader adds them to the cgroup they name.
+    pub const EXIT_PENDING: &str = "EXIT_PENDING";
     /// Per-CPU array of one [`crate::LatencySet`]: block and TCP connect latencies a CPU measured
     /// and has not added to their histograms yet; a reader adds them.
     pub const LATENCY_PENDING: &str = "LATENCY_PENDING";
@@ -375,6 +381,121 @@ impl NetPending {
         stats.net_rx_packets = stats.net_rx_packets.wrapping_add(self.rx_packets);
         stats.net_tx_packets = stats.net_tx_packets.wrapping_add(self.tx_packets);
     }
+
+    /// Sets the fields of `into` that these counters keep to those of `from`.
+    pub fn take_fields(into: &mut CgroupStats, from: &CgroupStats) {
+        into.net_rx_bytes = from.net_rx_bytes;
+        into.net_tx_bytes = from.net_tx_bytes;
+        into.net_rx_packets = from.net_rx_packets;
+        into.net_tx_packets = from.net_tx_packets;
+    }
+}
+
+/// A CPU's pending copy of some of one cgroup's counters (`C`), kept by one program only for
+/// the cgroup whose events it counted last, not yet added to its entry in
+/// [`maps::CGROUP_STATS`]: `sched_process_fork`'s ([`ForkPending`]) and `sched_process_exit`'s
+/// ([`ExitPending`]). A burst of forks or exits from one cgroup — a test suite's processes
+/// starting and ending — is counted in a per-CPU array element instead of one hash lookup each.
+/// The kernel never runs a program inside itself on one CPU — tracepoints run their programs
+/// with preemption off, and newer kernels also drop (and count as missed) a nested run — so the
+/// copy needs no `busy` word, unlike [`NetPending`]. Part of the cgroup's figures: a reader
+/// adds it ([`CgroupPending::add_to`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupPending<C> {
+    /// The cgroup; 0 when none yet.
+    pub cgroup_id: u64,
+    /// Its counters.
+    pub counters: C,
+}
+
+/// Counters kept in a [`CgroupPending`] copy.
+pub trait PendingCounters: Copy + Default {
+    /// Adds them to `stats`.
+    fn add_to(&self, stats: &mut CgroupStats);
+    /// Sets the fields of `into` that these counters keep to those of `from`.
+    fn take_fields(into: &mut CgroupStats, from: &CgroupStats);
+}
+
+impl<C: PendingCounters> CgroupPending<C> {
+    /// Adds the pending counters to `stats`.
+    #[inline(always)]
+    pub fn add_to(&self, stats: &mut CgroupStats) {
+        self.counters.add_to(stats);
+    }
+}
+
+/// The fork counter of the cgroup whose processes' forks a CPU counted last.
+pub type ForkPending = CgroupPending<ForkCounts>;
+
+/// The exit counters of the cgroup whose thread exits a CPU counted last.
+pub type ExitPending = CgroupPending<ExitCounts>;
+
+/// What `sched_process_fork` counts of a cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkCounts {
+    /// As [`CgroupStats::processes_forked`].
+    pub processes_forked: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<ForkPending>() == 2 * 8);
+
+impl PendingCounters for ForkCounts {
+    #[inline(always)]
+    fn add_to(&self, stats: &mut CgroupStats) {
+        stats.processes_forked = stats.processes_forked.wrapping_add(self.processes_forked);
+    }
+
+    fn take_fields(into: &mut CgroupStats, from: &CgroupStats) {
+        into.processes_forked = from.processes_forked;
+    }
+}
+
+/// What `sched_process_exit` counts of a cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitCounts {
+    /// As [`CgroupStats::page_faults_major`].
+    pub page_faults_major: u64,
+    /// As [`CgroupStats::processes_exited`].
+    pub processes_exited: u64,
+    /// As [`CgroupStats::io_read_bytes`].
+    pub io_read_bytes: u64,
+    /// As [`CgroupStats::io_write_bytes`].
+    pub io_write_bytes: u64,
+    /// As [`CgroupStats::io_cancelled_write_bytes`].
+    pub io_cancelled_write_bytes: u64,
+    /// As [`CgroupStats::process_peak_rss_pages`]: the largest of the pending exits.
+    pub process_peak_rss_pages: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<ExitPending>() == 7 * 8);
+
+impl PendingCounters for ExitCounts {
+    /// Adds the pending exit counters to `stats` (the peak RSS as a maximum).
+    #[inline(always)]
+    fn add_to(&self, stats: &mut CgroupStats) {
+        stats.page_faults_major = stats.page_faults_major.wrapping_add(self.page_faults_major);
+        stats.processes_exited = stats.processes_exited.wrapping_add(self.processes_exited);
+        stats.io_read_bytes = stats.io_read_bytes.wrapping_add(self.io_read_bytes);
+        stats.io_write_bytes = stats.io_write_bytes.wrapping_add(self.io_write_bytes);
+        stats.io_cancelled_write_bytes = stats
+            .io_cancelled_write_bytes
+            .wrapping_add(self.io_cancelled_write_bytes);
+        if self.process_peak_rss_pages > stats.process_peak_rss_pages {
+            stats.process_peak_rss_pages = self.process_peak_rss_pages;
+        }
+    }
+
+    fn take_fields(into: &mut CgroupStats, from: &CgroupStats) {
+        into.page_faults_major = from.page_faults_major;
+        into.processes_exited = from.processes_exited;
+        into.io_read_bytes = from.io_read_bytes;
+        into.io_write_bytes = from.io_write_bytes;
+        into.io_cancelled_write_bytes = from.io_cancelled_write_bytes;
+        into.process_peak_rss_pages = from.process_peak_rss_pages;
+    }
 }
 
 /// Latencies measured and not yet added to their histogram (a kernel-side buffer, see
@@ -541,6 +662,16 @@ impl PendingStats {
         stats.page_faults_kernel = stats
             .page_faults_kernel
             .wrapping_add(self.page_faults_kernel);
+    }
+
+    /// Sets the fields of `into` that these counters keep to those of `from`.
+    pub fn take_fields(into: &mut CgroupStats, from: &CgroupStats) {
+        into.cpu_time_ns = from.cpu_time_ns;
+        into.cpu_time_updates = from.cpu_time_updates;
+        into.switches_voluntary = from.switches_voluntary;
+        into.switches_involuntary = from.switches_involuntary;
+        into.page_faults_user = from.page_faults_user;
+        into.page_faults_kernel = from.page_faults_kernel;
     }
 }
 
@@ -1194,6 +1325,10 @@ mod pod {
     unsafe impl aya::Pod for super::PendingSet {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::NetPending {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::ExitPending {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::ForkPending {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::LatencySet {}
     // SAFETY: see above.

@@ -2,11 +2,12 @@
 //!
 //! Counters are per-CPU (no atomics on the hottest paths), and the hottest hooks (CPU time,
 //! switches, page faults) count into per-CPU pending copies for the two cgroups the CPU counted
-//! last ([`current_stats`]), a plain array element, instead of looking the cgroup up in a hash each
-//! time; histograms are shared and updated with atomic adds, since a per-CPU copy of a 2.7 KiB
-//! histogram per cgroup would not scale with CPUs. In-flight starts (bio owners, request issue
-//! times, run-queue waits) live in arrays of slots, connects in an LRU map, so a start whose
-//! end is never seen cannot leak.
+//! last ([`current_stats`]), a plain array element, instead of looking the cgroup up in a hash
+//! each time; forks and exits count into a copy of their own for the cgroup each CPU counted
+//! last ([`pending_copy`]). Histograms are shared and updated with atomic adds, since a per-CPU
+//! copy of a 2.7 KiB histogram per cgroup would not scale with CPUs. In-flight starts (bio
+//! owners, request issue times, run-queue waits) live in arrays of slots, connects in an LRU
+//! map, so a start whose end is never seen cannot leak.
 
 use core::sync::atomic::{Ordering, compiler_fence};
 
@@ -16,11 +17,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use cleanroom_common::{
-    BlockKey, BlockPending, BlockStats, CgroupNode, CgroupStats, ConnKey, ConnStats, Escape,
-    HistKey, Histogram, LATENCY_WAYS, LatencySet, MAX_BLOCK_KEYS, MAX_CGROUP_TREE, MAX_CGROUPS,
-    MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS, MAX_IN_FLIGHT, MAX_PROFILED, MAX_RUN_PROCS,
-    MAX_WATCHED, NetPending, PENDING_FULL_COUNT, PENDING_ONE, PendingLatencies, PendingSet,
-    PendingStats, RunProc, drop_reason, hist_bucket, hist_kind, pending_bucket, pending_count,
+    BlockKey, BlockPending, BlockStats, CgroupNode, CgroupPending, CgroupStats, ConnKey, ConnStats,
+    Escape, ExitPending, ForkPending, HistKey, Histogram, LATENCY_WAYS, LatencySet, MAX_BLOCK_KEYS,
+    MAX_CGROUP_TREE, MAX_CGROUPS, MAX_CONNECTIONS, MAX_ESCAPES, MAX_HISTOGRAMS, MAX_IN_FLIGHT,
+    MAX_PROFILED, MAX_RUN_PROCS, MAX_WATCHED, NetPending, PENDING_FULL_COUNT, PENDING_ONE,
+    PendingCounters, PendingLatencies, PendingSet, PendingStats, RunProc, drop_reason, hist_bucket,
+    hist_kind, pending_bucket, pending_count,
 };
 
 /// cgroup v2 id → counters, one copy per CPU.
@@ -37,6 +39,16 @@ pub static PENDING_STATS: PerCpuArray<PendingSet> = PerCpuArray::with_max_entrie
 /// yet in [`CGROUP_STATS`] (see [`cleanroom_common::NetPending`] and `net::count_packet`).
 #[map]
 pub static NET_PENDING: PerCpuArray<NetPending> = PerCpuArray::with_max_entries(1, 0);
+
+/// The fork counter of the cgroup whose processes' forks each CPU counted last, not yet in
+/// [`CGROUP_STATS`] (see [`cleanroom_common::CgroupPending`] and [`pending_copy`]).
+#[map]
+pub static FORK_PENDING: PerCpuArray<ForkPending> = PerCpuArray::with_max_entries(1, 0);
+
+/// The exit counters of the cgroup whose thread exits each CPU counted last, not yet in
+/// [`CGROUP_STATS`] (as [`FORK_PENDING`]).
+#[map]
+pub static EXIT_PENDING: PerCpuArray<ExitPending> = PerCpuArray::with_max_entries(1, 0);
 
 /// Block and TCP connect latencies each CPU has not added to their histograms yet (see
 /// [`cleanroom_common::LatencySet`] and [`record_latency_batched`]).
@@ -322,6 +334,35 @@ pub fn keep_owner(bio: u64, owner: u64) {
 #[inline(always)]
 pub fn stats_of(cgroup_id: u64) -> Option<&'static mut CgroupStats> {
     per_cpu_entry(&CGROUP_STATS, cgroup_id, drop_reason::STATS_MAP_FULL)
+}
+
+/// This CPU's pending counters in `map` (a one-element per-CPU array of one program, see
+/// [`CgroupPending`]) for cgroup `cgroup_id`: those of the copy when it is this cgroup's; else
+/// the copy is first added to its cgroup's entry and made this cgroup's, empty.
+#[inline(always)]
+pub fn pending_copy<C: PendingCounters>(
+    map: &'static PerCpuArray<CgroupPending<C>>,
+    cgroup_id: u64,
+) -> Option<&'static mut C> {
+    let copy = map.get_ptr_mut(0)?;
+    // SAFETY: this CPU's element of a per-CPU array, updated by one program only, which never
+    // runs inside itself on one CPU; the element lives as long as the map.
+    let copy = unsafe { &mut *copy };
+    if copy.cgroup_id != cgroup_id {
+        if copy.cgroup_id != 0
+            && let Some(entry) = existing_stats(copy.cgroup_id)
+        {
+            copy.add_to(entry);
+        }
+        // The entry is made now, so that the copy finds it when it is added (see
+        // [`existing_stats`]).
+        let _ = stats_of(cgroup_id);
+        *copy = CgroupPending {
+            cgroup_id,
+            counters: C::default(),
+        };
+    }
+    Some(&mut copy.counters)
 }
 
 /// This CPU's pending counters for cgroup `cgroup_id`, for the hottest hooks: one of the two

@@ -15,8 +15,8 @@ use cleanroom_common::{PendingStats, drop_reason, hist_kind};
 use crate::{
     escape,
     maps::{
-        PROCESS_EXITS, ProcessKey, RUNQ_SLOTS, RUNQ_START, count_drop, current_stats, push_wait,
-        record_latency, stats_of,
+        EXIT_PENDING, FORK_PENDING, PROCESS_EXITS, ProcessKey, RUNQ_SLOTS, RUNQ_START, count_drop,
+        current_stats, pending_copy, push_wait, record_latency,
     },
     task::{
         OFF_SIGNAL_LIVE, OFF_SIGNAL_MAXRSS, OFF_TASK_IOAC_CANCELLED_WRITE_BYTES,
@@ -226,8 +226,8 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
         && pid == tgid
         && let Some(parent_cgroup) = cgroup_id_of(ctx.arg(0))
     {
-        if let Some(stats) = stats_of(parent_cgroup) {
-            stats.processes_forked += 1;
+        if let Some(forks) = pending_copy(&FORK_PENDING, parent_cgroup) {
+            forks.processes_forked += 1;
         }
         escape::on_fork(ctx.arg(0), parent_cgroup, child, tgid);
     }
@@ -286,7 +286,7 @@ fn on_task_exit(task: *const u8, group_dead: bool) {
     let Some(cgroup) = cgroup_id_of(task) else {
         return;
     };
-    if let Some(stats) = stats_of(cgroup) {
+    if let Some(stats) = pending_copy(&EXIT_PENDING, cgroup) {
         stats.page_faults_major += major;
         stats.io_read_bytes += load_known::<u64>(task, &OFF_TASK_IOAC_READ_BYTES, 0);
         stats.io_write_bytes += load_known::<u64>(task, &OFF_TASK_IOAC_WRITE_BYTES, 0);

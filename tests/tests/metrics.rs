@@ -8,7 +8,7 @@ use std::{
 };
 
 use cleanroom_tests::{
-    LoopDevice, Netns, TestCgroup, VethPeer, block_device, cleanroom_bin, iface_counters,
+    LoopDevice, Netns, Started, TestCgroup, VethPeer, block_device, cleanroom_bin, iface_counters,
     kernel_at_least, privileged, rel_diff, run_measured, sh, u64_at, workload_bin,
 };
 
@@ -316,6 +316,39 @@ fn page_faults_match_getrusage() {
         Some(peak) => assert!(peak >= pages * 4096, "{report:#}"),
         None => assert!(!kernel_at_least(5, 19), "no memory_peak_bytes: {report:#}"),
     }
+}
+
+/// As above, with a bystander outside the run forking and exiting on the same CPU all along:
+/// each of its forks and exits takes that CPU's pending fork and exit copies from the run's
+/// cgroup, which must add them to the run's entry first, so the counts stay exact.
+#[test]
+fn forks_and_exits_interleaved_with_a_bystanders_are_all_counted() {
+    if !privileged("forks_and_exits_interleaved_with_a_bystanders_are_all_counted") {
+        return;
+    }
+    let bystander = Started::new(
+        Command::new("taskset")
+            .args(["-c", "0", "sh", "-c", "while :; do /bin/true; done"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("taskset"),
+    );
+    let cg = TestCgroup::new("forks-bystander");
+    let k = 40;
+    let command = [
+        "taskset",
+        "-c",
+        "0",
+        &workload(),
+        "fork",
+        &k.to_string(),
+        "2",
+    ];
+    let (output, report) = run_measured(&cg, &command);
+    drop(bystander);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(u64_at(&report, "/totals/processes_forked"), k);
+    assert_eq!(u64_at(&report, "/totals/processes_exited"), k + 1);
 }
 
 /// K short-lived children: exactly K forks, K + 1 exits (the children and the command itself),

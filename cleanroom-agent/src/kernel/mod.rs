@@ -8,5 +8,6 @@ pub mod attach;
 pub mod btf;
 pub mod cost;
 pub mod meter;
+pub mod pending;
 pub mod probe;
 pub mod tally;

@@ -18,9 +18,9 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use cleanroom_common::{
-    BlockKey, BlockPending, BlockStats, CgroupNode, CgroupStats, HistKey, Histogram, LatencySet,
-    NetPending, PendingSet, RunProc, drop_reason, escape_via, hist_kind, maps, profile_period,
-    programs,
+    BlockKey, BlockPending, BlockStats, CgroupNode, CgroupStats, ExitPending, ForkPending, HistKey,
+    Histogram, LatencySet, NetPending, PendingSet, RunProc, drop_reason, escape_via, hist_kind,
+    maps, profile_period, programs,
 };
 
 pub use cleanroom_common::{ConnKey, ConnStats, OffCpuEnd, ProcessExit, StackSample, sample_kind};
@@ -30,6 +30,7 @@ use crate::{
     kernel::btf::{BtfError, Offsets, VMLINUX_BTF},
     kernel::cost::{Calibration, ProbesCost},
     kernel::meter::CostMeter,
+    kernel::pending::{self, CpuPending},
     kernel::tally::{self, Tally},
     metric::{AnyMetric, Latency, Metric},
 };
@@ -1208,26 +1209,10 @@ impl Probes {
         histograms: bool,
     ) -> Result<Vec<Counted>, ProbeError> {
         let mut tally = Tally::new(groups);
-        let stats_map: PerCpuHashMap<&MapData, u64, CgroupStats> =
-            PerCpuHashMap::try_from(self.map(maps::CGROUP_STATS)?)
-                .map_err(map_err(maps::CGROUP_STATS))?;
         // Looked up by id: the map holds every cgroup that had an event, most not asked for.
+        // Read before and after the CPUs' pending copies (see `kernel::pending`).
         let ids: Vec<u64> = tally.cgroups().collect();
-        let mut per_id: BTreeMap<u64, CgroupStats> = BTreeMap::new();
-        for id in ids {
-            match stats_map.get(&id, 0) {
-                Ok(per_cpu) => {
-                    per_id.insert(
-                        id,
-                        per_cpu
-                            .iter()
-                            .fold(CgroupStats::default(), |acc, v| acc.wrapping_add(*v)),
-                    );
-                }
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(maps::CGROUP_STATS)(e)),
-            }
-        }
+        let before = self.entries(&ids)?;
         if histograms {
             let hist_map: HashMap<&MapData, HistKey, Histogram> =
                 HashMap::try_from(self.map(maps::HISTOGRAMS)?)
@@ -1237,7 +1222,8 @@ impl Probes {
                 tally.add_histogram(key, &h);
             }
             // Block latencies each CPU has not added to their histogram yet, read after it
-            // (as the pending counters below).
+            // (as the run-queue waits below): a CPU that adds them in between has them in
+            // neither read, so a histogram can fall short (never over) until the next read.
             for set in self.every_cpus::<LatencySet>(maps::LATENCY_PENDING)? {
                 for p in set.ways.iter().filter(|p| p.key.cgroup_id != 0) {
                     if let Some(h) = p.latencies.histogram() {
@@ -1246,32 +1232,40 @@ impl Probes {
                 }
             }
         }
-        // Counters (and run-queue waits) each CPU keeps pending for the two cgroups it counted
-        // last, and for the socket cgroup whose packets it counted last, read after the entries
-        // and histograms: a CPU that adds them to an entry in between has them in neither read,
-        // so a read can fall short (never over) until the next one. A cgroup's counters are
-        // therefore never reported below an earlier read, and a read with nothing in flight is
-        // exact.
-        for net in self.every_cpus::<NetPending>(maps::NET_PENDING)? {
-            if net.cgroup_id != 0 && tally.has(net.cgroup_id) {
-                net.add_to(per_id.entry(net.cgroup_id).or_default());
+        let pending = self.cpu_pending()?;
+        if histograms {
+            for set in pending.iter().map(|p| &p.stats) {
+                for p in &set.ways {
+                    if !tally.has(p.cgroup_id) {
+                        continue;
+                    }
+                    if let Some(waits) = p.waits.histogram() {
+                        let key = HistKey {
+                            cgroup_id: p.cgroup_id,
+                            kind: hist_kind::RUNQUEUE,
+                            dev: 0,
+                        };
+                        tally.add_histogram(key, &waits);
+                    }
+                }
             }
         }
-        for set in self.every_cpus::<PendingSet>(maps::PENDING_STATS)? {
-            for p in &set.ways {
-                if p.cgroup_id == 0 || !tally.has(p.cgroup_id) {
-                    continue;
-                }
-                p.add_to(per_id.entry(p.cgroup_id).or_default());
-                if histograms && let Some(waits) = p.waits.histogram() {
-                    let key = HistKey {
-                        cgroup_id: p.cgroup_id,
-                        kind: hist_kind::RUNQUEUE,
-                        dev: 0,
-                    };
-                    tally.add_histogram(key, &waits);
-                }
+        let after = self.entries(&ids)?;
+        let mut per_id: BTreeMap<u64, CgroupStats> = BTreeMap::new();
+        for id in ids {
+            let (b, a) = (before.get(&id), after.get(&id));
+            let held = pending.iter().any(|p| p.holds(id));
+            if b.is_none() && a.is_none() && !held {
+                continue;
             }
+            let zero = CgroupStats::default();
+            let on = |values: Option<&Vec<CgroupStats>>, cpu: usize| {
+                values.and_then(|v| v.get(cpu)).copied().unwrap_or(zero)
+            };
+            let stats = pending.iter().enumerate().fold(zero, |sum, (cpu, p)| {
+                sum.wrapping_add(pending::on_cpu(id, &on(b, cpu), p, &on(a, cpu)))
+            });
+            per_id.insert(id, stats);
         }
         let mut seen = self.stats_seen.lock().unwrap_or_else(|e| e.into_inner());
         for (id, stats) in per_id {
@@ -1291,14 +1285,53 @@ impl Probes {
                 .fold(BlockStats::default(), |acc, v| acc.wrapping_add(*v));
             tally.add_block(key, sum);
         }
-        // Block counters each CPU has not added to their entries yet, read after them (as the
-        // pending counters above).
+        // Block counters each CPU has not added to their entries yet, read after them: a CPU
+        // that adds them in between has them in neither read, so a read can fall short (never
+        // over) until the next one.
         for set in self.every_cpus::<BlockPending>(maps::BLOCK_PENDING)? {
             for way in set.ways.iter().filter(|w| w.key.cgroup_id != 0) {
                 tally.add_block(way.key, way.stats);
             }
         }
         Ok(tally.finish())
+    }
+
+    /// Each of `ids`' entry in `CGROUP_STATS`, one value per CPU; none for a cgroup without one.
+    fn entries(&self, ids: &[u64]) -> Result<BTreeMap<u64, Vec<CgroupStats>>, ProbeError> {
+        let map: PerCpuHashMap<&MapData, u64, CgroupStats> =
+            PerCpuHashMap::try_from(self.map(maps::CGROUP_STATS)?)
+                .map_err(map_err(maps::CGROUP_STATS))?;
+        let mut entries = BTreeMap::new();
+        for id in ids {
+            match map.get(id, 0) {
+                Ok(per_cpu) => {
+                    entries.insert(*id, per_cpu.iter().copied().collect());
+                }
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(maps::CGROUP_STATS)(e)),
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Every CPU's pending copies of cgroup counters, in the order of the per-CPU values.
+    fn cpu_pending(&self) -> Result<Vec<CpuPending>, ProbeError> {
+        let stats = self.every_cpus::<PendingSet>(maps::PENDING_STATS)?;
+        let net = self.every_cpus::<NetPending>(maps::NET_PENDING)?;
+        let forks = self.every_cpus::<ForkPending>(maps::FORK_PENDING)?;
+        let exits = self.every_cpus::<ExitPending>(maps::EXIT_PENDING)?;
+        Ok(stats
+            .into_iter()
+            .zip(net)
+            .zip(forks)
+            .zip(exits)
+            .map(|(((stats, net), forks), exits)| CpuPending {
+                stats,
+                net,
+                forks,
+                exits,
+            })
+            .collect())
     }
 
     /// Every CPU's value of the one-element per-CPU array `name` (the pending copies).

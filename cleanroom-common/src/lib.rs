@@ -15,8 +15,9 @@ pub mod maps {
     /// Per-CPU array of one [`crate::NetPending`]: the packet counters of the socket cgroup a
     /// CPU's `cgroup_skb` programs counted last; a reader adds them to the cgroup they name.
     pub const NET_PENDING: &str = "NET_PENDING";
-    /// Per-CPU array of one [`crate::ForkPending`] ([`crate::CgroupPending`]): the fork counter of the cgroup whose
-    /// processes' forks a CPU counted last; a reader adds it to the cgroup it names.
+    /// Per-CPU array of one [`crate::ForkPending`] ([`crate::CgroupPending`]): the fork
+    /// counter of the cgroup whose processes' forks a CPU counted last; a reader adds it to the
+    /// cgroup it names.
     pub const FORK_PENDING: &str = "FORK_PENDING";
     /// Per-CPU array of one [`crate::ExitPending`]: the exit counters of the cgroup whose
     /// thread exits a CPU counted last; a reader adds them to the cgroup they name.
@@ -372,18 +373,17 @@ pub struct NetPending {
 
 const _: () = assert!(core::mem::size_of::<NetPending>() == 8 * 8);
 
-impl NetPending {
+impl PendingCounters for NetPending {
     /// Adds the pending packet counters to `stats`.
     #[inline(always)]
-    pub fn add_to(&self, stats: &mut CgroupStats) {
+    fn add_to(&self, stats: &mut CgroupStats) {
         stats.net_rx_bytes = stats.net_rx_bytes.wrapping_add(self.rx_bytes);
         stats.net_tx_bytes = stats.net_tx_bytes.wrapping_add(self.tx_bytes);
         stats.net_rx_packets = stats.net_rx_packets.wrapping_add(self.rx_packets);
         stats.net_tx_packets = stats.net_tx_packets.wrapping_add(self.tx_packets);
     }
 
-    /// Sets the fields of `into` that these counters keep to those of `from`.
-    pub fn take_fields(into: &mut CgroupStats, from: &CgroupStats) {
+    fn take_fields(into: &mut CgroupStats, from: &CgroupStats) {
         into.net_rx_bytes = from.net_rx_bytes;
         into.net_tx_bytes = from.net_tx_bytes;
         into.net_rx_packets = from.net_rx_packets;
@@ -409,7 +409,8 @@ pub struct CgroupPending<C> {
     pub counters: C,
 }
 
-/// Counters kept in a [`CgroupPending`] copy.
+/// Counters a pending copy keeps of one cgroup beside its entry in [`maps::CGROUP_STATS`]:
+/// those of [`PendingStats`], [`NetPending`] and the [`CgroupPending`] copies.
 pub trait PendingCounters: Copy + Default {
     /// Adds them to `stats`.
     fn add_to(&self, stats: &mut CgroupStats);
@@ -646,10 +647,10 @@ pub struct PendingSet {
 
 const _: () = assert!(core::mem::size_of::<PendingSet>() == 35 * 8);
 
-impl PendingStats {
+impl PendingCounters for PendingStats {
     /// Adds the pending counters to `stats`.
     #[inline(always)]
-    pub fn add_to(&self, stats: &mut CgroupStats) {
+    fn add_to(&self, stats: &mut CgroupStats) {
         stats.cpu_time_ns = stats.cpu_time_ns.wrapping_add(self.cpu_time_ns);
         stats.cpu_time_updates = stats.cpu_time_updates.wrapping_add(self.cpu_time_updates);
         stats.switches_voluntary = stats
@@ -664,8 +665,7 @@ impl PendingStats {
             .wrapping_add(self.page_faults_kernel);
     }
 
-    /// Sets the fields of `into` that these counters keep to those of `from`.
-    pub fn take_fields(into: &mut CgroupStats, from: &CgroupStats) {
+    fn take_fields(into: &mut CgroupStats, from: &CgroupStats) {
         into.cpu_time_ns = from.cpu_time_ns;
         into.cpu_time_updates = from.cpu_time_updates;
         into.switches_voluntary = from.switches_voluntary;

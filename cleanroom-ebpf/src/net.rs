@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, cgroup_skb},
     programs::{BtfTracePointContext, SkBuffContext},
 };
-use cleanroom_common::{ConnKey, HistKey, NetPending, hist_kind};
+use cleanroom_common::{ConnKey, HistKey, NetPending, PendingCounters, hist_kind};
 
 use crate::{
     escape::run_of_cgroup,

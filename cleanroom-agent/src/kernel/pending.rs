@@ -15,7 +15,7 @@
 //! Pure: values in, counters out ([`crate::kernel::probe`] does the reading).
 
 use cleanroom_common::{
-    CgroupStats, ExitPending, ForkPending, NetPending, PendingCounters, PendingSet, PendingStats,
+    CgroupStats, ExitPending, ForkPending, NetPending, PendingCounters, PendingSet,
 };
 
 /// One CPU's pending copies, as read.
@@ -51,12 +51,10 @@ pub fn on_cpu(
 ) -> CgroupStats {
     let mut stats = *after;
     if let Some(way) = pending.stats.ways.iter().find(|w| w.cgroup_id == id) {
-        PendingStats::take_fields(&mut stats, before);
-        way.add_to(&mut stats);
+        take(&mut stats, before, way);
     }
     if pending.net.cgroup_id == id {
-        NetPending::take_fields(&mut stats, before);
-        pending.net.add_to(&mut stats);
+        take(&mut stats, before, &pending.net);
     }
     if pending.forks.cgroup_id == id {
         take(&mut stats, before, &pending.forks.counters);
@@ -67,7 +65,7 @@ pub fn on_cpu(
     stats
 }
 
-/// Sets `C`'s fields of `stats` to those of `before`, and adds the copy's `counters`.
+/// Sets the fields of `stats` that `C` keeps to those of `before`, and adds `counters`.
 fn take<C: PendingCounters>(stats: &mut CgroupStats, before: &CgroupStats, counters: &C) {
     C::take_fields(stats, before);
     counters.add_to(stats);
@@ -75,7 +73,7 @@ fn take<C: PendingCounters>(stats: &mut CgroupStats, before: &CgroupStats, count
 
 #[cfg(test)]
 mod tests {
-    use cleanroom_common::{CgroupPending, ExitCounts, ForkCounts};
+    use cleanroom_common::{CgroupPending, ExitCounts, ForkCounts, PendingStats};
 
     use super::*;
 
